@@ -1,0 +1,1 @@
+//! Stage 3: the `.elxb` bundle and `.elxc` coefficient files.

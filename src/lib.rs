@@ -1,0 +1,29 @@
+//! # eigenlorax
+//!
+//! EigenLoRAx at the edge. LoRA adapters trained on one base model are recycled into a
+//! per-module principal subspace; any task then becomes a few KB of coefficients in it.
+//!
+//! Data flows one way through the stages below (see `DESIGN.md` in the shared folder):
+//!
+//! ```text
+//! adapter  -> subspace -> bundle -> (runtime) -> (finetune)
+//! ```
+//!
+//! * [`adapter`]: read HF PEFT and kohya/diffusers LoRA files into a normalized form
+//!   (scale folded in, canonical module names).
+//! * [`subspace`]: exact per-module principal subspaces (Algorithm 1 of the paper), K rules,
+//!   pseudo-PCs, projection of adapters onto a subspace and reconstruction errors.
+//! * [`bundle`]: the `.elxb` bundle and `.elxc` coefficient files (safetensors + JSON manifest),
+//!   quantization, atomic writes.
+//!
+//! A later stage may use an earlier one, never the reverse.
+
+pub mod adapter;
+pub mod bundle;
+pub mod error;
+pub mod linalg;
+pub mod subspace;
+pub mod tensorfile;
+pub mod util;
+
+pub use error::{Error, Result};

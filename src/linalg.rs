@@ -1,0 +1,1 @@
+//! Dense f64 linear algebra used by the subspace stage, on top of faer.
