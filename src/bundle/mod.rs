@@ -1,1 +1,19 @@
 //! Stage 3: the `.elxb` bundle and `.elxc` coefficient files.
+//!
+//! Both are safetensors files with one JSON manifest in `__metadata__["eigenlorax"]`, written
+//! atomically. A bundle holds per module `<module>.V_A` [K_A x in] and `<module>.V_B`
+//! [out x K_B] (f32, f16, bf16, or int8 with a per-row absmax `<module>.V_A.scale`), the
+//! spectra `<module>.sigma_A` / `<module>.sigma_B` (f32), and the manifest. Its subspace id
+//! hashes the stored components and the manifest (without the binding, which `elx bind` adds
+//! later and which must not orphan existing coefficient files).
+//!
+//! A coefficient file holds `<module>.alpha_A` [r x K_A] and `<module>.alpha_B` [K_B x r],
+//! optionally `head.weight` [C x d] and `head.bias` [C], and names the subspace it belongs to.
+
+pub mod coeffs;
+pub mod format;
+pub mod quant;
+
+pub use coeffs::{CoeffFile, Head, Provenance};
+pub use format::{Binding, Bundle, Manifest, ModuleBinding, ModuleManifest, SourceAdapter, WeightLayout};
+pub use quant::StorageDtype;
