@@ -269,14 +269,14 @@ impl TensorFile {
                 ));
             }
         };
-        if let Some(want) = expected {
-            if want != dims {
-                return Err(Error::bad_tensor(
-                    &self.path,
-                    name,
-                    format!("expected [{}, {}], found {:?}", want[0], want[1], shape),
-                ));
-            }
+        if let Some(want) = expected
+            && want != dims
+        {
+            return Err(Error::bad_tensor(
+                &self.path,
+                name,
+                format!("expected [{}, {}], found {:?}", want[0], want[1], shape),
+            ));
         }
         let (_, values) = self.read_f64(name)?;
         Ok(mat_from_row_major(dims[0], dims[1], &values))
