@@ -713,3 +713,49 @@ fn negative_alpha_folds_with_sign_on_a() {
     assert!(rel_err(&loaded_delta(&m), &q.delta(-4.0)) <= 1e-12);
     assert!(rel_err(&Dense::from_mat(m.b.as_ref()), &q.b.scaled(2.0)) <= 1e-15);
 }
+
+/// Real PEFT output (tools/make_peft_fixture.py, peft 0.21.2): rslora, rank_pattern,
+/// alpha_pattern, modules_to_save, shapes 16->16, 16->32, 32->16. PEFT's own
+/// `get_delta_weight` per module is the reference.
+#[test]
+fn real_peft_folder_matches_peft_delta_weight() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adapter_peft_tiny");
+    let ad = Adapter::open(&dir).unwrap();
+    let expected =
+        eigenlorax::tensorfile::TensorFile::open(&dir.join("expected_delta.safetensors")).unwrap();
+    assert_eq!(ad.module_names(), expected.names());
+    assert_eq!(ad.modules.len(), 11);
+    let mut worst = 0.0f64;
+    for name in expected.names() {
+        let want = expected.read_mat(name, None).unwrap();
+        let m = ad.load_module(name).unwrap();
+        let e = rel_err(&loaded_delta(&m), &Dense::from_mat(want.as_ref()));
+        worst = worst.max(e);
+        assert!(e <= 1e-6, "{name}: {e}");
+    }
+    eprintln!("worst relative ΔW error vs PEFT get_delta_weight: {worst:e}");
+    assert!(worst > 0.0, "f32 reference should differ in the last bits");
+    // Scales: rslora alpha/sqrt(r) with the patterns applied.
+    let s = |n: &str| ad.modules[n].scale;
+    assert_eq!(s("bert.encoder.layer.0.attention.self.query"), 8.0 / 2.0);
+    assert_eq!(
+        s("bert.encoder.layer.1.attention.self.query"),
+        8.0 / 2f64.sqrt()
+    );
+    assert_eq!(
+        s("bert.encoder.layer.0.intermediate.dense"),
+        8.0 / 6f64.sqrt()
+    );
+    assert_eq!(s("bert.encoder.layer.1.attention.self.value"), 3.0 / 2.0);
+    let i = &ad.modules["bert.encoder.layer.1.intermediate.dense"];
+    assert_eq!((i.rank, i.in_features, i.out_features), (6, 16, 32));
+    let extras: Vec<&str> = ad.extras.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        extras,
+        vec![
+            "base_model.model.classifier.bias",
+            "base_model.model.classifier.weight"
+        ]
+    );
+}
