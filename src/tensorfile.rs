@@ -129,7 +129,15 @@ impl TensorFile {
         // all bounds below are checked against the length seen at open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let bytes: &[u8] = &mmap;
+        // The map may differ from the size seen above if the file changed in between: check
+        // again on what is actually mapped.
         let len = bytes.len() as u64;
+        if len < 8 {
+            return Err(Error::bad_file(
+                path,
+                format!("expected a safetensors file, found only {len} bytes"),
+            ));
+        }
         let mut len_bytes = [0u8; 8];
         len_bytes.copy_from_slice(bytes.get(..8).unwrap_or(&[0u8; 8]));
         let n_header = u64::from_le_bytes(len_bytes);

@@ -276,3 +276,23 @@ fn kohya_bad_inputs() {
         "{e}"
     );
 }
+
+#[test]
+fn header_length_byte_0x80_is_not_taken_for_a_pickle() {
+    let tmp = TmpDir::new("kohya-0x80");
+    let p = Pair::random(2, 3, 3, 30, Dtype::F32);
+    let h = r#"{"m.lora_down.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"m.lora_up.weight":{"dtype":"F32","shape":[3,2],"data_offsets":[24,48]}}"#;
+    // Pad the header to 0x280 bytes: the file then starts with 0x80 0x02, like a protocol-2 pickle.
+    let header = format!("{h:<640}");
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    assert_eq!(bytes[0], 0x80);
+    bytes.extend_from_slice(header.as_bytes());
+    for v in p.a.v.iter().chain(&p.b.v) {
+        bytes.extend_from_slice(&(*v as f32).to_le_bytes());
+    }
+    let f = tmp.join("x.safetensors");
+    std::fs::write(&f, bytes).unwrap();
+    let ad = Adapter::open(&f).unwrap();
+    let m = ad.load_module("m").unwrap();
+    assert!(rel_err(&loaded_delta(&m), &p.delta(1.0)) <= 1e-12);
+}

@@ -759,3 +759,19 @@ fn real_peft_folder_matches_peft_delta_weight() {
         ]
     );
 }
+
+#[test]
+fn weights_file_named_directly_keeps_the_config_scale() {
+    let tmp = TmpDir::new("direct");
+    let q = Pair::random(4, 6, 6, 130, Dtype::F32);
+    let dir = folder(
+        &tmp,
+        "a",
+        json!({"r": 4, "lora_alpha": 16}),
+        &[("x.q", &q)],
+        Dtype::F32,
+    );
+    let ad = Adapter::open(&dir.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(ad.format, AdapterFormat::Peft);
+    check_delta(&ad, "x.q", &q, 4.0);
+}

@@ -111,7 +111,9 @@ impl Adapter {
     /// refused with a message that says how to convert it.
     ///
     /// A folder without `adapter_config.json` that holds a diffusers
-    /// `pytorch_lora_weights.safetensors` is read as that single file.
+    /// `pytorch_lora_weights.safetensors` is read as that single file; an
+    /// `adapter_model.safetensors` named directly, with its config beside it, is read as
+    /// its PEFT folder (so its scale is not lost).
     pub fn open(path: &Path) -> Result<Adapter> {
         if !path.exists() {
             return Err(Error::bad_file(
@@ -127,6 +129,13 @@ impl Adapter {
             }
             peft::open(path)
         } else {
+            // A PEFT weights file named directly: its scale lives in the config beside it.
+            if path.file_name().is_some_and(|n| n == peft::WEIGHTS_FILE)
+                && let Some(dir) = path.parent()
+                && dir.join(peft::CONFIG_FILE).is_file()
+            {
+                return peft::open(dir);
+            }
             if path
                 .extension()
                 .is_some_and(|e| e == "bin" || e == "pt" || e == "pth" || e == "ckpt")
@@ -192,7 +201,11 @@ fn read_flat(
         .iter()
         .skip(1)
         .try_fold(1usize, |a, &d| a.checked_mul(d));
-    if shape.len() < 2 || first != Some(rows) || rest != Some(cols) || values.len() != rows * cols {
+    if shape.len() < 2
+        || first != Some(rows)
+        || rest != Some(cols)
+        || Some(values.len()) != rows.checked_mul(cols)
+    {
         return Err(Error::bad_tensor(
             file.path(),
             key,

@@ -43,6 +43,10 @@ pub struct PeftConfig {
     pub target_modules: TargetModules,
     /// `base_model_name_or_path`.
     pub base_model: Option<String>,
+    /// Compiled `rank_pattern` / `alpha_pattern` keys (same order) and `target_modules` regex.
+    rank_re: Vec<regex::Regex>,
+    alpha_re: Vec<regex::Regex>,
+    target_re: Option<regex::Regex>,
 }
 
 /// How `target_modules` selects modules.
@@ -160,6 +164,7 @@ impl PeftConfig {
             )
         })?;
         let mut rank_pattern = Vec::new();
+        let mut rank_re = Vec::new();
         for (k, v) in ordered.rank_pattern.map(|o| o.0).unwrap_or_default() {
             let rk = v
                 .as_u64()
@@ -172,28 +177,30 @@ impl PeftConfig {
                         Some(&v),
                     )
                 })?;
-            pattern_regex(path, "rank_pattern", &k)?;
+            rank_re.push(pattern_regex(path, "rank_pattern", &k)?);
             rank_pattern.push((k, rk));
         }
         let mut alpha_pattern = Vec::new();
+        let mut alpha_re = Vec::new();
         for (k, v) in ordered.alpha_pattern.map(|o| o.0).unwrap_or_default() {
             let a = v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| {
                 key_err(&format!("alpha_pattern.{k}"), "a finite number", Some(&v))
             })?;
-            pattern_regex(path, "alpha_pattern", &k)?;
+            alpha_re.push(pattern_regex(path, "alpha_pattern", &k)?);
             alpha_pattern.push((k, a));
         }
+        let mut target_re = None;
         let target_modules = match obj.get("target_modules") {
             None | Some(Value::Null) => TargetModules::Any,
             Some(Value::String(s)) if s == "all-linear" => TargetModules::Any,
             Some(Value::String(s)) => {
-                regex::Regex::new(&format!("^(?:{s})$")).map_err(|e| {
+                target_re = Some(regex::Regex::new(&format!("^(?:{s})$")).map_err(|e| {
                     key_err(
                         "target_modules",
                         &format!("a regex this tool can evaluate ({e})"),
                         obj.get("target_modules"),
                     )
-                })?;
+                })?);
                 TargetModules::Regex(s.clone())
             }
             Some(Value::Array(items)) => {
@@ -224,6 +231,9 @@ impl PeftConfig {
                 alpha_pattern,
                 target_modules,
                 base_model,
+                rank_re,
+                alpha_re,
+                target_re,
             },
             value,
         ))
@@ -234,11 +244,15 @@ impl PeftConfig {
         let rk = self
             .rank_pattern
             .iter()
-            .find(|(k, _)| pattern_matches(k, name));
+            .zip(&self.rank_re)
+            .find(|(_, re)| re.is_match(name))
+            .map(|x| x.0);
         let al = self
             .alpha_pattern
             .iter()
-            .find(|(k, _)| pattern_matches(k, name));
+            .zip(&self.alpha_re)
+            .find(|(_, re)| re.is_match(name))
+            .map(|x| x.0);
         (
             rk.map(|x| x.1).unwrap_or(self.r),
             al.map(|x| x.1).unwrap_or(self.lora_alpha),
@@ -262,28 +276,20 @@ impl PeftConfig {
             TargetModules::List(l) => l
                 .iter()
                 .any(|t| name == t || name.ends_with(&format!(".{t}"))),
-            TargetModules::Regex(r) => {
-                regex::Regex::new(&format!("^(?:{r})$")).is_ok_and(|re| re.is_match(name))
-            }
+            TargetModules::Regex(_) => self.target_re.as_ref().is_some_and(|re| re.is_match(name)),
         }
     }
 }
 
-/// PEFT's pattern match, `re.match(rf"(.*\.)?({key})$", name)`.
-fn pattern_matches(key: &str, name: &str) -> bool {
-    regex::Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).is_ok_and(|re| re.is_match(name))
-}
-
-fn pattern_regex(path: &Path, field: &str, key: &str) -> Result<()> {
-    regex::Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
-        .map(|_| ())
-        .map_err(|e| {
-            Error::bad_tensor(
-                path,
-                format!("{field}.{key}"),
-                format!("expected a regex this tool can evaluate: {e}"),
-            )
-        })
+/// PEFT's pattern match, `re.match(rf"(.*\.)?({key})$", name)`, compiled.
+fn pattern_regex(path: &Path, field: &str, key: &str) -> Result<regex::Regex> {
+    regex::Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
+        Error::bad_tensor(
+            path,
+            format!("{field}.{key}"),
+            format!("expected a regex this tool can evaluate: {e}"),
+        )
+    })
 }
 
 fn dora_message() -> String {
