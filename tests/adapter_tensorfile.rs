@@ -339,3 +339,60 @@ fn writer_refuses_inconsistent_tensors() {
     assert!(tensorfile::write(&p, vec![a.clone(), a], BTreeMap::new()).is_err());
     assert!(!p.exists(), "a refused write must leave no file");
 }
+
+/// Every truncation and many random byte corruptions of a valid file: each open/read either
+/// succeeds or returns an error; none panics (a panic fails this test).
+#[test]
+fn truncations_and_random_corruptions_never_panic() {
+    let d = TmpDir::new("fuzz");
+    let good = d.join("good.safetensors");
+    tensorfile::write(
+        &good,
+        vec![
+            TensorOut::from_f64("a.lora_A.weight", Dtype::F16, vec![2, 3], &[0.5; 6]),
+            TensorOut::from_f64("a.lora_B.weight", Dtype::BF16, vec![3, 2], &[0.25; 6]),
+            TensorOut::from_f64("s", Dtype::F64, vec![], &[2.0]),
+        ],
+        BTreeMap::new(),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let p = d.join("bad.safetensors");
+    let exercise = |p: &Path| -> (bool, usize) {
+        match TensorFile::open(p) {
+            Err(e) => {
+                assert!(e.to_string().contains("bad.safetensors"), "{e}");
+                (false, 0)
+            }
+            Ok(f) => {
+                let names: Vec<String> = f.names().iter().map(|s| s.to_string()).collect();
+                let ok = names.iter().filter(|n| f.read_f64(n).is_ok()).count();
+                for n in &names {
+                    let _ = f.read_mat(n, Some([2, 3]));
+                    let _ = f.read_f32(n);
+                }
+                (true, ok)
+            }
+        }
+    };
+    let mut opened = 0;
+    for cut in 0..bytes.len() {
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        opened += exercise(&p).0 as usize;
+    }
+    // Only the full data section satisfies the last offsets.
+    assert_eq!(opened, 0, "a truncated file opened");
+    let mut rng = eigenlorax::util::GaussianRng::new(42);
+    let mut errors = 0;
+    for _ in 0..400 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + rng.next_u64() % 3 {
+            let i = (rng.next_u64() % b.len() as u64) as usize;
+            b[i] = rng.next_u64() as u8;
+        }
+        std::fs::write(&p, &b).unwrap();
+        let (ok, _) = exercise(&p);
+        errors += !ok as usize;
+    }
+    assert!(errors > 0, "corruptions should be caught");
+}

@@ -514,7 +514,7 @@ pub fn open(dir: &Path) -> Result<Adapter> {
     })
 }
 
-/// Options of [`write`].
+/// Options of [`write()`].
 #[derive(Clone, Debug)]
 pub struct PeftWriteOptions {
     /// `base_model_name_or_path` to record.
