@@ -775,3 +775,30 @@ fn weights_file_named_directly_keeps_the_config_scale() {
     assert_eq!(ad.format, AdapterFormat::Peft);
     check_delta(&ad, "x.q", &q, 4.0);
 }
+
+/// Real PEFT GPT-2 adapter (Conv1D, fan_in_fan_out): A and B keep the [r, in] / [out, r]
+/// shapes, and PEFT's get_delta_weight is the transpose of B'·A' (Conv1D stores W as [in, out]).
+#[test]
+fn real_peft_gpt2_fan_in_fan_out() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/adapter_peft_tiny_gpt2");
+    let ad = Adapter::open(&dir).unwrap();
+    assert!(ad.fan_in_fan_out);
+    let expected =
+        eigenlorax::tensorfile::TensorFile::open(&dir.join("expected_delta.safetensors")).unwrap();
+    assert_eq!(ad.module_names(), expected.names());
+    let c = &ad.modules["transformer.h.0.attn.c_attn"];
+    assert_eq!(
+        (c.rank, c.in_features, c.out_features, c.scale),
+        (4, 16, 48, 4.0)
+    );
+    let mlp = &ad.modules["transformer.h.1.mlp.c_proj"];
+    assert_eq!((mlp.in_features, mlp.out_features), (64, 16));
+    for name in expected.names() {
+        let want = expected.read_mat(name, None).unwrap(); // [in, out]
+        let m = ad.load_module(name).unwrap();
+        let t = Dense::from_mat(want.transpose());
+        let e = rel_err(&loaded_delta(&m), &t);
+        assert!(e <= 1e-6, "{name}: {e}");
+    }
+}
