@@ -591,7 +591,7 @@ pub fn write(
             rank_pattern.insert(key.clone(), Value::from(m.rank()));
             alpha_pattern.insert(key, Value::from(m.rank()));
         }
-        leaves.insert(name.rsplit('.').next().unwrap_or(name).to_string());
+        leaves.insert(target_leaf(name));
         tensors.push(TensorOut::from_mat(
             format!("base_model.model.{name}.lora_A.weight"),
             options.dtype,
@@ -630,6 +630,17 @@ pub fn write(
     // Weights first: a folder whose config is present always has matching weights.
     crate::tensorfile::write(&dir.join(WEIGHTS_FILE), tensors, md)?;
     crate::util::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+}
+
+/// The `target_modules` entry for `name`: its last segment, or its last two when the last is
+/// a bare index (`to_out.0`), which alone would also select every other `.0` child.
+fn target_leaf(name: &str) -> String {
+    let mut it = name.rsplit('.');
+    let last = it.next().unwrap_or(name);
+    match it.next() {
+        Some(parent) if last.bytes().all(|b| b.is_ascii_digit()) => format!("{parent}.{last}"),
+        _ => last.to_string(),
+    }
 }
 
 /// The weights path of a PEFT folder (for callers that report it).
