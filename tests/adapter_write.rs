@@ -85,6 +85,41 @@ fn write_then_read_gives_same_delta() {
 }
 
 #[test]
+fn padding_to_uniform_rank_keeps_every_delta() {
+    let tmp = TmpDir::new("write-pad");
+    let padded = peft::pad_to_uniform_rank(&modules());
+    for (name, m) in &modules() {
+        let p = &padded[name];
+        assert_eq!((p.rank(), p.b.ncols()), (6, 6), "{name}");
+        assert_eq!(
+            loaded_delta(p),
+            loaded_delta(m),
+            "{name}: ΔW must be identical"
+        );
+    }
+    let dir = tmp.join("padded");
+    peft::write(
+        &dir,
+        &padded,
+        &PeftWriteOptions {
+            dtype: Dtype::F64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ad = Adapter::open(&dir).unwrap();
+    assert_eq!(ad.config["r"], 6);
+    assert_eq!(ad.config["rank_pattern"], serde_json::json!({}));
+    for (name, m) in &modules() {
+        assert_eq!(
+            loaded_delta(&ad.load_module(name).unwrap()),
+            loaded_delta(m),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn uniform_ranks_write_no_patterns_and_flags_survive() {
     let tmp = TmpDir::new("write-uniform");
     let mut mods = BTreeMap::new();

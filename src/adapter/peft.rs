@@ -632,6 +632,34 @@ pub fn write(
     crate::util::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
 }
 
+/// Zero-pads every module to the largest rank: A gets zero rows, B zero columns, so each ΔW
+/// is unchanged bit for bit. Written with [`write()`], the result has one rank, no
+/// `rank_pattern`/`alpha_pattern` and scale 1 everywhere, which consumers that apply one
+/// global alpha (llama.cpp computes alpha/rank per tensor from a single `adapter.lora.alpha`;
+/// servers that ignore the patterns) then read correctly too. Costs storage for the zeros.
+pub fn pad_to_uniform_rank(modules: &BTreeMap<String, LoraModule>) -> BTreeMap<String, LoraModule> {
+    let r_max = modules.values().map(LoraModule::rank).max().unwrap_or(0);
+    modules
+        .iter()
+        .map(|(name, m)| {
+            let r = m.rank();
+            let a = faer::Mat::from_fn(
+                r_max,
+                m.a.ncols(),
+                |i, j| if i < r { m.a[(i, j)] } else { 0.0 },
+            );
+            let b = faer::Mat::from_fn(m.b.nrows(), r_max, |i, j| {
+                if j < r && j < m.b.ncols() {
+                    m.b[(i, j)]
+                } else {
+                    0.0
+                }
+            });
+            (name.clone(), LoraModule { a, b })
+        })
+        .collect()
+}
+
 /// The `target_modules` entry for `name`: its last segment, or its last two when the last is
 /// a bare index (`to_out.0`), which alone would also select every other `.0` child.
 fn target_leaf(name: &str) -> String {
