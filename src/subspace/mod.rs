@@ -291,11 +291,41 @@ fn extract_named(
             ));
         }
         acc.add(&m).map_err(|e| match e {
-            Error::Usage(msg) | Error::Numeric(msg) => {
-                Error::bad_tensor(ad.weights_path(), info.a_key.clone(), msg)
-            }
+            Error::Usage(msg) => Error::bad_tensor(ad.weights_path(), info.a_key.clone(), msg),
+            Error::Numeric(msg) => Error::Numeric(format!("module {name}: {msg}")),
             other => other,
         })?;
+    }
+    acc.finish(options).map_err(|e| match e {
+        Error::Numeric(msg) => Error::Numeric(format!("module {name}: {msg}")),
+        other => other,
+    })
+}
+
+/// Extracts one module's subspace from modules handed over one at a time, the way [`extract`]
+/// reads files: each module is canonicalized and folded into the side accumulators, then
+/// dropped, so memory stays about d·(d + r) values per side however many modules stream by.
+/// An `Err` item stops the extraction and is returned as is.
+pub fn extract_module_stream<I>(
+    in_features: usize,
+    out_features: usize,
+    options: &ExtractOptions,
+    route: Route,
+    modules: I,
+) -> Result<ModuleSubspace>
+where
+    I: IntoIterator<Item = Result<LoraModule>>,
+{
+    validate_options(options)?;
+    let mut acc = ModuleAccumulator::new(in_features, out_features, options.canonicalize, route);
+    for (i, m) in modules.into_iter().enumerate() {
+        acc.add(&m?).map_err(|e| match e {
+            Error::Usage(msg) => Error::Usage(format!("adapter module {i}: {msg}")),
+            other => other,
+        })?;
+    }
+    if acc.n_adapters == 0 {
+        return Err(Error::Usage("no adapter modules to extract from".into()));
     }
     acc.finish(options)
 }
@@ -316,23 +346,16 @@ pub fn extract_module_with(
     options: &ExtractOptions,
     route: Route,
 ) -> Result<ModuleSubspace> {
-    validate_options(options)?;
     let first = modules
         .first()
         .ok_or_else(|| Error::Usage("no adapter modules to extract from".into()))?;
-    let mut acc = ModuleAccumulator::new(
+    extract_module_stream(
         first.in_features(),
         first.out_features(),
-        options.canonicalize,
+        options,
         route,
-    );
-    for (i, m) in modules.iter().enumerate() {
-        acc.add(m).map_err(|e| match e {
-            Error::Usage(msg) => Error::Usage(format!("adapter module {i}: {msg}")),
-            other => other,
-        })?;
-    }
-    acc.finish(options)
+        modules.iter().map(|m| Ok(m.clone())),
+    )
 }
 
 fn validate_options(options: &ExtractOptions) -> Result<()> {
