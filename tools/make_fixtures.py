@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join("models", "fixtures")  # relative: recorded as base_model_name_or_path
 
@@ -115,6 +117,12 @@ def make_set(task: int, n: int, seed: int):
 
 
 # ----------------------------------------------------------------------------- models
+
+def save_file(tensors: dict, path: str, metadata: dict | None = None):
+    """safetensors.numpy.save_file's signature, written deterministically (sorted metadata)."""
+    from elx_reference import write_safetensors
+    write_safetensors(path, tensors, metadata)
+
 
 def torch_setup():
     import torch
@@ -211,12 +219,27 @@ def check_onnx(torch, model, path):
     print(f"onnx check: max |onnx - torch| = {worst:.2e} over 3 batch/length shapes")
 
 
+def tidy_peft_folder(out_dir: str):
+    """PEFT stores target_modules as a set, so its order in adapter_config.json changes from run
+    to run; sort it (and drop the model-card template) so rebuilt fixtures are byte-identical."""
+    cpath = os.path.join(out_dir, "adapter_config.json")
+    with open(cpath) as f:
+        cfg = json.load(f)
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    with open(cpath, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    readme = os.path.join(out_dir, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+
+
 def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = None,
                data_task: int | None = None):
     """Trains LoRA(query, value) + linear head on mean pooling; saves PEFT folder + head."""
     torch = torch_setup()
     from peft import LoraConfig, get_peft_model
-    from safetensors.numpy import save_file
 
     data_task = task if data_task is None else data_task
     n_cls = TASKS[data_task][1]
@@ -255,9 +278,7 @@ def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = No
         ce = float(torch.nn.functional.cross_entropy(lg, torch.from_numpy(test_y)))
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    readme = os.path.join(out_dir, "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)  # PEFT's model-card template: noise in a fixture
+    tidy_peft_folder(out_dir)
     labels = [str(i) for i in range(n_cls)]
     save_file({"head.weight": head.weight.detach().numpy().copy(),
                "head.bias": head.bias.detach().numpy().copy()},
@@ -271,7 +292,6 @@ def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = No
 
 def build_tasks(base_io):
     torch = torch_setup()
-    from safetensors.numpy import save_file
 
     os.makedirs(os.path.join(FIX, "data"), exist_ok=True)
     stats = []
@@ -343,8 +363,7 @@ def build_gpt2_variant():
         opt.step()
     out = os.path.join(FIX, "adapters", "variants", "gpt2_fan_in_fan_out")
     model.save_pretrained(out, safe_serialization=True)
-    if os.path.exists(os.path.join(out, "README.md")):
-        os.remove(os.path.join(out, "README.md"))
+    tidy_peft_folder(out)
     return {"variant": "gpt2_fan_in_fan_out", "seed": 7007, "steps": 100,
             "train_s": round(time.perf_counter() - t0, 2), "final_train_loss": round(loss.item(), 4)}
 
@@ -375,7 +394,6 @@ def build_kohya():
 
     Also writes the expected folded ΔW per module (f64, [out, in·kh·kw]) so a reader can be
     checked against numbers: ΔW = (alpha / r)·up·down, alpha defaulting to r when absent."""
-    from safetensors.numpy import save_file
     rng = np.random.default_rng(12345)
     mods = {
         # name: (down shape, up shape, alpha or None)
