@@ -32,7 +32,9 @@ fn root() -> PathBuf {
 }
 
 fn task_dirs() -> Vec<PathBuf> {
-    (0..6).map(|i| root().join(format!("models/fixtures/adapters/task{i}"))).collect()
+    (0..6)
+        .map(|i| root().join(format!("models/fixtures/adapters/task{i}")))
+        .collect()
 }
 
 fn reference_dir() -> PathBuf {
@@ -98,7 +100,12 @@ impl RefFile {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
-            assert_eq!(view.dtype(), safetensors::Dtype::F64, "{}: {name} is not F64", path.display());
+            assert_eq!(
+                view.dtype(),
+                safetensors::Dtype::F64,
+                "{}: {name} is not F64",
+                path.display()
+            );
             let values: Vec<f64> = view
                 .data()
                 .chunks_exact(8)
@@ -106,7 +113,11 @@ impl RefFile {
                 .collect();
             tensors.insert(name, (view.shape().to_vec(), values));
         }
-        RefFile { path: path.to_path_buf(), tensors, metadata }
+        RefFile {
+            path: path.to_path_buf(),
+            tensors,
+            metadata,
+        }
     }
 
     fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {
@@ -128,8 +139,11 @@ impl RefFile {
 
     /// Module names: the prefixes of the `.V_A` / `.alpha_A` tensors.
     fn modules(&self, suffix: &str) -> Vec<String> {
-        let mut m: Vec<String> =
-            self.tensors.keys().filter_map(|k| k.strip_suffix(suffix).map(str::to_string)).collect();
+        let mut m: Vec<String> = self
+            .tensors
+            .keys()
+            .filter_map(|k| k.strip_suffix(suffix).map(str::to_string))
+            .collect();
         m.sort();
         m
     }
@@ -177,8 +191,15 @@ fn transpose(m: &Mat<f64>) -> Mat<f64> {
 fn check_spectrum(what: &str, got: &[f64], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "{what}: spectrum length");
     let top = want.first().copied().unwrap_or(0.0).max(f64::MIN_POSITIVE);
-    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs() / top).fold(0.0, f64::max);
-    assert!(worst <= SPECTRUM_TOL, "{what}: spectrum differs by {worst:e} of σ_max");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() / top)
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= SPECTRUM_TOL,
+        "{what}: spectrum differs by {worst:e} of σ_max"
+    );
     worst
 }
 
@@ -190,21 +211,35 @@ fn check_basis(what: &str, got_rows: &Mat<f64>, want_rows: &Mat<f64>) -> (f64, f
         "{what}: basis shape"
     );
     let angle = residual_outside_rows(got_rows, want_rows);
-    assert!(angle < ANGLE_TOL, "{what}: subspaces differ, sin(principal angle) up to {angle:e}");
+    assert!(
+        angle < ANGLE_TOL,
+        "{what}: subspaces differ, sin(principal angle) up to {angle:e}"
+    );
     let entry = max_abs_diff(got_rows, want_rows);
-    assert!(entry < BASIS_TOL, "{what}: entries differ by {entry:e} (same span; sign convention?)");
+    assert!(
+        entry < BASIS_TOL,
+        "{what}: entries differ by {entry:e} (same span; sign convention?)"
+    );
     (entry, angle)
 }
 
 /// Counts the reference recorded per module: [k_a, mean_a, pseudo_a, k_b, mean_b, pseudo_b].
 fn check_counts(what: &str, reference: &RefFile, name: &str, a: &SideInfo, b: &SideInfo) {
     let counts: serde_json::Value =
-        serde_json::from_str(reference.metadata.get("counts").expect("counts metadata")).expect("json");
+        serde_json::from_str(reference.metadata.get("counts").expect("counts metadata"))
+            .expect("json");
     let c = &counts[name];
     let num = |i: usize| c[i].as_u64().unwrap_or(u64::MAX) as usize;
     let flag = |i: usize| c[i].as_bool().expect("bool");
     assert_eq!(
-        (a.k_principal, a.mean_vector, a.pseudo, b.k_principal, b.mean_vector, b.pseudo),
+        (
+            a.k_principal,
+            a.mean_vector,
+            a.pseudo,
+            b.k_principal,
+            b.mean_vector,
+            b.pseudo
+        ),
         (num(0), flag(1), num(2), num(3), flag(4), num(5)),
         "{what}: (k, mean, pseudo) per side"
     );
@@ -221,16 +256,30 @@ fn extraction_matches_numpy_reference() {
         let reference = RefFile::open(&reference_dir().join(file));
         let sub = run_extraction(&adapters, &options);
         let names = reference.modules(".V_A");
-        assert_eq!(sub.modules.keys().cloned().collect::<Vec<_>>(), names, "{file}: module names");
+        assert_eq!(
+            sub.modules.keys().cloned().collect::<Vec<_>>(),
+            names,
+            "{file}: module names"
+        );
         let (mut worst_spec, mut worst_entry, mut worst_angle) = (0.0f64, 0.0f64, 0.0f64);
         for name in &names {
             let m = &sub.modules[name];
             let what = format!("{file} {name}");
-            worst_spec = worst_spec
-                .max(check_spectrum(&format!("{what} A"), &m.a.spectrum, &reference.vec(&format!("{name}.sigma_A"))));
-            worst_spec = worst_spec
-                .max(check_spectrum(&format!("{what} B"), &m.b.spectrum, &reference.vec(&format!("{name}.sigma_B"))));
-            let (e, a) = check_basis(&format!("{what} V_A"), &m.v_a, &reference.mat(&format!("{name}.V_A")));
+            worst_spec = worst_spec.max(check_spectrum(
+                &format!("{what} A"),
+                &m.a.spectrum,
+                &reference.vec(&format!("{name}.sigma_A")),
+            ));
+            worst_spec = worst_spec.max(check_spectrum(
+                &format!("{what} B"),
+                &m.b.spectrum,
+                &reference.vec(&format!("{name}.sigma_B")),
+            ));
+            let (e, a) = check_basis(
+                &format!("{what} V_A"),
+                &m.v_a,
+                &reference.mat(&format!("{name}.V_A")),
+            );
             worst_entry = worst_entry.max(e);
             worst_angle = worst_angle.max(a);
             let (e, a) = check_basis(
@@ -242,7 +291,11 @@ fn extraction_matches_numpy_reference() {
             worst_angle = worst_angle.max(a);
             check_counts(&what, &reference, name, &m.a, &m.b);
             assert_eq!(m.n_adapters, 6, "{what}: n_adapters");
-            assert_eq!((m.in_features, m.out_features, m.r_max), (32, 32, 4), "{what}: dims");
+            assert_eq!(
+                (m.in_features, m.out_features, m.r_max),
+                (32, 32, 4),
+                "{what}: dims"
+            );
         }
         eprintln!(
             "{file}: {} modules; worst spectrum diff {worst_spec:.1e}·σ_max, basis entry {worst_entry:.1e}, \
@@ -257,9 +310,13 @@ fn extraction_matches_numpy_reference() {
 fn projection_matches_numpy_reference() {
     let basis = RefFile::open(&reference_dir().join("k4.safetensors"));
     let coeffs = RefFile::open(&reference_dir().join("task0_in_k4.safetensors"));
-    let errors: BTreeMap<String, f64> =
-        serde_json::from_str(coeffs.metadata.get("relative_errors").expect("relative_errors metadata"))
-            .expect("json");
+    let errors: BTreeMap<String, f64> = serde_json::from_str(
+        coeffs
+            .metadata
+            .get("relative_errors")
+            .expect("relative_errors metadata"),
+    )
+    .expect("json");
     let task0 = Adapter::open(&task_dirs()[0]).expect("open task0");
     let names = coeffs.modules(".alpha_A");
     assert_eq!(names.len(), 4);
@@ -286,18 +343,34 @@ fn projection_matches_numpy_reference() {
         };
         let module = task0.load_module(name).expect("load task0 module");
         let c = project(&module, &s);
-        let (want_a, want_b) = (coeffs.mat(&format!("{name}.alpha_A")), coeffs.mat(&format!("{name}.alpha_B")));
-        assert_eq!((c.alpha_a.nrows(), c.alpha_a.ncols()), (want_a.nrows(), want_a.ncols()), "{name} alpha_A shape");
-        assert_eq!((c.alpha_b.nrows(), c.alpha_b.ncols()), (want_b.nrows(), want_b.ncols()), "{name} alpha_B shape");
+        let (want_a, want_b) = (
+            coeffs.mat(&format!("{name}.alpha_A")),
+            coeffs.mat(&format!("{name}.alpha_B")),
+        );
+        assert_eq!(
+            (c.alpha_a.nrows(), c.alpha_a.ncols()),
+            (want_a.nrows(), want_a.ncols()),
+            "{name} alpha_A shape"
+        );
+        assert_eq!(
+            (c.alpha_b.nrows(), c.alpha_b.ncols()),
+            (want_b.nrows(), want_b.ncols()),
+            "{name} alpha_B shape"
+        );
         let d = max_abs_diff(&c.alpha_a, &want_a).max(max_abs_diff(&c.alpha_b, &want_b));
         assert!(d < COEFF_TOL, "{name}: coefficients differ by {d:e}");
         worst = worst.max(d);
         let err = subspace::relative_error(&module, &subspace::reconstruct(&c, &s));
         let want_err = errors[name];
-        assert!((err - want_err).abs() < 1e-9, "{name}: relative error {err} vs reference {want_err}");
+        assert!(
+            (err - want_err).abs() < 1e-9,
+            "{name}: relative error {err} vs reference {want_err}"
+        );
         worst_err = worst_err.max((err - want_err).abs());
     }
-    eprintln!("task0_in_k4: worst coefficient diff {worst:.1e}, worst relative-error diff {worst_err:.1e}");
+    eprintln!(
+        "task0_in_k4: worst coefficient diff {worst:.1e}, worst relative-error diff {worst_err:.1e}"
+    );
 }
 
 /// Locates python3 with numpy and safetensors, or fails with the command that installs them.
@@ -322,8 +395,10 @@ fn reference_is_reproducible() {
     let py = python();
     let dir = std::env::temp_dir().join(format!("elx-parity-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let script = root().join("tools/elx_reference.py");
-    let tasks: Vec<String> = task_dirs().iter().map(|d| d.display().to_string()).collect();
+    let tasks: Vec<String> = task_dirs()
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
     let mut runs: Vec<(String, Vec<String>)> = Vec::new();
     for (file, args, _) in extraction_cases() {
         let mut a = vec!["extract".to_string()];
@@ -343,26 +418,48 @@ fn reference_is_reproducible() {
             dir.join("task0_in_k4.safetensors").display().to_string(),
         ],
     ));
-    for (file, args) in &runs {
-        let out = Command::new(&py).arg(&script).args(args).output().expect("spawn python");
-        assert!(
-            out.status.success(),
-            "reference run for {file} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    // One interpreter runs the CLI's main() for every invocation in order: starting python and
+    // numpy once instead of four times keeps this test quick on a loaded machine.
+    let program = "import json, sys\nsys.path.insert(0, sys.argv[1])\nimport elx_reference as r\n\
+                   for argv in json.loads(sys.argv[2]):\n    assert r.main(argv) == 0, argv\n";
+    let argv_json = serde_json::to_string(&runs.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>())
+        .expect("json");
+    let out = Command::new(&py)
+        .args(["-c", program])
+        .arg(root().join("tools"))
+        .arg(&argv_json)
+        .output()
+        .expect("spawn python");
+    assert!(
+        out.status.success(),
+        "reference runs failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (file, _) in &runs {
         let fresh = RefFile::open(&dir.join(file));
         let committed = RefFile::open(&reference_dir().join(file));
         let mut a: Vec<&String> = fresh.tensors.keys().collect();
         let mut b: Vec<&String> = committed.tensors.keys().collect();
         a.sort();
         b.sort();
-        assert_eq!(a, b, "{file}: tensor names (stale committed reference? rebuild with make_fixtures.py --only reference)");
+        assert_eq!(
+            a, b,
+            "{file}: tensor names (stale committed reference? rebuild with make_fixtures.py --only reference)"
+        );
         for (name, (shape, v)) in &committed.tensors {
             let (fshape, fv) = &fresh.tensors[name];
             assert_eq!(shape, fshape, "{file} {name}: shape");
             let scale = v.iter().fold(1e-300f64, |m, x| m.max(x.abs()));
-            let d = v.iter().zip(fv).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale;
-            assert!(d < 1e-10, "{file} {name}: committed reference differs from a fresh run by {d:e} (relative)");
+            let d = v
+                .iter()
+                .zip(fv)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max)
+                / scale;
+            assert!(
+                d < 1e-10,
+                "{file} {name}: committed reference differs from a fresh run by {d:e} (relative)"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
