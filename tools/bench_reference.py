@@ -23,6 +23,11 @@ import subprocess
 import sys
 import time
 
+# Single-threaded BLAS unless the caller says otherwise: results do not depend on the thread
+# count, and OpenBLAS threads spin badly on a shared, loaded machine (100x slower seen here).
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +89,8 @@ def run_reference(dir_: str, n: int, k: int) -> dict:
     m = re.search(r"wall_s=([\d.]+) peak_rss_mib=([\d.]+)", p.stdout)
     return {"n": n, "r": R, "in": DIM, "out": DIM, "modules": len(module_names()), "k": k,
             "wall_s": float(m.group(1)), "process_wall_s": round(outer, 3), "peak_rss_mib": float(m.group(2)),
-            "adapter_bytes": n * os.path.getsize(os.path.join(ads[0], "adapter_model.safetensors"))}
+            "adapter_bytes": n * os.path.getsize(os.path.join(ads[0], "adapter_model.safetensors")),
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
 
 
 def main():

@@ -33,6 +33,11 @@ import struct
 import sys
 import time
 
+# Single-threaded BLAS unless the caller says otherwise: results do not depend on the thread
+# count, and OpenBLAS threads spin badly on a shared, loaded machine (100x slower seen here).
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
 import numpy as np
 
 MASK64 = (1 << 64) - 1
