@@ -373,6 +373,83 @@ fn projection_matches_numpy_reference() {
     );
 }
 
+/// PEFT variants whose folded ΔW the reference wrote as `reference/delta_<variant>.safetensors`.
+const READER_VARIANTS: [&str; 5] = [
+    "rslora",
+    "rank_pattern",
+    "task2_fp16",
+    "task2_bf16",
+    "gpt2_fan_in_fan_out",
+];
+
+fn variant_dir(v: &str) -> PathBuf {
+    root().join(format!("models/fixtures/adapters/variants/{v}"))
+}
+
+/// Frobenius norm of a - b over that of b.
+fn rel_frobenius(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+    let (mut num, mut den) = (0.0, 0.0);
+    for i in 0..b.nrows() {
+        for j in 0..b.ncols() {
+            num += (a[(i, j)] - b[(i, j)]).powi(2);
+            den += b[(i, j)].powi(2);
+        }
+    }
+    (num / den).sqrt()
+}
+
+/// Compares every module's B'·A' from the Rust reader with the reference's folded ΔW.
+fn check_reader(what: &str, adapter: &Adapter, expected: &RefFile) -> f64 {
+    let names = expected.modules(".delta");
+    assert_eq!(
+        adapter.modules.keys().cloned().collect::<Vec<_>>(),
+        names,
+        "{what}: module names"
+    );
+    let mut worst = 0.0f64;
+    for name in &names {
+        let want_scale = expected.vec(&format!("{name}.scale"))[0];
+        let scale = adapter.modules[name].scale;
+        assert!(
+            (scale - want_scale).abs() <= 1e-15 * want_scale.abs(),
+            "{what} {name}: scale {scale} vs reference {want_scale}"
+        );
+        let m = adapter.load_module(name).expect("load_module");
+        let delta: Mat<f64> = &m.b * &m.a;
+        let want = expected.mat(&format!("{name}.delta"));
+        assert_eq!(
+            (delta.nrows(), delta.ncols()),
+            (want.nrows(), want.ncols()),
+            "{what} {name}: ΔW shape [out, in]"
+        );
+        let e = rel_frobenius(&delta, &want);
+        assert!(
+            e < 1e-12,
+            "{what} {name}: ΔW differs from the reference by {e:e} (relative)"
+        );
+        worst = worst.max(e);
+    }
+    worst
+}
+
+/// The Rust readers against the reference reader (PEFT: rslora, rank/alpha patterns, f16,
+/// bf16, fan_in_fan_out) and against the numpy-built kohya file's expected ΔW.
+#[test]
+fn readers_match_numpy_reference() {
+    for v in READER_VARIANTS {
+        let adapter = Adapter::open(&variant_dir(v)).unwrap_or_else(|e| panic!("{v}: {e}"));
+        let expected = RefFile::open(&reference_dir().join(format!("delta_{v}.safetensors")));
+        let worst = check_reader(v, &adapter, &expected);
+        eprintln!("{v}: worst relative ΔW diff {worst:.1e}");
+    }
+    let kohya = root().join("models/fixtures/kohya/tiny_sd_lora.safetensors");
+    let adapter = Adapter::open(&kohya).unwrap_or_else(|e| panic!("kohya: {e}"));
+    let expected =
+        RefFile::open(&root().join("models/fixtures/kohya/tiny_sd_lora.expected.safetensors"));
+    let worst = check_reader("kohya", &adapter, &expected);
+    eprintln!("kohya: worst relative ΔW diff {worst:.1e}");
+}
+
 /// Locates python3 with numpy and safetensors, or fails with the command that installs them.
 fn python() -> String {
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
@@ -418,6 +495,18 @@ fn reference_is_reproducible() {
             dir.join("task0_in_k4.safetensors").display().to_string(),
         ],
     ));
+    for v in READER_VARIANTS {
+        let file = format!("delta_{v}.safetensors");
+        runs.push((
+            file.clone(),
+            vec![
+                "delta".to_string(),
+                variant_dir(v).display().to_string(),
+                "-o".to_string(),
+                dir.join(&file).display().to_string(),
+            ],
+        ));
+    }
     // One interpreter runs the CLI's main() for every invocation in order: starting python and
     // numpy once instead of four times keeps this test quick on a loaded machine.
     let program = "import json, sys\nsys.path.insert(0, sys.argv[1])\nimport elx_reference as r\n\

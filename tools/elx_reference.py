@@ -8,6 +8,7 @@ CLI:
   python3 tools/elx_reference.py extract ADAPTER_DIR... [--k N | --energy t] [--no-canonicalize]
           [--center] [--pseudo P --seed S] -o ref.safetensors [--time]
   python3 tools/elx_reference.py project ADAPTER_DIR --ref ref.safetensors -o coeffs.safetensors [--time]
+  python3 tools/elx_reference.py delta ADAPTER_DIR -o delta.safetensors      (reader check: ΔW = B'·A')
 
 Conventions (shared with the Rust side):
   * ΔW = s·B·A with s = alpha/r (alpha/√r with rslora), PEFT rank_pattern/alpha_pattern
@@ -380,6 +381,9 @@ def main(argv=None) -> int:
     p.add_argument("--ref", required=True)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--time", action="store_true")
+    dl = sub.add_parser("delta", help="folded ΔW = B'·A' [out x in] and scale s of every module")
+    dl.add_argument("adapter")
+    dl.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 
@@ -404,6 +408,15 @@ def main(argv=None) -> int:
         for name, m in sub_.items():
             print(f"{name}: K_A={m['V_A'].shape[0]} (principal {m['k_a']}) "
                   f"K_B={m['V_B'].shape[1]} (principal {m['k_b']})")
+    elif args.cmd == "delta":
+        ad = PeftAdapter(args.adapter)
+        tensors = {}
+        for name, (a, b) in ad.modules.items():
+            tensors[f"{name}.delta"] = b @ a
+            tensors[f"{name}.scale"] = np.array(ad.scales[name], dtype=np.float64)
+        write_safetensors(args.output, tensors, {"tool": "elx_reference.py",
+                                                 "convention": "delta = s*B*A as [out, in], f64"})
+        print(f"{len(tensors) // 2} modules")
     else:
         ref, _ = read_safetensors(args.ref)
         ad = PeftAdapter(args.adapter)
@@ -416,7 +429,7 @@ def main(argv=None) -> int:
                                                  "relative_errors": json.dumps(errs)})
         for name, err in errs.items():
             print(f"{name}: relative_error={err:.6e}")
-    if args.time:
+    if getattr(args, "time", False):
         _report_time(t0)
     return 0
 

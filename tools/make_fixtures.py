@@ -427,6 +427,8 @@ def build_kohya():
               metadata={"convention": "delta = (alpha/r) * up.reshape(out, r) @ down.reshape(r, -1); alpha = r when absent"})
 
 
+READER_VARIANTS = ["rslora", "rank_pattern", "task2_fp16", "task2_bf16", "gpt2_fan_in_fan_out"]
+
 REFERENCE_RUNS = [
     ("k4.safetensors", ["extract", "--k", "4"]),
     ("k4_center_pseudo.safetensors", ["extract", "--k", "3", "--center", "--pseudo", "2", "--seed", "7"]),
@@ -443,6 +445,9 @@ def reference_commands(out_dir: str):
         cmds.append([sys.executable, ref, args[0], *ads, *args[1:], "-o", os.path.join(out_dir, fname)])
     cmds.append([sys.executable, ref, "project", ads[0], "--ref", os.path.join(out_dir, "k4.safetensors"),
                  "-o", os.path.join(out_dir, "task0_in_k4.safetensors")])
+    for v in READER_VARIANTS:
+        cmds.append([sys.executable, ref, "delta", os.path.join(FIX, "adapters", "variants", v),
+                     "-o", os.path.join(out_dir, f"delta_{v}.safetensors")])
     return cmds
 
 
