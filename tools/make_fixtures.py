@@ -3,6 +3,7 @@
 
   python3 tools/make_fixtures.py            # everything
   python3 tools/make_fixtures.py --only base,tasks,variants,kohya,reference
+  python3 tools/make_fixtures.py --only baseline   # head-only accuracies, writes nothing
 
 What it writes (see models/PROVENANCE.md for the figures of the committed run):
   tiny-bert/            random BertModel (seed 0): config.json, model.safetensors, vocab.txt,
@@ -240,9 +241,12 @@ def tidy_peft_folder(out_dir: str):
         os.remove(readme)
 
 
-def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = None,
-               data_task: int | None = None):
-    """Trains LoRA(query, value) + linear head on mean pooling; saves PEFT folder + head."""
+def train_task(task: int, seed: int, out_dir: str | None, lora_kwargs: dict | None = None,
+               data_task: int | None = None, head_only: bool = False):
+    """Trains LoRA(query, value) + linear head on mean pooling; saves PEFT folder + head.
+
+    head_only: the baseline with the frozen base and the head alone (same data, steps, lr),
+    nothing saved."""
     torch = torch_setup()
     from peft import LoraConfig, get_peft_model
 
@@ -255,7 +259,11 @@ def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = No
     base = load_bert(torch)
     kw = dict(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0, bias="none")
     kw.update(lora_kwargs or {})
-    model = get_peft_model(base, LoraConfig(**kw))
+    if head_only:
+        base.requires_grad_(False)
+        model = base
+    else:
+        model = get_peft_model(base, LoraConfig(**kw))
     head = torch.nn.Linear(32, n_cls)
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
@@ -281,6 +289,9 @@ def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = No
         lg = logits(test_ids)
         acc = float((lg.argmax(-1).numpy() == test_y).mean())
         ce = float(torch.nn.functional.cross_entropy(lg, torch.from_numpy(test_y)))
+    if head_only:
+        return {"task": TASKS[data_task][0], "baseline": "head_only", "seed": seed, "steps": STEPS,
+                "train_s": round(train_s, 2), "test_acc": acc, "test_ce": round(ce, 4)}
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tidy_peft_folder(out_dir)
@@ -474,6 +485,9 @@ def main():
         build_kohya()
     if "reference" in parts:
         build_reference()
+    if "baseline" in parts:  # not in the default list: prints figures, writes nothing
+        for t in range(len(TASKS)):
+            print(json.dumps(train_task(t, TASK_SEEDS[t], None, head_only=True)))
 
 
 if __name__ == "__main__":
