@@ -570,6 +570,12 @@ fn parse_manifest(tf: &TensorFile) -> Result<Manifest> {
             format!("valid JSON ({e})"),
         )
     })?;
+    if value.get("kind").and_then(|k| k.as_str()) == Some("coefficients") {
+        return Err(Error::bad_file(
+            tf.path(),
+            "a bundle (.elxb), found a coefficient file (.elxc)",
+        ));
+    }
     match value.get("format_version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(BUNDLE_FORMAT_VERSION) => {}
         Some(v) => {
