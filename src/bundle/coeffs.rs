@@ -190,7 +190,7 @@ impl CoeffFile {
                     Error::bad_tensor(
                         path,
                         name,
-                        format!("module `{module}` listed in the metadata's rank map"),
+                        format!("expected module `{module}` listed in the metadata's rank map"),
                     )
                 })?;
                 let a = read_2d(&tf, name, Some(r), None)?;
@@ -208,7 +208,7 @@ impl CoeffFile {
                     return Err(Error::bad_tensor(
                         path,
                         format!("{module}.alpha_A"),
-                        "this tensor beside alpha_B",
+                        "expected this tensor beside alpha_B",
                     ));
                 }
             } else if name == HEAD_WEIGHT || name == HEAD_BIAS {
@@ -217,7 +217,7 @@ impl CoeffFile {
                 return Err(Error::bad_tensor(
                     path,
                     name,
-                    "only `<module>.alpha_A`, `<module>.alpha_B`, `head.weight`, `head.bias`",
+                    "expected only `<module>.alpha_A`, `<module>.alpha_B`, `head.weight`, `head.bias`",
                 ));
             }
         }
@@ -225,7 +225,7 @@ impl CoeffFile {
             return Err(Error::bad_tensor(
                 path,
                 format!("{m}.alpha_A"),
-                "this tensor (its module is in the rank map)",
+                "expected this tensor (its module is in the rank map)",
             ));
         }
         let head = match (head_seen, meta.labels) {
@@ -234,7 +234,7 @@ impl CoeffFile {
                 return Err(Error::bad_tensor(
                     path,
                     HEAD_WEIGHT,
-                    "this tensor (the metadata lists head labels)",
+                    "expected this tensor (the metadata lists head labels)",
                 ));
             }
             (true, labels) => {
@@ -248,7 +248,7 @@ impl CoeffFile {
                         path,
                         "__metadata__.eigenlorax.labels",
                         format!(
-                            "{classes} labels (one per head class), found {}",
+                            "expected {classes} labels (one per head class), found {}",
                             labels.len()
                         ),
                     ));
@@ -286,7 +286,7 @@ impl CoeffFile {
                     path,
                     format!("{name}.alpha_A"),
                     format!(
-                        "a module of subspace {}, which has no module `{name}`",
+                        "expected a module of subspace {}, which has no module `{name}`",
                         bundle.subspace_id
                     ),
                 )
@@ -296,7 +296,7 @@ impl CoeffFile {
                     path,
                     format!("{name}.alpha_A"),
                     format!(
-                        "shape [r, {}] (K_A of the bundle), found [{}, {}]",
+                        "expected shape [r, {}] (K_A of the bundle), found [{}, {}]",
                         mm.k_a,
                         co.alpha_a.nrows(),
                         co.alpha_a.ncols()
@@ -308,7 +308,7 @@ impl CoeffFile {
                     path,
                     format!("{name}.alpha_B"),
                     format!(
-                        "shape [{}, r] (K_B of the bundle), found [{}, {}]",
+                        "expected shape [{}, r] (K_B of the bundle), found [{}, {}]",
                         mm.k_b,
                         co.alpha_b.nrows(),
                         co.alpha_b.ncols()
@@ -327,20 +327,20 @@ fn parse_meta(tf: &TensorFile) -> Result<CoeffMeta> {
         Error::bad_tensor(
             tf.path(),
             "__metadata__.eigenlorax",
-            format!("valid JSON ({e})"),
+            format!("expected valid JSON ({e})"),
         )
     })?;
     if value.get("kind").and_then(|k| k.as_str()) != Some(KIND) {
         if value.get("modules").is_some() && value.get("dtype").is_some() {
             return Err(Error::bad_file(
                 tf.path(),
-                "a coefficient file (.elxc), found a bundle (.elxb)",
+                "expected a coefficient file (.elxc), found a bundle (.elxb)",
             ));
         }
         return Err(Error::bad_tensor(
             tf.path(),
             "__metadata__.eigenlorax",
-            "kind \"coefficients\"",
+            "expected kind \"coefficients\"",
         ));
     }
     match value.get("format_version").and_then(|v| v.as_u64()) {
@@ -348,7 +348,9 @@ fn parse_meta(tf: &TensorFile) -> Result<CoeffMeta> {
         other => {
             return Err(Error::bad_file(
                 tf.path(),
-                format!("coefficient format version {COEFF_FORMAT_VERSION}, found {other:?}"),
+                format!(
+                    "expected coefficient format version {COEFF_FORMAT_VERSION}, found {other:?}"
+                ),
             ));
         }
     }
@@ -356,7 +358,7 @@ fn parse_meta(tf: &TensorFile) -> Result<CoeffMeta> {
         Error::bad_tensor(
             tf.path(),
             "__metadata__.eigenlorax",
-            format!("coefficient metadata ({e})"),
+            format!("expected coefficient metadata ({e})"),
         )
     })
 }
@@ -370,12 +372,12 @@ fn read_2d(
 ) -> Result<Mat<f64>> {
     let info = tf
         .info(name)
-        .ok_or_else(|| Error::bad_tensor(tf.path(), name, "this tensor, which is missing"))?;
+        .ok_or_else(|| Error::bad_tensor(tf.path(), name, "expected this tensor, found none"))?;
     if info.dtype != Dtype::F32 {
         return Err(Error::bad_tensor(
             tf.path(),
             name,
-            format!("dtype F32, found {}", info.dtype.name()),
+            format!("expected dtype F32, found {}", info.dtype.name()),
         ));
     }
     let shape_ok = match info.shape.as_slice() {
@@ -388,7 +390,7 @@ fn read_2d(
             tf.path(),
             name,
             format!(
-                "shape [{}, {}] (non-empty), found {:?}",
+                "expected shape [{}, {}] (non-empty), found {:?}",
                 want(rows, "rows"),
                 want(cols, "cols"),
                 info.shape

@@ -384,7 +384,7 @@ pub(crate) fn manifest_json<'a>(tf: &'a TensorFile, what: &str) -> Result<&'a st
         .ok_or_else(|| {
             Error::bad_file(
                 tf.path(),
-                format!("a `{METADATA_KEY}` entry in __metadata__ (not {what})"),
+                format!("expected a `{METADATA_KEY}` entry in __metadata__ (not {what})"),
             )
         })
 }
@@ -433,7 +433,7 @@ impl Bundle {
                         path,
                         format!("modules.{name}.{list_name}"),
                         format!(
-                            "k_{list_name} = {k} = principal + mean + pseudo, found {}",
+                            "expected k_{list_name} = {k} = principal + mean + pseudo, found {}",
                             side.k_total()
                         ),
                     ));
@@ -444,7 +444,7 @@ impl Bundle {
                     path,
                     format!("modules.{name}"),
                     format!(
-                        "K_A <= in and K_B <= out (orthonormal bases), found K_A={} in={} K_B={} out={}",
+                        "expected K_A <= in and K_B <= out (orthonormal bases), found K_A={} in={} K_B={} out={}",
                         mm.k_a, mm.in_features, mm.k_b, mm.out_features
                     ),
                 ));
@@ -473,7 +473,7 @@ impl Bundle {
                 return Err(Error::bad_tensor(
                     path,
                     t,
-                    "only the tensors of the modules listed in the manifest",
+                    "expected only the tensors of the modules listed in the manifest",
                 ));
             }
         }
@@ -498,7 +498,7 @@ impl Bundle {
             return Err(Error::bad_file(
                 path,
                 format!(
-                    "content that hashes to its subspace id {}, but it hashes to {id}: the file was modified or is corrupt",
+                    "expected content that hashes to its subspace id {}, but it hashes to {id}: the file was modified or is corrupt",
                     manifest.subspace_id
                 ),
             ));
@@ -528,7 +528,7 @@ impl Bundle {
             return Err(Error::bad_file(
                 &self.path,
                 format!(
-                    "subspace {} (it changed on disk since it was loaded)",
+                    "expected subspace {} (it changed on disk since it was loaded)",
                     self.manifest.subspace_id
                 ),
             ));
@@ -548,7 +548,7 @@ impl Bundle {
         if check != manifest.subspace_id {
             return Err(Error::bad_file(
                 &self.path,
-                format!("content that hashes to {}", manifest.subspace_id),
+                format!("expected content that hashes to {}", manifest.subspace_id),
             ));
         }
         let mut new = manifest;
@@ -567,13 +567,13 @@ fn parse_manifest(tf: &TensorFile) -> Result<Manifest> {
         Error::bad_tensor(
             tf.path(),
             "__metadata__.eigenlorax",
-            format!("valid JSON ({e})"),
+            format!("expected valid JSON ({e})"),
         )
     })?;
     if value.get("kind").and_then(|k| k.as_str()) == Some("coefficients") {
         return Err(Error::bad_file(
             tf.path(),
-            "a bundle (.elxb), found a coefficient file (.elxc)",
+            "expected a bundle (.elxb), found a coefficient file (.elxc)",
         ));
     }
     match value.get("format_version").and_then(|v| v.as_u64()) {
@@ -582,7 +582,7 @@ fn parse_manifest(tf: &TensorFile) -> Result<Manifest> {
             return Err(Error::bad_file(
                 tf.path(),
                 format!(
-                    "bundle format version {BUNDLE_FORMAT_VERSION}, found version {v} (written by another elx version)"
+                    "expected bundle format version {BUNDLE_FORMAT_VERSION}, found version {v} (written by another elx version)"
                 ),
             ));
         }
@@ -590,13 +590,13 @@ fn parse_manifest(tf: &TensorFile) -> Result<Manifest> {
             if value.get("task").is_some() {
                 return Err(Error::bad_file(
                     tf.path(),
-                    "a bundle (.elxb), found a coefficient file (.elxc)",
+                    "expected a bundle (.elxb), found a coefficient file (.elxc)",
                 ));
             }
             return Err(Error::bad_tensor(
                 tf.path(),
                 "__metadata__.eigenlorax",
-                "a format_version number",
+                "expected a format_version number",
             ));
         }
     }
@@ -604,7 +604,7 @@ fn parse_manifest(tf: &TensorFile) -> Result<Manifest> {
         Error::bad_tensor(
             tf.path(),
             "__metadata__.eigenlorax",
-            format!("a bundle manifest ({e})"),
+            format!("expected a bundle manifest ({e})"),
         )
     })
 }
@@ -618,24 +618,28 @@ pub(crate) fn check_tensor(
 ) -> Result<()> {
     let info = tf
         .info(name)
-        .ok_or_else(|| Error::bad_tensor(tf.path(), name, "this tensor, which is missing"))?;
+        .ok_or_else(|| Error::bad_tensor(tf.path(), name, "expected this tensor, found none"))?;
     if info.dtype != dtype {
         return Err(Error::bad_tensor(
             tf.path(),
             name,
-            format!("dtype {}, found {}", dtype.name(), info.dtype.name()),
+            format!(
+                "expected dtype {}, found {}",
+                dtype.name(),
+                info.dtype.name()
+            ),
         ));
     }
     match shape {
         Some(s) if info.shape != s => Err(Error::bad_tensor(
             tf.path(),
             name,
-            format!("shape {s:?}, found {:?}", info.shape),
+            format!("expected shape {s:?}, found {:?}", info.shape),
         )),
         None if info.shape.len() != 1 => Err(Error::bad_tensor(
             tf.path(),
             name,
-            format!("a 1-D tensor, found shape {:?}", info.shape),
+            format!("expected a 1-D tensor, found shape {:?}", info.shape),
         )),
         _ => Ok(()),
     }
@@ -651,7 +655,7 @@ fn dequantize_int8(
     let shape = tf.info(name).map(|i| i.shape).unwrap_or_default();
     let (rows, cols) = match shape.as_slice() {
         [r, c] => (*r, *c),
-        _ => return Err(Error::bad_tensor(tf.path(), name, "a 2-D tensor")),
+        _ => return Err(Error::bad_tensor(tf.path(), name, "expected a 2-D tensor")),
     };
     let (_, q) = tf.raw(name)?;
     let (_, scales) = tf.read_f64(scale_name)?;
@@ -659,14 +663,14 @@ fn dequantize_int8(
         return Err(Error::bad_tensor(
             tf.path(),
             scale_name,
-            format!("non-negative scales, found {s}"),
+            format!("expected non-negative scales, found {s}"),
         ));
     }
     if q.len() != rows * cols || scales.len() != if per_row { rows } else { cols } {
         return Err(Error::bad_tensor(
             tf.path(),
             name,
-            "data that matches its shape and scales",
+            "expected data that matches its shape and scales",
         ));
     }
     Ok(Mat::from_fn(rows, cols, |i, j| {
