@@ -122,3 +122,20 @@ pub fn projection_error_bound(bundle: &Bundle, module: &str) -> Option<f64> {
     let (a, b) = storage_error_bounds(bundle, module)?;
     Some((a * a + b * b).sqrt())
 }
+
+/// Cumulative explained-energy curve of a spectrum: entry k−1 is Σ_{i<k} σᵢ² / Σ σᵢ², the share
+/// kept by the top k directions (the paper's Fig. 2). Empty for an empty or all-zero spectrum.
+pub fn explained_energy(spectrum: &[f64]) -> Vec<f64> {
+    let total: f64 = spectrum.iter().map(|s| s * s).sum();
+    if total <= 0.0 || !total.is_finite() {
+        return Vec::new();
+    }
+    let mut acc = 0.0;
+    spectrum
+        .iter()
+        .map(|s| {
+            acc += s * s;
+            acc / total
+        })
+        .collect()
+}
