@@ -65,8 +65,8 @@ pub fn project_adapter(adapter: &Adapter, bundle: &Bundle) -> Result<Projection>
             ));
         }
         let m = adapter.load_module(name)?;
-        let c = subspace::project(&m, s);
-        let err = subspace::relative_error(&m, &subspace::reconstruct(&c, s));
+        let c = subspace::try_project(&m, s)?;
+        let err = subspace::relative_error(&m, &subspace::try_reconstruct(&c, s)?);
         p.errors.insert(name.clone(), err);
         p.modules.insert(name.clone(), c);
     }

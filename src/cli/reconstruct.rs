@@ -30,7 +30,7 @@ pub fn run(a: Args) -> Result<()> {
     for (name, co) in &c.modules {
         // read_for checked that every module is in the bundle.
         if let Some(s) = bundle.subspace.modules.get(name) {
-            let m = subspace::reconstruct(co, s);
+            let m = subspace::try_reconstruct(co, s)?;
             t.row(vec![
                 name.clone(),
                 m.rank().to_string(),
