@@ -132,3 +132,49 @@ fn in_span_projection_loss_is_within_the_derived_bounds() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The same bound holds for the library's projection (least squares on the stored bases),
+/// which is what `elx project` uses.
+#[test]
+fn library_projection_meets_the_bound() {
+    use eigenlorax::adapter::LoraModule;
+    use eigenlorax::subspace::{project, reconstruct, relative_error};
+    let dir = temp_dir("quant-lib");
+    let m = module(128, 96, 6, 5, 31);
+    for dtype in DTYPES {
+        let mut modules = BTreeMap::new();
+        modules.insert("m".to_string(), m.clone());
+        let path = dir.join(format!("{}.elxb", dtype.name()));
+        Bundle::write(
+            &path,
+            &Subspace {
+                modules,
+                options: ExtractOptions::default(),
+            },
+            &sources(),
+            dtype,
+            None,
+        )
+        .unwrap();
+        let b = Bundle::read(&path).unwrap();
+        let s = &b.subspace.modules["m"];
+        let mut rng = GaussianRng::new(5);
+        let lora = LoraModule {
+            a: gauss(4, 6, &mut rng) * &m.v_a,
+            b: &m.v_b * gauss(5, 4, &mut rng),
+        };
+        let rel = relative_error(&lora, &reconstruct(&project(&lora, s), s));
+        let sharp = (spectral_norm(&(&s.v_a - &m.v_a)).powi(2)
+            + spectral_norm(&(&s.v_b - &m.v_b)).powi(2))
+        .sqrt();
+        println!(
+            "library projection {:>4}: {rel:.3e} (sharp bound {sharp:.3e})",
+            dtype.name()
+        );
+        assert!(
+            rel <= sharp * (1.0 + 1e-6) + 1e-13,
+            "{dtype:?}: {rel} > {sharp}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -252,13 +252,16 @@ fn inspect_coeffs(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Relative ΔW error and captured energy, in the bundle and (optionally) in the random control.
+type Measured = (f64, f64, Option<(f64, f64)>);
+
 /// Per-module measurements of one adapter.
 fn measure_module(
     adapter: &Adapter,
     name: &str,
     s: &ModuleSubspace,
     random: Option<&ModuleSubspace>,
-) -> Result<(f64, f64, Option<(f64, f64)>)> {
+) -> Result<Measured> {
     let m = adapter.load_module(name)?;
     let err = |s: &ModuleSubspace| {
         subspace::relative_error(&m, &subspace::reconstruct(&subspace::project(&m, s), s))

@@ -294,7 +294,7 @@ fn error_panel<DB: DrawingBackend>(
                 .enumerate()
                 .map(|(j, (_, e))| (j as f64, *e))
                 .collect();
-            chart
+            let series = chart
                 .draw_series(DashedLineSeries::new(
                     rp,
                     6,
@@ -302,6 +302,11 @@ fn error_panel<DB: DrawingBackend>(
                     color.mix(0.6).stroke_width(1),
                 ))
                 .map_err(|e| e.to_string())?;
+            if i == 0 {
+                series
+                    .label("random subspace, same K (dashed)")
+                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+            }
         }
     }
     chart
