@@ -149,7 +149,8 @@ fn print_bundle(b: &Bundle) {
         o.seed
     );
     println!("sources:      {} adapters", m.sources.len());
-    let mut t = Table::new(&["  path", "sha256", "format", "modules", "base model"]);
+    let mut t =
+        Table::new(&["  path", "sha256", "format", "modules", "base model"]).left(&[1, 2, 4]);
     for s in &m.sources {
         t.row(vec![
             format!("  {}", s.path),
@@ -202,7 +203,7 @@ fn print_bundle(b: &Bundle) {
                 bd.base_sha256,
                 bd.modules.len()
             );
-            let mut t = Table::new(&["  module", "node", "weight", "layout"]);
+            let mut t = Table::new(&["  module", "node", "weight", "layout"]).left(&[1, 2, 3]);
             for (n, mb) in &bd.modules {
                 t.row(vec![
                     format!("  {n}"),

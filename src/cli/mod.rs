@@ -92,6 +92,7 @@ pub fn human_bytes(n: u64) -> String {
 pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
+    left: Vec<usize>,
 }
 
 impl Table {
@@ -100,7 +101,14 @@ impl Table {
         Table {
             header: header.iter().map(|s| s.to_string()).collect(),
             rows: Vec::new(),
+            left: vec![0],
         }
+    }
+
+    /// Left-aligns these columns too (text columns).
+    pub fn left(mut self, cols: &[usize]) -> Table {
+        self.left.extend_from_slice(cols);
+        self
     }
 
     /// Appends a row (missing cells print empty).
@@ -124,6 +132,8 @@ impl Table {
                 let c = r.get(i).map(String::as_str).unwrap_or("");
                 if i == 0 {
                     line.push_str(&format!("{c:<w$}"));
+                } else if self.left.contains(&i) {
+                    line.push_str(&format!("  {c:<w$}"));
                 } else {
                     line.push_str(&format!("  {c:>w$}"));
                 }
