@@ -4,7 +4,9 @@
 mod bundle_support;
 
 use bundle_support::*;
-use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance, StorageDtype};
+use eigenlorax::bundle::{
+    Binding, Bundle, CoeffFile, Head, ModuleBinding, Provenance, StorageDtype, WeightLayout,
+};
 use eigenlorax::subspace::Coefficients;
 use faer::Mat;
 use std::path::Path;
@@ -51,6 +53,42 @@ fn inspect_prints_bundle_and_coefficient_summaries() {
         "{out}"
     );
     assert!(out.contains(&"0".repeat(63)), "source hashes listed: {out}");
+
+    // A bound bundle shows its binding, under the same id.
+    let mut modules = std::collections::BTreeMap::new();
+    modules.insert(
+        "encoder.layer.0.attention.self.query".to_string(),
+        ModuleBinding {
+            node: "/q/MatMul".into(),
+            input: "h0".into(),
+            output: "q0".into(),
+            weight: "onnx::MatMul_886".into(),
+            layout: WeightLayout::InOut,
+        },
+    );
+    let binding = Binding {
+        base_sha256: "cd".repeat(32),
+        base_file: "model.onnx".into(),
+        modules,
+    };
+    let bound = dir.join("bound.elxb");
+    Bundle::read(&b)
+        .unwrap()
+        .with_binding(Some(&binding), &bound)
+        .unwrap();
+    let (out, err) = text(&elx(&["inspect", s(&bound)]));
+    assert!(out.contains(&m.subspace_id), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "binding:      model.onnx (sha256 {}), 1 modules",
+            "cd".repeat(32)
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("/q/MatMul") && out.contains("onnx::MatMul_886") && out.contains("InOut"),
+        "{out}"
+    );
 
     let c = dir.join("task.elxc");
     let bundle = Bundle::read(&b).unwrap();

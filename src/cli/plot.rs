@@ -237,7 +237,7 @@ fn error_panel<DB: DrawingBackend>(
         .filter(|e| e.is_finite())
         .fold(0.0f64, f64::max)
         .max(1e-3)
-        * 1.1;
+        * 1.3; // headroom for the legend in the upper right
     let n = names.len().max(1);
     let mut chart = ChartBuilder::on(area)
         .caption(
