@@ -85,11 +85,47 @@ fn write_then_read_gives_same_delta() {
 }
 
 #[test]
+fn padding_to_uniform_rank_keeps_every_delta() {
+    let tmp = TmpDir::new("write-pad");
+    let padded = peft::pad_to_uniform_rank(&modules());
+    for (name, m) in &modules() {
+        let p = &padded[name];
+        assert_eq!((p.rank(), p.b.ncols()), (6, 6), "{name}");
+        assert_eq!(
+            loaded_delta(p),
+            loaded_delta(m),
+            "{name}: ΔW must be identical"
+        );
+    }
+    let dir = tmp.join("padded");
+    peft::write(
+        &dir,
+        &padded,
+        &PeftWriteOptions {
+            dtype: Dtype::F64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ad = Adapter::open(&dir).unwrap();
+    assert_eq!(ad.config["r"], 6);
+    assert_eq!(ad.config["rank_pattern"], serde_json::json!({}));
+    for (name, m) in &modules() {
+        assert_eq!(
+            loaded_delta(&ad.load_module(name).unwrap()),
+            loaded_delta(m),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn uniform_ranks_write_no_patterns_and_flags_survive() {
     let tmp = TmpDir::new("write-uniform");
     let mut mods = BTreeMap::new();
     mods.insert("h.0.attn.c_attn".to_string(), module(3, 8, 24, 5));
     mods.insert("h.1.attn.c_attn".to_string(), module(3, 8, 24, 6));
+    mods.insert("h.1.attn.to_out.0".to_string(), module(3, 8, 8, 7));
     let dir = tmp.join("gpt2");
     let opts = PeftWriteOptions {
         base_model: None,
@@ -100,6 +136,11 @@ fn uniform_ranks_write_no_patterns_and_flags_survive() {
     let ad = Adapter::open(&dir).unwrap();
     assert!(ad.fan_in_fan_out);
     assert_eq!(ad.config["rank_pattern"], serde_json::json!({}));
+    // A bare index leaf keeps its parent, so it selects only `to_out.0` children.
+    assert_eq!(
+        ad.config["target_modules"],
+        serde_json::json!(["c_attn", "to_out.0"])
+    );
     assert_eq!(ad.base_model, None);
     let back = ad.load_module("h.1.attn.c_attn").unwrap();
     let want = &mods["h.1.attn.c_attn"];

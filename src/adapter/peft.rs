@@ -591,7 +591,7 @@ pub fn write(
             rank_pattern.insert(key.clone(), Value::from(m.rank()));
             alpha_pattern.insert(key, Value::from(m.rank()));
         }
-        leaves.insert(name.rsplit('.').next().unwrap_or(name).to_string());
+        leaves.insert(target_leaf(name));
         tensors.push(TensorOut::from_mat(
             format!("base_model.model.{name}.lora_A.weight"),
             options.dtype,
@@ -630,6 +630,45 @@ pub fn write(
     // Weights first: a folder whose config is present always has matching weights.
     crate::tensorfile::write(&dir.join(WEIGHTS_FILE), tensors, md)?;
     crate::util::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+}
+
+/// Zero-pads every module to the largest rank: A gets zero rows, B zero columns, so each ΔW
+/// is unchanged bit for bit. Written with [`write()`], the result has one rank, no
+/// `rank_pattern`/`alpha_pattern` and scale 1 everywhere, which consumers that apply one
+/// global alpha (llama.cpp computes alpha/rank per tensor from a single `adapter.lora.alpha`;
+/// servers that ignore the patterns) then read correctly too. Costs storage for the zeros.
+pub fn pad_to_uniform_rank(modules: &BTreeMap<String, LoraModule>) -> BTreeMap<String, LoraModule> {
+    let r_max = modules.values().map(LoraModule::rank).max().unwrap_or(0);
+    modules
+        .iter()
+        .map(|(name, m)| {
+            let r = m.rank();
+            let a = faer::Mat::from_fn(
+                r_max,
+                m.a.ncols(),
+                |i, j| if i < r { m.a[(i, j)] } else { 0.0 },
+            );
+            let b = faer::Mat::from_fn(m.b.nrows(), r_max, |i, j| {
+                if j < r && j < m.b.ncols() {
+                    m.b[(i, j)]
+                } else {
+                    0.0
+                }
+            });
+            (name.clone(), LoraModule { a, b })
+        })
+        .collect()
+}
+
+/// The `target_modules` entry for `name`: its last segment, or its last two when the last is
+/// a bare index (`to_out.0`), which alone would also select every other `.0` child.
+fn target_leaf(name: &str) -> String {
+    let mut it = name.rsplit('.');
+    let last = it.next().unwrap_or(name);
+    match it.next() {
+        Some(parent) if last.bytes().all(|b| b.is_ascii_digit()) => format!("{parent}.{last}"),
+        _ => last.to_string(),
+    }
 }
 
 /// The weights path of a PEFT folder (for callers that report it).

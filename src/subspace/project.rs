@@ -165,7 +165,7 @@ pub fn try_reconstruct(c: &Coefficients, s: &ModuleSubspace) -> Result<LoraModul
     })
 }
 
-/// ||ΔW − ΔŴ||_F / ||ΔW||_F computed from r x r Gram traces, never forming out x in.
+/// ||ΔW − ΔŴ||_F / ||ΔW||_F computed from the factors, never forming out x in.
 ///
 /// Implementation: ΔW − ΔŴ = [B, B̂]·[A; −Â], a product of rank ≤ r + r̂, whose norm is taken
 /// by [`linalg::lowrank_frob`] (thin QRs of the two stacked factors, then the small core).
