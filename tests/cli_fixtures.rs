@@ -170,7 +170,7 @@ fn project_matches_the_reference_errors_and_delta() {
         let theirs = &vb * (&rb * &ra) * &va;
         let scale = max_diff(&theirs, &Mat::zeros(32, 32));
         assert!(
-            max_diff(&ours, &theirs) <= 1e-5 * scale,
+            max_diff(&ours, &theirs) <= 1e-6 * scale,
             "{m}: ΔŴ differs by {} (scale {scale})",
             max_diff(&ours, &theirs)
         );
