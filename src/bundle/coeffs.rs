@@ -7,7 +7,7 @@
 //! | `<module>.alpha_A` | [r, K_A] |
 //! | `<module>.alpha_B` | [K_B, r] |
 //! | `head.weight` (optional) | [C, d] |
-//! | `head.bias` (optional) | [C] |
+//! | `head.bias` (optional) | `[C]` |
 //!
 //! and `__metadata__["eigenlorax"]` = JSON `{kind: "coefficients", format_version,
 //! subspace_id, task, provenance, labels, rank}` where `rank` maps each module to its r and
@@ -52,7 +52,7 @@ impl Provenance {
 pub struct Head {
     /// [classes x features]
     pub weight: Mat<f64>,
-    /// [classes]
+    /// `[classes]`
     pub bias: Vec<f64>,
     /// One label per class.
     pub labels: Vec<String>,

@@ -6,9 +6,9 @@
 //! |---|---|---|
 //! | `<module>.V_A` | [K_A, in] | f32 / f16 / bf16 / i8 |
 //! | `<module>.V_B` | [out, K_B] | same |
-//! | `<module>.V_A.scale` (int8 only) | [K_A] | f32, one per row of V_A |
-//! | `<module>.V_B.scale` (int8 only) | [K_B] | f32, one per *column* of V_B (basis vector) |
-//! | `<module>.sigma_A`, `<module>.sigma_B` | [len] | f32, full spectrum of the stacked side |
+//! | `<module>.V_A.scale` (int8 only) | `[K_A]` | f32, one per row of V_A |
+//! | `<module>.V_B.scale` (int8 only) | `[K_B]` | f32, one per *column* of V_B (basis vector) |
+//! | `<module>.sigma_A`, `<module>.sigma_B` | `[len]` | f32, full spectrum of the stacked side |
 //!
 //! and `__metadata__["eigenlorax"]` = the JSON [`Manifest`].
 //!

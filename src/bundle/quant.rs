@@ -20,7 +20,7 @@
 //!
 //! For int8 the bases are stored with the scale per *basis vector*: per row of V_A
 //! [K_A x in] and per column of V_B [out x K_B] (i.e. per row of V_Bᵀ), each a 1-D f32
-//! tensor `<module>.V_A.scale` [K_A] / `<module>.V_B.scale` [K_B].
+//! tensor `<module>.V_A.scale` `[K_A]` / `<module>.V_B.scale` `[K_B]`.
 
 use crate::tensorfile::Dtype;
 use faer::Mat;
