@@ -279,3 +279,49 @@ fn hostile_files_are_refused_with_the_tensor_named() {
     assert!(CoeffFile::read(&p).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn head_files_are_read_and_checked() {
+    let dir = temp_dir("coeff-head");
+    let p = dir.join("head.safetensors");
+    let w: Vec<f64> = (0..6).map(|i| i as f64 * 0.25).collect();
+    let head = |labels: Option<&str>, bias_len: usize| {
+        let mut md = BTreeMap::new();
+        if let Some(l) = labels {
+            md.insert("labels".to_string(), l.to_string());
+        }
+        let t = vec![
+            TensorOut::from_f64("head.weight", Dtype::F16, vec![2, 3], &w),
+            TensorOut::from_f64(
+                "head.bias",
+                Dtype::F32,
+                vec![bias_len],
+                &vec![0.5; bias_len],
+            ),
+        ];
+        write(&p, t, md).unwrap();
+    };
+    head(Some(r#"["no", "yes"]"#), 2);
+    let h = Head::read(&p).unwrap();
+    assert_eq!((h.weight.nrows(), h.weight.ncols()), (2, 3));
+    assert_eq!(h.weight[(1, 2)], 1.25); // exact in f16
+    assert_eq!(
+        (h.bias.clone(), h.labels.clone()),
+        (vec![0.5, 0.5], vec!["no".to_string(), "yes".to_string()])
+    );
+    head(None, 2);
+    assert_eq!(Head::read(&p).unwrap().labels, ["0", "1"]);
+    head(Some(r#"["a"]"#), 2);
+    expect_head_err(&p, "__metadata__.labels", "expected 2 labels");
+    head(Some(r#"["a", "b"]"#), 3);
+    expect_head_err(&p, "head.bias", "expected shape [2], found [3]");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn expect_head_err(p: &Path, tensor: &str, needle: &str) {
+    let msg = Head::read(p).unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("`{tensor}`")) && msg.contains(needle),
+        "{msg}"
+    );
+}

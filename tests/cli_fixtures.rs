@@ -177,3 +177,39 @@ fn project_matches_the_reference_errors_and_delta() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn project_stores_the_task_head() {
+    let dir = temp_dir("cli-fixtures-head");
+    let bp = dir.join("k4.elxb");
+    extract(&bp, &["--k", "4"]);
+    let cp = dir.join("task4.elxc");
+    let head = root().join("models/fixtures/adapters/task4/head.safetensors");
+    let out = elx(&[
+        "project".into(),
+        task(4),
+        "--bundle".into(),
+        bp.display().to_string(),
+        "-o".into(),
+        cp.display().to_string(),
+        "--head".into(),
+        head.display().to_string(),
+    ]);
+    assert!(out.contains("head: 3 classes x 32 features"), "{out}");
+    let c = CoeffFile::read(&cp).unwrap();
+    // The task name comes from the head file; its weights are stored (f32 -> f32, exact).
+    assert_eq!(c.task, "which_group_3way");
+    let h = c.head.unwrap();
+    let want = TensorFile::open(&head)
+        .unwrap()
+        .read_mat("head.weight", Some([3, 32]))
+        .unwrap();
+    assert_eq!(max_diff(&h.weight, &want), 0.0);
+    assert_eq!(h.labels, ["0", "1", "2"]);
+    let out = elx(&["inspect".into(), cp.display().to_string()]);
+    assert!(
+        out.contains("3 classes x 32 features") && out.contains("labels:       0, 1, 2"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

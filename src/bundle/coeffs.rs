@@ -58,6 +58,81 @@ pub struct Head {
     pub labels: Vec<String>,
 }
 
+impl Head {
+    /// Reads a head file: a safetensors file with `head.weight` [C, d] and `head.bias` [C] (any
+    /// float dtype) and, in `__metadata__`, `labels` as a JSON list of C strings (class
+    /// indices "0".."C-1" when absent). This is the layout of the fixtures' `head.safetensors`
+    /// and of a head saved beside a PEFT adapter by `tools/`.
+    pub fn read(path: &Path) -> Result<Head> {
+        let tf = TensorFile::open(path)?;
+        let info = tf.info(HEAD_WEIGHT).ok_or_else(|| {
+            Error::bad_tensor(
+                path,
+                HEAD_WEIGHT,
+                "expected this tensor [classes, features], found none",
+            )
+        })?;
+        let (classes, features) = match info.shape.as_slice() {
+            [c, d] if *c > 0 && *d > 0 => (*c, *d),
+            other => {
+                return Err(Error::bad_tensor(
+                    path,
+                    HEAD_WEIGHT,
+                    format!(
+                        "expected a non-empty 2-D tensor [classes, features], found shape {other:?}"
+                    ),
+                ));
+            }
+        };
+        let weight = tf.read_mat(HEAD_WEIGHT, Some([classes, features]))?;
+        let (shape, bias) = match tf.info(HEAD_BIAS) {
+            Some(_) => tf.read_f64(HEAD_BIAS)?,
+            None => {
+                return Err(Error::bad_tensor(
+                    path,
+                    HEAD_BIAS,
+                    format!("expected this tensor [{classes}], found none"),
+                ));
+            }
+        };
+        if shape != [classes] {
+            return Err(Error::bad_tensor(
+                path,
+                HEAD_BIAS,
+                format!("expected shape [{classes}], found {shape:?}"),
+            ));
+        }
+        let labels = match tf.metadata().and_then(|m| m.get("labels")) {
+            None => (0..classes).map(|i| i.to_string()).collect(),
+            Some(json) => {
+                let labels: Vec<String> = serde_json::from_str(json).map_err(|e| {
+                    Error::bad_tensor(
+                        path,
+                        "__metadata__.labels",
+                        format!("expected a JSON list of strings ({e})"),
+                    )
+                })?;
+                if labels.len() != classes {
+                    return Err(Error::bad_tensor(
+                        path,
+                        "__metadata__.labels",
+                        format!(
+                            "expected {classes} labels (one per row of head.weight), found {}",
+                            labels.len()
+                        ),
+                    ));
+                }
+                labels
+            }
+        };
+        Ok(Head {
+            weight,
+            bias,
+            labels,
+        })
+    }
+}
+
 /// One task's coefficients.
 #[derive(Clone, Debug)]
 pub struct CoeffFile {

@@ -2,10 +2,12 @@
 
 use super::{Table, file_size, sci, warn};
 use eigenlorax::adapter::Adapter;
-use eigenlorax::bundle::{Bundle, CoeffFile, Provenance};
+use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
 use eigenlorax::subspace::{self, Coefficients};
+use eigenlorax::tensorfile::TensorFile;
 use eigenlorax::{Error, Result};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::path::PathBuf;
 
 /// Arguments of `elx project`.
@@ -19,9 +21,14 @@ pub struct Args {
     /// Output coefficient file (.elxc).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Task name recorded in the file (default: the adapter's folder or file name).
+    /// Task name recorded in the file (default: the head file's `task`, else the adapter's
+    /// folder or file name).
     #[arg(long)]
     pub task: Option<String>,
+    /// A classification head to store with the coefficients: safetensors with `head.weight`
+    /// [C, d], `head.bias` [C] and metadata `labels` (e.g. the fixtures' `head.safetensors`).
+    #[arg(long)]
+    pub head: Option<PathBuf>,
 }
 
 /// Per-module coefficients of `adapter` in `bundle`, with the relative ΔW error of each, and
@@ -77,6 +84,11 @@ pub fn project_adapter(adapter: &Adapter, bundle: &Bundle) -> Result<Projection>
 pub fn run(a: Args) -> Result<()> {
     let bundle = Bundle::read(&a.bundle)?;
     let adapter = Adapter::open(&a.adapter)?;
+    let head = a.head.as_deref().map(Head::read).transpose()?;
+    let head_task = match &a.head {
+        Some(p) => head_task_name(p)?,
+        None => None,
+    };
     let p = project_adapter(&adapter, &bundle)?;
     if !p.missing.is_empty() {
         warn(format!(
@@ -98,7 +110,7 @@ pub fn run(a: Args) -> Result<()> {
             ),
         ));
     }
-    let task = a.task.clone().unwrap_or_else(|| {
+    let task = a.task.clone().or(head_task).unwrap_or_else(|| {
         a.adapter
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -119,10 +131,19 @@ pub fn run(a: Args) -> Result<()> {
         task,
         provenance: Provenance::Projected,
         modules: p.modules,
-        head: None,
+        head,
     };
     coeffs.write(&a.output)?;
     print!("{}", t.render());
+    if let (Some(h), Some(p)) = (&coeffs.head, &a.head) {
+        println!(
+            "head: {} classes x {} features from {} (labels {})",
+            h.weight.nrows(),
+            h.weight.ncols(),
+            p.display(),
+            h.labels.join(", ")
+        );
+    }
     let (sum, n) = p
         .errors
         .values()
@@ -139,4 +160,10 @@ pub fn run(a: Args) -> Result<()> {
         file_size(&a.output)
     );
     Ok(())
+}
+
+/// The `task` entry of a head file's metadata, when it has one.
+fn head_task_name(path: &Path) -> Result<Option<String>> {
+    let tf = TensorFile::open(path)?;
+    Ok(tf.metadata().and_then(|m| m.get("task")).cloned())
 }
