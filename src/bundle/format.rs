@@ -49,6 +49,18 @@ pub struct SourceAdapter {
     pub modules: usize,
 }
 
+impl From<&crate::adapter::Adapter> for SourceAdapter {
+    fn from(ad: &crate::adapter::Adapter) -> Self {
+        SourceAdapter {
+            path: ad.path.display().to_string(),
+            sha256: ad.sha256.clone(),
+            format: ad.format,
+            base_model: ad.base_model.clone(),
+            modules: ad.modules.len(),
+        }
+    }
+}
+
 /// Per-side summary kept in the manifest (the spectrum itself is a tensor).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SideSummary {

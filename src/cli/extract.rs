@@ -104,16 +104,7 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|p| Adapter::open(p))
         .collect::<Result<Vec<_>>>()?;
-    let sources: Vec<SourceAdapter> = adapters
-        .iter()
-        .map(|ad| SourceAdapter {
-            path: ad.path.display().to_string(),
-            sha256: ad.sha256.clone(),
-            format: ad.format,
-            base_model: ad.base_model.clone(),
-            modules: ad.modules.len(),
-        })
-        .collect();
+    let sources: Vec<SourceAdapter> = adapters.iter().map(SourceAdapter::from).collect();
     let bar = progress_bar(0);
     let progress = |done: usize, total: usize, name: &str| {
         bar.set_length(total as u64);

@@ -4,6 +4,7 @@
 //! To add a subcommand: a file with an `Args` struct (clap derive) and a `run(args)`
 //! function, a variant in [`Command`] and an arm in [`run`].
 
+pub mod demo;
 pub mod extract;
 pub mod inspect;
 pub mod plot;
@@ -28,6 +29,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Leave-one-out demo on the committed fixture adapters (the README's main command).
+    Demo(demo::Args),
     /// Extract a per-module principal subspace from N LoRA adapters into a bundle (.elxb).
     Extract(extract::Args),
     /// Express one adapter as coefficients (.elxc) in a bundle's subspace.
@@ -41,6 +44,7 @@ pub enum Command {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Extract(a) => extract::run(a),
         Command::Project(a) => project::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
