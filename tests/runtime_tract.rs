@@ -145,3 +145,37 @@ fn mixed_batch_equals_per_task_runs() {
     let err = rt.run_mixed(&[tv(&x2)], &ids).expect_err("3 tasks, 2 rows").to_string();
     assert!(err.contains("expected 3 rows"), "{err}");
 }
+
+#[test]
+fn threads_running_different_tasks_get_their_own_results() {
+    let dir = temp_dir("threads");
+    let path = write_model(&dir, "base.onnx", &model(&Weights::random(12)));
+    let mut b = bundle(13, "sub-a");
+    bind_bundle(&mut b, &path);
+    let rt = Runtime::load(&path, &b).expect("load");
+    let ids: Vec<TaskId> = (0..2).map(|i| rt.insert_task(&coeffs(40 + i, "sub-a", "t", 4, 0.5)).expect("insert")).collect();
+    let x = input(14, 2, 5);
+    let seq: Vec<Vec<Vec<f32>>> = ids.iter().map(|&t| outputs(&rt.run(&[tv(&x)], t).expect("run"))).collect();
+    assert!(max_abs_diff(&seq[0][0], &seq[1][0]) > 1e-3, "the two tasks must differ");
+    let worst = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|th| {
+                let (rt, ids, x, seq) = (&rt, &ids, &x, &seq);
+                s.spawn(move || {
+                    let mut worst = 0f32;
+                    for it in 0..6 {
+                        let k = (th + it) % 2;
+                        let got = outputs(&rt.run(&[tv(x)], ids[k]).expect("run"));
+                        for (g, w) in got.iter().zip(&seq[k]) {
+                            worst = worst.max(max_abs_diff(g, w));
+                        }
+                    }
+                    worst
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).fold(0f32, f32::max)
+    });
+    println!("4 threads x 2 tasks vs sequential: max diff {worst:e}");
+    assert!(worst <= 1e-6, "concurrent runs differ from sequential ones by {worst}");
+}

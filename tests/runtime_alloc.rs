@@ -1,0 +1,89 @@
+//! A task swap allocates nothing: counted with a per-thread counting global allocator (in its
+//! own test binary so that it does not affect the other tests).
+#![cfg(feature = "tract")]
+
+mod runtime_support;
+
+use eigenlorax::runtime::tract::Runtime;
+use runtime_support::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use tract_onnx::prelude::*;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f` on this thread (its result is dropped outside the count).
+fn count<T>(f: impl FnOnce() -> T) -> (u64, T) {
+    let before = ALLOCS.with(|c| c.get());
+    let out = f();
+    let after = ALLOCS.with(|c| c.get());
+    (after - before, out)
+}
+
+#[test]
+fn swapping_tasks_allocates_nothing() {
+    let dir = temp_dir("alloc");
+    let path = write_model(&dir, "base.onnx", &model(&Weights::random(3)));
+    let mut b = bundle(4, "sub-a");
+    bind_bundle(&mut b, &path);
+    let rt = Runtime::load(&path, &b).expect("load");
+    let a = rt.insert_task(&coeffs(1, "sub-a", "a", 4, 0.5)).expect("a");
+    let bb = rt.insert_task(&coeffs(2, "sub-a", "b", 3, 0.5)).expect("b");
+    let x = input(9, 2, 6);
+    let xs: [TValue; 1] = [Tensor::from_shape(&x.0, &x.1).expect("tensor").into()];
+    // Warm up (lazy one-time state, thread-local scratch).
+    for id in [a, bb, a, bb, a] {
+        rt.run(&xs, id).expect("warm");
+    }
+
+    // Selecting a task alone: an Arc clone under a read lock.
+    let (select, task_b) = count(|| rt.task(bb).expect("select"));
+    println!("select task: {select} allocations");
+    assert_eq!(select, 0, "selecting a task allocated");
+    drop(task_b);
+
+    let mut same = Vec::new();
+    let mut swap = Vec::new();
+    for _ in 0..5 {
+        rt.run(&xs, a).expect("run a");
+        let (n_aa, out_aa) = count(|| rt.run(&xs, a).expect("run a again"));
+        rt.run(&xs, a).expect("run a");
+        let (n_ab, out_ab) = count(|| rt.run(&xs, bb).expect("run b after a"));
+        let diff = out_aa[0]
+            .to_plain_array_view::<f32>()
+            .expect("f32")
+            .iter()
+            .zip(out_ab[0].to_plain_array_view::<f32>().expect("f32").iter())
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(diff > 1e-3, "task b gave task a's result (diff {diff})");
+        same.push(n_aa);
+        swap.push(n_ab);
+    }
+    println!("allocations per run: A after A {same:?}, B after A {swap:?}");
+    assert_eq!(same, swap, "a run after a task swap allocated differently from a repeated run");
+}
