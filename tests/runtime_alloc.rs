@@ -87,3 +87,63 @@ fn swapping_tasks_allocates_nothing() {
     println!("allocations per run: A after A {same:?}, B after A {swap:?}");
     assert_eq!(same, swap, "a run after a task swap allocated differently from a repeated run");
 }
+
+/// The same on the tiny BERT fixture, whose plans are per input shape.
+#[test]
+fn swapping_tasks_allocates_nothing_with_per_shape_plans() {
+    use eigenlorax::bundle::CoeffFile;
+    let dir = temp_dir("alloc-bert");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
+    let adapters: Vec<eigenlorax::adapter::Adapter> = (0..2)
+        .map(|i| eigenlorax::adapter::Adapter::open(&root.join(format!("adapters/task{i}"))).expect("adapter"))
+        .collect();
+    let opts = eigenlorax::subspace::ExtractOptions::default();
+    let sub = eigenlorax::subspace::extract(&adapters, &opts, &|_, _, _| {}).expect("extract");
+    let p = dir.join("b.elxb");
+    eigenlorax::bundle::Bundle::write(&p, &sub, &[], eigenlorax::bundle::StorageDtype::F32, None).expect("write");
+    let mut b = eigenlorax::bundle::Bundle::read(&p).expect("read");
+    let base = root.join("tiny-bert/model.onnx");
+    b.manifest.binding = Some(eigenlorax::runtime::bind_file(&base, &b, None).expect("bind"));
+    let rt = Runtime::load(&base, &b).expect("load");
+    assert!(!rt.is_shape_generic());
+    let task = |i: usize| {
+        let modules = adapters[i]
+            .module_names()
+            .into_iter()
+            .map(|m| {
+                let lm = adapters[i].load_module(m).expect("module");
+                (m.to_string(), eigenlorax::subspace::project(&lm, &b.subspace.modules[m]))
+            })
+            .collect();
+        let c = CoeffFile {
+            subspace_id: b.manifest.subspace_id.clone(),
+            task: format!("task{i}"),
+            provenance: eigenlorax::bundle::Provenance::Projected,
+            modules,
+            head: None,
+        };
+        rt.insert_task(&c).expect("insert")
+    };
+    let (a, bb) = (task(0), task(1));
+    let ids: Vec<i64> = (0..32).map(|i| 5 + (i * 7) % 190).collect();
+    let xs: [TValue; 2] = [
+        Tensor::from_shape(&[2, 16], &ids).expect("ids").into(),
+        Tensor::from_shape(&[2, 16], &[1i64; 32]).expect("mask").into(),
+    ];
+    for id in [a, bb, a, bb, a] {
+        rt.run(&xs, id).expect("warm");
+    }
+    let (select, t) = count(|| rt.task(bb).expect("select"));
+    assert_eq!(select, 0);
+    drop(t);
+    let mut same = Vec::new();
+    let mut swap = Vec::new();
+    for _ in 0..3 {
+        rt.run(&xs, a).expect("a");
+        same.push(count(|| rt.run(&xs, a).expect("a again")).0);
+        rt.run(&xs, a).expect("a");
+        swap.push(count(|| rt.run(&xs, bb).expect("b after a")).0);
+    }
+    println!("tiny BERT allocations per run: A after A {same:?}, B after A {swap:?}");
+    assert_eq!(same, swap);
+}
