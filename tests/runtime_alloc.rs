@@ -85,7 +85,10 @@ fn swapping_tasks_allocates_nothing() {
         swap.push(n_ab);
     }
     println!("allocations per run: A after A {same:?}, B after A {swap:?}");
-    assert_eq!(same, swap, "a run after a task swap allocated differently from a repeated run");
+    assert_eq!(
+        same, swap,
+        "a run after a task swap allocated differently from a repeated run"
+    );
 }
 
 /// The same on the tiny BERT fixture, whose plans are per input shape.
@@ -95,12 +98,16 @@ fn swapping_tasks_allocates_nothing_with_per_shape_plans() {
     let dir = temp_dir("alloc-bert");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
     let adapters: Vec<eigenlorax::adapter::Adapter> = (0..2)
-        .map(|i| eigenlorax::adapter::Adapter::open(&root.join(format!("adapters/task{i}"))).expect("adapter"))
+        .map(|i| {
+            eigenlorax::adapter::Adapter::open(&root.join(format!("adapters/task{i}")))
+                .expect("adapter")
+        })
         .collect();
     let opts = eigenlorax::subspace::ExtractOptions::default();
     let sub = eigenlorax::subspace::extract(&adapters, &opts, &|_, _, _| {}).expect("extract");
     let p = dir.join("b.elxb");
-    eigenlorax::bundle::Bundle::write(&p, &sub, &[], eigenlorax::bundle::StorageDtype::F32, None).expect("write");
+    eigenlorax::bundle::Bundle::write(&p, &sub, &[], eigenlorax::bundle::StorageDtype::F32, None)
+        .expect("write");
     let mut b = eigenlorax::bundle::Bundle::read(&p).expect("read");
     let base = root.join("tiny-bert/model.onnx");
     b.manifest.binding = Some(eigenlorax::runtime::bind_file(&base, &b, None).expect("bind"));
@@ -112,7 +119,10 @@ fn swapping_tasks_allocates_nothing_with_per_shape_plans() {
             .into_iter()
             .map(|m| {
                 let lm = adapters[i].load_module(m).expect("module");
-                (m.to_string(), eigenlorax::subspace::project(&lm, &b.subspace.modules[m]))
+                (
+                    m.to_string(),
+                    eigenlorax::subspace::project(&lm, &b.subspace.modules[m]),
+                )
             })
             .collect();
         let c = CoeffFile {
@@ -128,7 +138,9 @@ fn swapping_tasks_allocates_nothing_with_per_shape_plans() {
     let ids: Vec<i64> = (0..32).map(|i| 5 + (i * 7) % 190).collect();
     let xs: [TValue; 2] = [
         Tensor::from_shape(&[2, 16], &ids).expect("ids").into(),
-        Tensor::from_shape(&[2, 16], &[1i64; 32]).expect("mask").into(),
+        Tensor::from_shape(&[2, 16], &[1i64; 32])
+            .expect("mask")
+            .into(),
     ];
     for id in [a, bb, a, bb, a] {
         rt.run(&xs, id).expect("warm");

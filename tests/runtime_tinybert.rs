@@ -6,8 +6,8 @@
 
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, CoeffFile, Provenance, StorageDtype, WeightLayout};
-use eigenlorax::runtime::tract::Runtime;
 use eigenlorax::runtime::bind_file;
+use eigenlorax::runtime::tract::Runtime;
 use eigenlorax::subspace::{ExtractOptions, KRule, extract, project};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,20 +20,39 @@ fn fixture(p: &str) -> PathBuf {
 }
 
 fn expected() -> (Vec<i64>, Vec<i64>, Vec<f32>, Vec<f32>) {
-    let bytes = std::fs::read(fixture("tiny-bert/expected_outputs.safetensors")).expect("read expected");
+    let bytes =
+        std::fs::read(fixture("tiny-bert/expected_outputs.safetensors")).expect("read expected");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
     let i64s = |n: &str| -> Vec<i64> {
-        st.tensor(n).expect(n).data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect()
+        st.tensor(n)
+            .expect(n)
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+            .collect()
     };
     let f32s = |n: &str| -> Vec<f32> {
-        st.tensor(n).expect(n).data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect()
+        st.tensor(n)
+            .expect(n)
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect()
     };
-    (i64s("input_ids"), i64s("attention_mask"), f32s("base.last_hidden_state"), f32s("task0.last_hidden_state"))
+    (
+        i64s("input_ids"),
+        i64s("attention_mask"),
+        f32s("base.last_hidden_state"),
+        f32s("task0.last_hidden_state"),
+    )
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -41,10 +60,15 @@ fn tiny_bert_patched_matches_torch_peft() {
     let dir = std::env::temp_dir().join(format!("elx-rt-tinybert-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let adapters: Vec<Adapter> =
-        (0..6).map(|i| Adapter::open(&fixture(&format!("adapters/task{i}"))).expect("adapter")).collect();
+    let adapters: Vec<Adapter> = (0..6)
+        .map(|i| Adapter::open(&fixture(&format!("adapters/task{i}"))).expect("adapter"))
+        .collect();
     // 6 adapters x r=4 = 24 directions per side: the subspace spans every adapter exactly.
-    let options = ExtractOptions { k_rule_a: KRule::Fixed(24), k_rule_b: KRule::Fixed(24), ..Default::default() };
+    let options = ExtractOptions {
+        k_rule_a: KRule::Fixed(24),
+        k_rule_b: KRule::Fixed(24),
+        ..Default::default()
+    };
     let sub = extract(&adapters, &options, &|_, _, _| {}).expect("extract");
     let unbound = dir.join("unbound.elxb");
     Bundle::write(&unbound, &sub, &[], StorageDtype::F32, None).expect("write bundle");
@@ -56,10 +80,15 @@ fn tiny_bert_patched_matches_torch_peft() {
     for (m, mb) in &binding.modules {
         assert_eq!(mb.layout, WeightLayout::InOut, "{m}");
         assert!(mb.weight.starts_with("onnx::MatMul_"), "{m}: {}", mb.weight);
-        println!("{m} -> node {} weight {} output {}", mb.node, mb.weight, mb.output);
+        println!(
+            "{m} -> node {} weight {} output {}",
+            mb.node, mb.weight, mb.output
+        );
     }
     let bound = dir.join("bound.elxb");
-    bundle.with_binding(Some(&binding), &bound).expect("bind bundle");
+    bundle
+        .with_binding(Some(&binding), &bound)
+        .expect("bind bundle");
     let bundle = Bundle::read(&bound).expect("read bound bundle");
     assert_eq!(bundle.manifest.binding.as_ref(), Some(&binding));
 
@@ -83,7 +112,11 @@ fn tiny_bert_patched_matches_torch_peft() {
     assert_eq!(rt.input_names(), ["input_ids", "attention_mask"]);
     let t0 = rt.load_task(&cf).expect("load task");
     let zero = rt
-        .insert_task(&CoeffFile { modules: BTreeMap::new(), task: "base".into(), ..c.clone() })
+        .insert_task(&CoeffFile {
+            modules: BTreeMap::new(),
+            task: "base".into(),
+            ..c.clone()
+        })
         .expect("zero task");
 
     let (ids, mask, want_base, want_t0) = expected();
@@ -93,7 +126,11 @@ fn tiny_bert_patched_matches_torch_peft() {
     ];
     let out = |id| -> Vec<f32> {
         let o = rt.run(&inputs, id).expect("run");
-        o[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect()
+        o[0].to_plain_array_view::<f32>()
+            .expect("f32")
+            .iter()
+            .copied()
+            .collect()
     };
     let got_t0 = out(t0);
     let got_zero = out(zero);
@@ -102,13 +139,24 @@ fn tiny_bert_patched_matches_torch_peft() {
     let bytes = std::fs::read(&base).expect("model");
     let plain = tract_onnx::onnx()
         .model_for_read(&mut bytes.as_slice())
-        .and_then(|m| m.with_input_fact(0, InferenceFact::dt_shape(i64::datum_type(), [2usize, 16])))
-        .and_then(|m| m.with_input_fact(1, InferenceFact::dt_shape(i64::datum_type(), [2usize, 16])))
+        .and_then(|m| {
+            m.with_input_fact(0, InferenceFact::dt_shape(i64::datum_type(), [2usize, 16]))
+        })
+        .and_then(|m| {
+            m.with_input_fact(1, InferenceFact::dt_shape(i64::datum_type(), [2usize, 16]))
+        })
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .expect("plain");
-    let o = plain.run(inputs.iter().cloned().collect()).expect("plain run");
-    let tract_base: Vec<f32> = o[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+    let o = plain
+        .run(inputs.iter().cloned().collect())
+        .expect("plain run");
+    let tract_base: Vec<f32> = o[0]
+        .to_plain_array_view::<f32>()
+        .expect("f32")
+        .iter()
+        .copied()
+        .collect();
 
     let d_zero = max_abs_diff(&got_zero, &tract_base);
     let d_base = max_abs_diff(&got_zero, &want_base);
@@ -117,17 +165,38 @@ fn tiny_bert_patched_matches_torch_peft() {
     println!("zero coeffs vs unpatched (tract): {d_zero:e}");
     println!("zero coeffs vs torch base:        {d_base:e}");
     println!("task0 coeffs vs torch PEFT task0: {d_t0:e}  (task0 moves outputs by {moved:e})");
-    assert!(d_zero <= 1e-6, "zero coefficients changed the output by {d_zero}");
-    assert!(d_base <= 1e-4, "patched base differs from torch by {d_base}");
-    assert!(moved > 1e-2, "the adapter must change the output for this test to mean anything");
-    assert!(d_t0 <= 1e-4, "patched task0 differs from torch+PEFT by {d_t0}");
+    assert!(
+        d_zero <= 1e-6,
+        "zero coefficients changed the output by {d_zero}"
+    );
+    assert!(
+        d_base <= 1e-4,
+        "patched base differs from torch by {d_base}"
+    );
+    assert!(
+        moved > 1e-2,
+        "the adapter must change the output for this test to mean anything"
+    );
+    assert!(
+        d_t0 <= 1e-4,
+        "patched task0 differs from torch+PEFT by {d_t0}"
+    );
     // A mixed batch: row 0 with task0, row 1 with the base model, against torch's rows.
     let mixed = rt.run_mixed(&inputs, &[t0, zero]).expect("mixed");
-    let mixed: Vec<f32> = mixed[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+    let mixed: Vec<f32> = mixed[0]
+        .to_plain_array_view::<f32>()
+        .expect("f32")
+        .iter()
+        .copied()
+        .collect();
     let row = 16 * 32;
-    let d_mixed = max_abs_diff(&mixed[..row], &want_t0[..row]).max(max_abs_diff(&mixed[row..], &want_base[row..]));
+    let d_mixed = max_abs_diff(&mixed[..row], &want_t0[..row])
+        .max(max_abs_diff(&mixed[row..], &want_base[row..]));
     println!("mixed [task0, base] vs torch rows:  {d_mixed:e}");
-    assert!(d_mixed <= 1e-4, "mixed batch differs from torch by {d_mixed}");
+    assert!(
+        d_mixed <= 1e-4,
+        "mixed batch differs from torch by {d_mixed}"
+    );
     // tract cannot optimize this export with batch and sequence both symbolic: the runtime
     // says so and builds per-shape plans.
     assert!(!rt.is_shape_generic());

@@ -90,8 +90,15 @@ fn prepare(d: &TaskData) -> Result<Vec<TValue>> {
 /// `like`) fixes the base inputs' shapes, otherwise they stay as the graph declares them.
 fn build_plan(p: &PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<Plan> {
     let bytes = encode_model(&p.proto);
-    let bad = |stage: &str, e: TractError| Error::bad_file(path, format!("expected a model tract can {stage} once patched: {e:#}"));
-    let mut model = tract_onnx::onnx().model_for_read(&mut bytes.as_slice()).map_err(|e| bad("load", e))?;
+    let bad = |stage: &str, e: TractError| {
+        Error::bad_file(
+            path,
+            format!("expected a model tract can {stage} once patched: {e:#}"),
+        )
+    };
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .map_err(|e| bad("load", e))?;
     let mut order = Vec::new();
     for o in model.input_outlets().map_err(|e| bad("inspect", e))? {
         let name = &model.node(o.node).name;
@@ -102,13 +109,18 @@ fn build_plan(p: &PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<
         } else if let Some(j) = p.coeff_inputs.iter().position(|c| &c.alpha_b == name) {
             order.push(Slot::Coeff(2 * j + 1));
         } else {
-            return Err(Error::bad_file(path, format!("expected graph inputs of the base model or coefficients, found `{name}`")));
+            return Err(Error::bad_file(
+                path,
+                format!("expected graph inputs of the base model or coefficients, found `{name}`"),
+            ));
         }
     }
     if let Some(like) = like {
         for (k, s) in order.clone().iter().enumerate() {
             if let Slot::Base(i) = *s {
-                let x = like.get(i).ok_or_else(|| Error::Usage("internal: missing input for a plan".into()))?;
+                let x = like
+                    .get(i)
+                    .ok_or_else(|| Error::Usage("internal: missing input for a plan".into()))?;
                 model = model
                     .with_input_fact(k, InferenceFact::dt_shape(x.datum_type(), x.shape()))
                     .map_err(|e| bad("load", e))?;
@@ -123,9 +135,12 @@ fn build_plan(p: &PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<
 /// Single-task plans: one with the graph's symbolic shapes when tract can optimize it that
 /// way, else one per input shape, built on first use (some exports, e.g. the torch legacy
 /// BERT attention-mask path, do not optimize with both batch and sequence symbolic).
+/// Plans keyed by the base inputs' shapes.
+type ShapePlans = Mutex<Vec<(Vec<Vec<usize>>, Arc<Plan>)>>;
+
 enum Singles {
     Symbolic(Plan),
-    PerShape { why: String, plans: Mutex<Vec<(Vec<Vec<usize>>, Arc<Plan>)>> },
+    PerShape { why: String, plans: ShapePlans },
 }
 
 impl Runtime {
@@ -141,7 +156,10 @@ impl Runtime {
         let patched = patch(&model, bundle, 1).map_err(|e| rename(e, base))?;
         let single = match build_plan(&patched, base, None) {
             Ok(p) => Singles::Symbolic(p),
-            Err(e) => Singles::PerShape { why: e.to_string(), plans: Mutex::new(Vec::new()) },
+            Err(e) => Singles::PerShape {
+                why: e.to_string(),
+                plans: Mutex::new(Vec::new()),
+            },
         };
         let store =
             TaskStore::with_prepare(&bundle.manifest, &patched.coeff_inputs, Box::new(prepare));
@@ -162,7 +180,9 @@ impl Runtime {
             let like: Vec<TValue> = shapes
                 .iter()
                 .map(|s| {
-                    Tensor::zero_dt(DatumType::I64, s).map(TValue::from).map_err(|e| Error::Usage(tract_err(e)))
+                    Tensor::zero_dt(DatumType::I64, s)
+                        .map(TValue::from)
+                        .map_err(|e| Error::Usage(tract_err(e)))
                 })
                 .collect::<Result<_>>()?;
             rt.single_plan(&like)?;
@@ -228,7 +248,9 @@ impl Runtime {
                     .clone(),
             );
         }
-        plan.runnable.run(v).map_err(|e| Error::Usage(format!("tract run failed: {e:#}")))
+        plan.runnable
+            .run(v)
+            .map_err(|e| Error::Usage(format!("tract run failed: {e:#}")))
     }
 
     /// Whether single-task runs use one plan for every input shape (else one per shape).
@@ -240,20 +262,33 @@ impl Runtime {
     /// compares shapes in place, so a warm run allocates nothing here.
     fn single_plan(&self, inputs: &[TValue]) -> Result<Arc<Plan>> {
         let Singles::PerShape { why, plans } = &self.single else {
-            return Err(Error::Usage("internal: per-shape plan asked of a symbolic runtime".into()));
+            return Err(Error::Usage(
+                "internal: per-shape plan asked of a symbolic runtime".into(),
+            ));
         };
         let same = |shapes: &Vec<Vec<usize>>| {
-            shapes.len() == inputs.len() && shapes.iter().zip(inputs).all(|(s, x)| s.as_slice() == x.shape())
+            shapes.len() == inputs.len()
+                && shapes
+                    .iter()
+                    .zip(inputs)
+                    .all(|(s, x)| s.as_slice() == x.shape())
         };
-        let mut plans = plans.lock().map_err(|_| Error::Usage("plan cache lock poisoned".into()))?;
+        let mut plans = plans
+            .lock()
+            .map_err(|_| Error::Usage("plan cache lock poisoned".into()))?;
         if let Some((_, p)) = plans.iter().find(|(s, _)| same(s)) {
             return Ok(Arc::clone(p));
         }
         let patched = patch(&self.base, &self.bundle, 1).map_err(|e| rename(e, &self.base_path))?;
-        let plan = Arc::new(build_plan(&patched, &self.base_path, Some(inputs)).map_err(|e| {
-            Error::Usage(format!("{e} (the shape-generic plan failed too: {why})"))
-        })?);
-        plans.push((inputs.iter().map(|x| x.shape().to_vec()).collect(), Arc::clone(&plan)));
+        let plan = Arc::new(
+            build_plan(&patched, &self.base_path, Some(inputs)).map_err(|e| {
+                Error::Usage(format!("{e} (the shape-generic plan failed too: {why})"))
+            })?,
+        );
+        plans.push((
+            inputs.iter().map(|x| x.shape().to_vec()).collect(),
+            Arc::clone(&plan),
+        ));
         Ok(plan)
     }
 
