@@ -22,6 +22,7 @@ pub mod adapter;
 pub mod bundle;
 pub mod error;
 pub mod linalg;
+pub mod runtime;
 pub mod subspace;
 pub mod tensorfile;
 pub mod util;

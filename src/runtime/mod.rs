@@ -1,0 +1,3 @@
+//! Stage 4: the device runtime.
+
+pub mod input;
