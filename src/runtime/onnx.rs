@@ -1,0 +1,265 @@
+//! Small helpers over the ONNX protobuf types: reading a model file with its hash, building
+//! tensors, value infos and nodes, and reading f32 initializers.
+
+use super::pb::{
+    AttributeProto, ModelProto, NodeProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto, attribute_proto::AttributeType, tensor_shape_proto, type_proto,
+};
+use crate::error::{Error, Result};
+use prost::Message;
+use std::path::Path;
+
+/// ONNX element type code of f32 (`TensorProto.DataType.FLOAT`).
+pub const FLOAT: i32 = 1;
+/// ONNX element type code of i64 (`TensorProto.DataType.INT64`).
+pub const INT64: i32 = 7;
+
+/// Reads an ONNX model file; returns the decoded model and the SHA-256 of the file's bytes.
+///
+/// The file is read whole (its size bounds the allocation); a file that is not a protobuf
+/// `ModelProto` with a graph is an error naming the file.
+pub fn read_model(path: &Path) -> Result<(ModelProto, String)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let sha = crate::util::sha256_hex(&bytes);
+    let model = decode_model(&bytes, path)?;
+    Ok((model, sha))
+}
+
+/// Decodes a `ModelProto` from bytes; `path` only names the source in errors.
+pub fn decode_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
+    let model = ModelProto::decode(bytes).map_err(|e| {
+        Error::bad_file(
+            path,
+            format!("expected an ONNX model (protobuf ModelProto): {e}"),
+        )
+    })?;
+    if model.graph.is_none() {
+        return Err(Error::bad_file(
+            path,
+            "expected an ONNX model with a graph, found none",
+        ));
+    }
+    Ok(model)
+}
+
+/// Encodes a model to the ONNX wire format.
+pub fn encode_model(model: &ModelProto) -> Vec<u8> {
+    model.encode_to_vec()
+}
+
+/// An f32 tensor (initializer) stored as little-endian `raw_data`.
+pub fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
+    let mut raw = Vec::with_capacity(data.len() * 4);
+    for v in data {
+        raw.extend_from_slice(&v.to_le_bytes());
+    }
+    TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: FLOAT,
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+/// An i64 tensor (initializer) stored as little-endian `raw_data`.
+pub fn tensor_i64(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
+    let mut raw = Vec::with_capacity(data.len() * 8);
+    for v in data {
+        raw.extend_from_slice(&v.to_le_bytes());
+    }
+    TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: INT64,
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+/// One axis of a declared tensor shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(usize),
+    /// A named symbolic size (e.g. `batch`).
+    Param(String),
+}
+
+/// A graph input/output/value-info declaration of a tensor.
+pub fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| tensor_shape_proto::Dimension {
+            value: Some(match d {
+                Dim::Fixed(n) => tensor_shape_proto::dimension::Value::DimValue(*n as i64),
+                Dim::Param(p) => tensor_shape_proto::dimension::Value::DimParam(p.clone()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The declared dims of a value info, when it declares a tensor shape.
+pub fn value_info_dims(v: &ValueInfoProto) -> Option<Vec<Dim>> {
+    let type_proto::Value::TensorType(t) = v.r#type.as_ref()?.value.as_ref()?;
+    let shape = t.shape.as_ref()?;
+    Some(
+        shape
+            .dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => {
+                    Dim::Fixed(*n as usize)
+                }
+                Some(tensor_shape_proto::dimension::Value::DimParam(p)) => Dim::Param(p.clone()),
+                _ => Dim::Param(String::new()),
+            })
+            .collect(),
+    )
+}
+
+/// A node of the default ONNX domain.
+pub fn node(
+    op_type: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        op_type: op_type.to_string(),
+        name: name.to_string(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// An integer attribute.
+pub fn attr_int(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        r#type: AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    }
+}
+
+/// A float attribute.
+pub fn attr_float(name: &str, f: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        r#type: AttributeType::Float as i32,
+        f,
+        ..Default::default()
+    }
+}
+
+/// A list-of-integers attribute.
+pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        r#type: AttributeType::Ints as i32,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The attribute `name` of a node, if present.
+pub fn get_attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+/// The integer attribute `name` of a node, or `default`.
+pub fn get_attr_int(node: &NodeProto, name: &str, default: i64) -> i64 {
+    get_attr(node, name).map(|a| a.i).unwrap_or(default)
+}
+
+/// The float attribute `name` of a node, or `default`.
+pub fn get_attr_float(node: &NodeProto, name: &str, default: f32) -> f32 {
+    get_attr(node, name).map(|a| a.f).unwrap_or(default)
+}
+
+/// Whether a tensor's data lives in an external file.
+pub fn is_external(t: &TensorProto) -> bool {
+    t.data_location == Some(super::pb::tensor_proto::DataLocation::External as i32)
+        || !t.external_data.is_empty()
+}
+
+/// The values of an f32 initializer (from `raw_data` or `float_data`), checked against its dims.
+///
+/// `path` names the model in errors.
+pub fn f32_data(t: &TensorProto, path: &Path) -> Result<Vec<f32>> {
+    if t.data_type != FLOAT {
+        return Err(Error::bad_tensor(
+            path,
+            &t.name,
+            format!("expected f32 data, found ONNX type code {}", t.data_type),
+        ));
+    }
+    if is_external(t) {
+        return Err(Error::bad_tensor(
+            path,
+            &t.name,
+            "expected data inside the model, found external data",
+        ));
+    }
+    let mut n: usize = 1;
+    for &d in &t.dims {
+        let d = usize::try_from(d).map_err(|_| {
+            Error::bad_tensor(
+                path,
+                &t.name,
+                format!("expected non-negative dims, found {:?}", t.dims),
+            )
+        })?;
+        n = n.checked_mul(d).ok_or_else(|| {
+            Error::bad_tensor(path, &t.name, format!("dims {:?} overflow", t.dims))
+        })?;
+    }
+    let data: Vec<f32> = if !t.raw_data.is_empty() {
+        if t.raw_data.len() != n.saturating_mul(4) {
+            return Err(Error::bad_tensor(
+                path,
+                &t.name,
+                format!(
+                    "expected {} bytes of raw data for dims {:?}, found {}",
+                    n.saturating_mul(4),
+                    t.dims,
+                    t.raw_data.len()
+                ),
+            ));
+        }
+        t.raw_data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    } else {
+        if t.float_data.len() != n {
+            return Err(Error::bad_tensor(
+                path,
+                &t.name,
+                format!(
+                    "expected {n} values for dims {:?}, found {}",
+                    t.dims,
+                    t.float_data.len()
+                ),
+            ));
+        }
+        t.float_data.clone()
+    };
+    Ok(data)
+}

@@ -1,0 +1,442 @@
+//! The graph patch shared by every backend: base `ModelProto` in, patched `ModelProto` out.
+//!
+//! For each bound module with activation X and output Y (the binding's `output`), the patch
+//! inserts, right after Y's producer,
+//!
+//! ```text
+//! H1 = MatMul(X,  <m>.V_A_T)      V_Aᵀ  [in x K_A]   (f32 initializer)
+//! H2 = MatMul(H1, <m>.alpha_A)    alpha_Aᵀ [tasks, K_A, r]  (graph input, no initializer)
+//! H3 = MatMul(H2, <m>.alpha_B)    alpha_Bᵀ [tasks, r, K_B]  (graph input, no initializer)
+//! T  = MatMul(H3, <m>.V_B_T)      V_Bᵀ  [K_B x out]  (f32 initializer)
+//! Y  = Add(Y_base, T)
+//! ```
+//!
+//! The producer's output is renamed `Y_base`, so every consumer of Y (graph outputs included)
+//! now reads Y + T. r is the module's r_max (the store zero-pads smaller ranks), so all shapes
+//! are fixed, as TensorRT wants.
+//!
+//! * `tasks = 1`: the coefficient inputs are [1, K, r]; a Reshape drops the task axis so one
+//!   task applies to every row with a plain matrix product.
+//! * `tasks = B`: row i of the batch uses task i, by MatMul batch broadcasting
+//!   [B, S, K] x [B, K, r]. A rank-2 activation (Gemm, [B, in]) is reshaped to [B, 1, in]
+//!   and back. The first axis of every graph input and output, when symbolic, is fixed to B.
+//!
+//! All-zero coefficients give T = 0 and so exactly the base outputs.
+
+use super::onnx::{self, Dim, node, tensor_f32, tensor_i64, value_info, value_info_dims};
+use super::pb::{ModelProto, NodeProto, TensorProto, ValueInfoProto};
+use crate::bundle::{Binding, Bundle};
+use crate::error::{Error, Result};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// One bound module's coefficient inputs in the patched graph.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoeffInput {
+    /// Module name.
+    pub module: String,
+    /// Graph input holding alpha_Aᵀ, shape [tasks, k_a, r].
+    pub alpha_a: String,
+    /// Graph input holding alpha_Bᵀ, shape [tasks, r, k_b].
+    pub alpha_b: String,
+    /// K_A of the module.
+    pub k_a: usize,
+    /// K_B of the module.
+    pub k_b: usize,
+    /// The padded rank (the module's r_max).
+    pub r: usize,
+}
+
+/// A patched model and the coefficient inputs it expects, in graph-input order (after the
+/// base model's own inputs).
+#[derive(Clone, Debug)]
+pub struct PatchedModel {
+    /// The patched model.
+    pub proto: ModelProto,
+    /// Coefficient inputs, one per bound module, in binding (module name) order.
+    pub coeff_inputs: Vec<CoeffInput>,
+    /// How many tasks the coefficient inputs hold (their leading axis).
+    pub tasks: usize,
+    /// Names of the base model's own graph inputs (the first inputs of the patched graph).
+    pub base_inputs: Vec<String>,
+}
+
+/// The bundle's binding, or an error telling the user to bind it.
+pub fn binding_of(bundle: &Bundle) -> Result<&Binding> {
+    bundle.manifest.binding.as_ref().ok_or_else(|| {
+        Error::bad_file(
+            &bundle.path,
+            "expected a bundle bound to a base model; run `elx bind` on it first",
+        )
+    })
+}
+
+/// Checks a model's SHA-256 against the bundle's binding (an error naming both hashes).
+pub fn check_base_hash(path: &Path, sha256: &str, bundle: &Bundle) -> Result<()> {
+    let binding = binding_of(bundle)?;
+    if binding.base_sha256 != sha256 {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "expected the base model the bundle {} was bound to (`{}`, SHA-256 {}), found a model with SHA-256 {}",
+                bundle.path.display(),
+                binding.base_file,
+                binding.base_sha256,
+                sha256
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the base model file and checks it is the one the bundle was bound to.
+pub fn load_base(path: &Path, bundle: &Bundle) -> Result<ModelProto> {
+    let (model, sha) = onnx::read_model(path)?;
+    check_base_hash(path, &sha, bundle)?;
+    Ok(model)
+}
+
+/// [`load_base`] then [`patch`]: the way a device loads a model.
+pub fn patch_file(path: &Path, bundle: &Bundle, tasks: usize) -> Result<PatchedModel> {
+    let model = load_base(path, bundle)?;
+    patch(&model, bundle, tasks).map_err(|e| match e {
+        Error::BadInput {
+            tensor, message, ..
+        } => Error::BadInput {
+            path: path.to_path_buf(),
+            tensor,
+            message,
+        },
+        other => other,
+    })
+}
+
+/// Patches `base` for `bundle` (see the module docs). The caller has checked the model's
+/// hash ([`load_base`] / [`patch_file`] do); a model lacking a bound node is an error naming
+/// the module and the node.
+pub fn patch(base: &ModelProto, bundle: &Bundle, tasks: usize) -> Result<PatchedModel> {
+    if tasks == 0 {
+        return Err(Error::Usage("patch: tasks must be at least 1".into()));
+    }
+    let binding = binding_of(bundle)?;
+    let file = binding.base_file.as_str();
+    let mut model = base.clone();
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::bad_file(file, "expected an ONNX model with a graph, found none"))?;
+
+    let base_inputs: Vec<String> = {
+        let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        graph
+            .input
+            .iter()
+            .filter(|v| !inits.contains(v.name.as_str()))
+            .map(|v| v.name.clone())
+            .collect()
+    };
+    // Every name in use, to refuse collisions with the names the patch adds.
+    let mut names: HashSet<String> = HashSet::new();
+    for n in &graph.node {
+        names.extend(n.input.iter().cloned());
+        names.extend(n.output.iter().cloned());
+    }
+    names.extend(graph.initializer.iter().map(|t| t.name.clone()));
+    names.extend(graph.input.iter().map(|v| v.name.clone()));
+    let declared: HashMap<String, Vec<Dim>> = graph
+        .input
+        .iter()
+        .chain(graph.value_info.iter())
+        .chain(graph.output.iter())
+        .filter_map(|v| value_info_dims(v).map(|d| (v.name.clone(), d)))
+        .collect();
+
+    let mut inserts: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    let mut new_inits: Vec<TensorProto> = Vec::new();
+    let mut new_inputs: Vec<ValueInfoProto> = Vec::new();
+    let mut coeff_inputs = Vec::new();
+    let mut outputs_seen: HashSet<&str> = HashSet::new();
+
+    for (m, mb) in &binding.modules {
+        let sub = bundle.subspace.modules.get(m).ok_or_else(|| {
+            Error::bad_file(
+                &bundle.path,
+                format!("expected components for bound module `{m}`, found none"),
+            )
+        })?;
+        let (din, dout) = (sub.in_features, sub.out_features);
+        let (k_a, k_b, r) = (sub.v_a.nrows(), sub.v_b.ncols(), sub.r_max);
+        if sub.v_a.ncols() != din || sub.v_b.nrows() != dout || r == 0 {
+            return Err(Error::bad_tensor(
+                &bundle.path,
+                format!("{m}.V_A"),
+                format!(
+                    "expected V_A [K_A x {din}], V_B [{dout} x K_B], r_max > 0; found V_A {}x{}, V_B {}x{}, r_max {r}",
+                    sub.v_a.nrows(),
+                    sub.v_a.ncols(),
+                    sub.v_b.nrows(),
+                    sub.v_b.ncols()
+                ),
+            ));
+        }
+        let lacks = |what: &str| {
+            Error::bad_file(
+                file,
+                format!(
+                    "module `{m}` is bound to node `{}`, but the model {what}",
+                    mb.node
+                ),
+            )
+        };
+        let ni = graph
+            .node
+            .iter()
+            .position(|n| n.name == mb.node)
+            .ok_or_else(|| lacks("has no node of that name"))?;
+        let bnode = &graph.node[ni];
+        if !matches!(bnode.op_type.as_str(), "MatMul" | "Gemm") {
+            return Err(lacks(&format!(
+                "has it as a {} (expected MatMul or Gemm)",
+                bnode.op_type
+            )));
+        }
+        if bnode.input.first() != Some(&mb.input) {
+            return Err(lacks(&format!(
+                "feeds it `{:?}` rather than `{}`",
+                bnode.input.first(),
+                mb.input
+            )));
+        }
+        let pi = graph
+            .node
+            .iter()
+            .position(|n| n.output.iter().any(|o| *o == mb.output))
+            .ok_or_else(|| lacks(&format!("has no node producing `{}`", mb.output)))?;
+        if !outputs_seen.insert(mb.output.as_str()) {
+            return Err(Error::bad_file(
+                &bundle.path,
+                format!(
+                    "expected distinct outputs per module; `{}` is bound twice",
+                    mb.output
+                ),
+            ));
+        }
+        // A rank-2 activation (Gemm, or a declared 2-D MatMul input) needs an explicit row axis
+        // for per-row tasks.
+        let rank2 =
+            bnode.op_type == "Gemm" || declared.get(&mb.input).is_some_and(|d| d.len() == 2);
+
+        let va_t = format!("{m}.V_A_T");
+        let vb_t = format!("{m}.V_B_T");
+        let in_a = format!("{m}.alpha_A");
+        let in_b = format!("{m}.alpha_B");
+        let p = format!("eigenlorax/{m}/");
+        let y_base = format!("{}.eigenlorax_base", mb.output);
+        let (h0, h1, h2, h3, t, t2, ra, rb, sh_a, sh_b, sh_x, sh_y) = (
+            format!("{p}x3"),
+            format!("{p}h1"),
+            format!("{p}h2"),
+            format!("{p}h3"),
+            format!("{p}t"),
+            format!("{p}t2"),
+            format!("{p}alpha_A_2d"),
+            format!("{p}alpha_B_2d"),
+            format!("{p}shape_A"),
+            format!("{p}shape_B"),
+            format!("{p}shape_x3"),
+            format!("{p}shape_y2"),
+        );
+        for n in [
+            &va_t, &vb_t, &in_a, &in_b, &y_base, &h0, &h1, &h2, &h3, &t, &t2, &ra, &rb, &sh_a,
+            &sh_b, &sh_x, &sh_y,
+        ] {
+            if names.contains(n.as_str()) {
+                return Err(Error::bad_file(
+                    file,
+                    format!("expected no tensor named `{n}` (the patch adds it), found one"),
+                ));
+            }
+        }
+
+        // V_Aᵀ [in x K_A] and V_Bᵀ [K_B x out], row-major f32.
+        let mut a = Vec::with_capacity(din * k_a);
+        for i in 0..din {
+            for k in 0..k_a {
+                a.push(sub.v_a[(k, i)] as f32);
+            }
+        }
+        let mut b = Vec::with_capacity(k_b * dout);
+        for k in 0..k_b {
+            for o in 0..dout {
+                b.push(sub.v_b[(o, k)] as f32);
+            }
+        }
+        new_inits.push(tensor_f32(&va_t, &[din, k_a], &a));
+        new_inits.push(tensor_f32(&vb_t, &[k_b, dout], &b));
+        new_inputs.push(value_info(
+            &in_a,
+            onnx::FLOAT,
+            &[Dim::Fixed(tasks), Dim::Fixed(k_a), Dim::Fixed(r)],
+        ));
+        new_inputs.push(value_info(
+            &in_b,
+            onnx::FLOAT,
+            &[Dim::Fixed(tasks), Dim::Fixed(r), Dim::Fixed(k_b)],
+        ));
+
+        let mut nodes = Vec::new();
+        let mut x = mb.input.clone();
+        let (mut alpha_a, mut alpha_b) = (in_a.clone(), in_b.clone());
+        let mixed_rank2 = tasks > 1 && rank2;
+        if tasks == 1 {
+            new_inits.push(tensor_i64(&sh_a, &[2], &[k_a as i64, r as i64]));
+            new_inits.push(tensor_i64(&sh_b, &[2], &[r as i64, k_b as i64]));
+            nodes.push(node(
+                "Reshape",
+                &format!("{p}reshape_A"),
+                &[&in_a, &sh_a],
+                &[&ra],
+                vec![],
+            ));
+            nodes.push(node(
+                "Reshape",
+                &format!("{p}reshape_B"),
+                &[&in_b, &sh_b],
+                &[&rb],
+                vec![],
+            ));
+            alpha_a = ra.clone();
+            alpha_b = rb.clone();
+        } else if mixed_rank2 {
+            new_inits.push(tensor_i64(&sh_x, &[3], &[-1, 1, din as i64]));
+            new_inits.push(tensor_i64(&sh_y, &[2], &[-1, dout as i64]));
+            nodes.push(node(
+                "Reshape",
+                &format!("{p}reshape_x"),
+                &[&mb.input, &sh_x],
+                &[&h0],
+                vec![],
+            ));
+            x = h0.clone();
+        }
+        nodes.push(node(
+            "MatMul",
+            &format!("{p}down_V_A"),
+            &[&x, &va_t],
+            &[&h1],
+            vec![],
+        ));
+        nodes.push(node(
+            "MatMul",
+            &format!("{p}alpha_A"),
+            &[&h1, &alpha_a],
+            &[&h2],
+            vec![],
+        ));
+        nodes.push(node(
+            "MatMul",
+            &format!("{p}alpha_B"),
+            &[&h2, &alpha_b],
+            &[&h3],
+            vec![],
+        ));
+        if mixed_rank2 {
+            nodes.push(node(
+                "MatMul",
+                &format!("{p}up_V_B"),
+                &[&h3, &vb_t],
+                &[&t2],
+                vec![],
+            ));
+            nodes.push(node(
+                "Reshape",
+                &format!("{p}reshape_y"),
+                &[&t2, &sh_y],
+                &[&t],
+                vec![],
+            ));
+        } else {
+            nodes.push(node(
+                "MatMul",
+                &format!("{p}up_V_B"),
+                &[&h3, &vb_t],
+                &[&t],
+                vec![],
+            ));
+        }
+        nodes.push(node(
+            "Add",
+            &format!("{p}add"),
+            &[&y_base, &t],
+            &[&mb.output],
+            vec![],
+        ));
+        inserts.entry(pi).or_default().extend(nodes);
+
+        // The producer now writes Y_base; the Add writes Y, so all consumers read Y + T.
+        if let Some(o) = graph.node[pi].output.iter_mut().find(|o| **o == mb.output) {
+            *o = y_base;
+        }
+        coeff_inputs.push(CoeffInput {
+            module: m.clone(),
+            alpha_a: in_a,
+            alpha_b: in_b,
+            k_a,
+            k_b,
+            r,
+        });
+    }
+
+    // Rebuild the node list with each insertion right after its producer (keeps the graph
+    // topologically sorted: the inserted nodes read only X, Y_base and new tensors).
+    let old = std::mem::take(&mut graph.node);
+    let mut nodes = Vec::with_capacity(old.len() + inserts.values().map(Vec::len).sum::<usize>());
+    for (i, n) in old.into_iter().enumerate() {
+        nodes.push(n);
+        if let Some(extra) = inserts.remove(&i) {
+            nodes.extend(extra);
+        }
+    }
+    graph.node = nodes;
+    graph.initializer.extend(new_inits);
+    graph.input.extend(new_inputs);
+
+    if tasks > 1 {
+        fix_batch_axis(&mut graph.input, &mut graph.output, tasks);
+    }
+    Ok(PatchedModel {
+        proto: model,
+        coeff_inputs,
+        tasks,
+        base_inputs,
+    })
+}
+
+/// Fixes every symbolic size named like a graph input's first axis to `tasks`, in the graph
+/// inputs and outputs (a mixed batch has exactly one row per task).
+fn fix_batch_axis(inputs: &mut [ValueInfoProto], outputs: &mut [ValueInfoProto], tasks: usize) {
+    use super::pb::{tensor_shape_proto::dimension::Value as DV, type_proto::Value as TV};
+    let mut params: HashSet<String> = HashSet::new();
+    for v in inputs.iter() {
+        if let Some(d) = value_info_dims(v) {
+            if let Some(Dim::Param(p)) = d.first() {
+                if !p.is_empty() {
+                    params.insert(p.clone());
+                }
+            }
+        }
+    }
+    for v in inputs.iter_mut().chain(outputs.iter_mut()) {
+        if let Some(TV::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            if let Some(s) = t.shape.as_mut() {
+                for d in &mut s.dim {
+                    if let Some(DV::DimParam(p)) = &d.value {
+                        if params.contains(p) {
+                            d.value = Some(DV::DimValue(tasks as i64));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The tract backend: pure Rust, CPU, portable.
+//!
+//! [`Runtime::load`] verifies the base model's hash against the bundle's binding, patches it
+//! and builds one optimized plan for single-task runs (`tasks = 1`, batch and sequence sizes
+//! left symbolic). Plans for mixed-task batches (`tasks = B`, the batch axis fixed to B) are
+//! built lazily on the first mixed run of each batch size and cached, or at load for the sizes
+//! listed in [`RuntimeOptions::mixed_batches`].
+//!
+//! Every task's coefficients are turned into tract tensors once, when the task is added; a
+//! single-task run then only clones `Arc`s of them into the input list, so switching tasks
+//! allocates nothing and rebuilds nothing. Mixed runs stack the rows' coefficients into one
+//! [B, K, r] tensor per input (one allocation per coefficient input and run).
+//!
+//! The runtime is `Sync`: any number of threads may run it at once, each with its own task.
+
+use super::onnx::encode_model;
+use super::patch::{CoeffInput, PatchedModel, load_base, patch};
+use super::pb::ModelProto;
+use super::store::{Task, TaskData, TaskId, TaskStore};
+use crate::bundle::{Bundle, CoeffFile};
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tract_onnx::prelude::*;
+
+/// The input tensors a run takes and the outputs it returns.
+pub use tract_onnx::prelude::{TValue, Tensor};
+
+/// A task prepared for tract: its data and one ready tract tensor per coefficient input.
+pub type TractTask = Task<Vec<TValue>>;
+
+/// Options of [`Runtime::load_with`].
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOptions {
+    /// Mixed-batch sizes whose plans are built at load (others are built on first use).
+    pub mixed_batches: Vec<usize>,
+}
+
+/// Where each plan input comes from.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    /// The caller's i-th input.
+    Base(usize),
+    /// The task's j-th coefficient tensor.
+    Coeff(usize),
+}
+
+/// One optimized plan and its input order.
+struct Plan {
+    runnable: Arc<TypedRunnableModel>,
+    order: Vec<Slot>,
+}
+
+/// A patched base model on tract with a store of tasks.
+pub struct Runtime {
+    base_path: PathBuf,
+    base: ModelProto,
+    bundle: Bundle,
+    base_inputs: Vec<String>,
+    coeff_inputs: Vec<CoeffInput>,
+    single: Plan,
+    mixed: Mutex<HashMap<usize, Arc<Plan>>>,
+    store: TaskStore<Vec<TValue>>,
+}
+
+fn tract_err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Builds the tract tensors of one task (the store's payload).
+fn prepare(d: &TaskData) -> Result<Vec<TValue>> {
+    d.tensors
+        .iter()
+        .map(|t| {
+            Tensor::from_shape(&t.shape, &t.data)
+                .map(TValue::from)
+                .map_err(|e| {
+                    Error::Usage(format!("coefficient tensor `{}`: {}", t.name, tract_err(e)))
+                })
+        })
+        .collect()
+}
+
+fn build_plan(p: &PatchedModel, path: &Path) -> Result<Plan> {
+    let bytes = encode_model(&p.proto);
+    let bad = |stage: &str, e: TractError| {
+        Error::bad_file(
+            path,
+            format!("expected a model tract can {stage} once patched: {e:#}"),
+        )
+    };
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .map_err(|e| bad("load", e))?;
+    let typed = model.into_optimized().map_err(|e| bad("optimize", e))?;
+    let mut order = Vec::new();
+    for o in typed.input_outlets().map_err(|e| bad("inspect", e))? {
+        let name = &typed.node(o.node).name;
+        if let Some(i) = p.base_inputs.iter().position(|n| n == name) {
+            order.push(Slot::Base(i));
+        } else if let Some(j) = p.coeff_inputs.iter().position(|c| &c.alpha_a == name) {
+            order.push(Slot::Coeff(2 * j));
+        } else if let Some(j) = p.coeff_inputs.iter().position(|c| &c.alpha_b == name) {
+            order.push(Slot::Coeff(2 * j + 1));
+        } else {
+            return Err(Error::bad_file(
+                path,
+                format!("expected graph inputs of the base model or coefficients, found `{name}`"),
+            ));
+        }
+    }
+    let runnable = typed.into_runnable().map_err(|e| bad("plan", e))?;
+    Ok(Plan { runnable, order })
+}
+
+impl Runtime {
+    /// Loads `base` for `bundle` with default options (see the module docs).
+    pub fn load(base: &Path, bundle: &Bundle) -> Result<Runtime> {
+        Self::load_with(base, bundle, &RuntimeOptions::default())
+    }
+
+    /// Loads `base` for `bundle`: checks the model's SHA-256 against the binding, patches it
+    /// and builds the single-task plan (and the listed mixed-batch plans).
+    pub fn load_with(base: &Path, bundle: &Bundle, options: &RuntimeOptions) -> Result<Runtime> {
+        let model = load_base(base, bundle)?;
+        let patched = patch(&model, bundle, 1).map_err(|e| rename(e, base))?;
+        let single = build_plan(&patched, base)?;
+        let store =
+            TaskStore::with_prepare(&bundle.manifest, &patched.coeff_inputs, Box::new(prepare));
+        let rt = Runtime {
+            base_path: base.to_path_buf(),
+            base: model,
+            bundle: bundle.clone(),
+            base_inputs: patched.base_inputs,
+            coeff_inputs: patched.coeff_inputs,
+            single,
+            mixed: Mutex::new(HashMap::new()),
+            store,
+        };
+        for &b in &options.mixed_batches {
+            rt.mixed_plan(b)?;
+        }
+        Ok(rt)
+    }
+
+    /// Names of the inputs a run takes, in order (the base model's own inputs).
+    pub fn input_names(&self) -> &[String] {
+        &self.base_inputs
+    }
+
+    /// The coefficient inputs of the patched graph.
+    pub fn coeff_inputs(&self) -> &[CoeffInput] {
+        &self.coeff_inputs
+    }
+
+    /// The task store (load, insert, replace, find tasks).
+    pub fn store(&self) -> &TaskStore<Vec<TValue>> {
+        &self.store
+    }
+
+    /// Loads a coefficient file as a new task.
+    pub fn load_task(&self, path: &Path) -> Result<TaskId> {
+        self.store.load(path)
+    }
+
+    /// Adds in-memory coefficients as a new task.
+    pub fn insert_task(&self, coeffs: &CoeffFile) -> Result<TaskId> {
+        self.store.insert(coeffs)
+    }
+
+    /// Selects a task: an `Arc` clone of its prepared tensors (no allocation).
+    pub fn task(&self, id: TaskId) -> Result<Arc<TractTask>> {
+        self.store.get(id)
+    }
+
+    /// Runs the base inputs (in [`Runtime::input_names`] order) with one task for every row.
+    pub fn run(&self, inputs: &[TValue], task: TaskId) -> Result<TVec<TValue>> {
+        let t = self.store.get(task)?;
+        self.run_task(inputs, &t)
+    }
+
+    /// [`Runtime::run`] with a task already selected.
+    pub fn run_task(&self, inputs: &[TValue], task: &TractTask) -> Result<TVec<TValue>> {
+        self.check_inputs(inputs)?;
+        let mut v: TVec<TValue> = TVec::with_capacity(self.single.order.len());
+        for s in &self.single.order {
+            let x = match *s {
+                Slot::Base(i) => inputs.get(i),
+                Slot::Coeff(j) => task.extra.get(j),
+            };
+            v.push(
+                x.ok_or_else(|| Error::Usage("internal: plan input out of range".into()))?
+                    .clone(),
+            );
+        }
+        self.single
+            .runnable
+            .run(v)
+            .map_err(|e| Error::Usage(format!("tract run failed: {e:#}")))
+    }
+
+    /// Runs a mixed batch: row i of every input uses `tasks[i]`. The inputs' first axis must
+    /// have `tasks.len()` rows.
+    pub fn run_mixed(&self, inputs: &[TValue], tasks: &[TaskId]) -> Result<TVec<TValue>> {
+        self.check_inputs(inputs)?;
+        let b = tasks.len();
+        if b == 0 {
+            return Err(Error::Usage("mixed run: expected at least one task".into()));
+        }
+        for (x, name) in inputs.iter().zip(&self.base_inputs) {
+            if x.shape().first() != Some(&b) {
+                return Err(Error::Usage(format!(
+                    "mixed run: input `{name}` has shape {:?}, expected {b} rows (one per task)",
+                    x.shape()
+                )));
+            }
+        }
+        let ts: Vec<Arc<TractTask>> = tasks
+            .iter()
+            .map(|&t| self.store.get(t))
+            .collect::<Result<_>>()?;
+        let plan = self.mixed_plan(b)?;
+        let n_coeff = 2 * self.coeff_inputs.len();
+        let mut stacked: Vec<TValue> = Vec::with_capacity(n_coeff);
+        for j in 0..n_coeff {
+            let shape = ts[0]
+                .data
+                .tensors
+                .get(j)
+                .map(|t| t.shape)
+                .unwrap_or([1, 0, 0]);
+            let mut data = Vec::with_capacity(b * shape[1] * shape[2]);
+            for t in &ts {
+                if let Some(c) = t.data.tensors.get(j) {
+                    data.extend_from_slice(&c.data);
+                }
+            }
+            let t = Tensor::from_shape(&[b, shape[1], shape[2]], &data).map_err(|e| {
+                Error::Usage(format!(
+                    "mixed run: stacking coefficients: {}",
+                    tract_err(e)
+                ))
+            })?;
+            stacked.push(t.into());
+        }
+        let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
+        for s in &plan.order {
+            let x = match *s {
+                Slot::Base(i) => inputs.get(i),
+                Slot::Coeff(j) => stacked.get(j),
+            };
+            v.push(
+                x.ok_or_else(|| Error::Usage("internal: plan input out of range".into()))?
+                    .clone(),
+            );
+        }
+        plan.runnable
+            .run(v)
+            .map_err(|e| Error::Usage(format!("tract run failed: {e:#}")))
+    }
+
+    fn check_inputs(&self, inputs: &[TValue]) -> Result<()> {
+        if inputs.len() != self.base_inputs.len() {
+            return Err(Error::Usage(format!(
+                "expected {} inputs ({}), found {}",
+                self.base_inputs.len(),
+                self.base_inputs.join(", "),
+                inputs.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The plan for mixed batches of `b` rows, built on first use.
+    fn mixed_plan(&self, b: usize) -> Result<Arc<Plan>> {
+        let mut plans = self
+            .mixed
+            .lock()
+            .map_err(|_| Error::Usage("plan cache lock poisoned".into()))?;
+        if let Some(p) = plans.get(&b) {
+            return Ok(Arc::clone(p));
+        }
+        let patched = patch(&self.base, &self.bundle, b).map_err(|e| rename(e, &self.base_path))?;
+        let plan = Arc::new(build_plan(&patched, &self.base_path)?);
+        plans.insert(b, Arc::clone(&plan));
+        Ok(plan)
+    }
+}
+
+/// Names the model's full path in a patch error.
+fn rename(e: Error, path: &Path) -> Error {
+    match e {
+        Error::BadInput {
+            path: p,
+            tensor,
+            message,
+        } if !p.exists() => Error::BadInput {
+            path: path.to_path_buf(),
+            tensor,
+            message,
+        },
+        other => other,
+    }
+}
