@@ -2,37 +2,626 @@
 //! file's real size, and written atomically.
 //!
 //! Shared infrastructure (like [`crate::util`]): every stage stores its tensors this way.
+//!
+//! The header is parsed here rather than by the `safetensors` crate so that every failure
+//! becomes an [`Error::BadInput`] naming the file and the tensor, and so that nothing is
+//! allocated from a header field before it has been checked against the file size.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use faer::{Mat, MatRef};
+use memmap2::Mmap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// Largest header we accept. Real headers are a few hundred KB even for thousands of
+/// tensors; a bigger one is corrupt or hostile, and refusing it bounds the JSON parse.
+pub const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
 
 /// Element types we read and write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
+    /// IEEE binary64.
     F64,
+    /// IEEE binary32.
     F32,
+    /// IEEE binary16.
     F16,
+    /// bfloat16 (the top half of a binary32).
     BF16,
+    /// Signed 8-bit integer.
     I8,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F64 => 8,
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::I8 => 1,
+        }
+    }
+
+    /// The safetensors name ("F32", "BF16", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F64 => "F64",
+            Dtype::F32 => "F32",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+            Dtype::I8 => "I8",
+        }
+    }
+
+    /// Parses a safetensors dtype name we can convert; `None` for any other.
+    pub fn from_name(name: &str) -> Option<Dtype> {
+        match name {
+            "F64" => Some(Dtype::F64),
+            "F32" => Some(Dtype::F32),
+            "F16" => Some(Dtype::F16),
+            "BF16" => Some(Dtype::BF16),
+            "I8" => Some(Dtype::I8),
+            _ => None,
+        }
+    }
+}
+
+/// Element size of every dtype the safetensors format defines, so that byte ranges of
+/// tensors we cannot convert (e.g. an I64 buffer among the extras) are still validated.
+fn any_dtype_size(name: &str) -> Option<usize> {
+    Some(match name {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 1,
+        "I16" | "U16" | "F16" | "BF16" => 2,
+        "I32" | "U32" | "F32" => 4,
+        "I64" | "U64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Dtype and shape of one tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Storage type.
+    pub dtype: Dtype,
+    /// Shape, outermost first (row-major).
+    pub shape: Vec<usize>,
+}
+
+/// One validated header entry.
+#[derive(Clone, Debug)]
+struct Entry {
+    /// The dtype name as stored (may be one we cannot convert).
+    dtype_name: String,
+    dtype: Option<Dtype>,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: usize,
+    end: usize,
 }
 
 /// A memory-mapped safetensors file with a validated header.
 #[derive(Debug)]
 pub struct TensorFile {
     path: PathBuf,
-    // helper fills: mmap, parsed header (name -> dtype, shape, byte range), metadata
+    mmap: Mmap,
+    entries: BTreeMap<String, Entry>,
+    metadata: Option<HashMap<String, String>>,
 }
 
 impl TensorFile {
     /// Opens and validates `path`. The header length, every offset and every shape are
     /// checked against the file size before anything is allocated from them.
     pub fn open(path: &Path) -> Result<TensorFile> {
-        let _ = path;
-        todo!("adapter helper")
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if file_len < 8 {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "expected a safetensors file (8-byte header length, JSON header, data), found only {file_len} bytes (truncated?)"
+                ),
+            ));
+        }
+        // SAFETY: the map is read-only and lives as long as `self`. As with every mmap, a
+        // concurrent truncation by another process is outside what we can defend against;
+        // all bounds below are checked against the length seen at open.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let bytes: &[u8] = &mmap;
+        // The map may differ from the size seen above if the file changed in between: check
+        // again on what is actually mapped.
+        let len = bytes.len() as u64;
+        if len < 8 {
+            return Err(Error::bad_file(
+                path,
+                format!("expected a safetensors file, found only {len} bytes"),
+            ));
+        }
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(bytes.get(..8).unwrap_or(&[0u8; 8]));
+        let n_header = u64::from_le_bytes(len_bytes);
+        if n_header > len - 8 {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "expected a header length of at most {} bytes (file size {len} - 8), found {n_header} (truncated or not a safetensors file)",
+                    len - 8
+                ),
+            ));
+        }
+        if n_header > MAX_HEADER_BYTES {
+            return Err(Error::bad_file(
+                path,
+                format!("expected a header of at most {MAX_HEADER_BYTES} bytes, found {n_header}"),
+            ));
+        }
+        // Both bounds are below the mapped length, which fits in usize.
+        let header_end = 8 + n_header as usize;
+        let header = bytes
+            .get(8..header_end)
+            .ok_or_else(|| Error::bad_file(path, "expected a complete header (truncated?)"))?;
+        let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
+            .map_err(|e| {
+                Error::bad_file(
+                    path,
+                    format!("expected a JSON object as safetensors header: {e}"),
+                )
+            })?;
+
+        let data_len = bytes.len() - header_end;
+        let mut entries = BTreeMap::new();
+        let mut metadata = None;
+        for (name, value) in parsed {
+            if name == "__metadata__" {
+                metadata = Some(parse_metadata(path, &value)?);
+                continue;
+            }
+            let entry = parse_entry(path, &name, &value, header_end, data_len)?;
+            entries.insert(name, entry);
+        }
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            mmap,
+            entries,
+            metadata,
+        })
     }
 
     /// The file's path (for error messages).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The `__metadata__` string map, when the file has one.
+    pub fn metadata(&self) -> Option<&HashMap<String, String>> {
+        self.metadata.as_ref()
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.keys().map(|k| k.as_str()).collect()
+    }
+
+    /// Dtype and shape of `name`; `None` if absent or of a dtype we cannot convert (reading
+    /// such a tensor gives an error that names the dtype; see [`TensorFile::stored_info`]).
+    pub fn info(&self, name: &str) -> Option<TensorInfo> {
+        let e = self.entries.get(name)?;
+        Some(TensorInfo {
+            dtype: e.dtype?,
+            shape: e.shape.clone(),
+        })
+    }
+
+    /// Dtype name as stored (any safetensors dtype, e.g. "I64") and shape of `name`.
+    pub fn stored_info(&self, name: &str) -> Option<(&str, &[usize])> {
+        let e = self.entries.get(name)?;
+        Some((e.dtype_name.as_str(), e.shape.as_slice()))
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries.get(name).ok_or_else(|| {
+            Error::bad_tensor(
+                &self.path,
+                name,
+                "expected this tensor in the file, found none",
+            )
+        })
+    }
+
+    /// The raw little-endian bytes of `name` and their dtype.
+    pub fn raw(&self, name: &str) -> Result<(Dtype, &[u8])> {
+        let e = self.entry(name)?;
+        let dtype = e.dtype.ok_or_else(|| {
+            Error::bad_tensor(
+                &self.path,
+                name,
+                format!(
+                    "expected dtype F64, F32, F16, BF16 or I8, found {}",
+                    e.dtype_name
+                ),
+            )
+        })?;
+        let bytes = self.mmap.get(e.start..e.end).ok_or_else(|| {
+            Error::bad_tensor(&self.path, name, "expected its bytes inside the file")
+        })?;
+        Ok((dtype, bytes))
+    }
+
+    /// Any float dtype (F64/F32/F16/BF16) or I8 converted to f64; error naming file+tensor if
+    /// absent or any value non-finite.
+    pub fn read_f64(&self, name: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+        let (dtype, bytes) = self.raw(name)?;
+        let values = decode_f64(dtype, bytes);
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(self.non_finite(name, i, values.get(i).copied().unwrap_or(f64::NAN)));
+        }
+        Ok((self.entry(name)?.shape.clone(), values))
+    }
+
+    /// Same as [`TensorFile::read_f64`], as a row-major [rows x cols] matrix; error if not
+    /// 2-D or (when given) the shape differs: "expected [r, c], found [..]".
+    pub fn read_mat(&self, name: &str, expected: Option<[usize; 2]>) -> Result<Mat<f64>> {
+        let shape = &self.entry(name)?.shape;
+        let dims = match shape.as_slice() {
+            [r, c] => [*r, *c],
+            _ => {
+                let want = match expected {
+                    Some([r, c]) => format!("[{r}, {c}]"),
+                    None => "a 2-D tensor".to_string(),
+                };
+                return Err(Error::bad_tensor(
+                    &self.path,
+                    name,
+                    format!("expected {want}, found {shape:?}"),
+                ));
+            }
+        };
+        if let Some(want) = expected
+            && want != dims
+        {
+            return Err(Error::bad_tensor(
+                &self.path,
+                name,
+                format!("expected [{}, {}], found {:?}", want[0], want[1], shape),
+            ));
+        }
+        let (_, values) = self.read_f64(name)?;
+        Ok(mat_from_row_major(dims[0], dims[1], &values))
+    }
+
+    /// Same as [`TensorFile::read_f64`], as f32 (F64 values are rounded; overflow to ±inf is
+    /// reported as non-finite).
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (dtype, bytes) = self.raw(name)?;
+        let values: Vec<f32> = match dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            _ => decode_f64(dtype, bytes)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+        };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(self.non_finite(
+                name,
+                i,
+                values.get(i).map(|v| *v as f64).unwrap_or(f64::NAN),
+            ));
+        }
+        Ok((self.entry(name)?.shape.clone(), values))
+    }
+
+    fn non_finite(&self, name: &str, index: usize, value: f64) -> Error {
+        let what = if value.is_nan() {
+            "NaN".to_string()
+        } else {
+            format!("{value}")
+        };
+        Error::bad_tensor(
+            &self.path,
+            name,
+            format!("expected finite values, found {what} at index {index}"),
+        )
+    }
+}
+
+/// Builds a faer matrix from `rows*cols` row-major values (the caller checked the length).
+pub(crate) fn mat_from_row_major(rows: usize, cols: usize, values: &[f64]) -> Mat<f64> {
+    Mat::from_fn(rows, cols, |i, j| {
+        values.get(i * cols + j).copied().unwrap_or(0.0)
+    })
+}
+
+fn decode_f64(dtype: Dtype, bytes: &[u8]) -> Vec<f64> {
+    match dtype {
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        Dtype::I8 => bytes.iter().map(|&b| b as i8 as f64).collect(),
+    }
+}
+
+fn parse_metadata(path: &Path, value: &serde_json::Value) -> Result<HashMap<String, String>> {
+    let obj = value.as_object().ok_or_else(|| {
+        Error::bad_tensor(
+            path,
+            "__metadata__",
+            "expected a JSON object of string values",
+        )
+    })?;
+    let mut out = HashMap::with_capacity(obj.len());
+    for (k, v) in obj {
+        let s = v.as_str().ok_or_else(|| {
+            Error::bad_tensor(
+                path,
+                "__metadata__",
+                format!("expected a string value for key `{k}`, found {v}"),
+            )
+        })?;
+        out.insert(k.clone(), s.to_string());
+    }
+    Ok(out)
+}
+
+fn parse_entry(
+    path: &Path,
+    name: &str,
+    value: &serde_json::Value,
+    header_end: usize,
+    data_len: usize,
+) -> Result<Entry> {
+    let bad = |m: String| Error::bad_tensor(path, name, m);
+    let obj = value
+        .as_object()
+        .ok_or_else(|| bad("expected an object with dtype, shape and data_offsets".into()))?;
+    let dtype_name = obj
+        .get("dtype")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| bad("expected a string `dtype`".into()))?;
+    let elem = any_dtype_size(dtype_name).ok_or_else(|| {
+        bad(format!(
+            "expected a safetensors dtype (F64, F32, F16, BF16, I8, ...), found {dtype_name:?}"
+        ))
+    })?;
+    let shape_json = obj
+        .get("shape")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| bad("expected an array `shape`".into()))?;
+    let mut shape = Vec::new();
+    for d in shape_json {
+        let d = d
+            .as_u64()
+            .and_then(|d| usize::try_from(d).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "expected non-negative integer dimensions, found {d}"
+                ))
+            })?;
+        // A shape longer than the file could describe is hostile; bound the Vec.
+        if shape.len() >= 64 {
+            return Err(bad("expected at most 64 dimensions".into()));
+        }
+        shape.push(d);
+    }
+    let offsets = obj
+        .get("data_offsets")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| bad("expected an array `data_offsets` [begin, end]".into()))?;
+    let (begin, end) = match offsets.as_slice() {
+        [b, e] => match (b.as_u64(), e.as_u64()) {
+            (Some(b), Some(e)) => (b, e),
+            _ => return Err(bad("expected integer data_offsets [begin, end]".into())),
+        },
+        _ => return Err(bad("expected data_offsets [begin, end]".into())),
+    };
+    if begin > end || end > data_len as u64 {
+        return Err(bad(format!(
+            "expected data_offsets within the {data_len} data bytes of the file, found [{begin}, {end}] (truncated?)"
+        )));
+    }
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            bad(format!(
+                "expected a shape whose size fits in memory, found {shape:?} (overflow)"
+            ))
+        })?;
+    let nbytes = numel.checked_mul(elem).ok_or_else(|| {
+        bad(format!(
+            "expected a shape whose size fits in memory, found {shape:?} (overflow)"
+        ))
+    })?;
+    // Both fit in usize: end <= data_len.
+    let (begin, end) = (begin as usize, end as usize);
+    if nbytes != end - begin {
+        return Err(bad(format!(
+            "expected {nbytes} bytes for shape {shape:?} of {dtype_name}, found data_offsets [{begin}, {end}] ({} bytes)",
+            end - begin
+        )));
+    }
+    Ok(Entry {
+        dtype_name: dtype_name.to_string(),
+        dtype: Dtype::from_name(dtype_name),
+        shape,
+        start: header_end + begin,
+        end: header_end + end,
+    })
+}
+
+/// One tensor to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorOut {
+    /// Tensor name (key in the header).
+    pub name: String,
+    /// Storage dtype of `data`.
+    pub dtype: Dtype,
+    /// Shape, row-major.
+    pub shape: Vec<usize>,
+    /// Little-endian bytes, `product(shape) * dtype.size()` long.
+    pub data: Vec<u8>,
+}
+
+impl TensorOut {
+    /// Converts f64 values (row-major) to `dtype`: F64/F32/F16/BF16 round to nearest; I8
+    /// rounds to nearest and saturates to [-128, 127] (quantizers scale before calling).
+    pub fn from_f64(
+        name: impl Into<String>,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        values: &[f64],
+    ) -> TensorOut {
+        let mut data = Vec::with_capacity(values.len() * dtype.size());
+        match dtype {
+            Dtype::F64 => values
+                .iter()
+                .for_each(|v| data.extend_from_slice(&v.to_le_bytes())),
+            Dtype::F32 => values
+                .iter()
+                .for_each(|v| data.extend_from_slice(&(*v as f32).to_le_bytes())),
+            Dtype::F16 => values
+                .iter()
+                .for_each(|v| data.extend_from_slice(&half::f16::from_f64(*v).to_le_bytes())),
+            Dtype::BF16 => values
+                .iter()
+                .for_each(|v| data.extend_from_slice(&half::bf16::from_f64(*v).to_le_bytes())),
+            Dtype::I8 => values
+                .iter()
+                .for_each(|v| data.push(v.round().clamp(-128.0, 127.0) as i8 as u8)),
+        }
+        TensorOut {
+            name: name.into(),
+            dtype,
+            shape,
+            data,
+        }
+    }
+
+    /// A matrix stored row-major with shape [rows, cols].
+    pub fn from_mat(name: impl Into<String>, dtype: Dtype, m: MatRef<'_, f64>) -> TensorOut {
+        let (rows, cols) = (m.nrows(), m.ncols());
+        let mut values = Vec::with_capacity(rows * cols);
+        for i in 0..rows {
+            for j in 0..cols {
+                values.push(m[(i, j)]);
+            }
+        }
+        TensorOut::from_f64(name, dtype, vec![rows, cols], &values)
+    }
+}
+
+/// Serializes as safetensors with `__metadata__` and writes atomically (util::write_atomic).
+///
+/// The header is padded with spaces so that the data starts 8-byte aligned, and tensors are
+/// laid out in the order given. Duplicate names, the reserved name `__metadata__` and data
+/// whose length disagrees with the shape are refused.
+pub fn write(
+    path: &Path,
+    tensors: Vec<TensorOut>,
+    metadata: BTreeMap<String, String>,
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let m: serde_json::Map<String, serde_json::Value> = metadata
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(m));
+    }
+    let mut offset = 0usize;
+    for t in &tensors {
+        if t.name == "__metadata__" || header.contains_key(&t.name) {
+            return Err(Error::Usage(format!(
+                "{}: tensor name `{}` is reserved or used twice",
+                path.display(),
+                t.name
+            )));
+        }
+        let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let want = numel.and_then(|n| n.checked_mul(t.dtype.size()));
+        if want != Some(t.data.len()) {
+            return Err(Error::Usage(format!(
+                "{}: tensor `{}`: shape {:?} of {} needs {:?} bytes, given {}",
+                path.display(),
+                t.name,
+                t.shape,
+                t.dtype.name(),
+                want,
+                t.data.len()
+            )));
+        }
+        let end = offset + t.data.len();
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({ "dtype": t.dtype.name(), "shape": t.shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut header_bytes = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| Error::Usage(format!("{}: cannot serialize header: {e}", path.display())))?;
+    while header_bytes.len() % 8 != 0 {
+        header_bytes.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header_bytes.len() + offset);
+    out.extend_from_slice(&(header_bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header_bytes);
+    for t in &tensors {
+        out.extend_from_slice(&t.data);
+    }
+    crate::util::write_atomic(path, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("elx-tf-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("t.safetensors")
+    }
+
+    #[test]
+    fn header_is_aligned_and_metadata_kept() {
+        let p = tmp("align");
+        let mut md = BTreeMap::new();
+        md.insert("k".to_string(), "v".to_string());
+        write(
+            &p,
+            vec![TensorOut::from_f64(
+                "x",
+                Dtype::F32,
+                vec![3],
+                &[1.0, 2.0, 3.0],
+            )],
+            md,
+        )
+        .unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert_eq!(n % 8, 0);
+        let f = TensorFile::open(&p).unwrap();
+        assert_eq!(
+            f.metadata().unwrap().get("k").map(|s| s.as_str()),
+            Some("v")
+        );
+        assert_eq!(f.read_f64("x").unwrap().1, vec![1.0, 2.0, 3.0]);
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
     }
 }

@@ -12,8 +12,8 @@
 pub mod kohya;
 pub mod peft;
 
-use crate::error::Result;
-use crate::tensorfile::TensorFile;
+use crate::error::{Error, Result};
+use crate::tensorfile::{TensorFile, mat_from_row_major};
 use faer::Mat;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,23 +109,236 @@ impl Adapter {
     /// Opens an adapter, detecting its format: a folder with `adapter_config.json` is PEFT;
     /// a `.safetensors` file with `lora_down`/`lora_up` keys is kohya. A pickled `.bin` is
     /// refused with a message that says how to convert it.
+    ///
+    /// A folder without `adapter_config.json` that holds a diffusers
+    /// `pytorch_lora_weights.safetensors` is read as that single file; an
+    /// `adapter_model.safetensors` named directly, with its config beside it, is read as
+    /// its PEFT folder (so its scale is not lost).
     pub fn open(path: &Path) -> Result<Adapter> {
+        if !path.exists() {
+            return Err(Error::bad_file(
+                path,
+                "expected a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) \
+                 or a kohya/diffusers LoRA .safetensors file, found nothing at this path",
+            ));
+        }
         if path.is_dir() {
+            let diffusers = path.join("pytorch_lora_weights.safetensors");
+            if !path.join(peft::CONFIG_FILE).exists() && diffusers.is_file() {
+                return kohya::open(&diffusers);
+            }
             peft::open(path)
         } else {
+            // A PEFT weights file named directly: its scale lives in the config beside it.
+            if path.file_name().is_some_and(|n| n == peft::WEIGHTS_FILE)
+                && let Some(dir) = path.parent()
+                && dir.join(peft::CONFIG_FILE).is_file()
+            {
+                return peft::open(dir);
+            }
+            if path
+                .extension()
+                .is_some_and(|e| e == "bin" || e == "pt" || e == "pth" || e == "ckpt")
+            {
+                return Err(pickle_refusal(path));
+            }
             kohya::open(path)
         }
     }
 
     /// Loads one module's A' and B' (scale folded in) as f64, checking shapes against the
     /// header and that every value is finite.
+    ///
+    /// The scale is split as A' = sign(s)·√|s|·A and B' = √|s|·B, so B'·A' = s·B·A exactly
+    /// (up to one rounding per factor) even for a negative `lora_alpha`.
     pub fn load_module(&self, name: &str) -> Result<LoraModule> {
-        let _ = name;
-        todo!("adapter helper")
+        let info = self.modules.get(name).ok_or_else(|| {
+            Error::bad_tensor(
+                &self.path,
+                name,
+                format!(
+                    "expected a LoRA module of this name in the adapter ({} modules), found none",
+                    self.modules.len()
+                ),
+            )
+        })?;
+        let (ca, cb) = folded_factors(info.scale);
+        let a = read_flat(&self.weights, &info.a_key, info.rank, info.in_features, ca)?;
+        let b = read_flat(&self.weights, &info.b_key, info.out_features, info.rank, cb)?;
+        Ok(LoraModule { a, b })
+    }
+
+    /// Modules by canonical name, in sorted order (a convenience over `modules.keys()`).
+    pub fn module_names(&self) -> Vec<&str> {
+        self.modules.keys().map(|k| k.as_str()).collect()
     }
 
     /// The file that holds the tensors (for error messages).
     pub fn weights_path(&self) -> &Path {
         self.weights.path()
     }
+}
+
+/// The two factors that fold s into A and B: (sign(s)·√|s|, √|s|).
+pub(crate) fn folded_factors(scale: f64) -> (f64, f64) {
+    let r = scale.abs().sqrt();
+    (if scale < 0.0 { -r } else { r }, r)
+}
+
+/// Reads tensor `key` as a [rows x cols] matrix times `factor`. The stored tensor may carry
+/// trailing dimensions (conv kernels) as long as it flattens to exactly [rows, cols]: its first
+/// dimension is `rows` and the product of the rest is `cols`.
+fn read_flat(
+    file: &TensorFile,
+    key: &str,
+    rows: usize,
+    cols: usize,
+    factor: f64,
+) -> Result<Mat<f64>> {
+    let (shape, values) = file.read_f64(key)?;
+    let first = shape.first().copied();
+    let rest = shape
+        .iter()
+        .skip(1)
+        .try_fold(1usize, |a, &d| a.checked_mul(d));
+    if shape.len() < 2
+        || first != Some(rows)
+        || rest != Some(cols)
+        || Some(values.len()) != rows.checked_mul(cols)
+    {
+        return Err(Error::bad_tensor(
+            file.path(),
+            key,
+            format!(
+                "expected [{rows}, {cols}] (trailing conv dimensions flattened), found {shape:?}"
+            ),
+        ));
+    }
+    let mut m = mat_from_row_major(rows, cols, &values);
+    if factor != 1.0 {
+        for j in 0..cols {
+            for i in 0..rows {
+                m[(i, j)] *= factor;
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Shapes of one LoRA pair as read from the header, validated against each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PairShape {
+    pub rank: usize,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub conv_kernel: Option<[usize; 2]>,
+}
+
+/// Validates a (down/A, up/B) pair from the header only: A is [r, in] or [r, in, kh, kw], B is
+/// [out, r] or [out, r, 1, 1], both of a dtype we can read.
+pub(crate) fn pair_shape(file: &TensorFile, a_key: &str, b_key: &str) -> Result<PairShape> {
+    let path = file.path();
+    let shape_of = |key: &str| -> Result<Vec<usize>> {
+        match file.info(key) {
+            Some(i) => Ok(i.shape),
+            None => Err(match file.stored_info(key) {
+                Some((dt, _)) => Error::bad_tensor(
+                    path,
+                    key,
+                    format!("expected dtype F32, F16, BF16 or F64, found {dt}"),
+                ),
+                None => Error::bad_tensor(
+                    path,
+                    key,
+                    "expected this tensor (its pair is present), found none",
+                ),
+            }),
+        }
+    };
+    let a = shape_of(a_key)?;
+    let b = shape_of(b_key)?;
+    let (rank, in_features, conv_kernel) = match a.as_slice() {
+        [r, i] => (*r, *i, None),
+        [r, i, kh, kw] => {
+            let flat = i
+                .checked_mul(*kh)
+                .and_then(|x| x.checked_mul(*kw))
+                .ok_or_else(|| {
+                    Error::bad_tensor(
+                        path,
+                        a_key,
+                        format!("expected a conv shape whose size fits, found {a:?}"),
+                    )
+                })?;
+            (*r, flat, Some([*kh, *kw]))
+        }
+        _ => {
+            return Err(Error::bad_tensor(
+                path,
+                a_key,
+                format!("expected [r, in] or [r, in, kh, kw], found {a:?}"),
+            ));
+        }
+    };
+    if rank == 0 || in_features == 0 {
+        return Err(Error::bad_tensor(
+            path,
+            a_key,
+            format!("expected a non-empty [r, in], found {a:?}"),
+        ));
+    }
+    let out_features = match b.as_slice() {
+        [o, r] if *r == rank => *o,
+        [o, r, 1, 1] if *r == rank && conv_kernel.is_some() => *o,
+        _ => {
+            let want = if conv_kernel.is_some() {
+                format!("[out, {rank}, 1, 1]")
+            } else {
+                format!("[out, {rank}]")
+            };
+            return Err(Error::bad_tensor(
+                path,
+                b_key,
+                format!("expected {want} to match {a_key} {a:?}, found {b:?}"),
+            ));
+        }
+    };
+    if out_features == 0 {
+        return Err(Error::bad_tensor(
+            path,
+            b_key,
+            format!("expected a non-empty [out, r], found {b:?}"),
+        ));
+    }
+    Ok(PairShape {
+        rank,
+        in_features,
+        out_features,
+        conv_kernel,
+    })
+}
+
+/// The refusal for pickled checkpoints: they can run code when loaded.
+pub(crate) fn pickle_refusal(path: &Path) -> Error {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "adapter_model.bin".into());
+    Error::bad_file(
+        path,
+        format!(
+            "expected safetensors weights, found a pickle ({name}). Pickles can run arbitrary code when \
+             loaded, so eigenlorax refuses them. Convert it once in a trusted environment: \
+             python -c \"import torch; from safetensors.torch import save_file; \
+             save_file(torch.load('{name}'), '{}')\"",
+            if name == "adapter_model.bin" {
+                "adapter_model.safetensors".to_string()
+            } else {
+                format!(
+                    "{}.safetensors",
+                    name.rsplit_once('.').map(|x| x.0).unwrap_or(&name)
+                )
+            }
+        ),
+    )
 }

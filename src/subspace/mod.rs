@@ -17,11 +17,18 @@ pub mod project;
 pub mod select;
 
 use crate::adapter::{Adapter, LoraModule};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::linalg;
 use faer::Mat;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-pub use project::{Coefficients, captured_energy, project, reconstruct, relative_error};
+pub use decompose::{Decomposition, Route, SideAccumulator};
+
+pub use project::{
+    Coefficients, captured_energy, project, reconstruct, relative_error, try_project,
+    try_reconstruct,
+};
 
 /// How many principal directions to keep on one side of one module.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -111,7 +118,9 @@ pub struct ModuleSubspace {
 /// A whole subspace: one [`ModuleSubspace`] per module name.
 #[derive(Clone, Debug)]
 pub struct Subspace {
+    /// Per-module subspaces by canonical module name.
     pub modules: BTreeMap<String, ModuleSubspace>,
+    /// The options the subspace was extracted with.
     pub options: ExtractOptions,
 }
 
@@ -120,14 +129,385 @@ pub type Progress<'a> = &'a (dyn Fn(usize, usize, &str) + Sync);
 
 /// Extracts the subspace of every module found in any adapter (a module present in only some
 /// adapters uses those). Adapters are read one module at a time.
-pub fn extract(adapters: &[Adapter], options: &ExtractOptions, progress: Progress<'_>) -> Result<Subspace> {
-    let _ = (adapters, options, progress);
-    todo!("subspace helper")
+///
+/// Before any math, every adapter's header is checked against the first adapter that has the
+/// same module: a different `in` or `out` is an [`Error::BadInput`] naming the adapter's file
+/// and tensor. Modules run on up to 2 threads (`std::thread::scope`); the result does not
+/// depend on the thread count (each module is computed independently and stored by name). On
+/// a failure the remaining modules are not started and the error of the lowest-indexed failed
+/// module (in name order) is returned. `progress` is called after each module with
+/// (modules done, total, module name).
+pub fn extract(
+    adapters: &[Adapter],
+    options: &ExtractOptions,
+    progress: Progress<'_>,
+) -> Result<Subspace> {
+    extract_with(adapters, options, progress, Route::Auto, 2)
+}
+
+/// [`extract`] with the decomposition route and the thread count chosen (benchmarks, tests).
+pub fn extract_with(
+    adapters: &[Adapter],
+    options: &ExtractOptions,
+    progress: Progress<'_>,
+    route: Route,
+    threads: usize,
+) -> Result<Subspace> {
+    validate_options(options)?;
+    if adapters.is_empty() {
+        return Err(Error::Usage(
+            "no adapters to extract a subspace from".into(),
+        ));
+    }
+    // Union of module names, and per module the (in, out) of the first adapter that has it.
+    let mut shapes: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    for (t, ad) in adapters.iter().enumerate() {
+        for (name, info) in &ad.modules {
+            let &mut (in_f, out_f, first) =
+                shapes
+                    .entry(name.as_str())
+                    .or_insert((info.in_features, info.out_features, t));
+            let first_path = adapters
+                .get(first)
+                .map(|a| a.path.display().to_string())
+                .unwrap_or_default();
+            if info.in_features != in_f {
+                return Err(Error::bad_tensor(
+                    ad.weights_path(),
+                    info.a_key.clone(),
+                    format!(
+                        "expected [r, in={in_f}] like the other adapters (first: {first_path}), found [{}, {}]",
+                        info.rank, info.in_features
+                    ),
+                ));
+            }
+            if info.out_features != out_f {
+                return Err(Error::bad_tensor(
+                    ad.weights_path(),
+                    info.b_key.clone(),
+                    format!(
+                        "expected [out={out_f}, r] like the other adapters (first: {first_path}), found [{}, {}]",
+                        info.out_features, info.rank
+                    ),
+                ));
+            }
+        }
+    }
+    let names: Vec<(&str, usize, usize)> =
+        shapes.iter().map(|(n, &(i, o, _))| (*n, i, o)).collect();
+    let total = names.len();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let threads = threads.clamp(1, total.max(1));
+
+    let work = || {
+        let mut out: Vec<(usize, Result<ModuleSubspace>)> = Vec::new();
+        loop {
+            if failed.load(Ordering::SeqCst) {
+                break;
+            }
+            let idx = next.fetch_add(1, Ordering::SeqCst);
+            let Some(&(name, in_f, out_f)) = names.get(idx) else {
+                break;
+            };
+            let res = extract_named(adapters, name, in_f, out_f, options, route);
+            if res.is_err() {
+                failed.store(true, Ordering::SeqCst);
+            }
+            out.push((idx, res));
+            let d = done.fetch_add(1, Ordering::SeqCst) + 1;
+            progress(d, total, name);
+        }
+        out
+    };
+    let mut results: Vec<(usize, Result<ModuleSubspace>)> = if threads <= 1 {
+        work()
+    } else {
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..threads).map(|_| sc.spawn(work)).collect();
+            let mut all = Vec::new();
+            for h in handles {
+                match h.join() {
+                    Ok(v) => all.extend(v),
+                    Err(_) => all.push((
+                        usize::MAX,
+                        Err(Error::Numeric("an extraction thread panicked".into())),
+                    )),
+                }
+            }
+            all
+        })
+    };
+    results.sort_by_key(|(i, _)| *i);
+    let mut modules = BTreeMap::new();
+    for (idx, res) in results {
+        let sub = res?;
+        if let Some(&(name, _, _)) = names.get(idx) {
+            modules.insert(name.to_string(), sub);
+        }
+    }
+    if modules.len() != total {
+        return Err(Error::Numeric(format!(
+            "extracted {} of {} modules",
+            modules.len(),
+            total
+        )));
+    }
+    Ok(Subspace {
+        modules,
+        options: options.clone(),
+    })
+}
+
+/// One module over every adapter that has it, loading one adapter's matrices at a time.
+fn extract_named(
+    adapters: &[Adapter],
+    name: &str,
+    in_f: usize,
+    out_f: usize,
+    options: &ExtractOptions,
+    route: Route,
+) -> Result<ModuleSubspace> {
+    let mut acc = ModuleAccumulator::new(in_f, out_f, options.canonicalize, route);
+    for ad in adapters {
+        let Some(info) = ad.modules.get(name) else {
+            continue;
+        };
+        let m = ad.load_module(name)?;
+        // The reader checks shapes against the header; this guards the math against a reader
+        // that disagrees with its own header.
+        if m.in_features() != in_f || m.out_features() != out_f || m.b.ncols() != m.rank() {
+            return Err(Error::bad_tensor(
+                ad.weights_path(),
+                info.a_key.clone(),
+                format!(
+                    "expected A [r, in={in_f}] and B [out={out_f}, r] like the other adapters, found A [{}, {}] and B [{}, {}]",
+                    m.a.nrows(),
+                    m.a.ncols(),
+                    m.b.nrows(),
+                    m.b.ncols()
+                ),
+            ));
+        }
+        acc.add(&m).map_err(|e| match e {
+            Error::Usage(msg) => Error::bad_tensor(ad.weights_path(), info.a_key.clone(), msg),
+            Error::Numeric(msg) => Error::Numeric(format!("module {name}: {msg}")),
+            other => other,
+        })?;
+    }
+    acc.finish(options).map_err(|e| match e {
+        Error::Numeric(msg) => Error::Numeric(format!("module {name}: {msg}")),
+        other => other,
+    })
+}
+
+/// Extracts one module's subspace from modules handed over one at a time, the way [`extract`]
+/// reads files: each module is canonicalized and folded into the side accumulators, then
+/// dropped, so memory stays about d·(d + r) values per side however many modules stream by.
+/// An `Err` item stops the extraction and is returned as is.
+pub fn extract_module_stream<I>(
+    in_features: usize,
+    out_features: usize,
+    options: &ExtractOptions,
+    route: Route,
+    modules: I,
+) -> Result<ModuleSubspace>
+where
+    I: IntoIterator<Item = Result<LoraModule>>,
+{
+    validate_options(options)?;
+    let mut acc = ModuleAccumulator::new(in_features, out_features, options.canonicalize, route);
+    for (i, m) in modules.into_iter().enumerate() {
+        acc.add(&m?).map_err(|e| match e {
+            Error::Usage(msg) => Error::Usage(format!("adapter module {i}: {msg}")),
+            other => other,
+        })?;
+    }
+    if acc.n_adapters == 0 {
+        return Err(Error::Usage("no adapter modules to extract from".into()));
+    }
+    acc.finish(options)
 }
 
 /// Extracts one module's subspace from its adapters' matrices (pure math; all modules must
 /// agree on in/out features).
+///
+/// Errors: no modules, or a module whose shape differs from module 0's, or one with NaN/Inf
+/// values, is an [`Error::Usage`] naming the module's index (the caller [`extract`] knows the
+/// files and reports them as [`Error::BadInput`]).
 pub fn extract_module(modules: &[LoraModule], options: &ExtractOptions) -> Result<ModuleSubspace> {
-    let _ = (modules, options);
-    todo!("subspace helper")
+    extract_module_with(modules, options, Route::Auto)
+}
+
+/// [`extract_module`] with the decomposition route forced (tests compare the SVD and Gram routes).
+pub fn extract_module_with(
+    modules: &[LoraModule],
+    options: &ExtractOptions,
+    route: Route,
+) -> Result<ModuleSubspace> {
+    let first = modules
+        .first()
+        .ok_or_else(|| Error::Usage("no adapter modules to extract from".into()))?;
+    extract_module_stream(
+        first.in_features(),
+        first.out_features(),
+        options,
+        route,
+        modules.iter().map(|m| Ok(m.clone())),
+    )
+}
+
+fn validate_options(options: &ExtractOptions) -> Result<()> {
+    for rule in [options.k_rule_a, options.k_rule_b] {
+        if let KRule::Energy(t) = rule
+            && !(t > 0.0 && t <= 1.0)
+        {
+            return Err(Error::Usage(format!(
+                "energy threshold must be in (0, 1], got {t}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Both sides of one module, fed one adapter at a time.
+struct ModuleAccumulator {
+    in_f: usize,
+    out_f: usize,
+    canonicalize: bool,
+    a: SideAccumulator,
+    b: SideAccumulator,
+    r_max: usize,
+    n_adapters: usize,
+}
+
+impl ModuleAccumulator {
+    fn new(in_f: usize, out_f: usize, canonicalize: bool, route: Route) -> Self {
+        Self {
+            in_f,
+            out_f,
+            canonicalize,
+            a: SideAccumulator::new(in_f, route),
+            b: SideAccumulator::new(out_f, route),
+            r_max: 0,
+            n_adapters: 0,
+        }
+    }
+
+    fn add(&mut self, m: &LoraModule) -> Result<()> {
+        if m.in_features() != self.in_f || m.out_features() != self.out_f || m.b.ncols() != m.rank()
+        {
+            return Err(Error::Usage(format!(
+                "expected A [r, in={}] and B [out={}, r], found A [{}, {}] and B [{}, {}]",
+                self.in_f,
+                self.out_f,
+                m.a.nrows(),
+                m.a.ncols(),
+                m.b.nrows(),
+                m.b.ncols()
+            )));
+        }
+        if !linalg::all_finite(m.a.as_ref()) || !linalg::all_finite(m.b.as_ref()) {
+            return Err(Error::Usage(
+                "expected finite values, found NaN or Inf".into(),
+            ));
+        }
+        self.r_max = self.r_max.max(m.rank());
+        self.n_adapters += 1;
+        if self.canonicalize {
+            let c = canonicalize(m)?;
+            self.a.add(c.a.transpose())?;
+            self.b.add(c.b.as_ref())?;
+        } else {
+            self.a.add(m.a.transpose())?;
+            self.b.add(m.b.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn finish(self, options: &ExtractOptions) -> Result<ModuleSubspace> {
+        let (basis_a, info_a) = finish_side(self.a, options.k_rule_a, options)?;
+        let (v_b, info_b) = finish_side(self.b, options.k_rule_b, options)?;
+        Ok(ModuleSubspace {
+            in_features: self.in_f,
+            out_features: self.out_f,
+            r_max: self.r_max,
+            n_adapters: self.n_adapters,
+            v_a: basis_a.transpose().to_owned(),
+            v_b,
+            a: info_a,
+            b: info_b,
+        })
+    }
+}
+
+/// Decomposes one side, keeps K by the rule, appends the mean direction and pseudo-PCs.
+/// Returns the basis as orthonormal columns [d x k_total] and its statistics.
+fn finish_side(
+    acc: SideAccumulator,
+    rule: KRule,
+    options: &ExtractOptions,
+) -> Result<(Mat<f64>, SideInfo)> {
+    let dec = acc.finish(options.center)?;
+    let k = select::select_k(rule, &dec.spectrum, dec.rank, (dec.n_vectors, dec.dim))?;
+    let mut basis = dec.basis;
+    basis.truncate(dec.dim, k);
+    let mean_vector = match &dec.mean {
+        Some(mu) => augment::append_mean(&mut basis, mu),
+        None => false,
+    };
+    let pseudo = augment::append_pseudo(&mut basis, options.pseudo, options.seed);
+    let energy_kept = select::energy_kept(&dec.spectrum, k);
+    Ok((
+        basis,
+        SideInfo {
+            spectrum: dec.spectrum,
+            k_principal: k,
+            mean_vector,
+            pseudo,
+            energy_kept,
+        },
+    ))
+}
+
+/// The balanced factorization of ΔW = B'·A' (the default gauge before stacking).
+///
+/// With thin QRs B' = Q_B·R_B and A'ᵀ = Q_A·R_A and the SVD of the small core
+/// R_B·R_Aᵀ = U·S·Vᵀ, it returns B'' = Q_B·U·√S and A'' = √S·Vᵀ·Q_Aᵀ, so B''·A'' = B'·A' and
+/// B''ᵀB'' = A''A''ᵀ = S. Cost O((in+out)·r²); ΔW is never formed.
+///
+/// Sign convention: applied to the columns of Q_B·U (the left singular vectors of ΔW), with V
+/// flipped alongside. Applying it to U itself would make the result depend on the signs the
+/// QR happened to choose, which differ between faer and LAPACK. Rank is kept: when
+/// r > min(in, out) the extra rows of A'' and columns of B'' are zero.
+pub fn canonicalize(m: &LoraModule) -> Result<LoraModule> {
+    let r = m.rank();
+    let (in_f, out_f) = (m.in_features(), m.out_features());
+    let (qb, rb) = linalg::thin_qr(m.b.as_ref());
+    let (qa, ra) = linalg::thin_qr(m.a.transpose());
+    let core = linalg::mul(rb.as_ref(), ra.transpose());
+    let sv = linalg::thin_svd(core.as_ref())?;
+    let mut left = linalg::mul(qb.as_ref(), sv.u.as_ref()); // out x p
+    let mut right = linalg::mul(qa.as_ref(), sv.v.as_ref()); // in x p
+    for (j, flipped) in linalg::fix_sign_columns(&mut left).into_iter().enumerate() {
+        if flipped {
+            for x in right.col_as_slice_mut(j) {
+                *x = -*x;
+            }
+        }
+    }
+    let p = sv.s.len().min(r);
+    let root: Vec<f64> = sv.s.iter().map(|s| s.max(0.0).sqrt()).collect();
+    let b = Mat::from_fn(
+        out_f,
+        r,
+        |i, k| if k < p { left[(i, k)] * root[k] } else { 0.0 },
+    );
+    let a = Mat::from_fn(
+        r,
+        in_f,
+        |k, j| if k < p { root[k] * right[(j, k)] } else { 0.0 },
+    );
+    Ok(LoraModule { a, b })
 }
