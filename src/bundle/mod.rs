@@ -11,9 +11,12 @@
 //! optionally `head.weight` [C x d] and `head.bias` [C], and names the subspace it belongs to.
 
 pub mod coeffs;
+pub mod diagnostics;
 pub mod format;
 pub mod quant;
 
 pub use coeffs::{CoeffFile, Head, Provenance};
-pub use format::{Binding, Bundle, Manifest, ModuleBinding, ModuleManifest, SourceAdapter, WeightLayout};
+pub use format::{
+    Binding, Bundle, Manifest, ModuleBinding, ModuleManifest, SourceAdapter, WeightLayout,
+};
 pub use quant::StorageDtype;
