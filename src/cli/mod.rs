@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod plot;
 pub mod project;
 pub mod reconstruct;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 use eigenlorax::Result;
@@ -36,6 +37,8 @@ pub enum Command {
     Reconstruct(reconstruct::Args),
     /// Show what a bundle or coefficient file holds; measure adapters against a bundle.
     Inspect(inspect::Args),
+    /// Run the base model with task coefficients on text or tensors (tract or ONNX Runtime).
+    Run(run::RunArgs),
 }
 
 /// Runs the parsed command.
@@ -45,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Project(a) => project::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Run(a) => run::run(&a),
     }
 }
 
