@@ -8,12 +8,14 @@ CLI:
   python3 tools/elx_reference.py extract ADAPTER_DIR... [--k N | --energy t] [--no-canonicalize]
           [--center] [--pseudo P --seed S] -o ref.safetensors [--time]
   python3 tools/elx_reference.py project ADAPTER_DIR --ref ref.safetensors -o coeffs.safetensors [--time]
+  python3 tools/elx_reference.py delta ADAPTER_DIR -o delta.safetensors      (reader check: ΔW = B'·A')
 
 Conventions (shared with the Rust side):
   * ΔW = s·B·A with s = alpha/r (alpha/√r with rslora), PEFT rank_pattern/alpha_pattern
     override r/alpha per module; the scale is folded: A' = √s·A, B' = √s·B.
   * Canonicalization: B'' = Q_B·U·√S, A'' = √S·Vᵀ·Q_Aᵀ from QR of B', A'ᵀ and the r x r SVD of
-    R_B·R_Aᵀ.
+    R_B·R_Aᵀ; the sign convention is applied to the columns of Q_B·U (the left singular vectors
+    of ΔW), so the result does not depend on the QR's sign choices.
   * Sign convention: every singular vector is flipped so that its entry of largest absolute
     value is positive (first such index on ties); in an SVD the paired vector flips with it.
   * Centering appends the orthogonalized mean direction after the K principal vectors;
@@ -31,6 +33,11 @@ import resource
 import struct
 import sys
 import time
+
+# Single-threaded BLAS unless the caller says otherwise: results do not depend on the thread
+# count, and OpenBLAS threads spin badly on a shared, loaded machine (100x slower seen here).
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
 
 import numpy as np
 
@@ -101,12 +108,34 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return out, meta
 
 
-def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
-    """Writes float64 tensors with safetensors.numpy (names sorted by the library)."""
-    from safetensors.numpy import save_file
+_DT_NAME = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16",
+            np.dtype("<i8"): "I64", np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8",
+            np.dtype("u1"): "U8", np.dtype("?"): "BOOL"}
 
+
+def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
+    """Writes a safetensors file byte-for-byte deterministically (sorted names and metadata keys;
+    the safetensors library orders metadata by a hash map), atomically via a rename."""
+    header, blobs, off = {}, [], 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        raw = arr.tobytes()
+        header[name] = {"dtype": _DT_NAME[arr.dtype], "shape": list(arr.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    if metadata:
+        header = {"__metadata__": {k: str(metadata[k]) for k in sorted(metadata)}, **header}
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
     tmp = path + ".tmp"
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for b in blobs:
+            f.write(b)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -207,9 +236,13 @@ def canonicalize(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Balanced factorization of ΔW = B·A: B'' = Q_B·U·√S, A'' = √S·Vᵀ·Q_Aᵀ."""
     qb, rb = np.linalg.qr(b)          # b [out x r]
     qa, ra = np.linalg.qr(a.T)        # aᵀ [in x r]
-    u, s, vt = svd_signed(rb @ ra.T)  # r x r
+    u, s, vt = np.linalg.svd(rb @ ra.T)  # r x r
+    # The sign convention goes on the singular vectors of ΔW itself (Q_B·U), which, unlike the
+    # r x r U, do not depend on the sign choices of the QR factorization.
+    ub = qb @ u
+    sign_fix_columns(ub, vt)
     rs = np.sqrt(s)
-    return (rs[:, None] * vt) @ qa.T, (qb @ u) * rs[None, :]
+    return (rs[:, None] * vt) @ qa.T, ub * rs[None, :]
 
 
 def mgs_append(basis: list[np.ndarray], v: np.ndarray) -> bool:
@@ -348,6 +381,9 @@ def main(argv=None) -> int:
     p.add_argument("--ref", required=True)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--time", action="store_true")
+    dl = sub.add_parser("delta", help="folded ΔW = B'·A' [out x in] and scale s of every module")
+    dl.add_argument("adapter")
+    dl.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 
@@ -372,6 +408,15 @@ def main(argv=None) -> int:
         for name, m in sub_.items():
             print(f"{name}: K_A={m['V_A'].shape[0]} (principal {m['k_a']}) "
                   f"K_B={m['V_B'].shape[1]} (principal {m['k_b']})")
+    elif args.cmd == "delta":
+        ad = PeftAdapter(args.adapter)
+        tensors = {}
+        for name, (a, b) in ad.modules.items():
+            tensors[f"{name}.delta"] = b @ a
+            tensors[f"{name}.scale"] = np.array(ad.scales[name], dtype=np.float64)
+        write_safetensors(args.output, tensors, {"tool": "elx_reference.py",
+                                                 "convention": "delta = s*B*A as [out, in], f64"})
+        print(f"{len(tensors) // 2} modules")
     else:
         ref, _ = read_safetensors(args.ref)
         ad = PeftAdapter(args.adapter)
@@ -384,7 +429,7 @@ def main(argv=None) -> int:
                                                  "relative_errors": json.dumps(errs)})
         for name, err in errs.items():
             print(f"{name}: relative_error={err:.6e}")
-    if args.time:
+    if getattr(args, "time", False):
         _report_time(t0)
     return 0
 

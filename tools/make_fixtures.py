@@ -3,6 +3,7 @@
 
   python3 tools/make_fixtures.py            # everything
   python3 tools/make_fixtures.py --only base,tasks,variants,kohya,reference
+  python3 tools/make_fixtures.py --only baseline   # head-only accuracies, writes nothing
 
 What it writes (see models/PROVENANCE.md for the figures of the committed run):
   tiny-bert/            random BertModel (seed 0): config.json, model.safetensors, vocab.txt,
@@ -28,7 +29,14 @@ import subprocess
 import sys
 import time
 
+# Single-threaded BLAS unless the caller says otherwise: results do not depend on the thread
+# count, and OpenBLAS threads spin badly on a shared, loaded machine (100x slower seen here).
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join("models", "fixtures")  # relative: recorded as base_model_name_or_path
@@ -115,6 +123,12 @@ def make_set(task: int, n: int, seed: int):
 
 
 # ----------------------------------------------------------------------------- models
+
+def save_file(tensors: dict, path: str, metadata: dict | None = None):
+    """safetensors.numpy.save_file's signature, written deterministically (sorted metadata)."""
+    from elx_reference import write_safetensors
+    write_safetensors(path, tensors, metadata)
+
 
 def torch_setup():
     import torch
@@ -211,12 +225,30 @@ def check_onnx(torch, model, path):
     print(f"onnx check: max |onnx - torch| = {worst:.2e} over 3 batch/length shapes")
 
 
-def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = None,
-               data_task: int | None = None):
-    """Trains LoRA(query, value) + linear head on mean pooling; saves PEFT folder + head."""
+def tidy_peft_folder(out_dir: str):
+    """PEFT stores target_modules as a set, so its order in adapter_config.json changes from run
+    to run; sort it (and drop the model-card template) so rebuilt fixtures are byte-identical."""
+    cpath = os.path.join(out_dir, "adapter_config.json")
+    with open(cpath) as f:
+        cfg = json.load(f)
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    with open(cpath, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+        f.write("\n")
+    readme = os.path.join(out_dir, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+
+
+def train_task(task: int, seed: int, out_dir: str | None, lora_kwargs: dict | None = None,
+               data_task: int | None = None, head_only: bool = False):
+    """Trains LoRA(query, value) + linear head on mean pooling; saves PEFT folder + head.
+
+    head_only: the baseline with the frozen base and the head alone (same data, steps, lr),
+    nothing saved."""
     torch = torch_setup()
     from peft import LoraConfig, get_peft_model
-    from safetensors.numpy import save_file
 
     data_task = task if data_task is None else data_task
     n_cls = TASKS[data_task][1]
@@ -227,7 +259,11 @@ def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = No
     base = load_bert(torch)
     kw = dict(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0, bias="none")
     kw.update(lora_kwargs or {})
-    model = get_peft_model(base, LoraConfig(**kw))
+    if head_only:
+        base.requires_grad_(False)
+        model = base
+    else:
+        model = get_peft_model(base, LoraConfig(**kw))
     head = torch.nn.Linear(32, n_cls)
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
@@ -253,11 +289,12 @@ def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = No
         lg = logits(test_ids)
         acc = float((lg.argmax(-1).numpy() == test_y).mean())
         ce = float(torch.nn.functional.cross_entropy(lg, torch.from_numpy(test_y)))
+    if head_only:
+        return {"task": TASKS[data_task][0], "baseline": "head_only", "seed": seed, "steps": STEPS,
+                "train_s": round(train_s, 2), "test_acc": acc, "test_ce": round(ce, 4)}
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    readme = os.path.join(out_dir, "README.md")
-    if os.path.exists(readme):
-        os.remove(readme)  # PEFT's model-card template: noise in a fixture
+    tidy_peft_folder(out_dir)
     labels = [str(i) for i in range(n_cls)]
     save_file({"head.weight": head.weight.detach().numpy().copy(),
                "head.bias": head.bias.detach().numpy().copy()},
@@ -271,7 +308,6 @@ def train_task(task: int, seed: int, out_dir: str, lora_kwargs: dict | None = No
 
 def build_tasks(base_io):
     torch = torch_setup()
-    from safetensors.numpy import save_file
 
     os.makedirs(os.path.join(FIX, "data"), exist_ok=True)
     stats = []
@@ -343,8 +379,7 @@ def build_gpt2_variant():
         opt.step()
     out = os.path.join(FIX, "adapters", "variants", "gpt2_fan_in_fan_out")
     model.save_pretrained(out, safe_serialization=True)
-    if os.path.exists(os.path.join(out, "README.md")):
-        os.remove(os.path.join(out, "README.md"))
+    tidy_peft_folder(out)
     return {"variant": "gpt2_fan_in_fan_out", "seed": 7007, "steps": 100,
             "train_s": round(time.perf_counter() - t0, 2), "final_train_loss": round(loss.item(), 4)}
 
@@ -375,7 +410,6 @@ def build_kohya():
 
     Also writes the expected folded ΔW per module (f64, [out, in·kh·kw]) so a reader can be
     checked against numbers: ΔW = (alpha / r)·up·down, alpha defaulting to r when absent."""
-    from safetensors.numpy import save_file
     rng = np.random.default_rng(12345)
     mods = {
         # name: (down shape, up shape, alpha or None)
@@ -404,6 +438,8 @@ def build_kohya():
               metadata={"convention": "delta = (alpha/r) * up.reshape(out, r) @ down.reshape(r, -1); alpha = r when absent"})
 
 
+READER_VARIANTS = ["rslora", "rank_pattern", "task2_fp16", "task2_bf16", "gpt2_fan_in_fan_out"]
+
 REFERENCE_RUNS = [
     ("k4.safetensors", ["extract", "--k", "4"]),
     ("k4_center_pseudo.safetensors", ["extract", "--k", "3", "--center", "--pseudo", "2", "--seed", "7"]),
@@ -420,6 +456,9 @@ def reference_commands(out_dir: str):
         cmds.append([sys.executable, ref, args[0], *ads, *args[1:], "-o", os.path.join(out_dir, fname)])
     cmds.append([sys.executable, ref, "project", ads[0], "--ref", os.path.join(out_dir, "k4.safetensors"),
                  "-o", os.path.join(out_dir, "task0_in_k4.safetensors")])
+    for v in READER_VARIANTS:
+        cmds.append([sys.executable, ref, "delta", os.path.join(FIX, "adapters", "variants", v),
+                     "-o", os.path.join(out_dir, f"delta_{v}.safetensors")])
     return cmds
 
 
@@ -446,6 +485,9 @@ def main():
         build_kohya()
     if "reference" in parts:
         build_reference()
+    if "baseline" in parts:  # not in the default list: prints figures, writes nothing
+        for t in range(len(TASKS)):
+            print(json.dumps(train_task(t, TASK_SEEDS[t], None, head_only=True)))
 
 
 if __name__ == "__main__":
