@@ -4,6 +4,7 @@
 //! To add a subcommand: a file with an `Args` struct (clap derive) and a `run(args)`
 //! function, a variant in [`Command`] and an arm in [`run`].
 
+pub mod bind;
 pub mod extract;
 pub mod inspect;
 pub mod plot;
@@ -39,6 +40,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Run the base model with task coefficients on text or tensors (tract or ONNX Runtime).
     Run(run::RunArgs),
+    /// Bind a bundle to a base ONNX model (module -> MatMul/Gemm node, model hash).
+    Bind(bind::BindArgs),
 }
 
 /// Runs the parsed command.
@@ -49,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(&a),
+        Command::Bind(a) => bind::run(&a),
     }
 }
 

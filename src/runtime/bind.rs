@@ -94,10 +94,10 @@ impl<'a> GraphIndex<'a> {
         if p.op_type != "Transpose" || !Self::is_default_domain(p) {
             return None;
         }
-        if let Some(perm) = get_attr(p, "perm") {
-            if perm.ints != [1, 0] {
-                return None;
-            }
+        if let Some(perm) = get_attr(p, "perm")
+            && perm.ints != [1, 0]
+        {
+            return None;
         }
         let t = self.inits.get(p.input.first()?.as_str())?;
         (t.data_type == onnx::FLOAT && dims2(t).is_some()).then_some((*t, true))
@@ -160,26 +160,24 @@ impl<'a> GraphIndex<'a> {
     fn output_of(&self, site: &Site) -> String {
         let n = &self.graph.node[site.node];
         let y = n.output[0].as_str();
-        if n.op_type == "MatMul" {
-            if let Some(cs) = self.consumers.get(y) {
-                if let [c] = cs.as_slice() {
-                    let add = &self.graph.node[*c];
-                    if add.op_type == "Add" && Self::is_default_domain(add) && add.input.len() == 2
-                    {
-                        let other = if add.input[0] == y {
-                            &add.input[1]
-                        } else {
-                            &add.input[0]
-                        };
-                        if self
-                            .inits
-                            .get(other.as_str())
-                            .is_some_and(|t| t.dims.len() == 1)
-                            && !add.output.is_empty()
-                        {
-                            return add.output[0].clone();
-                        }
-                    }
+        if n.op_type == "MatMul"
+            && let Some(cs) = self.consumers.get(y)
+            && let [c] = cs.as_slice()
+        {
+            let add = &self.graph.node[*c];
+            if add.op_type == "Add" && Self::is_default_domain(add) && add.input.len() == 2 {
+                let other = if add.input[0] == y {
+                    &add.input[1]
+                } else {
+                    &add.input[0]
+                };
+                if self
+                    .inits
+                    .get(other.as_str())
+                    .is_some_and(|t| t.dims.len() == 1)
+                    && !add.output.is_empty()
+                {
+                    return add.output[0].clone();
                 }
             }
         }
@@ -353,12 +351,12 @@ fn resolve<'i>(
             } else {
                 &add.input[0]
             };
-            if let Some(&p) = idx.producer.get(other.as_str()) {
-                if let Some(s) = idx.site_for_node(p) {
-                    if graph.node[p].op_type == "MatMul" && s.layout == WeightLayout::InOut {
-                        found.push(s);
-                    }
-                }
+            if let Some(&p) = idx.producer.get(other.as_str())
+                && let Some(s) = idx.site_for_node(p)
+                && graph.node[p].op_type == "MatMul"
+                && s.layout == WeightLayout::InOut
+            {
+                found.push(s);
             }
         }
         match found.as_slice() {

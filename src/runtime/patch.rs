@@ -210,7 +210,7 @@ pub fn patch(base: &ModelProto, bundle: &Bundle, tasks: usize) -> Result<Patched
         let pi = graph
             .node
             .iter()
-            .position(|n| n.output.iter().any(|o| *o == mb.output))
+            .position(|n| n.output.contains(&mb.output))
             .ok_or_else(|| lacks(&format!("has no node producing `{}`", mb.output)))?;
         if !outputs_seen.insert(mb.output.as_str()) {
             return Err(Error::bad_file(
@@ -418,23 +418,22 @@ fn fix_batch_axis(inputs: &mut [ValueInfoProto], outputs: &mut [ValueInfoProto],
     use super::pb::{tensor_shape_proto::dimension::Value as DV, type_proto::Value as TV};
     let mut params: HashSet<String> = HashSet::new();
     for v in inputs.iter() {
-        if let Some(d) = value_info_dims(v) {
-            if let Some(Dim::Param(p)) = d.first() {
-                if !p.is_empty() {
-                    params.insert(p.clone());
-                }
-            }
+        if let Some(d) = value_info_dims(v)
+            && let Some(Dim::Param(p)) = d.first()
+            && !p.is_empty()
+        {
+            params.insert(p.clone());
         }
     }
     for v in inputs.iter_mut().chain(outputs.iter_mut()) {
-        if let Some(TV::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-            if let Some(s) = t.shape.as_mut() {
-                for d in &mut s.dim {
-                    if let Some(DV::DimParam(p)) = &d.value {
-                        if params.contains(p) {
-                            d.value = Some(DV::DimValue(tasks as i64));
-                        }
-                    }
+        if let Some(TV::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut())
+            && let Some(s) = t.shape.as_mut()
+        {
+            for d in &mut s.dim {
+                if let Some(DV::DimParam(p)) = &d.value
+                    && params.contains(p)
+                {
+                    d.value = Some(DV::DimValue(tasks as i64));
                 }
             }
         }

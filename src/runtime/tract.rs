@@ -2,7 +2,8 @@
 //!
 //! [`Runtime::load`] verifies the base model's hash against the bundle's binding, patches it
 //! and builds one optimized plan for single-task runs (`tasks = 1`, batch and sequence sizes
-//! left symbolic). Plans for mixed-task batches (`tasks = B`, the batch axis fixed to B) are
+//! left symbolic; when tract cannot optimize the graph with symbolic shapes, one plan per
+//! input shape instead, built on first use or at load for [`RuntimeOptions::shapes`]). Plans for mixed-task batches (`tasks = B`, the batch axis fixed to B) are
 //! built lazily on the first mixed run of each batch size and cached, or at load for the sizes
 //! listed in [`RuntimeOptions::mixed_batches`].
 //!
@@ -35,6 +36,9 @@ pub type TractTask = Task<Vec<TValue>>;
 pub struct RuntimeOptions {
     /// Mixed-batch sizes whose plans are built at load (others are built on first use).
     pub mixed_batches: Vec<usize>,
+    /// Input shapes (one per base input) whose single-task plans are built at load when the
+    /// model needs per-shape plans (element type taken as i64, the type of token inputs).
+    pub shapes: Vec<Vec<Vec<usize>>>,
 }
 
 /// Where each plan input comes from.
@@ -59,7 +63,7 @@ pub struct Runtime {
     bundle: Bundle,
     base_inputs: Vec<String>,
     coeff_inputs: Vec<CoeffInput>,
-    single: Plan,
+    single: Singles,
     mixed: Mutex<HashMap<usize, Arc<Plan>>>,
     store: TaskStore<Vec<TValue>>,
 }
@@ -82,7 +86,9 @@ fn prepare(d: &TaskData) -> Result<Vec<TValue>> {
         .collect()
 }
 
-fn build_plan(p: &PatchedModel, path: &Path) -> Result<Plan> {
+/// Builds one optimized plan; `shapes` (one per base input, with its element type taken from
+/// `like`) fixes the base inputs' shapes, otherwise they stay as the graph declares them.
+fn build_plan(p: &PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<Plan> {
     let bytes = encode_model(&p.proto);
     let bad = |stage: &str, e: TractError| {
         Error::bad_file(
@@ -90,13 +96,12 @@ fn build_plan(p: &PatchedModel, path: &Path) -> Result<Plan> {
             format!("expected a model tract can {stage} once patched: {e:#}"),
         )
     };
-    let model = tract_onnx::onnx()
+    let mut model = tract_onnx::onnx()
         .model_for_read(&mut bytes.as_slice())
         .map_err(|e| bad("load", e))?;
-    let typed = model.into_optimized().map_err(|e| bad("optimize", e))?;
     let mut order = Vec::new();
-    for o in typed.input_outlets().map_err(|e| bad("inspect", e))? {
-        let name = &typed.node(o.node).name;
+    for o in model.input_outlets().map_err(|e| bad("inspect", e))? {
+        let name = &model.node(o.node).name;
         if let Some(i) = p.base_inputs.iter().position(|n| n == name) {
             order.push(Slot::Base(i));
         } else if let Some(j) = p.coeff_inputs.iter().position(|c| &c.alpha_a == name) {
@@ -110,8 +115,32 @@ fn build_plan(p: &PatchedModel, path: &Path) -> Result<Plan> {
             ));
         }
     }
+    if let Some(like) = like {
+        for (k, s) in order.clone().iter().enumerate() {
+            if let Slot::Base(i) = *s {
+                let x = like
+                    .get(i)
+                    .ok_or_else(|| Error::Usage("internal: missing input for a plan".into()))?;
+                model = model
+                    .with_input_fact(k, InferenceFact::dt_shape(x.datum_type(), x.shape()))
+                    .map_err(|e| bad("load", e))?;
+            }
+        }
+    }
+    let typed = model.into_optimized().map_err(|e| bad("optimize", e))?;
     let runnable = typed.into_runnable().map_err(|e| bad("plan", e))?;
     Ok(Plan { runnable, order })
+}
+
+/// Single-task plans: one with the graph's symbolic shapes when tract can optimize it that
+/// way, else one per input shape, built on first use (some exports, e.g. the torch legacy
+/// BERT attention-mask path, do not optimize with both batch and sequence symbolic).
+/// Plans keyed by the base inputs' shapes.
+type ShapePlans = Mutex<Vec<(Vec<Vec<usize>>, Arc<Plan>)>>;
+
+enum Singles {
+    Symbolic(Plan),
+    PerShape { why: String, plans: ShapePlans },
 }
 
 impl Runtime {
@@ -125,7 +154,13 @@ impl Runtime {
     pub fn load_with(base: &Path, bundle: &Bundle, options: &RuntimeOptions) -> Result<Runtime> {
         let model = load_base(base, bundle)?;
         let patched = patch(&model, bundle, 1).map_err(|e| rename(e, base))?;
-        let single = build_plan(&patched, base)?;
+        let single = match build_plan(&patched, base, None) {
+            Ok(p) => Singles::Symbolic(p),
+            Err(e) => Singles::PerShape {
+                why: e.to_string(),
+                plans: Mutex::new(Vec::new()),
+            },
+        };
         let store =
             TaskStore::with_prepare(&bundle.manifest, &patched.coeff_inputs, Box::new(prepare));
         let rt = Runtime {
@@ -140,6 +175,17 @@ impl Runtime {
         };
         for &b in &options.mixed_batches {
             rt.mixed_plan(b)?;
+        }
+        for shapes in &options.shapes {
+            let like: Vec<TValue> = shapes
+                .iter()
+                .map(|s| {
+                    Tensor::zero_dt(DatumType::I64, s)
+                        .map(TValue::from)
+                        .map_err(|e| Error::Usage(tract_err(e)))
+                })
+                .collect::<Result<_>>()?;
+            rt.single_plan(&like)?;
         }
         Ok(rt)
     }
@@ -183,8 +229,16 @@ impl Runtime {
     /// [`Runtime::run`] with a task already selected.
     pub fn run_task(&self, inputs: &[TValue], task: &TractTask) -> Result<TVec<TValue>> {
         self.check_inputs(inputs)?;
-        let mut v: TVec<TValue> = TVec::with_capacity(self.single.order.len());
-        for s in &self.single.order {
+        let held;
+        let plan: &Plan = match &self.single {
+            Singles::Symbolic(p) => p,
+            Singles::PerShape { .. } => {
+                held = self.single_plan(inputs)?;
+                &held
+            }
+        };
+        let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
+        for s in &plan.order {
             let x = match *s {
                 Slot::Base(i) => inputs.get(i),
                 Slot::Coeff(j) => task.extra.get(j),
@@ -194,10 +248,48 @@ impl Runtime {
                     .clone(),
             );
         }
-        self.single
-            .runnable
+        plan.runnable
             .run(v)
             .map_err(|e| Error::Usage(format!("tract run failed: {e:#}")))
+    }
+
+    /// Whether single-task runs use one plan for every input shape (else one per shape).
+    pub fn is_shape_generic(&self) -> bool {
+        matches!(self.single, Singles::Symbolic(_))
+    }
+
+    /// The per-shape single-task plan for these inputs, built on first use. The lookup
+    /// compares shapes in place, so a warm run allocates nothing here.
+    fn single_plan(&self, inputs: &[TValue]) -> Result<Arc<Plan>> {
+        let Singles::PerShape { why, plans } = &self.single else {
+            return Err(Error::Usage(
+                "internal: per-shape plan asked of a symbolic runtime".into(),
+            ));
+        };
+        let same = |shapes: &Vec<Vec<usize>>| {
+            shapes.len() == inputs.len()
+                && shapes
+                    .iter()
+                    .zip(inputs)
+                    .all(|(s, x)| s.as_slice() == x.shape())
+        };
+        let mut plans = plans
+            .lock()
+            .map_err(|_| Error::Usage("plan cache lock poisoned".into()))?;
+        if let Some((_, p)) = plans.iter().find(|(s, _)| same(s)) {
+            return Ok(Arc::clone(p));
+        }
+        let patched = patch(&self.base, &self.bundle, 1).map_err(|e| rename(e, &self.base_path))?;
+        let plan = Arc::new(
+            build_plan(&patched, &self.base_path, Some(inputs)).map_err(|e| {
+                Error::Usage(format!("{e} (the shape-generic plan failed too: {why})"))
+            })?,
+        );
+        plans.push((
+            inputs.iter().map(|x| x.shape().to_vec()).collect(),
+            Arc::clone(&plan),
+        ));
+        Ok(plan)
     }
 
     /// Runs a mixed batch: row i of every input uses `tasks[i]`. The inputs' first axis must
@@ -282,7 +374,7 @@ impl Runtime {
             return Ok(Arc::clone(p));
         }
         let patched = patch(&self.base, &self.bundle, b).map_err(|e| rename(e, &self.base_path))?;
-        let plan = Arc::new(build_plan(&patched, &self.base_path)?);
+        let plan = Arc::new(build_plan(&patched, &self.base_path, None)?);
         plans.insert(b, Arc::clone(&plan));
         Ok(plan)
     }

@@ -12,7 +12,9 @@
 #![allow(dead_code)]
 
 use eigenlorax::bundle::format::SideSummary;
-use eigenlorax::bundle::{Binding, Bundle, CoeffFile, Manifest, ModuleManifest, Provenance, StorageDtype};
+use eigenlorax::bundle::{
+    Binding, Bundle, CoeffFile, Manifest, ModuleManifest, Provenance, StorageDtype,
+};
 use eigenlorax::runtime::onnx::{self, Dim, attr_int, attr_ints, node, tensor_f32, value_info};
 use eigenlorax::runtime::pb::{GraphProto, ModelProto, OperatorSetIdProto};
 use eigenlorax::subspace::{Coefficients, ExtractOptions, ModuleSubspace, SideInfo, Subspace};
@@ -22,8 +24,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// (module, in, out)
-pub const MODULES: [(&str, usize, usize); 4] =
-    [("classifier", 20, 4), ("layer.0.query", 16, 24), ("layer.1.value", 24, 20), ("mid.proj", 20, 20)];
+pub const MODULES: [(&str, usize, usize); 4] = [
+    ("classifier", 20, 4),
+    ("layer.0.query", 16, 24),
+    ("layer.1.value", 24, 20),
+    ("mid.proj", 20, 20),
+];
 pub const K_A: usize = 5;
 pub const K_B: usize = 6;
 pub const R_MAX: usize = 4;
@@ -31,13 +37,13 @@ pub const D_IN: usize = 16;
 
 /// Base weights of the synthetic model, row-major as stored in the graph.
 pub struct Weights {
-    pub q_w: Vec<f32>,  // [16 x 24] in x out
-    pub q_b: Vec<f32>,  // [24]
-    pub v_w: Vec<f32>,  // [20 x 24] out x in
-    pub v_b: Vec<f32>,  // [20]
-    pub m_w: Vec<f32>,  // [20 x 20] in x out
-    pub c_w: Vec<f32>,  // [4 x 20] out x in
-    pub c_b: Vec<f32>,  // [4]
+    pub q_w: Vec<f32>, // [16 x 24] in x out
+    pub q_b: Vec<f32>, // [24]
+    pub v_w: Vec<f32>, // [20 x 24] out x in
+    pub v_b: Vec<f32>, // [20]
+    pub m_w: Vec<f32>, // [20 x 20] in x out
+    pub c_w: Vec<f32>, // [4 x 20] out x in
+    pub c_b: Vec<f32>, // [4]
 }
 
 pub fn gauss(rng: &mut GaussianRng, n: usize, s: f64) -> Vec<f32> {
@@ -69,7 +75,11 @@ impl Weights {
         };
         for o in 0..dout {
             for i in 0..din {
-                let idx = if layout_in_out { i * dout + o } else { o * din + i };
+                let idx = if layout_in_out {
+                    i * dout + o
+                } else {
+                    o * din + i
+                };
                 w[idx] += dw[(o, i)] as f32;
             }
         }
@@ -79,16 +89,58 @@ impl Weights {
 /// The synthetic model (opset 13), input `x` [batch, seq, 16]; outputs `logits`, `hidden`.
 pub fn model(w: &Weights) -> ModelProto {
     let nodes = vec![
-        node("MatMul", "/l0/q/MatMul", &["x", "onnx::MatMul_11"], &["q_mm"], vec![]),
-        node("Add", "/l0/q/Add", &["layer.0.query.bias", "q_mm"], &["q_add"], vec![]),
+        node(
+            "MatMul",
+            "/l0/q/MatMul",
+            &["x", "onnx::MatMul_11"],
+            &["q_mm"],
+            vec![],
+        ),
+        node(
+            "Add",
+            "/l0/q/Add",
+            &["layer.0.query.bias", "q_mm"],
+            &["q_add"],
+            vec![],
+        ),
         node("Relu", "/l0/relu", &["q_add"], &["h1"], vec![]),
-        node("Transpose", "/l1/v/Transpose", &["layer.1.value.weight"], &["v_wt"], vec![attr_ints("perm", &[1, 0])]),
+        node(
+            "Transpose",
+            "/l1/v/Transpose",
+            &["layer.1.value.weight"],
+            &["v_wt"],
+            vec![attr_ints("perm", &[1, 0])],
+        ),
         node("MatMul", "/l1/v/MatMul", &["h1", "v_wt"], &["v_mm"], vec![]),
-        node("Add", "/l1/v/Add", &["v_mm", "layer.1.value.bias"], &["v_add"], vec![]),
+        node(
+            "Add",
+            "/l1/v/Add",
+            &["v_mm", "layer.1.value.bias"],
+            &["v_add"],
+            vec![],
+        ),
         node("Relu", "/l1/relu", &["v_add"], &["h2"], vec![]),
-        node("MatMul", "/mid/MatMul", &["h2", "onnx::MatMul_99"], &["hidden"], vec![]),
-        node("ReduceMean", "/pool", &["hidden"], &["pooled"], vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)]),
-        node("Gemm", "/classifier/Gemm", &["pooled", "classifier.weight", "classifier.bias"], &["logits"], vec![attr_int("transB", 1)]),
+        node(
+            "MatMul",
+            "/mid/MatMul",
+            &["h2", "onnx::MatMul_99"],
+            &["hidden"],
+            vec![],
+        ),
+        node(
+            "ReduceMean",
+            "/pool",
+            &["hidden"],
+            &["pooled"],
+            vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
+        ),
+        node(
+            "Gemm",
+            "/classifier/Gemm",
+            &["pooled", "classifier.weight", "classifier.bias"],
+            &["logits"],
+            vec![attr_int("transB", 1)],
+        ),
     ];
     let graph = GraphProto {
         name: "synthetic".into(),
@@ -102,16 +154,39 @@ pub fn model(w: &Weights) -> ModelProto {
             tensor_f32("classifier.weight", &[4, 20], &w.c_w),
             tensor_f32("classifier.bias", &[4], &w.c_b),
         ],
-        input: vec![value_info("x", onnx::FLOAT, &[Dim::Param("batch".into()), Dim::Param("seq".into()), Dim::Fixed(16)])],
+        input: vec![value_info(
+            "x",
+            onnx::FLOAT,
+            &[
+                Dim::Param("batch".into()),
+                Dim::Param("seq".into()),
+                Dim::Fixed(16),
+            ],
+        )],
         output: vec![
-            value_info("logits", onnx::FLOAT, &[Dim::Param("batch".into()), Dim::Fixed(4)]),
-            value_info("hidden", onnx::FLOAT, &[Dim::Param("batch".into()), Dim::Param("seq".into()), Dim::Fixed(20)]),
+            value_info(
+                "logits",
+                onnx::FLOAT,
+                &[Dim::Param("batch".into()), Dim::Fixed(4)],
+            ),
+            value_info(
+                "hidden",
+                onnx::FLOAT,
+                &[
+                    Dim::Param("batch".into()),
+                    Dim::Param("seq".into()),
+                    Dim::Fixed(20),
+                ],
+            ),
         ],
         ..Default::default()
     };
     ModelProto {
         ir_version: 8,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
         producer_name: "eigenlorax-tests".into(),
         graph: Some(graph),
         ..Default::default()
@@ -140,11 +215,22 @@ pub fn orthonormal_cols(rng: &mut GaussianRng, n: usize, k: usize) -> Mat<f64> {
 }
 
 fn side(k: usize) -> SideInfo {
-    SideInfo { spectrum: vec![1.0; k], k_principal: k, mean_vector: false, pseudo: 0, energy_kept: 1.0 }
+    SideInfo {
+        spectrum: vec![1.0; k],
+        k_principal: k,
+        mean_vector: false,
+        pseudo: 0,
+        energy_kept: 1.0,
+    }
 }
 
 fn side_summary(k: usize) -> SideSummary {
-    SideSummary { k_principal: k, mean_vector: false, pseudo: 0, energy_kept: 1.0 }
+    SideSummary {
+        k_principal: k,
+        mean_vector: false,
+        pseudo: 0,
+        energy_kept: 1.0,
+    }
 }
 
 /// A random subspace over [`MODULES`] and its (unbound) bundle with id `id`.
@@ -157,7 +243,16 @@ pub fn bundle(seed: u64, id: &str) -> Bundle {
         let v_b = orthonormal_cols(&mut rng, dout, K_B);
         modules.insert(
             m.to_string(),
-            ModuleSubspace { in_features: din, out_features: dout, r_max: R_MAX, n_adapters: 3, v_a, v_b, a: side(K_A), b: side(K_B) },
+            ModuleSubspace {
+                in_features: din,
+                out_features: dout,
+                r_max: R_MAX,
+                n_adapters: 3,
+                v_a,
+                v_b,
+                a: side(K_A),
+                b: side(K_B),
+            },
         );
         mm.insert(
             m.to_string(),
@@ -198,7 +293,13 @@ pub fn coeffs(seed: u64, subspace_id: &str, task: &str, r: usize, s: f64) -> Coe
         let alpha_b = Mat::<f64>::from_fn(K_B, r, |_, _| rng.next_normal() * s);
         modules.insert(m.to_string(), Coefficients { alpha_a, alpha_b });
     }
-    CoeffFile { subspace_id: subspace_id.to_string(), task: task.to_string(), provenance: Provenance::Projected, modules, head: None }
+    CoeffFile {
+        subspace_id: subspace_id.to_string(),
+        task: task.to_string(),
+        provenance: Provenance::Projected,
+        modules,
+        head: None,
+    }
 }
 
 /// ΔŴ = V_B·alpha_B·alpha_A·V_A [out x in] of one module.
@@ -238,11 +339,17 @@ pub fn bind_bundle(bundle: &mut Bundle, path: &std::path::Path) -> Binding {
 /// Deterministic input x [batch, seq, 16].
 pub fn input(seed: u64, batch: usize, seq: usize) -> (Vec<usize>, Vec<f32>) {
     let mut g = GaussianRng::new(seed);
-    (vec![batch, seq, D_IN], gauss(&mut g, batch * seq * D_IN, 1.0))
+    (
+        vec![batch, seq, D_IN],
+        gauss(&mut g, batch * seq * D_IN, 1.0),
+    )
 }
 
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

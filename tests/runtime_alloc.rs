@@ -1,0 +1,161 @@
+//! A task swap allocates nothing: counted with a per-thread counting global allocator (in its
+//! own test binary so that it does not affect the other tests).
+#![cfg(feature = "tract")]
+
+mod runtime_support;
+
+use eigenlorax::runtime::tract::Runtime;
+use runtime_support::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use tract_onnx::prelude::*;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f` on this thread (its result is dropped outside the count).
+fn count<T>(f: impl FnOnce() -> T) -> (u64, T) {
+    let before = ALLOCS.with(|c| c.get());
+    let out = f();
+    let after = ALLOCS.with(|c| c.get());
+    (after - before, out)
+}
+
+#[test]
+fn swapping_tasks_allocates_nothing() {
+    let dir = temp_dir("alloc");
+    let path = write_model(&dir, "base.onnx", &model(&Weights::random(3)));
+    let mut b = bundle(4, "sub-a");
+    bind_bundle(&mut b, &path);
+    let rt = Runtime::load(&path, &b).expect("load");
+    let a = rt.insert_task(&coeffs(1, "sub-a", "a", 4, 0.5)).expect("a");
+    let bb = rt.insert_task(&coeffs(2, "sub-a", "b", 3, 0.5)).expect("b");
+    let x = input(9, 2, 6);
+    let xs: [TValue; 1] = [Tensor::from_shape(&x.0, &x.1).expect("tensor").into()];
+    // Warm up (lazy one-time state, thread-local scratch).
+    for id in [a, bb, a, bb, a] {
+        rt.run(&xs, id).expect("warm");
+    }
+
+    // Selecting a task alone: an Arc clone under a read lock.
+    let (select, task_b) = count(|| rt.task(bb).expect("select"));
+    println!("select task: {select} allocations");
+    assert_eq!(select, 0, "selecting a task allocated");
+    drop(task_b);
+
+    let mut same = Vec::new();
+    let mut swap = Vec::new();
+    for _ in 0..5 {
+        rt.run(&xs, a).expect("run a");
+        let (n_aa, out_aa) = count(|| rt.run(&xs, a).expect("run a again"));
+        rt.run(&xs, a).expect("run a");
+        let (n_ab, out_ab) = count(|| rt.run(&xs, bb).expect("run b after a"));
+        let diff = out_aa[0]
+            .to_plain_array_view::<f32>()
+            .expect("f32")
+            .iter()
+            .zip(out_ab[0].to_plain_array_view::<f32>().expect("f32").iter())
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(diff > 1e-3, "task b gave task a's result (diff {diff})");
+        same.push(n_aa);
+        swap.push(n_ab);
+    }
+    println!("allocations per run: A after A {same:?}, B after A {swap:?}");
+    assert_eq!(
+        same, swap,
+        "a run after a task swap allocated differently from a repeated run"
+    );
+}
+
+/// The same on the tiny BERT fixture, whose plans are per input shape.
+#[test]
+fn swapping_tasks_allocates_nothing_with_per_shape_plans() {
+    use eigenlorax::bundle::CoeffFile;
+    let dir = temp_dir("alloc-bert");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
+    let adapters: Vec<eigenlorax::adapter::Adapter> = (0..2)
+        .map(|i| {
+            eigenlorax::adapter::Adapter::open(&root.join(format!("adapters/task{i}")))
+                .expect("adapter")
+        })
+        .collect();
+    let opts = eigenlorax::subspace::ExtractOptions::default();
+    let sub = eigenlorax::subspace::extract(&adapters, &opts, &|_, _, _| {}).expect("extract");
+    let p = dir.join("b.elxb");
+    eigenlorax::bundle::Bundle::write(&p, &sub, &[], eigenlorax::bundle::StorageDtype::F32, None)
+        .expect("write");
+    let mut b = eigenlorax::bundle::Bundle::read(&p).expect("read");
+    let base = root.join("tiny-bert/model.onnx");
+    b.manifest.binding = Some(eigenlorax::runtime::bind_file(&base, &b, None).expect("bind"));
+    let rt = Runtime::load(&base, &b).expect("load");
+    assert!(!rt.is_shape_generic());
+    let task = |i: usize| {
+        let modules = adapters[i]
+            .module_names()
+            .into_iter()
+            .map(|m| {
+                let lm = adapters[i].load_module(m).expect("module");
+                (
+                    m.to_string(),
+                    eigenlorax::subspace::project(&lm, &b.subspace.modules[m]),
+                )
+            })
+            .collect();
+        let c = CoeffFile {
+            subspace_id: b.manifest.subspace_id.clone(),
+            task: format!("task{i}"),
+            provenance: eigenlorax::bundle::Provenance::Projected,
+            modules,
+            head: None,
+        };
+        rt.insert_task(&c).expect("insert")
+    };
+    let (a, bb) = (task(0), task(1));
+    let ids: Vec<i64> = (0..32).map(|i| 5 + (i * 7) % 190).collect();
+    let xs: [TValue; 2] = [
+        Tensor::from_shape(&[2, 16], &ids).expect("ids").into(),
+        Tensor::from_shape(&[2, 16], &[1i64; 32])
+            .expect("mask")
+            .into(),
+    ];
+    for id in [a, bb, a, bb, a] {
+        rt.run(&xs, id).expect("warm");
+    }
+    let (select, t) = count(|| rt.task(bb).expect("select"));
+    assert_eq!(select, 0);
+    drop(t);
+    let mut same = Vec::new();
+    let mut swap = Vec::new();
+    for _ in 0..3 {
+        rt.run(&xs, a).expect("a");
+        same.push(count(|| rt.run(&xs, a).expect("a again")).0);
+        rt.run(&xs, a).expect("a");
+        swap.push(count(|| rt.run(&xs, bb).expect("b after a")).0);
+    }
+    println!("tiny BERT allocations per run: A after A {same:?}, B after A {swap:?}");
+    assert_eq!(same, swap);
+}
