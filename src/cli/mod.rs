@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod plot;
 pub mod project;
 pub mod reconstruct;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 use eigenlorax::Result;
@@ -40,6 +41,8 @@ pub enum Command {
     Reconstruct(reconstruct::Args),
     /// Show what a bundle or coefficient file holds; measure adapters against a bundle.
     Inspect(inspect::Args),
+    /// Run the base model with task coefficients on text or tensors (tract or ONNX Runtime).
+    Run(run::RunArgs),
     /// Bind a bundle to a base ONNX model (module -> MatMul/Gemm node, model hash).
     Bind(bind::BindArgs),
 }
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Project(a) => project::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Run(a) => run::run(&a),
         Command::Bind(a) => bind::run(&a),
     }
 }

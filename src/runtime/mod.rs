@@ -11,10 +11,14 @@
 //! * [`store`]: thread-safe store of prepared task coefficients.
 //! * `tract` (feature `tract`): the pure-Rust CPU backend.
 //! * [`onnx`]: small helpers over the ONNX protobuf types in [`pb`].
+//! * [`input`]: text (tokenizer.json), .npy and safetensors inputs, pooling, heads.
+//! * [`ort`]: the ONNX Runtime backend (feature `ort`) and the execution-provider choice.
 
 pub mod bind;
+pub mod input;
 pub mod onnx;
 pub mod onnx_pb;
+pub mod ort;
 pub mod patch;
 pub mod store;
 #[cfg(feature = "tract")]

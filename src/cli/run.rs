@@ -1,0 +1,399 @@
+//! `elx run`: run the base model with one or more tasks' coefficients on text or tensors,
+//! pool the output and apply each task's head.
+
+use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
+use eigenlorax::error::{Error, Result};
+use eigenlorax::runtime::input::{
+    Batch, InputSpec, OutputTensor, Pooling, TextEncoder, apply_head, load_tensors, pool,
+};
+use eigenlorax::runtime::ort::ExecutionProvider;
+use eigenlorax::runtime::store::TaskId;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Which inference engine runs the patched graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// tract: pure Rust, CPU, always built (unless `--no-default-features`).
+    Tract,
+    /// ONNX Runtime (feature `ort`; library from ORT_DYLIB_PATH), CPU/CUDA/TensorRT.
+    Ort,
+}
+
+/// Arguments of `elx run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Base ONNX model the bundle is bound to.
+    #[arg(long, value_name = "BASE.onnx")]
+    pub model: PathBuf,
+    /// Bundle (.elxb), bound to the model with `elx bind`.
+    #[arg(long, value_name = "B.elxb")]
+    pub bundle: PathBuf,
+    /// Task coefficient file; repeat for several tasks. Without one, the base model runs
+    /// (all-zero coefficients).
+    #[arg(long = "task", value_name = "T.elxc")]
+    pub tasks: Vec<PathBuf>,
+    /// Text to classify or embed; repeat for a batch.
+    #[arg(long = "text", value_name = "TEXT", conflicts_with = "input")]
+    pub texts: Vec<String>,
+    /// Raw model inputs instead of text: a .npy (one tensor: input_ids, or the model's only
+    /// input) or a .safetensors file with one tensor per model input.
+    #[arg(long, value_name = "FILE.npy|FILE.safetensors")]
+    pub input: Option<PathBuf>,
+    /// HF tokenizer.json (default: tokenizer.json next to the model).
+    #[arg(long, value_name = "tokenizer.json")]
+    pub tokenizer: Option<PathBuf>,
+    /// Truncate texts to this many tokens (default: from the tokenizer files, else 512).
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+    /// How token states become one vector per row.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub pooling: Pooling,
+    /// Graph output to pool (default: the first).
+    #[arg(long, value_name = "NAME")]
+    pub output: Option<String>,
+    /// Inference engine.
+    #[arg(long, value_enum, default_value = "tract")]
+    pub backend: Backend,
+    /// ONNX Runtime execution provider (`--backend ort`); falls back to the CPU with a warning.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub ep: ExecutionProvider,
+    /// Mixed-task batch: row i runs with the i-th --task, all in one pass.
+    #[arg(long)]
+    pub mixed: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `elx run`, printing to stdout.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    run_to(args, &mut out)
+}
+
+/// [`run`] writing to `out` (for tests).
+pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
+    if args.texts.is_empty() && args.input.is_none() {
+        return Err(Error::Usage(
+            "elx run: give --text (repeatable) or --input FILE".into(),
+        ));
+    }
+    if args.backend == Backend::Tract && args.ep != ExecutionProvider::Cpu {
+        return Err(Error::Usage(
+            "--ep applies to --backend ort; tract runs on the CPU".into(),
+        ));
+    }
+    let bundle = Bundle::read(&args.bundle)?;
+    let engine = Engine::load(args, &bundle)?;
+
+    // Tasks: the given files, or one all-zero task (the base model).
+    let mut tasks: Vec<(TaskId, String)> = Vec::new();
+    for p in &args.tasks {
+        let id = engine.load_task(p)?;
+        tasks.push((id, p.display().to_string()));
+    }
+    if tasks.is_empty() {
+        let base = CoeffFile {
+            subspace_id: bundle.manifest.subspace_id.clone(),
+            task: "base".into(),
+            provenance: Provenance::ZeroShot,
+            modules: BTreeMap::new(),
+            head: None,
+        };
+        tasks.push((
+            engine.insert_task(&base)?,
+            "(base model, zero coefficients)".into(),
+        ));
+    }
+
+    let batch = match &args.input {
+        Some(p) => load_tensors(p, engine.specs())?,
+        None => {
+            let tok = match &args.tokenizer {
+                Some(t) => t.clone(),
+                None => args
+                    .model
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("tokenizer.json"),
+            };
+            if !tok.is_file() {
+                return Err(Error::bad_file(
+                    &tok,
+                    "expected a HF tokenizer.json for --text (give its path with --tokenizer), found no file",
+                ));
+            }
+            TextEncoder::from_file(&tok, args.max_length)?.encode(&args.texts, engine.specs())?
+        }
+    };
+    let row_names: Vec<String> = if args.input.is_some() {
+        (0..batch.rows).map(|r| format!("row {r}")).collect()
+    } else {
+        args.texts.iter().map(|t| format!("{t:?}")).collect()
+    };
+
+    if args.mixed {
+        if tasks.len() != batch.rows {
+            return Err(Error::Usage(format!(
+                "--mixed pairs row i with task i: {} rows but {} tasks",
+                batch.rows,
+                tasks.len()
+            )));
+        }
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.0).collect();
+        let outputs = engine.run_mixed(&batch, &ids)?;
+        let pooled = pooled_rows(args, &batch, &outputs)?;
+        for (row, ((id, label), v)) in tasks.iter().zip(&pooled).enumerate() {
+            let (name, head) = engine.task_info(*id)?;
+            report(
+                out,
+                args.json,
+                &name,
+                label,
+                &row_names[row],
+                head.as_ref(),
+                v,
+            )?;
+        }
+        return Ok(());
+    }
+    for (id, label) in &tasks {
+        let outputs = engine.run(&batch, *id)?;
+        let pooled = pooled_rows(args, &batch, &outputs)?;
+        let (name, head) = engine.task_info(*id)?;
+        if !args.json {
+            writeln!(out, "task {name} [{label}]").map_err(|e| Error::io("<stdout>", e))?;
+        }
+        for (row, v) in pooled.iter().enumerate() {
+            report(
+                out,
+                args.json,
+                &name,
+                label,
+                &row_names[row],
+                head.as_ref(),
+                v,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Picks the output to pool and pools it with the batch's attention mask.
+fn pooled_rows(args: &RunArgs, batch: &Batch, outputs: &[OutputTensor]) -> Result<Vec<Vec<f32>>> {
+    let o = match &args.output {
+        Some(name) => outputs.iter().find(|o| &o.name == name).ok_or_else(|| {
+            let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+            Error::Usage(format!(
+                "the model has no output `{name}` (it has {names:?})"
+            ))
+        })?,
+        None => outputs
+            .first()
+            .ok_or_else(|| Error::Usage("the model has no output".into()))?,
+    };
+    pool(&o.data, &o.shape, batch.mask.as_deref(), args.pooling)
+}
+
+/// Prints one row: label and probabilities when the task has a head, else the pooled vector.
+fn report(
+    out: &mut dyn Write,
+    json: bool,
+    task: &str,
+    file: &str,
+    row: &str,
+    head: Option<&Head>,
+    pooled: &[f32],
+) -> Result<()> {
+    let line = match head {
+        Some(h) => {
+            let p = apply_head(h, pooled)?;
+            if json {
+                let probs: serde_json::Map<String, serde_json::Value> = h
+                    .labels
+                    .iter()
+                    .cloned()
+                    .zip(p.probs.iter().map(|&v| serde_json::json!(v)))
+                    .collect();
+                serde_json::json!({"task": task, "file": file, "row": row, "label": p.label, "probs": probs}).to_string()
+            } else {
+                let probs: Vec<String> = h
+                    .labels
+                    .iter()
+                    .zip(&p.probs)
+                    .map(|(l, v)| format!("{l} {v:.4}"))
+                    .collect();
+                format!("  {row} -> {}  [{}]", p.label, probs.join(", "))
+            }
+        }
+        None => {
+            if json {
+                serde_json::json!({"task": task, "file": file, "row": row, "pooled": pooled})
+                    .to_string()
+            } else {
+                let norm = pooled
+                    .iter()
+                    .map(|v| f64::from(*v).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let head: Vec<String> = pooled.iter().take(8).map(|v| format!("{v:.4}")).collect();
+                let more = if pooled.len() > 8 { ", ..." } else { "" };
+                format!(
+                    "  {row} -> pooled[{}] = [{}{more}] (norm {norm:.4}; the task has no head)",
+                    pooled.len(),
+                    head.join(", ")
+                )
+            }
+        }
+    };
+    writeln!(out, "{line}").map_err(|e| Error::io("<stdout>", e))
+}
+
+/// The backend chosen on the command line.
+#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
+enum Engine {
+    #[cfg(feature = "tract")]
+    Tract {
+        rt: eigenlorax::runtime::tract::Runtime,
+        specs: Vec<InputSpec>,
+        outputs: Vec<String>,
+    },
+    #[cfg(feature = "ort")]
+    Ort(eigenlorax::runtime::ort::OrtRuntime),
+    /// No backend built in: never constructed (`load` fails first).
+    #[cfg(not(any(feature = "tract", feature = "ort")))]
+    None(std::convert::Infallible),
+}
+
+// A build with no backend keeps the signatures; `load` fails before anything else runs.
+#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(unused_variables))]
+impl Engine {
+    fn load(args: &RunArgs, bundle: &Bundle) -> Result<Engine> {
+        match args.backend {
+            Backend::Tract => Self::load_tract(args, bundle),
+            Backend::Ort => Self::load_ort(args, bundle),
+        }
+    }
+
+    #[cfg(feature = "tract")]
+    fn load_tract(args: &RunArgs, bundle: &Bundle) -> Result<Engine> {
+        use eigenlorax::runtime::input::{input_specs, output_names};
+        let rt = eigenlorax::runtime::tract::Runtime::load(&args.model, bundle)?;
+        // The patch keeps the base model's input and output names.
+        let (model, _) = eigenlorax::runtime::onnx::read_model(&args.model)?;
+        let specs = input_specs(&model, rt.input_names())?;
+        let outputs = output_names(&model);
+        Ok(Engine::Tract { rt, specs, outputs })
+    }
+
+    #[cfg(not(feature = "tract"))]
+    fn load_tract(_: &RunArgs, _: &Bundle) -> Result<Engine> {
+        Err(Error::Usage(
+            "this build of eigenlorax has no tract backend; rebuild with the `tract` feature"
+                .into(),
+        ))
+    }
+
+    #[cfg(feature = "ort")]
+    fn load_ort(args: &RunArgs, bundle: &Bundle) -> Result<Engine> {
+        let rt = eigenlorax::runtime::ort::OrtRuntime::load(&args.model, bundle, args.ep)?;
+        if rt.provider() != args.ep {
+            eprintln!(
+                "note: running on {} (requested {})",
+                rt.provider().name(),
+                args.ep.name()
+            );
+        }
+        Ok(Engine::Ort(rt))
+    }
+
+    #[cfg(not(feature = "ort"))]
+    fn load_ort(_: &RunArgs, _: &Bundle) -> Result<Engine> {
+        Err(eigenlorax::runtime::ort::not_built())
+    }
+
+    fn specs(&self) -> &[InputSpec] {
+        match self {
+            #[cfg(feature = "tract")]
+            Engine::Tract { specs, .. } => specs,
+            #[cfg(feature = "ort")]
+            Engine::Ort(rt) => rt.inputs(),
+            #[cfg(not(any(feature = "tract", feature = "ort")))]
+            Engine::None(n) => match *n {},
+        }
+    }
+
+    fn load_task(&self, path: &Path) -> Result<TaskId> {
+        match self {
+            #[cfg(feature = "tract")]
+            Engine::Tract { rt, .. } => rt.load_task(path),
+            #[cfg(feature = "ort")]
+            Engine::Ort(rt) => rt.load_task(path),
+            #[cfg(not(any(feature = "tract", feature = "ort")))]
+            Engine::None(n) => match *n {},
+        }
+    }
+
+    fn insert_task(&self, c: &CoeffFile) -> Result<TaskId> {
+        match self {
+            #[cfg(feature = "tract")]
+            Engine::Tract { rt, .. } => rt.insert_task(c),
+            #[cfg(feature = "ort")]
+            Engine::Ort(rt) => rt.insert_task(c),
+            #[cfg(not(any(feature = "tract", feature = "ort")))]
+            Engine::None(n) => match *n {},
+        }
+    }
+
+    /// The task's name and head.
+    fn task_info(&self, id: TaskId) -> Result<(String, Option<Head>)> {
+        match self {
+            #[cfg(feature = "tract")]
+            Engine::Tract { rt, .. } => rt
+                .task(id)
+                .map(|t| (t.data.name.clone(), t.data.head.clone())),
+            #[cfg(feature = "ort")]
+            Engine::Ort(rt) => rt
+                .store()
+                .get(id)
+                .map(|t| (t.data.name.clone(), t.data.head.clone())),
+            #[cfg(not(any(feature = "tract", feature = "ort")))]
+            Engine::None(n) => match *n {},
+        }
+    }
+
+    fn run(&self, batch: &Batch, id: TaskId) -> Result<Vec<OutputTensor>> {
+        match self {
+            #[cfg(feature = "tract")]
+            Engine::Tract { rt, specs, outputs } => {
+                use eigenlorax::runtime::input::{check_inputs, from_tract, to_tract};
+                let ordered = check_inputs(specs, &batch.tensors)?;
+                let values = rt.run(&to_tract(&ordered)?, id)?;
+                from_tract(outputs, &values)
+            }
+            #[cfg(feature = "ort")]
+            Engine::Ort(rt) => rt.run(&batch.tensors, id),
+            #[cfg(not(any(feature = "tract", feature = "ort")))]
+            Engine::None(n) => match *n {},
+        }
+    }
+
+    fn run_mixed(&self, batch: &Batch, ids: &[TaskId]) -> Result<Vec<OutputTensor>> {
+        match self {
+            #[cfg(feature = "tract")]
+            Engine::Tract { rt, specs, outputs } => {
+                use eigenlorax::runtime::input::{check_inputs, from_tract, to_tract};
+                let ordered = check_inputs(specs, &batch.tensors)?;
+                let values = rt.run_mixed(&to_tract(&ordered)?, ids)?;
+                from_tract(outputs, &values)
+            }
+            #[cfg(feature = "ort")]
+            Engine::Ort(rt) => rt.run_mixed(&batch.tensors, ids),
+            #[cfg(not(any(feature = "tract", feature = "ort")))]
+            Engine::None(n) => match *n {},
+        }
+    }
+}
