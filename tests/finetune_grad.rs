@@ -30,15 +30,30 @@ impl Problem {
         // A point with both sides non-zero, so every coordinate has a gradient.
         let theta: Vec<f64> = (0..n).map(|_| 0.5 * rng.next_normal()).collect();
         let labels = (0..8).map(|i| i % 3).collect();
-        (Self { model, head, batch: (0..8).collect(), labels, buf: vec![0.0; n], feats: Vec::new() }, theta)
+        (
+            Self {
+                model,
+                head,
+                batch: (0..8).collect(),
+                labels,
+                buf: vec![0.0; n],
+                feats: Vec::new(),
+            },
+            theta,
+        )
     }
 
     fn loss(&mut self, theta: &[f64]) -> f64 {
         for (b, t) in self.buf.iter_mut().zip(theta) {
             *b = *t as f32;
         }
-        self.model.features(&self.batch, &self.buf, &mut self.feats).unwrap();
-        self.head.loss_grad(&self.feats, &self.labels, 0.0, None).unwrap().loss
+        self.model
+            .features(&self.batch, &self.buf, &mut self.feats)
+            .unwrap();
+        self.head
+            .loss_grad(&self.feats, &self.labels, 0.0, None)
+            .unwrap()
+            .loss
     }
 }
 
@@ -59,7 +74,10 @@ fn spsa_mean_matches_finite_differences() {
         fd[i] = (lp - lm) / (2.0 * h);
     }
     let fd_norm = fd.iter().map(|v| v * v).sum::<f64>().sqrt();
-    assert!(fd_norm > 0.1, "the check point must have a real gradient ({fd_norm})");
+    assert!(
+        fd_norm > 0.1,
+        "the check point must have a real gradient ({fd_norm})"
+    );
 
     for kind in [Direction::Rademacher, Direction::Gaussian] {
         let samples = 300;
@@ -68,7 +86,13 @@ fn spsa_mean_matches_finite_differences() {
         let mut g = vec![0.0; n];
         let mut scratch = SpsaScratch::default();
         for s in 0..samples {
-            let settings = SpsaSettings { eps: 1e-3, directions: dirs, kind, seed: 5, step: s };
+            let settings = SpsaSettings {
+                eps: 1e-3,
+                directions: dirs,
+                kind,
+                seed: 5,
+                step: s,
+            };
             let mut loss = |p: &[f64]| Ok(pb.loss(p));
             zo::spsa_estimate(&theta, &settings, &mut scratch, &mut loss, &mut g).unwrap();
             for i in 0..n {
@@ -94,7 +118,10 @@ fn spsa_mean_matches_finite_differences() {
         let dot: f64 = mean.iter().zip(&fd).map(|(a, b)| a * b).sum();
         let mn = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
         let cos = dot / (mn * fd_norm);
-        eprintln!("{kind:?}: {n} params, {} directions in all, cosine {cos:.4}, worst |mean-fd|/(4se+1e-4) {worst:.3}, |fd| {fd_norm:.3}", samples as usize * dirs);
+        eprintln!(
+            "{kind:?}: {n} params, {} directions in all, cosine {cos:.4}, worst |mean-fd|/(4se+1e-4) {worst:.3}, |fd| {fd_norm:.3}",
+            samples as usize * dirs
+        );
         assert!(cos > 0.9, "{kind:?}: cosine {cos}");
     }
 }
@@ -115,7 +142,7 @@ fn head_gradient_equals_finite_differences() {
         let h = 1e-5;
         let mut max_err = 0.0f64;
         let mut max_fd = 0.0f64;
-        for i in 0..g.len() {
+        for (i, gi) in g.iter().enumerate() {
             let orig = head.params()[i];
             head.params_mut()[i] = orig + h;
             let lp = head.loss_grad(&feats, &labels, l2, None).unwrap().loss;
@@ -123,7 +150,7 @@ fn head_gradient_equals_finite_differences() {
             let lm = head.loss_grad(&feats, &labels, l2, None).unwrap().loss;
             head.params_mut()[i] = orig;
             let fd = (lp - lm) / (2.0 * h);
-            max_err = max_err.max((fd - g[i]).abs());
+            max_err = max_err.max((fd - gi).abs());
             max_fd = max_fd.max(fd.abs());
         }
         eprintln!("l2 {l2}: max |exact - fd| {max_err:.3e}, max |fd| {max_fd:.3}");
@@ -142,6 +169,13 @@ fn head_loss_is_cross_entropy() {
     let hl = head.loss_grad(&feats, &[0, 2], 0.0, None).unwrap();
     assert_eq!(hl.correct, 2);
     let expect = -(2f64.exp() / (2f64.exp() + 2.0)).ln();
-    assert!((hl.cross_entropy - expect).abs() < 1e-14, "{} vs {expect}", hl.cross_entropy);
-    assert!(head.loss_grad(&feats, &[0, 3], 0.0, None).is_err(), "label out of range");
+    assert!(
+        (hl.cross_entropy - expect).abs() < 1e-14,
+        "{} vs {expect}",
+        hl.cross_entropy
+    );
+    assert!(
+        head.loss_grad(&feats, &[0, 3], 0.0, None).is_err(),
+        "label out of range"
+    );
 }

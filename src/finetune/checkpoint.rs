@@ -55,8 +55,16 @@ pub struct Scalars {
 }
 
 /// Names of the stored vectors, in a fixed order.
-pub const TENSORS: [&str; 8] =
-    ["theta", "head", "adam_theta_m", "adam_theta_v", "adam_head_m", "adam_head_v", "best_theta", "best_head"];
+pub const TENSORS: [&str; 8] = [
+    "theta",
+    "head",
+    "adam_theta_m",
+    "adam_theta_v",
+    "adam_head_m",
+    "adam_head_v",
+    "best_theta",
+    "best_head",
+];
 
 /// A whole checkpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,8 +85,11 @@ impl Checkpoint {
 
     /// Encodes and writes atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes: Vec<Vec<u8>> =
-            self.tensors.iter().map(|t| t.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+        let bytes: Vec<Vec<u8>> = self
+            .tensors
+            .iter()
+            .map(|t| t.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
         let mut views = Vec::with_capacity(TENSORS.len());
         for ((name, t), b) in TENSORS.iter().zip(&self.tensors).zip(&bytes) {
             let view = TensorView::new(Dtype::F64, vec![t.len()], b)
@@ -105,20 +116,33 @@ impl Checkpoint {
             .metadata()
             .as_ref()
             .and_then(|m| m.get(STATE_KEY))
-            .ok_or_else(|| Error::bad_tensor(path, STATE_KEY, "metadata with the training state"))?;
-        let scalars: Scalars = serde_json::from_str(state)
-            .map_err(|e| Error::bad_tensor(path, STATE_KEY, format!("the training state as JSON ({e})")))?;
+            .ok_or_else(|| {
+                Error::bad_tensor(path, STATE_KEY, "metadata with the training state")
+            })?;
+        let scalars: Scalars = serde_json::from_str(state).map_err(|e| {
+            Error::bad_tensor(path, STATE_KEY, format!("the training state as JSON ({e})"))
+        })?;
         if scalars.format != FORMAT || scalars.version != 1 {
-            return Err(Error::bad_tensor(path, STATE_KEY, format!("format {FORMAT} version 1")));
+            return Err(Error::bad_tensor(
+                path,
+                STATE_KEY,
+                format!("format {FORMAT} version 1"),
+            ));
         }
         let mut tensors: [Vec<f64>; 8] = Default::default();
         for ((name, slot), &n) in TENSORS.iter().zip(&mut tensors).zip(sizes) {
-            let t = st.tensor(name).map_err(|_| Error::bad_tensor(path, *name, "present"))?;
+            let t = st
+                .tensor(name)
+                .map_err(|_| Error::bad_tensor(path, *name, "present"))?;
             if t.dtype() != Dtype::F64 || t.shape() != [n] {
                 return Err(Error::bad_tensor(
                     path,
                     *name,
-                    format!("F64 of shape [{n}], found {:?} {:?} (a checkpoint of another run?)", t.dtype(), t.shape()),
+                    format!(
+                        "F64 of shape [{n}], found {:?} {:?} (a checkpoint of another run?)",
+                        t.dtype(),
+                        t.shape()
+                    ),
                 ));
             }
             *slot = t

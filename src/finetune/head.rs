@@ -37,7 +37,12 @@ impl LinearHead {
     /// An all-zero head (uniform predictions). The problem in the head is convex, so zero is a
     /// safe start and adds no seed dependence.
     pub fn zeros(classes: usize, dim: usize) -> Self {
-        Self { classes, dim, params: vec![0.0; classes * dim + classes], logits: vec![0.0; classes] }
+        Self {
+            classes,
+            dim,
+            params: vec![0.0; classes * dim + classes],
+            logits: vec![0.0; classes],
+        }
     }
 
     /// Number of classes.
@@ -90,7 +95,9 @@ impl LinearHead {
         }
         if let Some(g) = grad.as_deref_mut() {
             if g.len() != self.params.len() {
-                return Err(Error::Usage("head: gradient buffer of the wrong size".into()));
+                return Err(Error::Usage(
+                    "head: gradient buffer of the wrong size".into(),
+                ));
             }
             g.iter_mut().for_each(|v| *v = 0.0);
         }
@@ -99,12 +106,19 @@ impl LinearHead {
         let (w, b) = self.params.split_at(c * d);
         for (i, &y) in labels.iter().enumerate() {
             if y >= c {
-                return Err(Error::Usage(format!("head: label {y} out of range for {c} classes")));
+                return Err(Error::Usage(format!(
+                    "head: label {y} out of range for {c} classes"
+                )));
             }
             let x = &features[i * d..(i + 1) * d];
             for k in 0..c {
                 let row = &w[k * d..(k + 1) * d];
-                self.logits[k] = b[k] + row.iter().zip(x).map(|(w, x)| w * f64::from(*x)).sum::<f64>();
+                self.logits[k] = b[k]
+                    + row
+                        .iter()
+                        .zip(x)
+                        .map(|(w, x)| w * f64::from(*x))
+                        .sum::<f64>();
             }
             // Stable log-sum-exp; ties in arg-max resolve to the lowest class.
             let (mut best, mut max) = (0, f64::NEG_INFINITY);
@@ -139,6 +153,10 @@ impl LinearHead {
                 }
             }
         }
-        Ok(HeadLoss { loss, cross_entropy: ce, correct })
+        Ok(HeadLoss {
+            loss,
+            cross_entropy: ce,
+            correct,
+        })
     }
 }

@@ -278,7 +278,10 @@ struct Block {
 fn write_params(blocks: &[Block], rank: usize, theta: &[f64], buf: &mut [f32]) {
     for b in blocks {
         let a_len = rank * b.k_a;
-        for (dst, src) in buf[b.buf..b.buf + a_len].iter_mut().zip(&theta[b.theta..b.theta + a_len]) {
+        for (dst, src) in buf[b.buf..b.buf + a_len]
+            .iter_mut()
+            .zip(&theta[b.theta..b.theta + a_len])
+        {
             *dst = *src as f32;
         }
         let bb = b.buf + b.r_model * b.k_a;
@@ -317,7 +320,9 @@ impl<M: ForwardModel> Forward<'_, M> {
             )));
         }
         if let Some(i) = self.feats.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Numeric(format!("model returned a non-finite feature at index {i}")));
+            return Err(Error::Numeric(format!(
+                "model returned a non-finite feature at index {i}"
+            )));
         }
         Ok(())
     }
@@ -358,20 +363,35 @@ pub struct Finetuner<M: ForwardModel> {
     labels: Vec<usize>,
 }
 
-fn check_split<M: ForwardModel>(model: &M, s: &Split, what: &str, classes: Option<usize>) -> Result<()> {
+fn check_split<M: ForwardModel>(
+    model: &M,
+    s: &Split,
+    what: &str,
+    classes: Option<usize>,
+) -> Result<()> {
     if s.ids.is_empty() {
         return Err(Error::Usage(format!("{what} split is empty")));
     }
     let n = model.num_examples();
     if let Some(i) = s.ids.iter().position(|&id| id >= n) {
-        return Err(Error::Usage(format!("{what} example {i}: id {} but the model holds {n} examples", s.ids[i])));
+        return Err(Error::Usage(format!(
+            "{what} example {i}: id {} but the model holds {n} examples",
+            s.ids[i]
+        )));
     }
     if let Some(c) = classes {
         if s.labels.len() != s.ids.len() {
-            return Err(Error::Usage(format!("{what} split: {} labels for {} examples", s.labels.len(), s.ids.len())));
+            return Err(Error::Usage(format!(
+                "{what} split: {} labels for {} examples",
+                s.labels.len(),
+                s.ids.len()
+            )));
         }
         if let Some(i) = s.labels.iter().position(|&y| y >= c) {
-            return Err(Error::Usage(format!("{what} example {i}: label {} but the task has {c} classes", s.labels[i])));
+            return Err(Error::Usage(format!(
+                "{what} example {i}: label {} but the task has {c} classes",
+                s.labels[i]
+            )));
         }
     }
     Ok(())
@@ -381,7 +401,13 @@ impl<M: ForwardModel> Finetuner<M> {
     /// Sets up a run: checks the settings and the data against the model, initialises the
     /// coefficients (see the module documentation) and probes the feature dimension with one
     /// forward pass.
-    pub fn new(mut model: M, cfg: FinetuneConfig, objective: Objective, train: Split, val: Option<Split>) -> Result<Self> {
+    pub fn new(
+        mut model: M,
+        cfg: FinetuneConfig,
+        objective: Objective,
+        train: Split,
+        val: Option<Split>,
+    ) -> Result<Self> {
         let bad = |m: &str| Err(Error::Usage(format!("finetune settings: {m}")));
         if cfg.batch_size == 0 || cfg.eval_batch == 0 || cfg.eval_every == 0 {
             return bad("batch_size, eval_batch and eval_every must be at least 1");
@@ -396,12 +422,16 @@ impl<M: ForwardModel> Finetuner<M> {
             return bad("plateau factor must be in (0, 1)");
         }
         let classes = match &objective {
-            Objective::Classify { classes } if *classes < 2 => return bad("a classifier needs at least 2 classes"),
+            Objective::Classify { classes } if *classes < 2 => {
+                return bad("a classifier needs at least 2 classes");
+            }
             Objective::Classify { classes } => Some(*classes),
             Objective::Custom(_) => None,
         };
         if cfg.zero_shot && classes.is_none() {
-            return bad("zero-shot mode trains the head only, so it needs the classification objective");
+            return bad(
+                "zero-shot mode trains the head only, so it needs the classification objective",
+            );
         }
         let layout = model.layout().to_vec();
         if layout.is_empty() {
@@ -416,7 +446,14 @@ impl<M: ForwardModel> Finetuner<M> {
                     cfg.rank, l.name, l.r
                 )));
             }
-            blocks.push(Block { name: l.name.clone(), k_a: l.k_a, k_b: l.k_b, r_model: l.r, theta: nt, buf: nb });
+            blocks.push(Block {
+                name: l.name.clone(),
+                k_a: l.k_a,
+                k_b: l.k_b,
+                r_model: l.r,
+                theta: nt,
+                buf: nb,
+            });
             nt += cfg.rank * (l.k_a + l.k_b);
             nb += l.len();
         }
@@ -446,7 +483,10 @@ impl<M: ForwardModel> Finetuner<M> {
         write_params(&blocks, cfg.rank, &theta, &mut buf);
         let dim = model.features(&train.ids[..1], &buf, &mut feats)?;
         if dim == 0 || feats.len() != dim {
-            return Err(Error::Usage(format!("model returned {} values of dimension {dim} for one example", feats.len())));
+            return Err(Error::Usage(format!(
+                "model returned {} values of dimension {dim} for one example",
+                feats.len()
+            )));
         }
         let head = classes.map(|c| LinearHead::zeros(c, dim));
         let nh = head.as_ref().map_or(0, |h| h.params().len());
@@ -556,7 +596,10 @@ impl<M: ForwardModel> Finetuner<M> {
         labels.clear();
         for &p in batch {
             let id = *train.ids.get(p).ok_or_else(|| {
-                Error::Usage(format!("batch position {p} beyond the {} training examples", train.ids.len()))
+                Error::Usage(format!(
+                    "batch position {p} beyond the {} training examples",
+                    train.ids.len()
+                ))
             })?;
             ids.push(id);
             if let Some(&y) = train.labels.get(p) {
@@ -564,8 +607,15 @@ impl<M: ForwardModel> Finetuner<M> {
             }
         }
         let passes0 = *forward_passes;
-        let mut fwd =
-            Forward { model, blocks, rank: cfg.rank, buf, feats, dim: *dim, passes: forward_passes };
+        let mut fwd = Forward {
+            model,
+            blocks,
+            rank: cfg.rank,
+            buf,
+            feats,
+            dim: *dim,
+            passes: forward_passes,
+        };
         let objective = &*objective;
         let (loss, accuracy) = match (objective, head.as_mut()) {
             (Objective::Classify { .. }, Some(h)) => {
@@ -577,10 +627,14 @@ impl<M: ForwardModel> Finetuner<M> {
                 fwd.run(ids, theta)?;
                 (f(fwd.feats, ids), None)
             }
-            (Objective::Classify { .. }, None) => return Err(Error::Usage("classifier without a head".into())),
+            (Objective::Classify { .. }, None) => {
+                return Err(Error::Usage("classifier without a head".into()));
+            }
         };
         if !loss.is_finite() {
-            return Err(Error::Numeric(format!("training loss is {loss} at step {step}")));
+            return Err(Error::Numeric(format!(
+                "training loss is {loss} at step {step}"
+            )));
         }
         let mut rms = 0.0;
         if !cfg.zero_shot {
@@ -599,7 +653,8 @@ impl<M: ForwardModel> Finetuner<M> {
                     (_, None) => Err(Error::Usage("classifier without a head".into())),
                 }
             };
-            rms = zo::spsa_estimate(theta, &settings, spsa, &mut loss_at, grad_theta)?.rms_projection;
+            rms =
+                zo::spsa_estimate(theta, &settings, spsa, &mut loss_at, grad_theta)?.rms_projection;
         }
         let lr = sched.lr(*step);
         if !cfg.zero_shot {
@@ -608,7 +663,13 @@ impl<M: ForwardModel> Finetuner<M> {
         if let Some(h) = head.as_mut() {
             // The head follows the same schedule, scaled to its own peak rate; its bias is not decayed.
             let nw = h.classes() * h.dim();
-            adam_head.update_split(h.params_mut(), grad_head, lr * cfg.head_lr / cfg.lr, cfg.weight_decay, nw);
+            adam_head.update_split(
+                h.params_mut(),
+                grad_head,
+                lr * cfg.head_lr / cfg.lr,
+                cfg.weight_decay,
+                nw,
+            );
         }
         *step += 1;
         *window_sum += loss;
@@ -650,9 +711,28 @@ impl<M: ForwardModel> Finetuner<M> {
         check_split(&self.model, split, "evaluation", classes)?;
         let eb = self.cfg.eval_batch;
         let l2 = self.cfg.head_l2;
-        let Self { model, cfg, objective, blocks, dim, theta, head, forward_passes, buf, feats, .. } = self;
-        let mut fwd =
-            Forward { model, blocks, rank: cfg.rank, buf, feats, dim: *dim, passes: forward_passes };
+        let Self {
+            model,
+            cfg,
+            objective,
+            blocks,
+            dim,
+            theta,
+            head,
+            forward_passes,
+            buf,
+            feats,
+            ..
+        } = self;
+        let mut fwd = Forward {
+            model,
+            blocks,
+            rank: cfg.rank,
+            buf,
+            feats,
+            dim: *dim,
+            passes: forward_passes,
+        };
         let (mut loss, mut ce, mut correct) = (0.0, 0.0, 0usize);
         let n = split.ids.len();
         for (c, ids) in split.ids.chunks(eb).enumerate() {
@@ -670,10 +750,18 @@ impl<M: ForwardModel> Finetuner<M> {
             }
         }
         Ok(match objective {
-            Objective::Custom(_) => Eval { loss, cross_entropy: None, accuracy: None, examples: n },
-            Objective::Classify { .. } => {
-                Eval { loss: ce, cross_entropy: Some(ce), accuracy: Some(correct as f64 / n as f64), examples: n }
-            }
+            Objective::Custom(_) => Eval {
+                loss,
+                cross_entropy: None,
+                accuracy: None,
+                examples: n,
+            },
+            Objective::Classify { .. } => Eval {
+                loss: ce,
+                cross_entropy: Some(ce),
+                accuracy: Some(correct as f64 / n as f64),
+                examples: n,
+            },
         })
     }
 
@@ -686,14 +774,15 @@ impl<M: ForwardModel> Finetuner<M> {
             let b = self.next_batch();
             let st = self.step(&b)?;
             on_event(&Event::Step(st));
-            if self.step % self.cfg.eval_every == 0 || self.step == self.cfg.max_steps {
+            if self.step.is_multiple_of(self.cfg.eval_every) || self.step == self.cfg.max_steps {
                 self.evaluate_and_track(on_event)?;
             }
-            if self.cfg.checkpoint_every > 0 && self.step % self.cfg.checkpoint_every == 0 {
-                if let Some(p) = self.cfg.checkpoint_path.clone() {
-                    self.save_checkpoint(&p)?;
-                    on_event(&Event::Checkpoint(self.step));
-                }
+            if self.cfg.checkpoint_every > 0
+                && self.step.is_multiple_of(self.cfg.checkpoint_every)
+                && let Some(p) = self.cfg.checkpoint_path.clone()
+            {
+                self.save_checkpoint(&p)?;
+                on_event(&Event::Checkpoint(self.step));
             }
         }
         if self.early.best.is_finite() {
@@ -732,7 +821,12 @@ impl<M: ForwardModel> Finetuner<M> {
             }
         }
         self.stopped = self.early.should_stop();
-        on_event(&Event::Eval { step: self.step, val, metric, best });
+        on_event(&Event::Eval {
+            step: self.step,
+            val,
+            metric,
+            best,
+        });
         Ok(())
     }
 
@@ -785,7 +879,10 @@ impl<M: ForwardModel> Finetuner<M> {
             window_sum: self.window_sum.to_bits(),
             window_n: self.window_n,
         };
-        let head = self.head.as_ref().map_or(Vec::new(), |h| h.params().to_vec());
+        let head = self
+            .head
+            .as_ref()
+            .map_or(Vec::new(), |h| h.params().to_vec());
         Checkpoint::new(
             scalars,
             [
@@ -811,15 +908,31 @@ impl<M: ForwardModel> Finetuner<M> {
             return Err(Error::bad_tensor(
                 path,
                 checkpoint::STATE_KEY,
-                format!("a checkpoint of this run ({}), found one of ({})", self.fingerprint(), s.fingerprint),
+                format!(
+                    "a checkpoint of this run ({}), found one of ({})",
+                    self.fingerprint(),
+                    s.fingerprint
+                ),
             ));
         }
         let n = self.train.ids.len() as u64;
         if s.cursor > n || s.step > self.cfg.max_steps {
-            return Err(Error::bad_tensor(path, checkpoint::STATE_KEY, "a step and data position inside this run"));
+            return Err(Error::bad_tensor(
+                path,
+                checkpoint::STATE_KEY,
+                "a step and data position inside this run",
+            ));
         }
         let [theta, head, atm, atv, ahm, ahv, bt, bh] = ck.tensors.clone();
-        if theta.iter().chain(&head).chain(&atm).chain(&atv).chain(&ahm).chain(&ahv).any(|v| !v.is_finite()) {
+        if theta
+            .iter()
+            .chain(&head)
+            .chain(&atm)
+            .chain(&atv)
+            .chain(&ahm)
+            .chain(&ahv)
+            .any(|v| !v.is_finite())
+        {
             return Err(Error::bad_file(path, "finite parameters and moments"));
         }
         self.theta = theta;
@@ -837,7 +950,11 @@ impl<M: ForwardModel> Finetuner<M> {
         self.step = s.step;
         self.epoch = s.epoch;
         self.cursor = s.cursor as usize;
-        self.order = if s.cursor > 0 || s.epoch > 0 { epoch_order(self.cfg.seed, s.epoch, n as usize) } else { Vec::new() };
+        self.order = if s.cursor > 0 || s.epoch > 0 {
+            epoch_order(self.cfg.seed, s.epoch, n as usize)
+        } else {
+            Vec::new()
+        };
         self.forward_passes = s.forward_passes;
         self.sched.multiplier = f64::from_bits(s.sched_multiplier);
         self.sched.best = f64::from_bits(s.sched_best);
@@ -853,7 +970,12 @@ impl<M: ForwardModel> Finetuner<M> {
 
     /// The task as a coefficient file: the trained rank-r coefficients per module and, for
     /// classification, the head with `labels` (one per class; ignored without a head).
-    pub fn to_coeff_file(&self, subspace_id: &str, task: &str, labels: &[String]) -> Result<CoeffFile> {
+    pub fn to_coeff_file(
+        &self,
+        subspace_id: &str,
+        task: &str,
+        labels: &[String],
+    ) -> Result<CoeffFile> {
         let r = self.cfg.rank;
         let mut modules = BTreeMap::new();
         for b in &self.blocks {
@@ -870,7 +992,11 @@ impl<M: ForwardModel> Finetuner<M> {
         let head = match &self.head {
             Some(h) => {
                 if labels.len() != h.classes() {
-                    return Err(Error::Usage(format!("{} label names for a head of {} classes", labels.len(), h.classes())));
+                    return Err(Error::Usage(format!(
+                        "{} label names for a head of {} classes",
+                        labels.len(),
+                        h.classes()
+                    )));
                 }
                 let (c, d) = (h.classes(), h.dim());
                 let w = h.weight();
@@ -885,21 +1011,32 @@ impl<M: ForwardModel> Finetuner<M> {
         Ok(CoeffFile {
             subspace_id: subspace_id.to_string(),
             task: task.to_string(),
-            provenance: if self.cfg.zero_shot { Provenance::ZeroShot } else { Provenance::Finetuned },
+            provenance: if self.cfg.zero_shot {
+                Provenance::ZeroShot
+            } else {
+                Provenance::Finetuned
+            },
             modules,
             head,
         })
     }
 
     /// Writes the task's `.elxc` (atomically, through [`CoeffFile::write`]).
-    pub fn save(&self, path: &Path, subspace_id: &str, task: &str, labels: &[String]) -> Result<()> {
+    pub fn save(
+        &self,
+        path: &Path,
+        subspace_id: &str,
+        task: &str,
+        labels: &[String],
+    ) -> Result<()> {
         self.to_coeff_file(subspace_id, task, labels)?.write(path)
     }
 }
 
 /// The training order of epoch `epoch`: a Fisher–Yates permutation seeded by (seed, epoch).
 fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
-    let mut rng = GaussianRng::new(seed ^ 0x5EED_0F0D_A7A0_0000 ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        GaussianRng::new(seed ^ 0x5EED_0F0D_A7A0_0000 ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut v: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;

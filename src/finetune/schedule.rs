@@ -22,7 +22,14 @@ pub struct Adam {
 impl Adam {
     /// Zero moments for `n` parameters.
     pub fn new(n: usize, beta1: f64, beta2: f64, eps: f64) -> Self {
-        Self { m: vec![0.0; n], v: vec![0.0; n], t: 0, beta1, beta2, eps }
+        Self {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+            beta1,
+            beta2,
+            eps,
+        }
     }
 
     /// One AdamW update of `params` with gradient (or gradient estimate) `grad`:
@@ -33,11 +40,24 @@ impl Adam {
 
     /// [`update`](Self::update) with the weight decay applied to the first `decayed`
     /// parameters only (a head's weights, not its bias).
-    pub fn update_split(&mut self, params: &mut [f64], grad: &[f64], lr: f64, weight_decay: f64, decayed: usize) {
+    pub fn update_split(
+        &mut self,
+        params: &mut [f64],
+        grad: &[f64],
+        lr: f64,
+        weight_decay: f64,
+        decayed: usize,
+    ) {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t.min(i32::MAX as u64) as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t.min(i32::MAX as u64) as i32);
-        for (i, (((p, g), m), v)) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v).enumerate() {
+        for (i, (((p, g), m), v)) in params
+            .iter_mut()
+            .zip(grad)
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+            .enumerate()
+        {
             *m = self.beta1 * *m + (1.0 - self.beta1) * g;
             *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
             let step = (*m / bc1) / ((*v / bc2).sqrt() + self.eps);
@@ -64,7 +84,12 @@ impl Default for PlateauConfig {
     fn default() -> Self {
         // PyTorch's defaults are factor 0.1, patience 10; with few evaluations on a device a
         // gentler factor and shorter patience react within one short run.
-        Self { factor: 0.5, patience: 2, threshold: 1e-4, min_lr: 1e-5 }
+        Self {
+            factor: 0.5,
+            patience: 2,
+            threshold: 1e-4,
+            min_lr: 1e-5,
+        }
     }
 }
 
@@ -88,7 +113,14 @@ pub struct LrSchedule {
 impl LrSchedule {
     /// A schedule at the start of training.
     pub fn new(base_lr: f64, warmup_steps: u64, plateau: PlateauConfig) -> Self {
-        Self { base_lr, warmup_steps, plateau, multiplier: 1.0, best: f64::INFINITY, bad_evals: 0 }
+        Self {
+            base_lr,
+            warmup_steps,
+            plateau,
+            multiplier: 1.0,
+            best: f64::INFINITY,
+            bad_evals: 0,
+        }
     }
 
     /// Learning rate for update number `step` (0-based): (step+1)/warmup of the peak during
@@ -102,7 +134,9 @@ impl LrSchedule {
 
     /// Feeds one evaluation of the monitored metric; returns true when the rate was reduced.
     pub fn observe(&mut self, metric: f64) -> bool {
-        if metric < self.best * (1.0 - self.plateau.threshold) || self.best == f64::INFINITY && metric.is_finite() {
+        if metric < self.best * (1.0 - self.plateau.threshold)
+            || self.best == f64::INFINITY && metric.is_finite()
+        {
             self.best = metric;
             self.bad_evals = 0;
             return false;
@@ -136,7 +170,12 @@ pub struct EarlyStopping {
 impl EarlyStopping {
     /// A fresh tracker.
     pub fn new(patience: usize) -> Self {
-        Self { patience, best: f64::INFINITY, best_step: 0, bad_evals: 0 }
+        Self {
+            patience,
+            best: f64::INFINITY,
+            best_step: 0,
+            bad_evals: 0,
+        }
     }
 
     /// Feeds one evaluation; returns whether it is a new best (the caller then keeps a copy of
@@ -165,7 +204,16 @@ mod tests {
 
     #[test]
     fn warmup_then_plateau() {
-        let mut s = LrSchedule::new(4e-3, 4, PlateauConfig { factor: 0.5, patience: 1, threshold: 0.0, min_lr: 1e-3 });
+        let mut s = LrSchedule::new(
+            4e-3,
+            4,
+            PlateauConfig {
+                factor: 0.5,
+                patience: 1,
+                threshold: 0.0,
+                min_lr: 1e-3,
+            },
+        );
         assert_eq!(s.lr(0), 1e-3);
         assert_eq!(s.lr(3), 4e-3);
         assert_eq!(s.lr(10), 4e-3);
@@ -186,6 +234,9 @@ mod tests {
         let mut a = Adam::new(2, 0.9, 0.999, 1e-12);
         let mut p = vec![1.0, 1.0];
         a.update(&mut p, &[0.5, -3.0], 0.1, 0.0);
-        assert!((p[0] - 0.9).abs() < 1e-9 && (p[1] - 1.1).abs() < 1e-9, "{p:?}");
+        assert!(
+            (p[0] - 0.9).abs() < 1e-9 && (p[1] - 1.1).abs() < 1e-9,
+            "{p:?}"
+        );
     }
 }

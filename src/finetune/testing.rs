@@ -40,7 +40,10 @@ fn orthonormal_rows(rng: &mut GaussianRng, k: usize, n: usize) -> Vec<f64> {
                 }
             }
         }
-        let norm = (0..n).map(|t| v[i * n + t] * v[i * n + t]).sum::<f64>().sqrt();
+        let norm = (0..n)
+            .map(|t| v[i * n + t] * v[i * n + t])
+            .sum::<f64>()
+            .sqrt();
         for t in 0..n {
             v[i * n + t] /= norm;
         }
@@ -51,7 +54,15 @@ fn orthonormal_rows(rng: &mut GaussianRng, k: usize, n: usize) -> Vec<f64> {
 impl TinyModel {
     /// A model over `n` random inputs of size `d_in`, hidden width `hidden`, feature size
     /// `d_out`, subspaces of size `k` on both sides and maximum rank `r_max`.
-    pub fn new(seed: u64, n: usize, d_in: usize, hidden: usize, d_out: usize, k: usize, r_max: usize) -> Self {
+    pub fn new(
+        seed: u64,
+        n: usize,
+        d_in: usize,
+        hidden: usize,
+        d_out: usize,
+        k: usize,
+        r_max: usize,
+    ) -> Self {
         let mut rng = GaussianRng::new(seed);
         let inputs = (0..n * d_in).map(|_| rng.next_normal()).collect();
         let mut layer = |inp: usize, out: usize| {
@@ -65,14 +76,36 @@ impl TinyModel {
                     vb[r * k + c] = vbt[c * out + r];
                 }
             }
-            Layer { inp, out, w0, va, vb }
+            Layer {
+                inp,
+                out,
+                w0,
+                va,
+                vb,
+            }
         };
         let layers = [layer(d_in, hidden), layer(hidden, d_out)];
         let layout = vec![
-            CoeffLayout { name: "l1".into(), k_a: k, k_b: k, r: r_max },
-            CoeffLayout { name: "l2".into(), k_a: k, k_b: k, r: r_max },
+            CoeffLayout {
+                name: "l1".into(),
+                k_a: k,
+                k_b: k,
+                r: r_max,
+            },
+            CoeffLayout {
+                name: "l2".into(),
+                k_a: k,
+                k_b: k,
+                r: r_max,
+            },
         ];
-        Self { inputs, d_in, layers, layout, buf: Vec::new() }
+        Self {
+            inputs,
+            d_in,
+            layers,
+            layout,
+            buf: Vec::new(),
+        }
     }
 
     /// Feature dimension.
@@ -91,9 +124,15 @@ impl TinyModel {
 /// y = W0·x + V_B·(α_B·(α_A·(V_A·x))); `a` is α_A [r x K_A], `b` is α_B [K_B x r].
 fn apply(l: &Layer, x: &[f64], a: &[f32], b: &[f32], r: usize, y: &mut [f64]) {
     let (ka, kb) = (l.va.len() / l.inp, l.vb.len() / l.out);
-    let u: Vec<f64> = (0..ka).map(|i| (0..l.inp).map(|j| l.va[i * l.inp + j] * x[j]).sum()).collect();
-    let t: Vec<f64> = (0..r).map(|i| (0..ka).map(|j| f64::from(a[i * ka + j]) * u[j]).sum()).collect();
-    let s: Vec<f64> = (0..kb).map(|i| (0..r).map(|j| f64::from(b[i * r + j]) * t[j]).sum()).collect();
+    let u: Vec<f64> = (0..ka)
+        .map(|i| (0..l.inp).map(|j| l.va[i * l.inp + j] * x[j]).sum())
+        .collect();
+    let t: Vec<f64> = (0..r)
+        .map(|i| (0..ka).map(|j| f64::from(a[i * ka + j]) * u[j]).sum())
+        .collect();
+    let s: Vec<f64> = (0..kb)
+        .map(|i| (0..r).map(|j| f64::from(b[i * r + j]) * t[j]).sum())
+        .collect();
     for (o, yo) in y.iter_mut().enumerate() {
         let base: f64 = (0..l.inp).map(|j| l.w0[o * l.inp + j] * x[j]).sum();
         let delta: f64 = (0..kb).map(|c| l.vb[o * kb + c] * s[c]).sum();
@@ -113,7 +152,10 @@ impl ForwardModel for TinyModel {
     fn features(&mut self, batch: &[usize], params: &[f32], out: &mut Vec<f32>) -> Result<usize> {
         let need: usize = self.layout.iter().map(CoeffLayout::len).sum();
         if params.len() != need {
-            return Err(Error::Usage(format!("tiny model: {} coefficient values, expected {need}", params.len())));
+            return Err(Error::Usage(format!(
+                "tiny model: {} coefficient values, expected {need}",
+                params.len()
+            )));
         }
         let (h, d) = (self.layers[0].out, self.layers[1].out);
         out.clear();
@@ -131,10 +173,24 @@ impl ForwardModel for TinyModel {
                 .ok_or_else(|| Error::Usage(format!("tiny model: no example {id}")))?;
             let (hid, feat) = self.buf.split_at_mut(h);
             let (a0, b0, r0) = split[0];
-            apply(&self.layers[0], x, &params[a0..b0], &params[b0..split[1].0], r0, hid);
+            apply(
+                &self.layers[0],
+                x,
+                &params[a0..b0],
+                &params[b0..split[1].0],
+                r0,
+                hid,
+            );
             hid.iter_mut().for_each(|v| *v = v.tanh());
             let (a1, b1, r1) = split[1];
-            apply(&self.layers[1], hid, &params[a1..b1], &params[b1..], r1, feat);
+            apply(
+                &self.layers[1],
+                hid,
+                &params[a1..b1],
+                &params[b1..],
+                r1,
+                feat,
+            );
             out.extend(feat.iter().map(|v| *v as f32));
         }
         Ok(d)

@@ -98,7 +98,11 @@ pub fn spsa_estimate(
 ) -> Result<SpsaStats> {
     let n = theta.len();
     if grad.len() != n {
-        return Err(Error::Usage(format!("SPSA: gradient buffer has {} entries, parameters {}", grad.len(), n)));
+        return Err(Error::Usage(format!(
+            "SPSA: gradient buffer has {} entries, parameters {}",
+            grad.len(),
+            n
+        )));
     }
     if !(settings.eps > 0.0 && settings.eps.is_finite()) || settings.directions == 0 {
         return Err(Error::Usage(format!(
@@ -112,7 +116,11 @@ pub fn spsa_estimate(
     let (mut sum_loss, mut sum_sq) = (0.0, 0.0);
     let dirs = settings.directions as f64;
     for d in 0..settings.directions {
-        fill_direction(settings.kind, direction_seed(settings.seed, settings.step, d as u64), &mut scratch.z);
+        fill_direction(
+            settings.kind,
+            direction_seed(settings.seed, settings.step, d as u64),
+            &mut scratch.z,
+        );
         for ((p, t), z) in scratch.perturbed.iter_mut().zip(theta).zip(&scratch.z) {
             *p = t + settings.eps * z;
         }
@@ -172,7 +180,13 @@ mod tests {
         let mut mean = [0.0; 4];
         let n = 4000;
         for step in 0..n {
-            let s = SpsaSettings { eps: 1e-3, directions: 1, kind: Direction::Rademacher, seed: 9, step };
+            let s = SpsaSettings {
+                eps: 1e-3,
+                directions: 1,
+                kind: Direction::Rademacher,
+                seed: 9,
+                step,
+            };
             let mut loss = |p: &[f64]| Ok(p.iter().zip(&c).map(|(p, c)| c * p * p).sum::<f64>());
             spsa_estimate(&theta, &s, &mut scratch, &mut loss, &mut g).unwrap();
             for i in 0..4 {
@@ -182,7 +196,12 @@ mod tests {
         // Per-coordinate sd of one Rademacher sample is sqrt(Σ_{j≠i} e_j²) ≤ 1.2 here.
         let se = 1.2 / (n as f64).sqrt();
         for i in 0..4 {
-            assert!((mean[i] - exact[i]).abs() < 4.0 * se, "coord {i}: {} vs {}", mean[i], exact[i]);
+            assert!(
+                (mean[i] - exact[i]).abs() < 4.0 * se,
+                "coord {i}: {} vs {}",
+                mean[i],
+                exact[i]
+            );
         }
     }
 }
