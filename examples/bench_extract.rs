@@ -22,9 +22,10 @@
 //!
 //! In memory, each module's adapters are generated one at a time and streamed into
 //! `extract_module_stream` (the same path `extract` takes when reading files), with up to
-//! `--threads` modules in flight. Generation time is measured apart and reported as its own
-//! column; "extract" is wall time minus the generation time spent on the critical path
-//! (approximated as generation CPU time / threads).
+//! `--threads` modules in flight. Times are reported as wall seconds and as process CPU seconds
+//! (/proc/self/stat, all threads): on a shared machine the CPU figure is the meaningful one.
+//! The generator's own CPU cost is measured by a generation-only pass in the same child before
+//! the timed run, and subtracted to give "extract CPU s".
 
 use eigenlorax::adapter::{Adapter, LoraModule};
 use eigenlorax::error::Result;
@@ -37,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const R: usize = 16;
 const DIM_IN: usize = 1024;
@@ -181,9 +182,8 @@ fn proc_status_kb(key: &str) -> u64 {
 }
 
 /// In memory: modules on `threads` workers, adapters generated and streamed one at a time.
-fn run_in_memory(a: &Args, n: usize) -> Result<(BTreeMap<String, ModuleSubspace>, Duration)> {
+fn run_in_memory(a: &Args, n: usize) -> Result<BTreeMap<String, ModuleSubspace>> {
     let next = AtomicUsize::new(0);
-    let gen_time = Mutex::new(Duration::ZERO);
     let results = Mutex::new(BTreeMap::new());
     let first_err = Mutex::new(None);
     let work = || {
@@ -192,19 +192,9 @@ fn run_in_memory(a: &Args, n: usize) -> Result<(BTreeMap<String, ModuleSubspace>
             if m >= N_MODULES {
                 break;
             }
-            let t0 = Instant::now();
             let lat = latent(a.seed, m);
-            let mut gen_here = t0.elapsed();
-            let stream = (0..n).map(|t| {
-                let t1 = Instant::now();
-                let md = adapter_module(a.seed, m, t, &lat);
-                gen_here += t1.elapsed();
-                Ok(md)
-            });
+            let stream = (0..n).map(|t| Ok(adapter_module(a.seed, m, t, &lat)));
             let res = subspace::extract_module_stream(DIM_IN, DIM_OUT, &a.options, a.route, stream);
-            if let Ok(mut g) = gen_time.lock() {
-                *g += gen_here;
-            }
             match res {
                 Ok(s) => {
                     if let Ok(mut r) = results.lock() {
@@ -228,28 +218,63 @@ fn run_in_memory(a: &Args, n: usize) -> Result<(BTreeMap<String, ModuleSubspace>
     if let Some(e) = first_err.into_inner().ok().flatten() {
         return Err(e);
     }
-    Ok((
-        results.into_inner().unwrap_or_default(),
-        gen_time.into_inner().unwrap_or_default(),
-    ))
+    Ok(results.into_inner().unwrap_or_default())
+}
+
+/// CPU seconds (user + system, all threads, exited ones included) of this process so far, from
+/// /proc/self/stat fields 14 and 15 (clock ticks of 1/100 s on Linux).
+fn process_cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesized command name (which may contain spaces).
+            let rest = s.get(s.rfind(')')? + 2..)?.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // rest starts at field 3 (state): utime is field 14 → index 11, stime index 12.
+            let ut: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((ut + st) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// CPU seconds the generator alone takes for N adapters (single thread, nothing kept).
+fn generation_cpu_s(a: &Args, n: usize) -> f64 {
+    let c0 = process_cpu_s();
+    let mut sink = 0.0;
+    for m in 0..N_MODULES {
+        let lat = latent(a.seed, m);
+        for t in 0..n {
+            let md = adapter_module(a.seed, m, t, &lat);
+            sink += md.a[(0, 0)] + md.b[(0, 0)];
+        }
+    }
+    std::hint::black_box(sink);
+    process_cpu_s() - c0
 }
 
 fn child(a: &Args, n: usize) -> Result<()> {
     let rss0 = proc_status_kb("VmRSS:");
+    let gen_cpu = if a.from.is_none() {
+        generation_cpu_s(a, n)
+    } else {
+        0.0
+    };
+    let cpu0 = process_cpu_s();
     let t0 = Instant::now();
-    let (modules, gen_cpu) = match &a.from {
+    let modules = match &a.from {
         Some(dir) => {
             let adapters: Vec<Adapter> = (0..n)
                 .map(|t| Adapter::open(&dir.join(format!("adapter_{t:04}"))))
                 .collect::<Result<_>>()?;
             let sub = subspace::extract(&adapters, &a.options, &|_, _, _| {})?;
-            (sub.modules, Duration::ZERO)
+            sub.modules
         }
         None => run_in_memory(a, n)?,
     };
     let wall = t0.elapsed().as_secs_f64();
-    let gen_s = gen_cpu.as_secs_f64();
-    let extract_s = wall - gen_s / a.threads.max(1) as f64;
+    let cpu = process_cpu_s() - cpu0;
+    let extract_cpu = cpu - gen_cpu;
     let hwm = proc_status_kb("VmHWM:");
     let (mut ka, mut kb, mut ea) = (0usize, 0usize, 0.0f64);
     for s in modules.values() {
@@ -259,7 +284,7 @@ fn child(a: &Args, n: usize) -> Result<()> {
     }
     let nm = modules.len().max(1);
     println!(
-        "RESULT {n} {wall:.3} {gen_s:.3} {extract_s:.3} {hwm} {rss0} {:.1} {:.1} {:.3} {}",
+        "RESULT {n} {wall:.2} {cpu:.2} {gen_cpu:.2} {extract_cpu:.2} {hwm} {rss0} {:.1} {:.1} {:.3} {}",
         ka as f64 / nm as f64,
         kb as f64 / nm as f64,
         ea / nm as f64,
@@ -382,8 +407,17 @@ fn main() {
         serde_json::to_string(&a.options).unwrap_or_default()
     );
     println!(
-        "{:>6} {:>9} {:>9} {:>11} {:>12} {:>10} {:>7} {:>7} {:>9}",
-        "N", "wall s", "gen s", "extract s", "peak RSS MB", "start MB", "K_A", "K_B", "energy A"
+        "{:>6} {:>8} {:>8} {:>10} {:>14} {:>12} {:>9} {:>6} {:>6} {:>9}",
+        "N",
+        "wall s",
+        "CPU s",
+        "gen CPU s",
+        "extract CPU s",
+        "peak RSS MB",
+        "start MB",
+        "K_A",
+        "K_B",
+        "energy A"
     );
     for &n in &a.ns {
         let mut cmd = Command::new(&exe);
@@ -403,16 +437,17 @@ fn main() {
                                 .unwrap_or("?".into())
                         };
                         println!(
-                            "{:>6} {:>9} {:>9} {:>11} {:>12} {:>10} {:>7} {:>7} {:>9}",
+                            "{:>6} {:>8} {:>8} {:>10} {:>14} {:>12} {:>9} {:>6} {:>6} {:>9}",
                             get(1),
                             get(2),
                             get(3),
                             get(4),
-                            mb(5),
+                            get(5),
                             mb(6),
-                            get(7),
+                            mb(7),
                             get(8),
-                            get(9)
+                            get(9),
+                            get(10)
                         );
                     }
                     None => println!(

@@ -13,7 +13,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub enum Error {
     /// An I/O failure on a named file.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A file whose content is not what was expected.
     BadInput {
         path: PathBuf,
@@ -37,11 +40,19 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::BadInput`] about a file as a whole.
     pub fn bad_file(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
-        Error::BadInput { path: path.as_ref().to_path_buf(), tensor: None, message: message.into() }
+        Error::BadInput {
+            path: path.as_ref().to_path_buf(),
+            tensor: None,
+            message: message.into(),
+        }
     }
 
     /// Shorthand for [`Error::BadInput`] about one tensor (or key) of a file.
-    pub fn bad_tensor(path: impl AsRef<Path>, tensor: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn bad_tensor(
+        path: impl AsRef<Path>,
+        tensor: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Error::BadInput {
             path: path.as_ref().to_path_buf(),
             tensor: Some(tensor.into()),
@@ -51,7 +62,10 @@ impl Error {
 
     /// Shorthand for [`Error::Io`].
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -59,11 +73,23 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { path, source } => write!(f, "{}: {}", path.display(), source),
-            Error::BadInput { path, tensor: Some(t), message } => {
+            Error::BadInput {
+                path,
+                tensor: Some(t),
+                message,
+            } => {
                 write!(f, "{}: tensor `{}`: {}", path.display(), t, message)
             }
-            Error::BadInput { path, tensor: None, message } => write!(f, "{}: {}", path.display(), message),
-            Error::SubspaceMismatch { path, expected, found } => write!(
+            Error::BadInput {
+                path,
+                tensor: None,
+                message,
+            } => write!(f, "{}: {}", path.display(), message),
+            Error::SubspaceMismatch {
+                path,
+                expected,
+                found,
+            } => write!(
                 f,
                 "{}: belongs to subspace {} but the loaded bundle is subspace {}",
                 path.display(),

@@ -1,44 +1,113 @@
 //! The `.elxb` bundle: manifest types, write and read.
+//!
+//! Layout (safetensors):
+//!
+//! | tensor | shape | dtype |
+//! |---|---|---|
+//! | `<module>.V_A` | [K_A, in] | f32 / f16 / bf16 / i8 |
+//! | `<module>.V_B` | [out, K_B] | same |
+//! | `<module>.V_A.scale` (int8 only) | `[K_A]` | f32, one per row of V_A |
+//! | `<module>.V_B.scale` (int8 only) | `[K_B]` | f32, one per *column* of V_B (basis vector) |
+//! | `<module>.sigma_A`, `<module>.sigma_B` | `[len]` | f32, full spectrum of the stacked side |
+//!
+//! and `__metadata__["eigenlorax"]` = the JSON [`Manifest`].
+//!
+//! The subspace id is `elx-` + the first 16 hex digits of a SHA-256 over every stored tensor
+//! (sorted by name; each as length-prefixed name, dtype name, shape and bytes) followed by the
+//! manifest JSON with `subspace_id` blanked and `binding` removed. Binding a bundle to a base
+//! model therefore keeps its id, and any change to a component, a spectrum, an option or a
+//! source hash changes it.
 
-use super::quant::StorageDtype;
+use super::quant::{StorageDtype, cols_of, quantize_int8, rows_of};
 use crate::adapter::AdapterFormat;
-use crate::error::Result;
-use crate::subspace::{ExtractOptions, Subspace};
-use std::collections::BTreeMap;
+use crate::error::{Error, Result};
+use crate::subspace::{ExtractOptions, ModuleSubspace, SideInfo, Subspace};
+use crate::tensorfile::{self, Dtype, TensorFile, TensorOut};
+use faer::Mat;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Bundle format version written by this build.
 pub const BUNDLE_FORMAT_VERSION: u32 = 1;
 
+/// The `__metadata__` key that holds the manifest JSON (bundles and coefficient files).
+pub const METADATA_KEY: &str = "eigenlorax";
+
 /// One adapter the subspace was extracted from.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SourceAdapter {
+    /// Path as given on the command line.
     pub path: String,
+    /// SHA-256 of its weights file.
     pub sha256: String,
+    /// On-disk convention.
     pub format: AdapterFormat,
+    /// `base_model_name_or_path`, when known.
     pub base_model: Option<String>,
+    /// Number of adapted modules.
     pub modules: usize,
+}
+
+impl From<&crate::adapter::Adapter> for SourceAdapter {
+    fn from(ad: &crate::adapter::Adapter) -> Self {
+        SourceAdapter {
+            path: ad.path.display().to_string(),
+            sha256: ad.sha256.clone(),
+            format: ad.format,
+            base_model: ad.base_model.clone(),
+            modules: ad.modules.len(),
+        }
+    }
 }
 
 /// Per-side summary kept in the manifest (the spectrum itself is a tensor).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SideSummary {
+    /// Principal directions kept.
     pub k_principal: usize,
+    /// Whether the mean direction was appended.
     pub mean_vector: bool,
+    /// Pseudo-PCs appended.
     pub pseudo: usize,
+    /// Share of the stack's energy inside the principal directions.
     pub energy_kept: f64,
+}
+
+impl SideSummary {
+    fn of(s: &SideInfo) -> SideSummary {
+        SideSummary {
+            k_principal: s.k_principal,
+            mean_vector: s.mean_vector,
+            pseudo: s.pseudo,
+            energy_kept: s.energy_kept,
+        }
+    }
+
+    /// Total basis size: principal + mean + pseudo.
+    pub fn k_total(&self) -> usize {
+        self.k_principal + usize::from(self.mean_vector) + self.pseudo
+    }
 }
 
 /// One module in the manifest.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModuleManifest {
+    /// Input features.
     pub in_features: usize,
+    /// Output features.
     pub out_features: usize,
+    /// Largest adapter rank seen for this module.
     pub r_max: usize,
+    /// Adapters that had this module.
     pub n_adapters: usize,
+    /// Rows of V_A.
     pub k_a: usize,
+    /// Columns of V_B.
     pub k_b: usize,
+    /// A-side summary.
     pub a: SideSummary,
+    /// B-side summary.
     pub b: SideSummary,
 }
 
@@ -63,6 +132,7 @@ pub struct ModuleBinding {
     pub output: String,
     /// Initializer holding W0.
     pub weight: String,
+    /// Layout of W0.
     pub layout: WeightLayout,
 }
 
@@ -73,28 +143,262 @@ pub struct Binding {
     pub base_sha256: String,
     /// File name of the base model when bound (informational).
     pub base_file: String,
+    /// Module name -> graph location.
     pub modules: BTreeMap<String, ModuleBinding>,
 }
 
 /// The bundle manifest (JSON in `__metadata__`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
+    /// [`BUNDLE_FORMAT_VERSION`] of the writer.
     pub format_version: u32,
     /// Hash of the stored components plus this manifest without `subspace_id` and `binding`.
     pub subspace_id: String,
+    /// Storage dtype of V_A / V_B.
     pub dtype: StorageDtype,
+    /// Extraction options.
     pub options: ExtractOptions,
+    /// Per-module shapes and K.
     pub modules: BTreeMap<String, ModuleManifest>,
+    /// The adapters the subspace came from.
     pub sources: Vec<SourceAdapter>,
+    /// Binding to a base ONNX model, once `elx bind` ran.
     pub binding: Option<Binding>,
 }
 
 /// A bundle loaded in memory; components are dequantized to f64.
 #[derive(Clone, Debug)]
 pub struct Bundle {
+    /// Where it was read from.
     pub path: PathBuf,
+    /// Its manifest.
     pub manifest: Manifest,
+    /// Dequantized bases and spectra.
     pub subspace: Subspace,
+}
+
+/// Names of the tensors of one module.
+struct Names {
+    v_a: String,
+    v_b: String,
+    v_a_scale: String,
+    v_b_scale: String,
+    sigma_a: String,
+    sigma_b: String,
+}
+
+impl Names {
+    fn of(module: &str) -> Names {
+        Names {
+            v_a: format!("{module}.V_A"),
+            v_b: format!("{module}.V_B"),
+            v_a_scale: format!("{module}.V_A.scale"),
+            v_b_scale: format!("{module}.V_B.scale"),
+            sigma_a: format!("{module}.sigma_A"),
+            sigma_b: format!("{module}.sigma_B"),
+        }
+    }
+}
+
+/// A stored tensor as the id sees it.
+struct Stored<'a> {
+    name: &'a str,
+    dtype: Dtype,
+    shape: &'a [usize],
+    data: &'a [u8],
+}
+
+fn hash_field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// The subspace id of stored tensors plus a manifest (its `subspace_id` and `binding` are
+/// ignored).
+fn compute_id(mut tensors: Vec<Stored<'_>>, manifest: &Manifest) -> Result<String> {
+    tensors.sort_by(|a, b| a.name.cmp(b.name));
+    let mut h = Sha256::new();
+    h.update(b"eigenlorax-bundle-id-v1");
+    h.update((tensors.len() as u64).to_le_bytes());
+    for t in &tensors {
+        hash_field(&mut h, t.name.as_bytes());
+        hash_field(&mut h, t.dtype.name().as_bytes());
+        h.update((t.shape.len() as u64).to_le_bytes());
+        for &d in t.shape {
+            h.update((d as u64).to_le_bytes());
+        }
+        hash_field(&mut h, t.data);
+    }
+    let mut canon = manifest.clone();
+    canon.subspace_id = String::new();
+    canon.binding = None;
+    let json = serde_json::to_string(&canon)
+        .map_err(|e| Error::Usage(format!("cannot serialize manifest: {e}")))?;
+    hash_field(&mut h, json.as_bytes());
+    let digest = h.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok(format!("elx-{hex}"))
+}
+
+fn flat_row_major(m: &Mat<f64>) -> Vec<f64> {
+    rows_of(m).into_iter().flatten().collect()
+}
+
+fn check_finite(m: &Mat<f64>, what: &str) -> Result<()> {
+    for j in 0..m.ncols() {
+        for i in 0..m.nrows() {
+            if !m[(i, j)].is_finite() {
+                return Err(Error::Numeric(format!(
+                    "{what} has a non-finite entry at ({i}, {j})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stored tensors of one module.
+fn encode_module(name: &str, m: &ModuleSubspace, dtype: StorageDtype) -> Result<Vec<TensorOut>> {
+    let n = Names::of(name);
+    check_finite(&m.v_a, &n.v_a)?;
+    check_finite(&m.v_b, &n.v_b)?;
+    for (what, s) in [(&n.sigma_a, &m.a.spectrum), (&n.sigma_b, &m.b.spectrum)] {
+        if s.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Numeric(format!("{what} has a non-finite value")));
+        }
+    }
+    let mut out = Vec::with_capacity(6);
+    match dtype {
+        StorageDtype::Int8 => {
+            let qa = quantize_int8(rows_of(&m.v_a).iter().map(|v| v.as_slice()));
+            out.push(TensorOut {
+                name: n.v_a.clone(),
+                dtype: Dtype::I8,
+                shape: vec![m.v_a.nrows(), m.v_a.ncols()],
+                data: qa.values.iter().map(|&q| q as u8).collect(),
+            });
+            out.push(scale_tensor(n.v_a_scale, &qa.scales));
+            // Quantize V_B per column (basis vector), then lay the values out row-major.
+            let (rows, cols) = (m.v_b.nrows(), m.v_b.ncols());
+            let qb = quantize_int8(cols_of(&m.v_b).iter().map(|v| v.as_slice()));
+            let mut data = vec![0u8; rows * cols];
+            for j in 0..cols {
+                for i in 0..rows {
+                    data[i * cols + j] = qb.values[j * rows + i] as u8;
+                }
+            }
+            out.push(TensorOut {
+                name: n.v_b.clone(),
+                dtype: Dtype::I8,
+                shape: vec![rows, cols],
+                data,
+            });
+            out.push(scale_tensor(n.v_b_scale, &qb.scales));
+        }
+        _ => {
+            let d = dtype.tensor_dtype();
+            out.push(TensorOut::from_f64(
+                &n.v_a,
+                d,
+                vec![m.v_a.nrows(), m.v_a.ncols()],
+                &flat_row_major(&m.v_a),
+            ));
+            out.push(TensorOut::from_f64(
+                &n.v_b,
+                d,
+                vec![m.v_b.nrows(), m.v_b.ncols()],
+                &flat_row_major(&m.v_b),
+            ));
+        }
+    }
+    out.push(TensorOut::from_f64(
+        &n.sigma_a,
+        Dtype::F32,
+        vec![m.a.spectrum.len()],
+        &m.a.spectrum,
+    ));
+    out.push(TensorOut::from_f64(
+        &n.sigma_b,
+        Dtype::F32,
+        vec![m.b.spectrum.len()],
+        &m.b.spectrum,
+    ));
+    Ok(out)
+}
+
+fn scale_tensor(name: String, scales: &[f32]) -> TensorOut {
+    TensorOut {
+        name,
+        dtype: Dtype::F32,
+        shape: vec![scales.len()],
+        data: scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+    }
+}
+
+fn module_manifest(name: &str, m: &ModuleSubspace) -> Result<ModuleManifest> {
+    let (k_a, k_b) = (m.v_a.nrows(), m.v_b.ncols());
+    let bad = |what: String| Err(Error::Usage(format!("module `{name}`: {what}")));
+    if m.v_a.ncols() != m.in_features || m.v_b.nrows() != m.out_features {
+        return bad(format!(
+            "V_A is {}x{} and V_B {}x{} but the module is in={} out={}",
+            m.v_a.nrows(),
+            m.v_a.ncols(),
+            m.v_b.nrows(),
+            m.v_b.ncols(),
+            m.in_features,
+            m.out_features
+        ));
+    }
+    if k_a != m.a.k_total() || k_b != m.b.k_total() {
+        return bad(format!(
+            "V_A has {k_a} rows and V_B {k_b} columns but the side infos count {} and {}",
+            m.a.k_total(),
+            m.b.k_total()
+        ));
+    }
+    if !m.a.energy_kept.is_finite() || !m.b.energy_kept.is_finite() {
+        return bad("energy kept is not finite".to_string());
+    }
+    Ok(ModuleManifest {
+        in_features: m.in_features,
+        out_features: m.out_features,
+        r_max: m.r_max,
+        n_adapters: m.n_adapters,
+        k_a,
+        k_b,
+        a: SideSummary::of(&m.a),
+        b: SideSummary::of(&m.b),
+    })
+}
+
+fn stored_of(t: &TensorOut) -> Stored<'_> {
+    Stored {
+        name: &t.name,
+        dtype: t.dtype,
+        shape: &t.shape,
+        data: &t.data,
+    }
+}
+
+fn write_file(path: &Path, tensors: Vec<TensorOut>, manifest: &Manifest) -> Result<()> {
+    let json = serde_json::to_string(manifest)
+        .map_err(|e| Error::Usage(format!("cannot serialize manifest: {e}")))?;
+    let mut meta = BTreeMap::new();
+    meta.insert(METADATA_KEY.to_string(), json);
+    tensorfile::write(path, tensors, meta)
+}
+
+/// Reads the JSON under `__metadata__["eigenlorax"]` of an opened file.
+pub(crate) fn manifest_json<'a>(tf: &'a TensorFile, what: &str) -> Result<&'a str> {
+    tf.metadata()
+        .and_then(|m| m.get(METADATA_KEY))
+        .map(|s| s.as_str())
+        .ok_or_else(|| {
+            Error::bad_file(
+                tf.path(),
+                format!("expected a `{METADATA_KEY}` entry in __metadata__ (not {what})"),
+            )
+        })
 }
 
 impl Bundle {
@@ -106,13 +410,322 @@ impl Bundle {
         dtype: StorageDtype,
         binding: Option<&Binding>,
     ) -> Result<Manifest> {
-        let _ = (path, subspace, sources, dtype, binding);
-        todo!("bundle helper")
+        let mut modules = BTreeMap::new();
+        let mut tensors = Vec::new();
+        for (name, m) in &subspace.modules {
+            modules.insert(name.clone(), module_manifest(name, m)?);
+            tensors.extend(encode_module(name, m, dtype)?);
+        }
+        let mut manifest = Manifest {
+            format_version: BUNDLE_FORMAT_VERSION,
+            subspace_id: String::new(),
+            dtype,
+            options: subspace.options.clone(),
+            modules,
+            sources: sources.to_vec(),
+            binding: None,
+        };
+        manifest.subspace_id = compute_id(tensors.iter().map(stored_of).collect(), &manifest)?;
+        manifest.binding = binding.cloned();
+        write_file(path, tensors, &manifest)?;
+        Ok(manifest)
     }
 
     /// Reads and validates a bundle (shapes against the manifest, finite values, the id).
     pub fn read(path: &Path) -> Result<Bundle> {
-        let _ = path;
-        todo!("bundle helper")
+        let tf = TensorFile::open(path)?;
+        let manifest = parse_manifest(&tf)?;
+        let mut expected = BTreeSet::new();
+        let mut stored = Vec::new();
+        for (name, mm) in &manifest.modules {
+            for (list_name, side) in [("a", &mm.a), ("b", &mm.b)] {
+                let k = if list_name == "a" { mm.k_a } else { mm.k_b };
+                if side.k_total() != k {
+                    return Err(Error::bad_tensor(
+                        path,
+                        format!("modules.{name}.{list_name}"),
+                        format!(
+                            "expected k_{list_name} = {k} = principal + mean + pseudo, found {}",
+                            side.k_total()
+                        ),
+                    ));
+                }
+            }
+            if mm.k_a > mm.in_features || mm.k_b > mm.out_features {
+                return Err(Error::bad_tensor(
+                    path,
+                    format!("modules.{name}"),
+                    format!(
+                        "expected K_A <= in and K_B <= out (orthonormal bases), found K_A={} in={} K_B={} out={}",
+                        mm.k_a, mm.in_features, mm.k_b, mm.out_features
+                    ),
+                ));
+            }
+            let n = Names::of(name);
+            let vd = manifest.dtype.tensor_dtype();
+            let mut shapes: Vec<(&String, Dtype, Vec<usize>)> = vec![
+                (&n.v_a, vd, vec![mm.k_a, mm.in_features]),
+                (&n.v_b, vd, vec![mm.out_features, mm.k_b]),
+            ];
+            if manifest.dtype == StorageDtype::Int8 {
+                shapes.push((&n.v_a_scale, Dtype::F32, vec![mm.k_a]));
+                shapes.push((&n.v_b_scale, Dtype::F32, vec![mm.k_b]));
+            }
+            for (t, d, shape) in shapes {
+                check_tensor(&tf, t, d, Some(&shape))?;
+                expected.insert(t.clone());
+            }
+            for t in [&n.sigma_a, &n.sigma_b] {
+                check_tensor(&tf, t, Dtype::F32, None)?;
+                expected.insert(t.clone());
+            }
+        }
+        for t in tf.names() {
+            if !expected.contains(t) {
+                return Err(Error::bad_tensor(
+                    path,
+                    t,
+                    "expected only the tensors of the modules listed in the manifest",
+                ));
+            }
+        }
+        for t in &expected {
+            let (dtype, data) = tf.raw(t)?;
+            let shape = tf.info(t).map(|i| i.shape).unwrap_or_default();
+            stored.push((t.as_str(), dtype, shape, data));
+        }
+        let id = compute_id(
+            stored
+                .iter()
+                .map(|(name, dtype, shape, data)| Stored {
+                    name,
+                    dtype: *dtype,
+                    shape,
+                    data,
+                })
+                .collect(),
+            &manifest,
+        )?;
+        if id != manifest.subspace_id {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "expected content that hashes to its subspace id {}, but it hashes to {id}: the file was modified or is corrupt",
+                    manifest.subspace_id
+                ),
+            ));
+        }
+        let mut modules = BTreeMap::new();
+        for (name, mm) in &manifest.modules {
+            modules.insert(name.clone(), read_module(&tf, name, mm, manifest.dtype)?);
+        }
+        let subspace = Subspace {
+            modules,
+            options: manifest.options.clone(),
+        };
+        Ok(Bundle {
+            path: path.to_path_buf(),
+            manifest,
+            subspace,
+        })
     }
+
+    /// Writes a copy of this bundle to `out` with `binding` (or none) in the manifest. Stored
+    /// components are copied byte for byte, so the subspace id (which excludes the binding)
+    /// and every coefficient file made for it stay valid. `out` may be this bundle's own path.
+    pub fn with_binding(&self, binding: Option<&Binding>, out: &Path) -> Result<Manifest> {
+        let tf = TensorFile::open(&self.path)?;
+        let manifest = parse_manifest(&tf)?;
+        if manifest.subspace_id != self.manifest.subspace_id {
+            return Err(Error::bad_file(
+                &self.path,
+                format!(
+                    "expected subspace {} (it changed on disk since it was loaded)",
+                    self.manifest.subspace_id
+                ),
+            ));
+        }
+        let mut tensors = Vec::new();
+        for name in tf.names() {
+            let (dtype, data) = tf.raw(name)?;
+            let shape = tf.info(name).map(|i| i.shape).unwrap_or_default();
+            tensors.push(TensorOut {
+                name: name.to_string(),
+                dtype,
+                shape,
+                data: data.to_vec(),
+            });
+        }
+        let check = compute_id(tensors.iter().map(stored_of).collect(), &manifest)?;
+        if check != manifest.subspace_id {
+            return Err(Error::bad_file(
+                &self.path,
+                format!("expected content that hashes to {}", manifest.subspace_id),
+            ));
+        }
+        let mut new = manifest;
+        new.binding = binding.cloned();
+        drop(tf);
+        write_file(out, tensors, &new)?;
+        Ok(new)
+    }
+}
+
+/// Parses and version-checks the manifest of an opened bundle.
+fn parse_manifest(tf: &TensorFile) -> Result<Manifest> {
+    let json = manifest_json(tf, "a bundle without one")?;
+    // Check the version first so that a newer layout gets a version message, not a parse error.
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+        Error::bad_tensor(
+            tf.path(),
+            "__metadata__.eigenlorax",
+            format!("expected valid JSON ({e})"),
+        )
+    })?;
+    if value.get("kind").and_then(|k| k.as_str()) == Some("coefficients") {
+        return Err(Error::bad_file(
+            tf.path(),
+            "expected a bundle (.elxb), found a coefficient file (.elxc)",
+        ));
+    }
+    match value.get("format_version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(BUNDLE_FORMAT_VERSION) => {}
+        Some(v) => {
+            return Err(Error::bad_file(
+                tf.path(),
+                format!(
+                    "expected bundle format version {BUNDLE_FORMAT_VERSION}, found version {v} (written by another elx version)"
+                ),
+            ));
+        }
+        None => {
+            if value.get("task").is_some() {
+                return Err(Error::bad_file(
+                    tf.path(),
+                    "expected a bundle (.elxb), found a coefficient file (.elxc)",
+                ));
+            }
+            return Err(Error::bad_tensor(
+                tf.path(),
+                "__metadata__.eigenlorax",
+                "expected a format_version number",
+            ));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| {
+        Error::bad_tensor(
+            tf.path(),
+            "__metadata__.eigenlorax",
+            format!("expected a bundle manifest ({e})"),
+        )
+    })
+}
+
+/// Checks presence, dtype and (optionally) shape of one tensor.
+pub(crate) fn check_tensor(
+    tf: &TensorFile,
+    name: &str,
+    dtype: Dtype,
+    shape: Option<&[usize]>,
+) -> Result<()> {
+    let info = tf
+        .info(name)
+        .ok_or_else(|| Error::bad_tensor(tf.path(), name, "expected this tensor, found none"))?;
+    if info.dtype != dtype {
+        return Err(Error::bad_tensor(
+            tf.path(),
+            name,
+            format!(
+                "expected dtype {}, found {}",
+                dtype.name(),
+                info.dtype.name()
+            ),
+        ));
+    }
+    match shape {
+        Some(s) if info.shape != s => Err(Error::bad_tensor(
+            tf.path(),
+            name,
+            format!("expected shape {s:?}, found {:?}", info.shape),
+        )),
+        None if info.shape.len() != 1 => Err(Error::bad_tensor(
+            tf.path(),
+            name,
+            format!("expected a 1-D tensor, found shape {:?}", info.shape),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Int8 matrix times per-vector scales; `per_row` says whether scales go with rows or columns.
+fn dequantize_int8(
+    tf: &TensorFile,
+    name: &str,
+    scale_name: &str,
+    per_row: bool,
+) -> Result<Mat<f64>> {
+    let shape = tf.info(name).map(|i| i.shape).unwrap_or_default();
+    let (rows, cols) = match shape.as_slice() {
+        [r, c] => (*r, *c),
+        _ => return Err(Error::bad_tensor(tf.path(), name, "expected a 2-D tensor")),
+    };
+    let (_, q) = tf.raw(name)?;
+    let (_, scales) = tf.read_f64(scale_name)?;
+    if let Some(s) = scales.iter().find(|s| **s < 0.0) {
+        return Err(Error::bad_tensor(
+            tf.path(),
+            scale_name,
+            format!("expected non-negative scales, found {s}"),
+        ));
+    }
+    if q.len() != rows * cols || scales.len() != if per_row { rows } else { cols } {
+        return Err(Error::bad_tensor(
+            tf.path(),
+            name,
+            "expected data that matches its shape and scales",
+        ));
+    }
+    Ok(Mat::from_fn(rows, cols, |i, j| {
+        let s = if per_row { scales[i] } else { scales[j] };
+        f64::from(q[i * cols + j] as i8) * s
+    }))
+}
+
+fn read_module(
+    tf: &TensorFile,
+    name: &str,
+    mm: &ModuleManifest,
+    dtype: StorageDtype,
+) -> Result<ModuleSubspace> {
+    let n = Names::of(name);
+    let (v_a, v_b) = if dtype == StorageDtype::Int8 {
+        (
+            dequantize_int8(tf, &n.v_a, &n.v_a_scale, true)?,
+            dequantize_int8(tf, &n.v_b, &n.v_b_scale, false)?,
+        )
+    } else {
+        (
+            tf.read_mat(&n.v_a, Some([mm.k_a, mm.in_features]))?,
+            tf.read_mat(&n.v_b, Some([mm.out_features, mm.k_b]))?,
+        )
+    };
+    let (_, sigma_a) = tf.read_f64(&n.sigma_a)?;
+    let (_, sigma_b) = tf.read_f64(&n.sigma_b)?;
+    let side = |s: &SideSummary, spectrum: Vec<f64>| SideInfo {
+        spectrum,
+        k_principal: s.k_principal,
+        mean_vector: s.mean_vector,
+        pseudo: s.pseudo,
+        energy_kept: s.energy_kept,
+    };
+    Ok(ModuleSubspace {
+        in_features: mm.in_features,
+        out_features: mm.out_features,
+        r_max: mm.r_max,
+        n_adapters: mm.n_adapters,
+        v_a,
+        v_b,
+        a: side(&mm.a, sigma_a),
+        b: side(&mm.b, sigma_b),
+    })
 }

@@ -8,12 +8,15 @@
 //! later and which must not orphan existing coefficient files).
 //!
 //! A coefficient file holds `<module>.alpha_A` [r x K_A] and `<module>.alpha_B` [K_B x r],
-//! optionally `head.weight` [C x d] and `head.bias` [C], and names the subspace it belongs to.
+//! optionally `head.weight` `[C x d]` and `head.bias` `[C]`, and names the subspace it belongs to.
 
 pub mod coeffs;
+pub mod diagnostics;
 pub mod format;
 pub mod quant;
 
 pub use coeffs::{CoeffFile, Head, Provenance};
-pub use format::{Binding, Bundle, Manifest, ModuleBinding, ModuleManifest, SourceAdapter, WeightLayout};
+pub use format::{
+    Binding, Bundle, Manifest, ModuleBinding, ModuleManifest, SourceAdapter, WeightLayout,
+};
 pub use quant::StorageDtype;

@@ -135,7 +135,7 @@ pub type Progress<'a> = &'a (dyn Fn(usize, usize, &str) + Sync);
 /// and tensor. Modules run on up to 2 threads (`std::thread::scope`); the result does not
 /// depend on the thread count (each module is computed independently and stored by name). On
 /// a failure the remaining modules are not started and the error of the lowest-indexed failed
-/// module (in name order) is returned. `progress` is called after each module with
+/// module (in name order) is returned, the same error a single-threaded run gives. `progress` is called after each module with
 /// (modules done, total, module name).
 pub fn extract(
     adapters: &[Adapter],
@@ -196,22 +196,54 @@ pub fn extract_with(
     let names: Vec<(&str, usize, usize)> =
         shapes.iter().map(|(n, &(i, o, _))| (*n, i, o)).collect();
     let total = names.len();
+    let subs = run_ordered(
+        total,
+        threads,
+        |idx| {
+            let &(name, in_f, out_f) = names
+                .get(idx)
+                .ok_or_else(|| Error::Numeric(format!("module index {idx} out of range")))?;
+            let res = extract_named(adapters, name, in_f, out_f, options, route);
+            Ok((name, res))
+        },
+        progress,
+    )?;
+    let mut modules = BTreeMap::new();
+    for ((name, _, _), sub) in names.iter().zip(subs) {
+        modules.insert(name.to_string(), sub);
+    }
+    Ok(Subspace {
+        modules,
+        options: options.clone(),
+    })
+}
+
+/// Runs `job(0..total)` on up to `threads` scoped threads and returns the results in index
+/// order, whatever the thread count. Each job returns its item's name (for `progress`) and its
+/// result. After a failure no new index is started, and the error of the lowest failing index
+/// is returned: indices are handed out in increasing order, so every index below one that
+/// failed has been started and finished; the error is the same as a single-threaded run's.
+fn run_ordered<'n, T: Send>(
+    total: usize,
+    threads: usize,
+    job: impl Fn(usize) -> Result<(&'n str, Result<T>)> + Sync,
+    progress: Progress<'_>,
+) -> Result<Vec<T>> {
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let threads = threads.clamp(1, total.max(1));
-
     let work = || {
-        let mut out: Vec<(usize, Result<ModuleSubspace>)> = Vec::new();
-        loop {
-            if failed.load(Ordering::SeqCst) {
+        let mut out: Vec<(usize, Result<T>)> = Vec::new();
+        while !failed.load(Ordering::SeqCst) {
+            let idx = next.fetch_add(1, Ordering::SeqCst);
+            if idx >= total {
                 break;
             }
-            let idx = next.fetch_add(1, Ordering::SeqCst);
-            let Some(&(name, in_f, out_f)) = names.get(idx) else {
-                break;
+            let (name, res) = match job(idx) {
+                Ok(x) => x,
+                Err(e) => ("", Err(e)),
             };
-            let res = extract_named(adapters, name, in_f, out_f, options, route);
             if res.is_err() {
                 failed.store(true, Ordering::SeqCst);
             }
@@ -221,7 +253,7 @@ pub fn extract_with(
         }
         out
     };
-    let mut results: Vec<(usize, Result<ModuleSubspace>)> = if threads <= 1 {
+    let mut results: Vec<(usize, Result<T>)> = if threads <= 1 {
         work()
     } else {
         std::thread::scope(|sc| {
@@ -240,24 +272,18 @@ pub fn extract_with(
         })
     };
     results.sort_by_key(|(i, _)| *i);
-    let mut modules = BTreeMap::new();
-    for (idx, res) in results {
-        let sub = res?;
-        if let Some(&(name, _, _)) = names.get(idx) {
-            modules.insert(name.to_string(), sub);
-        }
+    let mut out = Vec::with_capacity(total);
+    for (_, res) in results {
+        out.push(res?);
     }
-    if modules.len() != total {
+    if out.len() != total {
         return Err(Error::Numeric(format!(
-            "extracted {} of {} modules",
-            modules.len(),
+            "finished {} of {} modules",
+            out.len(),
             total
         )));
     }
-    Ok(Subspace {
-        modules,
-        options: options.clone(),
-    })
+    Ok(out)
 }
 
 /// One module over every adapter that has it, loading one adapter's matrices at a time.
@@ -510,4 +536,51 @@ pub fn canonicalize(m: &LoraModule) -> Result<LoraModule> {
         |k, j| if k < p { root[k] * right[(j, k)] } else { 0.0 },
     );
     Ok(LoraModule { a, b })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Results come back in index order for any thread count, every item reports progress, and
+    /// with several failing items the error is always the lowest failing index's.
+    #[test]
+    fn run_ordered_is_deterministic() {
+        let names: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+        for threads in [1, 2, 3] {
+            let seen = Mutex::new(Vec::new());
+            let prog = |d: usize, t: usize, n: &str| {
+                if let Ok(mut s) = seen.lock() {
+                    s.push((d, t, n.to_string()));
+                }
+            };
+            let out =
+                run_ordered(40, threads, |i| Ok((names[i].as_str(), Ok(i * i))), &prog).unwrap();
+            assert_eq!(out, (0..40).map(|i| i * i).collect::<Vec<_>>());
+            let seen = seen.into_inner().unwrap();
+            assert_eq!(seen.len(), 40);
+            let mut ds: Vec<usize> = seen.iter().map(|x| x.0).collect();
+            ds.sort();
+            assert_eq!(ds, (1..=40).collect::<Vec<_>>());
+
+            for _ in 0..20 {
+                let err = run_ordered(
+                    40,
+                    threads,
+                    |i| {
+                        let r = if i == 7 || i == 9 || i == 30 {
+                            Err(Error::Numeric(format!("fail {i}")))
+                        } else {
+                            Ok(i)
+                        };
+                        Ok((names[i].as_str(), r))
+                    },
+                    &|_, _, _| {},
+                )
+                .unwrap_err();
+                assert_eq!(err.to_string(), "numerical failure: fail 7");
+            }
+        }
+    }
 }

@@ -1,0 +1,144 @@
+//! `elx extract ADAPTER... -o domain.elxb`
+
+use super::{Table, file_size, pct, progress_bar};
+use eigenlorax::adapter::Adapter;
+use eigenlorax::bundle::{Bundle, SourceAdapter, StorageDtype};
+use eigenlorax::subspace::{self, ExtractOptions, KRule};
+use eigenlorax::{Error, Result};
+use std::path::PathBuf;
+
+/// Arguments of `elx extract`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// LoRA adapters: PEFT folders or kohya/diffusers .safetensors files (all on one base model).
+    #[arg(required = true)]
+    pub adapters: Vec<PathBuf>,
+    /// Output bundle (.elxb).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Keep exactly K principal directions per side (capped at the rank of the stack).
+    #[arg(long, group = "krule")]
+    pub k: Option<usize>,
+    /// Keep the fewest directions whose σ² reach this share of the energy (default 0.9).
+    #[arg(long, group = "krule")]
+    pub energy: Option<f64>,
+    /// Named K rule: `gavish-donoho` (optimal hard threshold, unknown noise).
+    #[arg(long = "k-rule", group = "krule", value_parser = ["gavish-donoho"])]
+    pub k_rule: Option<String>,
+    /// K rule of the A side only: `N` (fixed), `energy=F` or `gavish-donoho`; overrides the above.
+    #[arg(long = "k-a", value_parser = parse_k_rule)]
+    pub k_a: Option<KRule>,
+    /// K rule of the B side only (same syntax as --k-a).
+    #[arg(long = "k-b", value_parser = parse_k_rule)]
+    pub k_b: Option<KRule>,
+    /// Stack the raw (A', B') instead of each adapter's balanced factorization of ΔW.
+    #[arg(long)]
+    pub no_canonicalize: bool,
+    /// Remove the mean before the decomposition and keep it as one more basis vector.
+    #[arg(long)]
+    pub center: bool,
+    /// Pseudo-PCs (seeded random orthogonal directions) appended per side.
+    #[arg(long, default_value_t = 0)]
+    pub pseudo: usize,
+    /// Seed of the pseudo-PC draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Storage dtype of the bases: f32, f16, bf16 or int8 (per-vector absmax scale).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: StorageDtype,
+}
+
+/// Parses `8`, `energy=0.9` or `gavish-donoho`.
+pub fn parse_k_rule(s: &str) -> std::result::Result<KRule, String> {
+    if s == "gavish-donoho" {
+        return Ok(KRule::GavishDonoho);
+    }
+    if let Some(v) = s.strip_prefix("energy=") {
+        return match v.parse::<f64>() {
+            Ok(f) if f > 0.0 && f <= 1.0 => Ok(KRule::Energy(f)),
+            _ => Err(format!("expected an energy share in (0, 1], found `{v}`")),
+        };
+    }
+    match s.parse::<usize>() {
+        Ok(k) if k > 0 => Ok(KRule::Fixed(k)),
+        _ => Err(format!(
+            "expected N >= 1, energy=F or gavish-donoho, found `{s}`"
+        )),
+    }
+}
+
+/// Parses a storage dtype name.
+pub fn parse_dtype(s: &str) -> std::result::Result<StorageDtype, String> {
+    StorageDtype::parse(s).ok_or_else(|| format!("expected f32, f16, bf16 or int8, found `{s}`"))
+}
+
+/// The options these arguments ask for.
+pub fn options(a: &Args) -> Result<ExtractOptions> {
+    let rule = match (a.k, a.energy, a.k_rule.as_deref()) {
+        (Some(0), ..) => return Err(Error::Usage("--k must be at least 1".into())),
+        (Some(k), ..) => KRule::Fixed(k),
+        (_, Some(e), _) if !(e > 0.0 && e <= 1.0) => {
+            return Err(Error::Usage(format!(
+                "--energy must be in (0, 1], found {e}"
+            )));
+        }
+        (_, Some(e), _) => KRule::Energy(e),
+        (_, _, Some(_)) => KRule::GavishDonoho,
+        _ => ExtractOptions::default().k_rule_a,
+    };
+    Ok(ExtractOptions {
+        canonicalize: !a.no_canonicalize,
+        center: a.center,
+        k_rule_a: a.k_a.unwrap_or(rule),
+        k_rule_b: a.k_b.unwrap_or(rule),
+        pseudo: a.pseudo,
+        seed: a.seed,
+    })
+}
+
+/// Runs `elx extract`.
+pub fn run(a: Args) -> Result<()> {
+    let options = options(&a)?;
+    let adapters = a
+        .adapters
+        .iter()
+        .map(|p| Adapter::open(p))
+        .collect::<Result<Vec<_>>>()?;
+    let sources: Vec<SourceAdapter> = adapters.iter().map(SourceAdapter::from).collect();
+    let bar = progress_bar(0);
+    let progress = |done: usize, total: usize, name: &str| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(name.to_string());
+    };
+    let sub = subspace::extract(&adapters, &options, &progress)?;
+    bar.finish_and_clear();
+    let manifest = Bundle::write(&a.output, &sub, &sources, a.dtype, None)?;
+
+    let mut t = Table::new(&[
+        "module", "in", "out", "n", "K_A", "K_B", "energy A", "energy B",
+    ]);
+    for (name, m) in &manifest.modules {
+        t.row(vec![
+            name.clone(),
+            m.in_features.to_string(),
+            m.out_features.to_string(),
+            m.n_adapters.to_string(),
+            m.k_a.to_string(),
+            m.k_b.to_string(),
+            pct(m.a.energy_kept),
+            pct(m.b.energy_kept),
+        ]);
+    }
+    print!("{}", t.render());
+    println!("subspace id: {}", manifest.subspace_id);
+    println!(
+        "wrote {} ({}, {} modules from {} adapters, {})",
+        a.output.display(),
+        manifest.dtype.name(),
+        manifest.modules.len(),
+        sources.len(),
+        file_size(&a.output)
+    );
+    Ok(())
+}

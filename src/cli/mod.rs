@@ -1,0 +1,168 @@
+//! The `elx` command line: one file per subcommand, each a thin layer over the library
+//! (argument parsing, calls, printing). No math lives here.
+//!
+//! To add a subcommand: a file with an `Args` struct (clap derive) and a `run(args)`
+//! function, a variant in [`Command`] and an arm in [`run`].
+
+pub mod demo;
+pub mod extract;
+pub mod inspect;
+pub mod plot;
+pub mod project;
+pub mod reconstruct;
+
+use clap::{Parser, Subcommand};
+use eigenlorax::Result;
+use std::io::IsTerminal;
+use std::path::Path;
+
+/// EigenLoRAx at the edge: recycle LoRA adapters into one principal subspace, express tasks
+/// as a few KB of coefficients in it.
+#[derive(Parser, Debug)]
+#[command(name = "elx", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Leave-one-out demo on the committed fixture adapters (the README's main command).
+    Demo(demo::Args),
+    /// Extract a per-module principal subspace from N LoRA adapters into a bundle (.elxb).
+    Extract(extract::Args),
+    /// Express one adapter as coefficients (.elxc) in a bundle's subspace.
+    Project(project::Args),
+    /// Rebuild a standard PEFT adapter folder from a coefficient file and its bundle.
+    Reconstruct(reconstruct::Args),
+    /// Show what a bundle or coefficient file holds; measure adapters against a bundle.
+    Inspect(inspect::Args),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Extract(a) => extract::run(a),
+        Command::Project(a) => project::run(a),
+        Command::Reconstruct(a) => reconstruct::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    }
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal (logs, pipes, tests).
+pub fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Prints a warning on stderr.
+pub fn warn(message: impl AsRef<str>) {
+    eprintln!("warning: {}", message.as_ref());
+}
+
+/// Size of a file in human units ("12.3 KiB"); "?" when it cannot be read.
+pub fn file_size(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(m) => human_bytes(m.len()),
+        Err(_) => "?".into(),
+    }
+}
+
+/// Bytes in human units.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{n} B, {v:.1} {}", UNITS[u])
+}
+
+/// A plain text table: left-aligned first column, right-aligned others.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    left: Vec<usize>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+            left: vec![0],
+        }
+    }
+
+    /// Left-aligns these columns too (text columns).
+    pub fn left(mut self, cols: &[usize]) -> Table {
+        self.left.extend_from_slice(cols);
+        self
+    }
+
+    /// Appends a row (missing cells print empty).
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Renders with two spaces between columns.
+    pub fn render(&self) -> String {
+        let cols = self.header.len();
+        let mut width = vec![0usize; cols];
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            for (w, c) in width.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, w) in width.iter().enumerate() {
+                let c = r.get(i).map(String::as_str).unwrap_or("");
+                if i == 0 {
+                    line.push_str(&format!("{c:<w$}"));
+                } else if self.left.contains(&i) {
+                    line.push_str(&format!("  {c:<w$}"));
+                } else {
+                    line.push_str(&format!("  {c:>w$}"));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A share in [0, 1] as a percentage with one decimal; "n/a" when not finite.
+pub fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.1}%", 100.0 * x)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// A relative error in scientific notation; "n/a" when not finite.
+pub fn sci(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3e}")
+    } else {
+        "n/a".into()
+    }
+}

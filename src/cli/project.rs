@@ -1,0 +1,169 @@
+//! `elx project LORA_DIR --bundle B.elxb -o task.elxc`
+
+use super::{Table, file_size, sci, warn};
+use eigenlorax::adapter::Adapter;
+use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
+use eigenlorax::subspace::{self, Coefficients};
+use eigenlorax::tensorfile::TensorFile;
+use eigenlorax::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
+
+/// Arguments of `elx project`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The LoRA adapter to express in the subspace (PEFT folder or kohya file).
+    pub adapter: PathBuf,
+    /// The bundle (.elxb) whose subspace to use.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Output coefficient file (.elxc).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Task name recorded in the file (default: the head file's `task`, else the adapter's
+    /// folder or file name).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// A classification head to store with the coefficients: safetensors with `head.weight`
+    /// [C, d], `head.bias` [C] and metadata `labels` (e.g. the fixtures' `head.safetensors`).
+    #[arg(long)]
+    pub head: Option<PathBuf>,
+}
+
+/// Per-module coefficients of `adapter` in `bundle`, with the relative ΔW error of each, and
+/// the adapter's modules that the bundle lacks.
+pub struct Projection {
+    /// Coefficients by module.
+    pub modules: BTreeMap<String, Coefficients>,
+    /// ‖ΔW − ΔŴ‖_F / ‖ΔW‖_F by module.
+    pub errors: BTreeMap<String, f64>,
+    /// Modules of the adapter that are not in the bundle.
+    pub missing: Vec<String>,
+}
+
+/// Projects every module of `adapter` that the bundle has; an in/out mismatch is an error
+/// naming the adapter's weights file and tensor.
+pub fn project_adapter(adapter: &Adapter, bundle: &Bundle) -> Result<Projection> {
+    let mut p = Projection {
+        modules: BTreeMap::new(),
+        errors: BTreeMap::new(),
+        missing: Vec::new(),
+    };
+    for (name, info) in &adapter.modules {
+        let Some(s) = bundle.subspace.modules.get(name) else {
+            p.missing.push(name.clone());
+            continue;
+        };
+        if info.in_features != s.in_features || info.out_features != s.out_features {
+            return Err(Error::bad_tensor(
+                adapter.weights_path(),
+                &info.a_key,
+                format!(
+                    "expected a module with in={} out={} like `{name}` in bundle {} ({}), found in={} out={} \
+                     (an adapter for another base model?)",
+                    s.in_features,
+                    s.out_features,
+                    bundle.manifest.subspace_id,
+                    bundle.path.display(),
+                    info.in_features,
+                    info.out_features
+                ),
+            ));
+        }
+        let m = adapter.load_module(name)?;
+        let c = subspace::try_project(&m, s)?;
+        let err = subspace::relative_error(&m, &subspace::try_reconstruct(&c, s)?);
+        p.errors.insert(name.clone(), err);
+        p.modules.insert(name.clone(), c);
+    }
+    Ok(p)
+}
+
+/// Runs `elx project`.
+pub fn run(a: Args) -> Result<()> {
+    let bundle = Bundle::read(&a.bundle)?;
+    let adapter = Adapter::open(&a.adapter)?;
+    let head = a.head.as_deref().map(Head::read).transpose()?;
+    let head_task = match &a.head {
+        Some(p) => head_task_name(p)?,
+        None => None,
+    };
+    let p = project_adapter(&adapter, &bundle)?;
+    if !p.missing.is_empty() {
+        warn(format!(
+            "{} module(s) of {} are not in bundle {} and were skipped: {}",
+            p.missing.len(),
+            a.adapter.display(),
+            bundle.manifest.subspace_id,
+            p.missing.join(", ")
+        ));
+    }
+    if p.modules.is_empty() {
+        return Err(Error::bad_file(
+            &a.adapter,
+            format!(
+                "expected at least one module of bundle {} ({}), found none of its {} modules",
+                bundle.manifest.subspace_id,
+                a.bundle.display(),
+                bundle.manifest.modules.len()
+            ),
+        ));
+    }
+    let task = a.task.clone().or(head_task).unwrap_or_else(|| {
+        a.adapter
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "task".into())
+    });
+    let mut t = Table::new(&["module", "r", "K_A", "K_B", "rel. error ΔW"]);
+    for (name, c) in &p.modules {
+        t.row(vec![
+            name.clone(),
+            c.alpha_a.nrows().to_string(),
+            c.alpha_a.ncols().to_string(),
+            c.alpha_b.nrows().to_string(),
+            sci(p.errors[name]),
+        ]);
+    }
+    let coeffs = CoeffFile {
+        subspace_id: bundle.manifest.subspace_id.clone(),
+        task,
+        provenance: Provenance::Projected,
+        modules: p.modules,
+        head,
+    };
+    coeffs.write(&a.output)?;
+    print!("{}", t.render());
+    if let (Some(h), Some(p)) = (&coeffs.head, &a.head) {
+        println!(
+            "head: {} classes x {} features from {} (labels {})",
+            h.weight.nrows(),
+            h.weight.ncols(),
+            p.display(),
+            h.labels.join(", ")
+        );
+    }
+    let (sum, n) = p
+        .errors
+        .values()
+        .filter(|e| e.is_finite())
+        .fold((0.0, 0usize), |(s, n), e| (s + e, n + 1));
+    if n > 0 {
+        println!("mean relative error of ΔW: {}", sci(sum / n as f64));
+    }
+    println!(
+        "wrote {} (task `{}`, subspace {}, {})",
+        a.output.display(),
+        coeffs.task,
+        coeffs.subspace_id,
+        file_size(&a.output)
+    );
+    Ok(())
+}
+
+/// The `task` entry of a head file's metadata, when it has one.
+fn head_task_name(path: &Path) -> Result<Option<String>> {
+    let tf = TensorFile::open(path)?;
+    Ok(tf.metadata().and_then(|m| m.get("task")).cloned())
+}

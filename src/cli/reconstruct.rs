@@ -1,0 +1,65 @@
+//! `elx reconstruct task.elxc --bundle B.elxb -o PEFT_DIR`
+
+use super::Table;
+use eigenlorax::Result;
+use eigenlorax::adapter::peft::{self, PeftWriteOptions};
+use eigenlorax::bundle::{Bundle, CoeffFile};
+use eigenlorax::subspace;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Arguments of `elx reconstruct`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The coefficient file (.elxc).
+    pub coeffs: PathBuf,
+    /// The bundle (.elxb) it belongs to.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Output folder for the PEFT adapter (adapter_config.json + adapter_model.safetensors).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// Runs `elx reconstruct`.
+pub fn run(a: Args) -> Result<()> {
+    let bundle = Bundle::read(&a.bundle)?;
+    let c = CoeffFile::read_for(&a.coeffs, &bundle.manifest)?;
+    let mut modules = BTreeMap::new();
+    let mut t = Table::new(&["module", "r", "in", "out"]);
+    for (name, co) in &c.modules {
+        // read_for checked that every module is in the bundle.
+        if let Some(s) = bundle.subspace.modules.get(name) {
+            let m = subspace::try_reconstruct(co, s)?;
+            t.row(vec![
+                name.clone(),
+                m.rank().to_string(),
+                m.in_features().to_string(),
+                m.out_features().to_string(),
+            ]);
+            modules.insert(name.clone(), m);
+        }
+    }
+    let base_model = bundle
+        .manifest
+        .sources
+        .iter()
+        .find_map(|s| s.base_model.clone());
+    peft::write(
+        &a.output,
+        &modules,
+        &PeftWriteOptions {
+            base_model: base_model.clone(),
+            ..Default::default()
+        },
+    )?;
+    print!("{}", t.render());
+    println!(
+        "wrote PEFT adapter {} (task `{}`, {} modules, base model {})",
+        a.output.display(),
+        c.task,
+        modules.len(),
+        base_model.as_deref().unwrap_or("unknown")
+    );
+    Ok(())
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command of the README: installs what the tests need (numpy + safetensors for the
+# independent reference, ONNX Runtime for the `ort` backend) into .cache/, then runs the
+# whole suite. Safe to re-run: installs are skipped when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Python packages for tests/parity_numpy.rs (the numpy reference in tools/).
+py=.cache/py
+if ! PYTHONPATH=$py python3 -c "import numpy, safetensors" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$py" numpy safetensors
+fi
+export PYTHONPATH="$PWD/$py${PYTHONPATH:+:$PYTHONPATH}"
+
+cargo fmt --check
+cargo test --all-targets
