@@ -2,7 +2,7 @@
 //! separable task, the coefficients alone fit a regression target through the loss callback,
 //! zero-shot trains the head only, a resumed run is bit-identical, and bad data is refused.
 
-use eigenlorax::bundle::Provenance;
+use eigenlorax::bundle::{CoeffFile, Provenance};
 use eigenlorax::finetune::testing::TinyModel;
 use eigenlorax::finetune::{
     CoeffLayout, Event, FinetuneConfig, Finetuner, ForwardModel, Objective, Split,
