@@ -25,7 +25,9 @@
 //! few vectors of the size of the coefficients plus one feature batch.
 
 pub mod checkpoint;
+pub mod data;
 pub mod head;
+pub mod pool;
 pub mod schedule;
 pub mod testing;
 pub mod zo;
