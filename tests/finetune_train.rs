@@ -230,6 +230,23 @@ fn zero_shot_trains_the_head_only() {
         ft.to_coeff_file("sub", "t", &labels[..2]).is_err(),
         "label count checked"
     );
+
+    // The .elxc round trip (stored in f32).
+    let dir = tmp("save");
+    let path = dir.join("task.elxc");
+    ft.save(&path, "sub", "t", &labels).unwrap();
+    let back = CoeffFile::read(&path).unwrap();
+    assert_eq!(
+        (back.subspace_id.as_str(), back.task.as_str()),
+        ("sub", "t")
+    );
+    assert_eq!(back.provenance, Provenance::ZeroShot);
+    let b1 = &back.modules["l1"];
+    assert_eq!(b1.alpha_b[(3, 1)], f64::from(theta0[8 + 3 * 2 + 1] as f32));
+    let bh = back.head.unwrap();
+    assert_eq!(bh.labels, labels);
+    assert_eq!(bh.weight[(2, 5)], f64::from(h.weight[(2, 5)] as f32));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn tmp(name: &str) -> PathBuf {
