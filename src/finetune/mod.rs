@@ -29,6 +29,7 @@ pub mod data;
 pub mod head;
 pub mod pool;
 pub mod schedule;
+pub mod seq;
 pub mod testing;
 pub mod zo;
 
