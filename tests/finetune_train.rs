@@ -412,3 +412,63 @@ fn bad_data_and_settings_are_refused() {
     );
     assert!(ft.step(&[]).is_err());
 }
+
+#[test]
+fn early_stopping_restores_the_best_parameters() {
+    // Validation labels that disagree with training (shifted by one class): fitting the
+    // training set makes the validation loss rise, so early stopping must fire and hand back
+    // the parameters of the best evaluation.
+    let (train, val) = task();
+    let anti = Split {
+        ids: val.ids.clone(),
+        labels: val.labels.iter().map(|y| (y + 1) % 3).collect(),
+    };
+    let c = FinetuneConfig {
+        max_steps: 400,
+        eval_every: 10,
+        early_stop_patience: 3,
+        ..cfg()
+    };
+    let mut ft = Finetuner::new(
+        model(),
+        c,
+        Objective::Classify { classes: 3 },
+        train,
+        Some(anti.clone()),
+    )
+    .unwrap();
+    let mut metrics = Vec::new();
+    let mut lrs = Vec::new();
+    let report = ft
+        .fit(&mut |e| match e {
+            Event::Eval { metric, .. } => metrics.push(*metric),
+            Event::Step(s) => lrs.push(s.lr),
+            _ => {}
+        })
+        .unwrap();
+    let best = metrics.iter().cloned().fold(f64::INFINITY, f64::min);
+    let last = ft.evaluate(&anti).unwrap().loss;
+    eprintln!(
+        "early stop: stopped at step {} of 400, best step {}, best val CE {best:.4}, last eval {:.4}, lr {:.1e} -> {:.1e}",
+        report.steps,
+        report.best_step,
+        metrics.last().unwrap(),
+        lrs[0],
+        lrs.last().unwrap()
+    );
+    assert!(report.stopped_early && report.steps < 400);
+    assert_eq!(
+        report.steps,
+        report.best_step + 30,
+        "three evaluations without improvement"
+    );
+    assert_eq!(report.best_metric.to_bits(), best.to_bits());
+    assert_eq!(
+        last.to_bits(),
+        best.to_bits(),
+        "restored parameters reproduce the best evaluation"
+    );
+    // Warm-up: 6% of 400 steps = 24 steps from lr/24 up to the peak.
+    assert_eq!(lrs[0], 1e-2 / 24.0);
+    assert_eq!(lrs[23], 1e-2);
+}
