@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 
-/// A linear head W [classes x dim] (row-major) and b [classes], stored in one vector
+/// A linear head W `[classes x dim]` (row-major) and b `[classes]`, stored in one vector
 /// `[W..., b...]` so that one optimizer state covers both.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinearHead {
@@ -70,7 +70,7 @@ impl LinearHead {
         &self.params[..self.classes * self.dim]
     }
 
-    /// b [classes].
+    /// b `[classes]`.
     pub fn bias(&self) -> &[f64] {
         &self.params[self.classes * self.dim..]
     }
