@@ -21,6 +21,7 @@
 pub mod adapter;
 pub mod bundle;
 pub mod error;
+pub mod finetune;
 pub mod linalg;
 pub mod runtime;
 pub mod subspace;

@@ -1,0 +1,156 @@
+//! Training checkpoints: every number a resumed run needs to continue bit for bit.
+//!
+//! The file is safetensors: f64 tensors for the parameter vectors and optimizer moments, and
+//! the scalars in the `__metadata__` JSON under `elx_finetune_state`. Floating-point scalars
+//! are stored as their IEEE bit patterns (u64), because a decimal round trip through JSON is
+//! not guaranteed to be exact. The run's random state needs no storing: directions are
+//! regenerated from (seed, step, direction) and each epoch's data order from (seed, epoch).
+
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The metadata key holding the scalar state.
+pub const STATE_KEY: &str = "elx_finetune_state";
+const FORMAT: &str = "elx-finetune-checkpoint";
+
+/// Scalars of the training state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Scalars {
+    /// Always "elx-finetune-checkpoint".
+    pub format: String,
+    /// Format version (1).
+    pub version: u32,
+    /// What the run was configured as; a resume with other settings is refused.
+    pub fingerprint: String,
+    /// Optimisation steps taken.
+    pub step: u64,
+    /// Current epoch of the data order.
+    pub epoch: u64,
+    /// Position in the current epoch's order.
+    pub cursor: u64,
+    /// Forward passes so far.
+    pub forward_passes: u64,
+    /// Adam update counts (coefficients, head).
+    pub adam_t: [u64; 2],
+    /// Plateau multiplier, bit pattern.
+    pub sched_multiplier: u64,
+    /// Plateau best metric, bit pattern.
+    pub sched_best: u64,
+    /// Plateau evaluations without improvement.
+    pub sched_bad: u64,
+    /// Early-stopping best metric, bit pattern.
+    pub early_best: u64,
+    /// Step of the best metric.
+    pub early_best_step: u64,
+    /// Early-stopping evaluations without improvement.
+    pub early_bad: u64,
+    /// Whether early stopping fired.
+    pub stopped: bool,
+    /// Sum of training losses since the last evaluation, bit pattern.
+    pub window_sum: u64,
+    /// Steps since the last evaluation.
+    pub window_n: u64,
+}
+
+/// Names of the stored vectors, in a fixed order.
+pub const TENSORS: [&str; 8] = [
+    "theta",
+    "head",
+    "adam_theta_m",
+    "adam_theta_v",
+    "adam_head_m",
+    "adam_head_v",
+    "best_theta",
+    "best_head",
+];
+
+/// A whole checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// Scalar state.
+    pub scalars: Scalars,
+    /// Vectors named as in [`TENSORS`], same order.
+    pub tensors: [Vec<f64>; 8],
+}
+
+impl Checkpoint {
+    /// A checkpoint from its parts (the format fields are filled in).
+    pub fn new(mut scalars: Scalars, tensors: [Vec<f64>; 8]) -> Self {
+        scalars.format = FORMAT.into();
+        scalars.version = 1;
+        Self { scalars, tensors }
+    }
+
+    /// Encodes and writes atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<Vec<u8>> = self
+            .tensors
+            .iter()
+            .map(|t| t.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let mut views = Vec::with_capacity(TENSORS.len());
+        for ((name, t), b) in TENSORS.iter().zip(&self.tensors).zip(&bytes) {
+            let view = TensorView::new(Dtype::F64, vec![t.len()], b)
+                .map_err(|e| Error::Usage(format!("checkpoint tensor {name}: {e}")))?;
+            views.push((*name, view));
+        }
+        let state = serde_json::to_string(&self.scalars)
+            .map_err(|e| Error::Usage(format!("checkpoint state: {e}")))?;
+        let meta = HashMap::from([(STATE_KEY.to_string(), state)]);
+        let out = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::Usage(format!("checkpoint {}: {e}", path.display())))?;
+        crate::util::write_atomic(path, &out)
+    }
+
+    /// Reads a checkpoint; `sizes` are the expected lengths of the vectors, so a file from
+    /// another run (or a truncated one) is refused before anything is allocated from it.
+    pub fn read(path: &Path, sizes: &[usize; 8]) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::bad_file(path, format!("a safetensors checkpoint ({e})")))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::bad_file(path, format!("a safetensors checkpoint ({e})")))?;
+        let state = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(STATE_KEY))
+            .ok_or_else(|| {
+                Error::bad_tensor(path, STATE_KEY, "metadata with the training state")
+            })?;
+        let scalars: Scalars = serde_json::from_str(state).map_err(|e| {
+            Error::bad_tensor(path, STATE_KEY, format!("the training state as JSON ({e})"))
+        })?;
+        if scalars.format != FORMAT || scalars.version != 1 {
+            return Err(Error::bad_tensor(
+                path,
+                STATE_KEY,
+                format!("format {FORMAT} version 1"),
+            ));
+        }
+        let mut tensors: [Vec<f64>; 8] = Default::default();
+        for ((name, slot), &n) in TENSORS.iter().zip(&mut tensors).zip(sizes) {
+            let t = st
+                .tensor(name)
+                .map_err(|_| Error::bad_tensor(path, *name, "present"))?;
+            if t.dtype() != Dtype::F64 || t.shape() != [n] {
+                return Err(Error::bad_tensor(
+                    path,
+                    *name,
+                    format!(
+                        "F64 of shape [{n}], found {:?} {:?} (a checkpoint of another run?)",
+                        t.dtype(),
+                        t.shape()
+                    ),
+                ));
+            }
+            *slot = t
+                .data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+        }
+        Ok(Self { scalars, tensors })
+    }
+}

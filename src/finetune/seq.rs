@@ -1,0 +1,181 @@
+//! A [`ForwardModel`] over tokenized examples for any engine that returns a last hidden
+//! state: the engine implements [`HiddenStateBackend`] (run the patched graph with these
+//! coefficient values), and [`SequenceModel`] does the batching, padding and masked mean
+//! pooling. This keeps the tract and ONNX Runtime adapters to one method each.
+
+use super::data::Example;
+use super::pool::mean_pool;
+use super::{CoeffLayout, ForwardModel};
+use crate::error::{Error, Result};
+
+/// An inference engine whose adaptable inputs are the per-module coefficients.
+pub trait HiddenStateBackend {
+    /// Module layout (see [`ForwardModel::layout`]).
+    fn layout(&self) -> &[CoeffLayout];
+
+    /// Last hidden state [batch x seq x d] (row-major) of the padded token ids and attention
+    /// mask [batch x seq], with the coefficient values `params` (layout of
+    /// [`ForwardModel::features`]); written into `out` (cleared first). Returns d.
+    fn hidden(
+        &mut self,
+        input_ids: &[i64],
+        attention_mask: &[i64],
+        batch: usize,
+        seq: usize,
+        params: &[f32],
+        out: &mut Vec<f32>,
+    ) -> Result<usize>;
+}
+
+/// Tokenized examples served through a [`HiddenStateBackend`], pooled by masked mean.
+pub struct SequenceModel<B> {
+    backend: B,
+    examples: Vec<Example>,
+    pad_id: i64,
+    fixed_seq: Option<usize>,
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    hidden: Vec<f32>,
+}
+
+impl<B: HiddenStateBackend> SequenceModel<B> {
+    /// Wraps `backend` over `examples`. Batches are padded with `pad_id` (mask 0) to their
+    /// longest example, or to `fixed_seq` for engines with fixed shapes (TensorRT); an example
+    /// longer than `fixed_seq` is refused here (truncate when reading the data instead).
+    pub fn new(
+        backend: B,
+        examples: Vec<Example>,
+        pad_id: i64,
+        fixed_seq: Option<usize>,
+    ) -> Result<Self> {
+        if let Some(s) = fixed_seq
+            && let Some(i) = examples.iter().position(|e| e.input_ids.len() > s)
+        {
+            return Err(Error::Usage(format!(
+                "example {i} has {} tokens but the model's sequence length is {s}",
+                examples[i].input_ids.len()
+            )));
+        }
+        if let Some(i) = examples
+            .iter()
+            .position(|e| e.input_ids.len() != e.attention_mask.len())
+        {
+            return Err(Error::Usage(format!(
+                "example {i}: input_ids and attention_mask differ in length"
+            )));
+        }
+        Ok(Self {
+            backend,
+            examples,
+            pad_id,
+            fixed_seq,
+            ids: Vec::new(),
+            mask: Vec::new(),
+            hidden: Vec::new(),
+        })
+    }
+
+    /// The backend (e.g. to serve the trained task afterwards).
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.backend
+    }
+}
+
+impl<B: HiddenStateBackend> ForwardModel for SequenceModel<B> {
+    fn layout(&self) -> &[CoeffLayout] {
+        self.backend.layout()
+    }
+
+    fn num_examples(&self) -> usize {
+        self.examples.len()
+    }
+
+    fn features(&mut self, batch: &[usize], params: &[f32], out: &mut Vec<f32>) -> Result<usize> {
+        let mut longest = 0;
+        for &id in batch {
+            let e = self
+                .examples
+                .get(id)
+                .ok_or_else(|| Error::Usage(format!("no example {id}")))?;
+            longest = longest.max(e.input_ids.len());
+        }
+        let seq = self.fixed_seq.unwrap_or(longest);
+        self.ids.clear();
+        self.mask.clear();
+        for &id in batch {
+            let e = &self.examples[id];
+            self.ids.extend_from_slice(&e.input_ids);
+            self.mask.extend_from_slice(&e.attention_mask);
+            let pad = seq - e.input_ids.len();
+            self.ids.extend(std::iter::repeat_n(self.pad_id, pad));
+            self.mask.extend(std::iter::repeat_n(0, pad));
+        }
+        let d = self.backend.hidden(
+            &self.ids,
+            &self.mask,
+            batch.len(),
+            seq,
+            params,
+            &mut self.hidden,
+        )?;
+        mean_pool(&self.hidden, &self.mask, batch.len(), seq, d, out)?;
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hidden state = embedding(id)·(1 + Σ params): checks padding, pooling and plumbing.
+    struct Toy(Vec<CoeffLayout>);
+
+    impl HiddenStateBackend for Toy {
+        fn layout(&self) -> &[CoeffLayout] {
+            &self.0
+        }
+        fn hidden(
+            &mut self,
+            ids: &[i64],
+            mask: &[i64],
+            b: usize,
+            s: usize,
+            p: &[f32],
+            out: &mut Vec<f32>,
+        ) -> Result<usize> {
+            assert_eq!((ids.len(), mask.len()), (b * s, b * s));
+            let g = 1.0 + p.iter().sum::<f32>();
+            out.clear();
+            for &t in ids {
+                out.extend([t as f32 * g, if t == -1 { 1000.0 } else { 1.0 }]);
+            }
+            Ok(2)
+        }
+    }
+
+    #[test]
+    fn pads_and_pools() {
+        let ex = |ids: &[i64]| Example {
+            input_ids: ids.to_vec(),
+            attention_mask: vec![1; ids.len()],
+        };
+        let layout = vec![CoeffLayout {
+            name: "m".into(),
+            k_a: 1,
+            k_b: 1,
+            r: 1,
+        }];
+        let mut m =
+            SequenceModel::new(Toy(layout.clone()), vec![ex(&[2, 4]), ex(&[6])], -1, None).unwrap();
+        let mut out = Vec::new();
+        // The pad token (-1, second feature 1000) must not leak into the mean.
+        assert_eq!(m.features(&[0, 1], &[0.5, 0.5], &mut out).unwrap(), 2);
+        assert_eq!(out, [6.0, 1.0, 12.0, 1.0]);
+        assert!(m.features(&[2], &[0.0, 0.0], &mut out).is_err());
+        let e = SequenceModel::new(Toy(layout), vec![ex(&[1, 2, 3])], 0, Some(2))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("3 tokens") && e.contains("length is 2"), "{e}");
+    }
+}

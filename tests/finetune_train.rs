@@ -1,0 +1,474 @@
+//! Training behaviour of the finetuner on the pure-Rust tiny model: the loss falls on a
+//! separable task, the coefficients alone fit a regression target through the loss callback,
+//! zero-shot trains the head only, a resumed run is bit-identical, and bad data is refused.
+
+use eigenlorax::bundle::{CoeffFile, Provenance};
+use eigenlorax::finetune::testing::TinyModel;
+use eigenlorax::finetune::{
+    CoeffLayout, Event, FinetuneConfig, Finetuner, ForwardModel, Objective, Split,
+};
+use eigenlorax::util::GaussianRng;
+use std::path::PathBuf;
+
+const N: usize = 160;
+
+fn model() -> TinyModel {
+    TinyModel::new(7, N, 6, 12, 6, 4, 4)
+}
+
+/// Coefficients at rank `r` padded into the model's rank-4 layout.
+fn target_params(m: &TinyModel, seed: u64, scale: f64) -> Vec<f32> {
+    let mut rng = GaussianRng::new(seed);
+    let n: usize = m.layout().iter().map(CoeffLayout::len).sum();
+    (0..n).map(|_| (scale * rng.next_normal()) as f32).collect()
+}
+
+/// Three classes from a linear teacher on the features of the model adapted by a hidden
+/// coefficient vector: separable by construction.
+fn task() -> (Split, Split) {
+    let mut m = model();
+    let star = target_params(&m, 99, 0.6);
+    let mut rng = GaussianRng::new(5);
+    let d = m.dim();
+    let teacher: Vec<f64> = (0..3 * d).map(|_| rng.next_normal()).collect();
+    let labels: Vec<usize> = (0..N)
+        .map(|i| {
+            let f = m.features_f64(i, &star).unwrap();
+            let s: Vec<f64> = (0..3)
+                .map(|k| (0..d).map(|j| teacher[k * d + j] * f[j]).sum())
+                .collect();
+            (0..3).max_by(|&a, &b| s[a].total_cmp(&s[b])).unwrap()
+        })
+        .collect();
+    let train = Split {
+        ids: (0..120).collect(),
+        labels: labels[..120].to_vec(),
+    };
+    let val = Split {
+        ids: (120..N).collect(),
+        labels: labels[120..].to_vec(),
+    };
+    (train, val)
+}
+
+fn cfg() -> FinetuneConfig {
+    FinetuneConfig {
+        rank: 2,
+        seed: 3,
+        lr: 1e-2,
+        head_lr: 5e-2,
+        batch_size: 32,
+        directions: 4,
+        max_steps: 200,
+        eval_every: 20,
+        early_stop_patience: 0,
+        ..FinetuneConfig::default()
+    }
+}
+
+#[test]
+fn loss_falls_on_a_separable_task() {
+    let (train, val) = task();
+    let mut ft = Finetuner::new(
+        model(),
+        cfg(),
+        Objective::Classify { classes: 3 },
+        train,
+        Some(val.clone()),
+    )
+    .unwrap();
+    let before = ft.evaluate(&val).unwrap();
+    let theta0 = ft.params().to_vec();
+    let report = ft.fit(&mut |_| {}).unwrap();
+    let after = ft.evaluate(&val).unwrap();
+    let (ce0, ce1) = (before.cross_entropy.unwrap(), after.cross_entropy.unwrap());
+    let acc = after.accuracy.unwrap();
+    let moved = ft
+        .params()
+        .iter()
+        .zip(&theta0)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    eprintln!(
+        "separable: val CE {ce0:.4} -> {ce1:.4}, val acc {:.3} -> {acc:.3}, steps {}, forward passes {}, best step {}, |Δθ| {moved:.3}",
+        before.accuracy.unwrap(),
+        report.steps,
+        report.forward_passes,
+        report.best_step
+    );
+    assert!((ce0 - 3f64.ln()).abs() < 1e-12, "zero head starts at ln 3");
+    assert!(ce1 < 0.5 * ce0, "CE {ce0} -> {ce1}");
+    assert!(acc > 0.9, "accuracy {acc}");
+    assert!(moved > 1e-2, "coefficients trained too");
+    // 2·D + 1 passes per step plus evaluations (one pass per 64 validation examples).
+    assert_eq!(
+        report.forward_passes,
+        200 * 9 + (200 / 20) + 1,
+        "2D+1 per step, 1 per evaluation, 1 before fit"
+    );
+}
+
+#[test]
+fn coefficients_alone_fit_a_regression_target() {
+    // A custom loss on raw features: the squared distance to the features of a hidden
+    // rank-2 coefficient vector. There is no head; only SPSA moves the coefficients.
+    let mut m = model();
+    let d = m.dim();
+    let mut star = vec![0.0f32; m.layout().iter().map(CoeffLayout::len).sum()];
+    // Rank-2 truth inside the rank-4 layout: rows 0..2 of alpha_A and columns 0..2 of alpha_B.
+    let mut rng = GaussianRng::new(42);
+    let mut off = 0;
+    for l in m.layout().to_vec() {
+        for i in 0..2 {
+            for j in 0..l.k_a {
+                star[off + i * l.k_a + j] = (0.5 * rng.next_normal()) as f32;
+            }
+        }
+        let b = off + l.r * l.k_a;
+        for i in 0..l.k_b {
+            for j in 0..2 {
+                star[b + i * l.r + j] = (0.5 * rng.next_normal()) as f32;
+            }
+        }
+        off += l.len();
+    }
+    let targets: Vec<f64> = (0..N)
+        .flat_map(|i| m.features_f64(i, &star).unwrap())
+        .collect();
+    let loss = move |f: &[f32], ids: &[usize]| -> f64 {
+        let mut s = 0.0;
+        for (k, &id) in ids.iter().enumerate() {
+            for j in 0..d {
+                s += (f64::from(f[k * d + j]) - targets[id * d + j]).powi(2);
+            }
+        }
+        s / ids.len() as f64
+    };
+    let all = Split {
+        ids: (0..N).collect(),
+        labels: vec![],
+    };
+    let c = FinetuneConfig {
+        lr: 2e-2,
+        weight_decay: 0.0,
+        max_steps: 300,
+        eval_every: 50,
+        ..cfg()
+    };
+    let mut ft = Finetuner::new(
+        model(),
+        c,
+        Objective::Custom(Box::new(loss)),
+        all.clone(),
+        None,
+    )
+    .unwrap();
+    let l0 = ft.evaluate(&all).unwrap().loss;
+    ft.fit(&mut |_| {}).unwrap();
+    let l1 = ft.evaluate(&all).unwrap().loss;
+    eprintln!(
+        "regression: MSE {l0:.4} -> {l1:.4} ({:.1}%)",
+        100.0 * l1 / l0
+    );
+    assert!(ft.head().is_none());
+    assert!(l1 < 0.5 * l0, "MSE {l0} -> {l1}");
+}
+
+#[test]
+fn zero_shot_trains_the_head_only() {
+    let (train, val) = task();
+    let c = FinetuneConfig {
+        zero_shot: true,
+        max_steps: 60,
+        ..cfg()
+    };
+    let mut ft = Finetuner::new(
+        model(),
+        c,
+        Objective::Classify { classes: 3 },
+        train,
+        Some(val.clone()),
+    )
+    .unwrap();
+    let theta0 = ft.params().to_vec();
+    assert!(
+        theta0.iter().filter(|v| **v != 0.0).count() == theta0.len(),
+        "both sides random"
+    );
+    let report = ft.fit(&mut |_| {}).unwrap();
+    assert_eq!(ft.params(), &theta0[..], "coefficients fixed");
+    assert_eq!(
+        report.forward_passes,
+        60 + 3,
+        "one pass per step, one per evaluation"
+    );
+    let e = ft.evaluate(&val).unwrap();
+    assert!(e.cross_entropy.unwrap() < 3f64.ln(), "head learned: {e:?}");
+    let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let cf = ft.to_coeff_file("sub", "t", &labels).unwrap();
+    assert_eq!(cf.provenance, Provenance::ZeroShot);
+    let l1 = &cf.modules["l1"];
+    assert_eq!(
+        (
+            l1.alpha_a.nrows(),
+            l1.alpha_a.ncols(),
+            l1.alpha_b.nrows(),
+            l1.alpha_b.ncols()
+        ),
+        (2, 4, 4, 2)
+    );
+    // alpha_A row-major first in the flat vector, then alpha_B [K_B x r].
+    assert_eq!(l1.alpha_a[(1, 2)], theta0[4 + 2]);
+    assert_eq!(l1.alpha_b[(3, 1)], theta0[8 + 3 * 2 + 1]);
+    let h = cf.head.unwrap();
+    assert_eq!(
+        (h.weight.nrows(), h.weight.ncols(), h.bias.len()),
+        (3, 6, 3)
+    );
+    assert!(
+        ft.to_coeff_file("sub", "t", &labels[..2]).is_err(),
+        "label count checked"
+    );
+
+    // The .elxc round trip (stored in f32).
+    let dir = tmp("save");
+    let path = dir.join("task.elxc");
+    ft.save(&path, "sub", "t", &labels).unwrap();
+    let back = CoeffFile::read(&path).unwrap();
+    assert_eq!(
+        (back.subspace_id.as_str(), back.task.as_str()),
+        ("sub", "t")
+    );
+    assert_eq!(back.provenance, Provenance::ZeroShot);
+    let b1 = &back.modules["l1"];
+    assert_eq!(b1.alpha_b[(3, 1)], f64::from(theta0[8 + 3 * 2 + 1] as f32));
+    let bh = back.head.unwrap();
+    assert_eq!(bh.labels, labels);
+    assert_eq!(bh.weight[(2, 5)], f64::from(h.weight[(2, 5)] as f32));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("elx-ft-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    let (train, val) = task();
+    let dir = tmp("resume");
+    let c = FinetuneConfig {
+        max_steps: 60,
+        eval_every: 10,
+        checkpoint_every: 10,
+        early_stop_patience: 3,
+        batch_size: 25, // 120 is not a multiple: epochs drop a remainder and wrap mid-run
+        checkpoint_path: Some(dir.join("ck.safetensors")),
+        ..cfg()
+    };
+    let run = |c: FinetuneConfig, resume: Option<&PathBuf>, keep: Option<u64>| {
+        let mut ft = Finetuner::new(
+            model(),
+            c,
+            Objective::Classify { classes: 3 },
+            train.clone(),
+            Some(val.clone()),
+        )
+        .unwrap();
+        if let Some(p) = resume {
+            ft.resume(p).unwrap();
+        }
+        let ck = dir.join("ck.safetensors");
+        let mut log = Vec::new();
+        let report = ft
+            .fit(&mut |e| {
+                if let Event::Checkpoint(s) = e
+                    && Some(*s) == keep
+                {
+                    std::fs::copy(&ck, dir.join("mid.safetensors")).unwrap();
+                }
+                if let Event::Eval { metric, .. } = e {
+                    log.push(metric.to_bits());
+                }
+            })
+            .unwrap();
+        let e = ft.evaluate(&val).unwrap();
+        (
+            ft.params().to_vec(),
+            ft.head().unwrap().params().to_vec(),
+            report,
+            e,
+            log,
+        )
+    };
+    let (p_full, h_full, r_full, e_full, log_full) = run(c.clone(), None, Some(30));
+    let mid = dir.join("mid.safetensors");
+    let (p_res, h_res, r_res, e_res, log_res) = run(c.clone(), Some(&mid), None);
+    eprintln!(
+        "resume: full run {} steps, {} passes, best step {}, val CE {:.6}; resumed from step 30: identical bits {}",
+        r_full.steps,
+        r_full.forward_passes,
+        r_full.best_step,
+        e_full.loss,
+        p_full
+            .iter()
+            .zip(&p_res)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&p_full), bits(&p_res));
+    assert_eq!(bits(&h_full), bits(&h_res));
+    assert_eq!(r_full, r_res);
+    assert_eq!(e_full.loss.to_bits(), e_res.loss.to_bits());
+    assert_eq!(
+        log_full[3..],
+        log_res[..],
+        "evaluations after step 30 identical"
+    );
+    assert!(p_full.iter().any(|v| *v != 0.0));
+
+    // A checkpoint of another run (other seed) is refused, naming the file.
+    let other = FinetuneConfig {
+        seed: 4,
+        ..c.clone()
+    };
+    let mut ft = Finetuner::new(
+        model(),
+        other,
+        Objective::Classify { classes: 3 },
+        train.clone(),
+        Some(val.clone()),
+    )
+    .unwrap();
+    let err = ft.resume(&mid).unwrap_err().to_string();
+    assert!(
+        err.contains("mid.safetensors") && err.contains("seed=3"),
+        "{err}"
+    );
+    // A truncated checkpoint is an error, not a panic.
+    let bytes = std::fs::read(&mid).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let mut ft = Finetuner::new(
+        model(),
+        c,
+        Objective::Classify { classes: 3 },
+        train,
+        Some(val),
+    )
+    .unwrap();
+    assert!(ft.resume(&cut).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_data_and_settings_are_refused() {
+    let (train, val) = task();
+    let mk = |c: FinetuneConfig, t: Split, v: Option<Split>| {
+        Finetuner::new(model(), c, Objective::Classify { classes: 3 }, t, v)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let e = mk(cfg(), Split::default(), None).unwrap();
+    assert!(e.contains("training split is empty"), "{e}");
+    let mut bad_val = val.clone();
+    bad_val.labels[2] = 5;
+    let e = mk(cfg(), train.clone(), Some(bad_val)).unwrap();
+    assert!(
+        e.contains("validation example 2") && e.contains("label 5") && e.contains("3 classes"),
+        "{e}"
+    );
+    let e = mk(FinetuneConfig { rank: 5, ..cfg() }, train.clone(), None).unwrap();
+    assert!(e.contains("rank 5") && e.contains("1..=4"), "{e}");
+    let e = mk(FinetuneConfig { rank: 0, ..cfg() }, train.clone(), None).unwrap();
+    assert!(e.contains("rank 0"), "{e}");
+    let mut far = train.clone();
+    far.ids[0] = N;
+    let e = mk(cfg(), far, None).unwrap();
+    assert!(e.contains("holds 160 examples"), "{e}");
+    let e = mk(
+        FinetuneConfig {
+            directions: 0,
+            ..cfg()
+        },
+        train.clone(),
+        None,
+    )
+    .unwrap();
+    assert!(e.contains("direction"), "{e}");
+    let mut ft = Finetuner::new(
+        model(),
+        cfg(),
+        Objective::Classify { classes: 3 },
+        train,
+        None,
+    )
+    .unwrap();
+    assert!(
+        ft.step(&[0, 500]).is_err(),
+        "batch position beyond the split"
+    );
+    assert!(ft.step(&[]).is_err());
+}
+
+#[test]
+fn early_stopping_restores_the_best_parameters() {
+    // Validation labels that disagree with training (shifted by one class): fitting the
+    // training set makes the validation loss rise, so early stopping must fire and hand back
+    // the parameters of the best evaluation.
+    let (train, val) = task();
+    let anti = Split {
+        ids: val.ids.clone(),
+        labels: val.labels.iter().map(|y| (y + 1) % 3).collect(),
+    };
+    let c = FinetuneConfig {
+        max_steps: 400,
+        eval_every: 10,
+        early_stop_patience: 3,
+        ..cfg()
+    };
+    let mut ft = Finetuner::new(
+        model(),
+        c,
+        Objective::Classify { classes: 3 },
+        train,
+        Some(anti.clone()),
+    )
+    .unwrap();
+    let mut metrics = Vec::new();
+    let mut lrs = Vec::new();
+    let report = ft
+        .fit(&mut |e| match e {
+            Event::Eval { metric, .. } => metrics.push(*metric),
+            Event::Step(s) => lrs.push(s.lr),
+            _ => {}
+        })
+        .unwrap();
+    let best = metrics.iter().cloned().fold(f64::INFINITY, f64::min);
+    let last = ft.evaluate(&anti).unwrap().loss;
+    eprintln!(
+        "early stop: stopped at step {} of 400, best step {}, best val CE {best:.4}, last eval {:.4}, lr {:.1e} -> {:.1e}",
+        report.steps,
+        report.best_step,
+        metrics.last().unwrap(),
+        lrs[0],
+        lrs.last().unwrap()
+    );
+    assert!(report.stopped_early && report.steps < 400);
+    assert_eq!(
+        report.steps,
+        report.best_step + 30,
+        "three evaluations without improvement"
+    );
+    assert_eq!(report.best_metric.to_bits(), best.to_bits());
+    assert_eq!(
+        last.to_bits(),
+        best.to_bits(),
+        "restored parameters reproduce the best evaluation"
+    );
+    // Warm-up: 6% of 400 steps = 24 steps from lr/24 up to the peak.
+    assert_eq!(lrs[0], 1e-2 / 24.0);
+    assert_eq!(lrs[23], 1e-2);
+}
