@@ -63,13 +63,19 @@ def batches(n, gen):
 
 @torch.no_grad()
 def embed(model, tok, texts, bs=64):
+    """Mean-pooled embeddings in the order of texts; batches are formed from
+    length-sorted texts so little compute goes to padding."""
     model.eval()
-    out = []
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(0)
     for i in range(0, len(texts), bs):
-        enc = tokenize(tok, texts[i:i + bs])
-        h = model(**enc).last_hidden_state
-        out.append(mean_pool(h, enc["attention_mask"]))
-    return torch.cat(out)
+        idx = order[i:i + bs]
+        enc = tokenize(tok, [texts[j] for j in idx])
+        e = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
+        if out.numel() == 0:
+            out = torch.empty(len(texts), e.shape[1])
+        out[torch.tensor(idx)] = e
+    return out
 
 
 @torch.no_grad()
