@@ -25,4 +25,5 @@ CARGO_TARGET_DIR="${ONNX_PB_GEN_TARGET:-$work/target}" cargo run -q --release \
   echo
   cat "$work/onnx.rs"
 } > "$root/src/runtime/onnx_pb.rs"
+rustfmt --edition 2024 "$root/src/runtime/onnx_pb.rs"
 echo "wrote src/runtime/onnx_pb.rs"

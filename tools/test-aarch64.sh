@@ -17,7 +17,7 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 # The subset covers every pipeline stage; see README "Edge targets".
 subset=(${ELX_AARCH64_TESTS:-})
 if [ ${#subset[@]} -eq 0 ]; then
-  for t in tests/adapter_*.rs tests/subspace_*.rs tests/bundle_*.rs tests/runtime_*.rs; do
+  for t in tests/adapter_*.rs tests/subspace_*.rs tests/bundle_*.rs tests/runtime_*.rs tests/finetune_*.rs; do
     [ -f "$t" ] && subset+=("$(basename "$t" .rs)")
   done
 fi

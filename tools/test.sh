@@ -12,5 +12,9 @@ if ! PYTHONPATH=$py python3 -c "import numpy, safetensors" 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD/$py${PYTHONPATH:+:$PYTHONPATH}"
 
+# ONNX Runtime for the `ort` backend tests (the PyPI wheel's shared library, loaded at run time).
+ORT_DYLIB_PATH="$(tools/install_onnxruntime.sh | tail -n 1)"
+export ORT_DYLIB_PATH
+
 cargo fmt --check
-cargo test --all-targets
+cargo test --all-targets --features ort
