@@ -102,21 +102,20 @@ fn streamed_gram_route_recovers_and_matches_svd_route() {
     );
     assert!(vdiff < 1e-8, "bases differ by {vdiff}");
 
-    for canonicalize in [false, true] {
-        for center in [false, true] {
-            let s = extract_module(&mods, &fixed(6, 6, canonicalize, center)).unwrap();
-            let ang_a = max_principal_angle(s.v_a.as_ref(), v_a.as_ref()).unwrap();
-            let ang_b = max_principal_angle(s.v_b.transpose(), v_b.transpose()).unwrap();
-            let mut worst: f64 = 0.0;
-            for m in &mods {
-                worst = worst.max(relative_error(m, &reconstruct(&project(m, &s), &s)));
-            }
-            eprintln!(
-                "gram route canon={canonicalize} center={center}: max angle A {ang_a:.2e} B {ang_b:.2e}, max rel err {worst:.2e}"
-            );
-            assert!(ang_a < 1e-6 && ang_b < 1e-6, "angles {ang_a} {ang_b}");
-            assert!(worst < 1e-5);
+    // Two of the four settings here (all four run on the mixed-route case above).
+    for (canonicalize, center) in [(false, false), (true, true)] {
+        let s = extract_module(&mods, &fixed(6, 6, canonicalize, center)).unwrap();
+        let ang_a = max_principal_angle(s.v_a.as_ref(), v_a.as_ref()).unwrap();
+        let ang_b = max_principal_angle(s.v_b.transpose(), v_b.transpose()).unwrap();
+        let mut worst: f64 = 0.0;
+        for m in &mods {
+            worst = worst.max(relative_error(m, &reconstruct(&project(m, &s), &s)));
         }
+        eprintln!(
+            "gram route canon={canonicalize} center={center}: max angle A {ang_a:.2e} B {ang_b:.2e}, max rel err {worst:.2e}"
+        );
+        assert!(ang_a < 1e-6 && ang_b < 1e-6, "angles {ang_a} {ang_b}");
+        assert!(worst < 1e-5);
     }
     // Forcing either route through extract_module gives the same subspace.
     let sg = extract_module_with(&mods, &fixed(6, 6, true, false), Route::Gram).unwrap();
@@ -134,7 +133,7 @@ fn streamed_gram_route_recovers_and_matches_svd_route() {
 ///
 ///   Σ_t (relative_error_t · ||ΔW_t||_F)² = Σ_{i>K} σ_i²(stack of A rows),
 ///
-/// asserted to 1e-10 relative for K = 1..7, through the full project → reconstruct →
+/// asserted to 1e-10 relative for K = 1, 3, 6, 9, through the full project → reconstruct →
 /// relative_error pipeline. Also energy_kept = 1 − (that sum)/Σσ².
 #[test]
 fn left_out_energy_identity_is_exact() {
@@ -147,7 +146,7 @@ fn left_out_energy_identity_is_exact() {
             LoraModule { a, b }
         })
         .collect();
-    for k in 1..=7 {
+    for k in [1, 3, 6, 9] {
         let s = extract_module(&mods, &fixed(k, out_f, false, false)).unwrap();
         assert_eq!(s.b.k_principal, out_f);
         let left_out: f64 = s.a.spectrum.iter().skip(k).map(|x| x * x).sum();

@@ -477,8 +477,10 @@ fn finish_side(
 ) -> Result<(Mat<f64>, SideInfo)> {
     let dec = acc.finish(options.center)?;
     let k = select::select_k(rule, &dec.spectrum, dec.rank, (dec.n_vectors, dec.dim))?;
-    let mut basis = dec.basis;
-    basis.truncate(dec.dim, k);
+    // A fresh, compact copy: `Mat::truncate` would keep the full d x min(d, n) allocation
+    // alive inside the returned subspace (8 MB per side at d = 1024).
+    let mut basis = dec.basis.subcols(0, k).to_owned();
+    drop(dec.basis);
     let mean_vector = match &dec.mean {
         Some(mu) => augment::append_mean(&mut basis, mu),
         None => false,
