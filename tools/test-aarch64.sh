@@ -25,3 +25,20 @@ args=()
 for t in "${subset[@]}"; do args+=(--test "$t"); done
 echo "aarch64: building and running under qemu: lib unit tests + ${subset[*]}"
 cargo test --target "$target" --lib "${args[@]}"
+
+# The same runtime run on both architectures: the tiny BERT fixture, a bundle of task0..4,
+# held-out task5 projected into it, pooled outputs compared within 1e-5.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cargo build -q --bin elx
+cargo build -q --bin elx --target "$target"
+x86=target/debug/elx
+arm=(qemu-aarch64 -L /usr/aarch64-linux-gnu "target/$target/debug/elx")
+"$x86" extract models/fixtures/adapters/task{0,1,2,3,4} -o "$work/d.elxb" >/dev/null
+"$x86" bind "$work/d.elxb" --base models/fixtures/tiny-bert/model.onnx >/dev/null
+"$x86" project models/fixtures/adapters/task5 --bundle "$work/d.elxb" -o "$work/t5.elxc" >/dev/null
+python3 tools/compare_arch_outputs.py ids models/fixtures/data/task5.safetensors test.input_ids 8 "$work/ids.npy"
+run_args=(run --model models/fixtures/tiny-bert/model.onnx --bundle "$work/d.elxb" --task "$work/t5.elxc" --input "$work/ids.npy" --json)
+"$x86" "${run_args[@]}" > "$work/x86.jsonl"
+"${arm[@]}" "${run_args[@]}" > "$work/arm.jsonl"
+python3 tools/compare_arch_outputs.py compare "$work/x86.jsonl" "$work/arm.jsonl" 1e-5
