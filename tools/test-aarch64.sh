@@ -18,7 +18,10 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 subset=(${ELX_AARCH64_TESTS:-})
 if [ ${#subset[@]} -eq 0 ]; then
   for t in tests/adapter_*.rs tests/subspace_*.rs tests/bundle_*.rs tests/runtime_*.rs tests/finetune_*.rs; do
-    [ -f "$t" ] && subset+=("$(basename "$t" .rs)")
+    # Tests that spawn the `elx` binary are left out: under cargo's runner only the test
+    # binary itself goes through qemu. The CLI is checked below by running it under qemu.
+    grep -q CARGO_BIN_EXE "$t" && continue
+    subset+=("$(basename "$t" .rs)")
   done
 fi
 args=()
