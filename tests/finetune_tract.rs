@@ -191,6 +191,8 @@ fn backend_features_match_the_served_task() {
     );
     assert!(d_again <= 1e-5, "second write differs by {d_again}");
     assert!(moved > 1e-3, "task0's coefficients must matter: {moved}");
+    // Three writes, all in place: the engine had released the tensors after each run.
+    assert_eq!(model.backend().reallocations(), 0);
 }
 
 #[test]

@@ -34,6 +34,7 @@ pub struct TractBackend {
     /// Small placeholder swapped into a task slot while its tensor is written.
     hole: TValue,
     inputs: Vec<TValue>,
+    reallocations: u64,
 }
 
 impl TractBackend {
@@ -93,6 +94,7 @@ impl TractBackend {
             task,
             hole: zeros(&[1])?,
             inputs: Vec::new(),
+            reallocations: 0,
         })
     }
 
@@ -100,6 +102,12 @@ impl TractBackend {
     pub fn with_output(mut self, i: usize) -> Self {
         self.output = i;
         self
+    }
+
+    /// Coefficient tensors that had to be allocated anew because the engine still held the
+    /// previous ones (0 in normal use: every write is in place).
+    pub fn reallocations(&self) -> u64 {
+        self.reallocations
     }
 
     /// The runtime (to serve tasks beside the one being trained).
@@ -123,14 +131,14 @@ impl TractBackend {
             let a = &params[at..at + r * k_a];
             let b = &params[at + r * k_a..at + r * (k_a + k_b)];
             at += l.len();
-            write_slot(&mut self.task.extra[2 * m], &self.hole, &[1, k_a, r], |t| {
+            let fresh_a = write_slot(&mut self.task.extra[2 * m], &self.hole, &[1, k_a, r], |t| {
                 for j in 0..r {
                     for k in 0..k_a {
                         t[k * r + j] = a[j * k_a + k];
                     }
                 }
             })?;
-            write_slot(
+            let fresh_b = write_slot(
                 &mut self.task.extra[2 * m + 1],
                 &self.hole,
                 &[1, r, k_b],
@@ -142,6 +150,7 @@ impl TractBackend {
                     }
                 },
             )?;
+            self.reallocations += u64::from(fresh_a) + u64::from(fresh_b);
         }
         Ok(())
     }
@@ -149,34 +158,31 @@ impl TractBackend {
 
 /// Overwrites the f32 tensor in `slot` through `fill`, in place when no one else holds it
 /// (the usual case: the previous run has dropped its clones), else into a fresh tensor.
+/// Returns whether a fresh tensor was allocated.
 fn write_slot(
     slot: &mut TValue,
     hole: &TValue,
     shape: &[usize],
     fill: impl FnOnce(&mut [f32]),
-) -> Result<()> {
+) -> Result<bool> {
     let mut arc = std::mem::replace(slot, hole.clone()).into_arc_tensor();
-    let fresh;
-    let t: &mut Tensor = match Arc::get_mut(&mut arc) {
-        Some(t) => t,
-        None => {
-            let n = shape.iter().product::<usize>();
-            fresh = Arc::new(
-                Tensor::from_shape(shape, &vec![0f32; n])
-                    .map_err(|e| Error::Usage(format!("coefficient tensor {shape:?}: {e}")))?,
-            );
-            arc = fresh;
-            Arc::get_mut(&mut arc)
-                .ok_or_else(|| Error::Usage("internal: fresh tensor is shared".into()))?
-        }
-    };
+    let fresh = Arc::get_mut(&mut arc).is_none();
+    if fresh {
+        let n = shape.iter().product::<usize>();
+        arc = Arc::new(
+            Tensor::from_shape(shape, &vec![0f32; n])
+                .map_err(|e| Error::Usage(format!("coefficient tensor {shape:?}: {e}")))?,
+        );
+    }
+    let t = Arc::get_mut(&mut arc)
+        .ok_or_else(|| Error::Usage("internal: fresh tensor is shared".into()))?;
     let internal = |e: tract_onnx::prelude::TractError| {
         Error::Usage(format!("internal: coefficient tensor: {e}"))
     };
     let mut view = t.try_as_plain_ram_mut().map_err(internal)?;
     fill(view.as_slice_mut::<f32>().map_err(internal)?);
     *slot = TValue::from_const(arc);
-    Ok(())
+    Ok(fresh)
 }
 
 impl HiddenStateBackend for TractBackend {
