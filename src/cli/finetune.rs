@@ -5,6 +5,9 @@
 //! Data is JSONL: pre-tokenized `{"input_ids": [...], "label": ...}` lines, or
 //! `{"text": ..., "label": ...}` lines when a tokenizer is given.
 
+// Without the tract backend the command only reports that it is missing.
+#![cfg_attr(not(feature = "tract"), allow(dead_code, unused_imports))]
+
 use super::progress_bar;
 use eigenlorax::bundle::Bundle;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
@@ -93,7 +96,7 @@ enum Tokens {
     Ids,
     /// `text` through a tokenizer (pre-tokenized lines are accepted too).
     #[cfg(feature = "tract")]
-    Text(eigenlorax::runtime::input::TextEncoder),
+    Text(Box<eigenlorax::runtime::input::TextEncoder>),
 }
 
 /// Runs `elx finetune`.
@@ -122,7 +125,7 @@ fn run_tract(args: &FinetuneArgs) -> Result<()> {
 
     let bundle = Bundle::read(&args.bundle)?;
     let tokens = match &args.tokenizer {
-        Some(p) => Tokens::Text(TextEncoder::from_file(p, args.max_length)?),
+        Some(p) => Tokens::Text(Box::new(TextEncoder::from_file(p, args.max_length)?)),
         None => Tokens::Ids,
     };
     let max_len = match &tokens {
@@ -233,6 +236,7 @@ fn run_tract(args: &FinetuneArgs) -> Result<()> {
             };
             bar.set_message(format!("loss {last_loss:.4}  {last_val}"));
         }
+        Event::Checkpoint(step) if bar.is_hidden() => eprintln!("checkpoint at step {step}"),
         Event::Checkpoint(step) => bar.println(format!("checkpoint at step {step}")),
     })?;
     bar.finish_and_clear();
