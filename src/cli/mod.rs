@@ -7,6 +7,7 @@
 pub mod bind;
 pub mod demo;
 pub mod extract;
+pub mod finetune;
 pub mod inspect;
 pub mod plot;
 pub mod project;
@@ -45,6 +46,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Bind a bundle to a base ONNX model (module -> MatMul/Gemm node, model hash).
     Bind(bind::BindArgs),
+    /// Train a new task's coefficients and head on the device, with forward passes only.
+    Finetune(finetune::FinetuneArgs),
 }
 
 /// Runs the parsed command.
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(&a),
         Command::Bind(a) => bind::run(&a),
+        Command::Finetune(a) => finetune::run(&a),
     }
 }
 

@@ -31,6 +31,8 @@ pub mod pool;
 pub mod schedule;
 pub mod seq;
 pub mod testing;
+#[cfg(feature = "tract")]
+pub mod tract_backend;
 pub mod zo;
 
 use crate::bundle::{CoeffFile, Head, Provenance};

@@ -376,6 +376,20 @@ impl TextEncoder {
         self.max_length
     }
 
+    /// The id used for padding.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Token ids of one text with special tokens, truncated (no padding), and whether the
+    /// truncation cut anything.
+    pub fn ids_truncated(&self, text: &str) -> Result<(Vec<u32>, bool)> {
+        let enc = self.tokenizer.encode(text, true).map_err(|e| {
+            Error::bad_file(&self.path, format!("could not tokenize {text:?}: {e}"))
+        })?;
+        Ok((enc.get_ids().to_vec(), !enc.get_overflowing().is_empty()))
+    }
+
     /// Token ids of one text with special tokens, truncated (no padding).
     pub fn ids(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.tokenizer.encode(text, true).map_err(|e| {
