@@ -30,4 +30,4 @@ for n in "${ns[@]}"; do
     "$(awk -v a="$pw" -v b="$rw" 'BEGIN{printf "%.2fx", a/b}')" "$rm" "$pm" \
     "$(awk -v a="$pm" -v b="$rm" 'BEGIN{printf "%.2fx", a/b}')"
 done
-echo "ratio = numpy / elx (above 1: elx is faster or smaller). Machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "ratio = numpy / elx (above 1: elx is faster or smaller). Machine: $(nproc --all) cores, load $(cut -d' ' -f1-3 /proc/loadavg)."
