@@ -6,7 +6,7 @@
 //! Data flows one way through the stages below (see `DESIGN.md` in the shared folder):
 //!
 //! ```text
-//! adapter  -> subspace -> bundle -> (runtime) -> (finetune)
+//! adapter  -> subspace -> bundle -> runtime -> finetune  (-> eval)
 //! ```
 //!
 //! * [`adapter`]: read HF PEFT and kohya/diffusers LoRA files into a normalized form
@@ -15,12 +15,17 @@
 //!   pseudo-PCs, projection of adapters onto a subspace and reconstruction errors.
 //! * [`bundle`]: the `.elxb` bundle and `.elxc` coefficient files (safetensors + JSON manifest),
 //!   quantization, atomic writes.
+//! * [`runtime`]: bind a bundle to a base ONNX model, patch the graph once, serve tasks (tract by
+//!   default, ONNX Runtime with the `ort` feature); `import_hf` builds the base model.
+//! * [`finetune`]: train a new task's coefficients and head on the device, forward passes only.
+//! * [`eval`]: measurements over the whole pipeline (leave-one-out on a labelled workload).
 //!
 //! A later stage may use an earlier one, never the reverse.
 
 pub mod adapter;
 pub mod bundle;
 pub mod error;
+pub mod eval;
 pub mod finetune;
 pub mod linalg;
 pub mod runtime;

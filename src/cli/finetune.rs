@@ -174,14 +174,12 @@ fn run_tract(args: &FinetuneArgs) -> Result<()> {
     if let Some((v, _)) = &val {
         examples.extend(v.examples.iter().cloned());
     }
-    // A model tract plans per input shape gets one sequence length, so a handful of plans.
-    let fixed_seq = if rt.is_shape_generic() {
-        None
-    } else {
-        examples.iter().map(|e| e.input_ids.len()).max()
-    };
+    // A model tract plans per input shape pads to power-of-two lengths: a handful of plans.
     let backend = TractBackend::new(Arc::clone(&rt))?;
-    let model = SequenceModel::new(backend, examples, pad_id, fixed_seq)?;
+    let mut model = SequenceModel::new(backend, examples, pad_id, None)?;
+    if !rt.is_shape_generic() {
+        model = model.bucketed(max_len)?;
+    }
     let defaults = FinetuneConfig::default();
     let cfg = FinetuneConfig {
         rank,
@@ -304,7 +302,10 @@ fn read_set(path: &Path, tokens: &Tokens, opts: &ReadOptions) -> Result<RawSet> 
     let set = match tokens {
         Tokens::Ids => eigenlorax::finetune::data::read_jsonl(path, opts)?,
         #[cfg(feature = "tract")]
-        Tokens::Text(enc) => read_text_jsonl(path, enc, opts)?,
+        Tokens::Text(enc) => {
+            let tokenize = |t: &str| enc.ids_truncated(t);
+            eigenlorax::finetune::data::read_jsonl_with(path, opts, Some(&tokenize))?
+        }
     };
     if set.truncated > 0 {
         super::warn(format!(
@@ -313,118 +314,6 @@ fn read_set(path: &Path, tokens: &Tokens, opts: &ReadOptions) -> Result<RawSet> 
             set.truncated,
             set.examples.len(),
             opts.max_len
-        ));
-    }
-    Ok(set)
-}
-
-/// Reads `{"text": ..., "label": ...}` lines (or pre-tokenized ones) through `enc`.
-#[cfg(feature = "tract")]
-fn read_text_jsonl(
-    path: &Path,
-    enc: &eigenlorax::runtime::input::TextEncoder,
-    opts: &ReadOptions,
-) -> Result<RawSet> {
-    use std::io::{BufRead, BufReader, Read};
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut r = BufReader::new(f);
-    let mut set = RawSet::default();
-    let mut buf = Vec::new();
-    let mut line_no = 0;
-    let limit = eigenlorax::finetune::data::MAX_LINE_BYTES;
-    loop {
-        buf.clear();
-        line_no += 1;
-        let n = (&mut r)
-            .take(limit as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        let at = |m: String| Error::bad_file(path, format!("line {line_no}: {m}"));
-        if buf.len() > limit && buf.last() != Some(&b'\n') {
-            return Err(at(format!("expected a line of at most {limit} bytes")));
-        }
-        let line = std::str::from_utf8(&buf)
-            .map_err(|_| at("expected UTF-8 text".into()))?
-            .trim();
-        if line.is_empty() {
-            continue;
-        }
-        if set.examples.len() >= opts.max_examples {
-            return Err(at(format!(
-                "expected at most {} examples",
-                opts.max_examples
-            )));
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| at(format!("expected a JSON object with text and label ({e})")))?;
-        let label = match v.get("label") {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
-            Some(other) => {
-                return Err(at(format!(
-                    "expected `label` to be a non-empty string or an integer, found {other}"
-                )));
-            }
-            None => return Err(at("expected a `label`".into())),
-        };
-        let example = match (v.get("text"), v.get("input_ids")) {
-            (Some(serde_json::Value::String(t)), _) => {
-                let (ids, cut) = enc.ids_truncated(t)?;
-                if ids.is_empty() {
-                    return Err(at("the text has no tokens".into()));
-                }
-                if cut {
-                    if !opts.truncate {
-                        return Err(at(format!(
-                            "the text is longer than the {} tokens the model accepts; it was not truncated (pass --truncate to cut it, or --max-length)",
-                            opts.max_len
-                        )));
-                    }
-                    set.truncated += 1;
-                }
-                Example {
-                    attention_mask: vec![1; ids.len()],
-                    input_ids: ids.into_iter().map(i64::from).collect(),
-                }
-            }
-            (Some(other), _) => {
-                return Err(at(format!("expected `text` to be a string, found {other}")));
-            }
-            (None, Some(ids)) => {
-                let mut ids: Vec<i64> = serde_json::from_value(ids.clone())
-                    .map_err(|_| at("expected `input_ids` to be a list of integers".into()))?;
-                if ids.is_empty() {
-                    return Err(at("expected at least one token in `input_ids`".into()));
-                }
-                if ids.len() > opts.max_len {
-                    if !opts.truncate {
-                        return Err(at(format!(
-                            "{} tokens, but the model accepts at most {}; not truncated (pass --truncate to cut it)",
-                            ids.len(),
-                            opts.max_len
-                        )));
-                    }
-                    ids.truncate(opts.max_len);
-                    set.truncated += 1;
-                }
-                Example {
-                    attention_mask: vec![1; ids.len()],
-                    input_ids: ids,
-                }
-            }
-            (None, None) => return Err(at("expected `text` (or `input_ids`)".into())),
-        };
-        set.examples.push(example);
-        set.labels.push(label);
-        set.lines.push(line_no);
-    }
-    if set.examples.is_empty() {
-        return Err(Error::bad_file(
-            path,
-            "expected at least one labelled example, found an empty file",
         ));
     }
     Ok(set)

@@ -32,7 +32,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Leave-one-out demo on the committed fixture adapters (the README's main command).
+    /// Leave-one-out demo on the real MiniLM workload (the README's main command).
     Demo(demo::Args),
     /// Extract a per-module principal subspace from N LoRA adapters into a bundle (.elxb).
     Extract(extract::Args),

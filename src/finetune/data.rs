@@ -5,8 +5,9 @@
 //! ```
 //!
 //! `attention_mask` is optional (all ones), `label` is a string or an integer (kept as its
-//! decimal text). Texts must come pre-tokenized: no tokenizer ships with the device runtime,
-//! so a line with `text` and no `input_ids` is refused with a message that says so.
+//! decimal text). A line may carry `text` instead of `input_ids` when the caller gives a
+//! tokenizer ([`read_jsonl_with`]; `elx finetune --tokenizer`, the model's tokenizer.json);
+//! without one such a line is refused with a message that says how to fix it.
 //!
 //! The class set is the sorted set of the training labels; a validation label outside it is
 //! an error naming the file, the line and the known labels. Sequences longer than the model
@@ -61,8 +62,20 @@ struct Line {
     text: Option<serde_json::Value>,
 }
 
-/// Reads a JSONL file of labelled examples. See the module documentation.
+/// Turns a text into token ids; the flag says whether it was cut to the tokenizer's limit.
+pub type Tokenize<'a> = &'a dyn Fn(&str) -> Result<(Vec<u32>, bool)>;
+
+/// Reads a JSONL file of pre-tokenized labelled examples. See the module documentation.
 pub fn read_jsonl(path: &Path, opts: &ReadOptions) -> Result<RawSet> {
+    read_jsonl_with(path, opts, None)
+}
+
+/// Reads a JSONL file of labelled examples; lines with `text` go through `tokenize`.
+pub fn read_jsonl_with(
+    path: &Path,
+    opts: &ReadOptions,
+    tokenize: Option<Tokenize<'_>>,
+) -> Result<RawSet> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut r = BufReader::new(f);
     let mut set = RawSet::default();
@@ -101,15 +114,28 @@ pub fn read_jsonl(path: &Path, opts: &ReadOptions) -> Result<RawSet> {
                 "expected a JSON object with input_ids and label ({e})"
             ))
         })?;
-        let ids = match (l.input_ids, l.text) {
-            (Some(ids), _) => ids,
-            (None, Some(_)) => {
+        let mut cut_by_tokenizer = false;
+        let ids = match (l.input_ids, l.text, tokenize) {
+            (Some(ids), _, _) => ids,
+            (None, Some(serde_json::Value::String(t)), Some(tok)) => {
+                let (ids, cut) = tok(&t).map_err(|e| at(e.to_string()))?;
+                cut_by_tokenizer = cut;
+                ids.into_iter().map(i64::from).collect()
+            }
+            (None, Some(v), Some(_)) => {
+                return Err(at(format!("expected `text` to be a string, found {v}")));
+            }
+            (None, Some(_), None) => {
                 return Err(at(
-                    "has `text` but no `input_ids`: examples must be pre-tokenized (no tokenizer ships with the device runtime)"
+                    "has `text` but no tokenizer was given: pass the model's tokenizer.json (--tokenizer) or pre-tokenize it into `input_ids`"
                         .into(),
                 ));
             }
-            (None, None) => return Err(at("expected `input_ids` (a list of token ids)".into())),
+            (None, None, _) => {
+                return Err(at(
+                    "expected `input_ids` (a list of token ids) or `text`".into(),
+                ));
+            }
         };
         if ids.is_empty() {
             return Err(at("expected at least one token in `input_ids`".into()));
@@ -139,12 +165,12 @@ pub fn read_jsonl(path: &Path, opts: &ReadOptions) -> Result<RawSet> {
             None => return Err(at("expected a `label`".into())),
         };
         let mut ids = ids;
-        if ids.len() > opts.max_len {
+        if cut_by_tokenizer || ids.len() > opts.max_len {
             if !opts.truncate {
                 return Err(at(format!(
-                    "{} tokens, but the model accepts at most {} (allow truncation to cut it)",
-                    ids.len(),
-                    opts.max_len
+                    "{} tokens, longer than the {max} tokens the model accepts (at most {max} per example); it was not truncated: pass --truncate to cut it",
+                    if cut_by_tokenizer { format!("more than {}", ids.len()) } else { ids.len().to_string() },
+                    max = opts.max_len
                 )));
             }
             ids.truncate(opts.max_len);
@@ -255,7 +281,32 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("line 1") && e.contains("pre-tokenized"), "{e}");
+        assert!(e.contains("line 1") && e.contains("tokenizer"), "{e}");
+        // With a tokenizer the same line reads; a cut text is refused unless truncation is on.
+        let words = |t: &str| -> Result<(Vec<u32>, bool)> {
+            let ids: Vec<u32> = t.split(' ').map(|w| w.len() as u32).collect();
+            let cut = ids.len() > 4;
+            Ok((ids.into_iter().take(4).collect(), cut))
+        };
+        let p = write(
+            "text2.jsonl",
+            "{\"text\":\"hi there\",\"label\":\"a\"}\n{\"text\":\"a bb ccc dddd eeeee\",\"label\":\"b\"}",
+        );
+        let s = read_jsonl_with(&p, &OPTS, Some(&words)).unwrap();
+        assert_eq!(s.examples[0].input_ids, [2, 5]);
+        assert_eq!(s.examples[1].input_ids, [1, 2, 3, 4]);
+        assert_eq!(s.truncated, 1);
+        let strict = ReadOptions {
+            truncate: false,
+            ..OPTS
+        };
+        let e = read_jsonl_with(&p, &strict, Some(&words))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("more than 4") && e.contains("not truncated"),
+            "{e}"
+        );
         let e = read_jsonl(&write("nolabel.jsonl", "{\"input_ids\":[1]}"), &OPTS)
             .unwrap_err()
             .to_string();

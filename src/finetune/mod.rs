@@ -24,6 +24,7 @@
 //! unperturbed for the head gradient and the reported loss); memory beyond the engine's is a
 //! few vectors of the size of the coefficients plus one feature batch.
 
+pub mod cache;
 pub mod checkpoint;
 pub mod data;
 pub mod head;
@@ -540,6 +541,11 @@ impl<M: ForwardModel> Finetuner<M> {
         &mut self.model
     }
 
+    /// Ends the run and hands the model back (e.g. to evaluate another task on it).
+    pub fn into_model(self) -> M {
+        self.model
+    }
+
     /// The trainable coefficients, per module α_A [r x K_A] then α_B [K_B x r], row-major.
     pub fn params(&self) -> &[f64] {
         &self.theta
@@ -548,6 +554,34 @@ impl<M: ForwardModel> Finetuner<M> {
     /// The head, for classification.
     pub fn head(&self) -> Option<&LinearHead> {
         self.head.as_ref()
+    }
+
+    /// Starts the head from `params` (the [`LinearHead::params`] layout: weights
+    /// [classes x dim] row-major, then biases) instead of zeros: e.g. a head-only solution, so
+    /// that the coefficients are trained from the best linear probe (LP-FT). Only before the
+    /// first step.
+    pub fn warm_start_head(&mut self, params: &[f64]) -> Result<()> {
+        if self.step > 0 {
+            return Err(Error::Usage(
+                "the head can only be warm-started before the first step".into(),
+            ));
+        }
+        let head = self
+            .head
+            .as_mut()
+            .ok_or_else(|| Error::Usage("this objective has no head to warm-start".into()))?;
+        if params.len() != head.params().len() || params.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Usage(format!(
+                "expected {} finite head parameters ({} classes x {} features + biases), found {}",
+                head.params().len(),
+                head.classes(),
+                head.dim(),
+                params.len()
+            )));
+        }
+        head.params_mut().copy_from_slice(params);
+        self.best_head.copy_from_slice(params);
+        Ok(())
     }
 
     /// Steps taken.

@@ -33,6 +33,7 @@ pub struct SequenceModel<B> {
     examples: Vec<Example>,
     pad_id: i64,
     fixed_seq: Option<usize>,
+    bucket_max: Option<usize>,
     ids: Vec<i64>,
     mask: Vec<i64>,
     hidden: Vec<f32>,
@@ -69,10 +70,27 @@ impl<B: HiddenStateBackend> SequenceModel<B> {
             examples,
             pad_id,
             fixed_seq,
+            bucket_max: None,
             ids: Vec::new(),
             mask: Vec::new(),
             hidden: Vec::new(),
         })
+    }
+
+    /// Pads each batch to the next power of two (at least 8) of its longest example, capped at
+    /// `max`, instead of one fixed length: for engines that build one plan per input shape,
+    /// this keeps the plans to a handful (lengths 8, 16, .., max) while short texts no longer
+    /// pay for the longest one. Replaces `fixed_seq`. Examples longer than `max` are refused.
+    pub fn bucketed(mut self, max: usize) -> Result<Self> {
+        if let Some(i) = self.examples.iter().position(|e| e.input_ids.len() > max) {
+            return Err(Error::Usage(format!(
+                "example {i} has {} tokens but the longest bucket is {max}",
+                self.examples[i].input_ids.len()
+            )));
+        }
+        self.fixed_seq = None;
+        self.bucket_max = Some(max.max(1));
+        Ok(self)
     }
 
     /// The backend (e.g. to serve the trained task afterwards).
@@ -99,7 +117,11 @@ impl<B: HiddenStateBackend> ForwardModel for SequenceModel<B> {
                 .ok_or_else(|| Error::Usage(format!("no example {id}")))?;
             longest = longest.max(e.input_ids.len());
         }
-        let seq = self.fixed_seq.unwrap_or(longest);
+        let seq = match (self.fixed_seq, self.bucket_max) {
+            (Some(s), _) => s,
+            (None, Some(max)) => longest.max(8).next_power_of_two().min(max),
+            (None, None) => longest,
+        };
         self.ids.clear();
         self.mask.clear();
         for &id in batch {
@@ -177,5 +199,26 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("3 tokens") && e.contains("length is 2"), "{e}");
+        // Buckets: 8 for short batches, capped at the maximum; pooled values unchanged.
+        let layout = m.backend().0.clone();
+        let long: Vec<i64> = (1..=10).collect();
+        let b = SequenceModel::new(Toy(layout.clone()), vec![ex(&[2, 4]), ex(&long)], -1, None)
+            .unwrap()
+            .bucketed(12)
+            .unwrap();
+        let mut b = b;
+        assert_eq!(b.features(&[0], &[0.5, 0.5], &mut out).unwrap(), 2);
+        assert_eq!(b.ids.len(), 8);
+        assert_eq!(out, [6.0, 1.0]);
+        b.features(&[0, 1], &[0.5, 0.5], &mut out).unwrap();
+        assert_eq!(b.ids.len(), 2 * 12);
+        assert_eq!(out, [6.0, 1.0, 11.0, 1.0]);
+        let e = SequenceModel::new(Toy(layout), vec![ex(&long)], -1, None)
+            .unwrap()
+            .bucketed(9)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("10 tokens") && e.contains("bucket is 9"), "{e}");
     }
 }

@@ -1,0 +1,178 @@
+//! The leave-one-out experiment behind `elx demo`, end to end on the committed tiny BERT
+//! (six fixture adapters with heads, pre-tokenized data): every row it reports must be what
+//! serving the written files gives, and the head-only row must cost one engine pass per
+//! example (its features are cached).
+#![cfg(feature = "tract")]
+
+use eigenlorax::bundle::CoeffFile;
+use eigenlorax::eval::head_metrics;
+use eigenlorax::eval::loo::{self, LooConfig, Method, TaskSpec};
+use eigenlorax::finetune::FinetuneConfig;
+use eigenlorax::runtime::input::{Pooling, pool};
+use eigenlorax::runtime::tract::{Runtime, TValue, Tensor};
+use eigenlorax::subspace::{ExtractOptions, KRule};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const SEQ: usize = 16;
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/fixtures")
+        .join(p)
+}
+
+/// Writes `split` of a data fixture as pre-tokenized JSONL (pad id 0 -> dropped).
+fn jsonl(task: usize, split: &str, out: &Path) {
+    let bytes = std::fs::read(fixture(&format!("data/task{task}.safetensors"))).expect("data");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let i64s = |n: &str| -> Vec<i64> {
+        st.tensor(n)
+            .expect(n)
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+            .collect()
+    };
+    let ids = i64s(&format!("{split}.input_ids"));
+    let labels = i64s(&format!("{split}.labels"));
+    let mut f = std::fs::File::create(out).expect("create");
+    for (row, label) in ids.chunks_exact(SEQ).zip(labels) {
+        let toks: Vec<i64> = row.iter().copied().filter(|&t| t != 0).collect();
+        writeln!(f, "{{\"input_ids\": {toks:?}, \"label\": {label}}}").expect("write");
+    }
+}
+
+/// Test CE and accuracy of a written `.elxc` served as `elx run` does: one run per example,
+/// masked mean pooling, the file's head.
+fn served(rt: &Runtime, elxc: &Path, test: &Path) -> (f64, f64) {
+    let task = rt.load_task(elxc).expect("load task");
+    let coeffs = CoeffFile::read(elxc).expect("read elxc");
+    let head = coeffs.head.expect("head");
+    let (mut feats, mut labels) = (Vec::new(), Vec::new());
+    for line in std::fs::read_to_string(test).expect("test").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let ids: Vec<i64> = serde_json::from_value(v["input_ids"].clone()).expect("ids");
+        labels.push(v["label"].as_u64().expect("label") as usize);
+        let n = ids.len();
+        let mask = vec![1i64; n];
+        let t = |d: &[i64]| TValue::from(Tensor::from_shape(&[1, n], d).expect("tensor"));
+        let inputs: Vec<TValue> = rt
+            .input_names()
+            .iter()
+            .map(|name| match name.as_str() {
+                "input_ids" => t(&ids),
+                "attention_mask" => t(&mask),
+                _ => t(&vec![0; n]),
+            })
+            .collect();
+        let out = rt.run(&inputs, task).expect("run");
+        let hidden = out[0].as_slice::<f32>().expect("f32").to_vec();
+        let pooled = pool(&hidden, &[1, n, hidden.len() / n], Some(&mask), Pooling::Mean)
+            .expect("pool");
+        feats.extend(pooled.into_iter().flatten());
+    }
+    let d = head.weight.ncols();
+    let m = head_metrics(&head, &feats, d, &labels).expect("metrics");
+    (m.cross_entropy, m.accuracy)
+}
+
+#[test]
+fn leave_one_out_rows_are_what_serving_gives() {
+    let dir = std::env::temp_dir().join(format!("elx-eval-loo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let tasks: Vec<TaskSpec> = (0..6)
+        .map(|i| {
+            let (train, test) = (
+                dir.join(format!("task{i}.train.jsonl")),
+                dir.join(format!("task{i}.test.jsonl")),
+            );
+            jsonl(i, "train", &train);
+            jsonl(i, "test", &test);
+            TaskSpec {
+                name: format!("task{i}"),
+                adapter: fixture(&format!("adapters/task{i}")),
+                head: fixture(&format!("adapters/task{i}/head.safetensors")),
+                train,
+                test,
+            }
+        })
+        .collect();
+    let cfg = LooConfig {
+        base: fixture("tiny-bert/model.onnx"),
+        tokenizer: None,
+        max_length: SEQ,
+        extract: ExtractOptions {
+            k_rule_a: KRule::Energy(0.9),
+            k_rule_b: KRule::Energy(0.9),
+            ..Default::default()
+        },
+        train_examples: 48,
+        val_examples: 16,
+        test_examples: 96,
+        finetune: FinetuneConfig {
+            rank: 2,
+            max_steps: 20,
+            directions: 2,
+            batch_size: 16,
+            eval_every: 10,
+            ..FinetuneConfig::default()
+        },
+        head_steps: 40,
+        random_seed: 3,
+        out_dir: dir.join("out"),
+    };
+    let base = loo::Base::open(&cfg.base).expect("base");
+    let r = loo::run_task(&cfg, &base, &tasks, 5, &mut |_| {}).expect("leave-one-out");
+    let methods: Vec<Method> = r.methods.iter().map(|m| m.method).collect();
+    assert_eq!(
+        methods,
+        [
+            Method::HeadOnly,
+            Method::OwnLora,
+            Method::Projected,
+            Method::Finetuned,
+            Method::RandomBasis
+        ]
+    );
+    assert!((0.0..=1.0).contains(&r.captured) && (0.0..=1.0).contains(&r.random_captured));
+    let row = |m: Method| r.methods.iter().find(|x| x.method == m).expect("row");
+
+    // Head only: one engine pass per training/validation example, then cached features.
+    assert_eq!(row(Method::HeadOnly).engine_examples, 64);
+    // SPSA rows: (2·directions + 1) batches per step, plus validation passes.
+    let ft = row(Method::Finetuned);
+    assert!(ft.engine_examples >= 20 * 5 * 16, "{}", ft.engine_examples);
+
+    // Every trained or projected row is what serving its written file gives.
+    let out = cfg.out_dir.join("task5");
+    let recycled = eigenlorax::bundle::Bundle::read(&out.join("recycled.elxb")).expect("bundle");
+    let rt = Runtime::load(&cfg.base, &recycled).expect("runtime");
+    for (m, file) in [
+        (Method::HeadOnly, "head-only.elxc"),
+        (Method::Projected, "projected.elxc"),
+        (Method::Finetuned, "finetuned.elxc"),
+    ] {
+        let (ce, acc) = served(&rt, &out.join(file), &tasks[5].test);
+        let row = row(m);
+        assert!(
+            (ce - row.test.cross_entropy).abs() < 1e-5,
+            "{m:?}: served CE {ce} vs reported {}",
+            row.test.cross_entropy
+        );
+        assert_eq!(acc, row.test.accuracy, "{m:?}");
+        assert_eq!(
+            row.file_bytes,
+            std::fs::metadata(out.join(file)).expect("file").len()
+        );
+    }
+    let random = eigenlorax::bundle::Bundle::read(&out.join("random.elxb")).expect("bundle");
+    let rt = Runtime::load(&cfg.base, &random).expect("runtime");
+    let (ce, _) = served(&rt, &out.join("random-basis.elxc"), &tasks[5].test);
+    assert!((ce - row(Method::RandomBasis).test.cross_entropy).abs() < 1e-5);
+    // The coefficient rows carry r·(K_A + K_B) numbers per module and a head.
+    let head_params = row(Method::HeadOnly).trainable;
+    assert_eq!(row(Method::Finetuned).trainable, 2 * (r.k_a + r.k_b) + head_params);
+    let _ = std::fs::remove_dir_all(&dir);
+}
