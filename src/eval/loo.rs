@@ -299,7 +299,12 @@ pub fn run_task(
     let own_rt = Arc::new(Runtime::load(&base_path(cfg), &own_bundle)?);
     let mut own_model = sequence_model(own_rt, examples.clone(), pad, cfg.max_length)?;
     let own_params = layout_params(own_model.layout(), &own_coeffs.coefficients)?;
-    let (feats, d) = features(&mut own_model, &test.ids, &own_params, cfg.finetune.eval_batch)?;
+    let (feats, d) = features(
+        &mut own_model,
+        &test.ids,
+        &own_params,
+        cfg.finetune.eval_batch,
+    )?;
     drop(own_model);
     let lora_swap = timed(|| {
         let a = Adapter::open(&spec.adapter)?;
@@ -352,13 +357,20 @@ pub fn run_task(
         ..cfg.finetune.clone()
     };
     let (misses0, t0) = (model.hits_misses().1, Instant::now());
-    let mut ft = Finetuner::new(model, head_cfg, objective(), train.clone(), Some(val.clone()))?;
+    let mut ft = Finetuner::new(
+        model,
+        head_cfg,
+        objective(),
+        train.clone(),
+        Some(val.clone()),
+    )?;
     ft.fit(&mut |_| {})?;
     let head_seconds = t0.elapsed().as_secs_f64();
     let head_engine = ft.model().hits_misses().1 - misses0;
     let head_eval = ft.evaluate(&test)?;
     let probe: Vec<f64> = ft.head().map(|h| h.params().to_vec()).unwrap_or_default();
-    let mut head_file = ft.to_coeff_file(&recycled.manifest.subspace_id, &spec.name, &label_names)?;
+    let mut head_file =
+        ft.to_coeff_file(&recycled.manifest.subspace_id, &spec.name, &label_names)?;
     head_file.modules.clear();
     let head_path = dir.join("head-only.elxc");
     head_file.write(&head_path)?;
@@ -372,7 +384,10 @@ pub fn run_task(
         engine_examples: head_engine,
         train_seconds: head_seconds,
     });
-    log(&format!("{}: head only trained ({head_seconds:.1} s)", spec.name));
+    log(&format!(
+        "{}: head only trained ({head_seconds:.1} s)",
+        spec.name
+    ));
 
     // Finetuned in the recycled subspace and the random-basis control, one thread each: the
     // runtime is Sync, and each thread builds its own engine inputs.
@@ -389,7 +404,12 @@ pub fn run_task(
     let random_rt = Arc::new(Runtime::load(&base_path(cfg), &random_bundle)?);
     let (finetuned, control) = std::thread::scope(|s| {
         let ft = s.spawn(|| {
-            job.train(&rt, &recycled, &dir.join("finetuned.elxc"), Method::Finetuned)
+            job.train(
+                &rt,
+                &recycled,
+                &dir.join("finetuned.elxc"),
+                Method::Finetuned,
+            )
         });
         let rd = s.spawn(|| {
             job.train(
@@ -504,7 +524,9 @@ fn eval_metrics(e: &crate::finetune::Eval) -> Result<Metrics> {
             cross_entropy,
             examples: e.examples,
         }),
-        _ => Err(Error::Usage("a classifier evaluation without accuracy".into())),
+        _ => Err(Error::Usage(
+            "a classifier evaluation without accuracy".into(),
+        )),
     }
 }
 
@@ -516,7 +538,13 @@ fn write_bound(
     base: &Base,
 ) -> Result<Bundle> {
     let manifest = Bundle::write(path, space, sources, StorageDtype::F32, None)?;
-    let binding = runtime::bind(&base.model, base.sha256.clone(), &base.name, &manifest, None)?;
+    let binding = runtime::bind(
+        &base.model,
+        base.sha256.clone(),
+        &base.name,
+        &manifest,
+        None,
+    )?;
     Bundle::write(path, space, sources, StorageDtype::F32, Some(&binding))?;
     Bundle::read(path)
 }

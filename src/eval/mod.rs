@@ -245,7 +245,9 @@ mod tests {
         let p = layout_params(&layout, &c).unwrap();
         assert_eq!(
             p,
-            [1.0, 2.0, 0.0, 0.0, 10.0, 0.0, 11.0, 0.0, 12.0, 0.0, 0.0, 0.0]
+            [
+                1.0, 2.0, 0.0, 0.0, 10.0, 0.0, 11.0, 0.0, 12.0, 0.0, 0.0, 0.0
+            ]
         );
         c.get_mut("m").unwrap().alpha_b = Mat::zeros(2, 1);
         assert!(layout_params(&layout, &c).is_err());

@@ -89,7 +89,9 @@ impl<M: ForwardModel> ForwardModel for CachedFeatures<M> {
             }
         }
         if !self.missing.is_empty() {
-            let d = self.inner.features(&self.missing, params, &mut self.fresh)?;
+            let d = self
+                .inner
+                .features(&self.missing, params, &mut self.fresh)?;
             if self.dim != d {
                 self.dim = d;
                 self.feats = vec![0.0; self.filled.len() * d];
@@ -135,8 +137,8 @@ mod tests {
             let db = cached.features(batch, p, &mut b).unwrap();
             assert_eq!((da, &a), (db, &b));
         }
-        // 3 + 1 misses under p0, then 2 + 1 under p1 (the cache started over).
-        assert_eq!(cached.hits_misses(), (5, 7));
+        // Misses 3 + 1 under p0, then 2 + 1 under p1 (the cache started over); hits 2 + 2.
+        assert_eq!(cached.hits_misses(), (4, 7));
         assert!(cached.features(&[99], &p1, &mut b).is_err());
     }
 }

@@ -133,7 +133,7 @@ pub fn read_jsonl_with(
             }
             (None, None, _) => {
                 return Err(at(
-                    "expected `input_ids` (a list of token ids) or `text`".into(),
+                    "expected `input_ids` (a list of token ids) or `text`".into()
                 ));
             }
         };
@@ -169,7 +169,11 @@ pub fn read_jsonl_with(
             if !opts.truncate {
                 return Err(at(format!(
                     "{} tokens, longer than the {max} tokens the model accepts (at most {max} per example); it was not truncated: pass --truncate to cut it",
-                    if cut_by_tokenizer { format!("more than {}", ids.len()) } else { ids.len().to_string() },
+                    if cut_by_tokenizer {
+                        format!("more than {}", ids.len())
+                    } else {
+                        ids.len().to_string()
+                    },
                     max = opts.max_len
                 )));
             }
