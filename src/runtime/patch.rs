@@ -16,8 +16,9 @@
 //! FA and FB are the task's rank-r LoRA factors, formed per run from the resident components
 //! and the task's coefficients (d·K·r multiply-adds each, whatever the batch), so the per-row
 //! cost is that of a rank-r LoRA branch. [`PatchForm::Activations`] evaluates the same product
-//! as `((X·V_Aᵀ)·alpha_Aᵀ)·alpha_Bᵀ·V_Bᵀ` instead (two [rows x d]·[d x K] products; measured
-//! slower, kept for comparison).
+//! as `((X·V_Aᵀ)·alpha_Aᵀ)·alpha_Bᵀ·V_Bᵀ` instead (two [rows x d]·[d x K] products per side;
+//! slower on the synthetic benchmark graph, within the noise on MiniLM; kept for comparison,
+//! see BENCHMARKS.md).
 //!
 //! The producer's output is renamed `Y_base`, so every consumer of Y (graph outputs included)
 //! now reads Y + T. r is the module's r_max (the store zero-pads smaller ranks), so all shapes
@@ -130,12 +131,12 @@ pub fn patch(base: &ModelProto, bundle: &Bundle, tasks: usize) -> Result<Patched
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PatchForm {
     /// `((X·V_Aᵀ)·alpha_Aᵀ)·alpha_Bᵀ·V_Bᵀ`: two products of the activations with the [d x K]
-    /// components, per row 2·d·K multiply-adds per side.
+    /// components: per row d·K + K·r multiply-adds per side.
     Activations,
     /// `(X·(V_Aᵀ·alpha_Aᵀ))·(alpha_Bᵀ·V_Bᵀ)`: the task's rank-r factors are formed once per run
     /// (d·K·r each, independent of the batch and sequence), then applied like a LoRA branch,
-    /// per row d·r multiply-adds per side. Cheaper whenever rows > K·r/(K−r); the default
-    /// (measured in BENCHMARKS.md).
+    /// per row d·r multiply-adds per side. Fewer multiply-adds whenever rows > K·r/(K−r);
+    /// the default (measured in BENCHMARKS.md).
     #[default]
     Factors,
 }
