@@ -159,3 +159,94 @@ fn swapping_tasks_allocates_nothing_with_per_shape_plans() {
     println!("tiny BERT allocations per run: A after A {same:?}, B after A {swap:?}");
     assert_eq!(same, swap);
 }
+
+/// A warm mixed-task run reuses its stacked coefficient buffers: it allocates exactly what the
+/// same mixed plan allocates when fed ready-made stacked tensors, plus the run's input list,
+/// whatever the row-to-task assignment; and the reused buffers carry the current rows.
+#[test]
+fn mixed_runs_reuse_coefficient_buffers() {
+    let dir = temp_dir("alloc-mixed");
+    let path = write_model(&dir, "base.onnx", &model(&Weights::random(3)));
+    let mut b = bundle(4, "sub-a");
+    bind_bundle(&mut b, &path);
+    let rt = Runtime::load(&path, &b).expect("load");
+    let a = rt.insert_task(&coeffs(1, "sub-a", "a", 4, 0.5)).expect("a");
+    let bb = rt.insert_task(&coeffs(2, "sub-a", "b", 3, 0.5)).expect("b");
+    let x = input(9, 2, 6);
+    let xs: [TValue; 1] = [Tensor::from_shape(&x.0, &x.1).expect("tensor").into()];
+
+    // The reference: the same patched graph for 2 tasks, with stacked tensors built here.
+    let patched = eigenlorax::runtime::patch(&model(&Weights::random(3)), &b, 2).expect("patch");
+    let bytes = eigenlorax::runtime::onnx::encode_model(&patched.proto);
+    let plain = tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .expect("read");
+    let names: Vec<String> = plain
+        .input_outlets()
+        .expect("inputs")
+        .iter()
+        .map(|o| plain.node(o.node).name.clone())
+        .collect();
+    let plan = plain
+        .into_optimized()
+        .expect("optimize")
+        .into_runnable()
+        .expect("plan");
+    let feed = |rows: [eigenlorax::runtime::TaskId; 2]| -> TVec<TValue> {
+        let (t0, t1) = (rt.task(rows[0]).expect("t0"), rt.task(rows[1]).expect("t1"));
+        names
+            .iter()
+            .map(|n| {
+                if n == "x" {
+                    return xs[0].clone();
+                }
+                let j = t0
+                    .data
+                    .tensors
+                    .iter()
+                    .position(|c| &c.name == n)
+                    .expect("coeff");
+                let (c0, c1) = (&t0.data.tensors[j], &t1.data.tensors[j]);
+                let data: Vec<f32> = c0.data.iter().chain(&c1.data).copied().collect();
+                Tensor::from_shape(&[2, c0.shape[1], c0.shape[2]], &data)
+                    .expect("stack")
+                    .into()
+            })
+            .collect()
+    };
+    let flat = |o: &TVec<TValue>| -> Vec<f32> {
+        o[0].to_plain_array_view::<f32>()
+            .expect("f32")
+            .iter()
+            .copied()
+            .collect()
+    };
+    for rows in [[a, bb], [bb, a], [a, a], [bb, a]] {
+        rt.run_mixed(&xs, &rows).expect("warm");
+        plan.run(feed(rows)).expect("warm reference");
+    }
+    let mut mixed = Vec::new();
+    let mut direct = Vec::new();
+    for rows in [[a, bb], [bb, a], [bb, bb], [a, bb]] {
+        let v = feed(rows);
+        let held: Vec<TValue> = v.iter().cloned().collect(); // the runtime's inputs are shared too
+        let (n_direct, want) = count(|| plan.run(v).expect("reference"));
+        let (n_mixed, got) = count(|| rt.run_mixed(&xs, &rows).expect("mixed"));
+        drop(held);
+        let d = max_abs_diff(&flat(&got), &flat(&want));
+        assert!(
+            d <= 1e-6,
+            "mixed run {rows:?} differs from the reference by {d}"
+        );
+        mixed.push(n_mixed);
+        direct.push(n_direct);
+    }
+    println!("allocations per mixed run: runtime {mixed:?}, plan fed directly {direct:?}");
+    for (m, d) in mixed.iter().zip(&direct) {
+        assert_eq!(
+            *m,
+            d + 1,
+            "a warm mixed run allocated beyond the plan's own run and its input list"
+        );
+    }
+}

@@ -4,12 +4,21 @@
 //! inserts, right after Y's producer,
 //!
 //! ```text
-//! H1 = MatMul(X,  <m>.V_A_T)      V_Aᵀ  [in x K_A]   (f32 initializer)
-//! H2 = MatMul(H1, <m>.alpha_A)    alpha_Aᵀ [tasks, K_A, r]  (graph input, no initializer)
-//! H3 = MatMul(H2, <m>.alpha_B)    alpha_Bᵀ [tasks, r, K_B]  (graph input, no initializer)
-//! T  = MatMul(H3, <m>.V_B_T)      V_Bᵀ  [K_B x out]  (f32 initializer)
+//! FA = MatMul(<m>.V_A_T, <m>.alpha_A)   V_Aᵀ [in x K_A] (f32 initializer) · alpha_Aᵀ
+//!                                        [tasks, K_A, r] (graph input, no initializer)
+//! H  = MatMul(X, FA)                     [.., rows, r]
+//! FB = MatMul(<m>.alpha_B, <m>.V_B_T)    alpha_Bᵀ [tasks, r, K_B] (graph input) · V_Bᵀ
+//!                                        [K_B x out] (f32 initializer)
+//! T  = MatMul(H, FB)
 //! Y  = Add(Y_base, T)
 //! ```
+//!
+//! FA and FB are the task's rank-r LoRA factors, formed per run from the resident components
+//! and the task's coefficients (d·K·r multiply-adds each, whatever the batch), so the per-row
+//! cost is that of a rank-r LoRA branch. [`PatchForm::Activations`] evaluates the same product
+//! as `((X·V_Aᵀ)·alpha_Aᵀ)·alpha_Bᵀ·V_Bᵀ` instead (two [rows x d]·[d x K] products per side;
+//! slower on the synthetic benchmark graph, within the noise on MiniLM; kept for comparison,
+//! see BENCHMARKS.md).
 //!
 //! The producer's output is renamed `Y_base`, so every consumer of Y (graph outputs included)
 //! now reads Y + T. r is the module's r_max (the store zero-pads smaller ranks), so all shapes
@@ -17,8 +26,8 @@
 //!
 //! * `tasks = 1`: the coefficient inputs are [1, K, r]; a Reshape drops the task axis so one
 //!   task applies to every row with a plain matrix product.
-//! * `tasks = B`: row i of the batch uses task i, by MatMul batch broadcasting
-//!   [B, S, K] x [B, K, r]. A rank-2 activation (Gemm, [B, in]) is reshaped to [B, 1, in]
+//! * `tasks = B`: row i of the batch uses task i, by MatMul batch broadcasting: the factors
+//!   are [B, in, r] and [B, r, out], and [B, S, in] x [B, in, r] applies row i's. A rank-2 activation (Gemm, [B, in]) is reshaped to [B, 1, in]
 //!   and back. The first axis of every graph input and output, when symbolic, is fixed to B.
 //!
 //! All-zero coefficients give T = 0 and so exactly the base outputs.
@@ -115,6 +124,30 @@ pub fn patch_file(path: &Path, bundle: &Bundle, tasks: usize) -> Result<PatchedM
 /// hash ([`load_base`] / [`patch_file`] do); a model lacking a bound node is an error naming
 /// the module and the node.
 pub fn patch(base: &ModelProto, bundle: &Bundle, tasks: usize) -> Result<PatchedModel> {
+    patch_with(base, bundle, tasks, PatchForm::default())
+}
+
+/// How the patch evaluates the correction (the same math, different association).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PatchForm {
+    /// `((X·V_Aᵀ)·alpha_Aᵀ)·alpha_Bᵀ·V_Bᵀ`: two products of the activations with the [d x K]
+    /// components: per row d·K + K·r multiply-adds per side.
+    Activations,
+    /// `(X·(V_Aᵀ·alpha_Aᵀ))·(alpha_Bᵀ·V_Bᵀ)`: the task's rank-r factors are formed once per run
+    /// (d·K·r each, independent of the batch and sequence), then applied like a LoRA branch,
+    /// per row d·r multiply-adds per side. Fewer multiply-adds whenever rows > K·r/(K−r);
+    /// the default (measured in BENCHMARKS.md).
+    #[default]
+    Factors,
+}
+
+/// [`patch`] with an explicit [`PatchForm`] (benchmarks compare the forms).
+pub fn patch_with(
+    base: &ModelProto,
+    bundle: &Bundle,
+    tasks: usize,
+    form: PatchForm,
+) -> Result<PatchedModel> {
     if tasks == 0 {
         return Err(Error::Usage("patch: tasks must be at least 1".into()));
     }
@@ -319,32 +352,66 @@ pub fn patch(base: &ModelProto, bundle: &Bundle, tasks: usize) -> Result<Patched
             ));
             x = h0.clone();
         }
-        nodes.push(node(
-            "MatMul",
-            &format!("{p}down_V_A"),
-            &[&x, &va_t],
-            &[&h1],
-            vec![],
-        ));
-        nodes.push(node(
-            "MatMul",
-            &format!("{p}alpha_A"),
-            &[&h1, &alpha_a],
-            &[&h2],
-            vec![],
-        ));
-        nodes.push(node(
-            "MatMul",
-            &format!("{p}alpha_B"),
-            &[&h2, &alpha_b],
-            &[&h3],
-            vec![],
-        ));
+        match form {
+            PatchForm::Activations => {
+                nodes.push(node(
+                    "MatMul",
+                    &format!("{p}down_V_A"),
+                    &[&x, &va_t],
+                    &[&h1],
+                    vec![],
+                ));
+                nodes.push(node(
+                    "MatMul",
+                    &format!("{p}alpha_A"),
+                    &[&h1, &alpha_a],
+                    &[&h2],
+                    vec![],
+                ));
+                nodes.push(node(
+                    "MatMul",
+                    &format!("{p}alpha_B"),
+                    &[&h2, &alpha_b],
+                    &[&h3],
+                    vec![],
+                ));
+            }
+            PatchForm::Factors => {
+                // A'ᵀ = V_Aᵀ·alpha_Aᵀ [.., in, r], B'ᵀ = alpha_Bᵀ·V_Bᵀ [.., r, out]: independent of
+                // X, so the per-row cost is that of a rank-r LoRA branch.
+                nodes.push(node(
+                    "MatMul",
+                    &format!("{p}factor_A"),
+                    &[&va_t, &alpha_a],
+                    &[&h1],
+                    vec![],
+                ));
+                nodes.push(node(
+                    "MatMul",
+                    &format!("{p}down_A"),
+                    &[&x, &h1],
+                    &[&h2],
+                    vec![],
+                ));
+                nodes.push(node(
+                    "MatMul",
+                    &format!("{p}factor_B"),
+                    &[&alpha_b, &vb_t],
+                    &[&h3],
+                    vec![],
+                ));
+            }
+        }
+        // The last product: H3·V_Bᵀ (activations) or H2·B'ᵀ (factors).
+        let (up_l, up_r) = match form {
+            PatchForm::Activations => (&h3, &vb_t),
+            PatchForm::Factors => (&h2, &h3),
+        };
         if mixed_rank2 {
             nodes.push(node(
                 "MatMul",
                 &format!("{p}up_V_B"),
-                &[&h3, &vb_t],
+                &[up_l, up_r],
                 &[&t2],
                 vec![],
             ));
@@ -359,7 +426,7 @@ pub fn patch(base: &ModelProto, bundle: &Bundle, tasks: usize) -> Result<Patched
             nodes.push(node(
                 "MatMul",
                 &format!("{p}up_V_B"),
-                &[&h3, &vb_t],
+                &[up_l, up_r],
                 &[&t],
                 vec![],
             ));

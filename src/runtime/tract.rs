@@ -9,8 +9,9 @@
 //!
 //! Every task's coefficients are turned into tract tensors once, when the task is added; a
 //! single-task run then only clones `Arc`s of them into the input list, so switching tasks
-//! allocates nothing and rebuilds nothing. Mixed runs stack the rows' coefficients into one
-//! [B, K, r] tensor per input (one allocation per coefficient input and run).
+//! allocates nothing and rebuilds nothing. Mixed runs copy the rows' coefficients into one
+//! [B, K, r] tensor per input, taken from a pool kept per batch size: once warm, a mixed run
+//! allocates no coefficient buffers either.
 //!
 //! The runtime is `Sync`: any number of threads may run it at once, each with its own task.
 
@@ -56,6 +57,13 @@ struct Plan {
     order: Vec<Slot>,
 }
 
+/// A mixed-batch plan and its pool of stacked coefficient tensors (one set per concurrent
+/// run of this batch size; reused, so a warm mixed run allocates no coefficient buffers).
+struct Mixed {
+    plan: Plan,
+    pool: Mutex<Vec<Vec<Arc<Tensor>>>>,
+}
+
 /// A patched base model on tract with a store of tasks.
 pub struct Runtime {
     base_path: PathBuf,
@@ -64,7 +72,7 @@ pub struct Runtime {
     base_inputs: Vec<String>,
     coeff_inputs: Vec<CoeffInput>,
     single: Singles,
-    mixed: Mutex<HashMap<usize, Arc<Plan>>>,
+    mixed: Mutex<HashMap<usize, Arc<Mixed>>>,
     store: TaskStore<Vec<TValue>>,
 }
 
@@ -308,48 +316,93 @@ impl Runtime {
                 )));
             }
         }
-        let ts: Vec<Arc<TractTask>> = tasks
-            .iter()
-            .map(|&t| self.store.get(t))
-            .collect::<Result<_>>()?;
-        let plan = self.mixed_plan(b)?;
-        let n_coeff = 2 * self.coeff_inputs.len();
-        let mut stacked: Vec<TValue> = Vec::with_capacity(n_coeff);
-        for j in 0..n_coeff {
-            let shape = ts[0]
-                .data
-                .tensors
-                .get(j)
-                .map(|t| t.shape)
-                .unwrap_or([1, 0, 0]);
-            let mut data = Vec::with_capacity(b * shape[1] * shape[2]);
-            for t in &ts {
-                if let Some(c) = t.data.tensors.get(j) {
-                    data.extend_from_slice(&c.data);
-                }
+        let mixed = self.mixed_plan(b)?;
+        // Stack the rows' coefficients into a set of [B, K, r] tensors from the pool of this
+        // batch size (allocated once; a set is owned by one run at a time).
+        let mut set = mixed
+            .pool
+            .lock()
+            .map_err(|_| Error::Usage("coefficient pool lock poisoned".into()))?
+            .pop()
+            .map_or_else(|| self.stack_set(b), Ok)?;
+        let filled = self.fill_stacked(&mut set, tasks);
+        let result = filled.and_then(|()| {
+            let plan = &mixed.plan;
+            let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
+            for s in &plan.order {
+                let x = match *s {
+                    Slot::Base(i) => inputs.get(i).cloned(),
+                    Slot::Coeff(j) => set.get(j).map(|t| TValue::from_const(Arc::clone(t))),
+                };
+                v.push(x.ok_or_else(|| Error::Usage("internal: plan input out of range".into()))?);
             }
-            let t = Tensor::from_shape(&[b, shape[1], shape[2]], &data).map_err(|e| {
-                Error::Usage(format!(
-                    "mixed run: stacking coefficients: {}",
-                    tract_err(e)
-                ))
-            })?;
-            stacked.push(t.into());
+            plan.runnable
+                .run(v)
+                .map_err(|e| Error::Usage(format!("tract run failed: {e:#}")))
+        });
+        // The plan has dropped its references: the set goes back for the next run.
+        if let Ok(mut pool) = mixed.pool.lock() {
+            pool.push(set);
         }
-        let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
-        for s in &plan.order {
-            let x = match *s {
-                Slot::Base(i) => inputs.get(i),
-                Slot::Coeff(j) => stacked.get(j),
-            };
-            v.push(
-                x.ok_or_else(|| Error::Usage("internal: plan input out of range".into()))?
-                    .clone(),
-            );
+        result
+    }
+
+    /// A fresh set of stacked coefficient tensors for mixed batches of `b` rows.
+    fn stack_set(&self, b: usize) -> Result<Vec<Arc<Tensor>>> {
+        let mut set = Vec::with_capacity(2 * self.coeff_inputs.len());
+        for c in &self.coeff_inputs {
+            for shape in [[b, c.k_a, c.r], [b, c.r, c.k_b]] {
+                let t = Tensor::zero::<f32>(&shape).map_err(|e| {
+                    Error::Usage(format!(
+                        "mixed run: stacking coefficients: {}",
+                        tract_err(e)
+                    ))
+                })?;
+                set.push(Arc::new(t));
+            }
         }
-        plan.runnable
-            .run(v)
-            .map_err(|e| Error::Usage(format!("tract run failed: {e:#}")))
+        Ok(set)
+    }
+
+    /// Copies row i's task coefficients into row i of every stacked tensor, in place (a
+    /// tensor still shared, which a finished run never leaves, is replaced by a fresh one).
+    fn fill_stacked(&self, set: &mut [Arc<Tensor>], tasks: &[TaskId]) -> Result<()> {
+        let b = tasks.len();
+        let stack_err = |e: TractError| {
+            Error::Usage(format!(
+                "mixed run: stacking coefficients: {}",
+                tract_err(e)
+            ))
+        };
+        for (i, &id) in tasks.iter().enumerate() {
+            let task = self.store.get(id)?;
+            for (j, slot) in set.iter_mut().enumerate() {
+                let src = task
+                    .data
+                    .tensors
+                    .get(j)
+                    .map(|c| c.data.as_slice())
+                    .ok_or_else(|| Error::Usage("internal: task lacks a coefficient".into()))?;
+                if Arc::get_mut(slot).is_none() {
+                    let shape = slot.shape().to_vec();
+                    *slot = Arc::new(Tensor::zero::<f32>(&shape).map_err(stack_err)?);
+                }
+                let mut view = Arc::get_mut(slot)
+                    .ok_or_else(|| Error::Usage("internal: shared coefficient buffer".into()))?
+                    .try_as_plain_ram_mut()
+                    .map_err(stack_err)?;
+                let dst = view.as_slice_mut::<f32>().map_err(stack_err)?;
+                let n = src.len();
+                if dst.len() != b * n {
+                    return Err(Error::Usage(format!(
+                        "internal: stacked coefficient {j} holds {} values, expected {b} x {n}",
+                        dst.len()
+                    )));
+                }
+                dst[i * n..(i + 1) * n].copy_from_slice(src);
+            }
+        }
+        Ok(())
     }
 
     fn check_inputs(&self, inputs: &[TValue]) -> Result<()> {
@@ -365,7 +418,7 @@ impl Runtime {
     }
 
     /// The plan for mixed batches of `b` rows, built on first use.
-    fn mixed_plan(&self, b: usize) -> Result<Arc<Plan>> {
+    fn mixed_plan(&self, b: usize) -> Result<Arc<Mixed>> {
         let mut plans = self
             .mixed
             .lock()
@@ -374,7 +427,10 @@ impl Runtime {
             return Ok(Arc::clone(p));
         }
         let patched = patch(&self.base, &self.bundle, b).map_err(|e| rename(e, &self.base_path))?;
-        let plan = Arc::new(build_plan(&patched, &self.base_path, None)?);
+        let plan = Arc::new(Mixed {
+            plan: build_plan(&patched, &self.base_path, None)?,
+            pool: Mutex::new(Vec::with_capacity(2)),
+        });
         plans.insert(b, Arc::clone(&plan));
         Ok(plan)
     }
