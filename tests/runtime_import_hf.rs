@@ -368,13 +368,12 @@ fn import_err(dir: &Path) -> String {
     }
 }
 
+/// A config edit for one bad-config case.
+type ConfigEdit = Box<dyn Fn(&mut serde_json::Map<String, serde_json::Value>)>;
+
 #[test]
 fn bad_configs_are_refused_naming_the_field() {
-    let cases: [(
-        &str,
-        Box<dyn Fn(&mut serde_json::Map<String, serde_json::Value>)>,
-        &str,
-    ); 6] = [
+    let cases: [(&str, ConfigEdit, &str); 6] = [
         (
             "missing",
             Box::new(|c| {

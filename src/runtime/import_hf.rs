@@ -167,7 +167,7 @@ pub fn read_config(path: &Path) -> Result<BertConfig> {
         layer_norm_eps: eps as f32,
         hidden_act,
     };
-    if cfg.hidden % cfg.heads != 0 {
+    if !cfg.hidden.is_multiple_of(cfg.heads) {
         return Err(field(
             "num_attention_heads",
             &format!(
