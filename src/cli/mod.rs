@@ -8,6 +8,7 @@ pub mod bind;
 pub mod demo;
 pub mod extract;
 pub mod finetune;
+pub mod import_hf;
 pub mod inspect;
 pub mod plot;
 pub mod project;
@@ -46,6 +47,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Bind a bundle to a base ONNX model (module -> MatMul/Gemm node, model hash).
     Bind(bind::BindArgs),
+    /// Build the ONNX graph of a BERT encoder from a HF folder (config.json, model.safetensors).
+    ImportHf(import_hf::ImportHfArgs),
     /// Train a new task's coefficients and head on the device, with forward passes only.
     Finetune(finetune::FinetuneArgs),
 }
@@ -61,6 +64,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(&a),
         Command::Bind(a) => bind::run(&a),
         Command::Finetune(a) => finetune::run(&a),
+        Command::ImportHf(a) => import_hf::run(&a),
     }
 }
 

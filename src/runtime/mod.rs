@@ -10,11 +10,13 @@
 //! * [`patch`]: the one graph patch shared by every backend.
 //! * [`store`]: thread-safe store of prepared task coefficients.
 //! * `tract` (feature `tract`): the pure-Rust CPU backend.
+//! * [`import_hf`]: the ONNX graph of a BERT encoder built from a HF checkpoint (`elx import-hf`).
 //! * [`onnx`]: small helpers over the ONNX protobuf types in [`pb`].
 //! * [`input`]: text (tokenizer.json), .npy and safetensors inputs, pooling, heads.
 //! * [`ort`]: the ONNX Runtime backend (feature `ort`) and the execution-provider choice.
 
 pub mod bind;
+pub mod import_hf;
 pub mod input;
 pub mod onnx;
 pub mod onnx_pb;
@@ -30,6 +32,7 @@ pub use onnx_pb as pb;
 pub use onnx_pb::ModelProto;
 
 pub use bind::{bind, bind_file};
+pub use import_hf::{BertConfig, ImportedModel, import_hf, import_hf_file};
 pub use onnx::read_model;
 pub use patch::{CoeffInput, PatchForm, PatchedModel, load_base, patch, patch_file, patch_with};
 pub use store::{CoeffTensor, Task, TaskData, TaskId, TaskStore};

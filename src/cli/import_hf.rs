@@ -1,0 +1,52 @@
+//! `elx import-hf DIR -o base.onnx`
+//!
+//! Builds the ONNX graph of a BERT-family encoder from `DIR/config.json` and
+//! `DIR/model.safetensors` (see `eigenlorax::runtime::import_hf`), with no torch. The graph
+//! outputs `last_hidden_state` and the mean-pooled `sentence_embedding`; its weights keep their
+//! HF module names, so `elx bind` resolves adapted modules by name.
+
+use super::file_size;
+use eigenlorax::Result;
+use eigenlorax::runtime::import_hf_file;
+use std::path::PathBuf;
+
+/// Arguments of `elx import-hf`.
+#[derive(clap::Args, Debug)]
+pub struct ImportHfArgs {
+    /// The HF model folder (config.json with model_type "bert", model.safetensors).
+    pub dir: PathBuf,
+    /// Output ONNX model (written atomically).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// Runs `elx import-hf`.
+pub fn run(args: &ImportHfArgs) -> Result<()> {
+    let m = import_hf_file(&args.dir, &args.output)?;
+    let c = &m.config;
+    let graph = m.model.graph.as_ref();
+    let nodes = graph.map(|g| g.node.len()).unwrap_or(0);
+    let inits = graph.map(|g| g.initializer.len()).unwrap_or(0);
+    println!(
+        "BERT encoder: {} layers, hidden {}, {} heads, intermediate {}, vocab {}, max positions {}, type vocab {}, layer_norm_eps {:e}, {}",
+        c.layers,
+        c.hidden,
+        c.heads,
+        c.intermediate,
+        c.vocab,
+        c.max_position,
+        c.type_vocab,
+        c.layer_norm_eps,
+        c.hidden_act
+    );
+    println!(
+        "graph: {nodes} nodes, {inits} initializers (f32); inputs input_ids, attention_mask, token_type_ids [batch, sequence] int64; outputs last_hidden_state [batch, sequence, {}], sentence_embedding [batch, {}] (mask mean)",
+        c.hidden, c.hidden
+    );
+    println!(
+        "wrote {} ({})",
+        args.output.display(),
+        file_size(&args.output)
+    );
+    Ok(())
+}
