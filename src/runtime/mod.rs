@@ -31,5 +31,5 @@ pub use onnx_pb::ModelProto;
 
 pub use bind::{bind, bind_file};
 pub use onnx::read_model;
-pub use patch::{CoeffInput, PatchedModel, load_base, patch, patch_file};
+pub use patch::{CoeffInput, PatchedModel, load_base, patch, patch_file, patch_owned};
 pub use store::{CoeffTensor, Task, TaskData, TaskId, TaskStore};

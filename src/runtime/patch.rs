@@ -115,12 +115,17 @@ pub fn patch_file(path: &Path, bundle: &Bundle, tasks: usize) -> Result<PatchedM
 /// hash ([`load_base`] / [`patch_file`] do); a model lacking a bound node is an error naming
 /// the module and the node.
 pub fn patch(base: &ModelProto, bundle: &Bundle, tasks: usize) -> Result<PatchedModel> {
+    patch_owned(base.clone(), bundle, tasks)
+}
+
+/// [`patch`] consuming the base model, so that its weights are not copied (a runtime that
+/// does not keep the base model saves one copy of them at load).
+pub fn patch_owned(mut model: ModelProto, bundle: &Bundle, tasks: usize) -> Result<PatchedModel> {
     if tasks == 0 {
         return Err(Error::Usage("patch: tasks must be at least 1".into()));
     }
     let binding = binding_of(bundle)?;
     let file = binding.base_file.as_str();
-    let mut model = base.clone();
     let graph = model
         .graph
         .as_mut()
