@@ -253,10 +253,16 @@ fn later_plans_reread_the_base_and_check_its_hash() {
     let again = flat(&rt.run(&inputs, zero).expect("cached plan"));
     assert_eq!(again, first, "the cached plan must not change");
     let one: [TValue; 2] = [
-        Tensor::from_shape(&[1, 16], &ids[..16]).expect("ids").into(),
-        Tensor::from_shape(&[1, 16], &mask[..16]).expect("mask").into(),
+        Tensor::from_shape(&[1, 16], &ids[..16])
+            .expect("ids")
+            .into(),
+        Tensor::from_shape(&[1, 16], &mask[..16])
+            .expect("mask")
+            .into(),
     ];
-    let err = rt.run(&one, zero).expect_err("a new plan from a replaced file");
+    let err = rt
+        .run(&one, zero)
+        .expect_err("a new plan from a replaced file");
     let msg = err.to_string();
     assert!(
         msg.contains("SHA-256") && msg.contains("model.onnx"),
