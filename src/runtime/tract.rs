@@ -90,7 +90,7 @@ fn prepare(d: &TaskData) -> Result<Vec<TValue>> {
 /// Builds one optimized plan; `shapes` (one per base input, with its element type taken from
 /// `like`) fixes the base inputs' shapes, otherwise they stay as the graph declares them.
 /// The patched model is consumed: it is dropped once encoded, and the encoding once tract
-/// has read it, so no more than two copies of the weights live at once besides tract's own.
+/// has built its model from it, so the load peak stays close to tract's own on the base.
 fn build_plan(p: PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<Plan> {
     let bytes = encode_model(&p.proto);
     let PatchedModel {
@@ -106,10 +106,17 @@ fn build_plan(p: PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<P
             format!("expected a model tract can {stage} once patched: {e:#}"),
         )
     };
+    // Decode from our buffer itself: tract's `model_for_read` would first copy it, holding the
+    // weights once more while it builds its own model.
+    let proto = {
+        use prost::Message;
+        tract_onnx::pb::ModelProto::decode(prost::bytes::Bytes::from(bytes))
+            .map_err(|e| bad("load", TractError::from(e)))?
+    };
     let mut model = tract_onnx::onnx()
-        .model_for_read(&mut bytes.as_slice())
+        .model_for_proto_model(&proto)
         .map_err(|e| bad("load", e))?;
-    drop(bytes);
+    drop(proto);
     let mut order = Vec::new();
     for o in model.input_outlets().map_err(|e| bad("inspect", e))? {
         let name = &model.node(o.node).name;
