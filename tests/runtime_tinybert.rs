@@ -201,3 +201,72 @@ fn tiny_bert_patched_matches_torch_peft() {
     // says so and builds per-shape plans.
     assert!(!rt.is_shape_generic());
 }
+
+/// The runtime does not keep the base model in memory: a later per-shape plan re-reads the
+/// file, so a shape seen before keeps running with its plan, while a new shape after the file
+/// was replaced is refused with the hash error (never a plan built from another model).
+#[test]
+fn later_plans_reread_the_base_and_check_its_hash() {
+    let dir = std::env::temp_dir().join(format!("elx-rt-reread-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let adapters: Vec<Adapter> = (0..2)
+        .map(|i| Adapter::open(&fixture(&format!("adapters/task{i}"))).expect("adapter"))
+        .collect();
+    let sub = extract(&adapters, &ExtractOptions::default(), &|_, _, _| {}).expect("extract");
+    let p = dir.join("b.elxb");
+    Bundle::write(&p, &sub, &[], StorageDtype::F32, None).expect("write bundle");
+    let mut bundle = Bundle::read(&p).expect("read bundle");
+    let base = dir.join("model.onnx");
+    std::fs::copy(fixture("tiny-bert/model.onnx"), &base).expect("copy model");
+    bundle.manifest.binding = Some(bind_file(&base, &bundle, None).expect("bind"));
+    let rt = Runtime::load(&base, &bundle).expect("runtime");
+    let zero = rt
+        .insert_task(&CoeffFile {
+            subspace_id: bundle.manifest.subspace_id.clone(),
+            task: "base".into(),
+            provenance: Provenance::ZeroShot,
+            modules: BTreeMap::new(),
+            head: None,
+        })
+        .expect("zero task");
+    let (ids, mask, want_base, _) = expected();
+    let inputs: [TValue; 2] = [
+        Tensor::from_shape(&[2, 16], &ids).expect("ids").into(),
+        Tensor::from_shape(&[2, 16], &mask).expect("mask").into(),
+    ];
+    let flat = |o: &TVec<TValue>| -> Vec<f32> {
+        o[0].to_plain_array_view::<f32>()
+            .expect("f32")
+            .iter()
+            .copied()
+            .collect()
+    };
+    let first = flat(&rt.run(&inputs, zero).expect("first run"));
+    assert!(max_abs_diff(&first, &want_base) <= 1e-4);
+
+    // Replace the file with a different (valid) model: same graph, another doc string.
+    let (mut m, _) = eigenlorax::runtime::read_model(&base).expect("read model");
+    m.doc_string = "changed after load".into();
+    std::fs::write(&base, eigenlorax::runtime::onnx::encode_model(&m)).expect("rewrite");
+
+    let again = flat(&rt.run(&inputs, zero).expect("cached plan"));
+    assert_eq!(again, first, "the cached plan must not change");
+    let one: [TValue; 2] = [
+        Tensor::from_shape(&[1, 16], &ids[..16])
+            .expect("ids")
+            .into(),
+        Tensor::from_shape(&[1, 16], &mask[..16])
+            .expect("mask")
+            .into(),
+    ];
+    let err = rt
+        .run(&one, zero)
+        .expect_err("a new plan from a replaced file");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("SHA-256") && msg.contains("model.onnx"),
+        "expected the hash error naming the file, got: {msg}"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

@@ -34,5 +34,8 @@ pub use onnx_pb::ModelProto;
 pub use bind::{bind, bind_file};
 pub use import_hf::{BertConfig, ImportedModel, import_hf, import_hf_file};
 pub use onnx::read_model;
-pub use patch::{CoeffInput, PatchForm, PatchedModel, load_base, patch, patch_file, patch_with};
+pub use patch::{
+    CoeffInput, PatchForm, PatchedModel, load_base, patch, patch_file, patch_owned,
+    patch_owned_with, patch_with,
+};
 pub use store::{CoeffTensor, Task, TaskData, TaskId, TaskStore};

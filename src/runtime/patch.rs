@@ -148,12 +148,27 @@ pub fn patch_with(
     tasks: usize,
     form: PatchForm,
 ) -> Result<PatchedModel> {
+    patch_owned_with(base.clone(), bundle, tasks, form)
+}
+
+/// [`patch`] consuming the base model, so that its weights are not copied (a runtime that
+/// does not keep the base model saves one copy of them at load).
+pub fn patch_owned(model: ModelProto, bundle: &Bundle, tasks: usize) -> Result<PatchedModel> {
+    patch_owned_with(model, bundle, tasks, PatchForm::default())
+}
+
+/// [`patch_owned`] with an explicit [`PatchForm`].
+pub fn patch_owned_with(
+    mut model: ModelProto,
+    bundle: &Bundle,
+    tasks: usize,
+    form: PatchForm,
+) -> Result<PatchedModel> {
     if tasks == 0 {
         return Err(Error::Usage("patch: tasks must be at least 1".into()));
     }
     let binding = binding_of(bundle)?;
     let file = binding.base_file.as_str();
-    let mut model = base.clone();
     let graph = model
         .graph
         .as_mut()

@@ -16,8 +16,7 @@
 //! The runtime is `Sync`: any number of threads may run it at once, each with its own task.
 
 use super::onnx::encode_model;
-use super::patch::{CoeffInput, PatchedModel, load_base, patch};
-use super::pb::ModelProto;
+use super::patch::{CoeffInput, PatchedModel, load_base, patch_owned};
 use super::store::{Task, TaskData, TaskId, TaskStore};
 use crate::bundle::{Bundle, CoeffFile};
 use crate::error::{Error, Result};
@@ -65,9 +64,11 @@ struct Mixed {
 }
 
 /// A patched base model on tract with a store of tasks.
+///
+/// The base model itself is not kept: it is as large as the plan's weights, so a later plan
+/// (another input shape, a mixed batch size) re-reads the file, checking its hash again.
 pub struct Runtime {
     base_path: PathBuf,
-    base: ModelProto,
     bundle: Bundle,
     base_inputs: Vec<String>,
     coeff_inputs: Vec<CoeffInput>,
@@ -96,25 +97,42 @@ fn prepare(d: &TaskData) -> Result<Vec<TValue>> {
 
 /// Builds one optimized plan; `shapes` (one per base input, with its element type taken from
 /// `like`) fixes the base inputs' shapes, otherwise they stay as the graph declares them.
-fn build_plan(p: &PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<Plan> {
+/// The patched model is consumed: it is dropped once encoded, and the encoding once tract
+/// has built its model from it, so the load peak stays close to tract's own on the base.
+fn build_plan(p: PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<Plan> {
     let bytes = encode_model(&p.proto);
+    let PatchedModel {
+        proto,
+        base_inputs,
+        coeff_inputs,
+        ..
+    } = p;
+    drop(proto);
     let bad = |stage: &str, e: TractError| {
         Error::bad_file(
             path,
             format!("expected a model tract can {stage} once patched: {e:#}"),
         )
     };
+    // Decode from our buffer itself: tract's `model_for_read` would first copy it, holding the
+    // weights once more while it builds its own model.
+    let proto = {
+        use prost::Message;
+        tract_onnx::pb::ModelProto::decode(prost::bytes::Bytes::from(bytes))
+            .map_err(|e| bad("load", TractError::from(e)))?
+    };
     let mut model = tract_onnx::onnx()
-        .model_for_read(&mut bytes.as_slice())
+        .model_for_proto_model(&proto)
         .map_err(|e| bad("load", e))?;
+    drop(proto);
     let mut order = Vec::new();
     for o in model.input_outlets().map_err(|e| bad("inspect", e))? {
         let name = &model.node(o.node).name;
-        if let Some(i) = p.base_inputs.iter().position(|n| n == name) {
+        if let Some(i) = base_inputs.iter().position(|n| n == name) {
             order.push(Slot::Base(i));
-        } else if let Some(j) = p.coeff_inputs.iter().position(|c| &c.alpha_a == name) {
+        } else if let Some(j) = coeff_inputs.iter().position(|c| &c.alpha_a == name) {
             order.push(Slot::Coeff(2 * j));
-        } else if let Some(j) = p.coeff_inputs.iter().position(|c| &c.alpha_b == name) {
+        } else if let Some(j) = coeff_inputs.iter().position(|c| &c.alpha_b == name) {
             order.push(Slot::Coeff(2 * j + 1));
         } else {
             return Err(Error::bad_file(
@@ -161,22 +179,22 @@ impl Runtime {
     /// and builds the single-task plan (and the listed mixed-batch plans).
     pub fn load_with(base: &Path, bundle: &Bundle, options: &RuntimeOptions) -> Result<Runtime> {
         let model = load_base(base, bundle)?;
-        let patched = patch(&model, bundle, 1).map_err(|e| rename(e, base))?;
-        let single = match build_plan(&patched, base, None) {
+        let patched = patch_owned(model, bundle, 1).map_err(|e| rename(e, base))?;
+        let (base_inputs, coeff_inputs) =
+            (patched.base_inputs.clone(), patched.coeff_inputs.clone());
+        let single = match build_plan(patched, base, None) {
             Ok(p) => Singles::Symbolic(p),
             Err(e) => Singles::PerShape {
                 why: e.to_string(),
                 plans: Mutex::new(Vec::new()),
             },
         };
-        let store =
-            TaskStore::with_prepare(&bundle.manifest, &patched.coeff_inputs, Box::new(prepare));
+        let store = TaskStore::with_prepare(&bundle.manifest, &coeff_inputs, Box::new(prepare));
         let rt = Runtime {
             base_path: base.to_path_buf(),
-            base: model,
             bundle: bundle.clone(),
-            base_inputs: patched.base_inputs,
-            coeff_inputs: patched.coeff_inputs,
+            base_inputs,
+            coeff_inputs,
             single,
             mixed: Mutex::new(HashMap::new()),
             store,
@@ -287,9 +305,8 @@ impl Runtime {
         if let Some((_, p)) = plans.iter().find(|(s, _)| same(s)) {
             return Ok(Arc::clone(p));
         }
-        let patched = patch(&self.base, &self.bundle, 1).map_err(|e| rename(e, &self.base_path))?;
         let plan = Arc::new(
-            build_plan(&patched, &self.base_path, Some(inputs)).map_err(|e| {
+            build_plan(self.patched(1)?, &self.base_path, Some(inputs)).map_err(|e| {
                 Error::Usage(format!("{e} (the shape-generic plan failed too: {why})"))
             })?,
         );
@@ -417,6 +434,12 @@ impl Runtime {
         Ok(())
     }
 
+    /// The base model re-read (hash checked) and patched for `tasks` tasks, for a new plan.
+    fn patched(&self, tasks: usize) -> Result<PatchedModel> {
+        let model = load_base(&self.base_path, &self.bundle)?;
+        patch_owned(model, &self.bundle, tasks).map_err(|e| rename(e, &self.base_path))
+    }
+
     /// The plan for mixed batches of `b` rows, built on first use.
     fn mixed_plan(&self, b: usize) -> Result<Arc<Mixed>> {
         let mut plans = self
@@ -426,9 +449,8 @@ impl Runtime {
         if let Some(p) = plans.get(&b) {
             return Ok(Arc::clone(p));
         }
-        let patched = patch(&self.base, &self.bundle, b).map_err(|e| rename(e, &self.base_path))?;
         let plan = Arc::new(Mixed {
-            plan: build_plan(&patched, &self.base_path, None)?,
+            plan: build_plan(self.patched(b)?, &self.base_path, None)?,
             pool: Mutex::new(Vec::with_capacity(2)),
         });
         plans.insert(b, Arc::clone(&plan));

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Stripped size of `elx` (default features) under release-profile variants, the CPU time of
+# each build, and the runtime latency of each variant against the current release profile
+# (BENCHMARKS.md, "Edge budget").
+#
+#   tools/bench_size.sh [VARIANT...]          # default: all variants below, x86_64
+#   TARGET=aarch64-unknown-linux-gnu tools/bench_size.sh base fat-abort
+#
+# Each variant builds into its own target dir, ${TGT_ROOT:-/tmp/elx-size}/<target>-<variant>
+# (a full release build each: many minutes on 2 cores; delete the dirs afterwards). The
+# variants override the release profile through CARGO_PROFILE_RELEASE_* variables, so
+# Cargo.toml is not edited. Latency (x86_64 only) runs examples/bench_runtime of every built
+# variant in turn, ROUNDS (default 3) rounds interleaved, and prints each run's base and
+# patched medians; compare variants by the ratio to the `base` variant of the same round.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${TARGET:-x86_64-unknown-linux-gnu}
+root=${TGT_ROOT:-/tmp/elx-size}
+rounds=${ROUNDS:-3}
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(base thin fat fat-abort fat-abort-s)
+mkdir -p "$root"
+
+envs() {
+    case $1 in
+        base) ;;
+        thin) echo CARGO_PROFILE_RELEASE_LTO=thin ;;
+        fat) echo CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 ;;
+        abort) echo CARGO_PROFILE_RELEASE_PANIC=abort ;;
+        fat-abort) echo CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort ;;
+        fat-abort-s) echo CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_RELEASE_OPT_LEVEL=s ;;
+        *) echo "unknown variant $1" >&2; exit 2 ;;
+    esac
+}
+
+case $target in
+    aarch64-*) strip=aarch64-linux-gnu-strip; sub=$target/release; examples=() ;;
+    *) strip=strip; sub=release; examples=(--example bench_runtime) ;;
+esac
+
+for v in "${variants[@]}"; do
+    dir=$root/$target-$v
+    start=$(date +%s)
+    # shellcheck disable=SC2046
+    env $(envs "$v") CARGO_TARGET_DIR="$dir" /usr/bin/time -f "%U %S" -o "$dir.time" \
+        nice -n 10 cargo build --release --target "$target" --bin elx "${examples[@]}" >"$dir.log" 2>&1
+    wall=$(( $(date +%s) - start ))
+    cp "$dir/$sub/elx" "$dir.elx"
+    "$strip" "$dir.elx"
+    read -r user sys <"$dir.time"
+    printf '%-12s %-28s stripped %10d B (%.2f MB)  unstripped %10d B  build wall %5d s  cpu %6.0f s\n' \
+        "$v" "$target" "$(stat -c %s "$dir.elx")" "$(echo "$(stat -c %s "$dir.elx") / 1000000" | bc -l)" \
+        "$(stat -c %s "$dir/$sub/elx")" "$wall" "$(echo "$user + $sys" | bc -l)"
+done
+
+[ ${#examples[@]} -gt 0 ] || exit 0
+for r in $(seq "$rounds"); do
+    for v in "${variants[@]}"; do
+        b=$root/$target-$v/release/examples/bench_runtime
+        printf 'round %d %-12s ' "$r" "$v"
+        "$b" --iters 30 | grep -E '^(base run|patched run)' | tr -s ' ' | paste -sd ' ' 
+    done
+done
