@@ -37,13 +37,13 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_name = "TASK,...")]
     pub tasks: Vec<String>,
     /// Training examples per task (the first of train.jsonl).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 150)]
     pub train: usize,
     /// Validation examples for early stopping (the next ones of train.jsonl).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     pub val: usize,
     /// Test examples per task (the first of test.jsonl).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 200)]
     pub test: usize,
     /// Longest token sequence; longer texts are truncated.
     #[arg(long, default_value_t = 128)]
@@ -54,14 +54,15 @@ pub struct Args {
     /// Coefficient rank trained on the device.
     #[arg(long = "r", default_value_t = 2)]
     pub rank: usize,
-    /// SPSA steps of the finetuned and random-basis rows.
-    #[arg(long, default_value_t = 100)]
+    /// SPSA steps of the finetuned and random-basis rows (the demo's budget is small; see
+    /// BENCHMARKS.md for longer runs).
+    #[arg(long, default_value_t = 30)]
     pub steps: u64,
     /// SPSA directions per step.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub directions: usize,
     /// Examples per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Peak learning rate of the coefficients (AdamW on the SPSA estimates).
     #[arg(long, default_value_t = 4e-3)]
