@@ -472,3 +472,46 @@ fn early_stopping_restores_the_best_parameters() {
     assert_eq!(lrs[0], 1e-2 / 24.0);
     assert_eq!(lrs[23], 1e-2);
 }
+
+#[test]
+fn eval_at_start_lets_the_starting_point_compete() {
+    // With `eval_at_start`, the parameters training started from are evaluated at step 0 and
+    // can be the ones restored: the result is never worse on validation than the start.
+    let (train, val) = task();
+    let anti = Split {
+        ids: val.ids.clone(),
+        labels: val.labels.iter().map(|y| (y + 1) % 3).collect(),
+    };
+    let c = FinetuneConfig {
+        max_steps: 200,
+        eval_every: 10,
+        early_stop_patience: 3,
+        eval_at_start: true,
+        ..cfg()
+    };
+    let mut ft = Finetuner::new(
+        model(),
+        c,
+        Objective::Classify { classes: 3 },
+        train,
+        Some(anti.clone()),
+    )
+    .unwrap();
+    let start = ft.evaluate(&anti).unwrap().loss;
+    let mut evals = Vec::new();
+    let report = ft
+        .fit(&mut |e| {
+            if let Event::Eval { step, metric, .. } = e {
+                evals.push((*step, *metric));
+            }
+        })
+        .unwrap();
+    assert_eq!(evals[0], (0, start), "first evaluation before any step");
+    assert!(report.best_metric <= start);
+    let restored = ft.evaluate(&anti).unwrap().loss;
+    assert_eq!(restored.to_bits(), report.best_metric.to_bits());
+    eprintln!(
+        "eval_at_start: start {start:.4}, best {:.4} at step {}, stopped at {}",
+        report.best_metric, report.best_step, report.steps
+    );
+}

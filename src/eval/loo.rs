@@ -483,9 +483,14 @@ impl Job<'_> {
             cfg.max_length,
         )?;
         let t0 = Instant::now();
+        // The warm-started head is evaluated before the first step, so training can only
+        // return something at least as good on validation as the head-only start.
         let mut ft = Finetuner::new(
             model,
-            cfg.finetune.clone(),
+            FinetuneConfig {
+                eval_at_start: true,
+                ..cfg.finetune.clone()
+            },
             Objective::Classify {
                 classes: self.classes,
             },

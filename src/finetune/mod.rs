@@ -169,6 +169,11 @@ pub struct FinetuneConfig {
     pub init_a_std: Option<f64>,
     /// Standard deviation of α_B in zero-shot mode.
     pub zero_shot_b_std: f64,
+    /// Evaluate once before the first step, so that the starting point (e.g. a warm-started
+    /// head) competes for "best": the restored result is then never worse on validation
+    /// than where training started. Costs one evaluation.
+    #[serde(default)]
+    pub eval_at_start: bool,
 }
 
 impl Default for FinetuneConfig {
@@ -198,6 +203,7 @@ impl Default for FinetuneConfig {
             checkpoint_path: None,
             init_a_std: None,
             zero_shot_b_std: 0.1,
+            eval_at_start: false,
         }
     }
 }
@@ -809,6 +815,9 @@ impl<M: ForwardModel> Finetuner<M> {
     /// checkpoint every `checkpoint_every` steps. At the end the best parameters are restored.
     /// Calling it on a resumed finetuner continues the interrupted run exactly.
     pub fn fit(&mut self, on_event: &mut dyn FnMut(&Event)) -> Result<FitReport> {
+        if self.cfg.eval_at_start && self.step == 0 && !self.early.best.is_finite() {
+            self.evaluate_and_track(on_event)?;
+        }
         while self.step < self.cfg.max_steps && !self.stopped {
             let b = self.next_batch();
             let st = self.step(&b)?;
