@@ -257,12 +257,12 @@ fn report(
 enum Engine {
     #[cfg(feature = "tract")]
     Tract {
-        rt: eigenlorax::runtime::tract::Runtime,
+        rt: Box<eigenlorax::runtime::tract::Runtime>,
         specs: Vec<InputSpec>,
         outputs: Vec<String>,
     },
     #[cfg(feature = "ort")]
-    Ort(eigenlorax::runtime::ort::OrtRuntime),
+    Ort(Box<eigenlorax::runtime::ort::OrtRuntime>),
     /// No backend built in: never constructed (`load` fails first).
     #[cfg(not(any(feature = "tract", feature = "ort")))]
     None(std::convert::Infallible),
@@ -286,7 +286,11 @@ impl Engine {
         let (model, _) = eigenlorax::runtime::onnx::read_model(&args.model)?;
         let specs = input_specs(&model, rt.input_names())?;
         let outputs = output_names(&model);
-        Ok(Engine::Tract { rt, specs, outputs })
+        Ok(Engine::Tract {
+            rt: Box::new(rt),
+            specs,
+            outputs,
+        })
     }
 
     #[cfg(not(feature = "tract"))]
@@ -307,7 +311,7 @@ impl Engine {
                 args.ep.name()
             );
         }
-        Ok(Engine::Ort(rt))
+        Ok(Engine::Ort(Box::new(rt)))
     }
 
     #[cfg(not(feature = "ort"))]

@@ -26,7 +26,7 @@ use crate::bundle::diagnostics::random_subspace;
 use crate::bundle::{Bundle, CoeffFile, Head, Provenance, SourceAdapter, StorageDtype};
 use crate::error::{Error, Result};
 use crate::finetune::cache::CachedFeatures;
-use crate::finetune::data::{Example, ReadOptions, read_jsonl_with};
+use crate::finetune::data::{Example, ReadOptions, Tokenize, read_jsonl_with};
 use crate::finetune::seq::SequenceModel;
 use crate::finetune::tract_backend::TractBackend;
 use crate::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
@@ -588,7 +588,7 @@ fn features(
 fn read_labelled(
     path: &Path,
     opts: &ReadOptions,
-    tokenize: &dyn Fn(&str) -> Result<(Vec<u32>, bool)>,
+    tokenize: Tokenize<'_>,
     classes: usize,
 ) -> Result<(Vec<Example>, Vec<usize>)> {
     let set = read_jsonl_with(path, opts, Some(tokenize))?;
