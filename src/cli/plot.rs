@@ -203,23 +203,62 @@ fn energy_panel<DB: DrawingBackend>(
         .map_err(|e| e.to_string())
 }
 
-/// Module names without their common dotted prefix, for axis labels.
+/// Module names for axis labels: the dotted parts that differ between modules
+/// (`encoder.layer.3.attention.self.query` -> `3.query` when every name has that shape),
+/// else the names without their common dotted prefix.
 fn short_names(names: &[String]) -> Vec<String> {
     let parts: Vec<Vec<&str>> = names.iter().map(|n| n.split('.').collect()).collect();
+    let Some(first) = parts.first() else {
+        return Vec::new();
+    };
+    if parts.len() > 1 && parts.iter().all(|p| p.len() == first.len()) {
+        let varies: Vec<bool> = (0..first.len())
+            .map(|i| parts.iter().any(|p| p[i] != first[i]))
+            .collect();
+        return parts
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .zip(&varies)
+                    .filter(|(_, v)| **v)
+                    .map(|(s, _)| *s)
+                    .collect::<Vec<_>>()
+                    .join(".")
+            })
+            .collect();
+    }
     let mut common = 0;
-    if let Some(first) = parts.first() {
-        while common + 1 < first.len()
-            && parts
-                .iter()
-                .all(|p| p.len() > common + 1 && p[common] == first[common])
-        {
-            common += 1;
-        }
+    while common + 1 < first.len()
+        && parts
+            .iter()
+            .all(|p| p.len() > common + 1 && p[common] == first[common])
+    {
+        common += 1;
     }
     parts
         .iter()
         .map(|p| p[common.min(p.len().saturating_sub(1))..].join("."))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_names;
+
+    #[test]
+    fn labels_keep_the_parts_that_differ() {
+        let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            short_names(&n(&[
+                "encoder.layer.0.attention.self.query",
+                "encoder.layer.0.attention.self.value",
+                "encoder.layer.1.attention.self.query",
+            ])),
+            ["0.query", "0.value", "1.query"]
+        );
+        assert_eq!(short_names(&n(&["a.b.c", "a.d"])), ["b.c", "d"]);
+        assert_eq!(short_names(&n(&["only.one"])), ["one"]);
+    }
 }
 
 fn error_panel<DB: DrawingBackend>(
