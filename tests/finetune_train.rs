@@ -413,16 +413,22 @@ fn bad_data_and_settings_are_refused() {
     assert!(ft.step(&[]).is_err());
 }
 
-#[test]
-fn early_stopping_restores_the_best_parameters() {
-    // Validation labels that disagree with training (shifted by one class): fitting the
-    // training set makes the validation loss rise, so early stopping must fire and hand back
-    // the parameters of the best evaluation.
+/// The task with validation labels shifted by one class: they disagree with training.
+fn anti_task() -> (Split, Split) {
     let (train, val) = task();
     let anti = Split {
         ids: val.ids.clone(),
         labels: val.labels.iter().map(|y| (y + 1) % 3).collect(),
     };
+    (train, anti)
+}
+
+#[test]
+fn early_stopping_restores_the_best_parameters() {
+    // Validation labels that disagree with training (shifted by one class): fitting the
+    // training set makes the validation loss rise, so early stopping must fire and hand back
+    // the parameters of the best evaluation.
+    let (train, anti) = anti_task();
     let c = FinetuneConfig {
         max_steps: 400,
         eval_every: 10,
@@ -477,11 +483,7 @@ fn early_stopping_restores_the_best_parameters() {
 fn eval_at_start_lets_the_starting_point_compete() {
     // With `eval_at_start`, the parameters training started from are evaluated at step 0 and
     // can be the ones restored: the result is never worse on validation than the start.
-    let (train, val) = task();
-    let anti = Split {
-        ids: val.ids.clone(),
-        labels: val.labels.iter().map(|y| (y + 1) % 3).collect(),
-    };
+    let (train, anti) = anti_task();
     let c = FinetuneConfig {
         max_steps: 200,
         eval_every: 10,
