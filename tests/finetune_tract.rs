@@ -6,6 +6,7 @@
 
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance, StorageDtype};
+use eigenlorax::eval::layout_params;
 use eigenlorax::finetune::data::Example;
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::tract_backend::TractBackend;
@@ -79,34 +80,6 @@ fn tmpdir(name: &str) -> PathBuf {
     dir
 }
 
-/// Flat parameters (layout order, padded to each module's rank) of a coefficient file.
-fn flat(model: &impl ForwardModel, c: &CoeffFile) -> Vec<f32> {
-    let mut v = Vec::new();
-    for l in model.layout() {
-        let co = &c.modules[&l.name];
-        let r = co.alpha_a.nrows();
-        for j in 0..l.r {
-            for k in 0..l.k_a {
-                v.push(if j < r {
-                    co.alpha_a[(j, k)] as f32
-                } else {
-                    0.0
-                });
-            }
-        }
-        for k in 0..l.k_b {
-            for j in 0..l.r {
-                v.push(if j < r {
-                    co.alpha_b[(k, j)] as f32
-                } else {
-                    0.0
-                });
-            }
-        }
-    }
-    v
-}
-
 #[test]
 fn backend_features_match_the_served_task() {
     let dir = tmpdir("parity");
@@ -156,7 +129,7 @@ fn backend_features_match_the_served_task() {
     // The finetuning path: the same coefficients as a flat parameter vector.
     let backend = TractBackend::new(Arc::clone(&rt)).expect("backend");
     let mut model = SequenceModel::new(backend, ex[..n].to_vec(), 0, Some(SEQ)).expect("model");
-    let params = flat(&model, &c);
+    let params = layout_params(model.layout(), &c.modules).expect("params");
     let batch: Vec<usize> = (0..n).collect();
     let mut feats = Vec::new();
     let mut logits_of = |params: &[f32]| -> Vec<Vec<f64>> {
