@@ -241,26 +241,6 @@ fn short_names(names: &[String]) -> Vec<String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::short_names;
-
-    #[test]
-    fn labels_keep_the_parts_that_differ() {
-        let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            short_names(&n(&[
-                "encoder.layer.0.attention.self.query",
-                "encoder.layer.0.attention.self.value",
-                "encoder.layer.1.attention.self.query",
-            ])),
-            ["0.query", "0.value", "1.query"]
-        );
-        assert_eq!(short_names(&n(&["a.b.c", "a.d"])), ["b.c", "d"]);
-        assert_eq!(short_names(&n(&["only.one"])), ["one"]);
-    }
-}
-
 fn error_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     errors: &[ErrorSeries],
@@ -356,4 +336,24 @@ fn error_panel<DB: DrawingBackend>(
         .border_style(BLACK)
         .draw()
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_names;
+
+    #[test]
+    fn labels_keep_the_parts_that_differ() {
+        let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            short_names(&n(&[
+                "encoder.layer.0.attention.self.query",
+                "encoder.layer.0.attention.self.value",
+                "encoder.layer.1.attention.self.query",
+            ])),
+            ["0.query", "0.value", "1.query"]
+        );
+        assert_eq!(short_names(&n(&["a.b.c", "a.d"])), ["b.c", "d"]);
+        assert_eq!(short_names(&n(&["only.one"])), ["one"]);
+    }
 }
