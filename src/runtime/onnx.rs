@@ -7,6 +7,7 @@ use super::pb::{
 };
 use crate::error::{Error, Result};
 use prost::Message;
+use prost::bytes::Bytes;
 use std::path::Path;
 
 /// ONNX element type code of f32 (`TensorProto.DataType.FLOAT`).
@@ -17,16 +18,18 @@ pub const INT64: i32 = 7;
 /// Reads an ONNX model file; returns the decoded model and the SHA-256 of the file's bytes.
 ///
 /// The file is read whole (its size bounds the allocation); a file that is not a protobuf
-/// `ModelProto` with a graph is an error naming the file.
+/// `ModelProto` with a graph is an error naming the file. The initializers' `raw_data` are
+/// slices of that one buffer, not copies, so the weights are held once.
 pub fn read_model(path: &Path) -> Result<(ModelProto, String)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let sha = crate::util::sha256_hex(&bytes);
-    let model = decode_model(&bytes, path)?;
+    let model = decode_model(Bytes::from(bytes), path)?;
     Ok((model, sha))
 }
 
-/// Decodes a `ModelProto` from bytes; `path` only names the source in errors.
-pub fn decode_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
+/// Decodes a `ModelProto` from bytes (tensor data slices `bytes`); `path` only names the
+/// source in errors.
+pub fn decode_model(bytes: Bytes, path: &Path) -> Result<ModelProto> {
     let model = ModelProto::decode(bytes).map_err(|e| {
         Error::bad_file(
             path,
@@ -57,7 +60,7 @@ pub fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
         name: name.to_string(),
         dims: dims.iter().map(|&d| d as i64).collect(),
         data_type: FLOAT,
-        raw_data: raw,
+        raw_data: raw.into(),
         ..Default::default()
     }
 }
@@ -72,7 +75,7 @@ pub fn tensor_i64(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
         name: name.to_string(),
         dims: dims.iter().map(|&d| d as i64).collect(),
         data_type: INT64,
-        raw_data: raw,
+        raw_data: raw.into(),
         ..Default::default()
     }
 }
@@ -264,4 +267,33 @@ pub fn f32_data(t: &TensorProto, path: &Path) -> Result<Vec<f32>> {
         t.float_data.clone()
     };
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::pb::GraphProto;
+
+    /// The load peak depends on this: a decoded initializer's data is a view of the file
+    /// buffer, not a second copy of the weights.
+    #[test]
+    fn decoded_raw_data_slices_the_buffer() {
+        let w: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let model = ModelProto {
+            graph: Some(GraphProto {
+                initializer: vec![tensor_f32("w", &[10, 100], &w)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let bytes = Bytes::from(encode_model(&model));
+        let range = bytes.as_ptr_range();
+        let decoded = decode_model(bytes.clone(), Path::new("m.onnx")).expect("decode");
+        let init = &decoded.graph.as_ref().expect("graph").initializer[0];
+        assert!(
+            range.contains(&init.raw_data.as_ptr()),
+            "raw_data was copied"
+        );
+        assert_eq!(f32_data(init, Path::new("m.onnx")).expect("data"), w);
+    }
 }
