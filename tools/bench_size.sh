@@ -5,6 +5,7 @@
 #
 #   tools/bench_size.sh [VARIANT...]          # default: all variants below, x86_64
 #   TARGET=aarch64-unknown-linux-gnu tools/bench_size.sh base fat-abort
+#   BASE_TARGET_DIR=target tools/bench_size.sh base fat-abort   # reuse an existing release build
 #
 # Each variant builds into its own target dir, ${TGT_ROOT:-/tmp/elx-size}/<target>-<variant>
 # (a full release build each: many minutes on 2 cores; delete the dirs afterwards). The
@@ -33,30 +34,37 @@ envs() {
     esac
 }
 
+# The host build goes without --target, so that its output path (and a reused BASE_TARGET_DIR)
+# is the usual target/release.
 case $target in
-    aarch64-*) strip=aarch64-linux-gnu-strip; sub=$target/release; examples=() ;;
-    *) strip=strip; sub=release; examples=(--example bench_runtime) ;;
+    aarch64-*) strip=aarch64-linux-gnu-strip; sub=$target/release; examples=(); tflag=(--target "$target") ;;
+    *) strip=strip; sub=release; examples=(--example bench_runtime); tflag=() ;;
 esac
 
+dir_of() {
+    if [ "$1" = base ] && [ -n "${BASE_TARGET_DIR:-}" ]; then echo "$BASE_TARGET_DIR"; else echo "$root/$target-$1"; fi
+}
+
 for v in "${variants[@]}"; do
-    dir=$root/$target-$v
+    dir=$(dir_of "$v")
+    out=$root/$target-$v
     start=$(date +%s)
     # shellcheck disable=SC2046
-    env $(envs "$v") CARGO_TARGET_DIR="$dir" /usr/bin/time -f "%U %S" -o "$dir.time" \
-        nice -n 10 cargo build --release --target "$target" --bin elx "${examples[@]}" >"$dir.log" 2>&1
+    env $(envs "$v") CARGO_TARGET_DIR="$dir" /usr/bin/time -f "%U %S" -o "$out.time" \
+        nice -n 10 cargo build --release "${tflag[@]}" --bin elx "${examples[@]}" >"$out.log" 2>&1
     wall=$(( $(date +%s) - start ))
-    cp "$dir/$sub/elx" "$dir.elx"
-    "$strip" "$dir.elx"
-    read -r user sys <"$dir.time"
+    cp "$dir/$sub/elx" "$out.elx"
+    "$strip" "$out.elx"
+    read -r user sys <"$out.time"
     printf '%-12s %-28s stripped %10d B (%.2f MB)  unstripped %10d B  build wall %5d s  cpu %6.0f s\n' \
-        "$v" "$target" "$(stat -c %s "$dir.elx")" "$(echo "$(stat -c %s "$dir.elx") / 1000000" | bc -l)" \
+        "$v" "$target" "$(stat -c %s "$out.elx")" "$(echo "$(stat -c %s "$out.elx") / 1000000" | bc -l)" \
         "$(stat -c %s "$dir/$sub/elx")" "$wall" "$(echo "$user + $sys" | bc -l)"
 done
 
 [ ${#examples[@]} -gt 0 ] || exit 0
 for r in $(seq "$rounds"); do
     for v in "${variants[@]}"; do
-        b=$root/$target-$v/release/examples/bench_runtime
+        b=$(dir_of "$v")/release/examples/bench_runtime
         printf 'round %d %-12s ' "$r" "$v"
         "$b" --iters 30 | grep -E '^(base run|patched run)' | tr -s ' ' | paste -sd ' ' 
     done
