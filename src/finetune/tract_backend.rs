@@ -8,27 +8,20 @@
 //! so on the next call our `Arc`s are unique again and are written without allocating.
 
 use super::CoeffLayout;
-use super::seq::HiddenStateBackend;
+use super::seq::{
+    HiddenStateBackend, TokenFeed, check_params, module_params, write_alpha_a_t, write_alpha_b_t,
+};
 use crate::error::{Error, Result};
 use crate::runtime::store::{Task, TaskData};
 use crate::runtime::tract::{Runtime, TValue, Tensor, TractTask};
 use std::sync::Arc;
 use tract_onnx::prelude::IntoArcTensor;
 
-/// Where a base-model input's values come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Feed {
-    Ids,
-    Mask,
-    /// `token_type_ids`: all zeros (single-segment inputs).
-    Zeros,
-}
-
 /// The tract runtime as a [`HiddenStateBackend`]. See the module documentation.
 pub struct TractBackend {
     rt: Arc<Runtime>,
     layout: Vec<CoeffLayout>,
-    feeds: Vec<Feed>,
+    feeds: Vec<TokenFeed>,
     output: usize,
     task: TractTask,
     /// Small placeholder swapped into a task slot while its tensor is written.
@@ -41,23 +34,7 @@ impl TractBackend {
     /// Wraps `rt`, reading the hidden state from its first output. The base model's inputs
     /// must be among `input_ids`, `attention_mask` and `token_type_ids` (given as zeros).
     pub fn new(rt: Arc<Runtime>) -> Result<Self> {
-        let feeds = rt
-            .input_names()
-            .iter()
-            .map(|n| match n.as_str() {
-                "input_ids" => Ok(Feed::Ids),
-                "attention_mask" => Ok(Feed::Mask),
-                "token_type_ids" => Ok(Feed::Zeros),
-                other => Err(Error::Usage(format!(
-                    "finetuning feeds input_ids, attention_mask and token_type_ids; the model also takes `{other}`"
-                ))),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if !feeds.contains(&Feed::Ids) {
-            return Err(Error::Usage(
-                "finetuning needs a model with an `input_ids` input".into(),
-            ));
-        }
+        let feeds = TokenFeed::for_inputs(rt.input_names().iter().map(String::as_str))?;
         let mut layout = Vec::with_capacity(rt.coeff_inputs().len());
         let mut extra = Vec::with_capacity(2 * rt.coeff_inputs().len());
         let zeros = |shape: &[usize]| -> Result<TValue> {
@@ -118,37 +95,18 @@ impl TractBackend {
     /// Writes the flat parameters (α_A [r x K_A] then α_B [K_B x r] per module) into the
     /// private task as the graph wants them: α_Aᵀ [1, K_A, r] and α_Bᵀ [1, r, K_B].
     fn write_coeffs(&mut self, params: &[f32]) -> Result<()> {
-        let total: usize = self.layout.iter().map(CoeffLayout::len).sum();
-        if params.len() != total {
-            return Err(Error::Usage(format!(
-                "expected {total} coefficient values for the model's layout, found {}",
-                params.len()
-            )));
-        }
-        let mut at = 0;
+        check_params(&self.layout, params)?;
         for (m, l) in self.layout.iter().enumerate() {
+            let (a, b) = module_params(&self.layout, params, m);
             let (k_a, k_b, r) = (l.k_a, l.k_b, l.r);
-            let a = &params[at..at + r * k_a];
-            let b = &params[at + r * k_a..at + r * (k_a + k_b)];
-            at += l.len();
             let fresh_a = write_slot(&mut self.task.extra[2 * m], &self.hole, &[1, k_a, r], |t| {
-                for j in 0..r {
-                    for k in 0..k_a {
-                        t[k * r + j] = a[j * k_a + k];
-                    }
-                }
+                write_alpha_a_t(l, a, t)
             })?;
             let fresh_b = write_slot(
                 &mut self.task.extra[2 * m + 1],
                 &self.hole,
                 &[1, r, k_b],
-                |t| {
-                    for j in 0..r {
-                        for k in 0..k_b {
-                            t[j * k_b + k] = b[k * r + j];
-                        }
-                    }
-                },
+                |t| write_alpha_b_t(l, b, t),
             )?;
             self.reallocations += u64::from(fresh_a) + u64::from(fresh_b);
         }
@@ -211,9 +169,9 @@ impl HiddenStateBackend for TractBackend {
         let shape = [batch, seq];
         for f in &self.feeds {
             let t = match f {
-                Feed::Ids => Tensor::from_shape(&shape, input_ids),
-                Feed::Mask => Tensor::from_shape(&shape, attention_mask),
-                Feed::Zeros => Tensor::from_shape(&shape, &vec![0i64; batch * seq]),
+                TokenFeed::Ids => Tensor::from_shape(&shape, input_ids),
+                TokenFeed::Mask => Tensor::from_shape(&shape, attention_mask),
+                TokenFeed::Zeros => Tensor::from_shape(&shape, &vec![0i64; batch * seq]),
             }
             .map_err(|e| Error::Usage(format!("token inputs {shape:?}: {e}")))?;
             self.inputs.push(t.into());

@@ -54,7 +54,7 @@ mod backend {
     use super::super::onnx::{encode_model, read_model};
     use super::super::patch::{self, CoeffInput, PatchedModel};
     use super::super::pb::ModelProto;
-    use super::super::store::{TaskId, TaskStore};
+    use super::super::store::{TaskData, TaskId, TaskStore};
     use super::ExecutionProvider;
     use crate::bundle::{Bundle, CoeffFile};
     use crate::error::{Error, Result};
@@ -493,8 +493,44 @@ mod backend {
         /// borrowed from the store as they are: a swap copies and builds nothing.
         pub fn run(&self, inputs: &[InputTensor], task: TaskId) -> Result<Vec<OutputTensor>> {
             let t = self.store.get(task)?;
-            let extra: Vec<(&str, &[usize], &[f32])> = t
-                .data
+            self.run_task(inputs, &t.data)
+        }
+
+        /// Runs every row of `inputs` with the coefficients of `task`, which need not be in
+        /// the store (the finetuner's trial coefficients): one tensor per coefficient input,
+        /// in [`OrtRuntime::coeff_inputs`] order, α_Aᵀ [1, K_A, r] then α_Bᵀ [1, r, K_B].
+        pub fn run_task(
+            &self,
+            inputs: &[InputTensor],
+            task: &TaskData,
+        ) -> Result<Vec<OutputTensor>> {
+            let want = self
+                .coeff_inputs
+                .iter()
+                .flat_map(|c| [(&c.alpha_a, [1, c.k_a, c.r]), (&c.alpha_b, [1, c.r, c.k_b])]);
+            if task.tensors.len() != 2 * self.coeff_inputs.len() {
+                return Err(Error::Usage(format!(
+                    "task `{}` has {} coefficient tensors, the graph takes {}",
+                    task.name,
+                    task.tensors.len(),
+                    2 * self.coeff_inputs.len()
+                )));
+            }
+            for (c, (name, shape)) in task.tensors.iter().zip(want) {
+                if &c.name != name
+                    || c.shape != shape
+                    || c.data.len() != shape.iter().product::<usize>()
+                {
+                    return Err(Error::Usage(format!(
+                        "task `{}`: expected coefficient `{name}` {shape:?}, found `{}` {:?} with {} values",
+                        task.name,
+                        c.name,
+                        c.shape,
+                        c.data.len()
+                    )));
+                }
+            }
+            let extra: Vec<(&str, &[usize], &[f32])> = task
                 .tensors
                 .iter()
                 .map(|c| (c.name.as_str(), &c.shape[..], c.data.as_slice()))

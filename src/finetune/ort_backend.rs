@@ -1,0 +1,141 @@
+//! [`HiddenStateBackend`] over the ONNX Runtime backend ([`OrtRuntime`]): the finetuner's
+//! trial coefficients go into one private [`TaskData`] whose buffers are allocated once and
+//! overwritten in place, then the patched graph runs through [`OrtRuntime::run_task`] on the
+//! runtime's session (CPU, CUDA or TensorRT), exactly as a served task would.
+//!
+//! ONNX Runtime borrows the coefficient buffers for the run (no copy on our side); the token
+//! inputs and the returned hidden state are copied once per call, as for any ORT run.
+
+use super::CoeffLayout;
+use super::seq::{
+    HiddenStateBackend, TokenFeed, check_params, module_params, write_alpha_a_t, write_alpha_b_t,
+};
+use crate::error::{Error, Result};
+use crate::runtime::input::{InputTensor, TensorData};
+use crate::runtime::ort::OrtRuntime;
+use crate::runtime::store::{CoeffTensor, TaskData};
+use std::sync::Arc;
+
+/// The ONNX Runtime backend as a [`HiddenStateBackend`]. See the module documentation.
+pub struct OrtBackend {
+    rt: Arc<OrtRuntime>,
+    layout: Vec<CoeffLayout>,
+    feeds: Vec<(String, TokenFeed)>,
+    output: usize,
+    task: TaskData,
+}
+
+impl OrtBackend {
+    /// Wraps `rt`, reading the hidden state from its first output. The base model's inputs
+    /// must be among `input_ids`, `attention_mask` and `token_type_ids` (given as zeros).
+    pub fn new(rt: Arc<OrtRuntime>) -> Result<Self> {
+        let names: Vec<String> = rt.inputs().iter().map(|s| s.name.clone()).collect();
+        let feeds = TokenFeed::for_inputs(names.iter().map(String::as_str))?;
+        let mut layout = Vec::with_capacity(rt.coeff_inputs().len());
+        let mut tensors = Vec::with_capacity(2 * rt.coeff_inputs().len());
+        for ci in rt.coeff_inputs() {
+            layout.push(CoeffLayout {
+                name: ci.module.clone(),
+                k_a: ci.k_a,
+                k_b: ci.k_b,
+                r: ci.r,
+            });
+            tensors.push(CoeffTensor {
+                name: ci.alpha_a.clone(),
+                shape: [1, ci.k_a, ci.r],
+                data: vec![0f32; ci.k_a * ci.r],
+            });
+            tensors.push(CoeffTensor {
+                name: ci.alpha_b.clone(),
+                shape: [1, ci.r, ci.k_b],
+                data: vec![0f32; ci.r * ci.k_b],
+            });
+        }
+        Ok(Self {
+            rt,
+            layout,
+            feeds: names.into_iter().zip(feeds).collect(),
+            output: 0,
+            task: TaskData {
+                name: "finetune".into(),
+                path: None,
+                tensors,
+                head: None,
+            },
+        })
+    }
+
+    /// Reads the hidden state from the model's `i`-th output instead of the first.
+    pub fn with_output(mut self, i: usize) -> Self {
+        self.output = i;
+        self
+    }
+
+    /// The runtime (to serve tasks beside the one being trained).
+    pub fn runtime(&self) -> &Arc<OrtRuntime> {
+        &self.rt
+    }
+}
+
+impl HiddenStateBackend for OrtBackend {
+    fn layout(&self) -> &[CoeffLayout] {
+        &self.layout
+    }
+
+    fn hidden(
+        &mut self,
+        input_ids: &[i64],
+        attention_mask: &[i64],
+        batch: usize,
+        seq: usize,
+        params: &[f32],
+        out: &mut Vec<f32>,
+    ) -> Result<usize> {
+        if input_ids.len() != batch * seq || attention_mask.len() != batch * seq {
+            return Err(Error::Usage(format!(
+                "expected {batch}x{seq} token ids and mask values, found {} and {}",
+                input_ids.len(),
+                attention_mask.len()
+            )));
+        }
+        check_params(&self.layout, params)?;
+        for (m, l) in self.layout.iter().enumerate() {
+            let (a, b) = module_params(&self.layout, params, m);
+            write_alpha_a_t(l, a, &mut self.task.tensors[2 * m].data);
+            write_alpha_b_t(l, b, &mut self.task.tensors[2 * m + 1].data);
+        }
+        let inputs: Vec<InputTensor> = self
+            .feeds
+            .iter()
+            .map(|(name, f)| InputTensor {
+                name: name.clone(),
+                shape: vec![batch, seq],
+                data: TensorData::I64(match f {
+                    TokenFeed::Ids => input_ids.to_vec(),
+                    TokenFeed::Mask => attention_mask.to_vec(),
+                    TokenFeed::Zeros => vec![0; batch * seq],
+                }),
+            })
+            .collect();
+        let mut outputs = self.rt.run_task(&inputs, &self.task)?;
+        let n = outputs.len();
+        if self.output >= n {
+            return Err(Error::Usage(format!(
+                "the model has {n} outputs; the hidden state was asked of output {}",
+                self.output
+            )));
+        }
+        let o = outputs.swap_remove(self.output);
+        let d = match o.shape[..] {
+            [b, s, d] if b == batch && s == seq => d,
+            ref other => {
+                return Err(Error::Usage(format!(
+                    "expected a last hidden state [{batch}, {seq}, d] from output `{}`, found shape {other:?}",
+                    o.name
+                )));
+            }
+        };
+        *out = o.data;
+        Ok(d)
+    }
+}
