@@ -4,20 +4,12 @@
 //! Bad data (empty file, unknown validation label, too-long example) gets a clear error.
 #![cfg(feature = "tract")]
 
-use eigenlorax::adapter::Adapter;
-use eigenlorax::bundle::{Bundle, CoeffFile, Provenance, StorageDtype};
-use eigenlorax::runtime::bind_file;
-use eigenlorax::subspace::{ExtractOptions, KRule, extract};
+mod tinybert_support;
+
+use eigenlorax::bundle::{CoeffFile, Provenance};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const SEQ: usize = 16;
-
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/fixtures")
-        .join(p)
-}
+use tinybert_support::{SEQ, fixture, rows as data, tmpdir};
 
 fn elx(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_elx"))
@@ -33,23 +25,6 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-/// (rows of input_ids [SEQ], labels) of a split of a data fixture.
-fn data(task: usize, split: &str) -> (Vec<Vec<i64>>, Vec<i64>) {
-    let bytes = std::fs::read(fixture(&format!("data/task{task}.safetensors"))).expect("data");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let i64s = |n: &str| -> Vec<i64> {
-        st.tensor(n)
-            .expect(n)
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
-            .collect()
-    };
-    let ids = i64s(&format!("{split}.input_ids"));
-    let labels = i64s(&format!("{split}.labels"));
-    (ids.chunks_exact(SEQ).map(<[i64]>::to_vec).collect(), labels)
-}
-
 /// JSONL lines with the padding (id 0) stripped.
 fn write_jsonl(path: &Path, rows: &[Vec<i64>], labels: &[i64]) {
     let mut s = String::new();
@@ -61,25 +36,10 @@ fn write_jsonl(path: &Path, rows: &[Vec<i64>], labels: &[i64]) {
     std::fs::write(path, s).expect("write jsonl");
 }
 
+/// The tiny-BERT bundle of task0..4, bound; its path.
 fn bound_bundle(dir: &Path) -> PathBuf {
-    let adapters: Vec<Adapter> = (0..5)
-        .map(|i| Adapter::open(&fixture(&format!("adapters/task{i}"))).expect("adapter"))
-        .collect();
-    let options = ExtractOptions {
-        k_rule_a: KRule::Fixed(20),
-        k_rule_b: KRule::Fixed(20),
-        ..Default::default()
-    };
-    let sub = extract(&adapters, &options, &|_, _, _| {}).expect("extract");
-    let unbound = dir.join("unbound.elxb");
-    Bundle::write(&unbound, &sub, &[], StorageDtype::F32, None).expect("write bundle");
-    let bundle = Bundle::read(&unbound).expect("read bundle");
-    let binding = bind_file(&fixture("tiny-bert/model.onnx"), &bundle, None).expect("bind");
-    let bound = dir.join("bound.elxb");
-    bundle
-        .with_binding(Some(&binding), &bound)
-        .expect("bind bundle");
-    bound
+    tinybert_support::bound_bundle(dir);
+    dir.join("bound.elxb")
 }
 
 /// The number after `key` in `s` (e.g. "loss 0.6931").
@@ -95,9 +55,7 @@ fn number_after(s: &str, key: &str) -> f64 {
 
 #[test]
 fn finetune_writes_a_task_that_elx_run_serves() {
-    let dir = std::env::temp_dir().join(format!("elx-ft-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = tmpdir("ft-cli");
     let bundle = bound_bundle(&dir);
     let model = fixture("tiny-bert/model.onnx");
     let (train_rows, train_labels) = data(5, "train");
@@ -341,4 +299,137 @@ fn finetune_writes_a_task_that_elx_run_serves() {
     a.extend(["--val", &long_s, "--max-length", "32", "-o", &out_s]);
     let (_, e) = text(&elx(&a));
     assert!(e.contains("40 tokens") && e.contains("at most 32"), "{e}");
+}
+
+/// Bitwise equality of two task files' coefficients and heads.
+fn same_task(a: &CoeffFile, b: &CoeffFile) -> bool {
+    let coeffs = a.modules.len() == b.modules.len()
+        && a.modules.iter().all(|(m, x)| {
+            b.modules.get(m).is_some_and(|y| {
+                (&x.alpha_a - &y.alpha_a).norm_max() == 0.0
+                    && (&x.alpha_b - &y.alpha_b).norm_max() == 0.0
+            })
+        });
+    let heads = match (&a.head, &b.head) {
+        (Some(h), Some(g)) => (&h.weight - &g.weight).norm_max() == 0.0 && h.bias == g.bias,
+        _ => false,
+    };
+    coeffs && heads
+}
+
+/// `--checkpoint`/`--pause-after`/`--resume` through the CLI: a 20-step run paused at steps
+/// 8 and 13 and resumed twice writes the very file an uninterrupted run writes. `--zero-shot` trains the head only: its random
+/// subspace coefficients are the same after 1 step and after 20, and nonzero.
+#[test]
+fn resume_and_zero_shot_through_the_cli() {
+    let dir = tmpdir("ft-cli-resume");
+    let bundle = bound_bundle(&dir);
+    let (train_rows, train_labels) = data(5, "train");
+    let (test_rows, test_labels) = data(5, "test");
+    let (train, val) = (dir.join("train.jsonl"), dir.join("val.jsonl"));
+    write_jsonl(&train, &train_rows, &train_labels);
+    write_jsonl(&val, &test_rows[..32], &test_labels[..32]);
+    let p = |x: &Path| x.to_str().expect("utf8").to_string();
+    let (model_s, bundle_s, train_s, val_s) = (
+        p(&fixture("tiny-bert/model.onnx")),
+        p(&bundle),
+        p(&train),
+        p(&val),
+    );
+    let run = |extra: &[&str]| -> String {
+        let mut a = vec![
+            "finetune",
+            "--model",
+            &model_s,
+            "--bundle",
+            &bundle_s,
+            "--train",
+            &train_s,
+            "--val",
+            &val_s,
+            "--r",
+            "2",
+            "--directions",
+            "2",
+            "--eval-every",
+            "5",
+            "--seed",
+            "9",
+        ];
+        a.extend(extra);
+        let o = elx(&a);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "elx {a:?}: {err}");
+        out + &err
+    };
+    let (whole, part, resumed) = (
+        dir.join("whole.elxc"),
+        dir.join("part.elxc"),
+        dir.join("resumed.elxc"),
+    );
+    let ck = dir.join("run.ckpt");
+    let (whole_s, part_s, resumed_s, ck_s) = (p(&whole), p(&part), p(&resumed), p(&ck));
+    run(&["--steps", "20", "-o", &whole_s]);
+    let log = run(&[
+        "--steps",
+        "20",
+        "--checkpoint",
+        &ck_s,
+        "--pause-after",
+        "8",
+        "-o",
+        &part_s,
+    ]);
+    assert!(log.contains("paused at step 8 of 20"), "{log}");
+    assert!(!part.exists(), "a paused run writes no task file yet");
+    let log = run(&[
+        "--steps",
+        "20",
+        "--checkpoint",
+        &ck_s,
+        "--resume",
+        &ck_s,
+        "--pause-after",
+        "5",
+        "-o",
+        &part_s,
+    ]);
+    assert!(log.contains("paused at step 13 of 20"), "{log}");
+    run(&["--steps", "20", "--resume", &ck_s, "-o", &resumed_s]);
+    run(&["--steps", "10", "-o", &part_s]);
+    let read = |f: &Path| CoeffFile::read(f).expect("task file");
+    let (w, pt, r) = (read(&whole), read(&part), read(&resumed));
+    assert!(
+        same_task(&w, &r),
+        "a resumed run must write the uninterrupted run's file"
+    );
+    assert!(!same_task(&w, &pt), "10 more steps must change something");
+
+    let (zs1, zs20) = (dir.join("zs1.elxc"), dir.join("zs20.elxc"));
+    let (zs1_s, zs20_s) = (p(&zs1), p(&zs20));
+    let log = run(&["--zero-shot", "--steps", "1", "-o", &zs1_s]);
+    assert!(log.contains("zero-shot"), "{log}");
+    run(&["--zero-shot", "--steps", "20", "-o", &zs20_s]);
+    let (a, b) = (read(&zs1), read(&zs20));
+    let mut biggest = 0f64;
+    for (m, x) in &a.modules {
+        let y = &b.modules[m];
+        assert_eq!(
+            (&x.alpha_a - &y.alpha_a).norm_max(),
+            0.0,
+            "{m}: alpha_A trained"
+        );
+        assert_eq!(
+            (&x.alpha_b - &y.alpha_b).norm_max(),
+            0.0,
+            "{m}: alpha_B trained"
+        );
+        biggest = biggest.max(x.alpha_a.norm_max()).max(x.alpha_b.norm_max());
+    }
+    assert!(biggest > 0.0, "zero-shot coefficients are random, not zero");
+    let (h1, h20) = (a.head.expect("head"), b.head.expect("head"));
+    assert!(
+        (&h1.weight - &h20.weight).norm_max() > 0.0,
+        "the head must train"
+    );
 }

@@ -85,6 +85,10 @@ pub struct FinetuneArgs {
     /// Checkpoint file (written atomically).
     #[arg(long, value_name = "PATH")]
     pub checkpoint: Option<PathBuf>,
+    /// Stop after N steps of this invocation, writing the checkpoint (no task file yet);
+    /// continue later with --resume. For devices that train in slices.
+    #[arg(long, value_name = "N", requires = "checkpoint")]
+    pub pause_after: Option<u64>,
     /// Continue the run saved in this checkpoint (same data and settings).
     #[arg(long, value_name = "PATH")]
     pub resume: Option<PathBuf>,
@@ -293,7 +297,10 @@ fn train<B: HiddenStateBackend>(
     bar.set_position(ft.steps());
     let mut last_val = String::from("val -");
     let mut last_loss = f64::NAN;
-    let report = ft.fit(&mut |e: &Event| match e {
+    let pause_at = args
+        .pause_after
+        .map_or(u64::MAX, |n| ft.steps().saturating_add(n));
+    let report = ft.fit_until(pause_at, &mut |e: &Event| match e {
         Event::Step(s) => {
             last_loss = s.loss;
             bar.set_position(s.step);
@@ -310,6 +317,17 @@ fn train<B: HiddenStateBackend>(
         Event::Checkpoint(step) => bar.println(format!("checkpoint at step {step}")),
     })?;
     bar.finish_and_clear();
+    if report.paused {
+        let ck = args.checkpoint.as_deref().unwrap_or(Path::new("?"));
+        println!(
+            "paused at step {} of {} ({} forward passes); continue with --resume {}",
+            report.steps,
+            args.steps,
+            report.forward_passes,
+            ck.display()
+        );
+        return Ok(());
+    }
 
     let task = match &args.task {
         Some(t) => t.clone(),

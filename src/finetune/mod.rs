@@ -274,6 +274,10 @@ pub struct FitReport {
     pub best_step: u64,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// Whether [`Finetuner::fit_until`] paused the run before its end (the parameters are
+    /// then the current ones, not the best; continue with another `fit_until` or `fit`, in
+    /// this process or after [`Finetuner::resume`]).
+    pub paused: bool,
 }
 
 /// Where one module's coefficients sit in the trainable vector and in the model's buffer.
@@ -817,10 +821,40 @@ impl<M: ForwardModel> Finetuner<M> {
     /// checkpoint every `checkpoint_every` steps. At the end the best parameters are restored.
     /// Calling it on a resumed finetuner continues the interrupted run exactly.
     pub fn fit(&mut self, on_event: &mut dyn FnMut(&Event)) -> Result<FitReport> {
+        self.fit_until(u64::MAX, on_event)
+    }
+
+    /// [`Finetuner::fit`], pausing once `pause_at` steps are done in total (a device that
+    /// trains in slices: while idle, while charging). A paused run writes a checkpoint when a
+    /// checkpoint path is set, keeps its current parameters (the best are restored only at the
+    /// end of the run), and reports `paused`; continuing it gives the uninterrupted run.
+    pub fn fit_until(
+        &mut self,
+        pause_at: u64,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<FitReport> {
         if self.cfg.eval_at_start && self.step == 0 && !self.early.best.is_finite() {
             self.evaluate_and_track(on_event)?;
         }
         while self.step < self.cfg.max_steps && !self.stopped {
+            if self.step >= pause_at {
+                // Not twice: the loop has just written one at a checkpoint step.
+                let written = self.cfg.checkpoint_every > 0
+                    && self.step > 0
+                    && self.step.is_multiple_of(self.cfg.checkpoint_every);
+                if let Some(p) = self.cfg.checkpoint_path.clone().filter(|_| !written) {
+                    self.save_checkpoint(&p)?;
+                    on_event(&Event::Checkpoint(self.step));
+                }
+                return Ok(FitReport {
+                    steps: self.step,
+                    forward_passes: self.forward_passes,
+                    best_metric: self.early.best,
+                    best_step: self.early.best_step,
+                    stopped_early: false,
+                    paused: true,
+                });
+            }
             let b = self.next_batch();
             let st = self.step(&b)?;
             on_event(&Event::Step(st));
@@ -847,6 +881,7 @@ impl<M: ForwardModel> Finetuner<M> {
             best_metric: self.early.best,
             best_step: self.early.best_step,
             stopped_early: self.stopped,
+            paused: false,
         })
     }
 
