@@ -4,6 +4,8 @@
 //! example (its features are cached).
 #![cfg(feature = "tract")]
 
+mod tinybert_support;
+
 use eigenlorax::bundle::CoeffFile;
 use eigenlorax::eval::head_metrics;
 use eigenlorax::eval::loo::{self, LooConfig, Method, TaskSpec};
@@ -11,36 +13,13 @@ use eigenlorax::finetune::FinetuneConfig;
 use eigenlorax::runtime::input::{Pooling, pool};
 use eigenlorax::runtime::tract::{Runtime, TValue, Tensor};
 use eigenlorax::subspace::{ExtractOptions, KRule};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
-const SEQ: usize = 16;
-
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/fixtures")
-        .join(p)
-}
+use std::path::Path;
+use tinybert_support::{SEQ, fixture, rows, write_jsonl};
 
 /// Writes `split` of a data fixture as pre-tokenized JSONL (pad id 0 -> dropped).
 fn jsonl(task: usize, split: &str, out: &Path) {
-    let bytes = std::fs::read(fixture(&format!("data/task{task}.safetensors"))).expect("data");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let i64s = |n: &str| -> Vec<i64> {
-        st.tensor(n)
-            .expect(n)
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
-            .collect()
-    };
-    let ids = i64s(&format!("{split}.input_ids"));
-    let labels = i64s(&format!("{split}.labels"));
-    let mut f = std::fs::File::create(out).expect("create");
-    for (row, label) in ids.chunks_exact(SEQ).zip(labels) {
-        let toks: Vec<i64> = row.iter().copied().filter(|&t| t != 0).collect();
-        writeln!(f, "{{\"input_ids\": {toks:?}, \"label\": {label}}}").expect("write");
-    }
+    let (rows, labels) = rows(task, split);
+    write_jsonl(out, &rows, &labels);
 }
 
 /// Test CE and accuracy of a written `.elxc` on the first `n_test` test examples, served as

@@ -9,7 +9,7 @@ mod tinybert_support;
 use eigenlorax::bundle::{CoeffFile, Provenance};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use tinybert_support::{SEQ, fixture, rows as data, tmpdir};
+use tinybert_support::{SEQ, fixture, rows as data, tmpdir, write_jsonl};
 
 fn elx(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_elx"))
@@ -23,17 +23,6 @@ fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-/// JSONL lines with the padding (id 0) stripped.
-fn write_jsonl(path: &Path, rows: &[Vec<i64>], labels: &[i64]) {
-    let mut s = String::new();
-    for (r, l) in rows.iter().zip(labels) {
-        let ids: Vec<i64> = r.iter().copied().filter(|&t| t != 0).collect();
-        s.push_str(&serde_json::json!({"input_ids": ids, "label": l}).to_string());
-        s.push('\n');
-    }
-    std::fs::write(path, s).expect("write jsonl");
 }
 
 /// The tiny-BERT bundle of task0..4, bound; its path.

@@ -19,7 +19,7 @@ use ort_support::require_ort;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use tinybert_support::{bound_bundle, data, model, rows, tmpdir};
+use tinybert_support::{bound_bundle, data, model, rows, tmpdir, write_jsonl};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -146,15 +146,6 @@ fn training_through_ort_follows_tract() {
         end_o < s_o - 0.02,
         "training through ORT must lower the loss: {s_o} -> {end_o}"
     );
-}
-
-fn write_jsonl(path: &Path, rows: &[Vec<i64>], labels: &[i64]) {
-    let mut s = String::new();
-    for (r, l) in rows.iter().zip(labels) {
-        let ids: Vec<i64> = r.iter().copied().filter(|&t| t != 0).collect();
-        s.push_str(&format!("{{\"input_ids\": {ids:?}, \"label\": {l}}}\n"));
-    }
-    std::fs::write(path, s).expect("write jsonl");
 }
 
 /// `elx finetune --backend ort` end to end: it trains, reports, and writes a finetuned task

@@ -8,7 +8,8 @@
 
 use super::CoeffLayout;
 use super::seq::{
-    HiddenStateBackend, TokenFeed, check_params, module_params, write_alpha_a_t, write_alpha_b_t,
+    HiddenStateBackend, TokenFeed, check_params, check_tokens, hidden_width, module_params,
+    write_alpha_a_t, write_alpha_b_t,
 };
 use crate::error::{Error, Result};
 use crate::runtime::input::{InputTensor, TensorData};
@@ -91,13 +92,7 @@ impl HiddenStateBackend for OrtBackend {
         params: &[f32],
         out: &mut Vec<f32>,
     ) -> Result<usize> {
-        if input_ids.len() != batch * seq || attention_mask.len() != batch * seq {
-            return Err(Error::Usage(format!(
-                "expected {batch}x{seq} token ids and mask values, found {} and {}",
-                input_ids.len(),
-                attention_mask.len()
-            )));
-        }
+        check_tokens(input_ids, attention_mask, batch, seq)?;
         check_params(&self.layout, params)?;
         for (m, l) in self.layout.iter().enumerate() {
             let (a, b) = module_params(&self.layout, params, m);
@@ -126,15 +121,7 @@ impl HiddenStateBackend for OrtBackend {
             )));
         }
         let o = outputs.swap_remove(self.output);
-        let d = match o.shape[..] {
-            [b, s, d] if b == batch && s == seq => d,
-            ref other => {
-                return Err(Error::Usage(format!(
-                    "expected a last hidden state [{batch}, {seq}, d] from output `{}`, found shape {other:?}",
-                    o.name
-                )));
-            }
-        };
+        let d = hidden_width(&o.shape, batch, seq, &format!("`{}`", o.name))?;
         *out = o.data;
         Ok(d)
     }

@@ -259,6 +259,35 @@ impl TokenFeed {
     }
 }
 
+/// Checks the token inputs of [`HiddenStateBackend::hidden`]: `batch` x `seq` of each.
+#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
+pub(crate) fn check_tokens(ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<()> {
+    if ids.len() != batch * seq || mask.len() != batch * seq {
+        return Err(Error::Usage(format!(
+            "expected {batch}x{seq} token ids and mask values, found {} and {}",
+            ids.len(),
+            mask.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The width d of a last hidden state of shape [batch, seq, d] read from output `output`.
+#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
+pub(crate) fn hidden_width(
+    shape: &[usize],
+    batch: usize,
+    seq: usize,
+    output: &str,
+) -> Result<usize> {
+    match *shape {
+        [b, s, d] if b == batch && s == seq => Ok(d),
+        _ => Err(Error::Usage(format!(
+            "expected a last hidden state [{batch}, {seq}, d] from output {output}, found shape {shape:?}"
+        ))),
+    }
+}
+
 /// Checks that `params` holds exactly the values of `layout` (see [`ForwardModel::features`]).
 #[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
 pub(crate) fn check_params(layout: &[CoeffLayout], params: &[f32]) -> Result<()> {

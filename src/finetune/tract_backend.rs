@@ -9,7 +9,8 @@
 
 use super::CoeffLayout;
 use super::seq::{
-    HiddenStateBackend, TokenFeed, check_params, module_params, write_alpha_a_t, write_alpha_b_t,
+    HiddenStateBackend, TokenFeed, check_params, check_tokens, hidden_width, module_params,
+    write_alpha_a_t, write_alpha_b_t,
 };
 use crate::error::{Error, Result};
 use crate::runtime::store::{Task, TaskData};
@@ -157,13 +158,7 @@ impl HiddenStateBackend for TractBackend {
         params: &[f32],
         out: &mut Vec<f32>,
     ) -> Result<usize> {
-        if input_ids.len() != batch * seq || attention_mask.len() != batch * seq {
-            return Err(Error::Usage(format!(
-                "expected {batch}x{seq} token ids and mask values, found {} and {}",
-                input_ids.len(),
-                attention_mask.len()
-            )));
-        }
+        check_tokens(input_ids, attention_mask, batch, seq)?;
         self.write_coeffs(params)?;
         self.inputs.clear();
         let shape = [batch, seq];
@@ -185,15 +180,7 @@ impl HiddenStateBackend for TractBackend {
                 self.output
             ))
         })?;
-        let d = match o.shape() {
-            [b, s, d] if *b == batch && *s == seq => *d,
-            other => {
-                return Err(Error::Usage(format!(
-                    "expected a last hidden state [{batch}, {seq}, d] from output {}, found shape {other:?}",
-                    self.output
-                )));
-            }
-        };
+        let d = hidden_width(o.shape(), batch, seq, &self.output.to_string())?;
         let view = o.to_plain_array_view::<f32>().map_err(|e| {
             Error::Usage(format!(
                 "the model's hidden state is not an f32 tensor: {e}"

@@ -86,3 +86,14 @@ pub fn data(task: usize, split: &str) -> (Vec<Example>, Vec<usize>) {
         .collect();
     (ex, labels.iter().map(|&l| l as usize).collect())
 }
+
+/// Writes rows (padding id 0 dropped) and labels as pre-tokenized JSONL lines
+/// `{"input_ids": [...], "label": ...}`, the input of `elx finetune`.
+pub fn write_jsonl(path: &Path, rows: &[Vec<i64>], labels: &[i64]) {
+    let mut s = String::new();
+    for (r, l) in rows.iter().zip(labels) {
+        let ids: Vec<i64> = r.iter().copied().filter(|&t| t != 0).collect();
+        s.push_str(&format!("{{\"input_ids\": {ids:?}, \"label\": {l}}}\n"));
+    }
+    std::fs::write(path, s).expect("write jsonl");
+}
