@@ -4,11 +4,13 @@
 //! example (its features are cached).
 #![cfg(feature = "tract")]
 
+#[cfg(feature = "ort")]
+mod ort_support;
 mod tinybert_support;
 
 use eigenlorax::bundle::CoeffFile;
 use eigenlorax::eval::head_metrics;
-use eigenlorax::eval::loo::{self, LooConfig, Method, TaskSpec};
+use eigenlorax::eval::loo::{self, LooConfig, Method, TaskSpec, TrainEngine};
 use eigenlorax::finetune::FinetuneConfig;
 use eigenlorax::runtime::input::{Pooling, pool};
 use eigenlorax::runtime::tract::{Runtime, TValue, Tensor};
@@ -67,7 +69,23 @@ fn served(rt: &Runtime, elxc: &Path, test: &Path, n_test: usize) -> (f64, f64) {
 
 #[test]
 fn leave_one_out_rows_are_what_serving_gives() {
-    let dir = std::env::temp_dir().join(format!("elx-eval-loo-{}", std::process::id()));
+    leave_one_out_on(TrainEngine::Tract, "tract");
+}
+
+/// The same with the two trained rows trained through ONNX Runtime (CPU): still what tract
+/// serves from the written files.
+#[cfg(feature = "ort")]
+#[test]
+fn leave_one_out_trained_on_onnx_runtime() {
+    ort_support::require_ort();
+    leave_one_out_on(
+        TrainEngine::Ort(eigenlorax::runtime::ort::ExecutionProvider::Cpu),
+        "ort",
+    );
+}
+
+fn leave_one_out_on(engine: TrainEngine, tag: &str) {
+    let dir = std::env::temp_dir().join(format!("elx-eval-loo-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let tasks: Vec<TaskSpec> = (0..6)
@@ -110,6 +128,7 @@ fn leave_one_out_rows_are_what_serving_gives() {
         head_steps: 40,
         random_seed: 3,
         out_dir: dir.join("out"),
+        train_engine: engine,
     };
     let base = loo::Base::open(&cfg.base).expect("base");
     let r = loo::run_task(&cfg, &base, &tasks, 5, &mut |_| {}).expect("leave-one-out");

@@ -86,6 +86,14 @@ pub struct Args {
     /// Seed of training and of the random-basis control.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Engine of the device training (finetuned and random-basis rows); every row is served
+    /// on tract. ORT (build with `--features ort`) trains the two rows one after the other,
+    /// each on all cores.
+    #[arg(long, value_enum, default_value = "tract")]
+    pub backend: super::run::Backend,
+    /// ONNX Runtime execution provider (`--backend ort`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub ep: eigenlorax::runtime::ort::ExecutionProvider,
     /// Where bundles, coefficient files, plots and results.json go.
     #[arg(short, long, default_value = "out/demo")]
     pub output: PathBuf,
@@ -165,10 +173,25 @@ fn run_tract(a: Args) -> Result<()> {
         head_steps: a.head_steps,
         random_seed: a.seed,
         out_dir: a.output.clone(),
+        train_engine: match a.backend {
+            super::run::Backend::Tract => loo::TrainEngine::Tract,
+            super::run::Backend::Ort => loo::TrainEngine::Ort(a.ep),
+        },
+    };
+    if a.backend == super::run::Backend::Tract
+        && a.ep != eigenlorax::runtime::ort::ExecutionProvider::Cpu
+    {
+        return Err(Error::Usage(
+            "--ep applies to --backend ort; tract runs on the CPU".into(),
+        ));
+    }
+    let engine = match cfg.train_engine {
+        loo::TrainEngine::Tract => "tract".to_string(),
+        loo::TrainEngine::Ort(ep) => format!("ONNX Runtime, {}", ep.name()),
     };
     println!(
         "leave-one-out over {} tasks of {} on {} ({} train / {} val / {} test examples per task; \
-         subspace keeps {} of the energy; device training: r = {}, {} SPSA steps x {} directions)\n",
+         subspace keeps {} of the energy; device training on {engine}: r = {}, {} SPSA steps x {} directions)\n",
         held.len(),
         a.workload.display(),
         base.display(),

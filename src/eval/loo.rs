@@ -27,10 +27,12 @@ use crate::bundle::{Bundle, CoeffFile, Head, Provenance, SourceAdapter, StorageD
 use crate::error::{Error, Result};
 use crate::finetune::cache::CachedFeatures;
 use crate::finetune::data::{Example, ReadOptions, Tokenize, read_jsonl_with};
+use crate::finetune::seq::HiddenStateBackend;
 use crate::finetune::seq::SequenceModel;
 use crate::finetune::tract_backend::TractBackend;
 use crate::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
 use crate::runtime::input::TextEncoder;
+use crate::runtime::ort::ExecutionProvider;
 use crate::runtime::tract::Runtime;
 use crate::runtime::{self, ModelProto};
 use crate::subspace::{self, ExtractOptions, KRule, Subspace};
@@ -78,6 +80,20 @@ pub struct LooConfig {
     pub random_seed: u64,
     /// Where bundles and coefficient files go (one folder per task).
     pub out_dir: PathBuf,
+    /// The engine the finetuned and random-basis rows train on (every row is evaluated and
+    /// served on tract).
+    pub train_engine: TrainEngine,
+}
+
+/// The engine of the device training in [`run_task`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrainEngine {
+    /// tract, single-threaded: the two trainings run side by side, one thread each.
+    #[default]
+    Tract,
+    /// ONNX Runtime (feature `ort`) on this provider, with its own intra-op threads: the two
+    /// trainings run one after the other.
+    Ort(ExecutionProvider),
 }
 
 /// A way of serving the held-out task.
@@ -389,8 +405,9 @@ pub fn run_task(
         spec.name
     ));
 
-    // Finetuned in the recycled subspace and the random-basis control, one thread each: the
-    // runtime is Sync, and each thread builds its own engine inputs.
+    // Finetuned in the recycled subspace and the random-basis control: on tract one thread
+    // each (the runtime is Sync, and each thread builds its own engine inputs); on ONNX
+    // Runtime one after the other, each session using the cores itself.
     let job = Job {
         cfg,
         examples: &examples,
@@ -402,33 +419,46 @@ pub fn run_task(
         probe: &probe,
     };
     let random_rt = Arc::new(Runtime::load(&base_path(cfg), &random_bundle)?);
-    let (finetuned, control) = std::thread::scope(|s| {
-        let ft = s.spawn(|| {
-            job.train(
-                &rt,
-                &recycled,
-                &dir.join("finetuned.elxc"),
-                Method::Finetuned,
-            )
-        });
-        let rd = s.spawn(|| {
+    let finetuned_path = dir.join("finetuned.elxc");
+    let random_path = dir.join("random-basis.elxc");
+    let (finetuned, control) = if cfg.train_engine == TrainEngine::Tract {
+        std::thread::scope(|s| {
+            let ft = s.spawn(|| job.train(&rt, &recycled, &finetuned_path, Method::Finetuned));
+            let rd = s.spawn(|| {
+                job.train(
+                    &random_rt,
+                    &random_bundle,
+                    &random_path,
+                    Method::RandomBasis,
+                )
+            });
+            let join = |h: std::thread::ScopedJoinHandle<'_, Result<MethodResult>>| {
+                h.join()
+                    .map_err(|_| Error::Usage("a training thread panicked".into()))?
+            };
+            (join(ft), join(rd))
+        })
+    } else {
+        (
+            job.train(&rt, &recycled, &finetuned_path, Method::Finetuned),
             job.train(
                 &random_rt,
                 &random_bundle,
-                &dir.join("random-basis.elxc"),
+                &random_path,
                 Method::RandomBasis,
-            )
-        });
-        let join = |h: std::thread::ScopedJoinHandle<'_, Result<MethodResult>>| {
-            h.join()
-                .map_err(|_| Error::Usage("a training thread panicked".into()))?
-        };
-        (join(ft), join(rd))
-    });
+            ),
+        )
+    };
     let (finetuned, control) = (finetuned?, control?);
     log(&format!(
-        "{}: finetuned on device ({:.1} s) and the random-basis control ({:.1} s), in parallel",
-        spec.name, finetuned.train_seconds, control.train_seconds
+        "{}: finetuned on device ({:.1} s) and the random-basis control ({:.1} s), {}",
+        spec.name,
+        finetuned.train_seconds,
+        control.train_seconds,
+        match cfg.train_engine {
+            TrainEngine::Tract => "in parallel on tract".to_string(),
+            TrainEngine::Ort(ep) => format!("one after the other on ONNX Runtime ({})", ep.name()),
+        }
     ));
     methods.push(finetuned);
     methods.push(control);
@@ -465,8 +495,9 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// SPSA training of coefficients + head on `rt`, the head starting from the head-only
-    /// solution (LP-FT), evaluated on the test split and saved to `path`.
+    /// SPSA training of coefficients + head on the configured engine for `bundle`, the head
+    /// starting from the head-only solution (LP-FT), evaluated on the test split and saved to
+    /// `path`; `rt` (tract, the same bundle) serves the file.
     fn train(
         &self,
         rt: &Arc<Runtime>,
@@ -474,14 +505,64 @@ impl Job<'_> {
         path: &Path,
         method: Method,
     ) -> Result<MethodResult> {
+        let mut r = match self.cfg.train_engine {
+            TrainEngine::Tract => {
+                let model = sequence_model(
+                    Arc::clone(rt),
+                    self.examples.to_vec(),
+                    self.pad,
+                    self.cfg.max_length,
+                )?;
+                self.train_on(model, bundle, path, method)?
+            }
+            TrainEngine::Ort(ep) => self.train_on_ort(ep, bundle, path, method)?,
+        };
+        r.swap_ms = timed(|| rt.load_task(path).map(|_| ()))?;
+        Ok(r)
+    }
+
+    #[cfg(feature = "ort")]
+    fn train_on_ort(
+        &self,
+        ep: ExecutionProvider,
+        bundle: &Bundle,
+        path: &Path,
+        method: Method,
+    ) -> Result<MethodResult> {
+        use crate::finetune::ort_backend::OrtBackend;
+        use crate::runtime::ort::OrtRuntime;
+        let rt = Arc::new(OrtRuntime::load(&base_path(self.cfg), bundle, ep)?);
+        let trt = rt.provider() == ExecutionProvider::TensorRt;
+        let mut model =
+            SequenceModel::new(OrtBackend::new(rt)?, self.examples.to_vec(), self.pad, None)?;
+        // TensorRT builds an engine per input shape: a few power-of-two lengths.
+        if trt {
+            model = model.bucketed(self.cfg.max_length)?;
+        }
+        self.train_on(CachedFeatures::new(model), bundle, path, method)
+    }
+
+    #[cfg(not(feature = "ort"))]
+    fn train_on_ort(
+        &self,
+        _: ExecutionProvider,
+        _: &Bundle,
+        _: &Path,
+        _: Method,
+    ) -> Result<MethodResult> {
+        Err(crate::runtime::ort::not_built())
+    }
+
+    /// The training itself, on any engine; `swap_ms` is left at 0 for the caller.
+    fn train_on<B: HiddenStateBackend>(
+        &self,
+        model: CachedFeatures<SequenceModel<B>>,
+        bundle: &Bundle,
+        path: &Path,
+        method: Method,
+    ) -> Result<MethodResult> {
         let cfg = self.cfg;
         let (train, val, test) = self.splits;
-        let model = sequence_model(
-            Arc::clone(rt),
-            self.examples.to_vec(),
-            self.pad,
-            cfg.max_length,
-        )?;
         let t0 = Instant::now();
         // The warm-started head is evaluated before the first step, so training can only
         // return something at least as good on validation as the head-only start.
@@ -514,7 +595,7 @@ impl Job<'_> {
             method,
             trainable,
             file_bytes: file_len(path),
-            swap_ms: timed(|| rt.load_task(path).map(|_| ()))?,
+            swap_ms: 0.0,
             test: eval_metrics(&eval)?,
             engine_examples,
             train_seconds: seconds,
