@@ -344,6 +344,10 @@ fn resume_and_zero_shot_through_the_cli() {
             "5",
             "--seed",
             "9",
+            // Head and coefficients from the start: with the default head warm-up, 20 steps
+            // at the small fine-tuning head lr keep the warm-up's head as the best point.
+            "--head-warmup",
+            "0",
         ];
         a.extend(extra);
         let o = elx(&a);

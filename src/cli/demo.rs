@@ -71,9 +71,14 @@ pub struct Args {
     /// Peak learning rate of the coefficients (AdamW on the SPSA estimates).
     #[arg(long, default_value_t = 4e-3)]
     pub lr: f64,
-    /// Peak learning rate of the head.
+    /// Peak learning rate of the head-only baseline (whose head warm-starts the finetuned
+    /// and random-basis rows).
     #[arg(long, default_value_t = 1e-2)]
     pub head_lr: f64,
+    /// Peak learning rate of the head while the coefficients train (kept small: the head is
+    /// already fitted, and the coefficients should move the loss; BENCHMARKS.md).
+    #[arg(long, default_value_t = 1e-4)]
+    pub ft_head_lr: f64,
     /// SPSA perturbation size.
     #[arg(long, default_value_t = 1e-3)]
     pub spsa_eps: f64,
@@ -173,6 +178,7 @@ fn run_tract(a: Args) -> Result<()> {
         head_steps: a.head_steps,
         random_seed: a.seed,
         out_dir: a.output.clone(),
+        finetune_head_lr: Some(a.ft_head_lr),
         train_engine: match a.backend {
             super::run::Backend::Tract => loo::TrainEngine::Tract,
             super::run::Backend::Ort => loo::TrainEngine::Ort(a.ep),

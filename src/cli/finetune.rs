@@ -8,6 +8,7 @@
 use super::progress_bar;
 use super::run::Backend;
 use eigenlorax::bundle::Bundle;
+use eigenlorax::finetune::cache::CachedFeatures;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
 use eigenlorax::finetune::seq::{HiddenStateBackend, SequenceModel};
 use eigenlorax::finetune::{Event, FinetuneConfig, Finetuner, Objective, Split};
@@ -70,9 +71,17 @@ pub struct FinetuneArgs {
     /// Peak learning rate of the coefficients.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Peak learning rate of the head.
+    /// Peak learning rate of the head (of the head warm-up, when there is one).
     #[arg(long)]
     pub head_lr: Option<f64>,
+    /// Steps training the head alone first, on features computed once (LP-FT's first
+    /// stage; 0: none, head and coefficients start together from a zero head).
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub head_warmup: u64,
+    /// Peak learning rate of the head while the coefficients train after the warm-up (small:
+    /// the head is already fitted; BENCHMARKS.md).
+    #[arg(long, value_name = "LR", default_value_t = 1e-4)]
+    pub ft_head_lr: f64,
     /// Steps between evaluations.
     #[arg(long, default_value_t = 25)]
     pub eval_every: u64,
@@ -259,7 +268,7 @@ fn train<B: HiddenStateBackend>(
 ) -> Result<()> {
     let rank = args.rank.unwrap_or(r_max);
     let defaults = FinetuneConfig::default();
-    let cfg = FinetuneConfig {
+    let mut cfg = FinetuneConfig {
         rank,
         zero_shot: args.zero_shot,
         seed: args.seed,
@@ -280,15 +289,47 @@ fn train<B: HiddenStateBackend>(
         ..
     } = data;
     let n_train = train_split.ids.len();
+    let objective = || Objective::Classify {
+        classes: classes.len(),
+    };
+    // Features are cached while the coefficients stay put: the head warm-up costs one engine
+    // pass per example. A resumed run restores its head from the checkpoint instead.
+    let mut model = CachedFeatures::new(model);
+    let mut warm_head = None;
+    let warm_up = args.head_warmup > 0 && !args.zero_shot;
+    if warm_up {
+        cfg.eval_at_start = true;
+        if args.resume.is_none() {
+            let mut head_only = Finetuner::new(
+                model,
+                FinetuneConfig {
+                    zero_shot: true,
+                    zero_shot_b_std: 0.0,
+                    max_steps: args.head_warmup,
+                    checkpoint_every: 0,
+                    checkpoint_path: None,
+                    ..cfg.clone()
+                },
+                objective(),
+                train_split.clone(),
+                val_split.clone(),
+            )?;
+            head_only.fit(&mut |_| {})?;
+            warm_head = head_only.head().map(|h| h.params().to_vec());
+            model = head_only.into_model();
+        }
+        cfg.head_lr = args.ft_head_lr;
+    }
     let mut ft = Finetuner::new(
         model,
         cfg,
-        Objective::Classify {
-            classes: classes.len(),
-        },
+        objective(),
         train_split.clone(),
         val_split.clone(),
     )?;
+    if let Some(p) = &warm_head {
+        ft.warm_start_head(p)?;
+    }
     if let Some(p) = &args.resume {
         ft.resume(p)?;
     }

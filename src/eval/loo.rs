@@ -72,8 +72,13 @@ pub struct LooConfig {
     pub val_examples: usize,
     /// Test examples (the first ones of the test file).
     pub test_examples: usize,
-    /// Training of the finetuned and random-basis rows.
+    /// Training of the finetuned and random-basis rows (its `head_lr` also trains the
+    /// head-only baseline, whose solution warm-starts them).
     pub finetune: FinetuneConfig,
+    /// The head's learning rate while the coefficients train (LP-FT's second stage); `None`:
+    /// `finetune.head_lr`. Small values let the coefficients, not further head fitting, move
+    /// the loss from the warm-started head.
+    pub finetune_head_lr: Option<f64>,
     /// Steps of the head-only baseline (its features are computed once and cached).
     pub head_steps: u64,
     /// Seed of the random orthonormal basis.
@@ -570,6 +575,7 @@ impl Job<'_> {
             model,
             FinetuneConfig {
                 eval_at_start: true,
+                head_lr: cfg.finetune_head_lr.unwrap_or(cfg.finetune.head_lr),
                 ..cfg.finetune.clone()
             },
             Objective::Classify {
