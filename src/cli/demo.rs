@@ -191,6 +191,13 @@ fn run_tract(a: Args) -> Result<()> {
             "--ep applies to --backend ort; tract runs on the CPU".into(),
         ));
     }
+    // Fail now rather than after the first task's other rows when ORT is missing.
+    if a.backend == super::run::Backend::Ort {
+        #[cfg(feature = "ort")]
+        eigenlorax::runtime::ort::environment()?;
+        #[cfg(not(feature = "ort"))]
+        return Err(eigenlorax::runtime::ort::not_built());
+    }
     let engine = match cfg.train_engine {
         loo::TrainEngine::Tract => "tract".to_string(),
         loo::TrainEngine::Ort(ep) => format!("ONNX Runtime, {}", ep.name()),
