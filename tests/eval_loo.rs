@@ -130,6 +130,7 @@ fn leave_one_out_on(engine: TrainEngine, tag: &str) {
         out_dir: dir.join("out"),
         train_engine: engine,
         finetune_head_lr: Some(1e-3),
+        warm_start_head: true,
     };
     let base = loo::Base::open(&cfg.base).expect("base");
     let r = loo::run_task(&cfg, &base, &tasks, 5, &mut |_| {}).expect("leave-one-out");

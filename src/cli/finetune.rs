@@ -57,10 +57,10 @@ pub struct FinetuneArgs {
     #[arg(long = "r", value_name = "R")]
     pub rank: Option<usize>,
     /// Maximum optimisation steps.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1500)]
     pub steps: u64,
     /// SPSA directions per step.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub directions: usize,
     /// Seed of the initialisation, the directions and the data order.
     #[arg(long, default_value_t = 0)]
@@ -71,19 +71,20 @@ pub struct FinetuneArgs {
     /// Peak learning rate of the coefficients.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Peak learning rate of the head (of the head warm-up, when there is one).
-    #[arg(long)]
-    pub head_lr: Option<f64>,
-    /// Steps training the head alone first, on features computed once (LP-FT's first
-    /// stage; 0: none, head and coefficients start together from a zero head).
-    #[arg(long, value_name = "N", default_value_t = 500)]
+    /// Peak learning rate of the head while the coefficients train. Small, so that the head
+    /// does not re-fit the training set on its own before the coefficients move
+    /// (BENCHMARKS.md, "On-device finetuning quality").
+    #[arg(long, default_value_t = 1e-4)]
+    pub head_lr: f64,
+    /// Steps training the head alone first, on features computed once, at
+    /// --warmup-head-lr (LP-FT; 0: none, head and coefficients start together from zero).
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub head_warmup: u64,
-    /// Peak learning rate of the head while the coefficients train after the warm-up (small:
-    /// the head is already fitted; BENCHMARKS.md).
-    #[arg(long, value_name = "LR", default_value_t = 1e-4)]
-    pub ft_head_lr: f64,
-    /// Steps between evaluations.
-    #[arg(long, default_value_t = 25)]
+    /// Peak learning rate of the head warm-up.
+    #[arg(long, value_name = "LR", default_value_t = 1e-2)]
+    pub warmup_head_lr: f64,
+    /// Steps between evaluations (early stopping after 6 without improvement).
+    #[arg(long, default_value_t = 100)]
     pub eval_every: u64,
     /// Train the head only over random coefficients in the subspace (ELoRAx^ZS).
     #[arg(long)]
@@ -273,7 +274,7 @@ fn train<B: HiddenStateBackend>(
         zero_shot: args.zero_shot,
         seed: args.seed,
         lr: args.lr.unwrap_or(defaults.lr),
-        head_lr: args.head_lr.unwrap_or(defaults.head_lr),
+        head_lr: args.head_lr,
         directions: args.directions,
         batch_size: args.batch_size,
         max_steps: args.steps,
@@ -306,6 +307,7 @@ fn train<B: HiddenStateBackend>(
                     zero_shot: true,
                     zero_shot_b_std: 0.0,
                     max_steps: args.head_warmup,
+                    head_lr: args.warmup_head_lr,
                     checkpoint_every: 0,
                     checkpoint_path: None,
                     ..cfg.clone()
@@ -318,7 +320,6 @@ fn train<B: HiddenStateBackend>(
             warm_head = head_only.head().map(|h| h.params().to_vec());
             model = head_only.into_model();
         }
-        cfg.head_lr = args.ft_head_lr;
     }
     let mut ft = Finetuner::new(
         model,

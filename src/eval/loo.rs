@@ -75,10 +75,13 @@ pub struct LooConfig {
     /// Training of the finetuned and random-basis rows (its `head_lr` also trains the
     /// head-only baseline, whose solution warm-starts them).
     pub finetune: FinetuneConfig,
-    /// The head's learning rate while the coefficients train (LP-FT's second stage); `None`:
-    /// `finetune.head_lr`. Small values let the coefficients, not further head fitting, move
-    /// the loss from the warm-started head.
+    /// The head's learning rate while the coefficients train; `None`: `finetune.head_lr`.
+    /// Small values keep the head from re-fitting the training set on its own, so the
+    /// coefficients and the head adapt together (BENCHMARKS.md).
     pub finetune_head_lr: Option<f64>,
+    /// Start the finetuned and random-basis rows from the head-only solution (LP-FT; the
+    /// start is evaluated first, so they end no worse on validation), or from a zero head.
+    pub warm_start_head: bool,
     /// Steps of the head-only baseline (its features are computed once and cached).
     pub head_steps: u64,
     /// Seed of the random orthonormal basis.
@@ -569,12 +572,12 @@ impl Job<'_> {
         let cfg = self.cfg;
         let (train, val, test) = self.splits;
         let t0 = Instant::now();
-        // The warm-started head is evaluated before the first step, so training can only
+        // A warm-started head is evaluated before the first step, so training can only
         // return something at least as good on validation as the head-only start.
         let mut ft = Finetuner::new(
             model,
             FinetuneConfig {
-                eval_at_start: true,
+                eval_at_start: cfg.warm_start_head,
                 head_lr: cfg.finetune_head_lr.unwrap_or(cfg.finetune.head_lr),
                 ..cfg.finetune.clone()
             },
@@ -584,7 +587,9 @@ impl Job<'_> {
             train.clone(),
             Some(val.clone()),
         )?;
-        ft.warm_start_head(self.probe)?;
+        if cfg.warm_start_head {
+            ft.warm_start_head(self.probe)?;
+        }
         ft.fit(&mut |_| {})?;
         let seconds = t0.elapsed().as_secs_f64();
         let engine_examples = ft.model().hits_misses().1;
