@@ -75,10 +75,10 @@ pub struct Args {
     /// and random-basis rows).
     #[arg(long, default_value_t = 1e-2)]
     pub head_lr: f64,
-    /// Peak learning rate of the head while the coefficients train (kept small, so that the
-    /// head does not re-fit the training set on its own; BENCHMARKS.md).
-    #[arg(long, default_value_t = 1e-4)]
-    pub ft_head_lr: f64,
+    /// Peak learning rate of the head while the coefficients train (default: --head-lr;
+    /// the benchmark's recipe keeps it small, 1e-4, with --cold-start; BENCHMARKS.md).
+    #[arg(long, value_name = "LR")]
+    pub ft_head_lr: Option<f64>,
     /// Train the finetuned and random-basis rows from a zero head instead of the head-only
     /// solution: the benchmark's recipe, which needs many steps (e.g. 1500 on ORT).
     #[arg(long)]
@@ -182,7 +182,7 @@ fn run_tract(a: Args) -> Result<()> {
         head_steps: a.head_steps,
         random_seed: a.seed,
         out_dir: a.output.clone(),
-        finetune_head_lr: Some(a.ft_head_lr),
+        finetune_head_lr: a.ft_head_lr,
         warm_start_head: !a.cold_start,
         train_engine: match a.backend {
             super::run::Backend::Tract => loo::TrainEngine::Tract,
