@@ -1,7 +1,8 @@
 //! `elx finetune --model BASE.onnx --bundle B.elxb --train train.jsonl [--val val.jsonl] -o task.elxc`
 //!
 //! Trains a new task's coefficients (SPSA, forward passes only) and its linear head on the
-//! tract runtime or ONNX Runtime (`--backend ort`), and writes them as a `.elxc` that `elx run` serves beside the other tasks.
+//! tract runtime or ONNX Runtime (`--backend ort`), and writes them as a `.elxc` that
+//! `elx run` serves beside the other tasks.
 //! Data is JSONL: pre-tokenized `{"input_ids": [...], "label": ...}` lines, or
 //! `{"text": ..., "label": ...}` lines when a tokenizer is given.
 
@@ -124,7 +125,8 @@ enum Tokens {
 /// The data of a run, read and checked before any engine is loaded.
 #[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
 struct Data {
-    /// Training examples, then the validation examples (ids index this list).
+    /// Training examples, then the validation examples (ids index this list); moved into the
+    /// engine's model.
     examples: Vec<Example>,
     train: Split,
     val: Option<Split>,
@@ -209,14 +211,15 @@ fn read_data(args: &FinetuneArgs) -> Result<Data> {
 }
 
 #[cfg(feature = "tract")]
-fn train_tract(args: &FinetuneArgs, bundle: &Bundle, data: Data) -> Result<()> {
+fn train_tract(args: &FinetuneArgs, bundle: &Bundle, mut data: Data) -> Result<()> {
     use eigenlorax::finetune::tract_backend::TractBackend;
     use eigenlorax::runtime::tract::Runtime;
 
     let rt = Arc::new(Runtime::load(&args.model, bundle)?);
     let r_max = rt.coeff_inputs().iter().map(|c| c.r).min().unwrap_or(0);
     let backend = TractBackend::new(Arc::clone(&rt))?;
-    let mut model = SequenceModel::new(backend, data.examples.clone(), data.pad_id, None)?;
+    let examples = std::mem::take(&mut data.examples);
+    let mut model = SequenceModel::new(backend, examples, data.pad_id, None)?;
     // A model tract plans per input shape pads to power-of-two lengths: a handful of plans.
     if !rt.is_shape_generic() {
         model = model.bucketed(data.max_len)?;
@@ -232,7 +235,7 @@ fn train_tract(_: &FinetuneArgs, _: &Bundle, _: Data) -> Result<()> {
 }
 
 #[cfg(feature = "ort")]
-fn train_ort(args: &FinetuneArgs, bundle: &Bundle, data: Data) -> Result<()> {
+fn train_ort(args: &FinetuneArgs, bundle: &Bundle, mut data: Data) -> Result<()> {
     use eigenlorax::finetune::ort_backend::OrtBackend;
     use eigenlorax::runtime::ort::OrtRuntime;
 
@@ -240,12 +243,8 @@ fn train_ort(args: &FinetuneArgs, bundle: &Bundle, data: Data) -> Result<()> {
     let rt = Arc::new(OrtRuntime::load(&args.model, bundle, args.ep)?);
     let r_max = rt.coeff_inputs().iter().map(|c| c.r).min().unwrap_or(0);
     let trt = rt.provider() == ExecutionProvider::TensorRt;
-    let mut model = SequenceModel::new(
-        OrtBackend::new(rt)?,
-        data.examples.clone(),
-        data.pad_id,
-        None,
-    )?;
+    let examples = std::mem::take(&mut data.examples);
+    let mut model = SequenceModel::new(OrtBackend::new(rt)?, examples, data.pad_id, None)?;
     // TensorRT builds an engine per input shape: pad to a few power-of-two lengths.
     if trt {
         model = model.bucketed(data.max_len)?;

@@ -9,7 +9,7 @@
 //! | head only | none (the base model) | trained on the device on the training examples |
 //! | own LoRA | the task's adapter, unmerged (rank r, exact) | the adapter's own head |
 //! | projected | the adapter projected into the subspace (zero-shot) | the adapter's own head |
-//! | finetuned | trained on the device by SPSA, forward passes only | trained with them, from the head-only solution |
+//! | finetuned | trained on the device by SPSA, forward passes only | trained with them, from the head-only solution or from zero |
 //! | random basis | the same training over a random orthonormal basis of the same K | idem |
 //!
 //! The last row is the control of DESIGN.md ("What honest numbers look like"): if it does as
@@ -504,8 +504,9 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// SPSA training of coefficients + head on the configured engine for `bundle`, the head
-    /// starting from the head-only solution (LP-FT), evaluated on the test split and saved to
-    /// `path`; `rt` (tract, the same bundle) serves the file.
+    /// starting from the head-only solution (LP-FT) or from zero (`warm_start_head`),
+    /// evaluated on the test split and saved to `path`; `rt` (tract, the same bundle) serves
+    /// the file.
     fn train(
         &self,
         rt: &Arc<Runtime>,
