@@ -4,7 +4,7 @@
 //! tract runtime or ONNX Runtime (`--backend ort`), and writes them as a `.elxc` that
 //! `elx run` serves beside the other tasks.
 //! Data is JSONL: pre-tokenized `{"input_ids": [...], "label": ...}` lines, or
-//! `{"text": ..., "label": ...}` lines when a tokenizer is given.
+//! `{"text": ..., "label": ...}` lines when a tokenizer is given or lies next to the model.
 
 use super::progress_bar;
 use super::run::Backend;
@@ -41,7 +41,8 @@ pub struct FinetuneArgs {
     /// Output coefficient file.
     #[arg(short, long, value_name = "task.elxc")]
     pub output: PathBuf,
-    /// HF tokenizer.json: lines may then carry `text` instead of `input_ids`.
+    /// HF tokenizer.json: lines may then carry `text` instead of `input_ids` (default:
+    /// tokenizer.json next to the model, where `elx import-hf` puts it, when there is one).
     #[arg(long, value_name = "tokenizer.json")]
     pub tokenizer: Option<PathBuf>,
     /// Longest sequence the model accepts (default: the tokenizer's, else the model folder's
@@ -152,7 +153,15 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
 
 /// Reads the training (and validation) data: tokens, labels and the class list.
 fn read_data(args: &FinetuneArgs) -> Result<Data> {
-    let tokens = match &args.tokenizer {
+    let tokenizer = args.tokenizer.clone().or_else(|| {
+        let beside = args
+            .model
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("tokenizer.json");
+        beside.is_file().then_some(beside)
+    });
+    let tokens = match &tokenizer {
         Some(p) => Tokens::Text(Box::new(TextEncoder::from_file(p, args.max_length)?)),
         None => Tokens::Ids,
     };

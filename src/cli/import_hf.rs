@@ -4,8 +4,12 @@
 //! `DIR/model.safetensors` (see `eigenlorax::runtime::import_hf`), with no torch. The graph
 //! outputs `last_hidden_state` and the mean-pooled `sentence_embedding`; its weights keep their
 //! HF module names, so `elx bind` resolves adapted modules by name.
+//!
+//! The folder's tokenizer and configuration files (`tokenizer.json`, `tokenizer_config.json`,
+//! `special_tokens_map.json`, `config.json`) are copied beside the output, so that `elx run
+//! --text` and `elx finetune` find them there without `--tokenizer`.
 
-use super::file_size;
+use super::{file_size, warn};
 use eigenlorax::Result;
 use eigenlorax::runtime::import_hf_file;
 use std::path::PathBuf;
@@ -13,9 +17,10 @@ use std::path::PathBuf;
 /// Arguments of `elx import-hf`.
 #[derive(clap::Args, Debug)]
 pub struct ImportHfArgs {
-    /// The HF model folder (config.json with model_type "bert", model.safetensors).
+    /// The HF model folder (config.json with model_type "bert", model.safetensors; its
+    /// tokenizer.json, tokenizer_config.json and special_tokens_map.json are copied too).
     pub dir: PathBuf,
-    /// Output ONNX model (written atomically).
+    /// Output ONNX model (written atomically; the tokenizer and config files go beside it).
     #[arg(short, long)]
     pub output: PathBuf,
 }
@@ -43,6 +48,37 @@ pub fn run(args: &ImportHfArgs) -> Result<()> {
         "graph: {nodes} nodes, {inits} initializers (f32); inputs input_ids, attention_mask, token_type_ids [batch, sequence] int64; outputs last_hidden_state [batch, sequence, {}], sentence_embedding [batch, {}] (mask mean)",
         c.hidden, c.hidden
     );
+    let comp = &m.companions;
+    if !comp.copied.is_empty() {
+        let names: Vec<String> = comp
+            .copied
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let dir = comp.copied[0]
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| ".".into());
+        println!("beside it in {dir}: {}", names.join(", "));
+    }
+    if !comp.has_tokenizer() {
+        warn(format!(
+            "{} has no tokenizer.json: `elx run --text` and `elx finetune` on text will need --tokenizer",
+            args.dir.display()
+        ));
+    }
+    for p in &comp.stale {
+        warn(format!(
+            "{} was left from something else ({} has no such file): it does not describe this model; remove or replace it",
+            p.display(),
+            args.dir.display()
+        ));
+    }
     println!(
         "wrote {} ({})",
         args.output.display(),

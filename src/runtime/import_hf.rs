@@ -16,12 +16,16 @@
 //! `<module>.weight` is stored pre-transposed as `[in x out]` and feeds its MatMul directly
 //! (no Transpose to fold at load time), followed by an Add of `<module>.bias`. All weights are
 //! converted to f32 (F32, F16 and BF16 checkpoints are accepted).
+//!
+//! [`import_hf_file`] also copies the folder's [`COMPANION_FILES`] (the tokenizer and the
+//! configuration a run reads) next to the ONNX it writes, so that `elx run --text` and
+//! `elx finetune` find them beside the model without `--tokenizer`.
 
 use super::onnx::{self, Dim, attr_float, attr_int, attr_ints, node, tensor_f32, tensor_i64};
 use super::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
 use crate::error::{Error, Result};
 use crate::tensorfile::{Dtype, TensorFile};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Largest `config.json` read (real ones are a few KB).
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -63,6 +67,47 @@ pub struct ImportedModel {
     pub model: ModelProto,
     /// The encoder's configuration.
     pub config: BertConfig,
+    /// The files placed beside the written model ([`import_hf_file`]; empty from
+    /// [`import_hf`], which writes nothing).
+    pub companions: Companions,
+}
+
+/// The files of a HF model folder that a run reads beside the model, in the order they are
+/// copied: the tokenizer (`elx run --text`, `elx finetune` on text), its configuration
+/// (`model_max_length`) and special tokens, and the model's `config.json`
+/// (`max_position_embeddings`, the sequence limit of pre-tokenized data). The ONNX graph
+/// itself needs none of them.
+pub const COMPANION_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "config.json",
+];
+
+/// Largest companion file read (a tokenizer.json of a large vocabulary is a few tens of MB;
+/// the same bound as `elx run`'s tokenizer loader).
+const MAX_COMPANION_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What [`copy_companions`] did beside a model.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Companions {
+    /// Files of [`COMPANION_FILES`] now beside the model (copied, or already there when the
+    /// model is written into the HF folder itself), in that order.
+    pub copied: Vec<PathBuf>,
+    /// Names of [`COMPANION_FILES`] the HF folder does not have (nothing copied for them).
+    pub missing: Vec<&'static str>,
+    /// Files beside the model named like a missing companion: left from something else, and
+    /// not this model's. They are left in place; callers should warn about them.
+    pub stale: Vec<PathBuf>,
+}
+
+impl Companions {
+    /// Whether the tokenizer (`tokenizer.json`) is now beside the model.
+    pub fn has_tokenizer(&self) -> bool {
+        self.copied
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| n == COMPANION_FILES[0]))
+    }
 }
 
 /// Reads and checks `DIR/config.json` (a BERT `model_type`, absolute positions, GELU).
@@ -360,14 +405,152 @@ pub fn import_hf(dir: &Path) -> Result<ImportedModel> {
     }
     let mut w = Weights::open(&st_path)?;
     let model = build(&cfg, &mut w)?;
-    Ok(ImportedModel { model, config: cfg })
+    Ok(ImportedModel {
+        model,
+        config: cfg,
+        companions: Companions::default(),
+    })
 }
 
-/// Same as [`import_hf`], then writes the model to `out` atomically.
+/// Same as [`import_hf`], then writes the model to `out` and copies the folder's
+/// [`COMPANION_FILES`] beside it ([`copy_companions`]), each atomically.
+///
+/// The companions are checked before the graph is built (a tokenizer that does not load, or
+/// whose ids reach past the embedding table, is an error naming the file) and written
+/// before the model, so that the model file, written last, is never newer than its
+/// tokenizer: a caller that skips the import when the model is up to date also has the
+/// tokenizer.
 pub fn import_hf_file(dir: &Path, out: &Path) -> Result<ImportedModel> {
-    let m = import_hf(dir)?;
+    let cfg = read_config(&dir.join("config.json"))?;
+    let plan = plan_companions(dir, out, Some(&cfg))?;
+    let mut m = import_hf(dir)?;
+    m.companions = write_companions(plan)?;
     crate::util::write_atomic(out, &onnx::encode_model(&m.model))?;
     Ok(m)
+}
+
+/// Copies the [`COMPANION_FILES`] of the HF folder `dir` beside the model `model` (into its
+/// folder, under the same names), each atomically, after checking them: `tokenizer.json`
+/// must load with HF `tokenizers` and, when `dir` has a valid `config.json`, give ids below
+/// its `vocab_size`; the other files must be JSON objects. Files the folder lacks are listed
+/// in [`Companions::missing`]; files already beside the model are overwritten. When `model`
+/// is in `dir` itself, nothing is copied.
+///
+/// [`import_hf_file`] calls this; it is public for callers that keep an already imported
+/// model and only need its tokenizer beside it.
+pub fn copy_companions(dir: &Path, model: &Path) -> Result<Companions> {
+    let cfg = read_config(&dir.join("config.json")).ok();
+    write_companions(plan_companions(dir, model, cfg.as_ref())?)
+}
+
+/// Companions read and checked, ready to be written.
+struct CompanionPlan {
+    /// (destination, bytes; `None` when the destination is the source itself).
+    files: Vec<(PathBuf, Option<Vec<u8>>)>,
+    missing: Vec<&'static str>,
+    stale: Vec<PathBuf>,
+}
+
+fn plan_companions(dir: &Path, model: &Path, cfg: Option<&BertConfig>) -> Result<CompanionPlan> {
+    let out_dir = match model.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut plan = CompanionPlan {
+        files: Vec::new(),
+        missing: Vec::new(),
+        stale: Vec::new(),
+    };
+    for name in COMPANION_FILES {
+        let src = dir.join(name);
+        let dst = out_dir.join(name);
+        if !src.is_file() {
+            plan.missing.push(name);
+            if dst.is_file() {
+                plan.stale.push(dst);
+            }
+            continue;
+        }
+        let meta = std::fs::metadata(&src).map_err(|e| Error::io(&src, e))?;
+        if meta.len() > MAX_COMPANION_BYTES {
+            return Err(Error::bad_file(
+                &src,
+                format!(
+                    "expected at most {MAX_COMPANION_BYTES} bytes, found {} bytes",
+                    meta.len()
+                ),
+            ));
+        }
+        let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+        check_companion(&src, name, &bytes, cfg)?;
+        let same = match (std::fs::canonicalize(&src), std::fs::canonicalize(&dst)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        plan.files.push((dst, (!same).then_some(bytes)));
+    }
+    Ok(plan)
+}
+
+/// Checks one companion before it is copied: the tokenizer loads and fits the embedding
+/// table; the JSON files are JSON objects.
+fn check_companion(path: &Path, name: &str, bytes: &[u8], cfg: Option<&BertConfig>) -> Result<()> {
+    if name == "tokenizer.json" {
+        let tok = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| {
+            Error::bad_file(
+                path,
+                format!("expected a HF tokenizers tokenizer.json: {e}"),
+            )
+        })?;
+        let n = tok.get_vocab_size(true);
+        if let Some(cfg) = cfg
+            && n > cfg.vocab
+        {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "expected a vocabulary of at most vocab_size {} (config.json), found {n} tokens: ids past the embedding table",
+                    cfg.vocab
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(other) => Err(Error::bad_file(
+            path,
+            format!(
+                "expected a JSON object, found a JSON {}",
+                match other {
+                    serde_json::Value::Array(_) => "array",
+                    serde_json::Value::String(_) => "string",
+                    serde_json::Value::Number(_) => "number",
+                    serde_json::Value::Bool(_) => "boolean",
+                    _ => "null",
+                }
+            ),
+        )),
+        Err(e) => Err(Error::bad_file(
+            path,
+            format!("expected a JSON object: {e}"),
+        )),
+    }
+}
+
+fn write_companions(plan: CompanionPlan) -> Result<Companions> {
+    let mut copied = Vec::with_capacity(plan.files.len());
+    for (dst, bytes) in plan.files {
+        if let Some(bytes) = bytes {
+            crate::util::write_atomic(&dst, &bytes)?;
+        }
+        copied.push(dst);
+    }
+    Ok(Companions {
+        copied,
+        missing: plan.missing,
+        stale: plan.stale,
+    })
 }
 
 fn build(cfg: &BertConfig, w: &mut Weights) -> Result<ModelProto> {
