@@ -6,6 +6,7 @@
 
 pub mod bind;
 pub mod demo;
+pub mod examples;
 pub mod extract;
 pub mod finetune;
 pub mod import_hf;
@@ -30,26 +31,35 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Subcommands.
+/// Subcommands. Each one's long help (`--help`) ends with its examples ([`examples`]).
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Leave-one-out demo on the real MiniLM workload (the README's main command).
+    #[command(after_long_help = examples::DEMO)]
     Demo(demo::Args),
     /// Extract a per-module principal subspace from N LoRA adapters into a bundle (.elxb).
+    #[command(after_long_help = examples::EXTRACT)]
     Extract(extract::Args),
     /// Express one adapter as coefficients (.elxc) in a bundle's subspace.
+    #[command(after_long_help = examples::PROJECT)]
     Project(project::Args),
     /// Rebuild a standard PEFT adapter folder from a coefficient file and its bundle.
+    #[command(after_long_help = examples::RECONSTRUCT)]
     Reconstruct(reconstruct::Args),
     /// Show what a bundle or coefficient file holds; measure adapters against a bundle.
+    #[command(after_long_help = examples::INSPECT)]
     Inspect(inspect::Args),
     /// Run the base model with task coefficients on text or tensors (tract or ONNX Runtime).
+    #[command(after_long_help = examples::RUN)]
     Run(run::RunArgs),
     /// Bind a bundle to a base ONNX model (module -> MatMul/Gemm node, model hash).
+    #[command(after_long_help = examples::BIND)]
     Bind(bind::BindArgs),
     /// Build the ONNX graph of a BERT encoder from a HF folder (config.json, model.safetensors).
+    #[command(after_long_help = examples::IMPORT_HF)]
     ImportHf(import_hf::ImportHfArgs),
     /// Train a new task's coefficients and head on the device, with forward passes only.
+    #[command(after_long_help = examples::FINETUNE)]
     Finetune(finetune::FinetuneArgs),
 }
 
