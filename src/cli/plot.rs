@@ -7,6 +7,7 @@
 use eigenlorax::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
 
 /// Relative errors of one adapter per module, and of the random control when measured.
@@ -63,6 +64,11 @@ fn register_font() -> Result<()> {
 
 /// Draws the figure to `path` (.svg or .png), atomically.
 pub fn write(path: &Path, data: &PlotData) -> Result<()> {
+    render(path, data).map(|_| ())
+}
+
+/// [`write`], returning the module labels drawn under the error panel (pixel boxes).
+fn render(path: &Path, data: &PlotData) -> Result<Vec<LabelBox>> {
     check_extension(path)?;
     register_font()?;
     let panels = if data.errors.is_some() { 2 } else { 1 };
@@ -70,22 +76,27 @@ pub fn write(path: &Path, data: &PlotData) -> Result<()> {
     let fail = |e: String| Error::Usage(format!("{}: cannot draw the plot: {e}", path.display()));
     if ext(path).as_deref() == Some("svg") {
         let mut svg = String::new();
-        {
+        let boxes = {
             let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-            draw(&root, data).map_err(fail)?;
-        }
-        eigenlorax::util::write_atomic(path, svg.as_bytes())
+            draw(&root, data).map_err(fail)?
+        };
+        eigenlorax::util::write_atomic(path, svg.as_bytes())?;
+        Ok(boxes)
     } else {
         // The bitmap backend writes the file itself: draw into a temporary file beside the
         // target, then rename, so a failure never leaves a half image under the real name.
         let tmp = temp_beside(path);
         let result = (|| {
             let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-            draw(&root, data)?;
-            root.present().map_err(|e| e.to_string())
+            let boxes = draw(&root, data)?;
+            root.present().map_err(|e| e.to_string())?;
+            Ok(boxes)
         })();
         match result {
-            Ok(()) => std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)),
+            Ok(boxes) => {
+                std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+                Ok(boxes)
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 Err(fail(e))
@@ -105,13 +116,13 @@ fn temp_beside(path: &Path) -> PathBuf {
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     data: &PlotData,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Vec<LabelBox>, String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let root = root
         .titled(&data.title, (FONT, 18))
         .map_err(|e| e.to_string())?;
     match &data.errors {
-        None => energy_panel(&root, data),
+        None => energy_panel(&root, data).map(|()| Vec::new()),
         Some(errors) => {
             let (top, bottom) = root.split_vertically(PANEL_HEIGHT - 20);
             energy_panel(&top, data)?;
@@ -150,7 +161,14 @@ fn energy_panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("K (principal directions kept)")
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        // Only whole K: with a small K the tick steps are fractions.
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-6 {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
         .light_line_style(WHITE.mix(0.0))
         .y_desc("cumulative σ² share")
         .label_style((FONT, 13))
@@ -241,15 +259,209 @@ fn short_names(names: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Font size of the module labels under the error panel.
+const LABEL_FONT: u32 = 12;
+/// Least horizontal space between two module labels, in pixels.
+const LABEL_GAP: f64 = 6.0;
+
+/// A label drawn under the error panel: its text and pixel box (left, top, right, bottom).
+#[derive(Clone, Debug, PartialEq)]
+struct LabelBox {
+    text: String,
+    bounds: (f64, f64, f64, f64),
+}
+
+/// Which module labels the x axis shows, where, and what the axis says.
+#[derive(Clone, Debug, PartialEq)]
+struct AxisLayout {
+    /// (x in module units, text), left to right.
+    labels: Vec<(f64, String)>,
+    /// Boundaries between layers (x in module units), drawn as light vertical lines.
+    separators: Vec<f64>,
+    /// The axis description.
+    desc: String,
+}
+
+/// A sort key that orders numbers inside names by value (`layers.2` before `layers.10`).
+fn natural_key(name: &str) -> Vec<(String, u64)> {
+    let mut key = Vec::new();
+    let mut text = String::new();
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            let mut n = c.to_digit(10).map_or(0, u64::from);
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                n = n.saturating_mul(10).saturating_add(u64::from(d));
+                chars.next();
+            }
+            key.push((std::mem::take(&mut text), n));
+        } else {
+            text.push(c);
+        }
+    }
+    key.push((text, u64::MAX));
+    key
+}
+
+/// Module names split at their layer number: (`model.layers.17`, `self_attn.q_proj`) for
+/// `model.layers.17.self_attn.q_proj`; `None` unless every name has a numeric dotted part
+/// and the names, in this order, form at least two contiguous layers.
+fn layer_groups(names: &[String]) -> Option<Vec<(String, Vec<String>)>> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for n in names {
+        let parts: Vec<&str> = n.split('.').collect();
+        let i = parts
+            .iter()
+            .position(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?;
+        let (layer, within) = (parts[..=i].join("."), parts[i + 1..].join("."));
+        match groups.last_mut() {
+            Some((l, members)) if *l == layer => members.push(within),
+            _ => {
+                if groups.iter().any(|(l, _)| *l == layer) {
+                    return None; // a layer split in two runs
+                }
+                groups.push((layer, vec![within]));
+            }
+        }
+    }
+    (groups.len() >= 2).then_some(groups)
+}
+
+/// Every `stride`-th of `candidates` (x, text), with the smallest stride in 1, 2, 3, 4, 5,
+/// 6, 8, 10, 20, 30, ... whose label boxes (`slot_px` pixels per module, widths from `width`) keep
+/// [`LABEL_GAP`] apart; returns them and the stride.
+fn thin(
+    candidates: &[(f64, String)],
+    slot_px: f64,
+    width: &dyn Fn(&str) -> f64,
+) -> (Vec<(f64, String)>, usize) {
+    let fits = |picked: &[&(f64, String)]| {
+        picked.windows(2).all(|w| {
+            let (a, b) = (w[0], w[1]);
+            (b.0 - a.0) * slot_px >= (width(&a.1) + width(&b.1)) / 2.0 + LABEL_GAP
+        })
+    };
+    let mut stride = 1usize;
+    let mut step = 0;
+    loop {
+        let picked: Vec<&(f64, String)> = candidates.iter().step_by(stride).collect();
+        if picked.len() <= 1 || fits(&picked) {
+            return (picked.into_iter().cloned().collect(), stride);
+        }
+        // 1, 2, 3, 4, 5, 6, 8, 10, 20, 30, ...
+        step += 1;
+        stride = [1, 2, 3, 4, 5, 6, 8][step % 7] * 10usize.pow((step / 7) as u32);
+    }
+}
+
+/// The x-axis labels of the error panel for modules `names` (in plot order), `slot_px`
+/// pixels apart, labels `width(text)` pixels wide. Horizontal labels only, never
+/// overlapping:
+/// 1. every module's short name when they all fit (the 12-module MiniLM plot);
+/// 2. else, when the names have layer numbers, one label per layer under its modules (every
+///    2nd, 5th, ... layer when even those crowd), with the layers' boundaries marked and
+///    the modules within a layer named in the axis description (72 Gemma modules: 18
+///    layers of q/k/v/o);
+/// 3. else every 2nd, 5th, 10th, ... module's short name.
+fn axis_layout(names: &[String], slot_px: f64, width: &dyn Fn(&str) -> f64) -> AxisLayout {
+    let short = short_names(names);
+    let all: Vec<(f64, String)> = short
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as f64, s.clone()))
+        .collect();
+    let fits_all = all.windows(2).all(|w| {
+        (w[1].0 - w[0].0) * slot_px >= (width(&w[0].1) + width(&w[1].1)) / 2.0 + LABEL_GAP
+    });
+    if fits_all {
+        return AxisLayout {
+            labels: all,
+            separators: Vec::new(),
+            desc: "module".into(),
+        };
+    }
+    if let Some(groups) = layer_groups(names) {
+        let keys: Vec<String> = groups.iter().map(|(l, _)| l.clone()).collect();
+        let layer_names = short_names(&keys);
+        let mut start = 0usize;
+        let mut centres = Vec::new();
+        let mut separators = Vec::new();
+        for ((_, members), name) in groups.iter().zip(layer_names) {
+            let end = start + members.len();
+            centres.push(((start + end - 1) as f64 / 2.0, name));
+            if start > 0 {
+                separators.push(start as f64 - 0.5);
+            }
+            start = end;
+        }
+        let (labels, stride) = thin(&centres, slot_px, width);
+        let first = &groups[0].1;
+        let same = groups.iter().all(|(_, m)| m == first);
+        let desc = if same && first.iter().all(|m| !m.is_empty()) {
+            let within = short_names(first);
+            format!(
+                "layer (modules in each, left to right: {})",
+                within.join(", ")
+            )
+        } else {
+            "layer".to_string()
+        };
+        let desc = if stride > 1 {
+            format!("{desc}; every {} layer labelled", ordinal(stride))
+        } else {
+            desc
+        };
+        return AxisLayout {
+            labels,
+            separators,
+            desc,
+        };
+    }
+    let (labels, stride) = thin(&all, slot_px, width);
+    let desc = format!("module (every {} labelled)", ordinal(stride));
+    AxisLayout {
+        labels,
+        separators: Vec::new(),
+        desc,
+    }
+}
+
+/// "2nd", "3rd", "10th", ... (the strides [`thin`] picks).
+fn ordinal(k: usize) -> String {
+    let suffix = match (k % 10, k % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{k}{suffix}")
+}
+
 fn error_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     errors: &[ErrorSeries],
-) -> std::result::Result<(), String> {
-    let names: Vec<String> = errors
+) -> std::result::Result<Vec<LabelBox>, String> {
+    // Plot order: the modules of the first adapter, numbers inside names by value.
+    let mut names: Vec<String> = errors
         .first()
         .map(|s| s.points.iter().map(|(n, _)| n.clone()).collect())
         .unwrap_or_default();
-    let short = short_names(&names);
+    names.sort_by_cached_key(|n| natural_key(n));
+    names.dedup();
+    let index: std::collections::HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let placed = |pts: &[(String, f64)]| -> Vec<(f64, f64)> {
+        let mut v: Vec<(f64, f64)> = pts
+            .iter()
+            .filter_map(|(m, e)| index.get(m.as_str()).map(|&i| (i as f64, *e)))
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    };
     let ymax = errors
         .iter()
         .flat_map(|s| s.points.iter().chain(&s.random).map(|(_, e)| *e))
@@ -264,55 +476,84 @@ fn error_panel<DB: DrawingBackend>(
             (FONT, 16),
         )
         .margin(12)
-        .x_label_area_size(70)
+        .x_label_area_size(48)
         .y_label_area_size(55)
         .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax)
         .map_err(|e| e.to_string())?;
-    let label = move |x: &f64| {
-        let i = x.round();
-        if (x - i).abs() < 1e-6 && i >= 0.0 {
-            short.get(i as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
-    };
+
+    // The labels: chosen for the plot's real pixel width, drawn by hand below.
+    let font = (FONT, LABEL_FONT).into_font();
+    let width = |t: &str| font.box_size(t).map(|(w, _)| f64::from(w)).unwrap_or(0.0);
+    let (x0, _) = chart.backend_coord(&(0.0, 0.0));
+    let (x1, _) = chart.backend_coord(&(1.0, 0.0));
+    let slot_px = f64::from((x1 - x0).max(1));
+    let layout = axis_layout(&names, slot_px, &width);
+
     chart
         .configure_mesh()
-        .x_labels(n.min(40))
-        .x_label_formatter(&label)
+        .x_labels(0)
+        .x_label_formatter(&|_| String::new())
+        .disable_x_mesh()
         .light_line_style(WHITE.mix(0.0))
-        .x_label_style((FONT, 11).into_font().transform(FontTransform::Rotate90))
+        .x_desc(layout.desc.clone())
         .y_desc("‖ΔW − ΔŴ‖ / ‖ΔW‖")
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;
+    for b in &layout.separators {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(*b, 0.0), (*b, ymax)],
+                BLACK.mix(0.15),
+            )))
+            .map_err(|e| e.to_string())?;
+    }
+    let (base_x, base_y) = area.get_base_pixel();
+    let mut boxes = Vec::with_capacity(layout.labels.len());
+    for (x, text) in &layout.labels {
+        let (px, py) = chart.backend_coord(&(*x, 0.0));
+        let (w, h) = font.box_size(text).map_err(|e| format!("{e:?}"))?;
+        let (px, top) = (px - base_x, py - base_y + 5);
+        // A short tick at the label's position.
+        area.draw(&PathElement::new(
+            vec![(px, py - base_y), (px, py - base_y + 4)],
+            BLACK,
+        ))
+        .map_err(|e| e.to_string())?;
+        area.draw(&Text::new(
+            text.clone(),
+            (px, top),
+            font.color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top)),
+        ))
+        .map_err(|e| e.to_string())?;
+        let (l, t) = (
+            f64::from(px + base_x) - f64::from(w) / 2.0,
+            f64::from(top + base_y),
+        );
+        boxes.push(LabelBox {
+            text: text.clone(),
+            bounds: (l, t, l + f64::from(w), t + f64::from(h)),
+        });
+    }
+
     for (i, s) in errors.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> = s
-            .points
-            .iter()
-            .enumerate()
-            .map(|(j, (_, e))| (j as f64, *e))
-            .collect();
+        let pts = placed(&s.points);
         let name = Path::new(&s.label)
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or(s.label.clone());
+        let marker = if n > 40 { 2 } else { 3 };
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)).point_size(3))
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)).point_size(marker))
             .map_err(|e| e.to_string())?
             .label(name)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
         if !s.random.is_empty() {
-            let rp: Vec<(f64, f64)> = s
-                .random
-                .iter()
-                .enumerate()
-                .map(|(j, (_, e))| (j as f64, *e))
-                .collect();
+            let rp = placed(&s.random);
             let series = chart
                 .draw_series(DashedLineSeries::new(
                     rp,
@@ -335,12 +576,210 @@ fn error_panel<DB: DrawingBackend>(
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(boxes)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::short_names;
+    use super::*;
+
+    /// Module names of real bundles: MiniLM (6 layers x query/value), Gemma-270M (18 layers x
+    /// q/k/v/o), a deep model (50 layers x q/k/v/o), and 200 names with no layer number.
+    fn minilm12() -> Vec<String> {
+        (0..6)
+            .flat_map(|l| {
+                ["query", "value"].map(|p| format!("encoder.layer.{l}.attention.self.{p}"))
+            })
+            .collect()
+    }
+    fn gemma(layers: usize) -> Vec<String> {
+        (0..layers)
+            .flat_map(|l| {
+                ["q_proj", "k_proj", "v_proj", "o_proj"]
+                    .map(|p| format!("base_model.model.model.layers.{l}.self_attn.{p}"))
+            })
+            .collect()
+    }
+    fn flat200() -> Vec<String> {
+        (0..200)
+            .map(|i| format!("adapter_block_{i:03}.proj"))
+            .collect()
+    }
+
+    /// The real text width of the label font.
+    fn width() -> impl Fn(&str) -> f64 {
+        register_font().expect("font");
+        let font = (FONT, LABEL_FONT).into_font();
+        move |t: &str| f64::from(font.box_size(t).expect("text size").0)
+    }
+
+    /// Label boxes `slot_px` per module never overlap, keep the gap, and lie on the axis.
+    fn check_layout(layout: &AxisLayout, n: usize, slot_px: f64) {
+        let w = width();
+        assert!(!layout.labels.is_empty());
+        for pair in layout.labels.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            let right_a = a.0 * slot_px + w(&a.1) / 2.0;
+            let left_b = b.0 * slot_px - w(&b.1) / 2.0;
+            assert!(
+                left_b - right_a >= LABEL_GAP - 1e-9,
+                "{:?} and {:?} overlap ({right_a} vs {left_b})",
+                a,
+                b
+            );
+        }
+        for (x, _) in &layout.labels {
+            assert!(*x >= 0.0 && *x <= (n - 1) as f64, "{x}");
+        }
+    }
+
+    /// The plot width of the error panel (1000 px wide figure, margins, y labels).
+    const PLOT_PX: f64 = 921.0;
+
+    #[test]
+    fn twelve_minilm_modules_are_all_labelled() {
+        let names = minilm12();
+        let slot = PLOT_PX / 12.0;
+        let layout = axis_layout(&names, slot, &width());
+        check_layout(&layout, 12, slot);
+        let texts: Vec<&str> = layout.labels.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts[..3], ["0.query", "0.value", "1.query"]);
+        assert_eq!(texts.len(), 12);
+    }
+
+    #[test]
+    fn seventy_two_modules_are_labelled_per_layer() {
+        let names = gemma(18);
+        let slot = PLOT_PX / 72.0;
+        let layout = axis_layout(&names, slot, &width());
+        check_layout(&layout, 72, slot);
+        // One label per layer, centred under its four modules.
+        let texts: Vec<&str> = layout.labels.iter().map(|(_, t)| t.as_str()).collect();
+        let want: Vec<String> = (0..18).map(|l| l.to_string()).collect();
+        assert_eq!(texts, want);
+        assert_eq!(layout.labels[1].0, 5.5);
+        assert_eq!(layout.separators.len(), 17);
+        assert_eq!(layout.separators[0], 3.5);
+        assert_eq!(
+            layout.desc,
+            "layer (modules in each, left to right: q_proj, k_proj, v_proj, o_proj)"
+        );
+    }
+
+    #[test]
+    fn two_hundred_modules_thin_their_labels() {
+        let slot = PLOT_PX / 200.0;
+        let layout = axis_layout(&gemma(50), slot, &width());
+        check_layout(&layout, 200, slot);
+        assert!(
+            layout.labels.len() >= 10 && layout.labels.len() <= 50,
+            "{:?}",
+            layout.labels
+        );
+        assert_eq!(layout.labels[0].1, "0");
+        assert!(
+            layout.desc.contains("every 2nd layer labelled"),
+            "{}",
+            layout.desc
+        );
+
+        let layout = axis_layout(&flat200(), slot, &width());
+        check_layout(&layout, 200, slot);
+        assert!(layout.labels.len() >= 6, "{:?}", layout.labels);
+        assert!(layout.desc.starts_with("module (every "), "{}", layout.desc);
+        assert!(layout.separators.is_empty());
+    }
+
+    #[test]
+    fn numbers_in_names_sort_by_value_and_layers_must_be_contiguous() {
+        let mut names = gemma(12);
+        names.sort(); // the bundle's order: layers.10 before layers.2
+        names.sort_by_cached_key(|n| natural_key(n));
+        let want: Vec<String> = (0..12)
+            .flat_map(|l| {
+                ["k_proj", "o_proj", "q_proj", "v_proj"]
+                    .map(|p| format!("base_model.model.model.layers.{l}.self_attn.{p}"))
+            })
+            .collect();
+        assert_eq!(names, want);
+        assert_eq!(ordinal(2), "2nd");
+        assert_eq!(ordinal(50), "50th");
+        let split = vec![
+            "layers.0.q".to_string(),
+            "layers.1.q".to_string(),
+            "layers.0.v".to_string(),
+        ];
+        assert_eq!(layer_groups(&split), None);
+        assert_eq!(layer_groups(&["a.b".to_string(), "a.c".to_string()]), None);
+    }
+
+    /// Errors of three adapters on `names`, with a random control for the first.
+    fn plot_data(names: &[String]) -> PlotData {
+        let errors = (0..3)
+            .map(|a| ErrorSeries {
+                label: format!("adapters/task{a}"),
+                points: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        (
+                            n.clone(),
+                            0.3 + 0.05 * a as f64 + 0.2 * ((i % 4) as f64 / 4.0),
+                        )
+                    })
+                    .collect(),
+                random: if a == 0 {
+                    names.iter().map(|n| (n.clone(), 0.95)).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        PlotData {
+            title: format!(
+                "label layout check: synthetic errors on {} modules",
+                names.len()
+            ),
+            energy: names
+                .iter()
+                .map(|n| (n.clone(), vec![0.5, 0.8, 1.0], vec![0.4, 0.7, 1.0]))
+                .collect(),
+            errors: Some(errors),
+        }
+    }
+
+    #[test]
+    fn a_72_module_plot_draws_labels_that_do_not_overlap() {
+        let mut names = gemma(18);
+        names.sort(); // as a bundle lists them
+        for ext in ["png", "svg"] {
+            let path = std::env::temp_dir()
+                .join(format!("elx-plot-72-modules-{}.{ext}", std::process::id()));
+            let boxes = render(&path, &plot_data(&names)).expect("render");
+            assert!(std::fs::metadata(&path).expect("written").len() > 1000);
+            let texts: Vec<&str> = boxes.iter().map(|b| b.text.as_str()).collect();
+            let want: Vec<String> = (0..18).map(|l| l.to_string()).collect();
+            assert_eq!(texts, want, "{ext}");
+            for pair in boxes.windows(2) {
+                let (a, b) = (pair[0].bounds, pair[1].bounds);
+                assert!(b.0 - a.2 >= LABEL_GAP - 1.0, "{pair:?} overlap");
+            }
+            for b in &boxes {
+                let (l, t, r, btm) = b.bounds;
+                assert!(l >= 0.0 && r <= f64::from(WIDTH), "{b:?}");
+                assert!(
+                    t >= f64::from(PANEL_HEIGHT) && btm <= f64::from(2 * PANEL_HEIGHT),
+                    "{b:?}"
+                );
+            }
+            if std::env::var_os("ELX_KEEP_PLOT").is_none() {
+                let _ = std::fs::remove_file(&path);
+            } else {
+                eprintln!("kept {}", path.display());
+            }
+        }
+    }
 
     #[test]
     fn labels_keep_the_parts_that_differ() {
