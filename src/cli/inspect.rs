@@ -1,13 +1,15 @@
-//! `elx inspect FILE [--adapters DIR...] [--random-control --seed S] [--plot OUT.png|OUT.svg]`
+//! `elx inspect FILE [--adapters DIR... [--random-control --seed S] [--held-out]] [--plot OUT.png|OUT.svg]`
 
 use super::plot::{self, ErrorSeries, PlotData};
-use super::{Table, file_size, pct, sci, warn};
+use super::{Table, file_size, pct, plot_curve, sci, warn};
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::diagnostics::{explained_energy, projection_error_bound, random_subspace};
 use eigenlorax::bundle::{Bundle, CoeffFile};
-use eigenlorax::subspace::{self, KRule, ModuleSubspace};
+use eigenlorax::eval::diagnostics::{self, CaptureSummary};
+use eigenlorax::subspace::KRule;
 use eigenlorax::tensorfile::TensorFile;
 use eigenlorax::{Error, Result};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `elx inspect`.
@@ -24,6 +26,11 @@ pub struct Args {
     /// Seed of the random control.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Treat --adapters as a pool of related adapters: each held out against the subspace of
+    /// the others (extracted with this bundle's options), split into mean / basis, and capture
+    /// vs N. The verdict then speaks for new tasks like the pool's.
+    #[arg(long, requires = "adapters")]
+    pub held_out: bool,
     /// Write plots (explained energy per module; with --adapters, error per module) to .png or .svg.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -57,27 +64,53 @@ pub fn run(a: Args) -> Result<()> {
         plot::check_extension(p)?;
     }
     if is_coeff_file(&a.file)? {
-        if !a.adapters.is_empty() || a.plot.is_some() || a.random_control {
+        if !a.adapters.is_empty() || a.plot.is_some() || a.random_control || a.held_out {
             return Err(Error::Usage(
-                "--adapters, --random-control and --plot apply to bundles (.elxb), not coefficient files".into(),
+                "--adapters, --random-control, --held-out and --plot apply to bundles (.elxb), not coefficient files".into(),
             ));
         }
         return inspect_coeffs(&a.file);
     }
     let bundle = Bundle::read(&a.file)?;
     print_bundle(&bundle);
+    print_null(&bundle);
+    let mut verdict = None;
     let errors = if a.adapters.is_empty() {
         if a.random_control {
             warn("--random-control has nothing to compare without --adapters");
         }
         None
     } else {
-        Some(measure_adapters(
-            &bundle,
-            &a.adapters,
-            a.random_control,
-            a.seed,
-        )?)
+        let (series, summaries) = measure_adapters(&bundle, &a.adapters, a.random_control, a.seed)?;
+        // An adapter the bundle was extracted from says nothing about new tasks.
+        let new: Vec<&CaptureSummary> = summaries
+            .iter()
+            .filter(|s| !s.in_sample)
+            .map(|s| &s.capture)
+            .collect();
+        if new.len() < summaries.len() && !a.held_out {
+            warn(format!(
+                "{} of the adapters are sources of this bundle (in-sample); the verdict uses the others. \
+                 --held-out measures each against the subspace of the rest",
+                summaries.len() - new.len()
+            ));
+        }
+        if !new.is_empty() {
+            let n = new.len() as f64;
+            verdict = Some(diagnostics::verdict(
+                new.iter().map(|s| s.captured).sum::<f64>() / n,
+                new.iter().map(|s| s.random).sum::<f64>() / n,
+            ));
+        }
+        if a.held_out {
+            verdict = Some(held_out_report(
+                &bundle,
+                &a.adapters,
+                a.seed,
+                a.plot.as_deref(),
+            )?);
+        }
+        Some(series)
     };
     if let Some(p) = &a.plot {
         let data = PlotData {
@@ -98,6 +131,10 @@ pub fn run(a: Args) -> Result<()> {
         };
         plot::write(p, &data)?;
         println!("wrote plot {} ({})", p.display(), file_size(p));
+    }
+    if let Some(v) = verdict {
+        println!();
+        println!("verdict: {}", v.line);
     }
     Ok(())
 }
@@ -253,36 +290,19 @@ fn inspect_coeffs(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Relative ΔW error and captured energy, in the bundle and (optionally) in the random control.
-type Measured = (f64, f64, Option<(f64, f64)>);
-
-/// Per-module measurements of one adapter.
-fn measure_module(
-    adapter: &Adapter,
-    name: &str,
-    s: &ModuleSubspace,
-    random: Option<&ModuleSubspace>,
-) -> Result<Measured> {
-    let m = adapter.load_module(name)?;
-    let err = |s: &ModuleSubspace| {
-        subspace::relative_error(&m, &subspace::reconstruct(&subspace::project(&m, s), s))
-    };
-    let rand = random.map(|r| (err(r), subspace::captured_energy(&m, r)));
-    Ok((err(s), subspace::captured_energy(&m, s), rand))
-}
-
 fn measure_adapters(
     b: &Bundle,
     paths: &[PathBuf],
     control: bool,
     seed: u64,
-) -> Result<Vec<ErrorSeries>> {
+) -> Result<(Vec<ErrorSeries>, Vec<Candidate>)> {
     let random = control.then(|| random_subspace(&b.subspace, seed));
     let mut header = vec!["module", "rel. error", "captured"];
     if control {
         header.extend(["random error", "random captured"]);
     }
     let mut series = Vec::new();
+    let mut summaries = Vec::new();
     for p in paths {
         let adapter = Adapter::open(p)?;
         let mut t = Table::new(&header);
@@ -292,7 +312,8 @@ fn measure_adapters(
             random: Vec::new(),
         };
         let mut skipped = Vec::new();
-        let (mut sums, mut n) = ([0.0f64; 4], 0usize);
+        let mut measures = Vec::new();
+        let mut loaded = BTreeMap::new();
         for (name, info) in &adapter.modules {
             let Some(ms) = b.subspace.modules.get(name) else {
                 skipped.push(name.clone());
@@ -308,35 +329,50 @@ fn measure_adapters(
                     ),
                 ));
             }
-            let (err, cap, rand) = measure_module(
-                &adapter,
-                name,
+            let m = adapter.load_module(name)?;
+            let mm = diagnostics::measure_module(
+                &m,
                 ms,
                 random.as_ref().and_then(|r| r.modules.get(name)),
             )?;
-            let mut row = vec![name.clone(), sci(err), pct(cap)];
-            if let Some((re, rc)) = rand {
+            let mut row = vec![name.clone(), sci(mm.error), pct(mm.captured)];
+            if let Some((re, rc)) = mm.random {
                 row.extend([sci(re), pct(rc)]);
                 s.random.push((name.clone(), re));
-                sums[2] += re;
-                sums[3] += rc;
             }
-            sums[0] += err;
-            sums[1] += cap;
-            n += 1;
-            s.points.push((name.clone(), err));
+            s.points.push((name.clone(), mm.error));
             t.row(row);
+            measures.push(mm);
+            loaded.insert(name.clone(), m);
         }
-        if n > 0 {
-            let k = n as f64;
-            let mut row = vec!["mean".to_string(), sci(sums[0] / k), pct(sums[1] / k)];
-            if control {
-                row.extend([sci(sums[2] / k), pct(sums[3] / k)]);
+        if !measures.is_empty() {
+            let ((err, cap), rand) = diagnostics::combine(&measures);
+            let mut row = vec!["all (ΔW-weighted)".to_string(), sci(err), pct(cap)];
+            if let Some((re, rc)) = rand {
+                row.extend([sci(re), pct(rc)]);
             }
             t.row(row);
         }
+        let summary = diagnostics::capture_summary(&loaded, &b.subspace, seed);
+        let in_sample = b
+            .manifest
+            .sources
+            .iter()
+            .any(|s| s.sha256 == adapter.sha256);
         println!();
-        println!("adapter {} ({n} modules measured)", p.display());
+        println!(
+            "adapter {}{} ({} modules measured): captures {} of its ΔW; a random subspace of the same size {} (chance {})",
+            p.display(),
+            if in_sample {
+                " [a source of this bundle]"
+            } else {
+                ""
+            },
+            measures.len(),
+            pct(summary.captured),
+            pct2(summary.random),
+            pct2(summary.chance)
+        );
         print!("{}", t.render());
         if !skipped.is_empty() {
             warn(format!(
@@ -347,6 +383,148 @@ fn measure_adapters(
             ));
         }
         series.push(s);
+        summaries.push(Candidate {
+            capture: summary,
+            in_sample,
+        });
     }
-    Ok(series)
+    Ok((series, summaries))
+}
+
+/// One measured adapter: its capture in the bundle, and whether the bundle was made from it.
+struct Candidate {
+    capture: CaptureSummary,
+    in_sample: bool,
+}
+
+/// A share with two decimals (chance and random captures are often well below 1%).
+fn pct2(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.2}%", 100.0 * x)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// Per module and side: directions above a Gaussian null of the stack's shape and energy.
+fn print_null(b: &Bundle) {
+    let mut t = Table::new(&[
+        "module",
+        "signal A",
+        "energy in them A",
+        "σ₁/edge A",
+        "signal B",
+        "energy in them B",
+        "σ₁/edge B",
+    ]);
+    let (mut dirs, mut total) = (0usize, 0usize);
+    for (name, m) in &b.subspace.modules {
+        let ((ra, ca), (rb, cb)) = diagnostics::stack_shapes(m);
+        let na = diagnostics::spectrum_vs_null(&m.a.spectrum, ra, ca);
+        let nb = diagnostics::spectrum_vs_null(&m.b.spectrum, rb, cb);
+        dirs += na.signal_directions + nb.signal_directions;
+        total += m.a.spectrum.len() + m.b.spectrum.len();
+        t.row(vec![
+            name.clone(),
+            na.signal_directions.to_string(),
+            pct(na.signal_energy),
+            format!("{:.2}", na.top_over_edge),
+            nb.signal_directions.to_string(),
+            pct(nb.signal_energy),
+            format!("{:.2}", nb.top_over_edge),
+        ]);
+    }
+    println!();
+    println!(
+        "spectrum vs a Gaussian null of the same shape and energy: {dirs} of {total} directions stand above it \
+         (structure in the stack; whether new tasks share it shows in a held-out capture)"
+    );
+    print!("{}", t.render());
+}
+
+/// `--held-out`: the adapters as a pool, each against the others' subspace, then capture vs N.
+fn held_out_report(
+    b: &Bundle,
+    paths: &[PathBuf],
+    seed: u64,
+    plot: Option<&Path>,
+) -> Result<diagnostics::Verdict> {
+    let pool = diagnostics::Pool::load(paths)?;
+    let options = &b.manifest.options;
+    let rows = diagnostics::held_out(&pool, options, seed)?;
+    println!();
+    println!(
+        "held out, each adapter against the subspace of the other {} (extracted like this bundle):",
+        pool.len() - 1
+    );
+    let mut t = Table::new(&[
+        "adapter",
+        "K_A+K_B",
+        "captured",
+        "random",
+        "chance",
+        "mean only",
+        "basis only",
+        "mean+basis",
+    ]);
+    for h in &rows {
+        t.row(vec![
+            h.name.clone(),
+            h.k_total.to_string(),
+            pct(h.recycled.captured),
+            pct2(h.recycled.random),
+            pct2(h.recycled.chance),
+            pct(h.mean_only),
+            pct(h.basis_only),
+            pct(h.mean_plus_basis),
+        ]);
+    }
+    let n = rows.len() as f64;
+    let mean = |f: &dyn Fn(&diagnostics::HeldOut) -> f64| rows.iter().map(f).sum::<f64>() / n;
+    let (cap, rnd) = (mean(&|h| h.recycled.captured), mean(&|h| h.recycled.random));
+    t.row(vec![
+        "mean".into(),
+        format!("{:.0}", mean(&|h| h.k_total as f64)),
+        pct(cap),
+        pct2(rnd),
+        pct2(mean(&|h| h.recycled.chance)),
+        pct(mean(&|h| h.mean_only)),
+        pct(mean(&|h| h.basis_only)),
+        pct(mean(&|h| h.mean_plus_basis)),
+    ]);
+    print!("{}", t.render());
+    println!(
+        "(mean only / basis only / mean+basis: the others' centered subspace split into its mean direction and its principal directions)"
+    );
+    let curve = diagnostics::capture_vs_n(
+        &pool,
+        &diagnostics::doubling_sizes(pool.len() - 1),
+        options,
+        seed,
+    )?;
+    println!();
+    println!("capture vs N (every adapter held out against N of the others):");
+    let mut t = Table::new(&["N", "K_A+K_B", "captured", "min", "max", "random", "chance"]);
+    for c in &curve {
+        t.row(vec![
+            c.n.to_string(),
+            format!("{:.0}", c.k_total),
+            pct(c.captured),
+            pct(c.min),
+            pct(c.max),
+            pct2(c.random),
+            pct2(c.chance),
+        ]);
+    }
+    print!("{}", t.render());
+    if let Some(p) = plot {
+        let out = plot_curve::path_beside(p, "capture-vs-n");
+        plot_curve::write(
+            &out,
+            &format!("held-out capture vs N ({} adapters)", pool.len()),
+            &curve,
+        )?;
+        println!("wrote plot {} ({})", out.display(), file_size(&out));
+    }
+    Ok(diagnostics::verdict(cap, rnd))
 }

@@ -6,11 +6,22 @@
 //!
 //! | method | coefficients | head |
 //! |---|---|---|
-//! | head only | none (the base model) | trained on the device on the training examples |
+//! | head only, full training set | none (the base model) | trained beside the adapter (`head_only.safetensors`), when the workload has it |
 //! | own LoRA | the task's adapter, unmerged (rank r, exact) | the adapter's own head |
-//! | projected | the adapter projected into the subspace (zero-shot) | the adapter's own head |
+//! | zero-shot: recycled | the adapter projected into the other tasks' subspace | the adapter's own head |
+//! | zero-shot: mean only | the adapter projected into the span of the others' mean direction | idem |
+//! | zero-shot: random basis | the adapter projected into a random basis of the same K | idem |
+//!
+//! and, for each few-shot training-set size (16, 64, 150 examples in the demo):
+//!
+//! | method | coefficients | head |
+//! |---|---|---|
+//! | head only | none (the base model) | trained on the device |
 //! | finetuned | trained on the device by SPSA, forward passes only | trained with them, from the head-only solution or from zero |
 //! | random basis | the same training over a random orthonormal basis of the same K | idem |
+//!
+//! The headline figure is the share of the head-only → own-LoRA cross-entropy gap a row
+//! recovers ([`gap_recovered`]), never a raw score ratio.
 //!
 //! The last row is the control of DESIGN.md ("What honest numbers look like"): if it does as
 //! well as the recycled subspace, recycling did not help on this task.
@@ -66,8 +77,12 @@ pub struct LooConfig {
     pub max_length: usize,
     /// How the subspace of the other tasks is extracted.
     pub extract: ExtractOptions,
-    /// Training examples (the first ones of the training file).
+    /// Training examples read (the first ones of the training file); the largest few-shot
+    /// size.
     pub train_examples: usize,
+    /// Training-set sizes of the device-trained rows (each a prefix of the training
+    /// examples); empty: `train_examples` alone.
+    pub few_shot: Vec<usize>,
     /// Validation examples for early stopping (the next ones of the training file).
     pub val_examples: usize,
     /// Test examples (the first ones of the test file).
@@ -108,12 +123,19 @@ pub enum TrainEngine {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
-    /// The base model with a head trained on the device.
+    /// The base model with the head trained beside the adapter on the full training set
+    /// (`head_only.safetensors` of the workload): the reference of the zero-shot gap.
+    HeadOnlyFull,
+    /// The base model with a head trained on the device on the few-shot examples.
     HeadOnly,
     /// The task's own LoRA adapter, unmerged, with its own head.
     OwnLora,
     /// The adapter projected into the other tasks' subspace, with its own head.
     Projected,
+    /// The adapter projected into the span of the other tasks' mean direction alone.
+    MeanOnly,
+    /// The adapter projected into a random orthonormal basis of the recycled K.
+    RandomProjected,
     /// Coefficients and head trained on the device in the recycled subspace.
     Finetuned,
     /// The same training in a random orthonormal basis of the same K (the control).
@@ -124,11 +146,14 @@ impl Method {
     /// Short label for tables.
     pub fn label(self) -> &'static str {
         match self {
+            Method::HeadOnlyFull => "head only (full training set)",
             Method::HeadOnly => "head only (base model)",
             Method::OwnLora => "own LoRA (unmerged)",
-            Method::Projected => "EigenLoRAx zero-shot (projected)",
-            Method::Finetuned => "EigenLoRAx finetuned on device",
-            Method::RandomBasis => "random basis, same training",
+            Method::Projected => "zero-shot: recycled subspace",
+            Method::MeanOnly => "zero-shot: mean direction only",
+            Method::RandomProjected => "zero-shot: random basis",
+            Method::Finetuned => "finetuned in the recycled subspace",
+            Method::RandomBasis => "finetuned in a random basis",
         }
     }
 }
@@ -138,6 +163,8 @@ impl Method {
 pub struct MethodResult {
     /// Which method.
     pub method: Method,
+    /// Training examples it was trained on by the device (0: nothing trained here).
+    pub train_examples: usize,
     /// Numbers trained for the task (coefficients + head, or LoRA A, B + head).
     pub trainable: usize,
     /// Bytes of the task's file(s) on disk.
@@ -150,6 +177,26 @@ pub struct MethodResult {
     pub engine_examples: u64,
     /// Training wall time, s.
     pub train_seconds: f64,
+}
+
+/// The device-trained rows at one training-set size.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FewShot {
+    /// Training examples (the first ones of the training file).
+    pub examples: usize,
+    /// Head only on the base model.
+    pub head_only: MethodResult,
+    /// Coefficients + head in the recycled subspace.
+    pub finetuned: MethodResult,
+    /// The same in a random basis of the same K.
+    pub random_basis: MethodResult,
+}
+
+/// The share of a CE gap a method recovers: (CE_from − CE_method) / (CE_from − CE_to).
+/// `None` when the gap is not positive (nothing to recover).
+pub fn gap_recovered(from: f64, to: f64, method: f64) -> Option<f64> {
+    let gap = from - to;
+    (gap > 0.0 && gap.is_finite()).then(|| (from - method) / gap)
 }
 
 /// The figures of one held-out task.
@@ -165,14 +212,37 @@ pub struct TaskResult {
     pub captured: f64,
     /// The same inside a random subspace of the same K.
     pub random_captured: f64,
-    /// Training examples used.
-    pub train_examples: usize,
-    /// One row per method, in [`Method`] order.
+    /// The same inside the span of the others' mean direction.
+    pub mean_only_captured: f64,
+    /// The zero-shot rows and their references, in [`Method`] order: head only on the full
+    /// training set (when the workload has it), own LoRA, projected, mean only, random.
     pub methods: Vec<MethodResult>,
+    /// The device-trained rows, one entry per training-set size, ascending.
+    pub few_shot: Vec<FewShot>,
+    /// The head-only CE that zero-shot gaps start from: the full-training-set head when
+    /// the workload has one, else the device head-only row of the largest size.
+    pub reference_ce: f64,
     /// The recycled bundle (bound to the base model).
     pub bundle: PathBuf,
     /// Wall time of the whole task, s.
     pub seconds: f64,
+}
+
+impl TaskResult {
+    /// The row of `method` among the zero-shot rows.
+    pub fn row(&self, method: Method) -> Option<&MethodResult> {
+        self.methods.iter().find(|m| m.method == method)
+    }
+
+    /// Share of the head-only → own-LoRA CE gap that `method` (a zero-shot row) recovers.
+    pub fn zero_shot_gap(&self, method: Method) -> Option<f64> {
+        let lora = self.row(Method::OwnLora)?.test.cross_entropy;
+        gap_recovered(
+            self.reference_ce,
+            lora,
+            self.row(method)?.test.cross_entropy,
+        )
+    }
 }
 
 /// Most examples read from one file (bounds memory on a hostile file).
@@ -202,6 +272,32 @@ impl Base {
     }
 }
 
+/// The sizes of the few-shot rows: `cfg.few_shot` sorted, or the largest size alone.
+fn few_shot_sizes(cfg: &LooConfig) -> Result<Vec<usize>> {
+    let mut sizes = if cfg.few_shot.is_empty() {
+        vec![cfg.train_examples]
+    } else {
+        cfg.few_shot.clone()
+    };
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.first() == Some(&0) || sizes.last().is_some_and(|&n| n > cfg.train_examples) {
+        return Err(Error::Usage(format!(
+            "few-shot sizes {sizes:?} must lie in 1..={} (the training examples)",
+            cfg.train_examples
+        )));
+    }
+    Ok(sizes)
+}
+
+/// The held-out task's coefficients in each zero-shot subspace and their bound bundles.
+struct Spaces {
+    recycled: Bundle,
+    random: Bundle,
+    mean_only: Option<Bundle>,
+    own: Bundle,
+}
+
 /// Runs the leave-one-out evaluation of `tasks[held]` (see the module documentation).
 /// `log` receives one line per phase.
 pub fn run_task(
@@ -215,10 +311,12 @@ pub fn run_task(
     let spec = tasks
         .get(held)
         .ok_or_else(|| Error::Usage(format!("no task {held} among {}", tasks.len())))?;
+    let sizes = few_shot_sizes(cfg)?;
     let dir = cfg.out_dir.join(&spec.name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
 
-    // Subspaces: the other tasks' (recycled), a random one of the same K, the task's own.
+    // Subspaces: the other tasks' (recycled), a random one of the same K, the span of the
+    // others' mean direction, the task's own.
     let adapter = Adapter::open(&spec.adapter)?;
     let others: Vec<Adapter> = tasks
         .iter()
@@ -230,6 +328,12 @@ pub fn run_task(
     let space = subspace::extract(&others, &cfg.extract, &quiet)?;
     let random = random_subspace(&space, cfg.random_seed);
     let cap = capture(&adapter, &space, &random)?;
+    let random_cap = capture(&adapter, &random, &random)?;
+    let mean_space = mean_direction_subspace(&others, &cfg.extract)?;
+    let mean_cap = match &mean_space {
+        Some(m) => Some(capture(&adapter, m, m)?),
+        None => None,
+    };
     let r_lora = adapter.modules.values().map(|m| m.rank).max().unwrap_or(0);
     let own_options = ExtractOptions {
         canonicalize: true,
@@ -242,25 +346,33 @@ pub fn run_task(
     let own = subspace::extract(std::slice::from_ref(&adapter), &own_options, &quiet)?;
     let own_coeffs = capture(&adapter, &own, &own)?;
     let sources: Vec<SourceAdapter> = others.iter().map(SourceAdapter::from).collect();
-    let recycled = write_bound(&dir.join("recycled.elxb"), &space, &sources, base)?;
-    let random_bundle = write_bound(&dir.join("random.elxb"), &random, &[], base)?;
-    let own_bundle = write_bound(
-        &dir.join("own-lora.elxb"),
-        &own,
-        &[SourceAdapter::from(&adapter)],
-        base,
-    )?;
+    let bundles = Spaces {
+        recycled: write_bound(&dir.join("recycled.elxb"), &space, &sources, base)?,
+        random: write_bound(&dir.join("random.elxb"), &random, &[], base)?,
+        mean_only: match &mean_space {
+            Some(m) => Some(write_bound(&dir.join("mean-only.elxb"), m, &sources, base)?),
+            None => None,
+        },
+        own: write_bound(
+            &dir.join("own-lora.elxb"),
+            &own,
+            &[SourceAdapter::from(&adapter)],
+            base,
+        )?,
+    };
     log(&format!(
-        "{}: subspace of the other {} adapters, K_A+K_B = {} over {} modules; holds {:.1}% of the held-out ΔW (random: {:.1}%)",
+        "{}: subspace of the other {} adapters, K_A+K_B = {} over {} modules; holds {:.1}% of the held-out ΔW (random: {:.2}%, mean direction: {:.1}%)",
         spec.name,
         others.len(),
         cap.k_total,
         space.modules.len(),
         100.0 * cap.captured,
-        100.0 * cap.random_captured
+        100.0 * cap.random_captured,
+        100.0 * mean_cap.as_ref().map_or(0.0, |m| m.captured)
     ));
 
-    // Data.
+    // Data: the first `train_examples` training examples (each few-shot size a prefix),
+    // then the validation examples, then the test examples.
     let head = Head::read(&spec.head)?;
     let classes = head.labels.len();
     let enc = match &cfg.tokenizer {
@@ -310,168 +422,212 @@ pub fn run_task(
             labels: order.iter().map(|&i| s.labels[i]).collect(),
         }
     };
-    let train = split(0, cfg.train_examples);
     let val = by_length(split(cfg.train_examples, n_fit));
     let test = by_length(split(n_fit, n_fit + n_test));
     let pad = enc.as_ref().map_or(0, |e| i64::from(e.pad_id()));
-    let objective = || Objective::Classify { classes };
     let label_names = head.labels.clone();
     let head_params = classes * (head.weight.ncols() + 1);
+    let zero_shot = ZeroShot {
+        cfg,
+        examples: &examples,
+        pad,
+        test: &test,
+        head: &head,
+        head_params,
+    };
 
-    // Own LoRA and the projection: fixed coefficients, the adapter's head.
+    // Zero-shot rows: fixed coefficients, the adapter's own head.
     let mut methods = Vec::new();
-    let own_rt = Arc::new(Runtime::load(&base_path(cfg), &own_bundle)?);
-    let mut own_model = sequence_model(own_rt, examples.clone(), pad, cfg.max_length)?;
-    let own_params = layout_params(own_model.layout(), &own_coeffs.coefficients)?;
-    let (feats, d) = features(
-        &mut own_model,
-        &test.ids,
-        &own_params,
-        cfg.finetune.eval_batch,
-    )?;
-    drop(own_model);
-    let lora_swap = timed(|| {
+    let own_params = {
+        let rt = Arc::new(Runtime::load(&base_path(cfg), &bundles.own)?);
+        let model = sequence_model(rt, examples.clone(), pad, cfg.max_length)?;
+        layout_params(model.layout(), &own_coeffs.coefficients)?
+    };
+    let mut own_row = zero_shot.row(Method::OwnLora, &bundles.own, &own_params, None)?;
+    own_row.trainable = cap.lora_params + head_params;
+    own_row.file_bytes =
+        file_len(&spec.adapter.join("adapter_model.safetensors")) + file_len(&spec.head);
+    own_row.swap_ms = timed(|| {
         let a = Adapter::open(&spec.adapter)?;
         for name in a.modules.keys() {
             a.load_module(name)?;
         }
         Head::read(&spec.head).map(|_| ())
     })?;
-    methods.push(MethodResult {
-        method: Method::OwnLora,
-        trainable: cap.lora_params + head_params,
-        file_bytes: file_len(&spec.adapter.join("adapter_model.safetensors"))
-            + file_len(&spec.head),
-        swap_ms: lora_swap,
-        test: head_metrics(&head, &feats, d, &test.labels)?,
-        engine_examples: 0,
-        train_seconds: 0.0,
-    });
-    log(&format!("{}: own LoRA evaluated", spec.name));
+    methods.push(own_row);
+    let head_only_full = spec.head.with_file_name("head_only.safetensors");
+    if head_only_full.is_file() {
+        let full = Head::read(&head_only_full)?;
+        let zs = ZeroShot {
+            head: &full,
+            ..zero_shot
+        };
+        let zeros = vec![0.0; own_params.len()];
+        let mut row = zs.row(Method::HeadOnlyFull, &bundles.own, &zeros, None)?;
+        row.file_bytes = file_len(&head_only_full);
+        row.swap_ms = timed(|| Head::read(&head_only_full).map(|_| ()))?;
+        methods.push(row);
+    }
+    for (method, bundle, coeffs, file_name) in [
+        (
+            Method::Projected,
+            Some(&bundles.recycled),
+            Some(&cap),
+            "projected.elxc",
+        ),
+        (
+            Method::MeanOnly,
+            bundles.mean_only.as_ref(),
+            mean_cap.as_ref(),
+            "mean-only.elxc",
+        ),
+        (
+            Method::RandomProjected,
+            Some(&bundles.random),
+            Some(&random_cap),
+            "random-projected.elxc",
+        ),
+    ] {
+        let (Some(bundle), Some(c)) = (bundle, coeffs) else {
+            continue;
+        };
+        let rt = Arc::new(Runtime::load(&base_path(cfg), bundle)?);
+        let params = {
+            let model = sequence_model(Arc::clone(&rt), Vec::new(), pad, cfg.max_length)?;
+            layout_params(model.layout(), &c.coefficients)?
+        };
+        let file = CoeffFile {
+            subspace_id: bundle.manifest.subspace_id.clone(),
+            task: spec.name.clone(),
+            provenance: Provenance::Projected,
+            modules: c.coefficients.clone(),
+            head: Some(head.clone()),
+        };
+        let path = dir.join(file_name);
+        file.write(&path)?;
+        let mut row = zero_shot.row(method, bundle, &params, Some(&rt))?;
+        row.trainable = c.coeff_params + head_params;
+        row.file_bytes = file_len(&path);
+        row.swap_ms = timed(|| rt.load_task(&path).map(|_| ()))?;
+        methods.push(row);
+    }
+    methods.sort_by_key(|m| m.method as usize);
+    log(&format!("{}: zero-shot rows evaluated", spec.name));
 
-    let rt = Arc::new(Runtime::load(&base_path(cfg), &recycled)?);
-    let mut model = sequence_model(Arc::clone(&rt), examples.clone(), pad, cfg.max_length)?;
-    let projected = layout_params(model.layout(), &cap.coefficients)?;
-    let (feats, d) = features(&mut model, &test.ids, &projected, cfg.finetune.eval_batch)?;
-    let projected_file = CoeffFile {
-        subspace_id: recycled.manifest.subspace_id.clone(),
-        task: spec.name.clone(),
-        provenance: Provenance::Projected,
-        modules: cap.coefficients.clone(),
-        head: Some(head.clone()),
-    };
-    let projected_path = dir.join("projected.elxc");
-    projected_file.write(&projected_path)?;
-    methods.push(MethodResult {
-        method: Method::Projected,
-        trainable: cap.coeff_params + head_params,
-        file_bytes: file_len(&projected_path),
-        swap_ms: timed(|| rt.load_task(&projected_path).map(|_| ()))?,
-        test: head_metrics(&head, &feats, d, &test.labels)?,
-        engine_examples: 0,
-        train_seconds: 0.0,
-    });
-
-    // Head only: zero-shot mode with α_B = 0 is exactly the base model, so only the head
-    // trains; its features come from the cache after the first pass.
-    let head_cfg = FinetuneConfig {
-        zero_shot: true,
-        zero_shot_b_std: 0.0,
-        max_steps: cfg.head_steps,
-        ..cfg.finetune.clone()
-    };
-    let (misses0, t0) = (model.hits_misses().1, Instant::now());
-    let mut ft = Finetuner::new(
-        model,
-        head_cfg,
-        objective(),
-        train.clone(),
-        Some(val.clone()),
-    )?;
-    ft.fit(&mut |_| {})?;
-    let head_seconds = t0.elapsed().as_secs_f64();
-    let head_engine = ft.model().hits_misses().1 - misses0;
-    let head_eval = ft.evaluate(&test)?;
-    let probe: Vec<f64> = ft.head().map(|h| h.params().to_vec()).unwrap_or_default();
-    let mut head_file =
-        ft.to_coeff_file(&recycled.manifest.subspace_id, &spec.name, &label_names)?;
-    head_file.modules.clear();
-    let head_path = dir.join("head-only.elxc");
-    head_file.write(&head_path)?;
-    drop(ft);
-    methods.push(MethodResult {
-        method: Method::HeadOnly,
-        trainable: head_params,
-        file_bytes: file_len(&head_path),
-        swap_ms: timed(|| rt.load_task(&head_path).map(|_| ()))?,
-        test: eval_metrics(&head_eval)?,
-        engine_examples: head_engine,
-        train_seconds: head_seconds,
-    });
-    log(&format!(
-        "{}: head only trained ({head_seconds:.1} s)",
-        spec.name
-    ));
-
-    // Finetuned in the recycled subspace and the random-basis control: on tract one thread
-    // each (the runtime is Sync, and each thread builds its own engine inputs); on ONNX
-    // Runtime one after the other, each session using the cores itself.
-    let job = Job {
-        cfg,
-        examples: &examples,
-        pad,
-        splits: (&train, &val, &test),
-        classes,
-        labels: &label_names,
-        task: &spec.name,
-        probe: &probe,
-    };
-    let random_rt = Arc::new(Runtime::load(&base_path(cfg), &random_bundle)?);
-    let finetuned_path = dir.join("finetuned.elxc");
-    let random_path = dir.join("random-basis.elxc");
-    let (finetuned, control) = if cfg.train_engine == TrainEngine::Tract {
-        std::thread::scope(|s| {
-            let ft = s.spawn(|| job.train(&rt, &recycled, &finetuned_path, Method::Finetuned));
-            let rd = s.spawn(|| {
+    // Few-shot rows: per size, the head alone, then coefficients + head in the recycled
+    // subspace and in the random basis (on tract one thread each: the runtime is Sync, and
+    // each thread builds its own engine inputs; on ONNX Runtime one after the other, each
+    // session using the cores itself).
+    let rt = Arc::new(Runtime::load(&base_path(cfg), &bundles.recycled)?);
+    let random_rt = Arc::new(Runtime::load(&base_path(cfg), &bundles.random)?);
+    let mut head_model = sequence_model(Arc::clone(&rt), examples.clone(), pad, cfg.max_length)?;
+    let mut few_shot = Vec::new();
+    for &n in &sizes {
+        let train = split(0, n);
+        let head_cfg = FinetuneConfig {
+            zero_shot: true,
+            zero_shot_b_std: 0.0,
+            max_steps: cfg.head_steps,
+            ..cfg.finetune.clone()
+        };
+        let (misses0, t0) = (head_model.hits_misses().1, Instant::now());
+        let mut ft = Finetuner::new(
+            head_model,
+            head_cfg,
+            Objective::Classify { classes },
+            train.clone(),
+            Some(val.clone()),
+        )?;
+        ft.fit(&mut |_| {})?;
+        let head_seconds = t0.elapsed().as_secs_f64();
+        let head_engine = ft.model().hits_misses().1 - misses0;
+        let head_eval = ft.evaluate(&test)?;
+        let probe: Vec<f64> = ft.head().map(|h| h.params().to_vec()).unwrap_or_default();
+        let mut head_file = ft.to_coeff_file(
+            &bundles.recycled.manifest.subspace_id,
+            &spec.name,
+            &label_names,
+        )?;
+        head_file.modules.clear();
+        let head_path = dir.join(format!("head-only-n{n}.elxc"));
+        head_file.write(&head_path)?;
+        head_model = ft.into_model();
+        let head_only = MethodResult {
+            method: Method::HeadOnly,
+            train_examples: n,
+            trainable: head_params,
+            file_bytes: file_len(&head_path),
+            swap_ms: timed(|| rt.load_task(&head_path).map(|_| ()))?,
+            test: eval_metrics(&head_eval)?,
+            engine_examples: head_engine,
+            train_seconds: head_seconds,
+        };
+        let job = Job {
+            cfg,
+            examples: &examples,
+            pad,
+            splits: (&train, &val, &test),
+            classes,
+            labels: &label_names,
+            task: &spec.name,
+            probe: &probe,
+        };
+        let finetuned_path = dir.join(format!("finetuned-n{n}.elxc"));
+        let random_path = dir.join(format!("random-basis-n{n}.elxc"));
+        let (finetuned, control) = if cfg.train_engine == TrainEngine::Tract {
+            std::thread::scope(|s| {
+                let ft = s.spawn(|| {
+                    job.train(&rt, &bundles.recycled, &finetuned_path, Method::Finetuned)
+                });
+                let rd = s.spawn(|| {
+                    job.train(
+                        &random_rt,
+                        &bundles.random,
+                        &random_path,
+                        Method::RandomBasis,
+                    )
+                });
+                let join = |h: std::thread::ScopedJoinHandle<'_, Result<MethodResult>>| {
+                    h.join()
+                        .map_err(|_| Error::Usage("a training thread panicked".into()))?
+                };
+                (join(ft), join(rd))
+            })
+        } else {
+            (
+                job.train(&rt, &bundles.recycled, &finetuned_path, Method::Finetuned),
                 job.train(
                     &random_rt,
-                    &random_bundle,
+                    &bundles.random,
                     &random_path,
                     Method::RandomBasis,
-                )
-            });
-            let join = |h: std::thread::ScopedJoinHandle<'_, Result<MethodResult>>| {
-                h.join()
-                    .map_err(|_| Error::Usage("a training thread panicked".into()))?
-            };
-            (join(ft), join(rd))
-        })
-    } else {
-        (
-            job.train(&rt, &recycled, &finetuned_path, Method::Finetuned),
-            job.train(
-                &random_rt,
-                &random_bundle,
-                &random_path,
-                Method::RandomBasis,
-            ),
-        )
-    };
-    let (finetuned, control) = (finetuned?, control?);
-    log(&format!(
-        "{}: finetuned on device ({:.1} s) and the random-basis control ({:.1} s), {}",
-        spec.name,
-        finetuned.train_seconds,
-        control.train_seconds,
-        match cfg.train_engine {
-            TrainEngine::Tract => "in parallel on tract".to_string(),
-            TrainEngine::Ort(ep) => format!("one after the other on ONNX Runtime ({})", ep.name()),
-        }
-    ));
-    methods.push(finetuned);
-    methods.push(control);
-    let order = |m: Method| m as usize;
-    methods.sort_by_key(|m| order(m.method));
+                ),
+            )
+        };
+        let (finetuned, random_basis) = (finetuned?, control?);
+        log(&format!(
+            "{}: {n} examples: head only ({head_seconds:.1} s), finetuned ({:.1} s) and the random-basis control ({:.1} s), {}",
+            spec.name,
+            finetuned.train_seconds,
+            random_basis.train_seconds,
+            match cfg.train_engine {
+                TrainEngine::Tract => "in parallel on tract".to_string(),
+                TrainEngine::Ort(ep) =>
+                    format!("one after the other on ONNX Runtime ({})", ep.name()),
+            }
+        ));
+        few_shot.push(FewShot {
+            examples: n,
+            head_only,
+            finetuned,
+            random_basis,
+        });
+    }
+    let reference_ce = methods
+        .iter()
+        .find(|m| m.method == Method::HeadOnlyFull)
+        .or_else(|| few_shot.last().map(|f| &f.head_only))
+        .map_or(f64::NAN, |m| m.test.cross_entropy);
 
     Ok(TaskResult {
         task: spec.name.clone(),
@@ -479,11 +635,79 @@ pub fn run_task(
         k_b: space.modules.values().map(|m| m.b.k_total()).sum(),
         captured: cap.captured,
         random_captured: cap.random_captured,
-        train_examples: cfg.train_examples,
+        mean_only_captured: mean_cap.as_ref().map_or(0.0, |m| m.captured),
         methods,
-        bundle: recycled.path.clone(),
+        few_shot,
+        reference_ce,
+        bundle: bundles.recycled.path.clone(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The span of the other adapters' mean direction alone, one vector per side (centering
+/// with no principal direction kept); `None` when no module has a non-zero mean on both
+/// sides. Modules whose mean vanishes on a side are left out.
+fn mean_direction_subspace(
+    others: &[Adapter],
+    extract: &ExtractOptions,
+) -> Result<Option<Subspace>> {
+    let options = ExtractOptions {
+        center: true,
+        k_rule_a: KRule::Fixed(0),
+        k_rule_b: KRule::Fixed(0),
+        pseudo: 0,
+        ..extract.clone()
+    };
+    let quiet = |_: usize, _: usize, _: &str| {};
+    let mut s = subspace::extract(others, &options, &quiet)?;
+    s.modules
+        .retain(|_, m| m.v_a.nrows() == 1 && m.v_b.ncols() == 1);
+    Ok((!s.modules.is_empty()).then_some(s))
+}
+
+/// What the zero-shot rows share: fixed coefficients evaluated on the test split.
+#[derive(Clone, Copy)]
+struct ZeroShot<'a> {
+    cfg: &'a LooConfig,
+    examples: &'a [Example],
+    pad: i64,
+    test: &'a Split,
+    head: &'a Head,
+    head_params: usize,
+}
+
+impl ZeroShot<'_> {
+    /// Test metrics of `head` over coefficients `params` in `bundle` (a fresh runtime unless
+    /// one is given); size and swap fields are left for the caller.
+    fn row(
+        &self,
+        method: Method,
+        bundle: &Bundle,
+        params: &[f32],
+        rt: Option<&Arc<Runtime>>,
+    ) -> Result<MethodResult> {
+        let rt = match rt {
+            Some(rt) => Arc::clone(rt),
+            None => Arc::new(Runtime::load(&base_path(self.cfg), bundle)?),
+        };
+        let mut model = sequence_model(rt, self.examples.to_vec(), self.pad, self.cfg.max_length)?;
+        let (feats, d) = features(
+            &mut model,
+            &self.test.ids,
+            params,
+            self.cfg.finetune.eval_batch,
+        )?;
+        Ok(MethodResult {
+            method,
+            train_examples: 0,
+            trainable: self.head_params,
+            file_bytes: 0,
+            swap_ms: 0.0,
+            test: head_metrics(self.head, &feats, d, &self.test.labels)?,
+            engine_examples: 0,
+            train_seconds: 0.0,
+        })
+    }
 }
 
 fn base_path(cfg: &LooConfig) -> PathBuf {
@@ -605,6 +829,7 @@ impl Job<'_> {
             + ft.head().map(|h| h.params().len()).unwrap_or(0);
         Ok(MethodResult {
             method,
+            train_examples: train.ids.len(),
             trainable,
             file_bytes: file_len(path),
             swap_ms: 0.0,
@@ -709,4 +934,163 @@ fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
 
 fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// One energy share of [`in_sample`]: every task of a family served from one bundle of all
+/// the family's adapters.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InSampleRow {
+    /// The energy share each side keeps.
+    pub energy: f64,
+    /// Σ (K_A + K_B) over the modules.
+    pub k_total: usize,
+    /// Per task: its own LoRA and the projection into this bundle, both with its own head.
+    pub tasks: Vec<InSampleTask>,
+    /// Bytes resident for all tasks: the bases (f32) plus every task's coefficients (f32).
+    pub resident_bytes: u64,
+    /// Bytes of every task's LoRA A and B (f32), what serving the LoRAs keeps resident.
+    pub lora_bytes: u64,
+}
+
+/// One task of an [`InSampleRow`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InSampleTask {
+    /// Task name.
+    pub task: String,
+    /// Share of the task's ΔW inside the bundle.
+    pub captured: f64,
+    /// The task's own LoRA.
+    pub lora: Metrics,
+    /// The task served from the bundle.
+    pub served: Metrics,
+}
+
+/// Serves every task of `tasks` from one bundle of all their adapters at each energy share,
+/// against each task's own LoRA (both with the task's own head, on the first `test_examples`
+/// test examples). The own LoRA runs through the same patch, as the span of all the
+/// adapters holds each of them exactly (energy 1).
+pub fn in_sample(
+    cfg: &LooConfig,
+    base: &Base,
+    tasks: &[TaskSpec],
+    energies: &[f64],
+    test_examples: usize,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<InSampleRow>> {
+    let dir = cfg.out_dir.join("in-sample");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let adapters: Vec<Adapter> = tasks
+        .iter()
+        .map(|t| Adapter::open(&t.adapter))
+        .collect::<Result<_>>()?;
+    let enc = match &cfg.tokenizer {
+        Some(p) => Some(TextEncoder::from_file(p, Some(cfg.max_length))?),
+        None => None,
+    };
+    let opts = ReadOptions {
+        max_len: cfg.max_length,
+        truncate: true,
+        max_examples: MAX_EXAMPLES,
+    };
+    let tokenize = |t: &str| match &enc {
+        Some(e) => e.ids_truncated(t),
+        None => Err(Error::Usage(
+            "a text example, but no tokenizer was given".into(),
+        )),
+    };
+    let pad = enc.as_ref().map_or(0, |e| i64::from(e.pad_id()));
+    // Every task's test examples in one list: (task, ids range, labels, head).
+    let mut examples = Vec::new();
+    let mut per_task = Vec::new();
+    for t in tasks {
+        let head = Head::read(&t.head)?;
+        let (ex, labels) = read_labelled(&t.test, &opts, &tokenize, head.labels.len())?;
+        let n = ex.len().min(test_examples);
+        let from = examples.len();
+        examples.extend(ex.into_iter().take(n));
+        per_task.push((from..from + n, labels[..n].to_vec(), head));
+    }
+    let quiet = |_: usize, _: usize, _: &str| {};
+    let sources: Vec<SourceAdapter> = adapters.iter().map(SourceAdapter::from).collect();
+    let lora_bytes: u64 = adapters
+        .iter()
+        .flat_map(|a| a.modules.values())
+        .map(|m| (4 * m.rank * (m.in_features + m.out_features)) as u64)
+        .sum();
+    let mut reference: Option<Vec<Metrics>> = None;
+    let mut rows = Vec::new();
+    // Energy 1 first: the exact span, which serves every own LoRA.
+    let mut all = vec![1.0];
+    all.extend(energies.iter().copied().filter(|&e| e < 1.0));
+    for energy in all {
+        let options = ExtractOptions {
+            k_rule_a: KRule::Energy(energy),
+            k_rule_b: KRule::Energy(energy),
+            center: false,
+            pseudo: 0,
+            ..cfg.extract.clone()
+        };
+        let space = subspace::extract(&adapters, &options, &quiet)?;
+        let bundle = write_bound(
+            &dir.join(format!("all-{:.0}.elxb", 1000.0 * energy)),
+            &space,
+            &sources,
+            base,
+        )?;
+        let rt = Arc::new(Runtime::load(&base_path(cfg), &bundle)?);
+        let mut model = sequence_model(rt, examples.clone(), pad, cfg.max_length)?;
+        let mut served = Vec::new();
+        let mut captured = Vec::new();
+        let mut coeff_bytes = 0u64;
+        for (a, (range, labels, head)) in adapters.iter().zip(&per_task) {
+            let cap = capture(a, &space, &space)?;
+            coeff_bytes += 4 * cap.coeff_params as u64;
+            let params = layout_params(model.layout(), &cap.coefficients)?;
+            let ids: Vec<usize> = range.clone().collect();
+            let (feats, d) = features(&mut model, &ids, &params, cfg.finetune.eval_batch)?;
+            served.push(head_metrics(head, &feats, d, labels)?);
+            captured.push(cap.captured);
+        }
+        let k_total = space
+            .modules
+            .values()
+            .map(|m| m.a.k_total() + m.b.k_total())
+            .sum();
+        let bases: u64 = space
+            .modules
+            .values()
+            .map(|m| 4 * (m.v_a.nrows() * m.in_features + m.out_features * m.v_b.ncols()) as u64)
+            .sum();
+        log(&format!(
+            "in-sample: energy {:.0}%: K_A+K_B = {k_total}, {} tasks served",
+            100.0 * energy,
+            tasks.len()
+        ));
+        let lora = match &reference {
+            None => {
+                reference = Some(served.clone());
+                continue;
+            }
+            Some(r) => r.clone(),
+        };
+        rows.push(InSampleRow {
+            energy,
+            k_total,
+            tasks: tasks
+                .iter()
+                .zip(lora)
+                .zip(served)
+                .zip(captured)
+                .map(|(((t, lora), served), captured)| InSampleTask {
+                    task: t.name.clone(),
+                    captured,
+                    lora,
+                    served,
+                })
+                .collect(),
+            resident_bytes: bases + coeff_bytes,
+            lora_bytes,
+        });
+    }
+    Ok(rows)
 }

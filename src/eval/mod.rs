@@ -8,10 +8,13 @@
 //!   same size (the control of DESIGN.md, "What honest numbers look like").
 //! * [`head_metrics`]: accuracy and cross-entropy of a fixed head on pooled features.
 //! * [`layout_params`]: fixed coefficients laid out as a [`ForwardModel`] parameter vector.
+//! * [`diagnostics`]: will recycling pay? Held-out capture vs chance, the spectrum vs a
+//!   Gaussian null, mean / basis split, capture vs N, and a one-line verdict.
 //! * `loo` (feature `tract`): the leave-one-out experiment behind `elx demo`.
 //!
 //! [`ForwardModel`]: crate::finetune::ForwardModel
 
+pub mod diagnostics;
 #[cfg(feature = "tract")]
 pub mod loo;
 
