@@ -213,3 +213,42 @@ fn project_stores_the_task_head() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `inspect --held-out`: the pool's leave-one-out table, capture vs N with its plot, the
+/// Gaussian-null table and a verdict; the bundle's own sources are marked in-sample.
+#[test]
+fn inspect_held_out_prints_diagnostics_and_a_verdict() {
+    let dir = temp_dir("cli-held-out");
+    let b = dir.join("b.elxb");
+    extract(&b, &[]);
+    let plot = dir.join("p.svg");
+    let mut args = vec![
+        "inspect".to_string(),
+        b.display().to_string(),
+        "--adapters".into(),
+    ];
+    args.extend((0..6).map(task));
+    args.extend([
+        "--held-out".into(),
+        "--random-control".into(),
+        "--plot".into(),
+        plot.display().to_string(),
+    ]);
+    let out = elx(&args);
+    for want in [
+        "spectrum vs a Gaussian null",
+        "[a source of this bundle]",
+        "held out, each adapter against the subspace of the other 5",
+        "capture vs N",
+        "verdict: new tasks like these:",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+    // N = 1, 2, 4 and 5 of the other five adapters.
+    let curve = out.split("capture vs N").nth(1).expect("curve");
+    for n in ["\n1 ", "\n2 ", "\n4 ", "\n5 "] {
+        assert!(curve.contains(n), "{curve}");
+    }
+    assert!(dir.join("p-capture-vs-n.svg").is_file());
+    assert!(plot.is_file());
+}

@@ -553,3 +553,45 @@ fn reference_is_reproducible() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The recycling diagnostics (`elx inspect --held-out`, `elx demo`) against the numpy
+/// reference on the dense ΔW: each fixture adapter's energy-weighted capture in the other
+/// five's subspace, in their mean direction alone, in the centered basis alone and in both,
+/// and the chance expectation.
+#[test]
+fn held_out_diagnostics_match_numpy_reference() {
+    use eigenlorax::eval::diagnostics::{Pool, held_out};
+    let py = python();
+    let dirs = task_dirs();
+    let out = Command::new(&py)
+        .arg(root().join("tools/elx_reference.py"))
+        .arg("held-out")
+        .args(&dirs)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let pool = Pool::load(&dirs).expect("pool");
+    let got = held_out(&pool, &ExtractOptions::default(), 0).expect("held out");
+    assert_eq!(got.len(), want.len());
+    let mut worst = 0.0f64;
+    for (g, w) in got.iter().zip(&want) {
+        for (name, value) in [
+            ("captured", g.recycled.captured),
+            ("chance", g.recycled.chance),
+            ("mean_only", g.mean_only),
+            ("basis_only", g.basis_only),
+            ("mean_plus_basis", g.mean_plus_basis),
+        ] {
+            let r = w[name].as_f64().expect("number");
+            let d = (value - r).abs();
+            worst = worst.max(d);
+            assert!(d < 1e-9, "{}: {name} {value} vs numpy {r}", g.name);
+        }
+    }
+    eprintln!("held-out diagnostics: worst |diff| vs numpy {worst:.1e}");
+}

@@ -357,6 +357,44 @@ def project(adapter: PeftAdapter, ref: dict[str, np.ndarray]):
 
 # ----------------------------------------------------------------------------- CLI
 
+def captured(dw: np.ndarray, va: np.ndarray, vb: np.ndarray) -> float:
+    """||P_B·ΔW·P_A||² with P_A, P_B the projectors onto the rows of V_A and columns of V_B
+    (orthonormal), on the dense ΔW."""
+    if va.shape[0] == 0 or vb.shape[1] == 0:
+        return 0.0
+    return float(np.linalg.norm(vb.T @ dw @ va.T) ** 2)
+
+
+def held_out(adapters: list[PeftAdapter], energy: float):
+    """Each adapter against the subspace of the others: energy-weighted captured share in the
+    recycled subspace (energy rule), in the others' mean direction alone, in the centered
+    principal directions alone, in both, and the chance expectation (K_A/in)(K_B/out)."""
+    out = []
+    for h, ad in enumerate(adapters):
+        others = [a for i, a in enumerate(adapters) if i != h]
+        rec = extract(others, energy=energy)
+        cen = extract(others, energy=energy, center=True)
+        mean = extract(others, k=0, center=True)
+        tot = 0.0
+        acc = {"captured": 0.0, "mean_only": 0.0, "basis_only": 0.0, "mean_plus_basis": 0.0, "chance": 0.0}
+        for name, (a, b) in ad.modules.items():
+            if name not in rec:
+                continue
+            dw = b @ a
+            e = float(np.linalg.norm(dw) ** 2)
+            tot += e
+            r = rec[name]
+            acc["captured"] += captured(dw, r["V_A"], r["V_B"])
+            c = cen[name]
+            acc["mean_plus_basis"] += captured(dw, c["V_A"], c["V_B"])
+            acc["basis_only"] += captured(dw, c["V_A"][:c["k_a"]], c["V_B"][:, :c["k_b"]])
+            m = mean[name]
+            acc["mean_only"] += captured(dw, m["V_A"], m["V_B"])
+            acc["chance"] += e * (r["V_A"].shape[0] / dw.shape[1]) * (r["V_B"].shape[1] / dw.shape[0])
+        out.append({k: v / tot for k, v in acc.items()})
+    return out
+
+
 def _report_time(t0: float):
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(f"wall_s={time.perf_counter() - t0:.3f} peak_rss_mib={peak_kib / 1024:.1f}")
@@ -381,6 +419,9 @@ def main(argv=None) -> int:
     p.add_argument("--ref", required=True)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--time", action="store_true")
+    ho = sub.add_parser("held-out", help="each adapter's capture in the others' subspace (JSON)")
+    ho.add_argument("adapters", nargs="+")
+    ho.add_argument("--energy", type=float, default=0.9)
     dl = sub.add_parser("delta", help="folded ΔW = B'·A' [out x in] and scale s of every module")
     dl.add_argument("adapter")
     dl.add_argument("-o", "--output", required=True)
@@ -408,6 +449,8 @@ def main(argv=None) -> int:
         for name, m in sub_.items():
             print(f"{name}: K_A={m['V_A'].shape[0]} (principal {m['k_a']}) "
                   f"K_B={m['V_B'].shape[1]} (principal {m['k_b']})")
+    elif args.cmd == "held-out":
+        print(json.dumps(held_out([PeftAdapter(d) for d in args.adapters], args.energy)))
     elif args.cmd == "delta":
         ad = PeftAdapter(args.adapter)
         tensors = {}

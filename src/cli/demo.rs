@@ -700,6 +700,11 @@ fn ensure_base(model_dir: &Path) -> Result<PathBuf> {
     if let (Some(o), Some(w)) = (fresh(&out), fresh(&weights))
         && o >= w
     {
+        // A cache made before import-hf copied the tokenizer gets it now, so `elx run
+        // --model .cache/minilm/base.onnx` finds it.
+        if !out.with_file_name("tokenizer.json").is_file() {
+            eigenlorax::runtime::import_hf::copy_companions(model_dir, &out)?;
+        }
         return Ok(out);
     }
     if let Some(parent) = out.parent() {
