@@ -191,8 +191,10 @@ fn run_tract(a: Args) -> Result<()> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("workload{k}"));
+        // Per-task outputs in OUT/<task>/ (task names differ across families), the family's
+        // own (capture-vs-N plot, in-sample bundles) in OUT/<family>/.
         let out = a.output.join(&name);
-        let cfg = loo_config(&a, &base, &model_dir, &out)?;
+        let cfg = loo_config(&a, &base, &model_dir, &a.output)?;
         println!(
             "==== family {} ({} tasks, {} held out) [{}/{}], {:.1} min in",
             workload.display(),
@@ -221,6 +223,7 @@ fn run_tract(a: Args) -> Result<()> {
                 all,
                 &a.in_sample,
                 a.in_sample_test,
+                &out.join("in-sample"),
                 &mut log,
             )?;
             print_in_sample(&rows);

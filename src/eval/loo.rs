@@ -968,16 +968,16 @@ pub struct InSampleTask {
 /// Serves every task of `tasks` from one bundle of all their adapters at each energy share,
 /// against each task's own LoRA (both with the task's own head, on the first `test_examples`
 /// test examples). The own LoRA runs through the same patch, as the span of all the
-/// adapters holds each of them exactly (energy 1).
+/// adapters holds each of them exactly (energy 1). The bundles go to `dir`.
 pub fn in_sample(
     cfg: &LooConfig,
     base: &Base,
     tasks: &[TaskSpec],
     energies: &[f64],
     test_examples: usize,
+    dir: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<InSampleRow>> {
-    let dir = cfg.out_dir.join("in-sample");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let adapters: Vec<Adapter> = tasks
         .iter()
