@@ -15,6 +15,7 @@
 //!   pseudo-PCs, projection of adapters onto a subspace and reconstruction errors.
 //! * [`bundle`]: the `.elxb` bundle and `.elxc` coefficient files (safetensors + JSON manifest),
 //!   quantization, atomic writes.
+//! * [`task`]: per-task math shared by serving and training (coefficient layout).
 //! * [`runtime`]: bind a bundle to a base ONNX model, patch the graph once, serve tasks (tract by
 //!   default, ONNX Runtime with the `ort` feature); `import_hf` builds the base model.
 //! * [`finetune`]: train a new task's coefficients and head on the device, forward passes only.
@@ -30,6 +31,7 @@ pub mod finetune;
 pub mod linalg;
 pub mod runtime;
 pub mod subspace;
+pub mod task;
 pub mod tensorfile;
 pub mod util;
 

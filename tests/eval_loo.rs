@@ -10,8 +10,9 @@ mod tinybert_support;
 
 use eigenlorax::bundle::CoeffFile;
 use eigenlorax::eval::head_metrics;
-use eigenlorax::eval::loo::{self, LooConfig, Method, TaskSpec, TrainEngine};
+use eigenlorax::eval::loo::{self, LooConfig, Method, TaskSpec};
 use eigenlorax::finetune::FinetuneConfig;
+use eigenlorax::runtime::Backend;
 use eigenlorax::runtime::input::{Pooling, pool};
 use eigenlorax::runtime::tract::{Runtime, TValue, Tensor};
 use eigenlorax::subspace::{ExtractOptions, KRule};
@@ -69,7 +70,7 @@ fn served(rt: &Runtime, elxc: &Path, test: &Path, n_test: usize) -> (f64, f64) {
 
 #[test]
 fn leave_one_out_rows_are_what_serving_gives() {
-    leave_one_out_on(TrainEngine::Tract, "tract");
+    leave_one_out_on(Backend::Tract, "tract");
 }
 
 /// The same with the two trained rows trained through ONNX Runtime (CPU): still what tract
@@ -79,12 +80,12 @@ fn leave_one_out_rows_are_what_serving_gives() {
 fn leave_one_out_trained_on_onnx_runtime() {
     ort_support::require_ort();
     leave_one_out_on(
-        TrainEngine::Ort(eigenlorax::runtime::ort::ExecutionProvider::Cpu),
+        Backend::Ort(eigenlorax::runtime::ort::ExecutionProvider::Cpu),
         "ort",
     );
 }
 
-fn leave_one_out_on(engine: TrainEngine, tag: &str) {
+fn leave_one_out_on(engine: Backend, tag: &str) {
     let dir = std::env::temp_dir().join(format!("elx-eval-loo-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");

@@ -8,10 +8,10 @@
 mod ort_support;
 mod tinybert_support;
 
-use eigenlorax::finetune::ort_backend::OrtBackend;
 use eigenlorax::finetune::seq::SequenceModel;
-use eigenlorax::finetune::tract_backend::TractBackend;
 use eigenlorax::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
+use eigenlorax::runtime::hidden::ort::OrtBackend;
+use eigenlorax::runtime::hidden::tract::TractBackend;
 use eigenlorax::runtime::ort::{ExecutionProvider, OrtRuntime};
 use eigenlorax::runtime::tract::Runtime;
 use eigenlorax::util::GaussianRng;

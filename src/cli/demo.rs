@@ -113,7 +113,7 @@ pub struct Args {
     /// on tract. ORT (build with `--features ort`) trains the two rows one after the other,
     /// each on all cores.
     #[arg(long, value_enum, default_value = "tract")]
-    pub backend: super::run::Backend,
+    pub backend: super::BackendArg,
     /// ONNX Runtime execution provider (`--backend ort`).
     #[arg(long, value_enum, default_value = "cpu")]
     pub ep: eigenlorax::runtime::ort::ExecutionProvider,
@@ -141,20 +141,8 @@ pub fn run(a: Args) -> Result<()> {
 fn run_tract(a: Args) -> Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&a.output).map_err(|e| Error::io(&a.output, e))?;
-    if a.backend == super::run::Backend::Tract
-        && a.ep != eigenlorax::runtime::ort::ExecutionProvider::Cpu
-    {
-        return Err(Error::Usage(
-            "--ep applies to --backend ort; tract runs on the CPU".into(),
-        ));
-    }
     // Fail now rather than after the first task's other rows when ORT is missing.
-    if a.backend == super::run::Backend::Ort {
-        #[cfg(feature = "ort")]
-        eigenlorax::runtime::ort::environment()?;
-        #[cfg(not(feature = "ort"))]
-        return Err(eigenlorax::runtime::ort::not_built());
-    }
+    eigenlorax::runtime::Engine::check_available(a.backend.with_ep(a.ep)?)?;
     let model_dir = match &a.model_dir {
         Some(d) => d.clone(),
         None => ensure_model_package()?,
@@ -295,10 +283,7 @@ fn loo_config(a: &Args, base: &Path, model_dir: &Path, out: &Path) -> Result<Loo
         out_dir: out.to_path_buf(),
         finetune_head_lr: a.ft_head_lr,
         warm_start_head: !a.cold_start,
-        train_engine: match a.backend {
-            super::run::Backend::Tract => loo::TrainEngine::Tract,
-            super::run::Backend::Ort => loo::TrainEngine::Ort(a.ep),
-        },
+        train_engine: a.backend.with_ep(a.ep)?,
     })
 }
 

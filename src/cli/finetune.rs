@@ -6,19 +6,17 @@
 //! Data is JSONL: pre-tokenized `{"input_ids": [...], "label": ...}` lines, or
 //! `{"text": ..., "label": ...}` lines when a tokenizer is given or lies next to the model.
 
-use super::progress_bar;
-use super::run::Backend;
+use super::{BackendArg, progress_bar};
 use eigenlorax::bundle::Bundle;
 use eigenlorax::finetune::cache::CachedFeatures;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
-use eigenlorax::finetune::seq::{HiddenStateBackend, SequenceModel};
+use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{Event, FinetuneConfig, Finetuner, Objective, Split};
 use eigenlorax::runtime::input::{DEFAULT_MAX_LENGTH, TextEncoder};
 use eigenlorax::runtime::ort::ExecutionProvider;
+use eigenlorax::runtime::{Engine, HiddenState};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
-#[cfg(any(feature = "tract", feature = "ort"))]
-use std::sync::Arc;
 
 /// Most examples read from one file (bounds memory).
 const MAX_EXAMPLES: usize = 1_000_000;
@@ -109,7 +107,7 @@ pub struct FinetuneArgs {
     pub task: Option<String>,
     /// Inference engine the training runs on.
     #[arg(long, value_enum, default_value = "tract")]
-    pub backend: Backend,
+    pub backend: BackendArg,
     /// ONNX Runtime execution provider (`--backend ort`); falls back to the CPU with a warning.
     #[arg(long, value_enum, default_value = "cpu")]
     pub ep: ExecutionProvider,
@@ -124,7 +122,6 @@ enum Tokens {
 }
 
 /// The data of a run, read and checked before any engine is loaded.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
 struct Data {
     /// Training examples, then the validation examples (ids index this list); moved into the
     /// engine's model.
@@ -138,17 +135,15 @@ struct Data {
 
 /// Runs `elx finetune`.
 pub fn run(args: &FinetuneArgs) -> Result<()> {
-    if args.backend == Backend::Tract && args.ep != ExecutionProvider::Cpu {
-        return Err(Error::Usage(
-            "--ep applies to --backend ort; tract runs on the CPU".into(),
-        ));
-    }
+    let backend = args.backend.with_ep(args.ep)?;
     let bundle = Bundle::read(&args.bundle)?;
-    let data = read_data(args)?;
-    match args.backend {
-        Backend::Tract => train_tract(args, &bundle, data),
-        Backend::Ort => train_ort(args, &bundle, data),
-    }
+    let mut data = read_data(args)?;
+    // A provider that cannot start falls back to the CPU; the engine says so on stderr.
+    let engine = Engine::load(&args.model, &bundle, backend)?;
+    let examples = std::mem::take(&mut data.examples);
+    // Engines that plan per input shape pad to power-of-two lengths: a handful of plans.
+    let model = SequenceModel::on_engine(&engine, examples, data.pad_id, data.max_len)?;
+    train(args, &bundle, data, model, engine.min_rank())
 }
 
 /// Reads the training (and validation) data: tokens, labels and the class list.
@@ -219,60 +214,12 @@ fn read_data(args: &FinetuneArgs) -> Result<Data> {
     })
 }
 
-#[cfg(feature = "tract")]
-fn train_tract(args: &FinetuneArgs, bundle: &Bundle, mut data: Data) -> Result<()> {
-    use eigenlorax::finetune::tract_backend::TractBackend;
-    use eigenlorax::runtime::tract::Runtime;
-
-    let rt = Arc::new(Runtime::load(&args.model, bundle)?);
-    let r_max = rt.coeff_inputs().iter().map(|c| c.r).min().unwrap_or(0);
-    let backend = TractBackend::new(Arc::clone(&rt))?;
-    let examples = std::mem::take(&mut data.examples);
-    let mut model = SequenceModel::new(backend, examples, data.pad_id, None)?;
-    // A model tract plans per input shape pads to power-of-two lengths: a handful of plans.
-    if !rt.is_shape_generic() {
-        model = model.bucketed(data.max_len)?;
-    }
-    train(args, bundle, data, model, r_max)
-}
-
-#[cfg(not(feature = "tract"))]
-fn train_tract(_: &FinetuneArgs, _: &Bundle, _: Data) -> Result<()> {
-    Err(Error::Usage(
-        "this build of eigenlorax has no tract backend; use --backend ort or rebuild with the `tract` feature".into(),
-    ))
-}
-
-#[cfg(feature = "ort")]
-fn train_ort(args: &FinetuneArgs, bundle: &Bundle, mut data: Data) -> Result<()> {
-    use eigenlorax::finetune::ort_backend::OrtBackend;
-    use eigenlorax::runtime::ort::OrtRuntime;
-
-    // A provider that cannot start falls back to the CPU; the runtime says so on stderr.
-    let rt = Arc::new(OrtRuntime::load(&args.model, bundle, args.ep)?);
-    let r_max = rt.coeff_inputs().iter().map(|c| c.r).min().unwrap_or(0);
-    let trt = rt.provider() == ExecutionProvider::TensorRt;
-    let examples = std::mem::take(&mut data.examples);
-    let mut model = SequenceModel::new(OrtBackend::new(rt)?, examples, data.pad_id, None)?;
-    // TensorRT builds an engine per input shape: pad to a few power-of-two lengths.
-    if trt {
-        model = model.bucketed(data.max_len)?;
-    }
-    train(args, bundle, data, model, r_max)
-}
-
-#[cfg(not(feature = "ort"))]
-fn train_ort(_: &FinetuneArgs, _: &Bundle, _: Data) -> Result<()> {
-    Err(eigenlorax::runtime::ort::not_built())
-}
-
 /// Trains on `model` (any engine), writes the task file and prints the summary.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
-fn train<B: HiddenStateBackend>(
+fn train(
     args: &FinetuneArgs,
     bundle: &Bundle,
     data: Data,
-    model: SequenceModel<B>,
+    model: SequenceModel<HiddenState>,
     r_max: usize,
 ) -> Result<()> {
     let rank = args.rank.unwrap_or(r_max);

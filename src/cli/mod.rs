@@ -18,9 +18,33 @@ pub mod reconstruct;
 pub mod run;
 
 use clap::{Parser, Subcommand};
-use eigenlorax::Result;
+use eigenlorax::runtime::Backend;
+use eigenlorax::runtime::ort::ExecutionProvider;
+use eigenlorax::{Error, Result};
 use std::io::IsTerminal;
 use std::path::Path;
+
+/// Which inference engine runs the patched graph (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// tract: pure Rust, CPU, always built (unless `--no-default-features`).
+    Tract,
+    /// ONNX Runtime (feature `ort`; library from ORT_DYLIB_PATH), CPU/CUDA/TensorRT.
+    Ort,
+}
+
+impl BackendArg {
+    /// The library's [`Backend`] for `--backend` and `--ep`; `--ep` applies to ort only.
+    pub fn with_ep(self, ep: ExecutionProvider) -> Result<Backend> {
+        match self {
+            BackendArg::Tract if ep != ExecutionProvider::Cpu => Err(Error::Usage(
+                "--ep applies to --backend ort; tract runs on the CPU".into(),
+            )),
+            BackendArg::Tract => Ok(Backend::Tract),
+            BackendArg::Ort => Ok(Backend::Ort(ep)),
+        }
+    }
+}
 
 /// EigenLoRAx at the edge: recycle LoRA adapters into one principal subspace, express tasks
 /// as a few KB of coefficients in it.

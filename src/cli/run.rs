@@ -1,25 +1,18 @@
 //! `elx run`: run the base model with one or more tasks' coefficients on text or tensors,
 //! pool the output and apply each task's head.
 
+use super::BackendArg;
 use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
 use eigenlorax::error::{Error, Result};
 use eigenlorax::runtime::input::{
-    Batch, InputSpec, OutputTensor, Pooling, TextEncoder, apply_head, load_tensors, pool,
+    Batch, OutputTensor, Pooling, TextEncoder, apply_head, load_tensors, pool,
 };
 use eigenlorax::runtime::ort::ExecutionProvider;
 use eigenlorax::runtime::store::TaskId;
+use eigenlorax::runtime::{Backend, Engine};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// Which inference engine runs the patched graph.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// tract: pure Rust, CPU, always built (unless `--no-default-features`).
-    Tract,
-    /// ONNX Runtime (feature `ort`; library from ORT_DYLIB_PATH), CPU/CUDA/TensorRT.
-    Ort,
-}
 
 /// Arguments of `elx run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -55,7 +48,7 @@ pub struct RunArgs {
     pub output: Option<String>,
     /// Inference engine.
     #[arg(long, value_enum, default_value = "tract")]
-    pub backend: Backend,
+    pub backend: BackendArg,
     /// ONNX Runtime execution provider (`--backend ort`); falls back to the CPU with a warning.
     #[arg(long, value_enum, default_value = "cpu")]
     pub ep: ExecutionProvider,
@@ -81,13 +74,18 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
             "elx run: give --text (repeatable) or --input FILE".into(),
         ));
     }
-    if args.backend == Backend::Tract && args.ep != ExecutionProvider::Cpu {
-        return Err(Error::Usage(
-            "--ep applies to --backend ort; tract runs on the CPU".into(),
-        ));
-    }
+    let backend = args.backend.with_ep(args.ep)?;
     let bundle = Bundle::read(&args.bundle)?;
-    let engine = Engine::load(args, &bundle)?;
+    let engine = Engine::load(&args.model, &bundle, backend)?;
+    if let (Backend::Ort(want), Backend::Ort(got)) = (backend, engine.backend())
+        && got != want
+    {
+        eprintln!(
+            "note: running on {} (requested {})",
+            got.name(),
+            want.name()
+        );
+    }
 
     // Tasks: the given files, or one all-zero task (the base model).
     let mut tasks: Vec<(TaskId, String)> = Vec::new();
@@ -110,7 +108,7 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
     }
 
     let batch = match &args.input {
-        Some(p) => load_tensors(p, engine.specs())?,
+        Some(p) => load_tensors(p, engine.specs()?)?,
         None => {
             let tok = match &args.tokenizer {
                 Some(t) => t.clone(),
@@ -126,7 +124,7 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
                     "expected a HF tokenizer.json for --text (give its path with --tokenizer), found no file",
                 ));
             }
-            TextEncoder::from_file(&tok, args.max_length)?.encode(&args.texts, engine.specs())?
+            TextEncoder::from_file(&tok, args.max_length)?.encode(&args.texts, engine.specs()?)?
         }
     };
     let row_names: Vec<String> = if args.input.is_some() {
@@ -250,154 +248,4 @@ fn report(
         }
     };
     writeln!(out, "{line}").map_err(|e| Error::io("<stdout>", e))
-}
-
-/// The backend chosen on the command line.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
-enum Engine {
-    #[cfg(feature = "tract")]
-    Tract {
-        rt: Box<eigenlorax::runtime::tract::Runtime>,
-        specs: Vec<InputSpec>,
-        outputs: Vec<String>,
-    },
-    #[cfg(feature = "ort")]
-    Ort(Box<eigenlorax::runtime::ort::OrtRuntime>),
-    /// No backend built in: never constructed (`load` fails first).
-    #[cfg(not(any(feature = "tract", feature = "ort")))]
-    None(std::convert::Infallible),
-}
-
-// A build with no backend keeps the signatures; `load` fails before anything else runs.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(unused_variables))]
-impl Engine {
-    fn load(args: &RunArgs, bundle: &Bundle) -> Result<Engine> {
-        match args.backend {
-            Backend::Tract => Self::load_tract(args, bundle),
-            Backend::Ort => Self::load_ort(args, bundle),
-        }
-    }
-
-    #[cfg(feature = "tract")]
-    fn load_tract(args: &RunArgs, bundle: &Bundle) -> Result<Engine> {
-        use eigenlorax::runtime::input::{input_specs, output_names};
-        let rt = eigenlorax::runtime::tract::Runtime::load(&args.model, bundle)?;
-        // The patch keeps the base model's input and output names.
-        let (model, _) = eigenlorax::runtime::onnx::read_model(&args.model)?;
-        let specs = input_specs(&model, rt.input_names())?;
-        let outputs = output_names(&model);
-        Ok(Engine::Tract {
-            rt: Box::new(rt),
-            specs,
-            outputs,
-        })
-    }
-
-    #[cfg(not(feature = "tract"))]
-    fn load_tract(_: &RunArgs, _: &Bundle) -> Result<Engine> {
-        Err(Error::Usage(
-            "this build of eigenlorax has no tract backend; rebuild with the `tract` feature"
-                .into(),
-        ))
-    }
-
-    #[cfg(feature = "ort")]
-    fn load_ort(args: &RunArgs, bundle: &Bundle) -> Result<Engine> {
-        let rt = eigenlorax::runtime::ort::OrtRuntime::load(&args.model, bundle, args.ep)?;
-        if rt.provider() != args.ep {
-            eprintln!(
-                "note: running on {} (requested {})",
-                rt.provider().name(),
-                args.ep.name()
-            );
-        }
-        Ok(Engine::Ort(Box::new(rt)))
-    }
-
-    #[cfg(not(feature = "ort"))]
-    fn load_ort(_: &RunArgs, _: &Bundle) -> Result<Engine> {
-        Err(eigenlorax::runtime::ort::not_built())
-    }
-
-    fn specs(&self) -> &[InputSpec] {
-        match self {
-            #[cfg(feature = "tract")]
-            Engine::Tract { specs, .. } => specs,
-            #[cfg(feature = "ort")]
-            Engine::Ort(rt) => rt.inputs(),
-            #[cfg(not(any(feature = "tract", feature = "ort")))]
-            Engine::None(n) => match *n {},
-        }
-    }
-
-    fn load_task(&self, path: &Path) -> Result<TaskId> {
-        match self {
-            #[cfg(feature = "tract")]
-            Engine::Tract { rt, .. } => rt.load_task(path),
-            #[cfg(feature = "ort")]
-            Engine::Ort(rt) => rt.load_task(path),
-            #[cfg(not(any(feature = "tract", feature = "ort")))]
-            Engine::None(n) => match *n {},
-        }
-    }
-
-    fn insert_task(&self, c: &CoeffFile) -> Result<TaskId> {
-        match self {
-            #[cfg(feature = "tract")]
-            Engine::Tract { rt, .. } => rt.insert_task(c),
-            #[cfg(feature = "ort")]
-            Engine::Ort(rt) => rt.insert_task(c),
-            #[cfg(not(any(feature = "tract", feature = "ort")))]
-            Engine::None(n) => match *n {},
-        }
-    }
-
-    /// The task's name and head.
-    fn task_info(&self, id: TaskId) -> Result<(String, Option<Head>)> {
-        match self {
-            #[cfg(feature = "tract")]
-            Engine::Tract { rt, .. } => rt
-                .task(id)
-                .map(|t| (t.data.name.clone(), t.data.head.clone())),
-            #[cfg(feature = "ort")]
-            Engine::Ort(rt) => rt
-                .store()
-                .get(id)
-                .map(|t| (t.data.name.clone(), t.data.head.clone())),
-            #[cfg(not(any(feature = "tract", feature = "ort")))]
-            Engine::None(n) => match *n {},
-        }
-    }
-
-    fn run(&self, batch: &Batch, id: TaskId) -> Result<Vec<OutputTensor>> {
-        match self {
-            #[cfg(feature = "tract")]
-            Engine::Tract { rt, specs, outputs } => {
-                use eigenlorax::runtime::input::{check_inputs, from_tract, to_tract};
-                let ordered = check_inputs(specs, &batch.tensors)?;
-                let values = rt.run(&to_tract(&ordered)?, id)?;
-                from_tract(outputs, &values)
-            }
-            #[cfg(feature = "ort")]
-            Engine::Ort(rt) => rt.run(&batch.tensors, id),
-            #[cfg(not(any(feature = "tract", feature = "ort")))]
-            Engine::None(n) => match *n {},
-        }
-    }
-
-    fn run_mixed(&self, batch: &Batch, ids: &[TaskId]) -> Result<Vec<OutputTensor>> {
-        match self {
-            #[cfg(feature = "tract")]
-            Engine::Tract { rt, specs, outputs } => {
-                use eigenlorax::runtime::input::{check_inputs, from_tract, to_tract};
-                let ordered = check_inputs(specs, &batch.tensors)?;
-                let values = rt.run_mixed(&to_tract(&ordered)?, ids)?;
-                from_tract(outputs, &values)
-            }
-            #[cfg(feature = "ort")]
-            Engine::Ort(rt) => rt.run_mixed(&batch.tensors, ids),
-            #[cfg(not(any(feature = "tract", feature = "ort")))]
-            Engine::None(n) => match *n {},
-        }
-    }
 }

@@ -38,17 +38,12 @@ use crate::bundle::{Bundle, CoeffFile, Head, Provenance, SourceAdapter, StorageD
 use crate::error::{Error, Result};
 use crate::finetune::cache::CachedFeatures;
 use crate::finetune::data::{Example, ReadOptions, Tokenize, read_jsonl_with};
-use crate::finetune::seq::HiddenStateBackend;
 use crate::finetune::seq::SequenceModel;
-use crate::finetune::tract_backend::TractBackend;
 use crate::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
 use crate::runtime::input::TextEncoder;
-use crate::runtime::ort::ExecutionProvider;
-use crate::runtime::tract::Runtime;
-use crate::runtime::{self, ModelProto};
+use crate::runtime::{self, Backend, Engine, HiddenState, ModelProto};
 use crate::subspace::{self, ExtractOptions, KRule, Subspace};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// One task of the workload.
@@ -104,19 +99,9 @@ pub struct LooConfig {
     /// Where bundles and coefficient files go (one folder per task).
     pub out_dir: PathBuf,
     /// The engine the finetuned and random-basis rows train on (every row is evaluated and
-    /// served on tract).
-    pub train_engine: TrainEngine,
-}
-
-/// The engine of the device training in [`run_task`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TrainEngine {
-    /// tract, single-threaded: the two trainings run side by side, one thread each.
-    #[default]
-    Tract,
-    /// ONNX Runtime (feature `ort`) on this provider, with its own intra-op threads: the two
-    /// trainings run one after the other.
-    Ort(ExecutionProvider),
+    /// served on tract). On tract, single-threaded, the two trainings run side by side, one
+    /// thread each; on ONNX Runtime, with its own intra-op threads, one after the other.
+    pub train_engine: Backend,
 }
 
 /// A way of serving the held-out task.
@@ -248,7 +233,7 @@ impl TaskResult {
 /// Most examples read from one file (bounds memory on a hostile file).
 const MAX_EXAMPLES: usize = 1 << 20;
 
-type Model = CachedFeatures<SequenceModel<TractBackend>>;
+type Model = CachedFeatures<SequenceModel<HiddenState>>;
 
 /// Opens `cfg.base` once: the model, its SHA-256 and the name used in bindings.
 pub struct Base {
@@ -439,8 +424,8 @@ pub fn run_task(
     // Zero-shot rows: fixed coefficients, the adapter's own head.
     let mut methods = Vec::new();
     let own_params = {
-        let rt = Arc::new(Runtime::load(&base_path(cfg), &bundles.own)?);
-        let model = sequence_model(rt, examples.clone(), pad, cfg.max_length)?;
+        let engine = Engine::load(&cfg.base, &bundles.own, Backend::Tract)?;
+        let model = sequence_model(&engine, examples.clone(), pad, cfg.max_length)?;
         layout_params(model.layout(), &own_coeffs.coefficients)?
     };
     let mut own_row = zero_shot.row(Method::OwnLora, &bundles.own, &own_params, None)?;
@@ -491,9 +476,9 @@ pub fn run_task(
         let (Some(bundle), Some(c)) = (bundle, coeffs) else {
             continue;
         };
-        let rt = Arc::new(Runtime::load(&base_path(cfg), bundle)?);
+        let rt = Engine::load(&cfg.base, bundle, Backend::Tract)?;
         let params = {
-            let model = sequence_model(Arc::clone(&rt), Vec::new(), pad, cfg.max_length)?;
+            let model = sequence_model(&rt, Vec::new(), pad, cfg.max_length)?;
             layout_params(model.layout(), &c.coefficients)?
         };
         let file = CoeffFile {
@@ -518,9 +503,9 @@ pub fn run_task(
     // subspace and in the random basis (on tract one thread each: the runtime is Sync, and
     // each thread builds its own engine inputs; on ONNX Runtime one after the other, each
     // session using the cores itself).
-    let rt = Arc::new(Runtime::load(&base_path(cfg), &bundles.recycled)?);
-    let random_rt = Arc::new(Runtime::load(&base_path(cfg), &bundles.random)?);
-    let mut head_model = sequence_model(Arc::clone(&rt), examples.clone(), pad, cfg.max_length)?;
+    let rt = Engine::load(&cfg.base, &bundles.recycled, Backend::Tract)?;
+    let random_rt = Engine::load(&cfg.base, &bundles.random, Backend::Tract)?;
+    let mut head_model = sequence_model(&rt, examples.clone(), pad, cfg.max_length)?;
     let mut few_shot = Vec::new();
     for &n in &sizes {
         let train = split(0, n);
@@ -574,7 +559,7 @@ pub fn run_task(
         };
         let finetuned_path = dir.join(format!("finetuned-n{n}.elxc"));
         let random_path = dir.join(format!("random-basis-n{n}.elxc"));
-        let (finetuned, control) = if cfg.train_engine == TrainEngine::Tract {
+        let (finetuned, control) = if cfg.train_engine == Backend::Tract {
             std::thread::scope(|s| {
                 let ft = s.spawn(|| {
                     job.train(&rt, &bundles.recycled, &finetuned_path, Method::Finetuned)
@@ -611,9 +596,8 @@ pub fn run_task(
             finetuned.train_seconds,
             random_basis.train_seconds,
             match cfg.train_engine {
-                TrainEngine::Tract => "in parallel on tract".to_string(),
-                TrainEngine::Ort(ep) =>
-                    format!("one after the other on ONNX Runtime ({})", ep.name()),
+                Backend::Tract => "in parallel on tract".to_string(),
+                Backend::Ort(ep) => format!("one after the other on ONNX Runtime ({})", ep.name()),
             }
         ));
         few_shot.push(FewShot {
@@ -684,13 +668,13 @@ impl ZeroShot<'_> {
         method: Method,
         bundle: &Bundle,
         params: &[f32],
-        rt: Option<&Arc<Runtime>>,
+        rt: Option<&Engine>,
     ) -> Result<MethodResult> {
         let rt = match rt {
-            Some(rt) => Arc::clone(rt),
-            None => Arc::new(Runtime::load(&base_path(self.cfg), bundle)?),
+            Some(rt) => rt.clone(),
+            None => Engine::load(&self.cfg.base, bundle, Backend::Tract)?,
         };
-        let mut model = sequence_model(rt, self.examples.to_vec(), self.pad, self.cfg.max_length)?;
+        let mut model = sequence_model(&rt, self.examples.to_vec(), self.pad, self.cfg.max_length)?;
         let (feats, d) = features(
             &mut model,
             &self.test.ids,
@@ -710,10 +694,6 @@ impl ZeroShot<'_> {
     }
 }
 
-fn base_path(cfg: &LooConfig) -> PathBuf {
-    cfg.base.clone()
-}
-
 /// What the two coefficient trainings share.
 struct Job<'a> {
     cfg: &'a LooConfig,
@@ -730,66 +710,33 @@ impl Job<'_> {
     /// SPSA training of coefficients + head on the configured engine for `bundle`, the head
     /// starting from the head-only solution (LP-FT) or from zero (`warm_start_head`),
     /// evaluated on the test split and saved to `path`; `rt` (tract, the same bundle) serves
-    /// the file.
+    /// the file, and trains too when the configured engine is tract.
     fn train(
         &self,
-        rt: &Arc<Runtime>,
+        rt: &Engine,
         bundle: &Bundle,
         path: &Path,
         method: Method,
     ) -> Result<MethodResult> {
-        let mut r = match self.cfg.train_engine {
-            TrainEngine::Tract => {
-                let model = sequence_model(
-                    Arc::clone(rt),
-                    self.examples.to_vec(),
-                    self.pad,
-                    self.cfg.max_length,
-                )?;
-                self.train_on(model, bundle, path, method)?
-            }
-            TrainEngine::Ort(ep) => self.train_on_ort(ep, bundle, path, method)?,
+        let engine = match self.cfg.train_engine {
+            Backend::Tract => rt.clone(),
+            other => Engine::load(&self.cfg.base, bundle, other)?,
         };
+        let model = sequence_model(
+            &engine,
+            self.examples.to_vec(),
+            self.pad,
+            self.cfg.max_length,
+        )?;
+        let mut r = self.train_on(model, bundle, path, method)?;
         r.swap_ms = timed(|| rt.load_task(path).map(|_| ()))?;
         Ok(r)
     }
 
-    #[cfg(feature = "ort")]
-    fn train_on_ort(
-        &self,
-        ep: ExecutionProvider,
-        bundle: &Bundle,
-        path: &Path,
-        method: Method,
-    ) -> Result<MethodResult> {
-        use crate::finetune::ort_backend::OrtBackend;
-        use crate::runtime::ort::OrtRuntime;
-        let rt = Arc::new(OrtRuntime::load(&base_path(self.cfg), bundle, ep)?);
-        let trt = rt.provider() == ExecutionProvider::TensorRt;
-        let mut model =
-            SequenceModel::new(OrtBackend::new(rt)?, self.examples.to_vec(), self.pad, None)?;
-        // TensorRT builds an engine per input shape: a few power-of-two lengths.
-        if trt {
-            model = model.bucketed(self.cfg.max_length)?;
-        }
-        self.train_on(CachedFeatures::new(model), bundle, path, method)
-    }
-
-    #[cfg(not(feature = "ort"))]
-    fn train_on_ort(
-        &self,
-        _: ExecutionProvider,
-        _: &Bundle,
-        _: &Path,
-        _: Method,
-    ) -> Result<MethodResult> {
-        Err(crate::runtime::ort::not_built())
-    }
-
     /// The training itself, on any engine; `swap_ms` is left at 0 for the caller.
-    fn train_on<B: HiddenStateBackend>(
+    fn train_on(
         &self,
-        model: CachedFeatures<SequenceModel<B>>,
+        model: Model,
         bundle: &Bundle,
         path: &Path,
         method: Method,
@@ -873,18 +820,14 @@ fn write_bound(
 }
 
 fn sequence_model(
-    rt: Arc<Runtime>,
+    engine: &Engine,
     examples: Vec<Example>,
     pad: i64,
     max_length: usize,
 ) -> Result<Model> {
-    // Engines that plan per input shape pad to power-of-two lengths: a handful of plans.
-    let generic = rt.is_shape_generic();
-    let mut model = SequenceModel::new(TractBackend::new(rt)?, examples, pad, None)?;
-    if !generic {
-        model = model.bucketed(max_length)?;
-    }
-    Ok(CachedFeatures::new(model))
+    Ok(CachedFeatures::new(SequenceModel::on_engine(
+        engine, examples, pad, max_length,
+    )?))
 }
 
 /// Pooled features [n x d] of `ids` under fixed coefficient values.
@@ -1037,8 +980,8 @@ pub fn in_sample(
             &sources,
             base,
         )?;
-        let rt = Arc::new(Runtime::load(&base_path(cfg), &bundle)?);
-        let mut model = sequence_model(rt, examples.clone(), pad, cfg.max_length)?;
+        let rt = Engine::load(&cfg.base, &bundle, Backend::Tract)?;
+        let mut model = sequence_model(&rt, examples.clone(), pad, cfg.max_length)?;
         let mut served = Vec::new();
         let mut captured = Vec::new();
         let mut coeff_bytes = 0u64;

@@ -28,14 +28,10 @@ pub mod cache;
 pub mod checkpoint;
 pub mod data;
 pub mod head;
-#[cfg(feature = "ort")]
-pub mod ort_backend;
 pub mod pool;
 pub mod schedule;
 pub mod seq;
 pub mod testing;
-#[cfg(feature = "tract")]
-pub mod tract_backend;
 pub mod zo;
 
 use crate::bundle::{CoeffFile, Head, Provenance};
@@ -50,31 +46,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use zo::{Direction, SpsaScratch, SpsaSettings};
 
-/// The coefficient shape of one module as the model takes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CoeffLayout {
-    /// Canonical module name (as in the bundle).
-    pub name: String,
-    /// K_A: size of the A-side basis.
-    pub k_a: usize,
-    /// K_B: size of the B-side basis.
-    pub k_b: usize,
-    /// The rank the model's inputs hold (the bundle's r_max for this module). Training at a
-    /// smaller rank leaves the extra rows of α_A and columns of α_B at zero.
-    pub r: usize,
-}
-
-impl CoeffLayout {
-    /// Values of this module in the flat parameter vector: r·(K_A + K_B).
-    pub fn len(&self) -> usize {
-        self.r * (self.k_a + self.k_b)
-    }
-
-    /// Whether the module has no coefficients.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use crate::task::CoeffLayout;
 
 /// A forward-only model whose adaptable parameters are the per-module coefficients.
 ///

@@ -7,25 +7,8 @@ use super::data::Example;
 use super::pool::mean_pool;
 use super::{CoeffLayout, ForwardModel};
 use crate::error::{Error, Result};
-
-/// An inference engine whose adaptable inputs are the per-module coefficients.
-pub trait HiddenStateBackend {
-    /// Module layout (see [`ForwardModel::layout`]).
-    fn layout(&self) -> &[CoeffLayout];
-
-    /// Last hidden state [batch x seq x d] (row-major) of the padded token ids and attention
-    /// mask [batch x seq], with the coefficient values `params` (layout of
-    /// [`ForwardModel::features`]); written into `out` (cleared first). Returns d.
-    fn hidden(
-        &mut self,
-        input_ids: &[i64],
-        attention_mask: &[i64],
-        batch: usize,
-        seq: usize,
-        params: &[f32],
-        out: &mut Vec<f32>,
-    ) -> Result<usize>;
-}
+pub use crate::runtime::hidden::{HiddenStateBackend, TokenFeed};
+use crate::runtime::{Engine, HiddenState};
 
 /// Tokenized examples served through a [`HiddenStateBackend`], pooled by masked mean.
 pub struct SequenceModel<B> {
@@ -96,6 +79,26 @@ impl<B: HiddenStateBackend> SequenceModel<B> {
     /// The backend (e.g. to serve the trained task afterwards).
     pub fn backend(&mut self) -> &mut B {
         &mut self.backend
+    }
+}
+
+impl SequenceModel<HiddenState> {
+    /// `examples` served by `engine`'s hidden-state backend, padded with `pad_id`. An engine
+    /// that builds one plan per input shape ([`Engine::plans_per_shape`]) gets batches padded
+    /// to power-of-two lengths up to `max_len` ([`SequenceModel::bucketed`]): a handful of
+    /// plans; any other engine pads each batch to its longest example.
+    pub fn on_engine(
+        engine: &Engine,
+        examples: Vec<Example>,
+        pad_id: i64,
+        max_len: usize,
+    ) -> Result<Self> {
+        let model = SequenceModel::new(engine.hidden_state()?, examples, pad_id, None)?;
+        if engine.plans_per_shape() {
+            model.bucketed(max_len)
+        } else {
+            Ok(model)
+        }
     }
 }
 
@@ -220,119 +223,5 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("10 tokens") && e.contains("bucket is 9"), "{e}");
-    }
-}
-
-/// Where a base-model input's values come from, for the engines behind
-/// [`HiddenStateBackend`] (the finetuner feeds token ids only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenFeed {
-    /// `input_ids`: the padded token ids.
-    Ids,
-    /// `attention_mask`: 1 on tokens, 0 on padding.
-    Mask,
-    /// `token_type_ids`: all zeros (single-segment inputs).
-    Zeros,
-}
-
-impl TokenFeed {
-    /// The feed of each of a model's inputs, in order; an input other than `input_ids`,
-    /// `attention_mask` and `token_type_ids`, or no `input_ids`, is an error.
-    pub fn for_inputs<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<TokenFeed>> {
-        let feeds = names
-            .into_iter()
-            .map(|n| match n {
-                "input_ids" => Ok(TokenFeed::Ids),
-                "attention_mask" => Ok(TokenFeed::Mask),
-                "token_type_ids" => Ok(TokenFeed::Zeros),
-                other => Err(Error::Usage(format!(
-                    "finetuning feeds input_ids, attention_mask and token_type_ids; the model also takes `{other}`"
-                ))),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if !feeds.contains(&TokenFeed::Ids) {
-            return Err(Error::Usage(
-                "finetuning needs a model with an `input_ids` input".into(),
-            ));
-        }
-        Ok(feeds)
-    }
-}
-
-/// Checks the token inputs of [`HiddenStateBackend::hidden`]: `batch` x `seq` of each.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
-pub(crate) fn check_tokens(ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<()> {
-    if ids.len() != batch * seq || mask.len() != batch * seq {
-        return Err(Error::Usage(format!(
-            "expected {batch}x{seq} token ids and mask values, found {} and {}",
-            ids.len(),
-            mask.len()
-        )));
-    }
-    Ok(())
-}
-
-/// The width d of a last hidden state of shape [batch, seq, d] read from output `output`.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
-pub(crate) fn hidden_width(
-    shape: &[usize],
-    batch: usize,
-    seq: usize,
-    output: &str,
-) -> Result<usize> {
-    match *shape {
-        [b, s, d] if b == batch && s == seq => Ok(d),
-        _ => Err(Error::Usage(format!(
-            "expected a last hidden state [{batch}, {seq}, d] from output {output}, found shape {shape:?}"
-        ))),
-    }
-}
-
-/// Checks that `params` holds exactly the values of `layout` (see [`ForwardModel::features`]).
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
-pub(crate) fn check_params(layout: &[CoeffLayout], params: &[f32]) -> Result<()> {
-    let total: usize = layout.iter().map(CoeffLayout::len).sum();
-    if params.len() != total {
-        return Err(Error::Usage(format!(
-            "expected {total} coefficient values for the model's layout, found {}",
-            params.len()
-        )));
-    }
-    Ok(())
-}
-
-/// Module `m`'s flat values (α_A [r x K_A] then α_B [K_B x r], row-major) from `params`,
-/// already checked by [`check_params`].
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
-pub(crate) fn module_params<'a>(
-    layout: &[CoeffLayout],
-    params: &'a [f32],
-    m: usize,
-) -> (&'a [f32], &'a [f32]) {
-    let at: usize = layout[..m].iter().map(CoeffLayout::len).sum();
-    let l = &layout[m];
-    let (a, rest) = params[at..at + l.len()].split_at(l.r * l.k_a);
-    (a, rest)
-}
-
-/// Writes α_A [r x K_A] as the graph's α_Aᵀ [1, K_A, r] into `dst`.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
-pub(crate) fn write_alpha_a_t(l: &CoeffLayout, a: &[f32], dst: &mut [f32]) {
-    let (k_a, r) = (l.k_a, l.r);
-    for j in 0..r {
-        for k in 0..k_a {
-            dst[k * r + j] = a[j * k_a + k];
-        }
-    }
-}
-
-/// Writes α_B [K_B x r] as the graph's α_Bᵀ [1, r, K_B] into `dst`.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
-pub(crate) fn write_alpha_b_t(l: &CoeffLayout, b: &[f32], dst: &mut [f32]) {
-    let (k_b, r) = (l.k_b, l.r);
-    for j in 0..r {
-        for k in 0..k_b {
-            dst[j * k_b + k] = b[k * r + j];
-        }
     }
 }

@@ -6,6 +6,8 @@
 //! as plain graph inputs; [`store`] keeps every loaded task's coefficients as ready-made f32
 //! tensors. A task swap is then handing the engine other input tensors: nothing is rebuilt.
 //!
+//! * [`engine`]: [`Engine`], the one backend-neutral engine (tract | ort behind it).
+//! * [`hidden`]: the hidden-state backend the finetuner trains through.
 //! * [`bind`]: resolve modules to graph nodes (`elx bind`).
 //! * [`patch`]: the one graph patch shared by every backend.
 //! * [`store`]: thread-safe store of prepared task coefficients.
@@ -16,6 +18,8 @@
 //! * [`ort`]: the ONNX Runtime backend (feature `ort`) and the execution-provider choice.
 
 pub mod bind;
+pub mod engine;
+pub mod hidden;
 pub mod import_hf;
 pub mod input;
 pub mod onnx;
@@ -32,6 +36,7 @@ pub use onnx_pb as pb;
 pub use onnx_pb::ModelProto;
 
 pub use bind::{bind, bind_file};
+pub use engine::{Backend, Engine, HiddenState};
 pub use import_hf::{BertConfig, ImportedModel, import_hf, import_hf_file};
 pub use onnx::read_model;
 pub use patch::{

@@ -56,6 +56,18 @@ pub struct CoeffInput {
     pub r: usize,
 }
 
+impl CoeffInput {
+    /// The module's coefficient layout (name, K_A, K_B, r).
+    pub fn layout(&self) -> crate::task::CoeffLayout {
+        crate::task::CoeffLayout {
+            name: self.module.clone(),
+            k_a: self.k_a,
+            k_b: self.k_b,
+            r: self.r,
+        }
+    }
+}
+
 /// A patched model and the coefficient inputs it expects, in graph-input order (after the
 /// base model's own inputs).
 #[derive(Clone, Debug)]

@@ -15,6 +15,7 @@
 //!
 //! The runtime is `Sync`: any number of threads may run it at once, each with its own task.
 
+use super::input::{InputSpec, input_specs, output_names};
 use super::onnx::encode_model;
 use super::patch::{CoeffInput, PatchedModel, load_base, patch_owned};
 use super::store::{Task, TaskData, TaskId, TaskStore};
@@ -71,6 +72,9 @@ pub struct Runtime {
     base_path: PathBuf,
     bundle: Bundle,
     base_inputs: Vec<String>,
+    /// The base inputs' declarations, read from the model at load (or why they could not be).
+    input_specs: std::result::Result<Vec<InputSpec>, String>,
+    output_names: Vec<String>,
     coeff_inputs: Vec<CoeffInput>,
     single: Singles,
     mixed: Mutex<HashMap<usize, Arc<Mixed>>>,
@@ -182,6 +186,9 @@ impl Runtime {
         let patched = patch_owned(model, bundle, 1).map_err(|e| rename(e, base))?;
         let (base_inputs, coeff_inputs) =
             (patched.base_inputs.clone(), patched.coeff_inputs.clone());
+        // The patch keeps the base model's input and output declarations.
+        let input_specs = input_specs(&patched.proto, &base_inputs).map_err(|e| e.to_string());
+        let output_names = output_names(&patched.proto);
         let single = match build_plan(patched, base, None) {
             Ok(p) => Singles::Symbolic(p),
             Err(e) => Singles::PerShape {
@@ -194,6 +201,8 @@ impl Runtime {
             base_path: base.to_path_buf(),
             bundle: bundle.clone(),
             base_inputs,
+            input_specs,
+            output_names,
             coeff_inputs,
             single,
             mixed: Mutex::new(HashMap::new()),
@@ -219,6 +228,20 @@ impl Runtime {
     /// Names of the inputs a run takes, in order (the base model's own inputs).
     pub fn input_names(&self) -> &[String] {
         &self.base_inputs
+    }
+
+    /// The declarations of the inputs a run takes, in [`Runtime::input_names`] order; an
+    /// error when one is not a float32 or int64 tensor (such a model runs only on tract
+    /// values built by the caller).
+    pub fn input_specs(&self) -> Result<&[InputSpec]> {
+        self.input_specs
+            .as_deref()
+            .map_err(|e| Error::Usage(e.clone()))
+    }
+
+    /// The graph outputs, in the order runs return them.
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
     }
 
     /// The coefficient inputs of the patched graph.

@@ -7,14 +7,11 @@
 //! The graph consumes its inputs (`Arc` clones of ours) and drops them when the run returns,
 //! so on the next call our `Arc`s are unique again and are written without allocating.
 
-use super::CoeffLayout;
-use super::seq::{
-    HiddenStateBackend, TokenFeed, check_params, check_tokens, hidden_width, module_params,
-    write_alpha_a_t, write_alpha_b_t,
-};
+use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
 use crate::error::{Error, Result};
 use crate::runtime::store::{Task, TaskData};
 use crate::runtime::tract::{Runtime, TValue, Tensor, TractTask};
+use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
 use tract_onnx::prelude::IntoArcTensor;
 
@@ -45,12 +42,7 @@ impl TractBackend {
                 .map_err(|e| Error::Usage(format!("coefficient tensor {shape:?}: {e}")))
         };
         for ci in rt.coeff_inputs() {
-            layout.push(CoeffLayout {
-                name: ci.module.clone(),
-                k_a: ci.k_a,
-                k_b: ci.k_b,
-                r: ci.r,
-            });
+            layout.push(ci.layout());
             extra.push(zeros(&[1, ci.k_a, ci.r])?);
             extra.push(zeros(&[1, ci.r, ci.k_b])?);
         }

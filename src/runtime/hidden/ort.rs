@@ -6,15 +6,12 @@
 //! ONNX Runtime borrows the coefficient buffers for the run (no copy on our side); the token
 //! inputs and the returned hidden state are copied once per call, as for any ORT run.
 
-use super::CoeffLayout;
-use super::seq::{
-    HiddenStateBackend, TokenFeed, check_params, check_tokens, hidden_width, module_params,
-    write_alpha_a_t, write_alpha_b_t,
-};
+use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
 use crate::error::{Error, Result};
 use crate::runtime::input::{InputTensor, TensorData};
 use crate::runtime::ort::OrtRuntime;
 use crate::runtime::store::{CoeffTensor, TaskData};
+use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
 
 /// The ONNX Runtime backend as a [`HiddenStateBackend`]. See the module documentation.
@@ -35,12 +32,7 @@ impl OrtBackend {
         let mut layout = Vec::with_capacity(rt.coeff_inputs().len());
         let mut tensors = Vec::with_capacity(2 * rt.coeff_inputs().len());
         for ci in rt.coeff_inputs() {
-            layout.push(CoeffLayout {
-                name: ci.module.clone(),
-                k_a: ci.k_a,
-                k_b: ci.k_b,
-                r: ci.r,
-            });
+            layout.push(ci.layout());
             tensors.push(CoeffTensor {
                 name: ci.alpha_a.clone(),
                 shape: [1, ci.k_a, ci.r],

@@ -1,0 +1,96 @@
+//! The hidden-state backend the finetuner trains through: an engine runs the patched graph
+//! with trial coefficient values and returns the last hidden state; [`crate::finetune::seq`]
+//! batches, pads and pools around it. One implementation per engine ([`tract`], [`ort`]),
+//! chosen behind [`crate::runtime::Engine::hidden_state`].
+
+use crate::error::{Error, Result};
+use crate::task::CoeffLayout;
+
+#[cfg(feature = "ort")]
+pub mod ort;
+#[cfg(feature = "tract")]
+pub mod tract;
+
+/// An inference engine whose adaptable inputs are the per-module coefficients.
+pub trait HiddenStateBackend {
+    /// Module layout (see [`crate::finetune::ForwardModel::layout`]).
+    fn layout(&self) -> &[CoeffLayout];
+
+    /// Last hidden state [batch x seq x d] (row-major) of the padded token ids and attention
+    /// mask [batch x seq], with the coefficient values `params` (layout of
+    /// [`crate::finetune::ForwardModel::features`]); written into `out` (cleared first). Returns d.
+    fn hidden(
+        &mut self,
+        input_ids: &[i64],
+        attention_mask: &[i64],
+        batch: usize,
+        seq: usize,
+        params: &[f32],
+        out: &mut Vec<f32>,
+    ) -> Result<usize>;
+}
+
+/// Where a base-model input's values come from, for the engines behind
+/// [`HiddenStateBackend`] (the finetuner feeds token ids only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFeed {
+    /// `input_ids`: the padded token ids.
+    Ids,
+    /// `attention_mask`: 1 on tokens, 0 on padding.
+    Mask,
+    /// `token_type_ids`: all zeros (single-segment inputs).
+    Zeros,
+}
+
+impl TokenFeed {
+    /// The feed of each of a model's inputs, in order; an input other than `input_ids`,
+    /// `attention_mask` and `token_type_ids`, or no `input_ids`, is an error.
+    pub fn for_inputs<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<TokenFeed>> {
+        let feeds = names
+            .into_iter()
+            .map(|n| match n {
+                "input_ids" => Ok(TokenFeed::Ids),
+                "attention_mask" => Ok(TokenFeed::Mask),
+                "token_type_ids" => Ok(TokenFeed::Zeros),
+                other => Err(Error::Usage(format!(
+                    "finetuning feeds input_ids, attention_mask and token_type_ids; the model also takes `{other}`"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !feeds.contains(&TokenFeed::Ids) {
+            return Err(Error::Usage(
+                "finetuning needs a model with an `input_ids` input".into(),
+            ));
+        }
+        Ok(feeds)
+    }
+}
+
+/// Checks the token inputs of [`HiddenStateBackend::hidden`]: `batch` x `seq` of each.
+#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
+pub(crate) fn check_tokens(ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<()> {
+    if ids.len() != batch * seq || mask.len() != batch * seq {
+        return Err(Error::Usage(format!(
+            "expected {batch}x{seq} token ids and mask values, found {} and {}",
+            ids.len(),
+            mask.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The width d of a last hidden state of shape [batch, seq, d] read from output `output`.
+#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
+pub(crate) fn hidden_width(
+    shape: &[usize],
+    batch: usize,
+    seq: usize,
+    output: &str,
+) -> Result<usize> {
+    match *shape {
+        [b, s, d] if b == batch && s == seq => Ok(d),
+        _ => Err(Error::Usage(format!(
+            "expected a last hidden state [{batch}, {seq}, d] from output {output}, found shape {shape:?}"
+        ))),
+    }
+}
