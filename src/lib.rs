@@ -15,7 +15,8 @@
 //!   pseudo-PCs, projection of adapters onto a subspace and reconstruction errors.
 //! * [`bundle`]: the `.elxb` bundle and `.elxc` coefficient files (safetensors + JSON manifest),
 //!   quantization, atomic writes.
-//! * [`task`]: per-task math shared by serving and training (coefficient layout).
+//! * [`task`]: per-task math shared by serving, training and evaluation (coefficients and
+//!   their layout, pooling, head); below every stage.
 //! * [`runtime`]: bind a bundle to a base ONNX model, patch the graph once, serve tasks (tract by
 //!   default, ONNX Runtime with the `ort` feature); `import_hf` builds the base model.
 //! * [`finetune`]: train a new task's coefficients and head on the device, forward passes only.

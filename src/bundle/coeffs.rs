@@ -15,7 +15,7 @@
 
 use super::format::{METADATA_KEY, check_tensor, manifest_json};
 use crate::error::{Error, Result};
-use crate::subspace::Coefficients;
+pub use crate::task::{Coefficients, Head};
 use crate::tensorfile::{self, Dtype, TensorFile, TensorOut};
 use faer::Mat;
 use std::collections::BTreeMap;
@@ -45,17 +45,6 @@ impl Provenance {
             Provenance::ZeroShot => "zero-shot",
         }
     }
-}
-
-/// A linear classification head on pooled features.
-#[derive(Clone, Debug)]
-pub struct Head {
-    /// [classes x features]
-    pub weight: Mat<f64>,
-    /// `[classes]`
-    pub bias: Vec<f64>,
-    /// One label per class.
-    pub labels: Vec<String>,
 }
 
 impl Head {

@@ -19,119 +19,11 @@ pub mod diagnostics;
 pub mod loo;
 
 use crate::adapter::Adapter;
-use crate::bundle::Head;
-use crate::error::{Error, Result};
-use crate::finetune::CoeffLayout;
+use crate::error::Result;
 use crate::linalg;
 use crate::subspace::{self, Coefficients, Subspace};
+pub use crate::task::{Metrics, head_metrics, layout_params};
 use std::collections::BTreeMap;
-
-/// Classification quality on one labelled set.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub struct Metrics {
-    /// Share of examples whose arg-max class is the label.
-    pub accuracy: f64,
-    /// Mean softmax cross-entropy (natural log).
-    pub cross_entropy: f64,
-    /// Number of examples.
-    pub examples: usize,
-}
-
-/// Accuracy and mean cross-entropy of `head` on pooled `features` [n x d] with class indices
-/// `labels` (indices into `head.labels`).
-pub fn head_metrics(head: &Head, features: &[f32], d: usize, labels: &[usize]) -> Result<Metrics> {
-    let classes = head.weight.nrows();
-    if head.weight.ncols() != d || head.bias.len() != classes {
-        return Err(Error::Usage(format!(
-            "the head takes {} features and has {} biases for {classes} classes; the features have {d}",
-            head.weight.ncols(),
-            head.bias.len()
-        )));
-    }
-    if d == 0 || features.len() != labels.len() * d || labels.is_empty() {
-        return Err(Error::Usage(format!(
-            "expected {} labels for {} features of size {d}",
-            features.len() / d.max(1),
-            features.len()
-        )));
-    }
-    if let Some(i) = labels.iter().position(|&y| y >= classes) {
-        return Err(Error::Usage(format!(
-            "example {i} has class {} but the head has {classes} classes",
-            labels[i]
-        )));
-    }
-    let (mut ce, mut correct) = (0.0, 0usize);
-    let mut logits = vec![0.0f64; classes];
-    for (x, &y) in features.chunks_exact(d).zip(labels) {
-        for (c, l) in logits.iter_mut().enumerate() {
-            *l = head.bias[c]
-                + x.iter()
-                    .enumerate()
-                    .map(|(j, v)| head.weight[(c, j)] * f64::from(*v))
-                    .sum::<f64>();
-        }
-        let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-        ce += lse - logits[y];
-        // Ties go to the lowest class, as argmax does everywhere else in the crate.
-        let best = (0..classes).fold(0, |b, c| if logits[c] > logits[b] { c } else { b });
-        correct += usize::from(best == y);
-    }
-    let n = labels.len();
-    Ok(Metrics {
-        accuracy: correct as f64 / n as f64,
-        cross_entropy: ce / n as f64,
-        examples: n,
-    })
-}
-
-/// Lays fixed coefficients out as the parameter vector of a model with `layout` (per module:
-/// α_A [r x K_A] then α_B [K_B x r], row-major, r the layout's rank). Coefficients of a
-/// smaller rank are padded with zeros; modules without coefficients stay zero.
-pub fn layout_params(
-    layout: &[CoeffLayout],
-    coeffs: &BTreeMap<String, Coefficients>,
-) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(layout.iter().map(CoeffLayout::len).sum());
-    for l in layout {
-        let start = out.len();
-        out.resize(start + l.len(), 0.0);
-        let Some(c) = coeffs.get(&l.name) else {
-            continue;
-        };
-        let r = c.alpha_a.nrows();
-        if r > l.r
-            || c.alpha_a.ncols() != l.k_a
-            || c.alpha_b.nrows() != l.k_b
-            || c.alpha_b.ncols() != r
-        {
-            return Err(Error::Usage(format!(
-                "module {}: coefficients α_A {}x{}, α_B {}x{} do not fit K_A = {}, K_B = {}, r <= {}",
-                l.name,
-                c.alpha_a.nrows(),
-                c.alpha_a.ncols(),
-                c.alpha_b.nrows(),
-                c.alpha_b.ncols(),
-                l.k_a,
-                l.k_b,
-                l.r
-            )));
-        }
-        let (a, b) = out[start..].split_at_mut(l.r * l.k_a);
-        for i in 0..r {
-            for k in 0..l.k_a {
-                a[i * l.k_a + k] = c.alpha_a[(i, k)] as f32;
-            }
-        }
-        for k in 0..l.k_b {
-            for i in 0..r {
-                b[k * l.r + i] = c.alpha_b[(k, i)] as f32;
-            }
-        }
-    }
-    Ok(out)
-}
 
 /// How much of one adapter a subspace holds, weighted by each module's ||ΔW||².
 #[derive(Clone, Debug)]
@@ -200,6 +92,8 @@ pub fn capture(adapter: &Adapter, space: &Subspace, random: &Subspace) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::Head;
+    use crate::task::CoeffLayout;
     use faer::Mat;
 
     #[test]

@@ -11,6 +11,7 @@
 //! plus `l2 · W` when an L2 penalty (l2/2)·‖W‖² is asked for (the bias is not penalised).
 
 use crate::error::{Error, Result};
+use crate::task::head::{argmax, log_sum_exp, logit};
 
 /// A linear head W `[classes x dim]` (row-major) and b `[classes]`, stored in one vector
 /// `[W..., b...]` so that one optimizer state covers both.
@@ -112,24 +113,10 @@ impl LinearHead {
             }
             let x = &features[i * d..(i + 1) * d];
             for k in 0..c {
-                let row = &w[k * d..(k + 1) * d];
-                self.logits[k] = b[k]
-                    + row
-                        .iter()
-                        .zip(x)
-                        .map(|(w, x)| w * f64::from(*x))
-                        .sum::<f64>();
+                self.logits[k] = logit(b[k], w[k * d..(k + 1) * d].iter().copied(), x);
             }
             // Stable log-sum-exp; ties in arg-max resolve to the lowest class.
-            let (mut best, mut max) = (0, f64::NEG_INFINITY);
-            for (k, &z) in self.logits.iter().enumerate() {
-                if z > max {
-                    max = z;
-                    best = k;
-                }
-            }
-            let sum: f64 = self.logits.iter().map(|z| (z - max).exp()).sum();
-            let lse = max + sum.ln();
+            let (lse, best) = (log_sum_exp(&self.logits), argmax(&self.logits));
             ce += (lse - self.logits[y]) * inv_n;
             correct += usize::from(best == y);
             if let Some(g) = grad.as_deref_mut() {

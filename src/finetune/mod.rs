@@ -36,7 +36,7 @@ pub mod zo;
 
 use crate::bundle::{CoeffFile, Head, Provenance};
 use crate::error::{Error, Result};
-use crate::subspace::Coefficients;
+use crate::task::Coefficients;
 use crate::util::GaussianRng;
 use checkpoint::{Checkpoint, Scalars};
 use faer::Mat;

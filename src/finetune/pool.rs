@@ -21,27 +21,8 @@ pub fn mean_pool(
         )));
     }
     out.clear();
-    let mut acc = vec![0.0f64; dim];
-    for b in 0..batch {
-        acc.iter_mut().for_each(|a| *a = 0.0);
-        let mut count = 0usize;
-        for s in 0..seq {
-            if mask[b * seq + s] != 0 {
-                count += 1;
-                let h = &hidden[(b * seq + s) * dim..(b * seq + s + 1) * dim];
-                for (a, v) in acc.iter_mut().zip(h) {
-                    *a += f64::from(*v);
-                }
-            }
-        }
-        if count == 0 {
-            return Err(Error::Usage(format!(
-                "mean_pool: example {b} has no unmasked token"
-            )));
-        }
-        out.extend(acc.iter().map(|a| (a / count as f64) as f32));
-    }
-    Ok(())
+    crate::task::masked_mean(hidden, Some(mask), batch, seq, dim, out)
+        .map_err(|b| Error::Usage(format!("mean_pool: example {b} has no unmasked token")))
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 
 use super::onnx::{Dim, value_info_dims};
 use super::pb::{ModelProto, type_proto};
-use crate::bundle::Head;
 use crate::error::{Error, Result};
+pub use crate::task::head::{Prediction, apply_head, softmax};
 use std::path::{Path, PathBuf};
 
 /// Element type of a graph input or of an input tensor.
@@ -950,29 +950,17 @@ pub fn pool(
                     m.len()
                 )));
             }
-            let mut out = Vec::with_capacity(rows);
-            for r in 0..rows {
-                let mut acc = vec![0f64; hidden];
-                let mut count = 0f64;
-                for t in 0..seq {
-                    // Any non-zero mask value counts as a real token, with weight 1.
-                    if mask.is_some_and(|m| m[r * seq + t] == 0) {
-                        continue;
-                    }
-                    count += 1.0;
-                    let tok = &values[(r * seq + t) * hidden..(r * seq + t + 1) * hidden];
-                    for (a, &v) in acc.iter_mut().zip(tok) {
-                        *a += f64::from(v);
-                    }
-                }
-                if count <= 0.0 {
-                    return Err(Error::Usage(format!(
-                        "row {r} has no token with attention mask 1; cannot mean-pool"
-                    )));
-                }
-                out.push(acc.into_iter().map(|a| (a / count) as f32).collect());
-            }
-            Ok(out)
+            let mut flat = Vec::with_capacity(rows * hidden);
+            crate::task::masked_mean(values, mask, rows, seq, hidden, &mut flat).map_err(|r| {
+                Error::Usage(format!(
+                    "row {r} has no token with attention mask 1; cannot mean-pool"
+                ))
+            })?;
+            Ok(flat
+                .chunks(hidden.max(1))
+                .take(rows)
+                .map(<[f32]>::to_vec)
+                .collect())
         }
         (p, s) => Err(Error::Usage(format!(
             "pooling {p:?} needs a [batch, seq, hidden] model output, found shape {s:?}; try --pooling none"
@@ -980,68 +968,10 @@ pub fn pool(
     }
 }
 
-/// A head's answer for one row.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Prediction {
-    /// W·pooled + b.
-    pub logits: Vec<f64>,
-    /// softmax(logits).
-    pub probs: Vec<f64>,
-    /// Index of the largest probability.
-    pub class: usize,
-    /// Its label.
-    pub label: String,
-}
-
-/// Applies a classification head: logits = W·pooled + b, softmax, arg-max label. A feature
-/// count that does not match the head's is an error naming both.
-pub fn apply_head(head: &Head, pooled: &[f32]) -> Result<Prediction> {
-    let (classes, features) = (head.weight.nrows(), head.weight.ncols());
-    if features != pooled.len() {
-        return Err(Error::Usage(format!(
-            "the task's head takes {features} features but the pooled model output has {}; check --pooling",
-            pooled.len()
-        )));
-    }
-    if head.bias.len() != classes || head.labels.len() != classes || classes == 0 {
-        return Err(Error::Usage(format!(
-            "the task's head is inconsistent: {classes} weight rows, {} biases, {} labels",
-            head.bias.len(),
-            head.labels.len()
-        )));
-    }
-    let logits: Vec<f64> = (0..classes)
-        .map(|c| {
-            head.bias[c]
-                + (0..features)
-                    .map(|j| head.weight[(c, j)] * f64::from(pooled[j]))
-                    .sum::<f64>()
-        })
-        .collect();
-    let probs = softmax(&logits);
-    let class = probs
-        .iter()
-        .enumerate()
-        .fold(0, |best, (i, &p)| if p > probs[best] { i } else { best });
-    Ok(Prediction {
-        label: head.labels[class].clone(),
-        logits,
-        probs,
-        class,
-    })
-}
-
-/// Numerically stable softmax.
-pub fn softmax(logits: &[f64]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let exps: Vec<f64> = logits.iter().map(|&l| (l - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::Head;
     use faer::Mat;
 
     fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {

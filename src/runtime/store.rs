@@ -10,6 +10,7 @@
 use super::patch::CoeffInput;
 use crate::bundle::{CoeffFile, Head, Manifest};
 use crate::error::{Error, Result};
+use crate::task::{write_alpha_a_t, write_alpha_b_t};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -192,8 +193,8 @@ impl<E> TaskStore<E> {
             let mut tb = vec![0f32; rm * k_b];
             if let Some(co) = c.modules.get(&ci.module) {
                 let (aa, ab) = (&co.alpha_a, &co.alpha_b);
-                let r = aa.nrows();
-                if aa.ncols() != k_a || ab.nrows() != k_b || ab.ncols() != r || r > rm {
+                let l = ci.layout();
+                if !co.fits(&l) {
                     return Err(Error::bad_tensor(
                         &src,
                         format!("{}.alpha_A", ci.module),
@@ -206,14 +207,13 @@ impl<E> TaskStore<E> {
                         ),
                     ));
                 }
-                for j in 0..r {
-                    for k in 0..k_a {
-                        ta[k * rm + j] = aa[(j, k)] as f32;
-                    }
-                    for k in 0..k_b {
-                        tb[j * k_b + k] = ab[(k, j)] as f32;
-                    }
-                }
+                // The flat parameter layout, then the graph's transposition of it: the same
+                // path the finetuner's trial coefficients take.
+                let mut flat = vec![0f32; l.len()];
+                co.write_params(&l, &mut flat);
+                let (a, b) = flat.split_at(rm * k_a);
+                write_alpha_a_t(&l, a, &mut ta);
+                write_alpha_b_t(&l, b, &mut tb);
                 if let Some(bad) = ta.iter().chain(tb.iter()).find(|v| !v.is_finite()) {
                     return Err(Error::bad_tensor(
                         &src,

@@ -13,14 +13,7 @@ use crate::error::{Error, Result};
 use crate::linalg;
 use faer::{Mat, MatRef};
 
-/// One module's coefficients: alpha_A [r x K_A], alpha_B [K_B x r].
-#[derive(Clone, Debug)]
-pub struct Coefficients {
-    /// alpha_A [r x K_A]: Â = alpha_A·V_A.
-    pub alpha_a: Mat<f64>,
-    /// alpha_B [K_B x r]: B̂ = V_B·alpha_B.
-    pub alpha_b: Mat<f64>,
-}
+pub use crate::task::Coefficients;
 
 /// Least-squares coefficients of `m` in `s` (alpha_A = A·V_Aᵀ, alpha_B = V_Bᵀ·B for orthonormal
 /// bases), put in a canonical gauge so that project ∘ reconstruct is the identity.
