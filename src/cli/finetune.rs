@@ -11,7 +11,7 @@ use eigenlorax::bundle::Bundle;
 use eigenlorax::finetune::cache::CachedFeatures;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
 use eigenlorax::finetune::seq::SequenceModel;
-use eigenlorax::finetune::{Event, FinetuneConfig, Finetuner, Objective, Split};
+use eigenlorax::finetune::{Event, FinetuneConfig, Objective, Split, recipe};
 use eigenlorax::runtime::input::{DEFAULT_MAX_LENGTH, TextEncoder};
 use eigenlorax::runtime::ort::ExecutionProvider;
 use eigenlorax::runtime::{Engine, HiddenState};
@@ -256,36 +256,27 @@ fn train(
     if warm_up {
         cfg.eval_at_start = true;
         if args.resume.is_none() {
-            let mut head_only = Finetuner::new(
+            let head_only = recipe::fit_head_only(
                 model,
-                FinetuneConfig {
-                    zero_shot: true,
-                    zero_shot_b_std: 0.0,
-                    max_steps: args.head_warmup,
-                    head_lr: args.warmup_head_lr,
-                    checkpoint_every: 0,
-                    checkpoint_path: None,
-                    ..cfg.clone()
-                },
+                &cfg,
+                args.head_warmup,
+                args.warmup_head_lr,
                 objective(),
                 train_split.clone(),
                 val_split.clone(),
             )?;
-            head_only.fit(&mut |_| {})?;
             warm_head = head_only.head().map(|h| h.params().to_vec());
             model = head_only.into_model();
         }
     }
-    let mut ft = Finetuner::new(
+    let mut ft = recipe::joint(
         model,
         cfg,
         objective(),
         train_split.clone(),
         val_split.clone(),
+        warm_head.as_deref(),
     )?;
-    if let Some(p) = &warm_head {
-        ft.warm_start_head(p)?;
-    }
     if let Some(p) = &args.resume {
         ft.resume(p)?;
     }

@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::finetune::cache::CachedFeatures;
 use crate::finetune::data::{Example, ReadOptions, Tokenize, read_jsonl_with};
 use crate::finetune::seq::SequenceModel;
-use crate::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
+use crate::finetune::{FinetuneConfig, ForwardModel, Objective, Split, recipe};
 use crate::runtime::input::TextEncoder;
 use crate::runtime::{self, Backend, Engine, HiddenState, ModelProto};
 use crate::subspace::{self, ExtractOptions, KRule, Subspace};
@@ -509,21 +509,16 @@ pub fn run_task(
     let mut few_shot = Vec::new();
     for &n in &sizes {
         let train = split(0, n);
-        let head_cfg = FinetuneConfig {
-            zero_shot: true,
-            zero_shot_b_std: 0.0,
-            max_steps: cfg.head_steps,
-            ..cfg.finetune.clone()
-        };
         let (misses0, t0) = (head_model.hits_misses().1, Instant::now());
-        let mut ft = Finetuner::new(
+        let mut ft = recipe::fit_head_only(
             head_model,
-            head_cfg,
+            &cfg.finetune,
+            cfg.head_steps,
+            cfg.finetune.head_lr,
             Objective::Classify { classes },
             train.clone(),
             Some(val.clone()),
         )?;
-        ft.fit(&mut |_| {})?;
         let head_seconds = t0.elapsed().as_secs_f64();
         let head_engine = ft.model().hits_misses().1 - misses0;
         let head_eval = ft.evaluate(&test)?;
@@ -746,7 +741,7 @@ impl Job<'_> {
         let t0 = Instant::now();
         // A warm-started head is evaluated before the first step, so training can only
         // return something at least as good on validation as the head-only start.
-        let mut ft = Finetuner::new(
+        let mut ft = recipe::joint(
             model,
             FinetuneConfig {
                 eval_at_start: cfg.warm_start_head,
@@ -758,10 +753,8 @@ impl Job<'_> {
             },
             train.clone(),
             Some(val.clone()),
+            cfg.warm_start_head.then_some(self.probe),
         )?;
-        if cfg.warm_start_head {
-            ft.warm_start_head(self.probe)?;
-        }
         ft.fit(&mut |_| {})?;
         let seconds = t0.elapsed().as_secs_f64();
         let engine_examples = ft.model().hits_misses().1;

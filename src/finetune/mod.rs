@@ -29,6 +29,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod head;
 pub mod pool;
+pub mod recipe;
 pub mod schedule;
 pub mod seq;
 pub mod testing;

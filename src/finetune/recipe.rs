@@ -1,0 +1,58 @@
+//! The finetuning recipe shared by `elx finetune` and [`crate::eval::loo`] (LP-FT): the head
+//! alone first, with the coefficients fixed at zero (the base model; its features are cached
+//! by [`super::cache::CachedFeatures`], so the steps are cheap), then the coefficients and
+//! the head together, the head starting from the head-only solution. A warm-started joint run
+//! evaluates its start first ([`FinetuneConfig::eval_at_start`]), so it ends no worse on
+//! validation than the head alone.
+
+use super::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
+use crate::error::Result;
+
+/// The head-only run of `steps` steps at `head_lr`, from `base`: coefficients fixed at zero
+/// (zero-shot with no random α_B), no checkpoints.
+pub fn head_only_config(base: &FinetuneConfig, steps: u64, head_lr: f64) -> FinetuneConfig {
+    FinetuneConfig {
+        zero_shot: true,
+        zero_shot_b_std: 0.0,
+        max_steps: steps,
+        head_lr,
+        checkpoint_every: 0,
+        checkpoint_path: None,
+        ..base.clone()
+    }
+}
+
+/// Trains the head alone on `model` ([`head_only_config`]) and returns the fitted finetuner:
+/// its head (`head()`) warm-starts [`joint`], and `into_model()` gives the model back.
+pub fn fit_head_only<M: ForwardModel>(
+    model: M,
+    base: &FinetuneConfig,
+    steps: u64,
+    head_lr: f64,
+    objective: Objective,
+    train: Split,
+    val: Option<Split>,
+) -> Result<Finetuner<M>> {
+    let cfg = head_only_config(base, steps, head_lr);
+    let mut ft = Finetuner::new(model, cfg, objective, train, val)?;
+    ft.fit(&mut |_| {})?;
+    Ok(ft)
+}
+
+/// The joint run of coefficients and head with `cfg`, the head starting from `head` (the
+/// parameters of a [`fit_head_only`] head) when given. Not fitted yet: the caller may resume
+/// a checkpoint and chooses how to report progress.
+pub fn joint<M: ForwardModel>(
+    model: M,
+    cfg: FinetuneConfig,
+    objective: Objective,
+    train: Split,
+    val: Option<Split>,
+    head: Option<&[f64]>,
+) -> Result<Finetuner<M>> {
+    let mut ft = Finetuner::new(model, cfg, objective, train, val)?;
+    if let Some(p) = head {
+        ft.warm_start_head(p)?;
+    }
+    Ok(ft)
+}
