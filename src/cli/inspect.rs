@@ -6,10 +6,10 @@ use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::diagnostics::{explained_energy, projection_error_bound, random_subspace};
 use eigenlorax::bundle::{Bundle, CoeffFile};
 use eigenlorax::eval::diagnostics::{self, CaptureSummary};
+use eigenlorax::eval::project_adapter;
 use eigenlorax::subspace::KRule;
 use eigenlorax::tensorfile::TensorFile;
 use eigenlorax::{Error, Result};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `elx inspect`.
@@ -311,30 +311,8 @@ fn measure_adapters(
             points: Vec::new(),
             random: Vec::new(),
         };
-        let mut skipped = Vec::new();
-        let mut measures = Vec::new();
-        let mut loaded = BTreeMap::new();
-        for (name, info) in &adapter.modules {
-            let Some(ms) = b.subspace.modules.get(name) else {
-                skipped.push(name.clone());
-                continue;
-            };
-            if info.in_features != ms.in_features || info.out_features != ms.out_features {
-                return Err(Error::bad_tensor(
-                    adapter.weights_path(),
-                    &info.a_key,
-                    format!(
-                        "expected in={} out={} like `{name}` in the bundle, found in={} out={}",
-                        ms.in_features, ms.out_features, info.in_features, info.out_features
-                    ),
-                ));
-            }
-            let m = adapter.load_module(name)?;
-            let mm = diagnostics::measure_module(
-                &m,
-                ms,
-                random.as_ref().and_then(|r| r.modules.get(name)),
-            )?;
+        let projection = project_adapter(&adapter, &b.subspace, random.as_ref(), "the bundle")?;
+        for (name, mm) in &projection.measures {
             let mut row = vec![name.clone(), sci(mm.error), pct(mm.captured)];
             if let Some((re, rc)) = mm.random {
                 row.extend([sci(re), pct(rc)]);
@@ -342,18 +320,21 @@ fn measure_adapters(
             }
             s.points.push((name.clone(), mm.error));
             t.row(row);
-            measures.push(mm);
-            loaded.insert(name.clone(), m);
         }
+        let (measures, loaded, skipped) = (
+            &projection.measures,
+            &projection.loaded,
+            &projection.missing,
+        );
         if !measures.is_empty() {
-            let ((err, cap), rand) = diagnostics::combine(&measures);
+            let ((err, cap), rand) = projection.combined();
             let mut row = vec!["all (ΔW-weighted)".to_string(), sci(err), pct(cap)];
             if let Some((re, rc)) = rand {
                 row.extend([sci(re), pct(rc)]);
             }
             t.row(row);
         }
-        let summary = diagnostics::capture_summary(&loaded, &b.subspace, seed);
+        let summary = diagnostics::capture_summary(loaded, &b.subspace, seed);
         let in_sample = b
             .manifest
             .sources

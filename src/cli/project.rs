@@ -3,10 +3,9 @@
 use super::{Table, file_size, sci, warn};
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
-use eigenlorax::subspace::{self, Coefficients};
+use eigenlorax::eval::project_adapter;
 use eigenlorax::tensorfile::TensorFile;
 use eigenlorax::{Error, Result};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -31,55 +30,6 @@ pub struct Args {
     pub head: Option<PathBuf>,
 }
 
-/// Per-module coefficients of `adapter` in `bundle`, with the relative ΔW error of each, and
-/// the adapter's modules that the bundle lacks.
-pub struct Projection {
-    /// Coefficients by module.
-    pub modules: BTreeMap<String, Coefficients>,
-    /// ‖ΔW − ΔŴ‖_F / ‖ΔW‖_F by module.
-    pub errors: BTreeMap<String, f64>,
-    /// Modules of the adapter that are not in the bundle.
-    pub missing: Vec<String>,
-}
-
-/// Projects every module of `adapter` that the bundle has; an in/out mismatch is an error
-/// naming the adapter's weights file and tensor.
-pub fn project_adapter(adapter: &Adapter, bundle: &Bundle) -> Result<Projection> {
-    let mut p = Projection {
-        modules: BTreeMap::new(),
-        errors: BTreeMap::new(),
-        missing: Vec::new(),
-    };
-    for (name, info) in &adapter.modules {
-        let Some(s) = bundle.subspace.modules.get(name) else {
-            p.missing.push(name.clone());
-            continue;
-        };
-        if info.in_features != s.in_features || info.out_features != s.out_features {
-            return Err(Error::bad_tensor(
-                adapter.weights_path(),
-                &info.a_key,
-                format!(
-                    "expected a module with in={} out={} like `{name}` in bundle {} ({}), found in={} out={} \
-                     (an adapter for another base model?)",
-                    s.in_features,
-                    s.out_features,
-                    bundle.manifest.subspace_id,
-                    bundle.path.display(),
-                    info.in_features,
-                    info.out_features
-                ),
-            ));
-        }
-        let m = adapter.load_module(name)?;
-        let c = subspace::try_project(&m, s)?;
-        let err = subspace::relative_error(&m, &subspace::try_reconstruct(&c, s)?);
-        p.errors.insert(name.clone(), err);
-        p.modules.insert(name.clone(), c);
-    }
-    Ok(p)
-}
-
 /// Runs `elx project`.
 pub fn run(a: Args) -> Result<()> {
     let bundle = Bundle::read(&a.bundle)?;
@@ -89,7 +39,16 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => head_task_name(p)?,
         None => None,
     };
-    let p = project_adapter(&adapter, &bundle)?;
+    let p = project_adapter(
+        &adapter,
+        &bundle.subspace,
+        None,
+        &format!(
+            "bundle {} ({})",
+            bundle.manifest.subspace_id,
+            bundle.path.display()
+        ),
+    )?;
     if !p.missing.is_empty() {
         warn(format!(
             "{} module(s) of {} are not in bundle {} and were skipped: {}",
@@ -123,7 +82,7 @@ pub fn run(a: Args) -> Result<()> {
             c.alpha_a.nrows().to_string(),
             c.alpha_a.ncols().to_string(),
             c.alpha_b.nrows().to_string(),
-            sci(p.errors[name]),
+            sci(p.measures[name].error),
         ]);
     }
     let coeffs = CoeffFile {
@@ -145,8 +104,9 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let (sum, n) = p
-        .errors
+        .measures
         .values()
+        .map(|m| m.error)
         .filter(|e| e.is_finite())
         .fold((0.0, 0usize), |(s, n), e| (s + e, n + 1));
     if n > 0 {

@@ -22,7 +22,7 @@ use crate::adapter::{Adapter, LoraModule};
 use crate::bundle::diagnostics::{module_seed, random_subspace_like};
 use crate::error::{Error, Result};
 use crate::linalg;
-use crate::subspace::{self, ExtractOptions, KRule, ModuleSubspace, Subspace};
+use crate::subspace::{self, Coefficients, ExtractOptions, KRule, ModuleSubspace, Subspace};
 use crate::util::GaussianRng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -240,23 +240,34 @@ pub fn measure_module(
     space: &ModuleSubspace,
     random: Option<&ModuleSubspace>,
 ) -> Result<ModuleMeasure> {
-    let error_in = |s: &ModuleSubspace| -> Result<f64> {
+    measure_module_with(m, space, random).map(|(_, measure)| measure)
+}
+
+/// [`measure_module`], also returning the module's coefficients in `space`.
+pub fn measure_module_with(
+    m: &LoraModule,
+    space: &ModuleSubspace,
+    random: Option<&ModuleSubspace>,
+) -> Result<(Coefficients, ModuleMeasure)> {
+    let project = |s: &ModuleSubspace| -> Result<(Coefficients, f64)> {
         let c = subspace::try_project(m, s)?;
-        Ok(subspace::relative_error(
-            m,
-            &subspace::try_reconstruct(&c, s)?,
-        ))
+        let error = subspace::relative_error(m, &subspace::try_reconstruct(&c, s)?);
+        Ok((c, error))
     };
     let random = match random {
-        Some(r) => Some((error_in(r)?, subspace::captured_energy(m, r))),
+        Some(r) => Some((project(r)?.1, subspace::captured_energy(m, r))),
         None => None,
     };
-    Ok(ModuleMeasure {
-        error: error_in(space)?,
-        captured: subspace::captured_energy(m, space),
-        energy: linalg::lowrank_frob(m.b.as_ref(), m.a.as_ref()).powi(2),
-        random,
-    })
+    let (c, error) = project(space)?;
+    Ok((
+        c,
+        ModuleMeasure {
+            error,
+            captured: subspace::captured_energy(m, space),
+            energy: linalg::lowrank_frob(m.b.as_ref(), m.a.as_ref()).powi(2),
+            random,
+        },
+    ))
 }
 
 /// Whole-adapter figures from per-module ones, weighted by ‖ΔW‖²_F (as [`super::capture`]):

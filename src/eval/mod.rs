@@ -8,6 +8,8 @@
 //!   same size (the control of DESIGN.md, "What honest numbers look like").
 //! * [`head_metrics`]: accuracy and cross-entropy of a fixed head on pooled features.
 //! * [`layout_params`]: fixed coefficients laid out as a [`ForwardModel`] parameter vector.
+//! * [`projection`]: a whole adapter projected into a subspace with its error report
+//!   (`elx project`, `elx inspect` and [`capture`]).
 //! * [`diagnostics`]: will recycling pay? Held-out capture vs chance, the spectrum vs a
 //!   Gaussian null, mean / basis split, capture vs N, and a one-line verdict.
 //! * `loo` (feature `tract`): the leave-one-out experiment behind `elx demo`.
@@ -17,12 +19,13 @@
 pub mod diagnostics;
 #[cfg(feature = "tract")]
 pub mod loo;
+pub mod projection;
 
 use crate::adapter::Adapter;
 use crate::error::Result;
-use crate::linalg;
-use crate::subspace::{self, Coefficients, Subspace};
+use crate::subspace::{Coefficients, Subspace};
 pub use crate::task::{Metrics, head_metrics, layout_params};
+pub use projection::{Projection, project_adapter};
 use std::collections::BTreeMap;
 
 /// How much of one adapter a subspace holds, weighted by each module's ||ΔW||².
@@ -59,33 +62,25 @@ pub fn capture(adapter: &Adapter, space: &Subspace, random: &Subspace) -> Result
         error: 0.0,
         random_error: 0.0,
     };
-    let (mut total, mut err2, mut rerr2) = (0.0, 0.0, 0.0);
-    for name in adapter.modules.keys() {
-        let (Some(s), Some(r)) = (space.modules.get(name), random.modules.get(name)) else {
+    let mut p = project_adapter(adapter, space, Some(random), "the subspace")?;
+    // Modules the random control lacks are left out of every figure.
+    p.measures.retain(|_, mm| mm.random.is_some());
+    p.modules.retain(|name, _| p.measures.contains_key(name));
+    for (name, lora) in &p.loaded {
+        let (Some(s), true) = (space.modules.get(name), p.measures.contains_key(name)) else {
             continue;
         };
-        let lora = adapter.load_module(name)?;
-        let energy = linalg::lowrank_frob(lora.b.as_ref(), lora.a.as_ref()).powi(2);
-        let c = subspace::try_project(&lora, s)?;
-        let e = subspace::relative_error(&lora, &subspace::try_reconstruct(&c, s)?);
-        let rc = subspace::try_project(&lora, r)?;
-        let re = subspace::relative_error(&lora, &subspace::try_reconstruct(&rc, r)?);
-        total += energy;
-        m.captured += subspace::captured_energy(&lora, s) * energy;
-        m.random_captured += subspace::captured_energy(&lora, r) * energy;
-        err2 += e * e * energy;
-        rerr2 += re * re * energy;
         m.k_total += s.a.k_total() + s.b.k_total();
         m.coeff_params += lora.rank() * (s.a.k_total() + s.b.k_total());
         m.lora_params += lora.rank() * (lora.in_features() + lora.out_features());
-        m.coefficients.insert(name.clone(), c);
     }
-    if total > 0.0 {
-        m.captured /= total;
-        m.random_captured /= total;
-        m.error = (err2 / total).sqrt();
-        m.random_error = (rerr2 / total).sqrt();
+    if p.measures.values().map(|mm| mm.energy).sum::<f64>() > 0.0 {
+        let ((error, captured), random) = p.combined();
+        let (random_error, random_captured) = random.unwrap_or_default();
+        (m.error, m.captured) = (error, captured);
+        (m.random_error, m.random_captured) = (random_error, random_captured);
     }
+    m.coefficients = p.modules;
     Ok(m)
 }
 
