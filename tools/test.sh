@@ -39,6 +39,8 @@ else
   echo "note: rustfmt is not installed here; format check skipped" >&2
 fi
 # The host-only build (no engine) and the ORT-only build must keep compiling.
-cargo check --quiet --no-default-features --lib --bins
-cargo check --quiet --no-default-features --features ort --lib --bins
+cargo check --quiet --no-default-features --lib
+cargo check --quiet --no-default-features --features cli --lib --bins
+cargo check --quiet --no-default-features --features ort --lib
+cargo check --quiet --no-default-features --features ort,cli --lib --bins
 cargo test --all-targets --features ort

@@ -116,7 +116,7 @@ pub struct Args {
     pub backend: super::BackendArg,
     /// ONNX Runtime execution provider (`--backend ort`).
     #[arg(long, value_enum, default_value = "cpu")]
-    pub ep: eigenlorax::runtime::ort::ExecutionProvider,
+    pub ep: super::EpArg,
     /// Where bundles, coefficient files, plots and results.json go.
     #[arg(short, long, default_value = "out/demo")]
     pub output: PathBuf,

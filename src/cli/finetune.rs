@@ -6,14 +6,13 @@
 //! Data is JSONL: pre-tokenized `{"input_ids": [...], "label": ...}` lines, or
 //! `{"text": ..., "label": ...}` lines when a tokenizer is given or lies next to the model.
 
-use super::{BackendArg, progress_bar};
+use super::{BackendArg, EpArg, progress_bar};
 use eigenlorax::bundle::Bundle;
 use eigenlorax::finetune::cache::CachedFeatures;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{Event, FinetuneConfig, Objective, Split, recipe};
 use eigenlorax::runtime::input::{DEFAULT_MAX_LENGTH, TextEncoder};
-use eigenlorax::runtime::ort::ExecutionProvider;
 use eigenlorax::runtime::{Engine, HiddenState};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -110,7 +109,7 @@ pub struct FinetuneArgs {
     pub backend: BackendArg,
     /// ONNX Runtime execution provider (`--backend ort`); falls back to the CPU with a warning.
     #[arg(long, value_enum, default_value = "cpu")]
-    pub ep: ExecutionProvider,
+    pub ep: EpArg,
 }
 
 /// Token source for the data files.

@@ -19,6 +19,7 @@ pub mod run;
 
 use clap::{Parser, Subcommand};
 use eigenlorax::runtime::Backend;
+use eigenlorax::runtime::input::Pooling;
 use eigenlorax::runtime::ort::ExecutionProvider;
 use eigenlorax::{Error, Result};
 use std::io::IsTerminal;
@@ -35,13 +36,57 @@ pub enum BackendArg {
 
 impl BackendArg {
     /// The library's [`Backend`] for `--backend` and `--ep`; `--ep` applies to ort only.
-    pub fn with_ep(self, ep: ExecutionProvider) -> Result<Backend> {
+    pub fn with_ep(self, ep: EpArg) -> Result<Backend> {
+        let ep = ExecutionProvider::from(ep);
         match self {
             BackendArg::Tract if ep != ExecutionProvider::Cpu => Err(Error::Usage(
                 "--ep applies to --backend ort; tract runs on the CPU".into(),
             )),
             BackendArg::Tract => Ok(Backend::Tract),
             BackendArg::Ort => Ok(Backend::Ort(ep)),
+        }
+    }
+}
+
+/// Where ONNX Runtime runs the graph (`--ep`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EpArg {
+    /// ONNX Runtime's CPU provider (always there).
+    Cpu,
+    /// NVIDIA CUDA (needs a GPU build of ONNX Runtime and a GPU).
+    Cuda,
+    /// NVIDIA TensorRT, with CUDA behind it for the nodes TensorRT does not take.
+    #[value(name = "tensorrt")]
+    TensorRt,
+}
+
+impl From<EpArg> for ExecutionProvider {
+    fn from(ep: EpArg) -> Self {
+        match ep {
+            EpArg::Cpu => ExecutionProvider::Cpu,
+            EpArg::Cuda => ExecutionProvider::Cuda,
+            EpArg::TensorRt => ExecutionProvider::TensorRt,
+        }
+    }
+}
+
+/// How per-token hidden states become one vector per row (`--pooling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolingArg {
+    /// Mean over the tokens whose attention mask is 1 (sentence-transformers' default).
+    Mean,
+    /// The first token's state (BERT's [CLS]).
+    Cls,
+    /// The output as it is, one flattened row per batch row.
+    None,
+}
+
+impl From<PoolingArg> for Pooling {
+    fn from(p: PoolingArg) -> Self {
+        match p {
+            PoolingArg::Mean => Pooling::Mean,
+            PoolingArg::Cls => Pooling::Cls,
+            PoolingArg::None => Pooling::None,
         }
     }
 }

@@ -1,13 +1,12 @@
 //! `elx run`: run the base model with one or more tasks' coefficients on text or tensors,
 //! pool the output and apply each task's head.
 
-use super::BackendArg;
+use super::{BackendArg, EpArg, PoolingArg};
 use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
 use eigenlorax::error::{Error, Result};
 use eigenlorax::runtime::input::{
-    Batch, OutputTensor, Pooling, TextEncoder, apply_head, load_tensors, pool,
+    Batch, OutputTensor, TextEncoder, apply_head, load_tensors, pool,
 };
-use eigenlorax::runtime::ort::ExecutionProvider;
 use eigenlorax::runtime::store::TaskId;
 use eigenlorax::runtime::{Backend, Engine};
 use std::collections::BTreeMap;
@@ -42,7 +41,7 @@ pub struct RunArgs {
     pub max_length: Option<usize>,
     /// How token states become one vector per row.
     #[arg(long, value_enum, default_value = "mean")]
-    pub pooling: Pooling,
+    pub pooling: PoolingArg,
     /// Graph output to pool (default: the first).
     #[arg(long, value_name = "NAME")]
     pub output: Option<String>,
@@ -51,7 +50,7 @@ pub struct RunArgs {
     pub backend: BackendArg,
     /// ONNX Runtime execution provider (`--backend ort`); falls back to the CPU with a warning.
     #[arg(long, value_enum, default_value = "cpu")]
-    pub ep: ExecutionProvider,
+    pub ep: EpArg,
     /// Mixed-task batch: row i runs with the i-th --task, all in one pass.
     #[arg(long)]
     pub mixed: bool,
@@ -193,7 +192,12 @@ fn pooled_rows(args: &RunArgs, batch: &Batch, outputs: &[OutputTensor]) -> Resul
             .first()
             .ok_or_else(|| Error::Usage("the model has no output".into()))?,
     };
-    pool(&o.data, &o.shape, batch.mask.as_deref(), args.pooling)
+    pool(
+        &o.data,
+        &o.shape,
+        batch.mask.as_deref(),
+        args.pooling.into(),
+    )
 }
 
 /// Prints one row: label and probabilities when the task has a head, else the pooled vector.

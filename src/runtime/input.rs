@@ -275,7 +275,7 @@ pub fn from_tract(
 }
 
 /// How per-token hidden states become one vector per row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pooling {
     /// Mean over the tokens whose attention mask is 1 (sentence-transformers' default).
     Mean,

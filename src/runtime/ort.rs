@@ -13,14 +13,13 @@
 use crate::error::Error;
 
 /// Where ONNX Runtime runs the graph.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExecutionProvider {
     /// ONNX Runtime's CPU provider (always there).
     Cpu,
     /// NVIDIA CUDA (needs a GPU build of ONNX Runtime and a GPU).
     Cuda,
     /// NVIDIA TensorRT, with CUDA behind it for the nodes TensorRT does not take.
-    #[value(name = "tensorrt")]
     TensorRt,
 }
 
