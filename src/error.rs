@@ -10,15 +10,21 @@ use std::path::{Path, PathBuf};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Errors raised by eigenlorax.
+///
+/// More variants may be added; match with a wildcard arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// An I/O failure on a named file.
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
     /// A file whose content is not what was expected.
     BadInput {
+        /// The file.
         path: PathBuf,
         /// The tensor (or JSON key) at fault, when the problem is local to one.
         tensor: Option<String>,
@@ -27,14 +33,22 @@ pub enum Error {
     },
     /// A coefficient file (or binding) that belongs to another subspace.
     SubspaceMismatch {
+        /// The coefficient file (or bundle).
         path: PathBuf,
+        /// The subspace id of the loaded bundle.
         expected: String,
+        /// The subspace id the file belongs to.
         found: String,
     },
     /// Arguments that cannot work together (not tied to one file).
     Usage(String),
     /// A numerical failure (e.g. a decomposition that did not converge).
     Numeric(String),
+    /// An inference engine failed: tract or ONNX Runtime could not build a plan or session,
+    /// or a run failed inside it.
+    Engine(String),
+    /// A broken internal invariant (a bug in eigenlorax, not a problem with the input).
+    Internal(String),
 }
 
 impl Error {
@@ -98,6 +112,8 @@ impl fmt::Display for Error {
             ),
             Error::Usage(m) => write!(f, "{m}"),
             Error::Numeric(m) => write!(f, "numerical failure: {m}"),
+            Error::Engine(m) => write!(f, "{m}"),
+            Error::Internal(m) => write!(f, "internal: {m}"),
         }
     }
 }

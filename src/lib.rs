@@ -24,6 +24,8 @@
 //!
 //! A later stage may use an earlier one, never the reverse.
 
+#![warn(missing_docs)]
+
 pub mod adapter;
 pub mod bundle;
 pub mod error;

@@ -353,6 +353,11 @@ fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<
         100.0 * mean(&|h| h.recycled.chance)
     );
     println!(
+        "  by side: {} of the ΔW lies in the others' input directions (V_A) alone, {} in their output directions (V_B) alone",
+        pct(mean(&|h| h.recycled.input_side)),
+        pct(mean(&|h| h.recycled.output_side))
+    );
+    println!(
         "  centered: mean direction only {}, basis only {}, mean + basis {}",
         pct(mean(&|h| h.mean_only)),
         pct(mean(&|h| h.basis_only)),

@@ -442,6 +442,8 @@ fn held_out_report(
         "adapter",
         "K_A+K_B",
         "captured",
+        "input side",
+        "output side",
         "random",
         "chance",
         "mean only",
@@ -453,6 +455,8 @@ fn held_out_report(
             h.name.clone(),
             h.k_total.to_string(),
             pct(h.recycled.captured),
+            pct(h.recycled.input_side),
+            pct(h.recycled.output_side),
             pct2(h.recycled.random),
             pct2(h.recycled.chance),
             pct(h.mean_only),
@@ -467,6 +471,8 @@ fn held_out_report(
         "mean".into(),
         format!("{:.0}", mean(&|h| h.k_total as f64)),
         pct(cap),
+        pct(mean(&|h| h.recycled.input_side)),
+        pct(mean(&|h| h.recycled.output_side)),
         pct2(rnd),
         pct2(mean(&|h| h.recycled.chance)),
         pct(mean(&|h| h.mean_only)),
@@ -475,7 +481,8 @@ fn held_out_report(
     ]);
     print!("{}", t.render());
     println!(
-        "(mean only / basis only / mean+basis: the others' centered subspace split into its mean direction and its principal directions)"
+        "(input / output side: the share inside V_A alone (rows of A) or V_B alone (columns of B); \
+         mean only / basis only / mean+basis: the others' centered subspace split into its mean direction and its principal directions)"
     );
     let curve = diagnostics::capture_vs_n(
         &pool,

@@ -174,6 +174,10 @@ impl Pool {
 pub struct CaptureSummary {
     /// Inside the subspace.
     pub captured: f64,
+    /// Inside the input side alone, ‖ΔW·P_A‖² / ‖ΔW‖² (the rows of A the others span).
+    pub input_side: f64,
+    /// Inside the output side alone, ‖P_B·ΔW‖² / ‖ΔW‖² (the columns of B the others span).
+    pub output_side: f64,
     /// Inside a seeded random orthonormal subspace of the same K per module and side.
     pub random: f64,
     /// The expectation for random subspaces, (K_A/in)·(K_B/out) per module.
@@ -202,6 +206,9 @@ pub fn capture_summary(
         let e = linalg::lowrank_frob(m.b.as_ref(), m.a.as_ref()).powi(2);
         let random = random_subspace_like(ms, module_seed(seed, name));
         s.captured += e * subspace::captured_energy(m, ms);
+        let (input, output) = one_sided(m, ms);
+        s.input_side += e * input;
+        s.output_side += e * output;
         s.random += e * subspace::captured_energy(m, &random);
         s.chance += e * chance_capture(
             ms.v_a.nrows(),
@@ -214,10 +221,31 @@ pub fn capture_summary(
     }
     if s.energy > 0.0 {
         s.captured /= s.energy;
+        s.input_side /= s.energy;
+        s.output_side /= s.energy;
         s.random /= s.energy;
         s.chance /= s.energy;
     }
     s
+}
+
+/// The shares of ‖ΔW‖² inside each side of `s` alone: (‖ΔW·P_A‖², ‖P_B·ΔW‖²) / ‖ΔW‖²,
+/// computed from the factors, with V_A's rows and V_B's columns taken as orthonormal (exact
+/// for extracted subspaces; within the storage bound for dequantized bundles). Which side
+/// falls short says why a capture is low: LoRA's A starts random and B at zero, so after
+/// short training the input side is mostly each adapter's own random draw.
+pub fn one_sided(m: &LoraModule, s: &ModuleSubspace) -> (f64, f64) {
+    let total = linalg::lowrank_frob(m.b.as_ref(), m.a.as_ref()).powi(2);
+    if !(total > 0.0) {
+        return (0.0, 0.0);
+    }
+    // A·V_Aᵀ·V_A [r x in] and V_Bᵀ·B [K_B x r] (‖P_B·B·A‖ = ‖V_Bᵀ·B·A‖).
+    let a_coef = linalg::mul(m.a.as_ref(), s.v_a.transpose());
+    let a_proj = linalg::mul(a_coef.as_ref(), s.v_a.as_ref());
+    let b_coef = linalg::mul(s.v_b.transpose(), m.b.as_ref());
+    let input = linalg::lowrank_frob(m.b.as_ref(), a_proj.as_ref()).powi(2) / total;
+    let output = linalg::lowrank_frob(b_coef.as_ref(), m.a.as_ref()).powi(2) / total;
+    (input.min(1.0), output.min(1.0))
 }
 
 /// One module of one adapter measured in a subspace (and, optionally, a random control).

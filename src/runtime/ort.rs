@@ -76,7 +76,7 @@ mod backend {
     pub fn environment() -> Result<Environment> {
         let mut guard = ENV
             .lock()
-            .map_err(|_| Error::Usage("ONNX Runtime environment lock poisoned".into()))?;
+            .map_err(|_| Error::Internal("ONNX Runtime environment lock poisoned".into()))?;
         if let Some(env) = guard.as_ref() {
             return Ok(env.clone());
         }
@@ -94,7 +94,7 @@ mod backend {
             .with_telemetry(false)
             .build()
             .map_err(|e| {
-                Error::Usage(format!(
+                Error::Engine(format!(
                     "ONNX Runtime could not create its environment: {e}"
                 ))
             })?;
@@ -126,7 +126,7 @@ mod backend {
     }
 
     fn ort_err(what: &str) -> impl Fn(::ort::Error) -> Error + '_ {
-        move |e| Error::Usage(format!("ONNX Runtime: {what}: {e}"))
+        move |e| Error::Engine(format!("ONNX Runtime: {what}: {e}"))
     }
 
     /// One ONNX Runtime session over a model, with the specs of its inputs and outputs.
@@ -239,15 +239,15 @@ mod backend {
             let mut session = self
                 .session
                 .lock()
-                .map_err(|_| Error::Usage("ONNX Runtime session lock poisoned".into()))?;
+                .map_err(|_| Error::Internal("ONNX Runtime session lock poisoned".into()))?;
             let out = session.run(feed).map_err(ort_err("run"))?;
             let mut result = Vec::with_capacity(self.outputs.len());
             for name in &self.outputs {
                 let v = out.get(name).ok_or_else(|| {
-                    Error::Usage(format!("ONNX Runtime returned no output `{name}`"))
+                    Error::Engine(format!("ONNX Runtime returned no output `{name}`"))
                 })?;
                 let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| {
-                    Error::Usage(format!(
+                    Error::Engine(format!(
                         "the model output `{name}` is not an f32 tensor: {e}"
                     ))
                 })?;
@@ -595,7 +595,7 @@ mod backend {
             let mut cache = self
                 .mixed
                 .lock()
-                .map_err(|_| Error::Usage("mixed-session lock poisoned".into()))?;
+                .map_err(|_| Error::Internal("mixed-session lock poisoned".into()))?;
             if let Some(m) = cache.get(&b) {
                 return Ok(Arc::clone(m));
             }

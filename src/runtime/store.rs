@@ -113,7 +113,7 @@ impl<E> TaskStore<E> {
         let mut tasks = self
             .tasks
             .write()
-            .map_err(|_| Error::Usage("task store lock poisoned".into()))?;
+            .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
         tasks.push(task);
         Ok(TaskId(tasks.len() - 1))
     }
@@ -125,7 +125,7 @@ impl<E> TaskStore<E> {
         let mut tasks = self
             .tasks
             .write()
-            .map_err(|_| Error::Usage("task store lock poisoned".into()))?;
+            .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
         let slot = tasks
             .get_mut(id.0)
             .ok_or_else(|| Error::Usage(format!("no task {} in the store", id.0)))?;
@@ -138,7 +138,7 @@ impl<E> TaskStore<E> {
         let tasks = self
             .tasks
             .read()
-            .map_err(|_| Error::Usage("task store lock poisoned".into()))?;
+            .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
         match tasks.get(id.0) {
             Some(t) => Ok(Arc::clone(t)),
             None => Err(Error::Usage(format!(

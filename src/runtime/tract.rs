@@ -93,7 +93,7 @@ fn prepare(d: &TaskData) -> Result<Vec<TValue>> {
             Tensor::from_shape(&t.shape, &t.data)
                 .map(TValue::from)
                 .map_err(|e| {
-                    Error::Usage(format!("coefficient tensor `{}`: {}", t.name, tract_err(e)))
+                    Error::Engine(format!("coefficient tensor `{}`: {}", t.name, tract_err(e)))
                 })
         })
         .collect()
@@ -150,7 +150,7 @@ fn build_plan(p: PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<P
             if let Slot::Base(i) = *s {
                 let x = like
                     .get(i)
-                    .ok_or_else(|| Error::Usage("internal: missing input for a plan".into()))?;
+                    .ok_or_else(|| Error::Internal("missing input for a plan".into()))?;
                 model = model
                     .with_input_fact(k, InferenceFact::dt_shape(x.datum_type(), x.shape()))
                     .map_err(|e| bad("load", e))?;
@@ -217,7 +217,7 @@ impl Runtime {
                 .map(|s| {
                     Tensor::zero_dt(DatumType::I64, s)
                         .map(TValue::from)
-                        .map_err(|e| Error::Usage(tract_err(e)))
+                        .map_err(|e| Error::Engine(tract_err(e)))
                 })
                 .collect::<Result<_>>()?;
             rt.single_plan(&like)?;
@@ -293,13 +293,13 @@ impl Runtime {
                 Slot::Coeff(j) => task.extra.get(j),
             };
             v.push(
-                x.ok_or_else(|| Error::Usage("internal: plan input out of range".into()))?
+                x.ok_or_else(|| Error::Internal("plan input out of range".into()))?
                     .clone(),
             );
         }
         plan.runnable
             .run(v)
-            .map_err(|e| Error::Usage(format!("tract run failed: {e:#}")))
+            .map_err(|e| Error::Engine(format!("tract run failed: {e:#}")))
     }
 
     /// Whether single-task runs use one plan for every input shape (else one per shape).
@@ -311,8 +311,8 @@ impl Runtime {
     /// compares shapes in place, so a warm run allocates nothing here.
     fn single_plan(&self, inputs: &[TValue]) -> Result<Arc<Plan>> {
         let Singles::PerShape { why, plans } = &self.single else {
-            return Err(Error::Usage(
-                "internal: per-shape plan asked of a symbolic runtime".into(),
+            return Err(Error::Internal(
+                "per-shape plan asked of a symbolic runtime".into(),
             ));
         };
         let same = |shapes: &Vec<Vec<usize>>| {
@@ -324,13 +324,13 @@ impl Runtime {
         };
         let mut plans = plans
             .lock()
-            .map_err(|_| Error::Usage("plan cache lock poisoned".into()))?;
+            .map_err(|_| Error::Internal("plan cache lock poisoned".into()))?;
         if let Some((_, p)) = plans.iter().find(|(s, _)| same(s)) {
             return Ok(Arc::clone(p));
         }
         let plan = Arc::new(
             build_plan(self.patched(1)?, &self.base_path, Some(inputs)).map_err(|e| {
-                Error::Usage(format!("{e} (the shape-generic plan failed too: {why})"))
+                Error::Engine(format!("{e} (the shape-generic plan failed too: {why})"))
             })?,
         );
         plans.push((
@@ -362,7 +362,7 @@ impl Runtime {
         let mut set = mixed
             .pool
             .lock()
-            .map_err(|_| Error::Usage("coefficient pool lock poisoned".into()))?
+            .map_err(|_| Error::Internal("coefficient pool lock poisoned".into()))?
             .pop()
             .map_or_else(|| self.stack_set(b), Ok)?;
         let filled = self.fill_stacked(&mut set, tasks);
@@ -374,11 +374,11 @@ impl Runtime {
                     Slot::Base(i) => inputs.get(i).cloned(),
                     Slot::Coeff(j) => set.get(j).map(|t| TValue::from_const(Arc::clone(t))),
                 };
-                v.push(x.ok_or_else(|| Error::Usage("internal: plan input out of range".into()))?);
+                v.push(x.ok_or_else(|| Error::Internal("plan input out of range".into()))?);
             }
             plan.runnable
                 .run(v)
-                .map_err(|e| Error::Usage(format!("tract run failed: {e:#}")))
+                .map_err(|e| Error::Engine(format!("tract run failed: {e:#}")))
         });
         // The plan has dropped its references: the set goes back for the next run.
         if let Ok(mut pool) = mixed.pool.lock() {
@@ -393,7 +393,7 @@ impl Runtime {
         for c in &self.coeff_inputs {
             for shape in [[b, c.k_a, c.r], [b, c.r, c.k_b]] {
                 let t = Tensor::zero::<f32>(&shape).map_err(|e| {
-                    Error::Usage(format!(
+                    Error::Engine(format!(
                         "mixed run: stacking coefficients: {}",
                         tract_err(e)
                     ))
@@ -409,7 +409,7 @@ impl Runtime {
     fn fill_stacked(&self, set: &mut [Arc<Tensor>], tasks: &[TaskId]) -> Result<()> {
         let b = tasks.len();
         let stack_err = |e: TractError| {
-            Error::Usage(format!(
+            Error::Engine(format!(
                 "mixed run: stacking coefficients: {}",
                 tract_err(e)
             ))
@@ -422,20 +422,20 @@ impl Runtime {
                     .tensors
                     .get(j)
                     .map(|c| c.data.as_slice())
-                    .ok_or_else(|| Error::Usage("internal: task lacks a coefficient".into()))?;
+                    .ok_or_else(|| Error::Internal("task lacks a coefficient".into()))?;
                 if Arc::get_mut(slot).is_none() {
                     let shape = slot.shape().to_vec();
                     *slot = Arc::new(Tensor::zero::<f32>(&shape).map_err(stack_err)?);
                 }
                 let mut view = Arc::get_mut(slot)
-                    .ok_or_else(|| Error::Usage("internal: shared coefficient buffer".into()))?
+                    .ok_or_else(|| Error::Internal("shared coefficient buffer".into()))?
                     .try_as_plain_ram_mut()
                     .map_err(stack_err)?;
                 let dst = view.as_slice_mut::<f32>().map_err(stack_err)?;
                 let n = src.len();
                 if dst.len() != b * n {
-                    return Err(Error::Usage(format!(
-                        "internal: stacked coefficient {j} holds {} values, expected {b} x {n}",
+                    return Err(Error::Internal(format!(
+                        "stacked coefficient {j} holds {} values, expected {b} x {n}",
                         dst.len()
                     )));
                 }
@@ -468,7 +468,7 @@ impl Runtime {
         let mut plans = self
             .mixed
             .lock()
-            .map_err(|_| Error::Usage("plan cache lock poisoned".into()))?;
+            .map_err(|_| Error::Internal("plan cache lock poisoned".into()))?;
         if let Some(p) = plans.get(&b) {
             return Ok(Arc::clone(p));
         }

@@ -39,7 +39,7 @@ impl TractBackend {
             let n = shape.iter().product::<usize>();
             Tensor::from_shape(shape, &vec![0f32; n])
                 .map(TValue::from)
-                .map_err(|e| Error::Usage(format!("coefficient tensor {shape:?}: {e}")))
+                .map_err(|e| Error::Engine(format!("coefficient tensor {shape:?}: {e}")))
         };
         for ci in rt.coeff_inputs() {
             layout.push(ci.layout());
@@ -122,14 +122,13 @@ fn write_slot(
         let n = shape.iter().product::<usize>();
         arc = Arc::new(
             Tensor::from_shape(shape, &vec![0f32; n])
-                .map_err(|e| Error::Usage(format!("coefficient tensor {shape:?}: {e}")))?,
+                .map_err(|e| Error::Engine(format!("coefficient tensor {shape:?}: {e}")))?,
         );
     }
-    let t = Arc::get_mut(&mut arc)
-        .ok_or_else(|| Error::Usage("internal: fresh tensor is shared".into()))?;
-    let internal = |e: tract_onnx::prelude::TractError| {
-        Error::Usage(format!("internal: coefficient tensor: {e}"))
-    };
+    let t =
+        Arc::get_mut(&mut arc).ok_or_else(|| Error::Internal("fresh tensor is shared".into()))?;
+    let internal =
+        |e: tract_onnx::prelude::TractError| Error::Internal(format!("coefficient tensor: {e}"));
     let mut view = t.try_as_plain_ram_mut().map_err(internal)?;
     fill(view.as_slice_mut::<f32>().map_err(internal)?);
     *slot = TValue::from_const(arc);
@@ -160,7 +159,7 @@ impl HiddenStateBackend for TractBackend {
                 TokenFeed::Mask => Tensor::from_shape(&shape, attention_mask),
                 TokenFeed::Zeros => Tensor::from_shape(&shape, &vec![0i64; batch * seq]),
             }
-            .map_err(|e| Error::Usage(format!("token inputs {shape:?}: {e}")))?;
+            .map_err(|e| Error::Engine(format!("token inputs {shape:?}: {e}")))?;
             self.inputs.push(t.into());
         }
         let outputs = self.rt.run_task(&self.inputs, &self.task)?;
