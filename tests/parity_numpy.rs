@@ -582,6 +582,8 @@ fn held_out_diagnostics_match_numpy_reference() {
     for (g, w) in got.iter().zip(&want) {
         for (name, value) in [
             ("captured", g.recycled.captured),
+            ("input_side", g.recycled.input_side),
+            ("output_side", g.recycled.output_side),
             ("chance", g.recycled.chance),
             ("mean_only", g.mean_only),
             ("basis_only", g.basis_only),

@@ -376,7 +376,8 @@ def held_out(adapters: list[PeftAdapter], energy: float):
         cen = extract(others, energy=energy, center=True)
         mean = extract(others, k=0, center=True)
         tot = 0.0
-        acc = {"captured": 0.0, "mean_only": 0.0, "basis_only": 0.0, "mean_plus_basis": 0.0, "chance": 0.0}
+        acc = {"captured": 0.0, "input_side": 0.0, "output_side": 0.0, "mean_only": 0.0, "basis_only": 0.0,
+               "mean_plus_basis": 0.0, "chance": 0.0}
         for name, (a, b) in ad.modules.items():
             if name not in rec:
                 continue
@@ -385,6 +386,8 @@ def held_out(adapters: list[PeftAdapter], energy: float):
             tot += e
             r = rec[name]
             acc["captured"] += captured(dw, r["V_A"], r["V_B"])
+            acc["input_side"] += float(np.linalg.norm(dw @ r["V_A"].T) ** 2)
+            acc["output_side"] += float(np.linalg.norm(r["V_B"].T @ dw) ** 2)
             c = cen[name]
             acc["mean_plus_basis"] += captured(dw, c["V_A"], c["V_B"])
             acc["basis_only"] += captured(dw, c["V_A"][:c["k_a"]], c["V_B"][:, :c["k_b"]])
