@@ -143,3 +143,29 @@ pub fn head_metrics(head: &Head, features: &[f32], d: usize, labels: &[usize]) -
         examples: n,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_gives_softmax_and_label() {
+        let head = Head {
+            weight: Mat::from_fn(2, 3, |i, j| if i == 0 { 1.0 } else { j as f64 }),
+            bias: vec![0.5, -1.0],
+            labels: vec!["neg".into(), "pos".into()],
+        };
+        let p = apply_head(&head, &[1.0, 2.0, 3.0]).unwrap();
+        // logits: [6 + 0.5, 0 + 2 + 6 - 1] = [6.5, 7]
+        assert!((p.logits[0] - 6.5).abs() < 1e-12 && (p.logits[1] - 7.0).abs() < 1e-12);
+        let e = (-0.5f64).exp();
+        assert!((p.probs[1] - 1.0 / (1.0 + e)).abs() < 1e-12);
+        assert_eq!(p.label, "pos");
+        assert!(
+            apply_head(&head, &[1.0, 2.0])
+                .unwrap_err()
+                .to_string()
+                .contains("3 features")
+        );
+    }
+}
