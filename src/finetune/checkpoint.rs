@@ -6,6 +6,7 @@
 //! not guaranteed to be exact. The run's random state needs no storing: directions are
 //! regenerated from (seed, step, direction) and each epoch's data order from (seed, epoch).
 
+use super::{Finetuner, ForwardModel, epoch_order};
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;
@@ -152,5 +153,146 @@ impl Checkpoint {
                 .collect();
         }
         Ok(Self { scalars, tensors })
+    }
+}
+
+/// Saving and resuming a run: the part of [`Finetuner`] that reads and writes checkpoints.
+impl<M: ForwardModel> Finetuner<M> {
+    fn fingerprint(&self) -> String {
+        let c = &self.cfg;
+        format!(
+            "seed={} rank={} zero_shot={} n_theta={} n_head={} n_train={} batch={} dirs={} dir={:?} eps={:x} lr={:x} head_lr={:x} wd={:x} l2={:x} max_steps={} eval_every={}",
+            c.seed,
+            c.rank,
+            c.zero_shot,
+            self.theta.len(),
+            self.grad_head.len(),
+            self.train.ids.len(),
+            c.batch_size,
+            c.directions,
+            c.direction,
+            c.spsa_eps.to_bits(),
+            c.lr.to_bits(),
+            c.head_lr.to_bits(),
+            c.weight_decay.to_bits(),
+            c.head_l2.to_bits(),
+            c.max_steps,
+            c.eval_every
+        )
+    }
+
+    fn sizes(&self) -> [usize; 8] {
+        let (nt, nh) = (self.theta.len(), self.grad_head.len());
+        [nt, nh, nt, nt, nh, nh, nt, nh]
+    }
+
+    /// Writes the whole training state atomically (see [`checkpoint`]).
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let scalars = Scalars {
+            format: String::new(),
+            version: 0,
+            fingerprint: self.fingerprint(),
+            step: self.step,
+            epoch: self.epoch,
+            cursor: self.cursor as u64,
+            forward_passes: self.forward_passes,
+            adam_t: [self.adam_theta.t, self.adam_head.t],
+            sched_multiplier: self.sched.multiplier.to_bits(),
+            sched_best: self.sched.best.to_bits(),
+            sched_bad: self.sched.bad_evals as u64,
+            early_best: self.early.best.to_bits(),
+            early_best_step: self.early.best_step,
+            early_bad: self.early.bad_evals as u64,
+            stopped: self.stopped,
+            window_sum: self.window_sum.to_bits(),
+            window_n: self.window_n,
+        };
+        let head = self
+            .head
+            .as_ref()
+            .map_or(Vec::new(), |h| h.params().to_vec());
+        Checkpoint::new(
+            scalars,
+            [
+                self.theta.clone(),
+                head,
+                self.adam_theta.m.clone(),
+                self.adam_theta.v.clone(),
+                self.adam_head.m.clone(),
+                self.adam_head.v.clone(),
+                self.best_theta.clone(),
+                self.best_head.clone(),
+            ],
+        )
+        .write(path)
+    }
+
+    /// Restores the training state written by [`save_checkpoint`](Self::save_checkpoint) into
+    /// a finetuner built with the same model, settings and data (refused otherwise).
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let ck = Checkpoint::read(path, &self.sizes())?;
+        let s = &ck.scalars;
+        if s.fingerprint != self.fingerprint() {
+            return Err(Error::bad_tensor(
+                path,
+                STATE_KEY,
+                format!(
+                    "a checkpoint of this run ({}), found one of ({})",
+                    self.fingerprint(),
+                    s.fingerprint
+                ),
+            ));
+        }
+        let n = self.train.ids.len() as u64;
+        if s.cursor > n || s.step > self.cfg.max_steps {
+            return Err(Error::bad_tensor(
+                path,
+                STATE_KEY,
+                "a step and data position inside this run",
+            ));
+        }
+        let [theta, head, atm, atv, ahm, ahv, bt, bh] = ck.tensors.clone();
+        if theta
+            .iter()
+            .chain(&head)
+            .chain(&atm)
+            .chain(&atv)
+            .chain(&ahm)
+            .chain(&ahv)
+            .any(|v| !v.is_finite())
+        {
+            return Err(Error::bad_file(path, "finite parameters and moments"));
+        }
+        self.theta = theta;
+        if let Some(h) = self.head.as_mut() {
+            h.params_mut().copy_from_slice(&head);
+        }
+        self.adam_theta.m = atm;
+        self.adam_theta.v = atv;
+        self.adam_theta.t = s.adam_t[0];
+        self.adam_head.m = ahm;
+        self.adam_head.v = ahv;
+        self.adam_head.t = s.adam_t[1];
+        self.best_theta = bt;
+        self.best_head = bh;
+        self.step = s.step;
+        self.epoch = s.epoch;
+        self.cursor = s.cursor as usize;
+        self.order = if s.cursor > 0 || s.epoch > 0 {
+            epoch_order(self.cfg.seed, s.epoch, n as usize)
+        } else {
+            Vec::new()
+        };
+        self.forward_passes = s.forward_passes;
+        self.sched.multiplier = f64::from_bits(s.sched_multiplier);
+        self.sched.best = f64::from_bits(s.sched_best);
+        self.sched.bad_evals = s.sched_bad as usize;
+        self.early.best = f64::from_bits(s.early_best);
+        self.early.best_step = s.early_best_step;
+        self.early.bad_evals = s.early_bad as usize;
+        self.stopped = s.stopped;
+        self.window_sum = f64::from_bits(s.window_sum);
+        self.window_n = s.window_n;
+        Ok(())
     }
 }
