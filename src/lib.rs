@@ -6,7 +6,7 @@
 //! Data flows one way through the stages below (see `DESIGN.md` in the shared folder):
 //!
 //! ```text
-//! adapter  -> subspace -> bundle -> runtime -> finetune  (-> eval)
+//! (task) -> adapter -> subspace -> bundle -> graph -> serve -> finetune  (-> eval)
 //! ```
 //!
 //! * [`adapter`]: read HF PEFT and kohya/diffusers LoRA files into a normalized form
@@ -17,8 +17,10 @@
 //!   quantization, atomic writes.
 //! * [`task`]: per-task math shared by serving, training and evaluation (coefficients and
 //!   their layout, pooling, head); below every stage.
-//! * [`runtime`]: bind a bundle to a base ONNX model, patch the graph once, serve tasks (tract by
-//!   default, ONNX Runtime with the `ort` feature); `import_hf` builds the base model.
+//! * [`graph`]: bind a bundle to a base ONNX model and patch the graph once; `import_hf`
+//!   builds the base model.
+//! * [`serve`]: the task store and one [`runtime::Engine`] over tract (default) or ONNX
+//!   Runtime (the `ort` feature). [`runtime`] re-exports both under one path.
 //! * [`finetune`]: train a new task's coefficients and head on the device, forward passes only.
 //! * [`eval`]: measurements over the whole pipeline (leave-one-out on a labelled workload).
 //!
@@ -31,8 +33,10 @@ pub mod bundle;
 pub mod error;
 pub mod eval;
 pub mod finetune;
+pub mod graph;
 pub mod linalg;
 pub mod runtime;
+pub mod serve;
 pub mod subspace;
 pub mod task;
 pub mod tensorfile;

@@ -186,7 +186,7 @@ impl<M: ForwardModel> Finetuner<M> {
         [nt, nh, nt, nt, nh, nh, nt, nh]
     }
 
-    /// Writes the whole training state atomically (see [`checkpoint`]).
+    /// Writes the whole training state atomically (see the module documentation).
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
         let scalars = Scalars {
             format: String::new(),

@@ -18,10 +18,10 @@
 use super::hidden::HiddenStateBackend;
 use super::input::{Batch, InputSpec, OutputTensor};
 use super::ort::ExecutionProvider;
-use super::patch::CoeffInput;
 use super::store::TaskId;
 use crate::bundle::{Bundle, CoeffFile, Head};
 use crate::error::{Error, Result};
+use crate::graph::patch::CoeffInput;
 use crate::task::CoeffLayout;
 use std::path::Path;
 use std::sync::Arc;

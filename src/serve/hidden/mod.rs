@@ -1,6 +1,6 @@
 //! The hidden-state backend the finetuner trains through: an engine runs the patched graph
 //! with trial coefficient values and returns the last hidden state; [`crate::finetune::seq`]
-//! batches, pads and pools around it. One implementation per engine ([`tract`], [`ort`]),
+//! batches, pads and pools around it. One implementation per engine (`tract`, `ort`),
 //! chosen behind [`crate::runtime::Engine::hidden_state`].
 
 use crate::error::{Error, Result};

@@ -16,11 +16,11 @@
 //! The runtime is `Sync`: any number of threads may run it at once, each with its own task.
 
 use super::input::{InputSpec, input_specs, output_names};
-use super::onnx::encode_model;
-use super::patch::{CoeffInput, PatchedModel, load_base, patch_owned};
 use super::store::{Task, TaskData, TaskId, TaskStore};
 use crate::bundle::{Bundle, CoeffFile};
 use crate::error::{Error, Result};
+use crate::graph::onnx::encode_model;
+use crate::graph::patch::{CoeffInput, PatchedModel, load_base, patch_owned};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

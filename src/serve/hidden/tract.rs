@@ -9,8 +9,8 @@
 
 use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
 use crate::error::{Error, Result};
-use crate::runtime::store::{Task, TaskData};
-use crate::runtime::tract::{Runtime, TValue, Tensor, TractTask};
+use crate::serve::store::{Task, TaskData};
+use crate::serve::tract::{Runtime, TValue, Tensor, TractTask};
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
 use tract_onnx::prelude::IntoArcTensor;

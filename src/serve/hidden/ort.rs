@@ -8,9 +8,9 @@
 
 use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
 use crate::error::{Error, Result};
-use crate::runtime::input::{InputTensor, TensorData};
-use crate::runtime::ort::OrtRuntime;
-use crate::runtime::store::{CoeffTensor, TaskData};
+use crate::serve::input::{InputTensor, TensorData};
+use crate::serve::ort::OrtRuntime;
+use crate::serve::store::{CoeffTensor, TaskData};
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
 

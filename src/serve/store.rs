@@ -7,9 +7,9 @@
 //! data, so replacing or adding a task while others run never tears coefficients, and
 //! selecting a task allocates nothing.
 
-use super::patch::CoeffInput;
 use crate::bundle::{CoeffFile, Head, Manifest};
 use crate::error::{Error, Result};
+use crate::graph::patch::CoeffInput;
 use crate::task::{write_alpha_a_t, write_alpha_b_t};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

@@ -3,8 +3,8 @@
 //! conversions to and from tract values.
 
 use crate::error::{Error, Result};
-use crate::runtime::onnx::{Dim, value_info_dims};
-use crate::runtime::pb::{ModelProto, type_proto};
+use crate::graph::onnx::{Dim, value_info_dims};
+use crate::graph::pb::{ModelProto, type_proto};
 
 /// Element type of a graph input or of an input tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

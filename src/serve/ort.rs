@@ -47,16 +47,16 @@ pub use backend::*;
 
 #[cfg(feature = "ort")]
 mod backend {
-    use super::super::input::{
-        InputSpec, InputTensor, OutputTensor, TensorData, check_inputs, input_specs, output_names,
-    };
-    use super::super::onnx::{encode_model, read_model};
-    use super::super::patch::{self, CoeffInput, PatchedModel};
-    use super::super::pb::ModelProto;
-    use super::super::store::{TaskData, TaskId, TaskStore};
     use super::ExecutionProvider;
     use crate::bundle::{Bundle, CoeffFile};
     use crate::error::{Error, Result};
+    use crate::graph::onnx::{encode_model, read_model};
+    use crate::graph::patch::{self, CoeffInput, PatchedModel};
+    use crate::graph::pb::ModelProto;
+    use crate::serve::input::{
+        InputSpec, InputTensor, OutputTensor, TensorData, check_inputs, input_specs, output_names,
+    };
+    use crate::serve::store::{TaskData, TaskId, TaskStore};
     use ::ort::environment::Environment;
     use ::ort::session::{Session, SessionInputValue};
     use ::ort::value::TensorRef;
