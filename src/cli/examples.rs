@@ -35,10 +35,10 @@ macro_rules! examples {
 examples! {
     /// `elx demo`.
     DEMO = "demo" {
-        "Leave-one-out over the six MiniLM tasks; everything goes to out/demo/"
+        "Both task families (WordNet: related, MiniLM: unrelated): diagnostics, leave-one-out, few-shot and in-sample tables; everything goes to out/demo/"
             => "elx demo",
-        "Two held-out tasks only, with a longer device training"
-            => "elx demo --tasks sentiment,subjectivity --steps 100",
+        "The full runs: every task of the WordNet family held out"
+            => "elx demo --workload models/wordnet --all-tasks",
     }
 
     /// `elx extract`.

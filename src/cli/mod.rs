@@ -104,7 +104,7 @@ pub struct Cli {
 /// Subcommands. Each one's long help (`--help`) ends with its examples ([`examples`]).
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Leave-one-out demo on the real MiniLM workload (the README's main command).
+    /// Will recycling pay? Diagnostics and leave-one-out on two real task families (the README's main command).
     #[command(after_long_help = examples::DEMO)]
     Demo(demo::Args),
     /// Extract a per-module principal subspace from N LoRA adapters into a bundle (.elxb).
