@@ -464,6 +464,19 @@ fn dora_is_refused() {
         e.contains("use_dora") && e.contains("adapter_config.json"),
         "{e}"
     );
+    // Anything but a boolean (or null) is refused, not read as false.
+    for bad in [r#""aaa""#, "1", r#""false""#] {
+        std::fs::write(
+            dir.join("adapter_config.json"),
+            format!(r#"{{"r": 2, "lora_alpha": 2, "use_dora": {bad}}}"#),
+        )
+        .unwrap();
+        let e = err_msg(Adapter::open(&dir));
+        assert!(
+            e.contains("use_dora") && e.contains("expected true or false"),
+            "{bad}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -127,8 +127,13 @@ impl PeftConfig {
                 Some(t),
             ));
         }
-        if obj.get("use_dora").and_then(Value::as_bool) == Some(true) {
-            return Err(Error::bad_tensor(path, "use_dora", dora_message()));
+        // Strictly a boolean: `"use_dora": "aaa"` must not read as false.
+        match obj.get("use_dora") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::Bool(true)) => {
+                return Err(Error::bad_tensor(path, "use_dora", dora_message()));
+            }
+            other => return Err(key_err("use_dora", "true or false", other)),
         }
         let r = obj
             .get("r")
