@@ -18,6 +18,11 @@ use std::path::{Path, PathBuf};
 /// tensors; a bigger one is corrupt or hostile, and refusing it bounds the JSON parse.
 pub const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
 
+/// Most tensors a file may hold. Real adapters and checkpoint shards hold a few thousand at
+/// most; the bound keeps the work per header entry bounded for a hostile header of millions
+/// of empty tensors (it used to take 13.6 s and 2.35 GB before a refusal).
+pub const MAX_TENSORS: usize = 1 << 16;
+
 /// Element types we read and write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
@@ -161,25 +166,28 @@ impl TensorFile {
         let header = bytes
             .get(8..header_end)
             .ok_or_else(|| Error::bad_file(path, "expected a complete header (truncated?)"))?;
-        let parsed: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
-            .map_err(|e| {
-                Error::bad_file(
-                    path,
-                    format!("expected a JSON object as safetensors header: {e}"),
-                )
-            })?;
-
+        // Entries are validated one at a time as the JSON is read (nothing holds the whole
+        // header as a value tree), and the count is bounded.
         let data_len = bytes.len() - header_end;
-        let mut entries = BTreeMap::new();
-        let mut metadata = None;
-        for (name, value) in parsed {
-            if name == "__metadata__" {
-                metadata = Some(parse_metadata(path, &value)?);
-                continue;
-            }
-            let entry = parse_entry(path, &name, &value, header_end, data_len)?;
-            entries.insert(name, entry);
+        let failure = std::cell::RefCell::new(None);
+        let visitor = HeaderVisitor {
+            path,
+            header_end,
+            data_len,
+            failure: &failure,
+        };
+        let mut de = serde_json::Deserializer::from_slice(header);
+        let parsed = serde::Deserializer::deserialize_map(&mut de, visitor)
+            .and_then(|h| de.end().map(|()| h));
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
         }
+        let (entries, metadata) = parsed.map_err(|e| {
+            Error::bad_file(
+                path,
+                format!("expected a JSON object as safetensors header: {e}"),
+            )
+        })?;
         Ok(TensorFile {
             path: path.to_path_buf(),
             mmap,
@@ -354,6 +362,68 @@ fn decode_f64(dtype: Dtype, bytes: &[u8]) -> Vec<f64> {
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
             .collect(),
         Dtype::I8 => bytes.iter().map(|&b| b as i8 as f64).collect(),
+    }
+}
+
+/// Reads the header object entry by entry (see [`TensorFile::open`]); a validation failure is
+/// left in `failure` and stops the parse.
+struct HeaderVisitor<'a> {
+    path: &'a Path,
+    header_end: usize,
+    data_len: usize,
+    failure: &'a std::cell::RefCell<Option<Error>>,
+}
+
+type Header = (BTreeMap<String, Entry>, Option<HashMap<String, String>>);
+
+impl<'de> serde::de::Visitor<'de> for HeaderVisitor<'_> {
+    type Value = Header;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of tensor entries")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Header, A::Error> {
+        use serde::de::Error as _;
+        let mut stop = |e: Error| {
+            *self.failure.borrow_mut() = Some(e);
+            A::Error::custom("invalid entry")
+        };
+        let (mut entries, mut metadata) = (BTreeMap::new(), None);
+        while let Some(name) = map.next_key::<String>()? {
+            if entries.len() >= MAX_TENSORS {
+                return Err(stop(Error::bad_file(
+                    self.path,
+                    format!("expected at most {MAX_TENSORS} tensors, found more"),
+                )));
+            }
+            let value: serde_json::Value = map.next_value()?;
+            if name == "__metadata__" {
+                if metadata.is_some() {
+                    return Err(stop(Error::bad_tensor(
+                        self.path,
+                        "__metadata__",
+                        "expected one __metadata__ entry, found two",
+                    )));
+                }
+                metadata = Some(parse_metadata(self.path, &value).map_err(&mut stop)?);
+                continue;
+            }
+            if entries.contains_key(&name) {
+                return Err(stop(Error::bad_tensor(
+                    self.path,
+                    &name,
+                    "expected each tensor name once, found it twice in the header",
+                )));
+            }
+            let entry = parse_entry(self.path, &name, &value, self.header_end, self.data_len)
+                .map_err(&mut stop)?;
+            entries.insert(name, entry);
+        }
+        Ok((entries, metadata))
     }
 }
 
@@ -622,6 +692,61 @@ mod tests {
             Some("v")
         );
         assert_eq!(f.read_f64("x").unwrap().1, vec![1.0, 2.0, 3.0]);
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+    }
+
+    /// A raw safetensors file: `header` JSON (padded) and `data` bytes.
+    fn raw(p: &Path, header: &str, data: &[u8]) {
+        let mut h = header.as_bytes().to_vec();
+        while h.len() % 8 != 0 {
+            h.push(b' ');
+        }
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        std::fs::write(p, out).unwrap();
+    }
+
+    #[test]
+    fn millions_of_empty_entries_are_refused_fast() {
+        // Empty tensors are valid entries, so only the count bounds the work: past
+        // MAX_TENSORS the header is refused while it is read.
+        let p = tmp("many");
+        let mut h = String::from("{");
+        for i in 0..(2 * MAX_TENSORS) {
+            h.push_str(&format!(r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}},"#));
+        }
+        h.pop();
+        h.push('}');
+        raw(&p, &h, &[]);
+        let t = std::time::Instant::now();
+        let e = TensorFile::open(&p).unwrap_err().to_string();
+        assert!(e.contains(&format!("at most {MAX_TENSORS} tensors")), "{e}");
+        assert!(t.elapsed().as_secs_f64() < 2.0);
+        // At the bound it still opens.
+        let mut h = String::from("{");
+        for i in 0..MAX_TENSORS {
+            h.push_str(&format!(r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}},"#));
+        }
+        h.pop();
+        h.push('}');
+        raw(&p, &h, &[]);
+        assert_eq!(TensorFile::open(&p).unwrap().names().len(), MAX_TENSORS);
+        std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn duplicate_names_and_trailing_bytes_are_refused() {
+        let p = tmp("dup");
+        let e = r#"{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+        raw(&p, &format!(r#"{{"x":{e},"x":{e}}}"#), &[0; 4]);
+        let msg = TensorFile::open(&p).unwrap_err().to_string();
+        assert!(msg.contains("`x`") && msg.contains("twice"), "{msg}");
+        raw(&p, &format!(r#"{{"x":{e}}}]"#), &[0; 4]);
+        let msg = TensorFile::open(&p).unwrap_err().to_string();
+        assert!(msg.contains("JSON object as safetensors header"), "{msg}");
+        raw(&p, &format!(r#"{{"x":{e}}}"#), &[0; 4]);
+        assert_eq!(TensorFile::open(&p).unwrap().names(), ["x"]);
         std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
     }
 }
