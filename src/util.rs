@@ -10,7 +10,8 @@ use std::path::Path;
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
 ///
 /// A crash at any point leaves either the old file or the new one under `path`, never a
-/// half-written one.
+/// half-written one. Temporary files that killed writers left for `path` (`.NAME.tmp-PID`
+/// of a process that no longer runs) are removed first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -19,6 +20,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::Usage(format!("{}: not a file path", path.display())))?;
+    remove_stale_temps(&dir, &file_name.to_string_lossy());
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         file_name.to_string_lossy(),
@@ -40,6 +42,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// Removes `.NAME.tmp-PID` files in `dir` whose writer process is gone (Linux: no
+/// /proc/PID). Best effort: elsewhere, or on any error, nothing is removed.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{name}.tmp-");
+    let Ok(list) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in list.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Lowercase hex SHA-256 of a byte slice.
@@ -107,6 +134,25 @@ impl GaussianRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_atomic_removes_temps_of_dead_writers_only() {
+        let dir = std::env::temp_dir().join(format!("elx-util-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // PID 1 runs; 4294967295 is above any pid_max, so no process has it.
+        let dead = dir.join(".out.bin.tmp-4294967295");
+        let live = dir.join(".out.bin.tmp-1");
+        let other = dir.join(".other.bin.tmp-4294967295");
+        for p in [&dead, &live, &other] {
+            fs::write(p, b"half").unwrap();
+        }
+        write_atomic(&dir.join("out.bin"), b"whole").unwrap();
+        assert_eq!(fs::read(dir.join("out.bin")).unwrap(), b"whole");
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn splitmix_matches_reference_values() {
