@@ -204,6 +204,49 @@ fn binding_keeps_the_id_and_components() {
     )
     .unwrap();
     assert_eq!(direct.subspace_id, m.subspace_id);
+
+    // The binding is covered by its own hash: editing where a module binds (or removing the
+    // hash) is refused at load, and `elx bind` (with_binding) can still rebind the file.
+    let bound = dir.join("d.elxb");
+    let p = dir.join("edited.elxb");
+    for edit in [
+        |m: &mut serde_json::Value| {
+            m["binding"]["modules"]["encoder.layer.0.attention.self.query"]["node"] =
+                "/encoder/layer.0/attention/self/value/MatMul".into()
+        },
+        |m: &mut serde_json::Value| {
+            m["binding"]["modules"]["encoder.layer.0.attention.self.query"]["output"] =
+                "v".into()
+        },
+        |m: &mut serde_json::Value| m["binding"]["base_sha256"] = "cd".repeat(32).into(),
+    ] {
+        rewrite_metadata(&bound, &p, edit);
+        expect_bad(&p, Some("binding"), "binding was modified or is corrupt");
+    }
+    let tf = eigenlorax::tensorfile::TensorFile::open(&bound).unwrap();
+    let mut md: BTreeMap<String, String> = tf
+        .metadata()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.as_str() == "eigenlorax")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let tensors = tf
+        .names()
+        .iter()
+        .map(|n| {
+            let (dtype, data) = tf.raw(n).unwrap();
+            eigenlorax::tensorfile::TensorOut {
+                name: n.to_string(),
+                dtype,
+                shape: tf.info(n).unwrap().shape,
+                data: data.to_vec(),
+            }
+        })
+        .collect();
+    drop(tf);
+    eigenlorax::tensorfile::write(&p, tensors, std::mem::take(&mut md)).unwrap();
+    expect_bad(&p, Some("binding"), "run `elx bind` again");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -34,6 +34,11 @@ pub const BUNDLE_FORMAT_VERSION: u32 = 1;
 /// The `__metadata__` key that holds the manifest JSON (bundles and coefficient files).
 pub const METADATA_KEY: &str = "eigenlorax";
 
+/// `__metadata__` key of the binding's own hash (see [`binding_hash`]). The subspace id
+/// leaves the binding out on purpose (binding keeps every coefficient file valid), so the
+/// binding is covered by this second hash, checked at load.
+pub const BINDING_HASH_KEY: &str = "eigenlorax.binding_sha256";
+
 /// One adapter the subspace was extracted from.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SourceAdapter {
@@ -385,7 +390,49 @@ fn write_file(path: &Path, tensors: Vec<TensorOut>, manifest: &Manifest) -> Resu
         .map_err(|e| Error::Usage(format!("cannot serialize manifest: {e}")))?;
     let mut meta = BTreeMap::new();
     meta.insert(METADATA_KEY.to_string(), json);
+    if let Some(b) = &manifest.binding {
+        meta.insert(
+            BINDING_HASH_KEY.to_string(),
+            binding_hash(&manifest.subspace_id, b)?,
+        );
+    }
     tensorfile::write(path, tensors, meta)
+}
+
+/// SHA-256 (hex) of a binding for one subspace: the subspace id, then the binding's JSON.
+/// Any edit of a node, input, output, weight, layout or base hash changes it.
+pub fn binding_hash(subspace_id: &str, binding: &Binding) -> Result<String> {
+    let json = serde_json::to_string(binding)
+        .map_err(|e| Error::Usage(format!("cannot serialize the binding: {e}")))?;
+    let mut h = Sha256::new();
+    h.update(b"eigenlorax-binding-v1");
+    hash_field(&mut h, subspace_id.as_bytes());
+    hash_field(&mut h, json.as_bytes());
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks the binding of a read manifest against its stored hash.
+fn check_binding(tf: &TensorFile, manifest: &Manifest) -> Result<()> {
+    let Some(b) = &manifest.binding else {
+        return Ok(());
+    };
+    let stored = tf.metadata().and_then(|m| m.get(BINDING_HASH_KEY));
+    let want = binding_hash(&manifest.subspace_id, b)?;
+    match stored {
+        Some(h) if *h == want => Ok(()),
+        Some(_) => Err(Error::bad_tensor(
+            tf.path(),
+            "__metadata__.eigenlorax.binding",
+            "expected the binding that its hash covers: the binding was modified or is corrupt (run `elx bind` again)",
+        )),
+        None => Err(Error::bad_tensor(
+            tf.path(),
+            "__metadata__.eigenlorax.binding",
+            format!(
+                "expected the binding's hash under `{BINDING_HASH_KEY}` (a bundle bound by an older elx, or edited): run `elx bind` again"
+            ),
+        )),
+    }
 }
 
 /// Reads the JSON under `__metadata__["eigenlorax"]` of an opened file.
@@ -435,6 +482,7 @@ impl Bundle {
     pub fn read(path: &Path) -> Result<Bundle> {
         let tf = TensorFile::open(path)?;
         let manifest = parse_manifest(&tf)?;
+        check_binding(&tf, &manifest)?;
         let mut expected = BTreeSet::new();
         let mut stored = Vec::new();
         for (name, mm) in &manifest.modules {

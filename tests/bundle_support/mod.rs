@@ -145,7 +145,13 @@ pub fn rewrite_metadata(src: &Path, dst: &Path, edit: impl FnOnce(&mut serde_jso
             }
         })
         .collect();
-    let mut md = BTreeMap::new();
+    // Other metadata entries (the binding's hash) are kept as they were.
+    let mut md: BTreeMap<String, String> = tf
+        .metadata()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     md.insert("eigenlorax".to_string(), meta.to_string());
     write(dst, tensors, md).unwrap();
 }
