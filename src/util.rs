@@ -69,6 +69,40 @@ fn remove_stale_temps(dir: &Path, name: &str) {
     }
 }
 
+/// Refuses to write `output` when it is one of `inputs`: the same path after resolving
+/// symbolic links and `..`, or the same file through a hard link (same device and inode).
+/// An output that does not exist yet cannot be an input. `what` names the flag in the error
+/// ("-o", "--checkpoint").
+pub fn refuse_clobber(output: &Path, inputs: &[&Path], what: &str) -> Result<()> {
+    let Ok(out_meta) = fs::metadata(output) else {
+        return Ok(());
+    };
+    let out_canon = fs::canonicalize(output).ok();
+    for input in inputs {
+        let same_path = out_canon.is_some() && fs::canonicalize(input).ok() == out_canon;
+        let same_file = fs::metadata(input).is_ok_and(|m| same_inode(&m, &out_meta));
+        if same_path || same_file {
+            return Err(Error::Usage(format!(
+                "{what} {} is also an input ({}); writing it would destroy that input, so nothing was written",
+                output.display(),
+                input.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_inode(_: &fs::Metadata, _: &fs::Metadata) -> bool {
+    false
+}
+
 /// Lowercase hex SHA-256 of a byte slice.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -134,6 +168,32 @@ impl GaussianRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clobbering_an_input_is_refused_through_any_path() {
+        let dir = std::env::temp_dir().join(format!("elx-util-clobber-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        let input = dir.join("in.elxb");
+        fs::write(&input, b"x").unwrap();
+        let dotted = dir.join("sub").join("..").join("in.elxb");
+        let hard = dir.join("hard.elxb");
+        fs::hard_link(&input, &hard).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&input, dir.join("soft.elxb")).unwrap();
+        for out in [&input, &dotted, &hard] {
+            let e = refuse_clobber(out, &[Path::new("other"), &input], "-o").unwrap_err();
+            assert!(e.to_string().contains("is also an input"), "{e}");
+        }
+        #[cfg(unix)]
+        assert!(refuse_clobber(&dir.join("soft.elxb"), &[&input], "-o").is_err());
+        // A new file, or another existing file, is fine.
+        let other = dir.join("other.elxb");
+        refuse_clobber(&other, &[&input], "-o").unwrap();
+        fs::write(&other, b"y").unwrap();
+        refuse_clobber(&other, &[&input], "-o").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn write_atomic_removes_temps_of_dead_writers_only() {
