@@ -33,9 +33,11 @@
 //! All-zero coefficients give T = 0 and so exactly the base outputs.
 
 use super::onnx::{self, Dim, node, tensor_f32, tensor_i64, value_info, value_info_dims};
-use super::pb::{ModelProto, NodeProto, TensorProto, ValueInfoProto};
+use super::pb::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+use crate::bundle::format::ModuleBinding;
 use crate::bundle::{Binding, Bundle};
 use crate::error::{Error, Result};
+use crate::subspace::ModuleSubspace;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -186,30 +188,9 @@ pub fn patch_owned_with(
         .as_mut()
         .ok_or_else(|| Error::bad_file(file, "expected an ONNX model with a graph, found none"))?;
 
-    let base_inputs: Vec<String> = {
-        let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        graph
-            .input
-            .iter()
-            .filter(|v| !inits.contains(v.name.as_str()))
-            .map(|v| v.name.clone())
-            .collect()
-    };
-    // Every name in use, to refuse collisions with the names the patch adds.
-    let mut names: HashSet<String> = HashSet::new();
-    for n in &graph.node {
-        names.extend(n.input.iter().cloned());
-        names.extend(n.output.iter().cloned());
-    }
-    names.extend(graph.initializer.iter().map(|t| t.name.clone()));
-    names.extend(graph.input.iter().map(|v| v.name.clone()));
-    let declared: HashMap<String, Vec<Dim>> = graph
-        .input
-        .iter()
-        .chain(graph.value_info.iter())
-        .chain(graph.output.iter())
-        .filter_map(|v| value_info_dims(v).map(|d| (v.name.clone(), d)))
-        .collect();
+    let base_inputs = base_input_names(graph);
+    let names = names_in_use(graph);
+    let declared = declared_dims(graph);
 
     let mut inserts: HashMap<usize, Vec<NodeProto>> = HashMap::new();
     let mut new_inits: Vec<TensorProto> = Vec::new();
@@ -218,60 +199,10 @@ pub fn patch_owned_with(
     let mut outputs_seen: HashSet<&str> = HashSet::new();
 
     for (m, mb) in &binding.modules {
-        let sub = bundle.subspace.modules.get(m).ok_or_else(|| {
-            Error::bad_file(
-                &bundle.path,
-                format!("expected components for bound module `{m}`, found none"),
-            )
-        })?;
+        let sub = module_components(bundle, m)?;
         let (din, dout) = (sub.in_features, sub.out_features);
         let (k_a, k_b, r) = (sub.v_a.nrows(), sub.v_b.ncols(), sub.r_max);
-        if sub.v_a.ncols() != din || sub.v_b.nrows() != dout || r == 0 {
-            return Err(Error::bad_tensor(
-                &bundle.path,
-                format!("{m}.V_A"),
-                format!(
-                    "expected V_A [K_A x {din}], V_B [{dout} x K_B], r_max > 0; found V_A {}x{}, V_B {}x{}, r_max {r}",
-                    sub.v_a.nrows(),
-                    sub.v_a.ncols(),
-                    sub.v_b.nrows(),
-                    sub.v_b.ncols()
-                ),
-            ));
-        }
-        let lacks = |what: &str| {
-            Error::bad_file(
-                file,
-                format!(
-                    "module `{m}` is bound to node `{}`, but the model {what}",
-                    mb.node
-                ),
-            )
-        };
-        let ni = graph
-            .node
-            .iter()
-            .position(|n| n.name == mb.node)
-            .ok_or_else(|| lacks("has no node of that name"))?;
-        let bnode = &graph.node[ni];
-        if !matches!(bnode.op_type.as_str(), "MatMul" | "Gemm") {
-            return Err(lacks(&format!(
-                "has it as a {} (expected MatMul or Gemm)",
-                bnode.op_type
-            )));
-        }
-        if bnode.input.first() != Some(&mb.input) {
-            return Err(lacks(&format!(
-                "feeds it `{:?}` rather than `{}`",
-                bnode.input.first(),
-                mb.input
-            )));
-        }
-        let pi = graph
-            .node
-            .iter()
-            .position(|n| n.output.contains(&mb.output))
-            .ok_or_else(|| lacks(&format!("has no node producing `{}`", mb.output)))?;
+        let (ni, pi) = bound_node(graph, file, m, mb)?;
         if !outputs_seen.insert(mb.output.as_str()) {
             return Err(Error::bad_file(
                 &bundle.path,
@@ -283,215 +214,56 @@ pub fn patch_owned_with(
         }
         // A rank-2 activation (Gemm, or a declared 2-D MatMul input) needs an explicit row axis
         // for per-row tasks.
-        let rank2 =
-            bnode.op_type == "Gemm" || declared.get(&mb.input).is_some_and(|d| d.len() == 2);
+        let rank2 = graph.node[ni].op_type == "Gemm"
+            || declared.get(&mb.input).is_some_and(|d| d.len() == 2);
+        let n = PatchNames::new(m, &mb.output);
+        n.check_free(&names, file)?;
 
-        let va_t = format!("{m}.V_A_T");
-        let vb_t = format!("{m}.V_B_T");
-        let in_a = format!("{m}.alpha_A");
-        let in_b = format!("{m}.alpha_B");
-        let p = format!("eigenlorax/{m}/");
-        let y_base = format!("{}.eigenlorax_base", mb.output);
-        let (h0, h1, h2, h3, t, t2, ra, rb, sh_a, sh_b, sh_x, sh_y) = (
-            format!("{p}x3"),
-            format!("{p}h1"),
-            format!("{p}h2"),
-            format!("{p}h3"),
-            format!("{p}t"),
-            format!("{p}t2"),
-            format!("{p}alpha_A_2d"),
-            format!("{p}alpha_B_2d"),
-            format!("{p}shape_A"),
-            format!("{p}shape_B"),
-            format!("{p}shape_x3"),
-            format!("{p}shape_y2"),
-        );
-        for n in [
-            &va_t, &vb_t, &in_a, &in_b, &y_base, &h0, &h1, &h2, &h3, &t, &t2, &ra, &rb, &sh_a,
-            &sh_b, &sh_x, &sh_y,
-        ] {
-            if names.contains(n.as_str()) {
-                return Err(Error::bad_file(
-                    file,
-                    format!("expected no tensor named `{n}` (the patch adds it), found one"),
-                ));
-            }
-        }
-
-        // V_Aᵀ [in x K_A] and V_Bᵀ [K_B x out], row-major f32.
-        let mut a = Vec::with_capacity(din * k_a);
-        for i in 0..din {
-            for k in 0..k_a {
-                a.push(sub.v_a[(k, i)] as f32);
-            }
-        }
-        let mut b = Vec::with_capacity(k_b * dout);
-        for k in 0..k_b {
-            for o in 0..dout {
-                b.push(sub.v_b[(o, k)] as f32);
-            }
-        }
-        new_inits.push(tensor_f32(&va_t, &[din, k_a], &a));
-        new_inits.push(tensor_f32(&vb_t, &[k_b, dout], &b));
+        new_inits.extend(component_tensors(sub, &n));
         new_inputs.push(value_info(
-            &in_a,
+            &n.in_a,
             onnx::FLOAT,
             &[Dim::Fixed(tasks), Dim::Fixed(k_a), Dim::Fixed(r)],
         ));
         new_inputs.push(value_info(
-            &in_b,
+            &n.in_b,
             onnx::FLOAT,
             &[Dim::Fixed(tasks), Dim::Fixed(r), Dim::Fixed(k_b)],
         ));
-
-        let mut nodes = Vec::new();
-        let mut x = mb.input.clone();
-        let (mut alpha_a, mut alpha_b) = (in_a.clone(), in_b.clone());
-        let mixed_rank2 = tasks > 1 && rank2;
-        if tasks == 1 {
-            new_inits.push(tensor_i64(&sh_a, &[2], &[k_a as i64, r as i64]));
-            new_inits.push(tensor_i64(&sh_b, &[2], &[r as i64, k_b as i64]));
-            nodes.push(node(
-                "Reshape",
-                &format!("{p}reshape_A"),
-                &[&in_a, &sh_a],
-                &[&ra],
-                vec![],
-            ));
-            nodes.push(node(
-                "Reshape",
-                &format!("{p}reshape_B"),
-                &[&in_b, &sh_b],
-                &[&rb],
-                vec![],
-            ));
-            alpha_a = ra.clone();
-            alpha_b = rb.clone();
-        } else if mixed_rank2 {
-            new_inits.push(tensor_i64(&sh_x, &[3], &[-1, 1, din as i64]));
-            new_inits.push(tensor_i64(&sh_y, &[2], &[-1, dout as i64]));
-            nodes.push(node(
-                "Reshape",
-                &format!("{p}reshape_x"),
-                &[&mb.input, &sh_x],
-                &[&h0],
-                vec![],
-            ));
-            x = h0.clone();
-        }
-        match form {
-            PatchForm::Activations => {
-                nodes.push(node(
-                    "MatMul",
-                    &format!("{p}down_V_A"),
-                    &[&x, &va_t],
-                    &[&h1],
-                    vec![],
-                ));
-                nodes.push(node(
-                    "MatMul",
-                    &format!("{p}alpha_A"),
-                    &[&h1, &alpha_a],
-                    &[&h2],
-                    vec![],
-                ));
-                nodes.push(node(
-                    "MatMul",
-                    &format!("{p}alpha_B"),
-                    &[&h2, &alpha_b],
-                    &[&h3],
-                    vec![],
-                ));
-            }
-            PatchForm::Factors => {
-                // A'ᵀ = V_Aᵀ·alpha_Aᵀ [.., in, r], B'ᵀ = alpha_Bᵀ·V_Bᵀ [.., r, out]: independent of
-                // X, so the per-row cost is that of a rank-r LoRA branch.
-                nodes.push(node(
-                    "MatMul",
-                    &format!("{p}factor_A"),
-                    &[&va_t, &alpha_a],
-                    &[&h1],
-                    vec![],
-                ));
-                nodes.push(node(
-                    "MatMul",
-                    &format!("{p}down_A"),
-                    &[&x, &h1],
-                    &[&h2],
-                    vec![],
-                ));
-                nodes.push(node(
-                    "MatMul",
-                    &format!("{p}factor_B"),
-                    &[&alpha_b, &vb_t],
-                    &[&h3],
-                    vec![],
-                ));
-            }
-        }
-        // The last product: H3·V_Bᵀ (activations) or H2·B'ᵀ (factors).
-        let (up_l, up_r) = match form {
-            PatchForm::Activations => (&h3, &vb_t),
-            PatchForm::Factors => (&h2, &h3),
+        let shape = Shape {
+            din,
+            dout,
+            k_a,
+            k_b,
+            r,
         };
-        if mixed_rank2 {
-            nodes.push(node(
-                "MatMul",
-                &format!("{p}up_V_B"),
-                &[up_l, up_r],
-                &[&t2],
-                vec![],
-            ));
-            nodes.push(node(
-                "Reshape",
-                &format!("{p}reshape_y"),
-                &[&t2, &sh_y],
-                &[&t],
-                vec![],
-            ));
-        } else {
-            nodes.push(node(
-                "MatMul",
-                &format!("{p}up_V_B"),
-                &[up_l, up_r],
-                &[&t],
-                vec![],
-            ));
-        }
-        nodes.push(node(
-            "Add",
-            &format!("{p}add"),
-            &[&y_base, &t],
-            &[&mb.output],
-            vec![],
-        ));
+        let nodes = correction_nodes(
+            &n,
+            &mb.input,
+            &mb.output,
+            shape,
+            tasks,
+            rank2,
+            form,
+            &mut new_inits,
+        );
         inserts.entry(pi).or_default().extend(nodes);
 
         // The producer now writes Y_base; the Add writes Y, so all consumers read Y + T.
         if let Some(o) = graph.node[pi].output.iter_mut().find(|o| **o == mb.output) {
-            *o = y_base;
+            *o = n.y_base;
         }
         coeff_inputs.push(CoeffInput {
             module: m.clone(),
-            alpha_a: in_a,
-            alpha_b: in_b,
+            alpha_a: n.in_a,
+            alpha_b: n.in_b,
             k_a,
             k_b,
             r,
         });
     }
 
-    // Rebuild the node list with each insertion right after its producer (keeps the graph
-    // topologically sorted: the inserted nodes read only X, Y_base and new tensors).
-    let old = std::mem::take(&mut graph.node);
-    let mut nodes = Vec::with_capacity(old.len() + inserts.values().map(Vec::len).sum::<usize>());
-    for (i, n) in old.into_iter().enumerate() {
-        nodes.push(n);
-        if let Some(extra) = inserts.remove(&i) {
-            nodes.extend(extra);
-        }
-    }
-    graph.node = nodes;
+    splice(&mut graph.node, inserts);
     graph.initializer.extend(new_inits);
     graph.input.extend(new_inputs);
 
@@ -504,6 +276,380 @@ pub fn patch_owned_with(
         tasks,
         base_inputs,
     })
+}
+
+/// The graph inputs that are not initializers: the base model's own inputs.
+fn base_input_names(graph: &GraphProto) -> Vec<String> {
+    let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    graph
+        .input
+        .iter()
+        .filter(|v| !inits.contains(v.name.as_str()))
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// Every name in use, to refuse collisions with the names the patch adds.
+fn names_in_use(graph: &GraphProto) -> HashSet<String> {
+    let mut names: HashSet<String> = HashSet::new();
+    for n in &graph.node {
+        names.extend(n.input.iter().cloned());
+        names.extend(n.output.iter().cloned());
+    }
+    names.extend(graph.initializer.iter().map(|t| t.name.clone()));
+    names.extend(graph.input.iter().map(|v| v.name.clone()));
+    names
+}
+
+/// The declared shapes of the graph's inputs, value infos and outputs.
+fn declared_dims(graph: &GraphProto) -> HashMap<String, Vec<Dim>> {
+    graph
+        .input
+        .iter()
+        .chain(graph.value_info.iter())
+        .chain(graph.output.iter())
+        .filter_map(|v| value_info_dims(v).map(|d| (v.name.clone(), d)))
+        .collect()
+}
+
+/// The bundle's components of bound module `m`, checked for consistent shapes.
+fn module_components<'a>(bundle: &'a Bundle, m: &str) -> Result<&'a ModuleSubspace> {
+    let sub = bundle.subspace.modules.get(m).ok_or_else(|| {
+        Error::bad_file(
+            &bundle.path,
+            format!("expected components for bound module `{m}`, found none"),
+        )
+    })?;
+    let (din, dout, r) = (sub.in_features, sub.out_features, sub.r_max);
+    if sub.v_a.ncols() != din || sub.v_b.nrows() != dout || r == 0 {
+        return Err(Error::bad_tensor(
+            &bundle.path,
+            format!("{m}.V_A"),
+            format!(
+                "expected V_A [K_A x {din}], V_B [{dout} x K_B], r_max > 0; found V_A {}x{}, V_B {}x{}, r_max {r}",
+                sub.v_a.nrows(),
+                sub.v_a.ncols(),
+                sub.v_b.nrows(),
+                sub.v_b.ncols()
+            ),
+        ));
+    }
+    Ok(sub)
+}
+
+/// The bound MatMul/Gemm node of module `m` and the node producing its output, checked
+/// against the binding: (bound node index, producer index).
+fn bound_node(
+    graph: &GraphProto,
+    file: &str,
+    m: &str,
+    mb: &ModuleBinding,
+) -> Result<(usize, usize)> {
+    let lacks = |what: &str| {
+        Error::bad_file(
+            file,
+            format!(
+                "module `{m}` is bound to node `{}`, but the model {what}",
+                mb.node
+            ),
+        )
+    };
+    let ni = graph
+        .node
+        .iter()
+        .position(|n| n.name == mb.node)
+        .ok_or_else(|| lacks("has no node of that name"))?;
+    let bnode = &graph.node[ni];
+    if !matches!(bnode.op_type.as_str(), "MatMul" | "Gemm") {
+        return Err(lacks(&format!(
+            "has it as a {} (expected MatMul or Gemm)",
+            bnode.op_type
+        )));
+    }
+    if bnode.input.first() != Some(&mb.input) {
+        return Err(lacks(&format!(
+            "feeds it `{:?}` rather than `{}`",
+            bnode.input.first(),
+            mb.input
+        )));
+    }
+    let pi = graph
+        .node
+        .iter()
+        .position(|n| n.output.contains(&mb.output))
+        .ok_or_else(|| lacks(&format!("has no node producing `{}`", mb.output)))?;
+    Ok((ni, pi))
+}
+
+/// The names the patch adds for one module.
+struct PatchNames {
+    va_t: String,
+    vb_t: String,
+    in_a: String,
+    in_b: String,
+    /// Prefix of the module's node names.
+    p: String,
+    y_base: String,
+    h0: String,
+    h1: String,
+    h2: String,
+    h3: String,
+    t: String,
+    t2: String,
+    ra: String,
+    rb: String,
+    sh_a: String,
+    sh_b: String,
+    sh_x: String,
+    sh_y: String,
+}
+
+impl PatchNames {
+    fn new(m: &str, output: &str) -> Self {
+        let p = format!("eigenlorax/{m}/");
+        PatchNames {
+            va_t: format!("{m}.V_A_T"),
+            vb_t: format!("{m}.V_B_T"),
+            in_a: format!("{m}.alpha_A"),
+            in_b: format!("{m}.alpha_B"),
+            y_base: format!("{output}.eigenlorax_base"),
+            h0: format!("{p}x3"),
+            h1: format!("{p}h1"),
+            h2: format!("{p}h2"),
+            h3: format!("{p}h3"),
+            t: format!("{p}t"),
+            t2: format!("{p}t2"),
+            ra: format!("{p}alpha_A_2d"),
+            rb: format!("{p}alpha_B_2d"),
+            sh_a: format!("{p}shape_A"),
+            sh_b: format!("{p}shape_B"),
+            sh_x: format!("{p}shape_x3"),
+            sh_y: format!("{p}shape_y2"),
+            p,
+        }
+    }
+
+    /// Refuses a model that already uses one of these names.
+    fn check_free(&self, names: &HashSet<String>, file: &str) -> Result<()> {
+        for n in [
+            &self.va_t,
+            &self.vb_t,
+            &self.in_a,
+            &self.in_b,
+            &self.y_base,
+            &self.h0,
+            &self.h1,
+            &self.h2,
+            &self.h3,
+            &self.t,
+            &self.t2,
+            &self.ra,
+            &self.rb,
+            &self.sh_a,
+            &self.sh_b,
+            &self.sh_x,
+            &self.sh_y,
+        ] {
+            if names.contains(n.as_str()) {
+                return Err(Error::bad_file(
+                    file,
+                    format!("expected no tensor named `{n}` (the patch adds it), found one"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// V_Aᵀ [in x K_A] and V_Bᵀ [K_B x out], row-major f32 initializers.
+fn component_tensors(sub: &ModuleSubspace, n: &PatchNames) -> [TensorProto; 2] {
+    let (din, dout) = (sub.in_features, sub.out_features);
+    let (k_a, k_b) = (sub.v_a.nrows(), sub.v_b.ncols());
+    let mut a = Vec::with_capacity(din * k_a);
+    for i in 0..din {
+        for k in 0..k_a {
+            a.push(sub.v_a[(k, i)] as f32);
+        }
+    }
+    let mut b = Vec::with_capacity(k_b * dout);
+    for k in 0..k_b {
+        for o in 0..dout {
+            b.push(sub.v_b[(o, k)] as f32);
+        }
+    }
+    [
+        tensor_f32(&n.va_t, &[din, k_a], &a),
+        tensor_f32(&n.vb_t, &[k_b, dout], &b),
+    ]
+}
+
+/// One module's sizes.
+#[derive(Clone, Copy)]
+struct Shape {
+    din: usize,
+    dout: usize,
+    k_a: usize,
+    k_b: usize,
+    r: usize,
+}
+
+/// The nodes computing `output = Y_base + T` for one module (T the low-rank correction in
+/// `form`), with the reshape constants they need pushed onto `inits`.
+#[allow(clippy::too_many_arguments)]
+fn correction_nodes(
+    n: &PatchNames,
+    input: &str,
+    output: &str,
+    s: Shape,
+    tasks: usize,
+    rank2: bool,
+    form: PatchForm,
+    inits: &mut Vec<TensorProto>,
+) -> Vec<NodeProto> {
+    let Shape {
+        din,
+        dout,
+        k_a,
+        k_b,
+        r,
+    } = s;
+    let p = &n.p;
+    let mut nodes = Vec::new();
+    let mut x = input.to_string();
+    let (mut alpha_a, mut alpha_b) = (n.in_a.clone(), n.in_b.clone());
+    let mixed_rank2 = tasks > 1 && rank2;
+    if tasks == 1 {
+        inits.push(tensor_i64(&n.sh_a, &[2], &[k_a as i64, r as i64]));
+        inits.push(tensor_i64(&n.sh_b, &[2], &[r as i64, k_b as i64]));
+        nodes.push(node(
+            "Reshape",
+            &format!("{p}reshape_A"),
+            &[&n.in_a, &n.sh_a],
+            &[&n.ra],
+            vec![],
+        ));
+        nodes.push(node(
+            "Reshape",
+            &format!("{p}reshape_B"),
+            &[&n.in_b, &n.sh_b],
+            &[&n.rb],
+            vec![],
+        ));
+        alpha_a = n.ra.clone();
+        alpha_b = n.rb.clone();
+    } else if mixed_rank2 {
+        inits.push(tensor_i64(&n.sh_x, &[3], &[-1, 1, din as i64]));
+        inits.push(tensor_i64(&n.sh_y, &[2], &[-1, dout as i64]));
+        nodes.push(node(
+            "Reshape",
+            &format!("{p}reshape_x"),
+            &[input, &n.sh_x],
+            &[&n.h0],
+            vec![],
+        ));
+        x = n.h0.clone();
+    }
+    match form {
+        PatchForm::Activations => {
+            nodes.push(node(
+                "MatMul",
+                &format!("{p}down_V_A"),
+                &[&x, &n.va_t],
+                &[&n.h1],
+                vec![],
+            ));
+            nodes.push(node(
+                "MatMul",
+                &format!("{p}alpha_A"),
+                &[&n.h1, &alpha_a],
+                &[&n.h2],
+                vec![],
+            ));
+            nodes.push(node(
+                "MatMul",
+                &format!("{p}alpha_B"),
+                &[&n.h2, &alpha_b],
+                &[&n.h3],
+                vec![],
+            ));
+        }
+        PatchForm::Factors => {
+            // A'ᵀ = V_Aᵀ·alpha_Aᵀ [.., in, r], B'ᵀ = alpha_Bᵀ·V_Bᵀ [.., r, out]: independent of
+            // X, so the per-row cost is that of a rank-r LoRA branch.
+            nodes.push(node(
+                "MatMul",
+                &format!("{p}factor_A"),
+                &[&n.va_t, &alpha_a],
+                &[&n.h1],
+                vec![],
+            ));
+            nodes.push(node(
+                "MatMul",
+                &format!("{p}down_A"),
+                &[&x, &n.h1],
+                &[&n.h2],
+                vec![],
+            ));
+            nodes.push(node(
+                "MatMul",
+                &format!("{p}factor_B"),
+                &[&alpha_b, &n.vb_t],
+                &[&n.h3],
+                vec![],
+            ));
+        }
+    }
+    // The last product: H3·V_Bᵀ (activations) or H2·B'ᵀ (factors).
+    let (up_l, up_r) = match form {
+        PatchForm::Activations => (&n.h3, &n.vb_t),
+        PatchForm::Factors => (&n.h2, &n.h3),
+    };
+    if mixed_rank2 {
+        nodes.push(node(
+            "MatMul",
+            &format!("{p}up_V_B"),
+            &[up_l, up_r],
+            &[&n.t2],
+            vec![],
+        ));
+        nodes.push(node(
+            "Reshape",
+            &format!("{p}reshape_y"),
+            &[&n.t2, &n.sh_y],
+            &[&n.t],
+            vec![],
+        ));
+    } else {
+        nodes.push(node(
+            "MatMul",
+            &format!("{p}up_V_B"),
+            &[up_l, up_r],
+            &[&n.t],
+            vec![],
+        ));
+    }
+    nodes.push(node(
+        "Add",
+        &format!("{p}add"),
+        &[&n.y_base, &n.t],
+        &[output],
+        vec![],
+    ));
+    nodes
+}
+
+/// Rebuilds the node list with each insertion right after its producer (keeps the graph
+/// topologically sorted: the inserted nodes read only X, Y_base and new tensors).
+fn splice(graph_nodes: &mut Vec<NodeProto>, mut inserts: HashMap<usize, Vec<NodeProto>>) {
+    let old = std::mem::take(graph_nodes);
+    let mut nodes = Vec::with_capacity(old.len() + inserts.values().map(Vec::len).sum::<usize>());
+    for (i, n) in old.into_iter().enumerate() {
+        nodes.push(n);
+        if let Some(extra) = inserts.remove(&i) {
+            nodes.extend(extra);
+        }
+    }
+    *graph_nodes = nodes;
 }
 
 /// Fixes every symbolic size named like a graph input's first axis to `tasks`, in the graph
