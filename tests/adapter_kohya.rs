@@ -1,7 +1,7 @@
 //! kohya-ss / diffusers single-file LoRAs: alpha rules, conv flattening, diffusers-PEFT keys,
 //! unsupported network types and bad inputs.
 
-#[path = "common/adapter_fixtures.rs"]
+#[path = "support/adapter_fixtures.rs"]
 mod fixtures;
 
 use eigenlorax::adapter::{Adapter, AdapterFormat};

@@ -2,7 +2,7 @@
 //! dtypes, shapes, extras and bad inputs. Every fixture is written here with known values and
 //! the loaded ΔW = B'·A' is compared with s·B·A computed independently.
 
-#[path = "common/adapter_fixtures.rs"]
+#[path = "support/adapter_fixtures.rs"]
 mod fixtures;
 
 use eigenlorax::adapter::{Adapter, AdapterFormat};

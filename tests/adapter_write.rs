@@ -1,7 +1,7 @@
 //! The PEFT writer: what it writes reads back as the same ΔW (scale folded = identity), with
 //! per-module ranks carried by rank_pattern/alpha_pattern.
 
-#[path = "common/adapter_fixtures.rs"]
+#[path = "support/adapter_fixtures.rs"]
 mod fixtures;
 
 use eigenlorax::adapter::peft::{self, PeftWriteOptions};

@@ -1,5 +1,6 @@
 //! `.elxb` bundle: round trips per dtype, the subspace id, and refusal of damaged files.
 
+#[path = "support/bundle.rs"]
 mod bundle_support;
 
 use bundle_support::*;
@@ -215,8 +216,7 @@ fn binding_keeps_the_id_and_components() {
                 "/encoder/layer.0/attention/self/value/MatMul".into()
         },
         |m: &mut serde_json::Value| {
-            m["binding"]["modules"]["encoder.layer.0.attention.self.query"]["output"] =
-                "v".into()
+            m["binding"]["modules"]["encoder.layer.0.attention.self.query"]["output"] = "v".into()
         },
         |m: &mut serde_json::Value| m["binding"]["base_sha256"] = "cd".repeat(32).into(),
     ] {

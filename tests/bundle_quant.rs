@@ -6,6 +6,7 @@
 //! loss against both bounds, with the projection computed here from first principles (QR of
 //! the stored bases), independent of the subspace stage.
 
+#[path = "support/bundle.rs"]
 mod bundle_support;
 
 use bundle_support::*;

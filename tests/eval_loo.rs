@@ -5,7 +5,9 @@
 #![cfg(feature = "tract")]
 
 #[cfg(feature = "ort")]
+#[path = "support/ort.rs"]
 mod ort_support;
+#[path = "support/tinybert.rs"]
 mod tinybert_support;
 
 use eigenlorax::bundle::CoeffFile;

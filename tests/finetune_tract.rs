@@ -4,6 +4,7 @@
 //! head-only run with the same budget.
 #![cfg(feature = "tract")]
 
+#[path = "support/tinybert.rs"]
 mod tinybert_support;
 
 use eigenlorax::bundle::{CoeffFile, Head, Provenance};

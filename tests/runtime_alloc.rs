@@ -2,6 +2,7 @@
 //! own test binary so that it does not affect the other tests).
 #![cfg(feature = "tract")]
 
+#[path = "support/runtime.rs"]
 mod runtime_support;
 
 use eigenlorax::runtime::tract::Runtime;

@@ -1,5 +1,6 @@
 //! The patched graph's structure (backend-independent) and the task store's concurrency.
 
+#[path = "support/runtime.rs"]
 mod runtime_support;
 
 use eigenlorax::bundle::CoeffFile;

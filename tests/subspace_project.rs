@@ -1,4 +1,5 @@
 //! Projection, reconstruction, errors from factors, canonicalization.
+#[path = "support/subspace.rs"]
 mod subspace_common;
 
 use eigenlorax::adapter::LoraModule;

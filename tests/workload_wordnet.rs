@@ -2,6 +2,7 @@
 //! committed data against a rebuild from WordNet itself, and every committed adapter loading,
 //! extracting and binding to the MiniLM graph.
 
+#[path = "support/minilm.rs"]
 mod minilm_support;
 
 use eigenlorax::adapter::Adapter;

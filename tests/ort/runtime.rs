@@ -2,7 +2,7 @@
 //! Needs ORT_DYLIB_PATH (tools/install_onnxruntime.sh); without it every test fails.
 #![cfg(feature = "ort")]
 
-mod ort_support;
+use crate::support::ort as ort_support;
 
 use eigenlorax::runtime::ort::{ExecutionProvider, OrtModel, OrtRuntime, plain_inputs};
 use ort_support::*;

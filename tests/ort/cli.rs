@@ -2,7 +2,7 @@
 //! input, against a plain-Rust f64 forward pass of the merged weights with the task's head.
 //! The tract backend always; ONNX Runtime too with the `ort` feature.
 
-mod ort_support;
+use crate::support::ort as ort_support;
 
 use eigenlorax::bundle::{Bundle, CoeffFile, StorageDtype};
 use ort_support::*;

@@ -3,7 +3,7 @@
 //! extracted from fixture adapters task0..task4, bound to the model, and projected tasks.
 #![cfg(all(feature = "ort", feature = "tract"))]
 
-mod ort_support;
+use crate::support::ort as ort_support;
 
 use eigenlorax::bundle::Bundle;
 use eigenlorax::runtime::bind_file;

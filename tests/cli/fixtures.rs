@@ -3,8 +3,7 @@
 //! flags reach the math, and what the bundle and coefficient files store is what the reference
 //! computes, to f32 storage precision.
 
-#[path = "bundle_support/mod.rs"]
-mod bundle_support;
+use crate::support::bundle as bundle_support;
 
 use bundle_support::temp_dir;
 use eigenlorax::bundle::{Bundle, CoeffFile};

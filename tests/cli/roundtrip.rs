@@ -1,8 +1,7 @@
 //! End to end through the `elx` binary on PEFT folders written by the test:
 //! extract -> project -> reconstruct -> project, inspect with adapters, and bad input.
 
-#[path = "bundle_support/mod.rs"]
-mod bundle_support;
+use crate::support::bundle as bundle_support;
 
 use bundle_support::temp_dir;
 use eigenlorax::adapter::LoraModule;

@@ -1,7 +1,6 @@
 //! `elx inspect` on bundles and coefficient files built in memory (no adapters needed).
 
-#[path = "bundle_support/mod.rs"]
-mod bundle_support;
+use crate::support::bundle as bundle_support;
 
 use bundle_support::*;
 use eigenlorax::bundle::{

@@ -2,8 +2,8 @@
 //! fixture (padded batch, both token types) and on MiniLM when its package is installed.
 #![cfg(all(feature = "ort", feature = "tract"))]
 
-mod minilm_support;
-mod ort_support;
+use crate::support::minilm as minilm_support;
+use crate::support::ort as ort_support;
 
 use eigenlorax::runtime::input::{InputTensor, TensorData};
 use eigenlorax::runtime::onnx::encode_model;

@@ -5,8 +5,8 @@
 //! that `elx run` serves with the validation accuracy it reported.
 #![cfg(all(feature = "ort", feature = "tract"))]
 
-mod ort_support;
-mod tinybert_support;
+use crate::support::ort as ort_support;
+use crate::support::tinybert as tinybert_support;
 
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};

@@ -1,0 +1,13 @@
+//! Helpers shared by the test binaries, one module per concern. The stage binaries
+//! (`tests/cli.rs`, `tests/ort.rs`) declare `mod support;`; a single-file test pulls in the
+//! module it needs with `#[path = "support/<name>.rs"]`.
+
+#![allow(dead_code)]
+
+pub mod adapter_fixtures;
+pub mod bundle;
+pub mod minilm;
+pub mod ort;
+pub mod runtime;
+pub mod subspace;
+pub mod tinybert;
