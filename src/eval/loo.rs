@@ -360,22 +360,8 @@ pub fn run_task(
     // then the validation examples, then the test examples.
     let head = Head::read(&spec.head)?;
     let classes = head.labels.len();
-    let enc = match &cfg.tokenizer {
-        Some(p) => Some(TextEncoder::from_file(p, Some(cfg.max_length))?),
-        None => None,
-    };
-    let opts = ReadOptions {
-        max_len: cfg.max_length,
-        truncate: true,
-        max_examples: MAX_EXAMPLES,
-    };
-    let tokenize = |t: &str| match &enc {
-        Some(e) => e.ids_truncated(t),
-        None => Err(Error::Usage(
-            "a text example, but no tokenizer was given".into(),
-        )),
-    };
-    let (mut examples, mut labels) = read_labelled(&spec.train, &opts, &tokenize, classes)?;
+    let reader = Reader::new(cfg)?;
+    let (mut examples, mut labels) = reader.read(&spec.train, classes)?;
     let n_fit = cfg.train_examples + cfg.val_examples;
     if examples.len() < n_fit || cfg.train_examples == 0 || cfg.val_examples == 0 {
         return Err(Error::bad_file(
@@ -390,7 +376,7 @@ pub fn run_task(
     }
     examples.truncate(n_fit);
     labels.truncate(n_fit);
-    let (test_examples, test_labels) = read_labelled(&spec.test, &opts, &tokenize, classes)?;
+    let (test_examples, test_labels) = reader.read(&spec.test, classes)?;
     let n_test = test_examples.len().min(cfg.test_examples);
     examples.extend(test_examples.into_iter().take(n_test));
     labels.extend(test_labels.into_iter().take(n_test));
@@ -409,7 +395,7 @@ pub fn run_task(
     };
     let val = by_length(split(cfg.train_examples, n_fit));
     let test = by_length(split(n_fit, n_fit + n_test));
-    let pad = enc.as_ref().map_or(0, |e| i64::from(e.pad_id()));
+    let pad = reader.pad();
     let label_names = head.labels.clone();
     let head_params = classes * (head.weight.ncols() + 1);
     let zero_shot = ZeroShot {
@@ -838,6 +824,44 @@ fn features(
     Ok((all, d))
 }
 
+/// The workload's labelled data files: read through its tokenizer (when given), truncated to
+/// the maximum length.
+struct Reader {
+    enc: Option<TextEncoder>,
+    opts: ReadOptions,
+}
+
+impl Reader {
+    fn new(cfg: &LooConfig) -> Result<Reader> {
+        let enc = match &cfg.tokenizer {
+            Some(p) => Some(TextEncoder::from_file(p, Some(cfg.max_length))?),
+            None => None,
+        };
+        let opts = ReadOptions {
+            max_len: cfg.max_length,
+            truncate: true,
+            max_examples: MAX_EXAMPLES,
+        };
+        Ok(Reader { enc, opts })
+    }
+
+    /// The examples of `path` and their class indices (below `classes`).
+    fn read(&self, path: &Path, classes: usize) -> Result<(Vec<Example>, Vec<usize>)> {
+        let tokenize = |t: &str| match &self.enc {
+            Some(e) => e.ids_truncated(t),
+            None => Err(Error::Usage(
+                "a text example, but no tokenizer was given".into(),
+            )),
+        };
+        read_labelled(path, &self.opts, &tokenize, classes)
+    }
+
+    /// The padding token id (0 without a tokenizer).
+    fn pad(&self) -> i64 {
+        self.enc.as_ref().map_or(0, |e| i64::from(e.pad_id()))
+    }
+}
+
 /// Reads a JSONL file whose labels are class indices below `classes`.
 fn read_labelled(
     path: &Path,
@@ -919,28 +943,14 @@ pub fn in_sample(
         .iter()
         .map(|t| Adapter::open(&t.adapter))
         .collect::<Result<_>>()?;
-    let enc = match &cfg.tokenizer {
-        Some(p) => Some(TextEncoder::from_file(p, Some(cfg.max_length))?),
-        None => None,
-    };
-    let opts = ReadOptions {
-        max_len: cfg.max_length,
-        truncate: true,
-        max_examples: MAX_EXAMPLES,
-    };
-    let tokenize = |t: &str| match &enc {
-        Some(e) => e.ids_truncated(t),
-        None => Err(Error::Usage(
-            "a text example, but no tokenizer was given".into(),
-        )),
-    };
-    let pad = enc.as_ref().map_or(0, |e| i64::from(e.pad_id()));
+    let reader = Reader::new(cfg)?;
+    let pad = reader.pad();
     // Every task's test examples in one list: (task, ids range, labels, head).
     let mut examples = Vec::new();
     let mut per_task = Vec::new();
     for t in tasks {
         let head = Head::read(&t.head)?;
-        let (ex, labels) = read_labelled(&t.test, &opts, &tokenize, head.labels.len())?;
+        let (ex, labels) = reader.read(&t.test, head.labels.len())?;
         let n = ex.len().min(test_examples);
         let from = examples.len();
         examples.extend(ex.into_iter().take(n));
