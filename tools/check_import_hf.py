@@ -23,7 +23,7 @@ printed beside) and on the attention-mask mean pooling
 With --reference, writes input_ids, attention_mask, token_type_ids [6, L]
 (int64) and torch's last_hidden_state [6, L, H] and sentence_embedding [6, H]
 (f32) for the six REFERENCE sentences (padded to the longest), for
-tests/runtime_import_hf.rs.
+tests/runtime/import_hf.rs.
 """
 import argparse
 import os

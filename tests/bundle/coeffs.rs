@@ -1,7 +1,6 @@
 //! `.elxc` coefficient files: round trip, subspace check, refusal of wrong shapes.
 
-#[path = "support/bundle.rs"]
-mod bundle_support;
+use crate::support::bundle as bundle_support;
 
 use bundle_support::*;
 use eigenlorax::Error;

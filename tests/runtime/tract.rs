@@ -2,8 +2,7 @@
 //! against the base model with the reconstructed ΔŴ merged into its weights.
 #![cfg(feature = "tract")]
 
-#[path = "support/runtime.rs"]
-mod runtime_support;
+use crate::support::runtime as runtime_support;
 
 use eigenlorax::bundle::WeightLayout;
 use eigenlorax::runtime::tract::{Runtime, RuntimeOptions};

@@ -6,8 +6,7 @@
 //! loss against both bounds, with the projection computed here from first principles (QR of
 //! the stored bases), independent of the subspace stage.
 
-#[path = "support/bundle.rs"]
-mod bundle_support;
+use crate::support::bundle as bundle_support;
 
 use bundle_support::*;
 use eigenlorax::bundle::diagnostics::{projection_error_bound, storage_error_bounds};

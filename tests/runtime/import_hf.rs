@@ -3,8 +3,7 @@
 //! name the file and the tensor.
 #![cfg(feature = "tract")]
 
-#[path = "support/minilm.rs"]
-mod minilm_support;
+use crate::support::minilm as minilm_support;
 
 use eigenlorax::Error;
 use eigenlorax::adapter::Adapter;

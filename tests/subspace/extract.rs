@@ -1,7 +1,6 @@
 //! Extraction: recovery of a known subspace (SVD and streamed-Gram routes), the exact
 //! left-out-energy identity, centering, pseudo-PCs and input errors.
-#[path = "support/subspace.rs"]
-mod subspace_common;
+use crate::support::subspace as subspace_common;
 
 use eigenlorax::Error;
 use eigenlorax::adapter::LoraModule;

@@ -4,8 +4,7 @@
 //! Bad data (empty file, unknown validation label, too-long example) gets a clear error.
 #![cfg(feature = "tract")]
 
-#[path = "support/tinybert.rs"]
-mod tinybert_support;
+use crate::support::tinybert as tinybert_support;
 
 use eigenlorax::bundle::{CoeffFile, Provenance};
 use std::path::{Path, PathBuf};

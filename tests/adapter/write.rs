@@ -1,8 +1,7 @@
 //! The PEFT writer: what it writes reads back as the same ΔW (scale folded = identity), with
 //! per-module ranks carried by rank_pattern/alpha_pattern.
 
-#[path = "support/adapter_fixtures.rs"]
-mod fixtures;
+use crate::support::adapter_fixtures as fixtures;
 
 use eigenlorax::adapter::peft::{self, PeftWriteOptions};
 use eigenlorax::adapter::{Adapter, LoraModule};

@@ -1,6 +1,5 @@
 //! K rules on hand-made spectra and on low-rank + noise.
-#[path = "support/subspace.rs"]
-mod subspace_common;
+use crate::support::subspace as subspace_common;
 
 use eigenlorax::linalg;
 use eigenlorax::subspace::KRule;

@@ -4,8 +4,7 @@
 //! head-only run with the same budget.
 #![cfg(feature = "tract")]
 
-#[path = "support/tinybert.rs"]
-mod tinybert_support;
+use crate::support::tinybert as tinybert_support;
 
 use eigenlorax::bundle::{CoeffFile, Head, Provenance};
 use eigenlorax::eval::layout_params;

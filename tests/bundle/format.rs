@@ -1,7 +1,6 @@
 //! `.elxb` bundle: round trips per dtype, the subspace id, and refusal of damaged files.
 
-#[path = "support/bundle.rs"]
-mod bundle_support;
+use crate::support::bundle as bundle_support;
 
 use bundle_support::*;
 use eigenlorax::Error;

@@ -1,7 +1,6 @@
 //! The patched graph's structure (backend-independent) and the task store's concurrency.
 
-#[path = "support/runtime.rs"]
-mod runtime_support;
+use crate::support::runtime as runtime_support;
 
 use eigenlorax::bundle::CoeffFile;
 use eigenlorax::runtime::onnx::{Dim, value_info_dims};

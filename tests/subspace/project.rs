@@ -1,6 +1,5 @@
 //! Projection, reconstruction, errors from factors, canonicalization.
-#[path = "support/subspace.rs"]
-mod subspace_common;
+use crate::support::subspace as subspace_common;
 
 use eigenlorax::adapter::LoraModule;
 use eigenlorax::linalg;

@@ -4,8 +4,7 @@
 //! text (models/minilm/reference/test_tokens.safetensors, written by
 //! tools/workload/tokenize_reference.py). Every text of every task must match exactly.
 
-#[path = "support/minilm.rs"]
-mod minilm_support;
+use crate::support::minilm as minilm_support;
 
 use eigenlorax::runtime::input::TextEncoder;
 use safetensors::{Dtype, SafeTensors};

@@ -2,8 +2,7 @@
 //! dtypes, shapes, extras and bad inputs. Every fixture is written here with known values and
 //! the loaded ΔW = B'·A' is compared with s·B·A computed independently.
 
-#[path = "support/adapter_fixtures.rs"]
-mod fixtures;
+use crate::support::adapter_fixtures as fixtures;
 
 use eigenlorax::adapter::{Adapter, AdapterFormat};
 use eigenlorax::tensorfile::{Dtype, TensorOut};

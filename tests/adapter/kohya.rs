@@ -1,8 +1,7 @@
 //! kohya-ss / diffusers single-file LoRAs: alpha rules, conv flattening, diffusers-PEFT keys,
 //! unsupported network types and bad inputs.
 
-#[path = "support/adapter_fixtures.rs"]
-mod fixtures;
+use crate::support::adapter_fixtures as fixtures;
 
 use eigenlorax::adapter::{Adapter, AdapterFormat};
 use eigenlorax::tensorfile::{self, Dtype, TensorOut};

@@ -1,8 +1,7 @@
 //! Bad input to the runtime: a coefficient file from another subspace, a bundle bound to
 //! another base model, a model lacking a bound node, modules that cannot be bound.
 
-#[path = "support/runtime.rs"]
-mod runtime_support;
+use crate::support::runtime as runtime_support;
 
 use eigenlorax::bundle::CoeffFile;
 use eigenlorax::runtime::{TaskStore, bind_file, patch, patch_file};
