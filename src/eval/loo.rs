@@ -938,7 +938,7 @@ pub fn in_sample(
     dir: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<InSampleRow>> {
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let adapters: Vec<Adapter> = tasks
         .iter()
         .map(|t| Adapter::open(&t.adapter))
