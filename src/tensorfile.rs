@@ -714,7 +714,9 @@ mod tests {
         let p = tmp("many");
         let mut h = String::from("{");
         for i in 0..(2 * MAX_TENSORS) {
-            h.push_str(&format!(r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}},"#));
+            h.push_str(&format!(
+                r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}},"#
+            ));
         }
         h.pop();
         h.push('}');
@@ -726,7 +728,9 @@ mod tests {
         // At the bound it still opens.
         let mut h = String::from("{");
         for i in 0..MAX_TENSORS {
-            h.push_str(&format!(r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}},"#));
+            h.push_str(&format!(
+                r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}},"#
+            ));
         }
         h.pop();
         h.push('}');

@@ -55,10 +55,14 @@ pub fn read_user_map(path: &Path) -> Result<BTreeMap<String, String>> {
 
 /// Runs `elx bind`.
 pub fn run(args: &BindArgs) -> Result<()> {
+    // Binding in place (no -o) rewrites the bundle by design; the model and the map stay.
+    let out = args.output.as_deref().unwrap_or(&args.bundle);
+    let mut inputs = vec![args.base.as_path()];
+    inputs.extend(args.map.as_deref());
+    super::refuse_clobber(out, &inputs, "-o")?;
     let bundle = Bundle::read(&args.bundle)?;
     let map = args.map.as_deref().map(read_user_map).transpose()?;
     let binding = bind_file(&args.base, &bundle, map.as_ref())?;
-    let out = args.output.as_deref().unwrap_or(&args.bundle);
     bundle.with_binding(Some(&binding), out)?;
     let mut t = Table::new(&["module", "node", "weight", "layout", "adds to"]);
     for (m, mb) in &binding.modules {

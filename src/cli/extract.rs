@@ -5,7 +5,7 @@ use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, SourceAdapter, StorageDtype};
 use eigenlorax::subspace::{self, ExtractOptions, KRule};
 use eigenlorax::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `elx extract`.
 #[derive(clap::Args, Debug)]
@@ -98,6 +98,8 @@ pub fn options(a: &Args) -> Result<ExtractOptions> {
 
 /// Runs `elx extract`.
 pub fn run(a: Args) -> Result<()> {
+    let inputs: Vec<&Path> = a.adapters.iter().map(|p| p.as_path()).collect();
+    super::refuse_clobber(&a.output, &inputs, "-o")?;
     let options = options(&a)?;
     let adapters = a
         .adapters

@@ -134,6 +134,18 @@ struct Data {
 
 /// Runs `elx finetune`.
 pub fn run(args: &FinetuneArgs) -> Result<()> {
+    let mut inputs = vec![
+        args.model.as_path(),
+        args.bundle.as_path(),
+        args.train.as_path(),
+    ];
+    inputs.extend(args.val.as_deref());
+    inputs.extend(args.tokenizer.as_deref());
+    inputs.extend(args.resume.as_deref());
+    super::refuse_clobber(&args.output, &inputs, "-o")?;
+    if let Some(ck) = &args.checkpoint {
+        super::refuse_clobber(ck, &inputs, "--checkpoint")?;
+    }
     let backend = args.backend.with_ep(args.ep)?;
     let bundle = Bundle::read(&args.bundle)?;
     let mut data = read_data(args)?;

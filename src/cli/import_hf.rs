@@ -27,6 +27,7 @@ pub struct ImportHfArgs {
 
 /// Runs `elx import-hf`.
 pub fn run(args: &ImportHfArgs) -> Result<()> {
+    super::refuse_clobber(&args.output, &[args.dir.as_path()], "-o")?;
     let m = import_hf_file(&args.dir, &args.output)?;
     let c = &m.config;
     let graph = m.model.graph.as_ref();

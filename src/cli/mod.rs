@@ -160,6 +160,24 @@ pub fn progress_bar(len: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// Refuses an output (`flag` names it: "-o", "--checkpoint") that is one of the inputs:
+/// files given directly, or the files inside a given folder (a PEFT adapter, an HF model).
+/// Nothing has been written when this fails.
+pub fn refuse_clobber(output: &Path, inputs: &[&Path], flag: &str) -> Result<()> {
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            if let Ok(list) = std::fs::read_dir(p) {
+                files.extend(list.flatten().map(|e| e.path()));
+            }
+        } else {
+            files.push(p.to_path_buf());
+        }
+    }
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    eigenlorax::util::refuse_clobber(output, &refs, flag)
+}
+
 /// Prints a warning on stderr.
 pub fn warn(message: impl AsRef<str>) {
     eprintln!("warning: {}", message.as_ref());

@@ -32,6 +32,9 @@ pub struct Args {
 
 /// Runs `elx project`.
 pub fn run(a: Args) -> Result<()> {
+    let mut inputs = vec![a.adapter.as_path(), a.bundle.as_path()];
+    inputs.extend(a.head.as_deref());
+    super::refuse_clobber(&a.output, &inputs, "-o")?;
     let bundle = Bundle::read(&a.bundle)?;
     let adapter = Adapter::open(&a.adapter)?;
     let head = a.head.as_deref().map(Head::read).transpose()?;

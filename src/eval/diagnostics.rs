@@ -57,7 +57,7 @@ pub struct NullComparison {
 /// sizes here). Directions above that edge carry structure a random stack would not have.
 pub fn spectrum_vs_null(spectrum: &[f64], rows: usize, cols: usize) -> NullComparison {
     let total: f64 = spectrum.iter().map(|s| s * s).sum();
-    if rows == 0 || cols == 0 || !(total > 0.0) || !total.is_finite() {
+    if rows == 0 || cols == 0 || !total.is_finite() || total <= 0.0 {
         return NullComparison {
             signal_directions: 0,
             signal_energy: 0.0,
@@ -236,7 +236,7 @@ pub fn capture_summary(
 /// short training the input side is mostly each adapter's own random draw.
 pub fn one_sided(m: &LoraModule, s: &ModuleSubspace) -> (f64, f64) {
     let total = linalg::lowrank_frob(m.b.as_ref(), m.a.as_ref()).powi(2);
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return (0.0, 0.0);
     }
     // A·V_Aᵀ·V_A [r x in] and V_Bᵀ·B [K_B x r] (‖P_B·B·A‖ = ‖V_Bᵀ·B·A‖).

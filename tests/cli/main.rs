@@ -5,6 +5,7 @@
 mod support;
 
 mod fixtures;
+mod hardening;
 mod help;
 mod import_hf_tokenizer;
 mod inspect;

@@ -208,11 +208,12 @@ fn extract_project_reconstruct_project_is_stable() {
     assert!(out.contains(id.as_str()), "{out}");
     let row = out
         .lines()
-        .find(|l| l.starts_with("mean"))
+        .find(|l| l.starts_with("all (ΔW-weighted)"))
         .unwrap()
         .to_string();
+    // The whole-adapter row: its label is two words, then error, captured, random error.
     let cells: Vec<&str> = row.split_whitespace().collect();
-    let (err, rand_err): (f64, f64) = (cells[1].parse().unwrap(), cells[3].parse().unwrap());
+    let (err, rand_err): (f64, f64) = (cells[2].parse().unwrap(), cells[4].parse().unwrap());
     assert!(err < 0.1 && rand_err > 0.5, "{row}");
     assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
     if std::env::var_os("ELX_KEEP").is_none() {
