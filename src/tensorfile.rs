@@ -721,10 +721,8 @@ mod tests {
         h.pop();
         h.push('}');
         raw(&p, &h, &[]);
-        let t = std::time::Instant::now();
         let e = TensorFile::open(&p).unwrap_err().to_string();
         assert!(e.contains(&format!("at most {MAX_TENSORS} tensors")), "{e}");
-        assert!(t.elapsed().as_secs_f64() < 2.0);
         // At the bound it still opens.
         let mut h = String::from("{");
         for i in 0..MAX_TENSORS {
