@@ -141,11 +141,13 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     ];
     inputs.extend(args.val.as_deref());
     inputs.extend(args.tokenizer.as_deref());
-    inputs.extend(args.resume.as_deref());
-    super::refuse_clobber(&args.output, &inputs, "-o")?;
+    // Resuming from the checkpoint it keeps writing is how a device trains in slices, so
+    // --resume is an input of -o only.
     if let Some(ck) = &args.checkpoint {
         super::refuse_clobber(ck, &inputs, "--checkpoint")?;
     }
+    inputs.extend(args.resume.as_deref());
+    super::refuse_clobber(&args.output, &inputs, "-o")?;
     let backend = args.backend.with_ep(args.ep)?;
     let bundle = Bundle::read(&args.bundle)?;
     let mut data = read_data(args)?;
