@@ -107,6 +107,17 @@ pub fn run(a: Args) -> Result<()> {
         .map(|p| Adapter::open(p))
         .collect::<Result<Vec<_>>>()?;
     let sources: Vec<SourceAdapter> = adapters.iter().map(SourceAdapter::from).collect();
+    // The same adapter twice weighs its directions double; say so (the bundle records both).
+    for (i, s) in sources.iter().enumerate() {
+        if let Some(first) = sources[..i].iter().find(|f| f.sha256 == s.sha256) {
+            super::warn(format!(
+                "{} is the same adapter as {} (SHA-256 {}…): it counts twice in the subspace",
+                s.path,
+                first.path,
+                &s.sha256[..12.min(s.sha256.len())]
+            ));
+        }
+    }
     let bar = progress_bar(0);
     let progress = |done: usize, total: usize, name: &str| {
         bar.set_length(total as u64);

@@ -335,6 +335,12 @@ fn measure_adapters(
             t.row(row);
         }
         let summary = diagnostics::capture_summary(loaded, &b.subspace, seed);
+        if summary.energy == 0.0 && summary.modules > 0 {
+            warn(format!(
+                "{}: every measured ΔW is zero (an untrained adapter, B = 0?): nothing to capture",
+                p.display()
+            ));
+        }
         let in_sample = b
             .manifest
             .sources

@@ -282,8 +282,11 @@ pub fn measure_module_with(
         let error = subspace::relative_error(m, &subspace::try_reconstruct(&c, s)?);
         Ok((c, error))
     };
+    let energy = linalg::lowrank_frob(m.b.as_ref(), m.a.as_ref()).powi(2);
+    // A zero ΔW (an untrained adapter: B = 0) has no share to capture: "n/a", not 100%.
+    let share = |c: f64| if energy > 0.0 { c } else { f64::NAN };
     let random = match random {
-        Some(r) => Some((project(r)?.1, subspace::captured_energy(m, r))),
+        Some(r) => Some((project(r)?.1, share(subspace::captured_energy(m, r)))),
         None => None,
     };
     let (c, error) = project(space)?;
@@ -291,8 +294,8 @@ pub fn measure_module_with(
         c,
         ModuleMeasure {
             error,
-            captured: subspace::captured_energy(m, space),
-            energy: linalg::lowrank_frob(m.b.as_ref(), m.a.as_ref()).powi(2),
+            captured: share(subspace::captured_energy(m, space)),
+            energy,
             random,
         },
     ))
@@ -302,9 +305,17 @@ pub fn measure_module_with(
 /// (error as an energy-weighted root mean square, captured share), and the same for the
 /// random control when every module has one.
 pub fn combine(measures: &[ModuleMeasure]) -> ((f64, f64), Option<(f64, f64)>) {
+    // Modules with a zero ΔW weigh nothing (and their shares are NaN): leave them out.
+    let nonzero: Vec<ModuleMeasure> = measures
+        .iter()
+        .filter(|m| m.energy > 0.0)
+        .copied()
+        .collect();
+    let measures = &nonzero[..];
     let total: f64 = measures.iter().map(|m| m.energy).sum();
     if total <= 0.0 {
-        return ((0.0, 1.0), None);
+        // Nothing to capture (every ΔW is zero): no share to report.
+        return ((0.0, f64::NAN), None);
     }
     let err = (measures
         .iter()
@@ -711,6 +722,25 @@ mod tests {
         assert_eq!(verdict(0.5, 0.2).gain, Gain::None);
         assert_eq!(verdict(0.2, 0.01).gain, Gain::Partial);
         assert!(verdict(0.5, 0.01).line.contains("50.0%"));
+    }
+
+    #[test]
+    fn a_zero_delta_w_has_no_share_and_weighs_nothing() {
+        // An untrained adapter (B = 0) used to report "captured 100%".
+        let p = pool(3, true, 9);
+        let space = p.extract(&[0, 1], &ExtractOptions::default()).unwrap();
+        let ms = &space.modules["m"];
+        let live = &p.modules[2]["m"];
+        let zero = LoraModule {
+            a: live.a.clone(),
+            b: Mat::zeros(live.b.nrows(), live.b.ncols()),
+        };
+        let z = measure_module(&zero, ms, Some(ms)).unwrap();
+        assert!(z.captured.is_nan() && z.energy == 0.0);
+        assert!(z.random.is_some_and(|(_, c)| c.is_nan()));
+        let l = measure_module(live, ms, Some(ms)).unwrap();
+        assert_eq!(combine(&[z, l]), combine(&[l]));
+        assert!(combine(&[z]).0.1.is_nan());
     }
 
     #[test]

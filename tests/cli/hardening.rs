@@ -201,3 +201,25 @@ fn a_closed_stdout_ends_quietly_with_status_0() {
     assert!(!err.contains("panicked"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_duplicate_adapter_is_named_in_a_warning() {
+    let dir = temp_dir("cli-dup");
+    let (t0, t1) = (fixture("adapters/task0"), fixture("adapters/task1"));
+    let copy = dir.join("task0-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(t0.join(f), copy.join(f)).unwrap();
+    }
+    let out = dir.join("b.elxb");
+    let o = elx(&[p("extract"), &t0, &t1, &copy, p("-o"), &out]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("is the same adapter as") && err.contains("task0-copy"),
+        "{err}"
+    );
+    let o = elx(&[p("extract"), &t0, &t1, p("-o"), &out]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("same adapter"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
