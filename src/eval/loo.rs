@@ -409,12 +409,16 @@ pub fn run_task(
 
     // Zero-shot rows: fixed coefficients, the adapter's own head.
     let mut methods = Vec::new();
-    let own_params = {
-        let engine = Engine::load(&cfg.base, &bundles.own, Backend::Tract)?;
-        let model = sequence_model(&engine, examples.clone(), pad, cfg.max_length)?;
-        layout_params(model.layout(), &own_coeffs.coefficients)?
-    };
-    let mut own_row = zero_shot.row(Method::OwnLora, &bundles.own, &own_params, None)?;
+    // One engine for the own-LoRA bundle: the own LoRA, and the base model itself (zero
+    // coefficients) under the full-training-set head.
+    let own_engine = Engine::load(&cfg.base, &bundles.own, Backend::Tract)?;
+    let own_params = layout_params(&own_engine.layout(), &own_coeffs.coefficients)?;
+    let mut own_row = zero_shot.row(
+        Method::OwnLora,
+        &bundles.own,
+        &own_params,
+        Some(&own_engine),
+    )?;
     own_row.trainable = cap.lora_params + head_params;
     own_row.file_bytes =
         file_len(&spec.adapter.join("adapter_model.safetensors")) + file_len(&spec.head);
@@ -434,7 +438,12 @@ pub fn run_task(
             ..zero_shot
         };
         let zeros = vec![0.0; own_params.len()];
-        let mut row = zs.row(Method::HeadOnlyFull, &bundles.own, &zeros, None)?;
+        let mut row = zs.row(
+            Method::HeadOnlyFull,
+            &bundles.own,
+            &zeros,
+            Some(&own_engine),
+        )?;
         row.file_bytes = file_len(&head_only_full);
         row.swap_ms = timed(|| Head::read(&head_only_full).map(|_| ()))?;
         methods.push(row);
@@ -463,10 +472,7 @@ pub fn run_task(
             continue;
         };
         let rt = Engine::load(&cfg.base, bundle, Backend::Tract)?;
-        let params = {
-            let model = sequence_model(&rt, Vec::new(), pad, cfg.max_length)?;
-            layout_params(model.layout(), &c.coefficients)?
-        };
+        let params = layout_params(&rt.layout(), &c.coefficients)?;
         let file = CoeffFile {
             subspace_id: bundle.manifest.subspace_id.clone(),
             task: spec.name.clone(),
