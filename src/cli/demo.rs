@@ -329,10 +329,8 @@ fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<
     let held_out = diagnostics::held_out(&pool, &cfg.extract, seed)?;
     let sizes = diagnostics::doubling_sizes(pool.len() - 1);
     let curve = diagnostics::capture_vs_n(&pool, &sizes, &cfg.extract, seed)?;
-    let n = held_out.len() as f64;
-    let mean = |f: &dyn Fn(&diagnostics::HeldOut) -> f64| held_out.iter().map(f).sum::<f64>() / n;
-    let (cap, rnd) = (mean(&|h| h.recycled.captured), mean(&|h| h.recycled.random));
-    let verdict = diagnostics::verdict(cap, rnd);
+    let m = diagnostics::HeldOutMean::of(&held_out);
+    let verdict = m.verdict();
     println!(
         "diagnostics from the adapter files alone ({:.1} s): each adapter held out against the subspace of the other {}:",
         t0.elapsed().as_secs_f64(),
@@ -340,28 +338,22 @@ fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<
     );
     println!(
         "  captured {} of the held-out ΔW (min {}, max {}); random subspace of the same size {:.2}%, chance {:.2}%",
-        pct(cap),
-        pct(held_out
-            .iter()
-            .map(|h| h.recycled.captured)
-            .fold(f64::INFINITY, f64::min)),
-        pct(held_out
-            .iter()
-            .map(|h| h.recycled.captured)
-            .fold(0.0, f64::max)),
-        100.0 * rnd,
-        100.0 * mean(&|h| h.recycled.chance)
+        pct(m.recycled.captured),
+        pct(m.min),
+        pct(m.max),
+        100.0 * m.recycled.random,
+        100.0 * m.recycled.chance
     );
     println!(
         "  by side: {} of the ΔW lies in the others' input directions (V_A) alone, {} in their output directions (V_B) alone",
-        pct(mean(&|h| h.recycled.input_side)),
-        pct(mean(&|h| h.recycled.output_side))
+        pct(m.recycled.input_side),
+        pct(m.recycled.output_side)
     );
     println!(
         "  centered: mean direction only {}, basis only {}, mean + basis {}",
-        pct(mean(&|h| h.mean_only)),
-        pct(mean(&|h| h.basis_only)),
-        pct(mean(&|h| h.mean_plus_basis))
+        pct(m.mean_only),
+        pct(m.basis_only),
+        pct(m.mean_plus_basis)
     );
     let mut t = Table::new(&["  N", "K_A+K_B", "captured", "min", "max", "random"]);
     for c in &curve {

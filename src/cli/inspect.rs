@@ -470,20 +470,18 @@ fn held_out_report(
             pct(h.mean_plus_basis),
         ]);
     }
-    let n = rows.len() as f64;
-    let mean = |f: &dyn Fn(&diagnostics::HeldOut) -> f64| rows.iter().map(f).sum::<f64>() / n;
-    let (cap, rnd) = (mean(&|h| h.recycled.captured), mean(&|h| h.recycled.random));
+    let m = diagnostics::HeldOutMean::of(&rows);
     t.row(vec![
         "mean".into(),
-        format!("{:.0}", mean(&|h| h.k_total as f64)),
-        pct(cap),
-        pct(mean(&|h| h.recycled.input_side)),
-        pct(mean(&|h| h.recycled.output_side)),
-        pct2(rnd),
-        pct2(mean(&|h| h.recycled.chance)),
-        pct(mean(&|h| h.mean_only)),
-        pct(mean(&|h| h.basis_only)),
-        pct(mean(&|h| h.mean_plus_basis)),
+        format!("{:.0}", m.k_total),
+        pct(m.recycled.captured),
+        pct(m.recycled.input_side),
+        pct(m.recycled.output_side),
+        pct2(m.recycled.random),
+        pct2(m.recycled.chance),
+        pct(m.mean_only),
+        pct(m.basis_only),
+        pct(m.mean_plus_basis),
     ]);
     print!("{}", t.render());
     println!(
@@ -520,5 +518,5 @@ fn held_out_report(
         )?;
         println!("wrote plot {} ({})", out.display(), file_size(&out));
     }
-    Ok(diagnostics::verdict(cap, rnd))
+    Ok(m.verdict())
 }

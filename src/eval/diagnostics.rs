@@ -404,6 +404,57 @@ pub fn held_out(pool: &Pool, options: &ExtractOptions, seed: u64) -> Result<Vec<
         .collect()
 }
 
+/// The mean of every [`HeldOut`] figure over the adapters of a pool (`elx inspect
+/// --held-out` and `elx demo` print these and base the verdict on them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct HeldOutMean {
+    /// Recycled capture, with its random control, chance and one-sided shares.
+    pub recycled: CaptureSummary,
+    /// Smallest and largest recycled capture.
+    pub min: f64,
+    /// See `min`.
+    pub max: f64,
+    /// Mean direction alone.
+    pub mean_only: f64,
+    /// Centered basis alone.
+    pub basis_only: f64,
+    /// Both.
+    pub mean_plus_basis: f64,
+    /// Σ (K_A + K_B).
+    pub k_total: f64,
+}
+
+impl HeldOutMean {
+    /// The means of `rows` (all zero for none).
+    pub fn of(rows: &[HeldOut]) -> HeldOutMean {
+        let n = rows.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&HeldOut) -> f64| rows.iter().map(f).sum::<f64>() / n;
+        let caps = rows.iter().map(|h| h.recycled.captured);
+        HeldOutMean {
+            recycled: CaptureSummary {
+                captured: mean(&|h| h.recycled.captured),
+                input_side: mean(&|h| h.recycled.input_side),
+                output_side: mean(&|h| h.recycled.output_side),
+                random: mean(&|h| h.recycled.random),
+                chance: mean(&|h| h.recycled.chance),
+                energy: mean(&|h| h.recycled.energy),
+                modules: rows.first().map_or(0, |h| h.recycled.modules),
+            },
+            min: caps.clone().fold(f64::INFINITY, f64::min),
+            max: caps.fold(0.0, f64::max),
+            mean_only: mean(&|h| h.mean_only),
+            basis_only: mean(&|h| h.basis_only),
+            mean_plus_basis: mean(&|h| h.mean_plus_basis),
+            k_total: mean(&|h| h.k_total as f64),
+        }
+    }
+
+    /// The verdict for new tasks like the pool's.
+    pub fn verdict(&self) -> Verdict {
+        verdict(self.recycled.captured, self.recycled.random)
+    }
+}
+
 /// A centered subspace with its mean direction removed from both sides (the principal
 /// directions of the centered stack alone).
 fn without_mean(s: &Subspace) -> Subspace {
