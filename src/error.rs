@@ -49,6 +49,9 @@ pub enum Error {
     Engine(String),
     /// A broken internal invariant (a bug in eigenlorax, not a problem with the input).
     Internal(String),
+    /// A model the asked-for feature cannot handle, e.g. a graph with ops that have no
+    /// gradient rule (the message lists them); callers may fall back (finetuning to SPSA).
+    Unsupported(String),
 }
 
 impl Error {
@@ -114,6 +117,7 @@ impl fmt::Display for Error {
             Error::Numeric(m) => write!(f, "numerical failure: {m}"),
             Error::Engine(m) => write!(f, "{m}"),
             Error::Internal(m) => write!(f, "internal: {m}"),
+            Error::Unsupported(m) => write!(f, "{m}"),
         }
     }
 }

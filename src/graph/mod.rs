@@ -7,10 +7,12 @@
 //!
 //! * [`bind`]: resolve modules to graph nodes (`elx bind`).
 //! * [`patch`]: the one graph patch shared by every backend.
+//! * [`grad`]: training graphs (forward, loss and exact gradients of the coefficients).
 //! * [`import_hf`]: the ONNX graph of a BERT encoder built from a HF checkpoint (`elx import-hf`).
 //! * [`onnx`]: small helpers over the ONNX protobuf types in [`pb`].
 
 pub mod bind;
+pub mod grad;
 pub mod import_hf;
 pub mod onnx;
 pub mod onnx_pb;

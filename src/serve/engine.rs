@@ -215,6 +215,19 @@ impl Engine {
         dispatch!(self, rt => rt.run_mixed_batch(batch, ids))
     }
 
+    /// The base model patched for one task, as this engine serves it (re-read from its file,
+    /// hash checked, on tract; from memory on ONNX Runtime): what training graphs are built from.
+    pub fn patched_model(&self) -> Result<crate::graph::PatchedModel> {
+        match &self.inner {
+            #[cfg(feature = "tract")]
+            Inner::Tract(rt) => rt.patched(1),
+            #[cfg(feature = "ort")]
+            Inner::Ort(rt) => rt.patched_model(),
+            #[cfg(not(any(feature = "tract", feature = "ort")))]
+            Inner::None(n) => match *n {},
+        }
+    }
+
     /// The hidden-state backend the finetuner trains through on this engine: trial
     /// coefficients in a private task, the hidden state read from the first output.
     pub fn hidden_state(&self) -> Result<HiddenState> {

@@ -8,6 +8,7 @@
 //! * `tract` (feature `tract`): the pure-Rust CPU backend.
 //! * [`ort`]: the ONNX Runtime backend (feature `ort`) and the execution-provider choice.
 //! * [`hidden`]: the hidden-state backend the finetuner trains through.
+//! * [`train`]: exact gradients: training graphs run on the serving engine.
 //! * [`input`]: text (tokenizer.json), .npy and safetensors inputs, pooling.
 
 pub mod engine;
@@ -17,6 +18,7 @@ pub mod ort;
 pub mod store;
 #[cfg(feature = "tract")]
 pub mod tract;
+pub mod train;
 
 pub use engine::{Backend, Engine, HiddenState};
 pub use store::{CoeffTensor, Task, TaskData, TaskId, TaskStore};

@@ -443,6 +443,11 @@ mod backend {
             })
         }
 
+        /// The base model patched for one task (as the single-task session runs it).
+        pub fn patched_model(&self) -> Result<crate::graph::PatchedModel> {
+            patch::patch(&self.base, &self.bundle, 1)
+        }
+
         /// The task store (load, insert, replace, find tasks).
         pub fn store(&self) -> &TaskStore {
             &self.store

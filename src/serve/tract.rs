@@ -458,7 +458,7 @@ impl Runtime {
     }
 
     /// The base model re-read (hash checked) and patched for `tasks` tasks, for a new plan.
-    fn patched(&self, tasks: usize) -> Result<PatchedModel> {
+    pub(crate) fn patched(&self, tasks: usize) -> Result<PatchedModel> {
         let model = load_base(&self.base_path, &self.bundle)?;
         patch_owned(model, &self.bundle, tasks).map_err(|e| rename(e, &self.base_path))
     }
@@ -479,6 +479,49 @@ impl Runtime {
         plans.insert(b, Arc::clone(&plan));
         Ok(plan)
     }
+}
+
+/// Builds an optimized tract plan of `model` for inputs of exactly these names, types and
+/// shapes (every graph input without an initializer must be among them); returns the plan
+/// and, for each of its inputs in order, the position of that input in `inputs`.
+pub(crate) fn fixed_shape_plan(
+    model: &crate::graph::ModelProto,
+    inputs: &[(&str, DatumType, &[usize])],
+) -> Result<(Arc<TypedRunnableModel>, Vec<usize>)> {
+    let engine = |stage: &str, e: TractError| {
+        Error::Engine(format!("tract could not {stage} the training graph: {e:#}"))
+    };
+    let proto = {
+        use prost::Message;
+        tract_onnx::pb::ModelProto::decode(prost::bytes::Bytes::from(encode_model(model)))
+            .map_err(|e| engine("decode", TractError::from(e)))?
+    };
+    let mut m = tract_onnx::onnx()
+        .model_for_proto_model(&proto)
+        .map_err(|e| engine("load", e))?;
+    drop(proto);
+    let mut order = Vec::new();
+    for (k, o) in m
+        .input_outlets()
+        .map_err(|e| engine("inspect", e))?
+        .to_vec()
+        .into_iter()
+        .enumerate()
+    {
+        let name = m.node(o.node).name.clone();
+        let i = inputs
+            .iter()
+            .position(|(n, _, _)| *n == name)
+            .ok_or_else(|| Error::Internal(format!("no value for graph input `{name}`")))?;
+        let (_, dt, shape) = inputs[i];
+        m = m
+            .with_input_fact(k, InferenceFact::dt_shape(dt, shape))
+            .map_err(|e| engine("load", e))?;
+        order.push(i);
+    }
+    let typed = m.into_optimized().map_err(|e| engine("optimize", e))?;
+    let runnable = typed.into_runnable().map_err(|e| engine("plan", e))?;
+    Ok((runnable, order))
 }
 
 /// Names the model's full path in a patch error.

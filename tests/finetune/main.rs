@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod exact;
 mod grad;
 mod tract;
 mod train;

@@ -1,0 +1,356 @@
+//! Exact gradients on the serving engine: [`ExactGradient`] builds training graphs
+//! ([`crate::graph::grad`]) from the model the [`Engine`] serves, one per (batch, sequence
+//! length), and runs them on the same engine (tract, or ONNX Runtime on its provider).
+//!
+//! A new shape costs one probe run of the patched model (the shapes of the values on the
+//! gradient path) and one plan or session of the training graph; both are cached, so a
+//! finetuning run pays it once per length bucket.
+
+#![cfg_attr(
+    not(any(feature = "tract", feature = "ort")),
+    allow(unused_imports, unused_variables, unreachable_code, dead_code)
+)]
+
+use super::engine::{Backend, Engine};
+use super::hidden::{TokenFeed, check_tokens};
+use super::input::{InputTensor, OutputTensor, TensorData};
+use crate::error::{Error, Result};
+use crate::graph::ModelProto;
+use crate::graph::grad::{Analysis, Shapes, TrainingGraph, TrainingShape};
+use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
+use std::collections::HashMap;
+
+/// One fixed-shape model on an engine.
+enum Session {
+    #[cfg(feature = "tract")]
+    Tract {
+        plan: std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>,
+        /// For each plan input, the position of its tensor in the caller's list.
+        order: Vec<usize>,
+        outputs: Vec<String>,
+    },
+    #[cfg(feature = "ort")]
+    Ort(super::ort::OrtModel),
+}
+
+impl Session {
+    /// Prepares `model` for inputs shaped like `like` (names, element types and shapes).
+    fn new(model: &ModelProto, like: &[InputTensor], backend: Backend) -> Result<Session> {
+        match backend {
+            #[cfg(feature = "tract")]
+            Backend::Tract => {
+                use tract_onnx::prelude::DatumType;
+                let facts: Vec<(&str, DatumType, &[usize])> = like
+                    .iter()
+                    .map(|t| {
+                        let dt = match t.data {
+                            TensorData::F32(_) => DatumType::F32,
+                            TensorData::I64(_) => DatumType::I64,
+                        };
+                        (t.name.as_str(), dt, t.shape.as_slice())
+                    })
+                    .collect();
+                let (plan, order) = super::tract::fixed_shape_plan(model, &facts)?;
+                Ok(Session::Tract {
+                    plan,
+                    order,
+                    outputs: super::input::output_names(model),
+                })
+            }
+            #[cfg(feature = "ort")]
+            Backend::Ort(ep) => {
+                let names: Vec<String> = like.iter().map(|t| t.name.clone()).collect();
+                Ok(Session::Ort(super::ort::OrtModel::new(model, &names, ep)?))
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(super::engine::not_built(other)),
+        }
+    }
+
+    /// Runs on `inputs` (the names of `like` at [`Session::new`]); every output, f32.
+    fn run(&self, inputs: &[InputTensor]) -> Result<Vec<OutputTensor>> {
+        match self {
+            #[cfg(feature = "tract")]
+            Session::Tract {
+                plan,
+                order,
+                outputs,
+            } => {
+                let ordered: Vec<&InputTensor> = order.iter().map(|&i| &inputs[i]).collect();
+                let values = super::input::to_tract(&ordered)?;
+                let out = plan.run(values.into_iter().collect()).map_err(|e| {
+                    Error::Engine(format!("tract run of the training graph: {e:#}"))
+                })?;
+                super::input::from_tract(outputs, &out)
+            }
+            #[cfg(feature = "ort")]
+            Session::Ort(m) => m.run(inputs),
+            #[cfg(not(any(feature = "tract", feature = "ort")))]
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// A training graph ready to run, with its output positions.
+struct Prepared {
+    session: Session,
+    graph: TrainingGraph,
+}
+
+/// What one call of [`ExactGradient::loss_grad`] returns (buffers reused across calls).
+#[derive(Clone, Debug, Default)]
+pub struct Gradients {
+    /// Σ_i w_i · CE_i.
+    pub loss: f64,
+    /// Pooled features [batch x d].
+    pub pooled: Vec<f32>,
+    /// Width d of the features.
+    pub dim: usize,
+    /// d loss / d coefficients, in the flat layout of the parameters (per module α_A
+    /// [r x K_A] then α_B [K_B x r]).
+    pub params: Vec<f32>,
+    /// d loss / d head weights [classes x d].
+    pub head_weight: Vec<f32>,
+    /// d loss / d head biases [classes].
+    pub head_bias: Vec<f32>,
+}
+
+/// Exact gradients of a linear head's cross-entropy with respect to the coefficients and the
+/// head, on an [`Engine`]. See the module documentation.
+pub struct ExactGradient {
+    backend: Backend,
+    analysis: Analysis,
+    layout: Vec<CoeffLayout>,
+    feeds: Vec<(String, TokenFeed)>,
+    prepared: HashMap<TrainingShape, Prepared>,
+}
+
+impl ExactGradient {
+    /// Prepares exact gradients on `engine` for the hidden state in its first output, pooled
+    /// over its `attention_mask` input. A graph with an op that has no gradient rule gives
+    /// [`Error::Unsupported`] naming every such node.
+    pub fn new(engine: &Engine) -> Result<ExactGradient> {
+        let patched = engine.patched_model()?;
+        let names = patched.base_inputs.clone();
+        let feeds = TokenFeed::for_inputs(names.iter().map(String::as_str))?;
+        let hidden = engine
+            .output_names()
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::Usage("the model has no output".into()))?;
+        let layout = patched.coeff_inputs.iter().map(|c| c.layout()).collect();
+        let analysis = Analysis::new(patched, &hidden, "attention_mask")?;
+        Ok(ExactGradient {
+            backend: engine.backend(),
+            analysis,
+            layout,
+            feeds: names.into_iter().zip(feeds).collect(),
+            prepared: HashMap::new(),
+        })
+    }
+
+    /// The coefficient layout.
+    pub fn layout(&self) -> &[CoeffLayout] {
+        &self.layout
+    }
+
+    /// Differentiated nodes, and nodes of the model.
+    pub fn differentiated_nodes(&self) -> (usize, usize) {
+        self.analysis.differentiated_nodes()
+    }
+
+    /// Training graphs built so far (one per batch size and sequence length).
+    pub fn graphs_built(&self) -> usize {
+        self.prepared.len()
+    }
+
+    /// The training graph for `shape` (built on first use), e.g. to save or inspect it.
+    pub fn training_graph(&mut self, shape: &TrainingShape) -> Result<&TrainingGraph> {
+        Ok(&self.prepare(shape)?.graph)
+    }
+
+    fn token_inputs(&self, ids: &[i64], mask: &[i64], b: usize, s: usize) -> Vec<InputTensor> {
+        self.feeds
+            .iter()
+            .map(|(name, f)| InputTensor {
+                name: name.clone(),
+                shape: vec![b, s],
+                data: TensorData::I64(match f {
+                    TokenFeed::Ids => ids.to_vec(),
+                    TokenFeed::Mask => mask.to_vec(),
+                    TokenFeed::Zeros => vec![0; b * s],
+                }),
+            })
+            .collect()
+    }
+
+    fn coeff_inputs(&self, params: &[f32]) -> Vec<InputTensor> {
+        let mut v = Vec::with_capacity(2 * self.layout.len());
+        for (m, (l, c)) in self
+            .layout
+            .iter()
+            .zip(&self.analysis.patched().coeff_inputs)
+            .enumerate()
+        {
+            let (a, b) = module_params(&self.layout, params, m);
+            let mut at = vec![0f32; l.k_a * l.r];
+            write_alpha_a_t(l, a, &mut at);
+            let mut bt = vec![0f32; l.r * l.k_b];
+            write_alpha_b_t(l, b, &mut bt);
+            v.push(InputTensor {
+                name: c.alpha_a.clone(),
+                shape: vec![1, l.k_a, l.r],
+                data: TensorData::F32(at),
+            });
+            v.push(InputTensor {
+                name: c.alpha_b.clone(),
+                shape: vec![1, l.r, l.k_b],
+                data: TensorData::F32(bt),
+            });
+        }
+        v
+    }
+
+    fn prepare(&mut self, shape: &TrainingShape) -> Result<&Prepared> {
+        if !self.prepared.contains_key(shape) {
+            let (b, s) = (shape.batch, shape.seq);
+            // Probe: the patched model on a batch of this shape (values do not matter).
+            let mut like = self.token_inputs(&vec![0; b * s], &vec![1; b * s], b, s);
+            let zeros: Vec<f32> = self
+                .layout
+                .iter()
+                .flat_map(|l| vec![0.0; l.len()])
+                .collect();
+            like.extend(self.coeff_inputs(&zeros));
+            let (probe, names) = self.analysis.probe_model();
+            let outputs = Session::new(&probe, &like, self.backend)?.run(&like)?;
+            let shapes: Shapes = names
+                .into_iter()
+                .zip(outputs)
+                .map(|(n, o)| (n, o.shape))
+                .collect();
+            let graph = self.analysis.build(shape, &shapes)?;
+            let d = graph.dim;
+            let c = shape.classes;
+            like.push(f32_input(crate::graph::grad::HEAD_WEIGHT, &[c, d]));
+            like.push(f32_input(crate::graph::grad::HEAD_BIAS, &[c]));
+            like.push(f32_input(crate::graph::grad::TARGETS, &[b, c]));
+            like.push(f32_input(crate::graph::grad::EXAMPLE_WEIGHTS, &[b]));
+            let session = Session::new(&graph.proto, &like, self.backend)?;
+            self.prepared
+                .insert(shape.clone(), Prepared { session, graph });
+        }
+        self.prepared
+            .get(shape)
+            .ok_or_else(|| Error::Internal("training graph cache".into()))
+    }
+
+    /// The loss Σ_i w_i·CE_i of the head (`head_weight` [classes x d], `head_bias`
+    /// [classes]) on the pooled last hidden state of the padded `ids` / `mask` [batch x seq],
+    /// under the coefficients `params` (flat layout), for `targets` [batch x classes] and
+    /// example weights `weights` [batch]; and its exact gradients, into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_grad(
+        &mut self,
+        ids: &[i64],
+        mask: &[i64],
+        batch: usize,
+        seq: usize,
+        params: &[f32],
+        head_weight: &[f32],
+        head_bias: &[f32],
+        targets: &[f32],
+        weights: &[f32],
+        out: &mut Gradients,
+    ) -> Result<()> {
+        check_tokens(ids, mask, batch, seq)?;
+        check_params(&self.layout, params)?;
+        let classes = head_bias.len();
+        if classes == 0 || targets.len() != batch * classes || weights.len() != batch {
+            return Err(Error::Usage(format!(
+                "expected {batch}x{classes} targets and {batch} example weights, found {} and {}",
+                targets.len(),
+                weights.len()
+            )));
+        }
+        let shape = TrainingShape {
+            batch,
+            seq,
+            classes,
+        };
+        let mut inputs = self.token_inputs(ids, mask, batch, seq);
+        inputs.extend(self.coeff_inputs(params));
+        let prepared = self.prepare(&shape)?;
+        let d = prepared.graph.dim;
+        if head_weight.len() != classes * d {
+            return Err(Error::Usage(format!(
+                "expected head weights [{classes} x {d}], found {} values",
+                head_weight.len()
+            )));
+        }
+        let f = |name: &str, shape: Vec<usize>, v: &[f32]| InputTensor {
+            name: name.to_string(),
+            shape,
+            data: TensorData::F32(v.to_vec()),
+        };
+        use crate::graph::grad::{EXAMPLE_WEIGHTS, HEAD_BIAS, HEAD_WEIGHT, TARGETS};
+        inputs.push(f(HEAD_WEIGHT, vec![classes, d], head_weight));
+        inputs.push(f(HEAD_BIAS, vec![classes], head_bias));
+        inputs.push(f(TARGETS, vec![batch, classes], targets));
+        inputs.push(f(EXAMPLE_WEIGHTS, vec![batch], weights));
+        let outputs = prepared.session.run(&inputs)?;
+        let expected = prepared.graph.output_names();
+        if outputs.len() != expected.len() {
+            return Err(Error::Engine(format!(
+                "the training graph returned {} outputs, expected {}",
+                outputs.len(),
+                expected.len()
+            )));
+        }
+        if let Some(o) = outputs
+            .iter()
+            .find(|o| o.data.iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::Numeric(format!(
+                "the training graph's output `{}` is not finite",
+                o.name
+            )));
+        }
+        let mut it = outputs.into_iter();
+        let mut next = || it.next().map(|o| o.data).unwrap_or_default();
+        out.loss = f64::from(next().first().copied().unwrap_or(f32::NAN));
+        out.pooled = next();
+        out.dim = d;
+        out.head_weight = next();
+        out.head_bias = next();
+        out.params.clear();
+        out.params.resize(params.len(), 0.0);
+        let mut at = 0;
+        for l in &self.layout {
+            let (ga_t, gb_t) = (next(), next());
+            let (k_a, k_b, r) = (l.k_a, l.k_b, l.r);
+            // α_Aᵀ [K_A, r] -> α_A [r, K_A]; α_Bᵀ [r, K_B] -> α_B [K_B, r].
+            for j in 0..r {
+                for k in 0..k_a {
+                    out.params[at + j * k_a + k] = ga_t[k * r + j];
+                }
+            }
+            let bb = at + r * k_a;
+            for j in 0..r {
+                for k in 0..k_b {
+                    out.params[bb + k * r + j] = gb_t[j * k_b + k];
+                }
+            }
+            at += l.len();
+        }
+        Ok(())
+    }
+}
+
+fn f32_input(name: &str, shape: &[usize]) -> InputTensor {
+    InputTensor {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        data: TensorData::F32(vec![0.0; shape.iter().product()]),
+    }
+}

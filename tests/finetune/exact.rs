@@ -1,0 +1,279 @@
+//! Exact gradients (training graphs, `graph::grad` + `serve::train`) on the committed tiny
+//! BERT: checked against central finite differences of the same loss in f64, computed by an
+//! independent engine (ONNX Runtime in Python, `tools/grad_fd_reference.py`), and the
+//! unsupported-op error.
+#![cfg(feature = "tract")]
+
+use crate::support::tinybert::{SEQ, bound_bundle, data, fixture, tmpdir};
+use eigenlorax::graph::grad::{Analysis, TrainingShape};
+use eigenlorax::runtime::{Backend, Engine};
+use eigenlorax::serve::train::{ExactGradient, Gradients};
+use eigenlorax::task::CoeffLayout;
+use eigenlorax::util::GaussianRng;
+use std::path::Path;
+use std::process::Command;
+
+/// A batch of the task-0 data with random coefficients (both sides non-zero) and head.
+pub struct Case {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub batch: usize,
+    pub params: Vec<f32>,
+    pub head_w: Vec<f32>,
+    pub head_b: Vec<f32>,
+    pub targets: Vec<f32>,
+    pub weights: Vec<f32>,
+}
+
+pub fn case(layout: &[CoeffLayout], dim: usize, seed: u64) -> Case {
+    let (ex, labels) = data(0, "train");
+    let batch = 6;
+    let ids = ex[..batch]
+        .iter()
+        .flat_map(|e| e.input_ids.clone())
+        .collect();
+    let mask = ex[..batch]
+        .iter()
+        .flat_map(|e| e.attention_mask.clone())
+        .collect();
+    let mut rng = GaussianRng::new(seed);
+    let n: usize = layout.iter().map(CoeffLayout::len).sum();
+    let params = (0..n).map(|_| 0.5 * rng.next_normal() as f32).collect();
+    let classes = 2;
+    let head_w = (0..classes * dim)
+        .map(|_| rng.next_normal() as f32)
+        .collect();
+    let head_b = (0..classes)
+        .map(|_| 0.1 * rng.next_normal() as f32)
+        .collect();
+    let mut targets = vec![0f32; batch * classes];
+    for (i, &y) in labels[..batch].iter().enumerate() {
+        targets[i * classes + y] = 1.0;
+    }
+    // Unequal example weights, so the weighting is checked too.
+    let weights = (0..batch).map(|i| (1 + i) as f32 / 21.0).collect();
+    Case {
+        ids,
+        mask,
+        batch,
+        params,
+        head_w,
+        head_b,
+        targets,
+        weights,
+    }
+}
+
+pub fn gradients(g: &mut ExactGradient, c: &Case) -> Gradients {
+    let mut out = Gradients::default();
+    g.loss_grad(
+        &c.ids, &c.mask, c.batch, SEQ, &c.params, &c.head_w, &c.head_b, &c.targets, &c.weights,
+        &mut out,
+    )
+    .expect("loss_grad");
+    out
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Writes the named f32/i64 tensors as safetensors.
+fn write_tensors(
+    path: &Path,
+    f32s: &[(&str, Vec<usize>, &[f32])],
+    i64s: &[(&str, Vec<usize>, &[i64])],
+) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (n, s, v) in f32s {
+        bufs.push((
+            n.to_string(),
+            Dtype::F32,
+            s.clone(),
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+    }
+    for (n, s, v) in i64s {
+        bufs.push((
+            n.to_string(),
+            Dtype::I64,
+            s.clone(),
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+    }
+    let views: Vec<(String, TensorView<'_>)> = bufs
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("view")))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).expect("write safetensors");
+}
+
+fn read_f64s(path: &Path) -> std::collections::HashMap<String, Vec<f64>> {
+    let bytes = std::fs::read(path).expect("read FD output");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let v = t
+                .data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+                .collect();
+            (n, v)
+        })
+        .collect()
+}
+
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    num / den.max(1e-300)
+}
+
+#[test]
+fn tiny_bert_gradients_match_f64_finite_differences() {
+    let dir = tmpdir("grad-fd");
+    let (bundle, _) = bound_bundle(&dir);
+    let engine =
+        Engine::load(&fixture("tiny-bert/model.onnx"), &bundle, Backend::Tract).expect("engine");
+    let mut g = ExactGradient::new(&engine).expect("exact gradients");
+    let (on, all) = g.differentiated_nodes();
+    assert!(on > 0 && on < all, "{on} of {all} nodes differentiated");
+    let layout = g.layout().to_vec();
+    // d = 32 for the tiny BERT; the FD below checks every coefficient and head entry.
+    let probe = case(&layout, 1, 0);
+    let shape = TrainingShape {
+        batch: probe.batch,
+        seq: SEQ,
+        classes: 2,
+    };
+    let dim = g.training_graph(&shape).expect("graph").dim;
+    let c = case(&layout, dim, 7);
+    let out = gradients(&mut g, &c);
+    assert!(out.loss.is_finite() && out.loss > 0.0);
+
+    // The training graph and its inputs, for the reference.
+    let graph = g.training_graph(&shape).expect("graph").clone();
+    let model = dir.join("training.onnx");
+    std::fs::write(&model, eigenlorax::graph::onnx::encode_model(&graph.proto)).expect("write");
+    let mut f32s: Vec<(&str, Vec<usize>, &[f32])> = Vec::new();
+    let mut coeffs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut at = 0;
+    for (l, ci) in layout.iter().zip(&graph.coeff_inputs) {
+        let (a, b) = c.params[at..at + l.len()].split_at(l.r * l.k_a);
+        let mut a_t = vec![0f32; l.k_a * l.r];
+        eigenlorax::task::write_alpha_a_t(l, a, &mut a_t);
+        let mut b_t = vec![0f32; l.r * l.k_b];
+        eigenlorax::task::write_alpha_b_t(l, b, &mut b_t);
+        coeffs.push((ci.alpha_a.clone(), vec![1, l.k_a, l.r], a_t));
+        coeffs.push((ci.alpha_b.clone(), vec![1, l.r, l.k_b], b_t));
+        at += l.len();
+    }
+    for (n, s, v) in &coeffs {
+        f32s.push((n, s.clone(), v));
+    }
+    f32s.push(("head_weight", vec![2, dim], &c.head_w));
+    f32s.push(("head_bias", vec![2], &c.head_b));
+    f32s.push(("targets", vec![c.batch, 2], &c.targets));
+    f32s.push(("example_weights", vec![c.batch], &c.weights));
+    let i64s = [
+        ("input_ids", vec![c.batch, SEQ], c.ids.as_slice()),
+        ("attention_mask", vec![c.batch, SEQ], c.mask.as_slice()),
+    ];
+    let inputs = dir.join("inputs.safetensors");
+    write_tensors(&inputs, &f32s, &i64s);
+    let fd = dir.join("fd.safetensors");
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/grad_fd_reference.py");
+    let o = Command::new(python())
+        .arg(&tool)
+        .arg(&model)
+        .arg(&inputs)
+        .arg(&fd)
+        .output()
+        .expect("run python");
+    assert!(
+        o.status.success(),
+        "{} failed (needs numpy, onnx, safetensors and onnxruntime on PYTHONPATH; tools/test.sh installs them): {}",
+        tool.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let reference = read_f64s(&fd);
+    let loss_ref = reference["loss"][0];
+    assert!(
+        ((out.loss - loss_ref) / loss_ref).abs() < 1e-5,
+        "loss {} vs f64 {loss_ref}",
+        out.loss
+    );
+    // Per coefficient tensor, in the graph's orientation.
+    let grads = {
+        // Re-run to get the graph-oriented gradients: transpose back from the flat layout.
+        let mut v = Vec::new();
+        let mut at = 0;
+        for (l, ci) in layout.iter().zip(&graph.coeff_inputs) {
+            let (a, b) = out.params[at..at + l.len()].split_at(l.r * l.k_a);
+            let mut a_t = vec![0f32; l.k_a * l.r];
+            eigenlorax::task::write_alpha_a_t(l, a, &mut a_t);
+            let mut b_t = vec![0f32; l.r * l.k_b];
+            eigenlorax::task::write_alpha_b_t(l, b, &mut b_t);
+            v.push((ci.alpha_a.clone(), a_t));
+            v.push((ci.alpha_b.clone(), b_t));
+            at += l.len();
+        }
+        v.push(("head_weight".to_string(), out.head_weight.clone()));
+        v.push(("head_bias".to_string(), out.head_bias.clone()));
+        v
+    };
+    let mut worst: f64 = 0.0;
+    for (name, gv) in &grads {
+        let r = reference
+            .get(&format!("grad:{name}"))
+            .unwrap_or_else(|| panic!("no FD gradient for {name}"));
+        let ours: Vec<f64> = gv.iter().map(|&x| f64::from(x)).collect();
+        let e = rel(&ours, r);
+        eprintln!(
+            "{name}: relative error {e:.2e} (|g| {:.3e})",
+            r.iter().map(|x| x * x).sum::<f64>().sqrt()
+        );
+        assert!(
+            e <= 1e-4,
+            "{name}: relative error {e:.2e} against f64 central differences"
+        );
+        worst = worst.max(e);
+    }
+    eprintln!(
+        "worst relative error {worst:.2e} over {} tensors",
+        grads.len()
+    );
+}
+
+#[test]
+fn an_op_without_a_rule_is_named_with_its_node() {
+    let dir = tmpdir("grad-unsupported");
+    let (bundle, _) = bound_bundle(&dir);
+    let mut patched =
+        eigenlorax::graph::patch_file(&fixture("tiny-bert/model.onnx"), &bundle, 1).expect("patch");
+    // Make every Erf (the GELU of the FFN, on the path) an op without a rule.
+    let g = patched.proto.graph.as_mut().expect("graph");
+    let mut renamed = Vec::new();
+    for n in g.node.iter_mut().filter(|n| n.op_type == "Erf") {
+        n.op_type = "Sinh".into();
+        renamed.push(n.name.clone());
+    }
+    assert!(!renamed.is_empty());
+    let e = match Analysis::new(patched, "last_hidden_state", "attention_mask") {
+        Ok(_) => panic!("a graph with Sinh on the path was accepted"),
+        Err(e) => e,
+    };
+    assert!(matches!(e, eigenlorax::Error::Unsupported(_)), "{e:?}");
+    let msg = e.to_string();
+    for n in &renamed {
+        assert!(msg.contains(&format!("Sinh (`{n}`)")), "{msg}");
+    }
+    assert!(msg.contains(&format!("{} node(s)", renamed.len())), "{msg}");
+}
