@@ -11,7 +11,7 @@ use eigenlorax::bundle::Bundle;
 use eigenlorax::finetune::cache::CachedFeatures;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
 use eigenlorax::finetune::seq::SequenceModel;
-use eigenlorax::finetune::{Event, FinetuneConfig, Objective, Split, recipe};
+use eigenlorax::finetune::{Event, FinetuneConfig, GradMode, Objective, Split, recipe};
 use eigenlorax::runtime::input::{DEFAULT_MAX_LENGTH, TextEncoder};
 use eigenlorax::runtime::{Engine, HiddenState};
 use eigenlorax::{Error, Result};
@@ -58,7 +58,12 @@ pub struct FinetuneArgs {
     /// Maximum optimisation steps.
     #[arg(long, default_value_t = 1500)]
     pub steps: u64,
-    /// SPSA directions per step.
+    /// How the coefficients' gradient is computed: `exact` (reverse mode through a training
+    /// graph on the engine; falls back to `spsa` with a warning when the graph has ops
+    /// without a gradient rule) or `spsa` (forward passes only).
+    #[arg(long, value_enum, default_value = "exact")]
+    pub grad: GradArg,
+    /// SPSA directions per step (--grad spsa).
     #[arg(long, default_value_t = 2)]
     pub directions: usize,
     /// Seed of the initialisation, the directions and the data order.
@@ -112,6 +117,25 @@ pub struct FinetuneArgs {
     pub ep: EpArg,
 }
 
+/// `--grad`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradArg {
+    /// Exact gradients through a training graph.
+    Exact,
+    /// Forward-only SPSA estimates.
+    Spsa,
+}
+
+impl GradArg {
+    /// The library's mode.
+    pub fn mode(self) -> GradMode {
+        match self {
+            GradArg::Exact => GradMode::Exact,
+            GradArg::Spsa => GradMode::Spsa,
+        }
+    }
+}
+
 /// Token source for the data files.
 enum Tokens {
     /// Pre-tokenized `input_ids`.
@@ -155,7 +179,16 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     let engine = Engine::load(&args.model, &bundle, backend)?;
     let examples = std::mem::take(&mut data.examples);
     // Engines that plan per input shape pad to power-of-two lengths: a handful of plans.
-    let model = SequenceModel::on_engine(&engine, examples, data.pad_id, data.max_len)?;
+    let model = SequenceModel::for_training(
+        &engine,
+        examples,
+        data.pad_id,
+        data.max_len,
+        args.grad.mode(),
+    )?;
+    if let Some(why) = model.exact_unavailable() {
+        eprintln!("warning: {why}; training with SPSA (forward passes only)");
+    }
     train(args, &bundle, data, model, engine.min_rank())
 }
 
@@ -244,6 +277,7 @@ fn train(
         lr: args.lr.unwrap_or(defaults.lr),
         head_lr: args.head_lr,
         directions: args.directions,
+        grad: args.grad.mode(),
         batch_size: args.batch_size,
         max_steps: args.steps,
         eval_every: args.eval_every,
@@ -340,8 +374,13 @@ fn train(
     };
     ft.save(&args.output, &bundle.manifest.subspace_id, &task, &classes)?;
     let train_eval = ft.evaluate(&train_split)?;
+    let gradient = match ft.gradient() {
+        GradMode::Exact if args.zero_shot => "head only",
+        GradMode::Exact => "exact gradients",
+        GradMode::Spsa => "SPSA",
+    };
     println!(
-        "{} steps ({} forward passes){}; best {} {:.4} at step {}",
+        "{} steps, {gradient} ({} engine runs){}; best {} {:.4} at step {}",
         report.steps,
         report.forward_passes,
         if report.stopped_early {

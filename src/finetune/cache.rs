@@ -66,6 +66,20 @@ impl<M: ForwardModel> ForwardModel for CachedFeatures<M> {
         self.inner.num_examples()
     }
 
+    fn has_exact_gradients(&self) -> bool {
+        self.inner.has_exact_gradients()
+    }
+
+    // Gradients are never cached: the coefficients change at every step that asks for them.
+    fn loss_grad(
+        &mut self,
+        batch: &[usize],
+        query: &super::GradQuery<'_>,
+        out: &mut super::Gradients,
+    ) -> Result<()> {
+        self.inner.loss_grad(batch, query, out)
+    }
+
     fn features(&mut self, batch: &[usize], params: &[f32], out: &mut Vec<f32>) -> Result<usize> {
         // Bit equality: a changed value, however small, is a different model.
         let same = self.params.len() == params.len()

@@ -47,6 +47,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use zo::{Direction, SpsaScratch, SpsaSettings};
 
+pub use crate::serve::train::Gradients;
 pub use crate::task::CoeffLayout;
 
 /// A forward-only model whose adaptable parameters are the per-module coefficients.
@@ -66,6 +67,61 @@ pub trait ForwardModel {
     /// Pooled features [n x d] (row-major) of the examples `batch` under the coefficient
     /// values `params`, written into `out` (cleared first); returns d. Must be deterministic.
     fn features(&mut self, batch: &[usize], params: &[f32], out: &mut Vec<f32>) -> Result<usize>;
+
+    /// Whether [`loss_grad`](Self::loss_grad) is available (exact gradients).
+    fn has_exact_gradients(&self) -> bool {
+        false
+    }
+
+    /// The weighted cross-entropy of a linear head on the pooled features of `batch` and its
+    /// exact gradients with respect to the coefficients (in the model's flat layout) and the
+    /// head, into `out` (see [`GradQuery`]). Models without exact gradients keep this default,
+    /// an [`Error::Unsupported`]; the finetuner then estimates by SPSA.
+    fn loss_grad(
+        &mut self,
+        batch: &[usize],
+        query: &GradQuery<'_>,
+        out: &mut Gradients,
+    ) -> Result<()> {
+        let _ = (batch, query, out);
+        Err(Error::Unsupported(
+            "this model has no exact gradients".into(),
+        ))
+    }
+}
+
+/// The values [`ForwardModel::loss_grad`] differentiates at.
+#[derive(Clone, Copy, Debug)]
+pub struct GradQuery<'a> {
+    /// Coefficients in the model's flat layout ([`ForwardModel::features`]).
+    pub params: &'a [f32],
+    /// Head weights [classes x d], row-major.
+    pub head_weight: &'a [f32],
+    /// Head biases [classes].
+    pub head_bias: &'a [f32],
+    /// Target distribution per example [n x classes] (one-hot for labels).
+    pub targets: &'a [f32],
+    /// Weight of each example's cross-entropy [n] (1/n for the mean).
+    pub weights: &'a [f32],
+}
+
+/// How the coefficients' gradient is obtained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradMode {
+    /// Exact reverse-mode gradients through a training graph on the engine, when the model
+    /// has them ([`ForwardModel::has_exact_gradients`]); SPSA otherwise.
+    #[default]
+    Exact,
+    /// Forward-only SPSA estimates ([`zo`]).
+    Spsa,
+}
+
+impl GradMode {
+    /// Checkpoints written before exact gradients existed trained with SPSA.
+    fn legacy() -> Self {
+        GradMode::Spsa
+    }
 }
 
 /// Examples of one split: model example ids and, for classification, their class indices.
@@ -149,6 +205,9 @@ pub struct FinetuneConfig {
     /// than where training started. Costs one evaluation.
     #[serde(default)]
     pub eval_at_start: bool,
+    /// Exact gradients (default, where the model has them) or SPSA.
+    #[serde(default = "GradMode::legacy")]
+    pub grad: GradMode,
 }
 
 impl Default for FinetuneConfig {
@@ -179,6 +238,7 @@ impl Default for FinetuneConfig {
             init_a_std: None,
             zero_shot_b_std: 0.1,
             eval_at_start: false,
+            grad: GradMode::Exact,
         }
     }
 }
@@ -350,6 +410,8 @@ pub struct Finetuner<M: ForwardModel> {
     grad_theta: Vec<f64>,
     grad_head: Vec<f64>,
     spsa: SpsaScratch,
+    exact: Gradients,
+    targets: Vec<f32>,
     ids: Vec<usize>,
     labels: Vec<usize>,
 }
@@ -511,6 +573,8 @@ impl<M: ForwardModel> Finetuner<M> {
             buf,
             feats,
             spsa: SpsaScratch::default(),
+            exact: Gradients::default(),
+            targets: Vec::new(),
             ids: Vec::new(),
             labels: Vec::new(),
         })
@@ -590,6 +654,9 @@ impl<M: ForwardModel> Finetuner<M> {
     pub fn step(&mut self, batch: &[usize]) -> Result<StepStats> {
         if batch.is_empty() {
             return Err(Error::Usage("empty batch".into()));
+        }
+        if self.gradient() == GradMode::Exact && !self.cfg.zero_shot {
+            return self.exact_step(batch);
         }
         let Self {
             model,
@@ -705,6 +772,131 @@ impl<M: ForwardModel> Finetuner<M> {
             lr,
             rms_projection: rms,
             forward_passes: *forward_passes - passes0,
+        })
+    }
+
+    /// How this run obtains the coefficients' gradient: [`GradMode::Exact`] when asked for
+    /// and the model has exact gradients for the objective (classification), else SPSA.
+    pub fn gradient(&self) -> GradMode {
+        let classify = matches!(self.objective, Objective::Classify { .. });
+        if self.cfg.grad == GradMode::Exact && classify && self.model.has_exact_gradients() {
+            GradMode::Exact
+        } else {
+            GradMode::Spsa
+        }
+    }
+
+    /// [`Finetuner::step`] with exact gradients: one run of the training graph gives the
+    /// pooled features and d CE / d coefficients; the head's gradient (and the reported loss
+    /// and accuracy) come from the same features through [`LinearHead::loss_grad`].
+    fn exact_step(&mut self, batch: &[usize]) -> Result<StepStats> {
+        let Self {
+            model,
+            cfg,
+            train,
+            blocks,
+            theta,
+            head,
+            adam_theta,
+            adam_head,
+            sched,
+            step,
+            forward_passes,
+            window_sum,
+            window_n,
+            buf,
+            grad_theta,
+            grad_head,
+            exact,
+            targets,
+            ids,
+            labels,
+            ..
+        } = self;
+        let h = head
+            .as_mut()
+            .ok_or_else(|| Error::Internal("exact step without a head".into()))?;
+        ids.clear();
+        labels.clear();
+        for &p in batch {
+            let (id, y) = train.ids.get(p).zip(train.labels.get(p)).ok_or_else(|| {
+                Error::Usage(format!(
+                    "batch position {p} beyond the {} training examples",
+                    train.ids.len()
+                ))
+            })?;
+            ids.push(*id);
+            labels.push(*y);
+        }
+        let (n, classes, dim) = (ids.len(), h.classes(), h.dim());
+        targets.clear();
+        targets.resize(n * classes, 0.0);
+        for (i, &y) in labels.iter().enumerate() {
+            targets[i * classes + y] = 1.0;
+        }
+        let weights = vec![1.0 / n as f32; n];
+        let hw: Vec<f32> = h.params().iter().map(|&v| v as f32).collect();
+        write_params(blocks, cfg.rank, theta, buf);
+        let query = GradQuery {
+            params: buf,
+            head_weight: &hw[..classes * dim],
+            head_bias: &hw[classes * dim..],
+            targets,
+            weights: &weights,
+        };
+        model.loss_grad(ids, &query, exact)?;
+        *forward_passes += 1;
+        if exact.pooled.len() != n * dim || exact.params.len() != buf.len() {
+            return Err(Error::Internal(format!(
+                "exact gradients: {} features for {n}x{dim}, {} gradient values for {}",
+                exact.pooled.len(),
+                exact.params.len(),
+                buf.len()
+            )));
+        }
+        let hl = h.loss_grad(&exact.pooled, labels, cfg.head_l2, Some(grad_head))?;
+        if !hl.loss.is_finite() {
+            return Err(Error::Numeric(format!(
+                "training loss is {} at step {step}",
+                hl.loss
+            )));
+        }
+        // The model's rank-r_model layout -> the trained rank-`rank` coefficients.
+        let rank = cfg.rank;
+        for b in blocks.iter() {
+            for j in 0..rank {
+                for k in 0..b.k_a {
+                    grad_theta[b.theta + j * b.k_a + k] =
+                        f64::from(exact.params[b.buf + j * b.k_a + k]);
+                }
+            }
+            let (tb, gb) = (b.theta + rank * b.k_a, b.buf + b.r_model * b.k_a);
+            for i in 0..b.k_b {
+                for j in 0..rank {
+                    grad_theta[tb + i * rank + j] = f64::from(exact.params[gb + i * b.r_model + j]);
+                }
+            }
+        }
+        let lr = sched.lr(*step);
+        adam_theta.update(theta, grad_theta, lr, cfg.weight_decay);
+        let nw = classes * dim;
+        adam_head.update_split(
+            h.params_mut(),
+            grad_head,
+            lr * cfg.head_lr / cfg.lr,
+            cfg.weight_decay,
+            nw,
+        );
+        *step += 1;
+        *window_sum += hl.loss;
+        *window_n += 1;
+        Ok(StepStats {
+            step: *step,
+            loss: hl.loss,
+            accuracy: Some(hl.correct as f64 / n as f64),
+            lr,
+            rms_projection: 0.0,
+            forward_passes: 1,
         })
     }
 

@@ -5,10 +5,11 @@
 
 use super::data::Example;
 use super::pool::mean_pool;
-use super::{CoeffLayout, ForwardModel};
+use super::{CoeffLayout, ForwardModel, GradQuery};
 use crate::error::{Error, Result};
 pub use crate::runtime::hidden::{HiddenStateBackend, TokenFeed};
 use crate::runtime::{Engine, HiddenState};
+use crate::serve::train::{ExactGradient, Gradients};
 
 /// Tokenized examples served through a [`HiddenStateBackend`], pooled by masked mean.
 pub struct SequenceModel<B> {
@@ -20,6 +21,8 @@ pub struct SequenceModel<B> {
     ids: Vec<i64>,
     mask: Vec<i64>,
     hidden: Vec<f32>,
+    exact: Option<ExactGradient>,
+    exact_unavailable: Option<String>,
 }
 
 impl<B: HiddenStateBackend> SequenceModel<B> {
@@ -57,6 +60,8 @@ impl<B: HiddenStateBackend> SequenceModel<B> {
             ids: Vec::new(),
             mask: Vec::new(),
             hidden: Vec::new(),
+            exact: None,
+            exact_unavailable: None,
         })
     }
 
@@ -80,9 +85,86 @@ impl<B: HiddenStateBackend> SequenceModel<B> {
     pub fn backend(&mut self) -> &mut B {
         &mut self.backend
     }
+
+    /// The exact-gradient engine, when the model has one.
+    pub fn exact_gradients(&self) -> Option<&ExactGradient> {
+        self.exact.as_ref()
+    }
+
+    /// Gives the model exact gradients ([`ForwardModel::loss_grad`]) through training graphs
+    /// on the engine; batches are padded the same way as for [`ForwardModel::features`].
+    pub fn with_exact_gradients(mut self, exact: ExactGradient) -> Result<Self> {
+        if exact.layout() != self.backend.layout() {
+            return Err(Error::Usage(
+                "the exact-gradient engine and the hidden-state backend differ in layout".into(),
+            ));
+        }
+        self.exact = Some(exact);
+        // One training graph per padded length: bucket the lengths unless they are fixed.
+        if self.fixed_seq.is_none() && self.bucket_max.is_none() {
+            let longest = self.examples.iter().map(|e| e.input_ids.len()).max();
+            self.bucket_max = Some(longest.unwrap_or(1).max(1));
+        }
+        Ok(self)
+    }
+
+    /// Pads the examples `batch` into `self.ids` / `self.mask`; returns the sequence length.
+    fn pad(&mut self, batch: &[usize]) -> Result<usize> {
+        let mut longest = 0;
+        for &id in batch {
+            let e = self
+                .examples
+                .get(id)
+                .ok_or_else(|| Error::Usage(format!("no example {id}")))?;
+            longest = longest.max(e.input_ids.len());
+        }
+        let seq = match (self.fixed_seq, self.bucket_max) {
+            (Some(s), _) => s,
+            (None, Some(max)) => longest.max(8).next_power_of_two().min(max),
+            (None, None) => longest,
+        };
+        self.ids.clear();
+        self.mask.clear();
+        for &id in batch {
+            let e = &self.examples[id];
+            self.ids.extend_from_slice(&e.input_ids);
+            self.mask.extend_from_slice(&e.attention_mask);
+            let pad = seq - e.input_ids.len();
+            self.ids.extend(std::iter::repeat_n(self.pad_id, pad));
+            self.mask.extend(std::iter::repeat_n(0, pad));
+        }
+        Ok(seq)
+    }
 }
 
 impl SequenceModel<HiddenState> {
+    /// [`SequenceModel::on_engine`], with exact gradients when `grad` asks for them and the
+    /// engine's graph can be differentiated. A graph with ops that have no gradient rule is
+    /// not an error: the model then has no exact gradients (the finetuner uses SPSA) and
+    /// [`SequenceModel::exact_unavailable`] says why.
+    pub fn for_training(
+        engine: &Engine,
+        examples: Vec<Example>,
+        pad_id: i64,
+        max_len: usize,
+        grad: super::GradMode,
+    ) -> Result<Self> {
+        let mut model = Self::on_engine(engine, examples, pad_id, max_len)?;
+        if grad == super::GradMode::Exact {
+            match ExactGradient::new(engine) {
+                Ok(g) => model = model.with_exact_gradients(g)?,
+                Err(Error::Unsupported(why)) => model.exact_unavailable = Some(why),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(model)
+    }
+
+    /// Why exact gradients were asked for and are not available (then SPSA is used).
+    pub fn exact_unavailable(&self) -> Option<&str> {
+        self.exact_unavailable.as_deref()
+    }
+
     /// `examples` served by `engine`'s hidden-state backend, padded with `pad_id`. An engine
     /// that builds one plan per input shape ([`Engine::plans_per_shape`]) gets batches padded
     /// to power-of-two lengths up to `max_len` ([`SequenceModel::bucketed`]): a handful of
@@ -112,29 +194,7 @@ impl<B: HiddenStateBackend> ForwardModel for SequenceModel<B> {
     }
 
     fn features(&mut self, batch: &[usize], params: &[f32], out: &mut Vec<f32>) -> Result<usize> {
-        let mut longest = 0;
-        for &id in batch {
-            let e = self
-                .examples
-                .get(id)
-                .ok_or_else(|| Error::Usage(format!("no example {id}")))?;
-            longest = longest.max(e.input_ids.len());
-        }
-        let seq = match (self.fixed_seq, self.bucket_max) {
-            (Some(s), _) => s,
-            (None, Some(max)) => longest.max(8).next_power_of_two().min(max),
-            (None, None) => longest,
-        };
-        self.ids.clear();
-        self.mask.clear();
-        for &id in batch {
-            let e = &self.examples[id];
-            self.ids.extend_from_slice(&e.input_ids);
-            self.mask.extend_from_slice(&e.attention_mask);
-            let pad = seq - e.input_ids.len();
-            self.ids.extend(std::iter::repeat_n(self.pad_id, pad));
-            self.mask.extend(std::iter::repeat_n(0, pad));
-        }
+        let seq = self.pad(batch)?;
         let d = self.backend.hidden(
             &self.ids,
             &self.mask,
@@ -145,6 +205,29 @@ impl<B: HiddenStateBackend> ForwardModel for SequenceModel<B> {
         )?;
         mean_pool(&self.hidden, &self.mask, batch.len(), seq, d, out)?;
         Ok(d)
+    }
+
+    fn has_exact_gradients(&self) -> bool {
+        self.exact.is_some()
+    }
+
+    fn loss_grad(&mut self, batch: &[usize], q: &GradQuery<'_>, out: &mut Gradients) -> Result<()> {
+        let seq = self.pad(batch)?;
+        let exact = self.exact.as_mut().ok_or_else(|| {
+            Error::Unsupported("this model was built without exact gradients".into())
+        })?;
+        exact.loss_grad(
+            &self.ids,
+            &self.mask,
+            batch.len(),
+            seq,
+            q.params,
+            q.head_weight,
+            q.head_bias,
+            q.targets,
+            q.weights,
+            out,
+        )
     }
 }
 

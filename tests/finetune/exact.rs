@@ -4,75 +4,13 @@
 //! unsupported-op error.
 #![cfg(feature = "tract")]
 
-use crate::support::tinybert::{SEQ, bound_bundle, data, fixture, tmpdir};
+use crate::support::grad::{case, gradients};
+use crate::support::tinybert::{SEQ, bound_bundle, fixture, tmpdir};
 use eigenlorax::graph::grad::{Analysis, TrainingShape};
 use eigenlorax::runtime::{Backend, Engine};
-use eigenlorax::serve::train::{ExactGradient, Gradients};
-use eigenlorax::task::CoeffLayout;
-use eigenlorax::util::GaussianRng;
+use eigenlorax::serve::train::ExactGradient;
 use std::path::Path;
 use std::process::Command;
-
-/// A batch of the task-0 data with random coefficients (both sides non-zero) and head.
-pub struct Case {
-    pub ids: Vec<i64>,
-    pub mask: Vec<i64>,
-    pub batch: usize,
-    pub params: Vec<f32>,
-    pub head_w: Vec<f32>,
-    pub head_b: Vec<f32>,
-    pub targets: Vec<f32>,
-    pub weights: Vec<f32>,
-}
-
-pub fn case(layout: &[CoeffLayout], dim: usize, seed: u64) -> Case {
-    let (ex, labels) = data(0, "train");
-    let batch = 6;
-    let ids = ex[..batch]
-        .iter()
-        .flat_map(|e| e.input_ids.clone())
-        .collect();
-    let mask = ex[..batch]
-        .iter()
-        .flat_map(|e| e.attention_mask.clone())
-        .collect();
-    let mut rng = GaussianRng::new(seed);
-    let n: usize = layout.iter().map(CoeffLayout::len).sum();
-    let params = (0..n).map(|_| 0.5 * rng.next_normal() as f32).collect();
-    let classes = 2;
-    let head_w = (0..classes * dim)
-        .map(|_| rng.next_normal() as f32)
-        .collect();
-    let head_b = (0..classes)
-        .map(|_| 0.1 * rng.next_normal() as f32)
-        .collect();
-    let mut targets = vec![0f32; batch * classes];
-    for (i, &y) in labels[..batch].iter().enumerate() {
-        targets[i * classes + y] = 1.0;
-    }
-    // Unequal example weights, so the weighting is checked too.
-    let weights = (0..batch).map(|i| (1 + i) as f32 / 21.0).collect();
-    Case {
-        ids,
-        mask,
-        batch,
-        params,
-        head_w,
-        head_b,
-        targets,
-        weights,
-    }
-}
-
-pub fn gradients(g: &mut ExactGradient, c: &Case) -> Gradients {
-    let mut out = Gradients::default();
-    g.loss_grad(
-        &c.ids, &c.mask, c.batch, SEQ, &c.params, &c.head_w, &c.head_b, &c.targets, &c.weights,
-        &mut out,
-    )
-    .expect("loss_grad");
-    out
-}
 
 fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())

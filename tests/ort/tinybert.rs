@@ -274,3 +274,64 @@ fn tract_and_onnx_runtime_agree_on_patched_tiny_bert() {
     assert!(worst_pooled <= 1e-4);
     assert!(worst_mixed <= 1e-4, "mixed batch differs by {worst_mixed}");
 }
+
+/// The training graph gives the same loss and gradients on both engines.
+#[test]
+fn tract_and_ort_exact_gradients_agree() {
+    use crate::support::grad::{case, gradients};
+    use crate::support::tinybert::{SEQ, bound_bundle, fixture, tmpdir};
+    use eigenlorax::graph::grad::TrainingShape;
+    use eigenlorax::runtime::{Backend, Engine};
+    use eigenlorax::serve::train::ExactGradient;
+    require_ort();
+    let dir = tmpdir("grad-ort");
+    let (bundle, _) = bound_bundle(&dir);
+    let model = fixture("tiny-bert/model.onnx");
+    let mut tract =
+        ExactGradient::new(&Engine::load(&model, &bundle, Backend::Tract).expect("tract"))
+            .expect("tract gradients");
+    let ort = Engine::load(&model, &bundle, Backend::Ort(ExecutionProvider::Cpu)).expect("ort");
+    let mut ort = ExactGradient::new(&ort).expect("ort gradients");
+    let probe = case(tract.layout(), 1, 0);
+    let shape = TrainingShape {
+        batch: probe.batch,
+        seq: SEQ,
+        classes: 2,
+    };
+    let dim = tract.training_graph(&shape).expect("graph").dim;
+    let c = case(tract.layout(), dim, 3);
+    let (a, b) = (gradients(&mut tract, &c), gradients(&mut ort, &c));
+    let rel = |x: &[f32], y: &[f32]| {
+        let n: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| f64::from(p - q).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let d: f64 = y.iter().map(|q| f64::from(*q).powi(2)).sum::<f64>().sqrt();
+        n / d.max(1e-30)
+    };
+    assert!(
+        (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs(),
+        "loss {} vs {}",
+        a.loss,
+        b.loss
+    );
+    // Per module, in the flat layout.
+    let mut at = 0;
+    for l in tract.layout() {
+        let e = rel(&a.params[at..at + l.len()], &b.params[at..at + l.len()]);
+        eprintln!("{}: tract vs ORT relative difference {e:.2e}", l.name);
+        assert!(e <= 1e-5, "{}: {e:.2e}", l.name);
+        at += l.len();
+    }
+    for (name, x, y) in [
+        ("head weight", &a.head_weight, &b.head_weight),
+        ("head bias", &a.head_bias, &b.head_bias),
+        ("pooled", &a.pooled, &b.pooled),
+    ] {
+        let e = rel(x, y);
+        eprintln!("{name}: tract vs ORT relative difference {e:.2e}");
+        assert!(e <= 1e-5, "{name}: {e:.2e}");
+    }
+}
