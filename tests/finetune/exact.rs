@@ -215,3 +215,68 @@ fn an_op_without_a_rule_is_named_with_its_node() {
     }
     assert!(msg.contains(&format!("{} node(s)", renamed.len())), "{msg}");
 }
+
+/// `elx finetune` on a model whose graph has an op without a gradient rule warns, names the
+/// nodes and trains with SPSA; on the fixture itself it trains with exact gradients.
+#[test]
+fn finetune_falls_back_to_spsa_on_an_op_without_a_rule() {
+    use crate::support::tinybert::{rows, write_jsonl};
+    use eigenlorax::bundle::Bundle;
+    let dir = tmpdir("grad-fallback");
+    let (bundle, _) = bound_bundle(&dir);
+    // The fixture with its GELU's Erf replaced by Sinh (tract runs it; no gradient rule).
+    let (mut proto, _) =
+        eigenlorax::graph::read_model(&fixture("tiny-bert/model.onnx")).expect("model");
+    let g = proto.graph.as_mut().expect("graph");
+    for n in g.node.iter_mut().filter(|n| n.op_type == "Erf") {
+        n.op_type = "Sinh".into();
+    }
+    let model = dir.join("sinh.onnx");
+    std::fs::write(&model, eigenlorax::graph::onnx::encode_model(&proto)).expect("write");
+    let binding = eigenlorax::runtime::bind_file(&model, &bundle, None).expect("bind");
+    let bound = dir.join("sinh.elxb");
+    bundle
+        .with_binding(Some(&binding), &bound)
+        .expect("bind bundle");
+    Bundle::read(&bound).expect("bound bundle");
+    let (train_rows, train_labels) = rows(5, "train");
+    let train = dir.join("train.jsonl");
+    write_jsonl(&train, &train_rows[..32], &train_labels[..32]);
+    let run = |model: &Path, bundle: &Path, out: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_elx"))
+            .args(["finetune", "--model"])
+            .arg(model)
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--train")
+            .arg(&train)
+            .arg("-o")
+            .arg(dir.join(out))
+            .args(["--steps", "4", "--eval-every", "2"])
+            .output()
+            .expect("elx");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (out, err) = run(&model, &bound, "spsa.elxc");
+    assert!(
+        err.contains("warning: cannot build a training graph: no gradient rule for 2 node(s)")
+            && err.contains("Sinh (`")
+            && err.contains("training with SPSA"),
+        "{err}"
+    );
+    assert!(out.contains("4 steps, SPSA ("), "{out}");
+    let (out, err) = run(
+        &fixture("tiny-bert/model.onnx"),
+        &dir.join("bound.elxb"),
+        "exact.elxc",
+    );
+    assert!(!err.contains("warning"), "{err}");
+    assert!(
+        out.contains("4 steps, exact gradients (4 engine runs"),
+        "{out}"
+    );
+}
