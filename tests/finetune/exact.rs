@@ -280,3 +280,150 @@ fn finetune_falls_back_to_spsa_on_an_op_without_a_rule() {
         "{out}"
     );
 }
+
+/// On all-MiniLM-L6-v2 (imported with `elx import-hf`), a bundle of the six MiniLM adapters
+/// (K = 8 per side): the training graph's loss and gradients equal PyTorch autograd in f64
+/// (`tools/workload/backprop_reference.py --grad-check`, committed as
+/// models/minilm/reference/grad_check.safetensors with its inputs) to 1e-4 per module.
+#[test]
+fn minilm_gradients_match_pytorch_autograd() {
+    use crate::support::minilm::{minilm_dir, repo};
+    use eigenlorax::adapter::Adapter;
+    use eigenlorax::bundle::{Bundle, StorageDtype};
+    use eigenlorax::subspace::{ExtractOptions, KRule, extract};
+    let Some(pkg) = minilm_dir("minilm_gradients_match_pytorch_autograd") else {
+        return;
+    };
+    let dir = tmpdir("grad-minilm");
+    let base = dir.join("base.onnx");
+    eigenlorax::graph::import_hf_file(&pkg, &base).expect("import-hf");
+    let names = [
+        "convention2012",
+        "debate2016",
+        "language_id",
+        "name_gender",
+        "sentiment",
+        "subjectivity",
+    ];
+    let adapters: Vec<Adapter> = names
+        .iter()
+        .map(|n| Adapter::open(&repo().join("models/minilm/adapters").join(n)).expect("adapter"))
+        .collect();
+    let options = ExtractOptions {
+        k_rule_a: KRule::Fixed(8),
+        k_rule_b: KRule::Fixed(8),
+        ..Default::default()
+    };
+    let sub = extract(&adapters, &options, &|_, _, _| {}).expect("extract");
+    let unbound = dir.join("unbound.elxb");
+    Bundle::write(&unbound, &sub, &[], StorageDtype::F32, None).expect("write");
+    let bundle = Bundle::read(&unbound).expect("read");
+    let binding = eigenlorax::runtime::bind_file(&base, &bundle, None).expect("bind");
+    let bound = dir.join("bound.elxb");
+    bundle
+        .with_binding(Some(&binding), &bound)
+        .expect("bind bundle");
+    let bundle = Bundle::read(&bound).expect("bound");
+
+    let bytes = std::fs::read(repo().join("models/minilm/reference/grad_check.safetensors"))
+        .expect("reference");
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("metadata");
+    let recorded = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("subspace_id").cloned())
+        .unwrap_or_default();
+    // Bases equal to rounding give gradients equal far below the tolerance; say if they differ.
+    if recorded != bundle.manifest.subspace_id {
+        eprintln!(
+            "note: the reference was made on subspace {recorded}, this extraction is {}",
+            bundle.manifest.subspace_id
+        );
+    }
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let f32s = |n: &str| -> Vec<f32> {
+        st.tensor(n)
+            .unwrap_or_else(|_| panic!("{n}"))
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect()
+    };
+    let f64s = |n: &str| -> Vec<f64> {
+        st.tensor(n)
+            .unwrap_or_else(|_| panic!("{n}"))
+            .data()
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+            .collect()
+    };
+    let i64s = |n: &str| -> (Vec<i64>, Vec<usize>) {
+        let t = st.tensor(n).unwrap_or_else(|_| panic!("{n}"));
+        (
+            t.data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+            t.shape().to_vec(),
+        )
+    };
+    let (ids, shape) = i64s("input_ids");
+    let (mask, _) = i64s("attention_mask");
+    let (labels, _) = i64s("labels");
+    let (n, seq) = (shape[0], shape[1]);
+    let engine = Engine::load(&base, &bundle, Backend::Tract).expect("engine");
+    let mut g = ExactGradient::new(&engine).expect("exact gradients");
+    let layout = g.layout().to_vec();
+    let mut params = Vec::new();
+    for l in &layout {
+        let a = f32s(&format!("{}.alpha_A", l.name));
+        let b = f32s(&format!("{}.alpha_B", l.name));
+        assert_eq!((a.len(), b.len()), (l.r * l.k_a, l.k_b * l.r), "{}", l.name);
+        params.extend(a);
+        params.extend(b);
+    }
+    let (hw, hb) = (f32s("head.weight"), f32s("head.bias"));
+    let classes = hb.len();
+    let mut targets = vec![0f32; n * classes];
+    for (i, &y) in labels.iter().enumerate() {
+        targets[i * classes + y as usize] = 1.0;
+    }
+    let weights = vec![1.0 / n as f32; n];
+    let mut out = eigenlorax::serve::train::Gradients::default();
+    g.loss_grad(
+        &ids, &mask, n, seq, &params, &hw, &hb, &targets, &weights, &mut out,
+    )
+    .expect("loss_grad");
+    let loss_ref = f64s("loss")[0];
+    eprintln!("loss {} vs PyTorch f64 {loss_ref}", out.loss);
+    assert!(((out.loss - loss_ref) / loss_ref).abs() < 1e-5);
+    let mut at = 0;
+    let mut worst: f64 = 0.0;
+    for l in &layout {
+        let mut reference = f64s(&format!("grad:{}.alpha_A", l.name));
+        reference.extend(f64s(&format!("grad:{}.alpha_B", l.name)));
+        let ours: Vec<f64> = out.params[at..at + l.len()]
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let e = rel(&ours, &reference);
+        eprintln!("{}: relative error {e:.2e}", l.name);
+        assert!(
+            e <= 1e-4,
+            "{}: relative error {e:.2e} against PyTorch",
+            l.name
+        );
+        worst = worst.max(e);
+        at += l.len();
+    }
+    for (name, ours) in [
+        ("head.weight", &out.head_weight),
+        ("head.bias", &out.head_bias),
+    ] {
+        let ours: Vec<f64> = ours.iter().map(|&v| f64::from(v)).collect();
+        let e = rel(&ours, &f64s(&format!("grad:{name}")));
+        eprintln!("{name}: relative error {e:.2e}");
+        assert!(e <= 1e-4, "{name}: relative error {e:.2e} against PyTorch");
+    }
+    eprintln!("worst module relative error {worst:.2e}");
+}

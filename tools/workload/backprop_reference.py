@@ -429,6 +429,62 @@ def parity(args, mdir):
     print(json.dumps({"coeffs": args.coeffs, "task": meta["task"], "rows": rows}))
 
 
+def grad_check(args, mdir):
+    """Reference gradients for `serve::train::ExactGradient` (tests/finetune/exact.rs): for
+    --n rows of --train, seeded random coefficients at each module's r_max (both sides
+    non-zero) and a random head, the mean softmax CE and its gradients by autograd in
+    float64. Writes the inputs (token ids, mask, labels, coefficients, head) and the results
+    to --grad-check as safetensors."""
+    man, bases = read_bundle(args.bundle)
+    r = max(info["r_max"] for info in man["modules"].values())
+    if any(info["r_max"] != r for info in man["modules"].values()):
+        sys.exit("--grad-check expects one r_max for every module")
+    texts, raw = read_rows(args.train, args.n)
+    classes = sorted(set(raw))
+    y = torch.tensor([classes.index(c) for c in raw])
+    model, branches = load_model(mdir, bases, r)
+    model = model.double()
+    rng = np.random.default_rng(args.seed)
+    out = {}
+    with torch.no_grad():
+        for m in sorted(branches):
+            br = branches[m]
+            a = (0.5 * rng.standard_normal(tuple(br.alpha_a.shape))).astype(np.float32)
+            b = (0.5 * rng.standard_normal(tuple(br.alpha_b.shape))).astype(np.float32)
+            br.alpha_a.copy_(torch.from_numpy(a).double())
+            br.alpha_b.copy_(torch.from_numpy(b).double())
+            out[f"{m}.alpha_A"], out[f"{m}.alpha_B"] = a, b
+    d = model.config.hidden_size
+    hw = rng.standard_normal((len(classes), d)).astype(np.float32)
+    hb = (0.1 * rng.standard_normal(len(classes))).astype(np.float32)
+    out["head.weight"], out["head.bias"] = hw, hb
+    w = torch.from_numpy(hw).double().requires_grad_(True)
+    bias = torch.from_numpy(hb).double().requires_grad_(True)
+    enc = Encoder(mdir, args.max_length)
+    ids, _ = enc.encode(texts)
+    tok, mask = collate(ids, enc.pad_id)
+    for p in branches.values():
+        p.alpha_a.requires_grad_(True)
+        p.alpha_b.requires_grad_(True)
+    hidden = model(input_ids=tok, attention_mask=mask, token_type_ids=torch.zeros_like(tok)).last_hidden_state
+    mk = mask.unsqueeze(-1).double()
+    pooled = (hidden * mk).sum(1) / mk.sum(1)
+    loss = F.cross_entropy(pooled @ w.T + bias, y)
+    loss.backward()
+    for m in sorted(branches):
+        out[f"grad:{m}.alpha_A"] = branches[m].alpha_a.grad.numpy().astype(np.float64)
+        out[f"grad:{m}.alpha_B"] = branches[m].alpha_b.grad.numpy().astype(np.float64)
+    out["grad:head.weight"] = w.grad.numpy()
+    out["grad:head.bias"] = bias.grad.numpy()
+    out["loss"] = np.array([loss.item()], dtype=np.float64)
+    out["input_ids"] = tok.numpy().astype(np.int64)
+    out["attention_mask"] = mask.numpy().astype(np.int64)
+    out["labels"] = y.numpy().astype(np.int64)
+    meta = {"subspace_id": man["subspace_id"], "r": str(r), "train": args.train, "n": str(args.n), "seed": str(args.seed)}
+    save_file(out, args.grad_check, metadata=meta)
+    print(f"wrote {args.grad_check}: loss {loss.item():.6f}, {len(branches)} modules, {len(texts)} rows, seq {tok.shape[1]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True, help=".elxb (bound or not)")
@@ -461,10 +517,17 @@ def main():
     ap.add_argument("--json-out", help="also write the result JSON here")
     ap.add_argument("--coeffs", help="parity mode: load this .elxc and print features/logits of --text")
     ap.add_argument("--text", action="append", default=[])
+    ap.add_argument("--grad-check", metavar="OUT.safetensors",
+                    help="write reference gradients of --n rows of --train (f64 autograd) and exit")
+    ap.add_argument("--n", type=int, default=8, help="rows for --grad-check")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     mdir = args.model_dir or default_model_dir()
+    if args.grad_check:
+        if not args.train:
+            sys.exit("--grad-check needs --train")
+        return grad_check(args, mdir)
     if args.coeffs:
         if not args.text:
             sys.exit("--coeffs needs at least one --text")
