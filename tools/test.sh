@@ -5,12 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Python packages for tests/parity_numpy.rs (the numpy reference in tools/).
+# Python packages for tests/parity_numpy.rs (the numpy reference in tools/) and for the f64
+# finite-difference reference of the exact gradients (tools/grad_fd_reference.py: onnx, and
+# the onnxruntime wheel installed below).
 py=.cache/py
-if ! PYTHONPATH=$py python3 -c "import numpy, safetensors" 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check --target "$py" numpy safetensors
+if ! PYTHONPATH=$py python3 -c "import numpy, safetensors, onnx" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$py" numpy safetensors onnx
 fi
-export PYTHONPATH="$PWD/$py${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/$py:$PWD/.cache/ort${PYTHONPATH:+:$PYTHONPATH}"
 
 # The all-MiniLM-L6-v2 model package (config.json, model.safetensors, tokenizer.json) for
 # tests/runtime/import_hf.rs and tests/runtime/tokenizer_parity.rs; under CI=true they fail
