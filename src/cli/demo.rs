@@ -72,11 +72,15 @@ pub struct Args {
     /// Coefficient rank trained on the device.
     #[arg(long = "r", default_value_t = 2)]
     pub rank: usize,
-    /// SPSA steps of the finetuned and random-basis rows (the demo's budget is small; see
-    /// BENCHMARKS.md for longer runs).
+    /// Training steps of the finetuned and random-basis rows (the demo's budget is small;
+    /// see BENCHMARKS.md for longer runs).
     #[arg(long, default_value_t = 30)]
     pub steps: u64,
-    /// SPSA directions per step.
+    /// How the finetuned and random-basis rows get the coefficients' gradient: `exact`
+    /// (training graphs on the engine) or `spsa` (forward passes only).
+    #[arg(long, value_enum, default_value = "exact")]
+    pub grad: super::GradArg,
+    /// SPSA directions per step (--grad spsa).
     #[arg(long, default_value_t = 2)]
     pub directions: usize,
     /// Examples per step.
@@ -271,6 +275,7 @@ fn loo_config(a: &Args, base: &Path, model_dir: &Path, out: &Path) -> Result<Loo
             seed: a.seed,
             max_steps: a.steps,
             directions: a.directions,
+            grad: a.grad.mode(),
             batch_size: a.batch_size,
             lr: a.lr,
             head_lr: a.head_lr,

@@ -6,7 +6,7 @@
 //! Data is JSONL: pre-tokenized `{"input_ids": [...], "label": ...}` lines, or
 //! `{"text": ..., "label": ...}` lines when a tokenizer is given or lies next to the model.
 
-use super::{BackendArg, EpArg, progress_bar};
+use super::{BackendArg, EpArg, GradArg, progress_bar};
 use eigenlorax::bundle::Bundle;
 use eigenlorax::finetune::cache::CachedFeatures;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
@@ -115,25 +115,6 @@ pub struct FinetuneArgs {
     /// ONNX Runtime execution provider (`--backend ort`); falls back to the CPU with a warning.
     #[arg(long, value_enum, default_value = "cpu")]
     pub ep: EpArg,
-}
-
-/// `--grad`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GradArg {
-    /// Exact gradients through a training graph.
-    Exact,
-    /// Forward-only SPSA estimates.
-    Spsa,
-}
-
-impl GradArg {
-    /// The library's mode.
-    pub fn mode(self) -> GradMode {
-        match self {
-            GradArg::Exact => GradMode::Exact,
-            GradArg::Spsa => GradMode::Spsa,
-        }
-    }
 }
 
 /// Token source for the data files.

@@ -25,6 +25,25 @@ use eigenlorax::{Error, Result};
 use std::io::IsTerminal;
 use std::path::Path;
 
+/// `--grad`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradArg {
+    /// Exact gradients through a training graph.
+    Exact,
+    /// Forward-only SPSA estimates.
+    Spsa,
+}
+
+impl GradArg {
+    /// The library's mode.
+    pub fn mode(self) -> eigenlorax::finetune::GradMode {
+        match self {
+            GradArg::Exact => eigenlorax::finetune::GradMode::Exact,
+            GradArg::Spsa => eigenlorax::finetune::GradMode::Spsa,
+        }
+    }
+}
+
 /// Which inference engine runs the patched graph (`--backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {

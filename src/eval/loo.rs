@@ -17,7 +17,7 @@
 //! | method | coefficients | head |
 //! |---|---|---|
 //! | head only | none (the base model) | trained on the device |
-//! | finetuned | trained on the device by SPSA, forward passes only | trained with them, from the head-only solution or from zero |
+//! | finetuned | trained on the device with exact gradients (training graphs on the engine; SPSA when asked, or where the graph has none) | trained with them, from the head-only solution or from zero |
 //! | random basis | the same training over a random orthonormal basis of the same K | idem |
 //!
 //! The headline figure is the share of the head-only → own-LoRA cross-entropy gap a row
@@ -694,7 +694,7 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// SPSA training of coefficients + head on the configured engine for `bundle`, the head
+    /// Training of coefficients + head on the configured engine for `bundle`, the head
     /// starting from the head-only solution (LP-FT) or from zero (`warm_start_head`),
     /// evaluated on the test split and saved to `path`; `rt` (tract, the same bundle) serves
     /// the file, and trains too when the configured engine is tract.
@@ -709,12 +709,13 @@ impl Job<'_> {
             Backend::Tract => rt.clone(),
             other => Engine::load(&self.cfg.base, bundle, other)?,
         };
-        let model = sequence_model(
+        let model = CachedFeatures::new(SequenceModel::for_training(
             &engine,
             self.examples.to_vec(),
             self.pad,
             self.cfg.max_length,
-        )?;
+            self.cfg.finetune.grad,
+        )?);
         let mut r = self.train_on(model, bundle, path, method)?;
         r.swap_ms = timed(|| rt.load_task(path).map(|_| ()))?;
         Ok(r)
