@@ -55,9 +55,9 @@ pub struct FinetuneArgs {
     /// Coefficient rank (1 up to the bundle's rank; default: the bundle's smallest r_max).
     #[arg(long = "r", value_name = "R")]
     pub rank: Option<usize>,
-    /// Maximum optimisation steps.
-    #[arg(long, default_value_t = 1500)]
-    pub steps: u64,
+    /// Maximum optimisation steps (default: 150 with --grad exact, 1500 with --grad spsa).
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// How the coefficients' gradient is computed: `exact` (reverse mode through a training
     /// graph on the engine; falls back to `spsa` with a warning when the graph has ops
     /// without a gradient rule) or `spsa` (forward passes only).
@@ -75,11 +75,12 @@ pub struct FinetuneArgs {
     /// Peak learning rate of the coefficients.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Peak learning rate of the head while the coefficients train. Small, so that the head
-    /// does not re-fit the training set on its own before the coefficients move
-    /// (BENCHMARKS.md, "On-device finetuning quality").
-    #[arg(long, default_value_t = 1e-4)]
-    pub head_lr: f64,
+    /// Peak learning rate of the head while the coefficients train (default: 4e-3 with
+    /// --grad exact; 1e-4 with --grad spsa, so that the head does not re-fit the training set
+    /// on its own before the noisy estimates move the coefficients; BENCHMARKS.md, "On-device
+    /// finetuning quality").
+    #[arg(long)]
+    pub head_lr: Option<f64>,
     /// Steps training the head alone first, on features computed once, at
     /// --warmup-head-lr (LP-FT; 0: none, head and coefficients start together from zero).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -87,9 +88,10 @@ pub struct FinetuneArgs {
     /// Peak learning rate of the head warm-up.
     #[arg(long, value_name = "LR", default_value_t = 1e-2)]
     pub warmup_head_lr: f64,
-    /// Steps between evaluations (early stopping after 6 without improvement).
-    #[arg(long, default_value_t = 100)]
-    pub eval_every: u64,
+    /// Steps between evaluations, early stopping after 6 without improvement (default: 25
+    /// with --grad exact, 100 with --grad spsa).
+    #[arg(long)]
+    pub eval_every: Option<u64>,
     /// Train the head only over random coefficients in the subspace (ELoRAx^ZS).
     #[arg(long)]
     pub zero_shot: bool,
@@ -251,17 +253,19 @@ fn train(
 ) -> Result<()> {
     let rank = args.rank.unwrap_or(r_max);
     let defaults = FinetuneConfig::default();
+    let schedule = recipe::Schedule::for_gradient(args.grad.mode());
+    let steps = args.steps.unwrap_or(schedule.steps);
     let mut cfg = FinetuneConfig {
         rank,
         zero_shot: args.zero_shot,
         seed: args.seed,
         lr: args.lr.unwrap_or(defaults.lr),
-        head_lr: args.head_lr,
+        head_lr: args.head_lr.unwrap_or(schedule.head_lr),
         directions: args.directions,
         grad: args.grad.mode(),
         batch_size: args.batch_size,
-        max_steps: args.steps,
-        eval_every: args.eval_every,
+        max_steps: steps,
+        eval_every: args.eval_every.unwrap_or(schedule.eval_every),
         checkpoint_every: args.checkpoint_every.unwrap_or(0),
         checkpoint_path: args.checkpoint.clone(),
         ..defaults
@@ -309,7 +313,7 @@ fn train(
         ft.resume(p)?;
     }
 
-    let bar = progress_bar(args.steps);
+    let bar = progress_bar(steps);
     bar.set_position(ft.steps());
     let mut last_val = String::from("val -");
     let mut last_loss = f64::NAN;
@@ -338,7 +342,7 @@ fn train(
         println!(
             "paused at step {} of {} ({} forward passes); continue with --resume {}",
             report.steps,
-            args.steps,
+            steps,
             report.forward_passes,
             ck.display()
         );

@@ -5,7 +5,40 @@
 //! evaluates its start first ([`FinetuneConfig::eval_at_start`]), so it ends no worse on
 //! validation than the head alone.
 
-use super::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
+use super::{FinetuneConfig, Finetuner, ForwardModel, GradMode, Objective, Split};
+
+/// The schedule `elx finetune` uses by default for each way of getting the gradient, both
+/// measured on MiniLM (BENCHMARKS.md, "On-device finetuning quality"): with exact gradients,
+/// the backprop reference's own schedule (150 steps, head and coefficients at 4e-3,
+/// validation every 25 steps); with SPSA, 1500 steps with the head at 1e-4, so that it does
+/// not re-fit the training set before the noisy estimates move the coefficients.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    /// Optimisation steps.
+    pub steps: u64,
+    /// Peak learning rate of the head while the coefficients train.
+    pub head_lr: f64,
+    /// Steps between evaluations.
+    pub eval_every: u64,
+}
+
+impl Schedule {
+    /// The default schedule for `grad`.
+    pub fn for_gradient(grad: GradMode) -> Schedule {
+        match grad {
+            GradMode::Exact => Schedule {
+                steps: 150,
+                head_lr: 4e-3,
+                eval_every: 25,
+            },
+            GradMode::Spsa => Schedule {
+                steps: 1500,
+                head_lr: 1e-4,
+                eval_every: 100,
+            },
+        }
+    }
+}
 use crate::error::Result;
 
 /// The head-only run of `steps` steps at `head_lr`, from `base`: coefficients fixed at zero
