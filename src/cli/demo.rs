@@ -51,8 +51,9 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 150], value_name = "N,...")]
     pub few_shot: Vec<usize>,
     /// Serve every task of each family from one bundle of all its adapters, at these energy
-    /// shares (accuracy and CE vs each task's own LoRA, resident bytes); empty: skip.
-    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.8, 0.9, 0.99], value_name = "F,...")]
+    /// shares (accuracy and CE vs each task's own LoRA, resident bytes); `--in-sample` with no
+    /// value skips it.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [0.5, 0.8, 0.9, 0.99], value_name = "F,...")]
     pub in_sample: Vec<f64>,
     /// Test examples per task in the in-sample serving table.
     #[arg(long, default_value_t = 100)]
