@@ -20,6 +20,52 @@ use crate::graph::grad::{Analysis, Shapes, TrainingGraph, TrainingShape};
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::collections::HashMap;
 
+/// The base weights the training graphs take as inputs, held once for every graph, in the
+/// form the engine feeds without copying.
+enum Weights {
+    #[cfg(feature = "tract")]
+    Tract(Vec<(String, tract_onnx::prelude::TValue)>),
+    #[cfg(feature = "ort")]
+    Ort(Vec<crate::graph::grad::Weight>),
+    #[allow(dead_code)]
+    None,
+}
+
+impl Weights {
+    fn new(backend: Backend, values: Vec<crate::graph::grad::Weight>) -> Result<Weights> {
+        match backend {
+            #[cfg(feature = "tract")]
+            Backend::Tract => values
+                .into_iter()
+                .map(|(n, dims, v)| {
+                    tract_onnx::prelude::Tensor::from_shape(&dims, &v)
+                        .map(|t| (n.clone(), t.into()))
+                        .map_err(|e| Error::Engine(format!("weight `{n}`: {e}")))
+                })
+                .collect::<Result<_>>()
+                .map(Weights::Tract),
+            #[cfg(feature = "ort")]
+            Backend::Ort(_) => Ok(Weights::Ort(values)),
+            #[allow(unreachable_patterns)]
+            other => Err(super::engine::not_built(other)),
+        }
+    }
+
+    /// (name, element type, shape) of each weight, for building a session.
+    fn specs(&self) -> Vec<(String, Vec<usize>)> {
+        match self {
+            #[cfg(feature = "tract")]
+            Weights::Tract(v) => v
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+                .collect(),
+            #[cfg(feature = "ort")]
+            Weights::Ort(v) => v.iter().map(|(n, d, _)| (n.clone(), d.clone())).collect(),
+            Weights::None => Vec::new(),
+        }
+    }
+}
+
 /// One fixed-shape model on an engine.
 enum Session {
     #[cfg(feature = "tract")]
@@ -34,13 +80,20 @@ enum Session {
 }
 
 impl Session {
-    /// Prepares `model` for inputs shaped like `like` (names, element types and shapes).
-    fn new(model: &ModelProto, like: &[InputTensor], backend: Backend) -> Result<Session> {
+    /// Prepares `model` for inputs shaped like `like` (names, element types and shapes)
+    /// followed by `weights`.
+    fn new(
+        model: &ModelProto,
+        like: &[InputTensor],
+        weights: &Weights,
+        backend: Backend,
+    ) -> Result<Session> {
+        let weight_specs = weights.specs();
         match backend {
             #[cfg(feature = "tract")]
             Backend::Tract => {
                 use tract_onnx::prelude::DatumType;
-                let facts: Vec<(&str, DatumType, &[usize])> = like
+                let mut facts: Vec<(&str, DatumType, &[usize])> = like
                     .iter()
                     .map(|t| {
                         let dt = match t.data {
@@ -50,6 +103,9 @@ impl Session {
                         (t.name.as_str(), dt, t.shape.as_slice())
                     })
                     .collect();
+                for (n, d) in &weight_specs {
+                    facts.push((n.as_str(), DatumType::F32, d.as_slice()));
+                }
                 let (plan, order) = super::tract::fixed_shape_plan(model, &facts)?;
                 Ok(Session::Tract {
                     plan,
@@ -67,26 +123,46 @@ impl Session {
         }
     }
 
-    /// Runs on `inputs` (the names of `like` at [`Session::new`]); every output, f32.
-    fn run(&self, inputs: &[InputTensor]) -> Result<Vec<OutputTensor>> {
-        match self {
+    /// Runs on `inputs` (the names of `like` at [`Session::new`]) and `weights`; every
+    /// output, f32.
+    fn run(&self, inputs: &[InputTensor], weights: &Weights) -> Result<Vec<OutputTensor>> {
+        match (self, weights) {
             #[cfg(feature = "tract")]
-            Session::Tract {
-                plan,
-                order,
-                outputs,
-            } => {
-                let ordered: Vec<&InputTensor> = order.iter().map(|&i| &inputs[i]).collect();
-                let values = super::input::to_tract(&ordered)?;
+            (
+                Session::Tract {
+                    plan,
+                    order,
+                    outputs,
+                },
+                Weights::Tract(w),
+            ) => {
+                let mut values = Vec::with_capacity(order.len());
+                for &i in order {
+                    if i < inputs.len() {
+                        values.extend(super::input::to_tract(&[&inputs[i]])?);
+                    } else {
+                        let (_, v) = w.get(i - inputs.len()).ok_or_else(|| {
+                            Error::Internal("training graph input out of range".into())
+                        })?;
+                        values.push(v.clone());
+                    }
+                }
                 let out = plan.run(values.into_iter().collect()).map_err(|e| {
                     Error::Engine(format!("tract run of the training graph: {e:#}"))
                 })?;
                 super::input::from_tract(outputs, &out)
             }
             #[cfg(feature = "ort")]
-            Session::Ort(m) => m.run(inputs),
-            #[cfg(not(any(feature = "tract", feature = "ort")))]
-            _ => unreachable!(),
+            (Session::Ort(m), Weights::Ort(w)) => {
+                let extra: Vec<(&str, &[usize], &[f32])> = w
+                    .iter()
+                    .map(|(n, d, v)| (n.as_str(), d.as_slice(), v.as_slice()))
+                    .collect();
+                m.run_with(inputs, &extra)
+            }
+            _ => Err(Error::Internal(
+                "training graph session and weights of different engines".into(),
+            )),
         }
     }
 }
@@ -115,11 +191,21 @@ pub struct Gradients {
     pub head_bias: Vec<f32>,
 }
 
+/// Initializers of at least this many values are fed as inputs, held once for every graph.
+const WEIGHT_INPUT_MIN: usize = 4096;
+
+/// Examples per run of a training graph: a batch is cut into runs of this many (the last
+/// padded with zero-weight rows) and their gradients summed, which is exact and bounds the
+/// activations kept for the backward pass.
+pub const DEFAULT_MICRO_BATCH: usize = 4;
+
 /// Exact gradients of a linear head's cross-entropy with respect to the coefficients and the
 /// head, on an [`Engine`]. See the module documentation.
 pub struct ExactGradient {
     backend: Backend,
     analysis: Analysis,
+    weights: Weights,
+    micro: usize,
     layout: Vec<CoeffLayout>,
     feeds: Vec<(String, TokenFeed)>,
     prepared: HashMap<TrainingShape, Prepared>,
@@ -139,14 +225,30 @@ impl ExactGradient {
             .cloned()
             .ok_or_else(|| Error::Usage("the model has no output".into()))?;
         let layout = patched.coeff_inputs.iter().map(|c| c.layout()).collect();
-        let analysis = Analysis::new(patched, &hidden, "attention_mask")?;
+        let mut analysis = Analysis::new(patched, &hidden, "attention_mask")?;
+        let backend = engine.backend();
+        let weights = Weights::new(backend, analysis.externalize_weights(WEIGHT_INPUT_MIN)?)?;
         Ok(ExactGradient {
-            backend: engine.backend(),
+            backend,
             analysis,
+            weights,
+            micro: DEFAULT_MICRO_BATCH,
             layout,
             feeds: names.into_iter().zip(feeds).collect(),
             prepared: HashMap::new(),
         })
+    }
+
+    /// Runs training graphs on `n` examples at a time (default [`DEFAULT_MICRO_BATCH`]).
+    pub fn with_micro_batch(mut self, n: usize) -> Self {
+        self.micro = n.max(1);
+        self.prepared.clear();
+        self
+    }
+
+    /// Examples per run of a training graph.
+    pub fn micro_batch(&self) -> usize {
+        self.micro
     }
 
     /// The coefficient layout.
@@ -164,9 +266,44 @@ impl ExactGradient {
         self.prepared.len()
     }
 
-    /// The training graph for `shape` (built on first use), e.g. to save or inspect it.
+    /// The training graph for `shape` (built on first use). Its large weights are graph
+    /// inputs ([`TrainingGraph::weight_inputs`]); [`ExactGradient::standalone_model`] puts
+    /// them back.
     pub fn training_graph(&mut self, shape: &TrainingShape) -> Result<&TrainingGraph> {
         Ok(&self.prepare(shape)?.graph)
+    }
+
+    /// The training graph for `shape` as a self-contained model, its weights back as
+    /// initializers: to save it, or to run it elsewhere (the f64 reference of the tests).
+    pub fn standalone_model(&mut self, shape: &TrainingShape) -> Result<ModelProto> {
+        let mut proto = self.prepare(shape)?.graph.proto.clone();
+        let weights: Vec<crate::graph::grad::Weight> = match &self.weights {
+            #[cfg(feature = "tract")]
+            Weights::Tract(v) => v
+                .iter()
+                .map(|(n, t)| {
+                    let data = t
+                        .to_plain_array_view::<f32>()
+                        .map_err(|e| Error::Internal(format!("weight `{n}`: {e}")))?
+                        .iter()
+                        .copied()
+                        .collect();
+                    Ok((n.clone(), t.shape().to_vec(), data))
+                })
+                .collect::<Result<_>>()?,
+            #[cfg(feature = "ort")]
+            Weights::Ort(v) => v.clone(),
+            Weights::None => Vec::new(),
+        };
+        if let Some(g) = proto.graph.as_mut() {
+            let names: std::collections::HashSet<&str> =
+                weights.iter().map(|(n, _, _)| n.as_str()).collect();
+            g.input.retain(|v| !names.contains(v.name.as_str()));
+            for (n, d, v) in &weights {
+                g.initializer.push(crate::graph::onnx::tensor_f32(n, d, v));
+            }
+        }
+        Ok(proto)
     }
 
     fn token_inputs(&self, ids: &[i64], mask: &[i64], b: usize, s: usize) -> Vec<InputTensor> {
@@ -223,7 +360,8 @@ impl ExactGradient {
                 .collect();
             like.extend(self.coeff_inputs(&zeros));
             let (probe, names) = self.analysis.probe_model();
-            let outputs = Session::new(&probe, &like, self.backend)?.run(&like)?;
+            let outputs = Session::new(&probe, &like, &self.weights, self.backend)?
+                .run(&like, &self.weights)?;
             let shapes: Shapes = names
                 .into_iter()
                 .zip(outputs)
@@ -236,7 +374,7 @@ impl ExactGradient {
             like.push(f32_input(crate::graph::grad::HEAD_BIAS, &[c]));
             like.push(f32_input(crate::graph::grad::TARGETS, &[b, c]));
             like.push(f32_input(crate::graph::grad::EXAMPLE_WEIGHTS, &[b]));
-            let session = Session::new(&graph.proto, &like, self.backend)?;
+            let session = Session::new(&graph.proto, &like, &self.weights, self.backend)?;
             self.prepared
                 .insert(shape.clone(), Prepared { session, graph });
         }
@@ -248,7 +386,8 @@ impl ExactGradient {
     /// The loss Σ_i w_i·CE_i of the head (`head_weight` [classes x d], `head_bias`
     /// [classes]) on the pooled last hidden state of the padded `ids` / `mask` [batch x seq],
     /// under the coefficients `params` (flat layout), for `targets` [batch x classes] and
-    /// example weights `weights` [batch]; and its exact gradients, into `out`.
+    /// example weights `weights` [batch]; and its exact gradients, into `out`. The batch runs
+    /// [`ExactGradient::micro_batch`] examples at a time; the sums are exact.
     #[allow(clippy::too_many_arguments)]
     pub fn loss_grad(
         &mut self,
@@ -273,61 +412,92 @@ impl ExactGradient {
                 weights.len()
             )));
         }
+        let m = self.micro;
         let shape = TrainingShape {
-            batch,
+            batch: m,
             seq,
             classes,
         };
-        let mut inputs = self.token_inputs(ids, mask, batch, seq);
-        inputs.extend(self.coeff_inputs(params));
-        let prepared = self.prepare(&shape)?;
-        let d = prepared.graph.dim;
+        let d = self.prepare(&shape)?.graph.dim;
         if head_weight.len() != classes * d {
             return Err(Error::Usage(format!(
                 "expected head weights [{classes} x {d}], found {} values",
                 head_weight.len()
             )));
         }
-        let f = |name: &str, shape: Vec<usize>, v: &[f32]| InputTensor {
+        let coeffs = self.coeff_inputs(params);
+        out.loss = 0.0;
+        out.dim = d;
+        out.pooled.clear();
+        out.head_weight.clear();
+        out.head_weight.resize(classes * d, 0.0);
+        out.head_bias.clear();
+        out.head_bias.resize(classes, 0.0);
+        let mut graph_grads: Vec<Vec<f32>> =
+            coeffs.iter().map(|c| vec![0.0; c.data.len()]).collect();
+        use crate::graph::grad::{EXAMPLE_WEIGHTS, HEAD_BIAS, HEAD_WEIGHT, TARGETS};
+        let f = |name: &str, shape: Vec<usize>, v: Vec<f32>| InputTensor {
             name: name.to_string(),
             shape,
-            data: TensorData::F32(v.to_vec()),
+            data: TensorData::F32(v),
         };
-        use crate::graph::grad::{EXAMPLE_WEIGHTS, HEAD_BIAS, HEAD_WEIGHT, TARGETS};
-        inputs.push(f(HEAD_WEIGHT, vec![classes, d], head_weight));
-        inputs.push(f(HEAD_BIAS, vec![classes], head_bias));
-        inputs.push(f(TARGETS, vec![batch, classes], targets));
-        inputs.push(f(EXAMPLE_WEIGHTS, vec![batch], weights));
-        let outputs = prepared.session.run(&inputs)?;
-        let expected = prepared.graph.output_names();
-        if outputs.len() != expected.len() {
-            return Err(Error::Engine(format!(
-                "the training graph returned {} outputs, expected {}",
-                outputs.len(),
-                expected.len()
-            )));
+        for start in (0..batch).step_by(m) {
+            let rows = m.min(batch - start);
+            // Rows past the batch: padding tokens, no mask, no target, weight 0.
+            let pad_to = |v: &[i64], fill: i64| {
+                let mut x = v[start * seq..(start + rows) * seq].to_vec();
+                x.resize(m * seq, fill);
+                x
+            };
+            let (cid, cmask) = (pad_to(ids, 0), pad_to(mask, 0));
+            let mut t = targets[start * classes..(start + rows) * classes].to_vec();
+            t.resize(m * classes, 0.0);
+            let mut w = weights[start..start + rows].to_vec();
+            w.resize(m, 0.0);
+            let mut inputs = self.token_inputs(&cid, &cmask, m, seq);
+            inputs.extend(coeffs.iter().cloned());
+            inputs.push(f(HEAD_WEIGHT, vec![classes, d], head_weight.to_vec()));
+            inputs.push(f(HEAD_BIAS, vec![classes], head_bias.to_vec()));
+            inputs.push(f(TARGETS, vec![m, classes], t));
+            inputs.push(f(EXAMPLE_WEIGHTS, vec![m], w));
+            self.prepare(&shape)?;
+            let prepared = self
+                .prepared
+                .get(&shape)
+                .ok_or_else(|| Error::Internal("training graph cache".into()))?;
+            let outputs = prepared.session.run(&inputs, &self.weights)?;
+            let expected = prepared.graph.output_names().len();
+            if outputs.len() != expected {
+                return Err(Error::Engine(format!(
+                    "the training graph returned {} outputs, expected {expected}",
+                    outputs.len()
+                )));
+            }
+            if let Some(o) = outputs
+                .iter()
+                .find(|o| o.data.iter().any(|v| !v.is_finite()))
+            {
+                return Err(Error::Numeric(format!(
+                    "the training graph's output `{}` is not finite",
+                    o.name
+                )));
+            }
+            let mut it = outputs.into_iter().map(|o| o.data);
+            let mut next = || it.next().unwrap_or_default();
+            out.loss += f64::from(next().first().copied().unwrap_or(f32::NAN));
+            out.pooled.extend_from_slice(&next()[..rows * d]);
+            for (acc, v) in [(&mut out.head_weight, next()), (&mut out.head_bias, next())] {
+                acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
+            }
+            for acc in graph_grads.iter_mut() {
+                acc.iter_mut().zip(next()).for_each(|(a, x)| *a += x);
+            }
         }
-        if let Some(o) = outputs
-            .iter()
-            .find(|o| o.data.iter().any(|v| !v.is_finite()))
-        {
-            return Err(Error::Numeric(format!(
-                "the training graph's output `{}` is not finite",
-                o.name
-            )));
-        }
-        let mut it = outputs.into_iter();
-        let mut next = || it.next().map(|o| o.data).unwrap_or_default();
-        out.loss = f64::from(next().first().copied().unwrap_or(f32::NAN));
-        out.pooled = next();
-        out.dim = d;
-        out.head_weight = next();
-        out.head_bias = next();
         out.params.clear();
         out.params.resize(params.len(), 0.0);
         let mut at = 0;
-        for l in &self.layout {
-            let (ga_t, gb_t) = (next(), next());
+        for (l, pair) in self.layout.iter().zip(graph_grads.chunks(2)) {
+            let (ga_t, gb_t) = (&pair[0], &pair[1]);
             let (k_a, k_b, r) = (l.k_a, l.k_b, l.r);
             // α_Aᵀ [K_A, r] -> α_A [r, K_A]; α_Bᵀ [r, K_B] -> α_B [K_B, r].
             for j in 0..r {

@@ -42,6 +42,9 @@ use std::collections::{HashMap, HashSet};
 /// Shapes of graph values, by name.
 pub type Shapes = HashMap<String, Vec<usize>>;
 
+/// A weight moved out of the model: name, dims, values.
+pub type Weight = (String, Vec<usize>, Vec<f32>);
+
 /// The static shape of one training graph.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TrainingShape {
@@ -66,11 +69,14 @@ pub struct TrainingGraph {
     pub dim: usize,
     /// The shape it was built for.
     pub shape: TrainingShape,
+    /// Weights fed as inputs (after [`TrainingGraph::input_names`]'s), with their dims.
+    pub weight_inputs: Vec<(String, Vec<usize>)>,
 }
 
 impl TrainingGraph {
-    /// Every graph input in order: base inputs, then α_Aᵀ, α_Bᵀ per module, then
-    /// [`HEAD_WEIGHT`], [`HEAD_BIAS`], [`TARGETS`], [`EXAMPLE_WEIGHTS`].
+    /// The graph inputs a caller feeds per run, in order: base inputs, then α_Aᵀ, α_Bᵀ per
+    /// module, then [`HEAD_WEIGHT`], [`HEAD_BIAS`], [`TARGETS`], [`EXAMPLE_WEIGHTS`] (the
+    /// externalized weights, [`TrainingGraph::weight_inputs`], follow).
     pub fn input_names(&self) -> Vec<String> {
         let mut v = self.base_inputs.clone();
         for c in &self.coeff_inputs {
@@ -112,6 +118,8 @@ pub struct Analysis {
     on_path: HashSet<usize>,
     /// Values whose shapes the rules need.
     probe: Vec<String>,
+    /// Initializers turned into graph inputs ([`Analysis::externalize_weights`]), with dims.
+    external: Vec<(String, Vec<usize>)>,
 }
 
 /// A tensor declaration with an element type and an unknown shape.
@@ -263,7 +271,42 @@ impl Analysis {
             on_path,
             probe,
             patched,
+            external: Vec::new(),
         })
+    }
+
+    /// Moves every f32 initializer of at least `min_elems` values out of the model: they
+    /// become graph inputs of the probe and training graphs, and their values are returned
+    /// (name, dims, values) for the caller to feed. One copy of the base weights then serves
+    /// every training graph (one per shape) instead of one copy per graph.
+    pub fn externalize_weights(&mut self, min_elems: usize) -> Result<Vec<Weight>> {
+        let graph = self
+            .patched
+            .proto
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::Internal("patched model without a graph".into()))?;
+        let mut out = Vec::new();
+        let mut kept = Vec::with_capacity(graph.initializer.len());
+        for t in std::mem::take(&mut graph.initializer) {
+            let numel: i64 = t.dims.iter().product();
+            if t.data_type == FLOAT && numel >= min_elems as i64 && !super::onnx::is_external(&t) {
+                let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+                let values = super::onnx::f32_data(&t, std::path::Path::new("patched model"))?;
+                self.external.push((t.name.clone(), dims.clone()));
+                out.push((t.name, dims, values));
+            } else {
+                kept.push(t);
+            }
+        }
+        graph.initializer = kept;
+        let moved: HashSet<&str> = self.external.iter().map(|(n, _)| n.as_str()).collect();
+        graph.input.retain(|v| !moved.contains(v.name.as_str()));
+        for (name, dims) in &self.external {
+            let d: Vec<Dim> = dims.iter().map(|&n| Dim::Fixed(n)).collect();
+            graph.input.push(value_info(name, FLOAT, &d));
+        }
+        Ok(out)
     }
 
     /// How many nodes are differentiated, and how many the model has.
@@ -305,6 +348,16 @@ impl Analysis {
             .as_ref()
             .ok_or_else(|| Error::Internal("patched model without a graph".into()))?;
         let consts = constants(source);
+        let mut with_weights;
+        let shapes = if self.external.is_empty() {
+            shapes
+        } else {
+            with_weights = shapes.clone();
+            for (n, d) in &self.external {
+                with_weights.insert(n.clone(), d.clone());
+            }
+            &with_weights
+        };
         let ctx = Ctx {
             shapes,
             consts: &consts,
@@ -397,6 +450,10 @@ impl Analysis {
         inputs.push(value_info(HEAD_BIAS, FLOAT, &[fixed(cl)]));
         inputs.push(value_info(TARGETS, FLOAT, &[fixed(b), fixed(cl)]));
         inputs.push(value_info(EXAMPLE_WEIGHTS, FLOAT, &[fixed(b)]));
+        for (name, dims) in &self.external {
+            let d: Vec<Dim> = dims.iter().map(|&n| Dim::Fixed(n)).collect();
+            inputs.push(value_info(name, FLOAT, &d));
+        }
         // Initializers stay; graph inputs that were only initializer declarations too.
         let init_names: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let kept: Vec<ValueInfoProto> = graph
@@ -436,6 +493,7 @@ impl Analysis {
             coeff_inputs: patched.coeff_inputs.clone(),
             dim: d,
             shape: shape.clone(),
+            weight_inputs: self.external.clone(),
         })
     }
 }
