@@ -296,6 +296,9 @@ impl Analysis {
                 self.external.push((t.name.clone(), dims.clone()));
                 out.push((t.name, dims, values));
             } else {
+                // Own the small ones: a slice would keep the whole model file's buffer alive.
+                let mut t = t;
+                t.raw_data = prost::bytes::Bytes::copy_from_slice(&t.raw_data);
                 kept.push(t);
             }
         }
