@@ -334,7 +334,8 @@ impl CoeffFile {
     }
 
     /// Reads a coefficient file and checks it against a bundle: same subspace id (an error
-    /// naming both ids otherwise), known modules, shapes that fit K_A / K_B.
+    /// naming both ids otherwise), known modules, shapes that fit K_A / K_B, magnitudes an
+    /// f32 run can carry ([`crate::task::Coefficients::check_magnitude`]).
     pub fn read_for(path: &Path, bundle: &super::Manifest) -> Result<CoeffFile> {
         let c = CoeffFile::read(path)?;
         if c.subspace_id != bundle.subspace_id {
@@ -379,6 +380,8 @@ impl CoeffFile {
                     ),
                 ));
             }
+            co.check_magnitude(mm.in_features)
+                .map_err(|m| Error::bad_tensor(path, format!("{name}.alpha_A"), m))?;
         }
         Ok(c)
     }

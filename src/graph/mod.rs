@@ -6,11 +6,14 @@
 //! as plain graph inputs.
 //!
 //! * [`bind`]: resolve modules to graph nodes (`elx bind`).
+//! * [`check`]: what the model accepts, checked before an engine sees it (bound nodes,
+//!   loadable constants, token ids within the embedding table).
 //! * [`patch`]: the one graph patch shared by every backend.
 //! * [`import_hf`]: the ONNX graph of a BERT encoder built from a HF checkpoint (`elx import-hf`).
 //! * [`onnx`]: small helpers over the ONNX protobuf types in [`pb`].
 
 pub mod bind;
+pub mod check;
 pub mod import_hf;
 pub mod onnx;
 pub mod onnx_pb;
@@ -22,6 +25,7 @@ pub use onnx_pb as pb;
 pub use onnx_pb::ModelProto;
 
 pub use bind::{bind, bind_file};
+pub use check::{IndexLimit, check_model, index_limits};
 pub use import_hf::{BertConfig, ImportedModel, import_hf, import_hf_file};
 pub use onnx::read_model;
 pub use patch::{

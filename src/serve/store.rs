@@ -207,6 +207,13 @@ impl<E> TaskStore<E> {
                         ),
                     ));
                 }
+                let in_features = self
+                    .manifest
+                    .modules
+                    .get(&ci.module)
+                    .map_or(0, |mm| mm.in_features);
+                co.check_magnitude(in_features)
+                    .map_err(|m| Error::bad_tensor(&src, format!("{}.alpha_A", ci.module), m))?;
                 // The flat parameter layout, then the graph's transposition of it: the same
                 // path the finetuner's trial coefficients take.
                 let mut flat = vec![0f32; l.len()];
