@@ -258,7 +258,7 @@ impl Checkpoint {
         // at a step >= 1, or at step 0 when the run evaluates its start.
         for (field, best) in [("sched_best", s.sched_best), ("early_best", s.early_best)] {
             let best = f64::from_bits(best);
-            if !(best >= 0.0) {
+            if best.is_nan() || best < 0.0 {
                 return Err(bad(
                     field,
                     format!("a best loss >= 0 (or +inf before any evaluation), found {best}"),
