@@ -239,6 +239,18 @@ impl Engine {
         dispatch!(self, rt => rt.insert_task(coeffs))
     }
 
+    /// Replaces a task's coefficients (e.g. after on-device training): runs already holding
+    /// the old ones finish with them, later runs use the new ones.
+    pub fn replace_task(&self, id: TaskId, coeffs: &CoeffFile) -> Result<()> {
+        dispatch!(self, rt => rt.store().replace(id, coeffs))
+    }
+
+    /// Removes a task: runs already holding it finish with it, later runs of `id` are an
+    /// error.
+    pub fn remove_task(&self, id: TaskId) -> Result<()> {
+        dispatch!(self, rt => rt.store().remove(id))
+    }
+
     /// The task named `name`, if loaded.
     pub fn find_task(&self, name: &str) -> Option<TaskId> {
         dispatch!(self, rt => rt.store().find(name))

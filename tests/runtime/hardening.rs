@@ -297,3 +297,139 @@ fn a_bundle_whose_components_are_not_orthonormal_is_refused_at_load() {
         "{e}"
     );
 }
+
+/// Four threads run tasks while a fifth inserts, replaces and removes tasks in the same
+/// engine: every output equals, bit for bit, the single-threaded output of one of the
+/// versions its task id held (0 torn outputs), and a run of a removed task is an error saying
+/// so.
+#[test]
+fn tasks_inserted_replaced_and_removed_while_threads_run_give_no_torn_output() {
+    use eigenlorax::runtime::TaskId;
+    use eigenlorax::subspace::project;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let dir = tmpdir("rt-concurrent");
+    let (bound, adapters) = bound_bundle(&dir);
+    // Six versions: the five adapters projected, and zero coefficients.
+    let mut versions: Vec<CoeffFile> = adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut c = zero_task(&bound);
+            c.task = format!("task{i}");
+            for m in a.module_names() {
+                let lm = a.load_module(m).expect("module");
+                c.modules
+                    .insert(m.to_string(), project(&lm, &bound.subspace.modules[m]));
+            }
+            c
+        })
+        .collect();
+    versions.push(zero_task(&bound));
+    let input = batch(&[2, 17, 45, 98, 120, 3]);
+    let expected: Vec<Vec<f32>> = {
+        let engine = Engine::load(&model(), &bound, Backend::Tract).expect("engine");
+        versions
+            .iter()
+            .map(|c| {
+                let id = engine.insert_task(c).expect("insert");
+                engine.run(&input, id).expect("run")[0].data.clone()
+            })
+            .collect()
+    };
+    for (k, e) in expected.iter().enumerate().skip(1) {
+        assert_ne!(&expected[0], e, "version {k} must differ from version 0");
+    }
+
+    let engine = Engine::load(&model(), &bound, Backend::Tract).expect("engine");
+    // What each id held (recorded before the change is made) and which ids were removed.
+    let history: Mutex<HashMap<TaskId, Vec<usize>>> = Mutex::new(HashMap::new());
+    let removed: Mutex<HashSet<TaskId>> = Mutex::new(HashSet::new());
+    for (k, v) in versions.iter().enumerate().take(3) {
+        let id = engine.insert_task(v).expect("insert");
+        history.lock().unwrap().insert(id, vec![k]);
+    }
+    let done = AtomicBool::new(false);
+    let (runs, refused) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (engine, history, removed, done, expected, input) =
+                (&engine, &history, &removed, &done, &expected, &input);
+            let (runs, refused) = (&runs, &refused);
+            s.spawn(move || {
+                let mut state = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(t + 1);
+                while !done.load(Ordering::Relaxed) {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let n = history.lock().unwrap().len();
+                    let id = TaskId((state >> 33) as usize % n);
+                    match engine.run(input, id) {
+                        Ok(out) => {
+                            let held = history.lock().unwrap()[&id].clone();
+                            assert!(
+                                held.iter().any(|&k| expected[k] == out[0].data),
+                                "task {id:?} gave an output that is none of its versions {held:?}"
+                            );
+                            runs.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            assert!(removed.lock().unwrap().contains(&id), "{id:?}: {e}");
+                            assert!(e.to_string().contains("removed"), "{e}");
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        s.spawn(|| {
+            // One change after every two runs, so that every change overlaps runs.
+            for i in 0..24usize {
+                while runs.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) < 2 * i {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let k = i % versions.len();
+                // Insert: the id exists once the insert returns, and its history with it.
+                let mut h = history.lock().unwrap();
+                let id = engine.insert_task(&versions[k]).expect("insert");
+                h.insert(id, vec![k]);
+                drop(h);
+                let live: Vec<TaskId> = {
+                    let r = removed.lock().unwrap();
+                    let mut ids: Vec<TaskId> = history
+                        .lock()
+                        .unwrap()
+                        .keys()
+                        .copied()
+                        .filter(|id| !r.contains(id))
+                        .collect();
+                    ids.sort();
+                    ids
+                };
+                let victim = live[(i * 7) % live.len()];
+                if i % 3 == 0 {
+                    let k2 = (i * 5 + 1) % versions.len();
+                    history
+                        .lock()
+                        .unwrap()
+                        .get_mut(&victim)
+                        .expect("held")
+                        .push(k2);
+                    engine.replace_task(victim, &versions[k2]).expect("replace");
+                } else if i % 5 == 0 && live.len() > 2 {
+                    removed.lock().unwrap().insert(victim);
+                    engine.remove_task(victim).expect("remove");
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+    });
+    let (runs, refused) = (runs.into_inner(), refused.into_inner());
+    println!(
+        "concurrent: {runs} runs, 0 torn, {refused} refused runs of removed tasks, {} task ids",
+        history.lock().unwrap().len()
+    );
+    assert!(runs >= 40, "only {runs} runs overlapped the changes");
+}
