@@ -267,7 +267,9 @@ impl Engine {
     /// Runs every row of `batch` with task `id`. Outputs that are not all finite are an
     /// [`Error::Numeric`] naming the output, the position and the task.
     pub fn run(&self, batch: &Batch, id: TaskId) -> Result<Vec<OutputTensor>> {
-        let out = dispatch!(self, rt => rt.run_batch(batch, id))?;
+        // Typed: in a build with no engine the dispatch is uninhabited.
+        let out: Result<Vec<OutputTensor>> = dispatch!(self, rt => rt.run_batch(batch, id));
+        let out = out?;
         check_finite(&out, || self.task_names(&[id]))?;
         Ok(out)
     }
@@ -275,7 +277,8 @@ impl Engine {
     /// Runs a mixed batch: row i with `ids[i]`, all in one pass; outputs checked as
     /// [`Engine::run`] does.
     pub fn run_mixed(&self, batch: &Batch, ids: &[TaskId]) -> Result<Vec<OutputTensor>> {
-        let out = dispatch!(self, rt => rt.run_mixed_batch(batch, ids))?;
+        let out: Result<Vec<OutputTensor>> = dispatch!(self, rt => rt.run_mixed_batch(batch, ids));
+        let out = out?;
         check_finite(&out, || self.task_names(ids))?;
         Ok(out)
     }
