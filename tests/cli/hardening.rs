@@ -361,14 +361,15 @@ fn token_ids_outside_the_vocabulary_are_named_errors_in_run_and_finetune() {
         a.extend(extra.iter().map(PathBuf::from));
         a
     };
-    for (bad, extra, want) in [
-        (300, &[][..], "id 300"),
-        (12, &["--pad-id", "999999"][..], "id 999999"),
+    // The first line holds the bad id at position 2; the padding id is named as such.
+    for (bad, extra, want, which) in [
+        (300, &[][..], "id 300 at [2]", "example 1:"),
+        (12, &["--pad-id", "999999"][..], "id 999999", "--pad-id"),
     ] {
         std::fs::write(&train, lines(bad)).expect("train");
         let a = finetune(extra);
         let a: Vec<&Path> = a.iter().map(PathBuf::as_path).collect();
-        named_error(&a, &["`input_ids`", want, "< 200"]);
+        named_error(&a, &["`input_ids`", want, which, "< 200"]);
         assert!(!out.exists());
     }
     let _ = std::fs::remove_dir_all(&dir);
