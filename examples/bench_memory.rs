@@ -86,6 +86,7 @@ fn batch(tokenizer: &Path, names: &[String]) -> Result<Vec<TValue>> {
             name: n.clone(),
             elem: ElemType::I64,
             dims: vec![None, None],
+            index_limit: None,
         })
         .collect();
     let texts: Vec<String> = SENTENCES.iter().map(|s| s.to_string()).collect();

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
 ///
@@ -88,6 +88,58 @@ pub fn refuse_clobber(output: &Path, inputs: &[&Path], what: &str) -> Result<()>
                 input.display()
             )));
         }
+    }
+    Ok(())
+}
+
+/// Makes `dir` ready to receive a command's output files: created when missing; when it
+/// already holds entries, refused unless `force`, and with `force` its files are removed
+/// first, so no stale file of an earlier output (an old `head.safetensors`) stays beside the
+/// new ones. Refused even with `force` when it holds a subfolder (not a folder an `elx`
+/// command wrote) or one of `inputs` (removing it would destroy that input).
+pub fn prepare_output_dir(dir: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
+    if !dir.exists() {
+        return fs::create_dir_all(dir).map_err(|e| Error::io(dir, e));
+    }
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "-o {} is a file; expected a folder for the adapter",
+            dir.display()
+        )));
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect::<Result<_>>()?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    entries.sort();
+    let names: Vec<String> = entries
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if !force {
+        return Err(Error::Usage(format!(
+            "-o {} is not empty (it holds {}); give --force to replace its contents, or choose an empty folder",
+            dir.display(),
+            names.join(", ")
+        )));
+    }
+    for e in &entries {
+        if e.is_dir() {
+            return Err(Error::Usage(format!(
+                "-o {}: --force clears an adapter folder's files, but this folder holds the folder {}; nothing was removed",
+                dir.display(),
+                e.display()
+            )));
+        }
+        for input in inputs {
+            refuse_clobber(e, &[input], "--force would remove")?;
+        }
+    }
+    for e in &entries {
+        fs::remove_file(e).map_err(|err| Error::io(e, err))?;
     }
     Ok(())
 }

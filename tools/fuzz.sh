@@ -4,8 +4,9 @@
 #   tools/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     # default 30 s each, every target
 #   RUNS=1000000 tools/fuzz.sh 0 bundle                # a fixed number of executions instead
 #
-# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`); CI installs
-# cargo-fuzz when it is missing. Seed corpora are made from models/fixtures on every run (into
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`); both are
+# installed when missing. tools/test.sh runs it under CI=true (ELX_FUZZ_SECS seconds a
+# target, 15 by default). Seed corpora are made from models/fixtures on every run (into
 # fuzz/corpus/, not committed); a crash leaves its input in fuzz/artifacts/<target>/ and fails
 # the run. Every crash found becomes a regression test (tests/ or the module's unit tests).
 set -euo pipefail
@@ -17,8 +18,8 @@ if [ ${#targets[@]} -eq 0 ]; then
   targets=(tensorfile peft kohya bundle coeffs checkpoint onnx_bind npy tokenizer)
 fi
 if ! cargo +nightly --version >/dev/null 2>&1; then
-  echo "fuzz: the nightly toolchain is missing (rustup toolchain install nightly)" >&2
-  exit 1
+  # libFuzzer's instrumentation needs nightly; rustup fetches it from the Rust dist server.
+  rustup toolchain install nightly --profile minimal
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet

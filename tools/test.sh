@@ -46,3 +46,12 @@ cargo check --quiet --no-default-features --features cli --lib --bins
 cargo check --quiet --no-default-features --features ort --lib
 cargo check --quiet --no-default-features --features ort,cli --lib --bins
 cargo test --all-targets --features ort
+
+# Fuzzing, bounded: every cargo-fuzz target of fuzz/ for ELX_FUZZ_SECS seconds (15 by default)
+# from the fixture seeds; a crash fails the run. Under CI=true only (it installs nightly and
+# cargo-fuzz when missing); ELX_FUZZ_SECS=0 skips it.
+if [ "${CI:-}" = true ] && [ "${ELX_FUZZ_SECS:-15}" != 0 ]; then
+  fuzz_start=$(date +%s)
+  tools/fuzz.sh "${ELX_FUZZ_SECS:-15}"
+  echo "fuzz: $(( $(date +%s) - fuzz_start )) s"
+fi

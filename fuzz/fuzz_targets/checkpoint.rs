@@ -1,6 +1,7 @@
 //! Any bytes as a finetuning checkpoint. The expected vector sizes are taken from the file's
 //! own tensors where it has them (so a mutated real checkpoint gets past the size check and
-//! into the state validation), else fixed ones.
+//! into the state validation), else fixed ones. One that reads goes through the resume's
+//! consistency checks.
 #![no_main]
 use eigenlorax::finetune::checkpoint::{Checkpoint, TENSORS};
 use eigenlorax::tensorfile::TensorFile;
@@ -16,5 +17,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = Checkpoint::read(&p, &sizes);
+    // A checkpoint that reads (its SHA-256 matches) goes through the resume's number checks.
+    if let Ok(ck) = Checkpoint::read(&p, &sizes) {
+        let _ = ck.check_consistent(&p, 64, 1000, false);
+    }
 });

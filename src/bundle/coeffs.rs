@@ -333,18 +333,26 @@ impl CoeffFile {
         })
     }
 
-    /// Reads a coefficient file and checks it against a bundle: same subspace id (an error
-    /// naming both ids otherwise), known modules, shapes that fit K_A / K_B.
+    /// Reads a coefficient file and checks it against a bundle ([`CoeffFile::check_for`]).
     pub fn read_for(path: &Path, bundle: &super::Manifest) -> Result<CoeffFile> {
         let c = CoeffFile::read(path)?;
-        if c.subspace_id != bundle.subspace_id {
+        c.check_for(path, bundle)?;
+        Ok(c)
+    }
+
+    /// Checks these coefficients against a bundle: same subspace id (an error naming both
+    /// ids otherwise), known modules, shapes that fit K_A / K_B, a rank of at most the
+    /// module's r_max (what the patched graph holds), magnitudes an f32 run can carry
+    /// ([`crate::task::Coefficients::check_magnitude`]). `path` names the source in errors.
+    pub fn check_for(&self, path: &Path, bundle: &super::Manifest) -> Result<()> {
+        if self.subspace_id != bundle.subspace_id {
             return Err(Error::SubspaceMismatch {
                 path: path.to_path_buf(),
                 expected: bundle.subspace_id.clone(),
-                found: c.subspace_id,
+                found: self.subspace_id.clone(),
             });
         }
-        for (name, co) in &c.modules {
+        for (name, co) in &self.modules {
             let mm = bundle.modules.get(name).ok_or_else(|| {
                 Error::bad_tensor(
                     path,
@@ -379,8 +387,21 @@ impl CoeffFile {
                     ),
                 ));
             }
+            if co.alpha_a.nrows() > mm.r_max {
+                return Err(Error::bad_tensor(
+                    path,
+                    format!("{name}.alpha_A"),
+                    format!(
+                        "expected a rank of at most {} (the bundle's r_max for this module, what a bound model holds), found {}; extract the bundle with this adapter among its sources to serve it",
+                        mm.r_max,
+                        co.alpha_a.nrows()
+                    ),
+                ));
+            }
+            co.check_magnitude(mm.in_features)
+                .map_err(|m| Error::bad_tensor(path, format!("{name}.alpha_A"), m))?;
         }
-        Ok(c)
+        Ok(())
     }
 }
 

@@ -757,6 +757,20 @@ fn read_module(
             tf.read_mat(&n.v_b, Some([mm.out_features, mm.k_b]))?,
         )
     };
+    // The bases are orthonormal: no entry can exceed 1 in magnitude (quantization rounds
+    // within it). A larger or non-finite entry would carry any coefficients out of range.
+    for (t, v) in [(&n.v_a, &v_a), (&n.v_b, &v_b)] {
+        let worst = (0..v.ncols())
+            .flat_map(|j| (0..v.nrows()).map(move |i| v[(i, j)]))
+            .find(|x| x.is_nan() || x.abs() > 1.0 + 1e-3);
+        if let Some(x) = worst {
+            return Err(Error::bad_tensor(
+                tf.path(),
+                t,
+                format!("expected orthonormal components (every entry within [-1, 1]), found {x}"),
+            ));
+        }
+    }
     let (_, sigma_a) = tf.read_f64(&n.sigma_a)?;
     let (_, sigma_b) = tf.read_f64(&n.sigma_b)?;
     let side = |s: &SideSummary, spectrum: Vec<f64>| SideInfo {

@@ -141,6 +141,12 @@ struct Data {
 
 /// Runs `elx finetune`.
 pub fn run(args: &FinetuneArgs) -> Result<()> {
+    if args.checkpoint.is_some() && args.checkpoint_every.is_none() && args.pause_after.is_none() {
+        // It would never be written: the checkpoints are written every N steps or at a pause.
+        return Err(Error::Usage(
+            "--checkpoint is written every --checkpoint-every N steps or at --pause-after N; give one of them".into(),
+        ));
+    }
     let mut inputs = vec![
         args.model.as_path(),
         args.bundle.as_path(),

@@ -258,7 +258,7 @@ fn inspect_coeffs(path: &Path) -> Result<()> {
     let c = CoeffFile::read(path)?;
     println!("coefficients: {} ({})", path.display(), file_size(path));
     println!("subspace id:  {}", c.subspace_id);
-    println!("task:         {}", c.task);
+    println!("task:         {}", super::printable(&c.task));
     println!("provenance:   {}", c.provenance.name());
     let mut t = Table::new(&["module", "r", "K_A", "K_B", "parameters"]);
     let mut total = 0;
@@ -284,7 +284,8 @@ fn inspect_coeffs(path: &Path) -> Result<()> {
                 h.weight.nrows(),
                 h.weight.ncols()
             );
-            println!("labels:       {}", h.labels.join(", "));
+            let labels: Vec<_> = h.labels.iter().map(|l| super::printable(l)).collect();
+            println!("labels:       {}", labels.join(", "));
         }
     }
     Ok(())

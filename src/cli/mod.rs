@@ -291,6 +291,24 @@ pub fn pct(x: f64) -> String {
     }
 }
 
+/// `s` with its control characters escaped (`\u{1b}`), for names and labels read from a
+/// user's files: a task name or label holding ANSI escapes must not drive the terminal.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// A relative error in scientific notation; "n/a" when not finite.
 pub fn sci(x: f64) -> String {
     if x.is_finite() {

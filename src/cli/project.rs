@@ -95,6 +95,8 @@ pub fn run(a: Args) -> Result<()> {
         modules: p.modules,
         head,
     };
+    // What `elx run` would refuse (a rank above the bundle's r_max) is refused now.
+    coeffs.check_for(&a.adapter, &bundle.manifest)?;
     coeffs.write(&a.output)?;
     print!("{}", t.render());
     if let (Some(h), Some(p)) = (&coeffs.head, &a.head) {
@@ -103,7 +105,11 @@ pub fn run(a: Args) -> Result<()> {
             h.weight.nrows(),
             h.weight.ncols(),
             p.display(),
-            h.labels.join(", ")
+            h.labels
+                .iter()
+                .map(|l| super::printable(l))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let (sum, n) = p
@@ -118,7 +124,7 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "wrote {} (task `{}`, subspace {}, {})",
         a.output.display(),
-        coeffs.task,
+        super::printable(&coeffs.task),
         coeffs.subspace_id,
         file_size(&a.output)
     );

@@ -19,6 +19,10 @@ pub struct Args {
     /// Output folder for the PEFT adapter (adapter_config.json + adapter_model.safetensors).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Write into a folder that is not empty, removing its files first (so no stale file,
+    /// e.g. an old head.safetensors, stays beside the new adapter).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Runs `elx reconstruct`.
@@ -40,6 +44,7 @@ pub fn run(a: Args) -> Result<()> {
             modules.insert(name.clone(), m);
         }
     }
+    eigenlorax::util::prepare_output_dir(&a.output, a.force, &[&a.coeffs, &a.bundle])?;
     let base_model = bundle
         .manifest
         .sources
@@ -57,7 +62,7 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "wrote PEFT adapter {} (task `{}`, {} modules, base model {})",
         a.output.display(),
-        c.task,
+        super::printable(&c.task),
         modules.len(),
         base_model.as_deref().unwrap_or("unknown")
     );

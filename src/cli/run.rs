@@ -1,7 +1,7 @@
 //! `elx run`: run the base model with one or more tasks' coefficients on text or tensors,
 //! pool the output and apply each task's head.
 
-use super::{BackendArg, EpArg, PoolingArg};
+use super::{BackendArg, EpArg, PoolingArg, printable};
 use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
 use eigenlorax::error::{Error, Result};
 use eigenlorax::runtime::input::{
@@ -162,7 +162,8 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
         let pooled = pooled_rows(args, &batch, &outputs)?;
         let (name, head) = engine.task_info(*id)?;
         if !args.json {
-            writeln!(out, "task {name} [{label}]").map_err(|e| Error::io("<stdout>", e))?;
+            writeln!(out, "task {} [{}]", printable(&name), printable(label))
+                .map_err(|e| Error::io("<stdout>", e))?;
         }
         for (row, v) in pooled.iter().enumerate() {
             report(
@@ -226,9 +227,14 @@ fn report(
                     .labels
                     .iter()
                     .zip(&p.probs)
-                    .map(|(l, v)| format!("{l} {v:.4}"))
+                    .map(|(l, v)| format!("{} {v:.4}", printable(l)))
                     .collect();
-                format!("  {row} -> {}  [{}]", p.label, probs.join(", "))
+                format!(
+                    "  {} -> {}  [{}]",
+                    printable(row),
+                    printable(&p.label),
+                    probs.join(", ")
+                )
             }
         }
         None => {
@@ -244,7 +250,8 @@ fn report(
                 let head: Vec<String> = pooled.iter().take(8).map(|v| format!("{v:.4}")).collect();
                 let more = if pooled.len() > 8 { ", ..." } else { "" };
                 format!(
-                    "  {row} -> pooled[{}] = [{}{more}] (norm {norm:.4}; the task has no head)",
+                    "  {} -> pooled[{}] = [{}{more}] (norm {norm:.4}; the task has no head)",
+                    printable(row),
                     pooled.len(),
                     head.join(", ")
                 )

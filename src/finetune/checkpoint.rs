@@ -5,6 +5,12 @@
 //! are stored as their IEEE bit patterns (u64), because a decimal round trip through JSON is
 //! not guaranteed to be exact. The run's random state needs no storing: directions are
 //! regenerated from (seed, step, direction) and each epoch's data order from (seed, epoch).
+//!
+//! The metadata also holds the SHA-256 of the whole state (the scalars' JSON and every
+//! vector), checked on read: a checkpoint modified or damaged after it was written is refused.
+//! A resume then checks every number: finite, and consistent with the run (issue 13: a NaN
+//! schedule multiplier, an Inf in the best head, or a best loss at step 0 used to resume
+//! silently).
 
 use super::{Finetuner, ForwardModel, epoch_order};
 use crate::error::{Error, Result};
@@ -14,14 +20,35 @@ use std::path::Path;
 
 /// The metadata key holding the scalar state.
 pub const STATE_KEY: &str = "elx_finetune_state";
+/// The metadata key holding the SHA-256 of the state ([`state_sha256`]).
+pub const HASH_KEY: &str = "elx_finetune_sha256";
 const FORMAT: &str = "elx-finetune-checkpoint";
+/// Version 2 added [`HASH_KEY`].
+const VERSION: u32 = 2;
+
+/// SHA-256 (hex) of a checkpoint's state: the scalars' JSON as stored, then each vector's
+/// name and little-endian f64 bytes, in [`TENSORS`] order.
+pub fn state_sha256(state_json: &str, tensors: &[Vec<f64>; 8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((state_json.len() as u64).to_le_bytes());
+    h.update(state_json.as_bytes());
+    for (name, t) in TENSORS.iter().zip(tensors) {
+        h.update(name.as_bytes());
+        h.update((t.len() as u64).to_le_bytes());
+        for v in t {
+            h.update(v.to_le_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Scalars of the training state.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Scalars {
     /// Always "elx-finetune-checkpoint".
     pub format: String,
-    /// Format version (1).
+    /// Format version (2).
     pub version: u32,
     /// What the run was configured as; a resume with other settings is refused.
     pub fingerprint: String,
@@ -80,7 +107,7 @@ impl Checkpoint {
     /// A checkpoint from its parts (the format fields are filled in).
     pub fn new(mut scalars: Scalars, tensors: [Vec<f64>; 8]) -> Self {
         scalars.format = FORMAT.into();
-        scalars.version = 1;
+        scalars.version = VERSION;
         Self { scalars, tensors }
     }
 
@@ -99,7 +126,8 @@ impl Checkpoint {
         }
         let state = serde_json::to_string(&self.scalars)
             .map_err(|e| Error::Usage(format!("checkpoint state: {e}")))?;
-        let meta = HashMap::from([(STATE_KEY.to_string(), state)]);
+        let hash = state_sha256(&state, &self.tensors);
+        let meta = HashMap::from([(STATE_KEY.to_string(), state), (HASH_KEY.to_string(), hash)]);
         let out = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::Usage(format!("checkpoint {}: {e}", path.display())))?;
         crate::util::write_atomic(path, &out)
@@ -123,13 +151,22 @@ impl Checkpoint {
         let scalars: Scalars = serde_json::from_str(state).map_err(|e| {
             Error::bad_tensor(path, STATE_KEY, format!("the training state as JSON ({e})"))
         })?;
-        if scalars.format != FORMAT || scalars.version != 1 {
+        if scalars.format != FORMAT || scalars.version != VERSION {
             return Err(Error::bad_tensor(
                 path,
                 STATE_KEY,
-                format!("format {FORMAT} version 1"),
+                format!(
+                    "format {FORMAT} version {VERSION}, found {} version {} (a checkpoint of an older elx cannot be resumed; restart the run)",
+                    scalars.format, scalars.version
+                ),
             ));
         }
+        let recorded = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(HASH_KEY))
+            .ok_or_else(|| Error::bad_tensor(path, HASH_KEY, "the SHA-256 of the state"))?
+            .clone();
         let mut tensors: [Vec<f64>; 8] = Default::default();
         for ((name, slot), &n) in TENSORS.iter().zip(&mut tensors).zip(sizes) {
             let t = st
@@ -152,7 +189,99 @@ impl Checkpoint {
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect();
         }
+        let actual = state_sha256(state, &tensors);
+        if actual != recorded {
+            return Err(Error::bad_tensor(
+                path,
+                HASH_KEY,
+                format!(
+                    "a state that hashes to its recorded SHA-256 {recorded}, but it hashes to {actual}: the checkpoint was modified or is corrupt"
+                ),
+            ));
+        }
         Ok(Self { scalars, tensors })
+    }
+
+    /// Checks that every number is finite and consistent with a run of `max_steps` steps
+    /// over `n_train` examples (evaluating at step 0 when `eval_at_start`): the error names
+    /// the field and what was expected.
+    pub fn check_consistent(
+        &self,
+        path: &Path,
+        n_train: u64,
+        max_steps: u64,
+        eval_at_start: bool,
+    ) -> Result<()> {
+        let s = &self.scalars;
+        let bad = |field: &str, what: String| Error::bad_tensor(path, field, what);
+        if s.cursor > n_train || s.step > max_steps {
+            return Err(bad(
+                STATE_KEY,
+                format!(
+                    "a step and data position inside this run (step <= {max_steps}, position <= {n_train}), found step {} position {}",
+                    s.step, s.cursor
+                ),
+            ));
+        }
+        for (name, t) in TENSORS.iter().zip(&self.tensors) {
+            if let Some(i) = t.iter().position(|v| !v.is_finite()) {
+                return Err(bad(name, format!("finite values, found {} at {i}", t[i])));
+            }
+        }
+        for name in ["adam_theta_v", "adam_head_v"] {
+            let t = &self.tensors[TENSORS.iter().position(|n| *n == name).unwrap_or(0)];
+            if let Some(i) = t.iter().position(|v| *v < 0.0) {
+                return Err(bad(
+                    name,
+                    format!("non-negative second moments, found {} at {i}", t[i]),
+                ));
+            }
+        }
+        let multiplier = f64::from_bits(s.sched_multiplier);
+        if !(multiplier > 0.0 && multiplier <= 1.0) {
+            return Err(bad(
+                "sched_multiplier",
+                format!("a learning-rate multiplier in (0, 1], found {multiplier}"),
+            ));
+        }
+        let window = f64::from_bits(s.window_sum);
+        if !(window.is_finite() && window >= 0.0) || s.window_n > s.step {
+            return Err(bad(
+                "window_sum",
+                format!(
+                    "a finite, non-negative sum of at most {} step losses, found {window} over {} steps",
+                    s.step, s.window_n
+                ),
+            ));
+        }
+        // Losses are >= 0; +inf means "no evaluation yet". A finite best needs an evaluation:
+        // at a step >= 1, or at step 0 when the run evaluates its start.
+        for (field, best) in [("sched_best", s.sched_best), ("early_best", s.early_best)] {
+            let best = f64::from_bits(best);
+            if best.is_nan() || best < 0.0 {
+                return Err(bad(
+                    field,
+                    format!("a best loss >= 0 (or +inf before any evaluation), found {best}"),
+                ));
+            }
+        }
+        let early = f64::from_bits(s.early_best);
+        let evaluated = early.is_finite();
+        if s.early_best_step > s.step
+            || (evaluated && s.early_best_step == 0 && !eval_at_start)
+            || (!evaluated && s.early_best_step != 0)
+        {
+            return Err(bad(
+                "early_best",
+                format!(
+                    "a best loss measured at an evaluation of this run (at a step in 1..={}{}), found {early} at step {}",
+                    s.step,
+                    if eval_at_start { ", or 0" } else { "" },
+                    s.early_best_step,
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -244,25 +373,8 @@ impl<M: ForwardModel> Finetuner<M> {
             ));
         }
         let n = self.train.ids.len() as u64;
-        if s.cursor > n || s.step > self.cfg.max_steps {
-            return Err(Error::bad_tensor(
-                path,
-                STATE_KEY,
-                "a step and data position inside this run",
-            ));
-        }
+        ck.check_consistent(path, n, self.cfg.max_steps, self.cfg.eval_at_start)?;
         let [theta, head, atm, atv, ahm, ahv, bt, bh] = ck.tensors.clone();
-        if theta
-            .iter()
-            .chain(&head)
-            .chain(&atm)
-            .chain(&atv)
-            .chain(&ahm)
-            .chain(&ahv)
-            .any(|v| !v.is_finite())
-        {
-            return Err(Error::bad_file(path, "finite parameters and moments"));
-        }
         self.theta = theta;
         if let Some(h) = self.head.as_mut() {
             h.params_mut().copy_from_slice(&head);

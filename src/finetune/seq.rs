@@ -175,6 +175,24 @@ impl SequenceModel<HiddenState> {
         pad_id: i64,
         max_len: usize,
     ) -> Result<Self> {
+        // Every id checked once against the model's vocabulary, naming the example (the
+        // engine refuses them too, but only by their position in a batch).
+        let limit = engine.specs().ok().and_then(|specs| {
+            specs
+                .iter()
+                .find(|s| s.name == "input_ids")
+                .and_then(|s| s.index_limit.clone())
+        });
+        if let Some(limit) = limit {
+            limit
+                .check("input_ids", &[1], &[pad_id])
+                .map_err(|e| Error::Usage(format!("the padding id (--pad-id): {e}")))?;
+            for (i, e) in examples.iter().enumerate() {
+                limit
+                    .check("input_ids", &[e.input_ids.len()], &e.input_ids)
+                    .map_err(|err| Error::Usage(format!("example {}: {err}", i + 1)))?;
+            }
+        }
         let model = SequenceModel::new(engine.hidden_state()?, examples, pad_id, None)?;
         if engine.plans_per_shape() {
             model.bucketed(max_len)

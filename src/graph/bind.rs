@@ -277,11 +277,14 @@ pub fn bind(
             ),
         ));
     }
-    Ok(Binding {
+    let binding = Binding {
         base_sha256: model_bytes_sha256,
         base_file: base_file.to_string(),
         modules: bound,
-    })
+    };
+    // What the patch will assume of every bound node, checked now rather than at load.
+    super::check::check_model(model, manifest, &binding, base_file)?;
+    Ok(binding)
 }
 
 fn check_shape(site: &Site, want: (usize, usize), how: &str) -> std::result::Result<(), String> {

@@ -229,6 +229,8 @@ struct Weights {
     file: TensorFile,
     prefix: &'static str,
     bytes: usize,
+    /// The stored names read so far ([`Weights::check_all_read`]).
+    read: std::collections::HashSet<String>,
 }
 
 impl Weights {
@@ -256,12 +258,46 @@ impl Weights {
             file,
             prefix,
             bytes: 0,
+            read: Default::default(),
         })
+    }
+
+    /// Refuses encoder weights the graph did not read: a config.json with fewer layers (or
+    /// other sizes) than the checkpoint would silently drop them. Heads beside the encoder
+    /// (`pooler.`, `cls.`, `classifier.`) and the `position_ids` buffer are not part of it.
+    fn check_all_read(&self) -> Result<()> {
+        let mut unread: Vec<&str> = self
+            .file
+            .names()
+            .into_iter()
+            .filter(|n| !self.read.contains(*n))
+            .filter(|n| {
+                let name = n.strip_prefix(self.prefix).unwrap_or(n);
+                (name.starts_with("encoder.") || name.starts_with("embeddings."))
+                    && name != "embeddings.position_ids"
+            })
+            .collect();
+        if unread.is_empty() {
+            return Ok(());
+        }
+        unread.sort_unstable();
+        let shown = unread.len().min(4);
+        Err(Error::bad_tensor(
+            self.file.path(),
+            unread[0],
+            format!(
+                "expected only weights config.json accounts for; {} encoder tensor(s) would be dropped ({}{}): does config.json (num_hidden_layers, sizes) describe this checkpoint?",
+                unread.len(),
+                unread[..shown].join(", "),
+                if unread.len() > shown { ", ..." } else { "" }
+            ),
+        ))
     }
 
     /// Tensor `name` (canonical, no prefix) as f32, checked to have `shape`.
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let key = format!("{}{name}", self.prefix);
+        self.read.insert(key.clone());
         let path = self.file.path().to_path_buf();
         let (dtype, found) = self.file.stored_info(&key).ok_or_else(|| {
             Error::bad_tensor(
@@ -405,6 +441,7 @@ pub fn import_hf(dir: &Path) -> Result<ImportedModel> {
     }
     let mut w = Weights::open(&st_path)?;
     let model = build(&cfg, &mut w)?;
+    w.check_all_read()?;
     Ok(ImportedModel {
         model,
         config: cfg,

@@ -6,12 +6,15 @@
 //! as plain graph inputs.
 //!
 //! * [`bind`]: resolve modules to graph nodes (`elx bind`).
+//! * [`check`]: what the model accepts, checked before an engine sees it (bound nodes,
+//!   loadable constants, token ids within the embedding table).
 //! * [`patch`]: the one graph patch shared by every backend.
 //! * [`grad`]: training graphs (forward, loss and exact gradients of the coefficients).
 //! * [`import_hf`]: the ONNX graph of a BERT encoder built from a HF checkpoint (`elx import-hf`).
 //! * [`onnx`]: small helpers over the ONNX protobuf types in [`pb`].
 
 pub mod bind;
+pub mod check;
 pub mod grad;
 pub mod import_hf;
 pub mod onnx;
@@ -24,6 +27,7 @@ pub use onnx_pb as pb;
 pub use onnx_pb::ModelProto;
 
 pub use bind::{bind, bind_file};
+pub use check::{IndexLimit, check_model, index_limits};
 pub use import_hf::{BertConfig, ImportedModel, import_hf, import_hf_file};
 pub use onnx::read_model;
 pub use patch::{

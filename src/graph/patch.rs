@@ -183,6 +183,8 @@ pub fn patch_owned_with(
     }
     let binding = binding_of(bundle)?;
     let file = binding.base_file.as_str();
+    // A model that is not what the binding assumes must not reach an engine (issue 13).
+    super::check::check_model(&model, &bundle.manifest, binding, file)?;
     let graph = model
         .graph
         .as_mut()

@@ -3,9 +3,9 @@
 //! here so that `runtime::tract::Runtime`, `runtime::Engine` and the rest keep their paths.
 
 pub use crate::graph::{
-    BertConfig, CoeffInput, ImportedModel, ModelProto, PatchForm, PatchedModel, bind, bind_file,
-    import_hf, import_hf_file, load_base, onnx, onnx_pb, patch, patch_file, patch_owned,
-    patch_owned_with, patch_with, pb, read_model,
+    BertConfig, CoeffInput, ImportedModel, IndexLimit, ModelProto, PatchForm, PatchedModel, bind,
+    bind_file, check, import_hf, import_hf_file, load_base, onnx, onnx_pb, patch, patch_file,
+    patch_owned, patch_owned_with, patch_with, pb, read_model,
 };
 #[cfg(feature = "tract")]
 pub use crate::serve::tract;

@@ -86,6 +86,53 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Runs one call into an engine (tract or ONNX Runtime) so that a panic inside it becomes
+/// [`Error::Engine`] naming `what` instead of ending the process. Defence in depth: inputs
+/// are checked before they reach an engine ([`crate::graph::check`], [`super::input::
+/// check_inputs`]); this catches what the checks do not foresee. A build with
+/// `panic = "abort"` (the `dist` profile) still aborts.
+pub(crate) fn engine_call<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(Error::Engine(format!(
+                "{what} panicked inside the engine: {msg}"
+            )))
+        }
+    }
+}
+
+/// Checks that every output value is finite: a NaN or infinity (finite but extreme
+/// coefficients, inputs or weights driving the model out of f32 range) is an
+/// [`Error::Numeric`] naming the output, the value's position and `tasks`.
+pub fn check_finite(outputs: &[OutputTensor], tasks: impl FnOnce() -> String) -> Result<()> {
+    for o in outputs {
+        let Some(at) = o.data.iter().position(|v| !v.is_finite()) else {
+            continue;
+        };
+        let mut index = vec![0usize; o.shape.len()];
+        let mut rest = at;
+        for (i, &d) in o.shape.iter().enumerate().rev() {
+            if d > 0 {
+                index[i] = rest % d;
+                rest /= d;
+            }
+        }
+        return Err(Error::Numeric(format!(
+            "output `{}` holds {} at {index:?} (task {}): expected finite values; the coefficients, the input or the model's weights drive it outside the range of float32",
+            o.name,
+            o.data[at],
+            tasks()
+        )));
+    }
+    Ok(())
+}
+
 /// The error for an engine this build does not have.
 pub fn not_built(backend: Backend) -> Error {
     match backend {
@@ -192,6 +239,18 @@ impl Engine {
         dispatch!(self, rt => rt.insert_task(coeffs))
     }
 
+    /// Replaces a task's coefficients (e.g. after on-device training): runs already holding
+    /// the old ones finish with them, later runs use the new ones.
+    pub fn replace_task(&self, id: TaskId, coeffs: &CoeffFile) -> Result<()> {
+        dispatch!(self, rt => rt.store().replace(id, coeffs))
+    }
+
+    /// Removes a task: runs already holding it finish with it, later runs of `id` are an
+    /// error.
+    pub fn remove_task(&self, id: TaskId) -> Result<()> {
+        dispatch!(self, rt => rt.store().remove(id))
+    }
+
     /// The task named `name`, if loaded.
     pub fn find_task(&self, name: &str) -> Option<TaskId> {
         dispatch!(self, rt => rt.store().find(name))
@@ -205,14 +264,35 @@ impl Engine {
             .map(|t| (t.data.name.clone(), t.data.head.clone())))
     }
 
-    /// Runs every row of `batch` with task `id`.
+    /// Runs every row of `batch` with task `id`. Outputs that are not all finite are an
+    /// [`Error::Numeric`] naming the output, the position and the task.
     pub fn run(&self, batch: &Batch, id: TaskId) -> Result<Vec<OutputTensor>> {
-        dispatch!(self, rt => rt.run_batch(batch, id))
+        // Typed: in a build with no engine the dispatch is uninhabited.
+        let out: Result<Vec<OutputTensor>> = dispatch!(self, rt => rt.run_batch(batch, id));
+        let out = out?;
+        check_finite(&out, || self.task_names(&[id]))?;
+        Ok(out)
     }
 
-    /// Runs a mixed batch: row i with `ids[i]`, all in one pass.
+    /// Runs a mixed batch: row i with `ids[i]`, all in one pass; outputs checked as
+    /// [`Engine::run`] does.
     pub fn run_mixed(&self, batch: &Batch, ids: &[TaskId]) -> Result<Vec<OutputTensor>> {
-        dispatch!(self, rt => rt.run_mixed_batch(batch, ids))
+        let out: Result<Vec<OutputTensor>> = dispatch!(self, rt => rt.run_mixed_batch(batch, ids));
+        let out = out?;
+        check_finite(&out, || self.task_names(ids))?;
+        Ok(out)
+    }
+
+    /// The tasks' names, for messages.
+    fn task_names(&self, ids: &[TaskId]) -> String {
+        let names: Vec<String> = ids
+            .iter()
+            .map(|&id| {
+                self.task_info(id)
+                    .map_or_else(|_| format!("#{}", id.0), |(name, _)| format!("`{name}`"))
+            })
+            .collect();
+        names.join(", ")
     }
 
     /// The base model patched for one task, as this engine serves it (re-read from its file,
@@ -380,5 +460,56 @@ impl HiddenStateBackend for HiddenState {
             #[cfg(not(any(feature = "tract", feature = "ort")))]
             HiddenInner::None(n) => match *n {},
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_an_engine_call_becomes_a_named_engine_error() {
+        let r: Result<()> = engine_call("tract run", || panic!("index exceeds length"));
+        match r {
+            Err(Error::Engine(m)) => {
+                assert!(
+                    m.contains("tract run") && m.contains("index exceeds length"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected Error::Engine, found {other:?}"),
+        }
+        let ok: Result<u8> = engine_call("tract run", || Ok(7));
+        assert_eq!(ok.expect("no panic"), 7);
+        let err: Result<u8> = engine_call("tract run", || Err(Error::Usage("u".into())));
+        assert!(matches!(err, Err(Error::Usage(_))));
+    }
+}
+
+#[cfg(test)]
+mod finite_tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_output_is_named_with_its_position_and_task() {
+        let o = |data: Vec<f32>| OutputTensor {
+            name: "logits".into(),
+            shape: vec![2, 3],
+            data,
+        };
+        assert!(check_finite(&[o(vec![0.0, 1.0, -2.0, 3.0, 4.0, 5.0])], || "t".into()).is_ok());
+        let e = check_finite(&[o(vec![0.0, 1.0, -2.0, 3.0, f32::NAN, 5.0])], || {
+            "`sst2`".into()
+        })
+        .expect_err("NaN")
+        .to_string();
+        assert!(
+            e.contains("`logits`") && e.contains("NaN at [1, 1]") && e.contains("`sst2`"),
+            "{e}"
+        );
+        let e = check_finite(&[o(vec![f32::NEG_INFINITY; 6])], || "t".into())
+            .expect_err("-inf")
+            .to_string();
+        assert!(e.contains("-inf at [0, 0]"), "{e}");
     }
 }

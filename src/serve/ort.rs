@@ -240,7 +240,16 @@ mod backend {
                 .session
                 .lock()
                 .map_err(|_| Error::Internal("ONNX Runtime session lock poisoned".into()))?;
-            let out = session.run(feed).map_err(ort_err("run"))?;
+            crate::serve::engine::engine_call("ONNX Runtime run", || {
+                self.collect_outputs(session.run(feed).map_err(ort_err("run"))?)
+            })
+        }
+
+        /// The graph outputs of a run, in [`OrtModel::output_names`] order, as f32 tensors.
+        fn collect_outputs(
+            &self,
+            out: ::ort::session::SessionOutputs<'_>,
+        ) -> Result<Vec<OutputTensor>> {
             let mut result = Vec::with_capacity(self.outputs.len());
             for name in &self.outputs {
                 let v = out.get(name).ok_or_else(|| {
@@ -287,7 +296,10 @@ mod backend {
     ) -> Result<(Session, ExecutionProvider)> {
         let mut builder = Session::builder(env).map_err(ort_err("session options"))?;
         let active = register(&mut builder, ep, warnings);
-        match builder.commit_from_memory(bytes) {
+        let built = crate::serve::engine::engine_call("building the ONNX Runtime session", || {
+            Ok(builder.commit_from_memory(bytes))
+        })?;
+        match built {
             Ok(s) => Ok((s, active)),
             Err(e) if active != ExecutionProvider::Cpu => {
                 warn(

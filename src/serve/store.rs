@@ -66,7 +66,8 @@ pub struct TaskStore<E = ()> {
     manifest: Manifest,
     inputs: Vec<CoeffInput>,
     prepare: Prepare<E>,
-    tasks: RwLock<Vec<Arc<Task<E>>>>,
+    /// Slots by [`TaskId`]; a removed task leaves `None` (ids are never reused).
+    tasks: RwLock<Vec<Option<Arc<Task<E>>>>>,
 }
 
 impl TaskStore<()> {
@@ -114,7 +115,7 @@ impl<E> TaskStore<E> {
             .tasks
             .write()
             .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
-        tasks.push(task);
+        tasks.push(Some(task));
         Ok(TaskId(tasks.len() - 1))
     }
 
@@ -128,9 +129,26 @@ impl<E> TaskStore<E> {
             .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
         let slot = tasks
             .get_mut(id.0)
+            .and_then(Option::as_mut)
             .ok_or_else(|| Error::Usage(format!("no task {} in the store", id.0)))?;
         *slot = task;
         Ok(())
+    }
+
+    /// Removes a task. Runs already holding it finish with it; later runs of `id` are an
+    /// error. Ids are not reused.
+    pub fn remove(&self, id: TaskId) -> Result<()> {
+        let mut tasks = self
+            .tasks
+            .write()
+            .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
+        match tasks.get_mut(id.0) {
+            Some(slot @ Some(_)) => {
+                *slot = None;
+                Ok(())
+            }
+            _ => Err(Error::Usage(format!("no task {} in the store", id.0))),
+        }
     }
 
     /// The task `id` (an `Arc` clone: no allocation, no copy).
@@ -140,18 +158,22 @@ impl<E> TaskStore<E> {
             .read()
             .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
         match tasks.get(id.0) {
-            Some(t) => Ok(Arc::clone(t)),
+            Some(Some(t)) => Ok(Arc::clone(t)),
+            Some(None) => Err(Error::Usage(format!("task {} was removed", id.0))),
             None => Err(Error::Usage(format!(
                 "no task {} in the store ({} loaded)",
                 id.0,
-                tasks.len()
+                tasks.iter().flatten().count()
             ))),
         }
     }
 
     /// How many tasks are loaded.
     pub fn len(&self) -> usize {
-        self.tasks.read().map(|t| t.len()).unwrap_or(0)
+        self.tasks
+            .read()
+            .map(|t| t.iter().flatten().count())
+            .unwrap_or(0)
     }
 
     /// Whether no task is loaded.
@@ -162,7 +184,10 @@ impl<E> TaskStore<E> {
     /// The first task named `name`.
     pub fn find(&self, name: &str) -> Option<TaskId> {
         let tasks = self.tasks.read().ok()?;
-        tasks.iter().position(|t| t.data.name == name).map(TaskId)
+        tasks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.data.name == name))
+            .map(TaskId)
     }
 
     /// Converts a coefficient file into the patched graph's layout and builds its payload.
@@ -207,6 +232,13 @@ impl<E> TaskStore<E> {
                         ),
                     ));
                 }
+                let in_features = self
+                    .manifest
+                    .modules
+                    .get(&ci.module)
+                    .map_or(0, |mm| mm.in_features);
+                co.check_magnitude(in_features)
+                    .map_err(|m| Error::bad_tensor(&src, format!("{}.alpha_A", ci.module), m))?;
                 // The flat parameter layout, then the graph's transposition of it: the same
                 // path the finetuner's trial coefficients take.
                 let mut flat = vec![0f32; l.len()];

@@ -15,10 +15,12 @@
 //!
 //! The runtime is `Sync`: any number of threads may run it at once, each with its own task.
 
+use super::engine::engine_call;
 use super::input::{InputSpec, input_specs, output_names};
 use super::store::{Task, TaskData, TaskId, TaskStore};
 use crate::bundle::{Bundle, CoeffFile};
 use crate::error::{Error, Result};
+use crate::graph::check::{IndexLimit, index_limits};
 use crate::graph::onnx::encode_model;
 use crate::graph::patch::{CoeffInput, PatchedModel, load_base, patch_owned};
 use std::collections::HashMap;
@@ -74,6 +76,8 @@ pub struct Runtime {
     base_inputs: Vec<String>,
     /// The base inputs' declarations, read from the model at load (or why they could not be).
     input_specs: std::result::Result<Vec<InputSpec>, String>,
+    /// The table each base input indexes, if any (token ids: checked before every run).
+    index_limits: Vec<Option<IndexLimit>>,
     output_names: Vec<String>,
     coeff_inputs: Vec<CoeffInput>,
     single: Singles,
@@ -104,6 +108,12 @@ fn prepare(d: &TaskData) -> Result<Vec<TValue>> {
 /// The patched model is consumed: it is dropped once encoded, and the encoding once tract
 /// has built its model from it, so the load peak stays close to tract's own on the base.
 fn build_plan(p: PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<Plan> {
+    engine_call("building the tract plan", || {
+        build_plan_unguarded(p, path, like)
+    })
+}
+
+fn build_plan_unguarded(p: PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<Plan> {
     let bytes = encode_model(&p.proto);
     let PatchedModel {
         proto,
@@ -188,6 +198,7 @@ impl Runtime {
             (patched.base_inputs.clone(), patched.coeff_inputs.clone());
         // The patch keeps the base model's input and output declarations.
         let input_specs = input_specs(&patched.proto, &base_inputs).map_err(|e| e.to_string());
+        let index_limits = index_limits(&patched.proto, &base_inputs);
         let output_names = output_names(&patched.proto);
         let single = match build_plan(patched, base, None) {
             Ok(p) => Singles::Symbolic(p),
@@ -202,6 +213,7 @@ impl Runtime {
             bundle: bundle.clone(),
             base_inputs,
             input_specs,
+            index_limits,
             output_names,
             coeff_inputs,
             single,
@@ -297,9 +309,7 @@ impl Runtime {
                     .clone(),
             );
         }
-        plan.runnable
-            .run(v)
-            .map_err(|e| Error::Engine(format!("tract run failed: {e:#}")))
+        run_plan(plan, v)
     }
 
     /// Whether single-task runs use one plan for every input shape (else one per shape).
@@ -376,9 +386,7 @@ impl Runtime {
                 };
                 v.push(x.ok_or_else(|| Error::Internal("plan input out of range".into()))?);
             }
-            plan.runnable
-                .run(v)
-                .map_err(|e| Error::Engine(format!("tract run failed: {e:#}")))
+            run_plan(plan, v)
         });
         // The plan has dropped its references: the set goes back for the next run.
         if let Ok(mut pool) = mixed.pool.lock() {
@@ -445,6 +453,8 @@ impl Runtime {
         Ok(())
     }
 
+    /// Checks the input count, and every id of an input that indexes a table (tract panics on
+    /// an id outside it).
     fn check_inputs(&self, inputs: &[TValue]) -> Result<()> {
         if inputs.len() != self.base_inputs.len() {
             return Err(Error::Usage(format!(
@@ -453,6 +463,27 @@ impl Runtime {
                 self.base_inputs.join(", "),
                 inputs.len()
             )));
+        }
+        for ((x, name), limit) in inputs.iter().zip(&self.base_inputs).zip(&self.index_limits) {
+            let Some(limit) = limit else { continue };
+            if !x.datum_type().is_integer() {
+                return Err(Error::Usage(format!(
+                    "input `{name}` indexes `{}` and takes integer ids, found {:?} values",
+                    limit.table,
+                    x.datum_type()
+                )));
+            }
+            // Borrowed for i64 (the usual type): no copy on the hot path.
+            let ids = x
+                .cast_to::<i64>()
+                .map_err(|e| Error::Usage(format!("input `{name}`: {}", tract_err(e))))?;
+            let view = ids
+                .try_as_plain_ram()
+                .map_err(|e| Error::Usage(format!("input `{name}`: {}", tract_err(e))))?;
+            let values = view
+                .as_slice::<i64>()
+                .map_err(|e| Error::Usage(format!("input `{name}`: {}", tract_err(e))))?;
+            limit.check(name, x.shape(), values)?;
         }
         Ok(())
     }
@@ -519,9 +550,20 @@ pub(crate) fn fixed_shape_plan(
             .map_err(|e| engine("load", e))?;
         order.push(i);
     }
-    let typed = m.into_optimized().map_err(|e| engine("optimize", e))?;
-    let runnable = typed.into_runnable().map_err(|e| engine("plan", e))?;
+    let runnable = engine_call("tract training-graph plan", move || {
+        let typed = m.into_optimized().map_err(|e| engine("optimize", e))?;
+        typed.into_runnable().map_err(|e| engine("plan", e))
+    })?;
     Ok((runnable, order))
+}
+
+/// Runs a plan, a panic inside tract becoming [`Error::Engine`].
+fn run_plan(plan: &Plan, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+    engine_call("tract run", || {
+        plan.runnable
+            .run(inputs)
+            .map_err(|e| Error::Engine(format!("tract run failed: {e:#}")))
+    })
 }
 
 /// Names the model's full path in a patch error.

@@ -147,8 +147,10 @@ impl Session {
                         values.push(v.clone());
                     }
                 }
-                let out = plan.run(values.into_iter().collect()).map_err(|e| {
-                    Error::Engine(format!("tract run of the training graph: {e:#}"))
+                let out = super::engine::engine_call("tract run of the training graph", || {
+                    plan.run(values.into_iter().collect()).map_err(|e| {
+                        Error::Engine(format!("tract run of the training graph: {e:#}"))
+                    })
                 })?;
                 super::input::from_tract(outputs, &out)
             }

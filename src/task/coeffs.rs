@@ -27,6 +27,38 @@ impl Coefficients {
             && self.alpha_b.ncols() == r
     }
 
+    /// The largest ‖α_A‖_F·‖α_B‖_F an f32 run of a module with `in_features` inputs can
+    /// take at rank `r`: sqrt(f32::MAX) / (in_features·r).
+    ///
+    /// The bases are orthonormal, so every entry of V_Aᵀα_Aᵀ is at most ‖α_A‖_F and every
+    /// entry of α_Bᵀ V_Bᵀ at most ‖α_B‖_F; an entry of the correction X·V_Aᵀα_Aᵀ·α_Bᵀ V_Bᵀ is
+    /// then at most in·r·max|X|·‖α_A‖_F·‖α_B‖_F. Under this limit, activations up to
+    /// sqrt(f32::MAX) ≈ 1.8e19 keep it finite; real tasks are many orders of magnitude below.
+    pub fn magnitude_limit(in_features: usize, r: usize) -> f64 {
+        f64::from(f32::MAX).sqrt() / (in_features.max(1) as f64 * r.max(1) as f64)
+    }
+
+    /// ‖α_A‖_F·‖α_B‖_F (a bound on the spectral norm of the task's ΔW, the bases being
+    /// orthonormal).
+    pub fn update_norm_bound(&self) -> f64 {
+        self.alpha_a.norm_l2() * self.alpha_b.norm_l2()
+    }
+
+    /// Checks the coefficients of a module with `in_features` inputs: finite, and within
+    /// [`Coefficients::magnitude_limit`]. The error says what was found, to read after the
+    /// tensor's name.
+    pub fn check_magnitude(&self, in_features: usize) -> std::result::Result<(), String> {
+        let bound = self.update_norm_bound();
+        let limit = Self::magnitude_limit(in_features, self.alpha_a.nrows());
+        if !bound.is_finite() || bound > limit {
+            return Err(format!(
+                "expected finite coefficients with ‖α_A‖·‖α_B‖ <= {limit:.3e} (what a float32 run of {in_features} inputs at rank {} can carry), found {bound:.3e}",
+                self.alpha_a.nrows()
+            ));
+        }
+        Ok(())
+    }
+
     /// Writes these coefficients (already checked with [`Coefficients::fits`]) into `dst`,
     /// the module's `l.len()` flat values: α_A [l.r x K_A] then α_B [K_B x l.r], row-major,
     /// as f32; the rows and columns beyond their rank are left as they are (zero).

@@ -84,6 +84,11 @@ pub fn apply_head(head: &Head, pooled: &[f32]) -> Result<Prediction> {
     }
     let mut logits = vec![0.0; classes];
     head_logits(head, pooled, &mut logits);
+    if let Some(l) = logits.iter().find(|l| !l.is_finite()) {
+        return Err(Error::Numeric(format!(
+            "the task's head gives the logit {l}: expected finite logits (the pooled output or the head's weights are out of range)"
+        )));
+    }
     let probs = softmax(&logits);
     let class = argmax(&probs);
     Ok(Prediction {

@@ -517,3 +517,83 @@ fn eval_at_start_lets_the_starting_point_compete() {
         report.best_metric, report.best_step, report.steps
     );
 }
+
+/// A checkpoint is covered by the SHA-256 of its state, and a resume checks every number:
+/// a NaN schedule multiplier, an Inf in the best head or a best loss "measured" at step 0
+/// are refused even when the hash was recomputed to match (issue 13: they resumed silently).
+#[test]
+fn a_corrupt_or_inconsistent_checkpoint_is_refused() {
+    use eigenlorax::finetune::checkpoint::{Checkpoint, HASH_KEY, STATE_KEY};
+    let (train, val) = task();
+    let dir = tmp("ck-corrupt");
+    let ck = dir.join("ck.safetensors");
+    let c = FinetuneConfig {
+        max_steps: 20,
+        eval_every: 10,
+        checkpoint_every: 10,
+        checkpoint_path: Some(ck.clone()),
+        ..cfg()
+    };
+    let finetuner = || {
+        Finetuner::new(
+            model(),
+            c.clone(),
+            Objective::Classify { classes: 3 },
+            train.clone(),
+            Some(val.clone()),
+        )
+        .unwrap()
+    };
+    finetuner().fit(&mut |_| {}).unwrap();
+    // The run's own checkpoint (step 20) resumes.
+    finetuner()
+        .resume(&ck)
+        .expect("the written checkpoint resumes");
+    let sizes = {
+        let bytes = std::fs::read(&ck).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut s = [0usize; 8];
+        for (i, n) in eigenlorax::finetune::checkpoint::TENSORS.iter().enumerate() {
+            s[i] = st.tensor(n).unwrap().shape()[0];
+        }
+        s
+    };
+    let good = Checkpoint::read(&ck, &sizes).expect("read");
+
+    // A flipped bit in a vector, the file otherwise intact: the hash refuses it.
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x10;
+    let flipped = dir.join("flipped.safetensors");
+    std::fs::write(&flipped, &bytes).unwrap();
+    let e = finetuner().resume(&flipped).unwrap_err().to_string();
+    assert!(
+        e.contains("flipped.safetensors") && e.contains(HASH_KEY) && e.contains("modified"),
+        "{e}"
+    );
+
+    // Forged states, written with a matching hash.
+    let forged = |name: &str, edit: &dyn Fn(&mut Checkpoint)| -> String {
+        let mut k = good.clone();
+        edit(&mut k);
+        let p = dir.join(name);
+        k.write(&p).unwrap();
+        finetuner().resume(&p).unwrap_err().to_string()
+    };
+    let e = forged("nan-mult", &|k| {
+        k.scalars.sched_multiplier = f64::NAN.to_bits()
+    });
+    assert!(e.contains("sched_multiplier") && e.contains("NaN"), "{e}");
+    let e = forged("inf-head", &|k| k.tensors[7][0] = f64::INFINITY);
+    assert!(e.contains("best_head") && e.contains("inf at 0"), "{e}");
+    let e = forged("best-at-0", &|k| {
+        k.scalars.early_best = 0f64.to_bits();
+        k.scalars.early_best_step = 0;
+    });
+    assert!(e.contains("early_best") && e.contains("at step 0"), "{e}");
+    let e = forged("neg-v", &|k| k.tensors[3][0] = -1.0);
+    assert!(e.contains("adam_theta_v"), "{e}");
+    let e = forged("old-version", &|k| k.scalars.version = 1);
+    assert!(e.contains(STATE_KEY) || e.contains("version"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

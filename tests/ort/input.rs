@@ -18,6 +18,7 @@ fn spec(name: &str, dims: Vec<Option<usize>>) -> InputSpec {
         name: name.into(),
         elem: ElemType::I64,
         dims,
+        index_limit: None,
     }
 }
 
@@ -212,6 +213,7 @@ fn safetensors_inputs_by_name() {
             name: "x".into(),
             elem: ElemType::F32,
             dims: vec![None, Some(3), Some(2)],
+            index_limit: None,
         },
         spec("attention_mask", vec![None, None]),
     ];
@@ -226,6 +228,7 @@ fn safetensors_inputs_by_name() {
         name: "y".into(),
         elem: ElemType::F32,
         dims: vec![],
+        index_limit: None,
     }];
     let e = load_tensors(&p, &want_y).unwrap_err().to_string();
     assert!(e.contains("`y`"), "{e}");
@@ -234,6 +237,7 @@ fn safetensors_inputs_by_name() {
             name: "x".into(),
             elem: ElemType::F32,
             dims: vec![None, Some(4), Some(2)],
+            index_limit: None,
         },
         spec("attention_mask", vec![None, None]),
     ];

@@ -547,3 +547,20 @@ fn bert_prefix_and_half_precision_checkpoints_import() {
     let _ = std::fs::remove_dir_all(&d);
     let _ = std::fs::remove_dir_all(&d2);
 }
+
+/// A config.json with fewer layers than the checkpoint used to drop the last layer's weights
+/// silently (issue 13); now the first dropped tensor is named.
+#[test]
+fn weights_the_config_does_not_account_for_are_refused() {
+    let d = copy_fixture("fewer-layers");
+    edit_config(&d, |c| {
+        c.insert("num_hidden_layers".into(), 1.into());
+    });
+    let e = import_err(&d);
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("encoder.layer.1.")
+            && e.contains("num_hidden_layers"),
+        "{e}"
+    );
+}

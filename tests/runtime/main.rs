@@ -8,6 +8,7 @@ mod support;
 
 mod cli_bind;
 mod errors;
+mod hardening;
 mod import_hf;
 mod patch;
 mod tinybert;

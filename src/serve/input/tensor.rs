@@ -3,6 +3,7 @@
 //! conversions to and from tract values.
 
 use crate::error::{Error, Result};
+use crate::graph::check::{IndexLimit, index_limits};
 use crate::graph::onnx::{Dim, value_info_dims};
 use crate::graph::pb::{ModelProto, type_proto};
 
@@ -35,6 +36,9 @@ pub struct InputSpec {
     pub elem: ElemType,
     /// Dimensions; `None` where symbolic or unknown.
     pub dims: Vec<Option<usize>>,
+    /// The table the input's values index (token ids into the embeddings), when it indexes
+    /// one: [`check_inputs`] refuses values outside it.
+    pub index_limit: Option<IndexLimit>,
 }
 
 /// The values of one tensor.
@@ -109,7 +113,7 @@ pub fn input_specs(model: &ModelProto, names: &[String]) -> Result<Vec<InputSpec
         .as_ref()
         .ok_or_else(|| Error::Usage("the model has no graph".into()))?;
     let mut specs = Vec::with_capacity(names.len());
-    for name in names {
+    for (name, index_limit) in names.iter().zip(index_limits(model, names)) {
         let vi = graph
             .input
             .iter()
@@ -140,6 +144,7 @@ pub fn input_specs(model: &ModelProto, names: &[String]) -> Result<Vec<InputSpec
             name: name.clone(),
             elem,
             dims,
+            index_limit,
         });
     }
     Ok(specs)
@@ -155,7 +160,8 @@ pub fn output_names(model: &ModelProto) -> Vec<String> {
 }
 
 /// Checks that `tensors` are exactly the model inputs `specs` (same names in any order, element
-/// types, values matching shapes, fixed dims honoured) and returns them in `specs` order.
+/// types, values matching shapes, fixed dims honoured, ids within the table an input indexes)
+/// and returns them in `specs` order.
 pub fn check_inputs<'a>(
     specs: &[InputSpec],
     tensors: &'a [InputTensor],
@@ -206,6 +212,9 @@ pub fn check_inputs<'a>(
                 want.join(", "),
                 t.shape
             )));
+        }
+        if let (Some(limit), TensorData::I64(ids)) = (&spec.index_limit, &t.data) {
+            limit.check(&spec.name, &t.shape, ids)?;
         }
         ordered.push(t);
     }
