@@ -5,8 +5,9 @@
 //! columns of every B' (out x Σr) and keeps the top K_B left singular vectors as
 //! V_B [out x K_B] (orthonormal columns).
 //!
-//! * [`decompose`]: exact decomposition of a stacked side, on the smaller Gram side, with
-//!   optional streaming of the d x d Gram for very many adapters.
+//! * [`decompose`]: exact decomposition of a stacked side, on the Gram in the smaller
+//!   dimension, streaming the d x d Gram for very many adapters.
+//! * [`topk`]: certified top-K eigenvectors (block Krylov, Davis–Kahan stopping test).
 //! * [`select`]: the K rules (fixed, explained energy, Gavish–Donoho).
 //! * [`augment`]: mean direction and pseudo-PCs, orthogonalized by modified Gram–Schmidt.
 //! * [`project`]: coefficients of an adapter in a subspace, reconstruction, errors.
@@ -15,6 +16,7 @@ pub mod augment;
 pub mod decompose;
 pub mod project;
 pub mod select;
+pub mod topk;
 
 use crate::adapter::{Adapter, LoraModule};
 use crate::error::{Error, Result};
@@ -475,12 +477,11 @@ fn finish_side(
     rule: KRule,
     options: &ExtractOptions,
 ) -> Result<(Mat<f64>, SideInfo)> {
-    let dec = acc.finish(options.center)?;
-    let k = select::select_k(rule, &dec.spectrum, dec.rank, (dec.n_vectors, dec.dim))?;
-    // A fresh, compact copy: `Mat::truncate` would keep the full d x min(d, n) allocation
-    // alive inside the returned subspace (8 MB per side at d = 1024).
-    let mut basis = dec.basis.subcols(0, k).to_owned();
-    drop(dec.basis);
+    let dec = acc.finish_top(options.center, |spectrum, rank, shape| {
+        select::select_k(rule, spectrum, rank, shape)
+    })?;
+    let k = dec.basis.ncols();
+    let mut basis = dec.basis;
     let mean_vector = match &dec.mean {
         Some(mu) => augment::append_mean(&mut basis, mu),
         None => false,
