@@ -305,17 +305,25 @@ impl SideAccumulator {
             .collect();
         let rank = spectrum.iter().filter(|&&s| s > tol).count();
         let k = choose_k(&spectrum, rank, (n, d))?.min(p);
-        let (vecs, solver) = match topk::top_eigenvectors(gram.as_ref(), &vals, k)? {
-            TopK::Vectors(v, solver) => (v, solver),
-            TopK::UseFull(reason) => {
+        let top = topk::top_eigenvectors(gram.as_ref(), &vals, k)?;
+        let (mut basis, solver) = match (top, &x) {
+            (TopK::Vectors(w, solver), Some(x)) => {
+                drop(gram);
+                (left_from_right(x.as_ref(), w.as_ref())?, solver)
+            }
+            (TopK::Vectors(v, solver), None) => (v, solver),
+            // The full decomposition as before this route existed: the SVD of X itself when
+            // n ≤ d (with a tiny gap, the Gram's squared condition would show), else the
+            // eigendecomposition of the d x d Gram.
+            (TopK::UseFull(reason), Some(x)) => {
+                drop(gram);
+                let sv = linalg::thin_svd(x.as_ref())?;
+                (sv.u.subcols(0, k).to_owned(), Solver::Fallback(reason))
+            }
+            (TopK::UseFull(reason), None) => {
                 let (_, all) = linalg::sym_eigen_desc(gram.as_ref())?;
                 (all.subcols(0, k).to_owned(), Solver::Fallback(reason))
             }
-        };
-        drop(gram);
-        let mut basis = match &x {
-            Some(x) => left_from_right(x.as_ref(), vecs.as_ref())?,
-            None => vecs,
         };
         fix_sign_columns(&mut basis);
         Ok(Decomposition {
