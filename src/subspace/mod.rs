@@ -147,6 +147,53 @@ pub fn extract(
     extract_with(adapters, options, progress, Route::Auto, 2)
 }
 
+/// Which modules an extraction computes: those whose name matches `pattern` (all when `None`),
+/// then of those, in name order, every `n`-th starting at `i` for `shard` = (i, n). Each
+/// module's subspace depends only on that module's tensors, so the parts of a sharded
+/// extraction are exactly the one-shot extraction's modules (the bundle stage joins them).
+#[derive(Clone, Debug, Default)]
+pub struct ModuleSelection {
+    /// Keep the modules whose canonical name this regular expression matches (anywhere).
+    pub pattern: Option<regex::Regex>,
+    /// (i, n): keep the i-th of every n matching modules, 0 ≤ i < n.
+    pub shard: Option<(usize, usize)>,
+}
+
+impl ModuleSelection {
+    /// The selected names out of all module names in ascending order. An empty result or a
+    /// bad shard is an [`Error::Usage`].
+    pub fn select<'a>(&self, names: &[&'a str]) -> Result<Vec<&'a str>> {
+        let matching: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| self.pattern.as_ref().is_none_or(|p| p.is_match(n)))
+            .collect();
+        let kept: Vec<&str> = match self.shard {
+            Some((i, n)) if n == 0 || i >= n => {
+                return Err(Error::Usage(format!(
+                    "shard {i}/{n}: expected i/n with 0 <= i < n"
+                )));
+            }
+            Some((i, n)) => matching.into_iter().skip(i).step_by(n).collect(),
+            None => matching,
+        };
+        if kept.is_empty() {
+            let pattern = self
+                .pattern
+                .as_ref()
+                .map_or(String::new(), |p| format!(" matching `{p}`"));
+            let shard = self
+                .shard
+                .map_or(String::new(), |(i, n)| format!(" in shard {i}/{n}"));
+            return Err(Error::Usage(format!(
+                "no module{pattern}{shard} among the {} modules of the adapters",
+                names.len()
+            )));
+        }
+        Ok(kept)
+    }
+}
+
 /// [`extract`] with the decomposition route and the thread count chosen (benchmarks, tests).
 pub fn extract_with(
     adapters: &[Adapter],
@@ -154,6 +201,26 @@ pub fn extract_with(
     progress: Progress<'_>,
     route: Route,
     threads: usize,
+) -> Result<Subspace> {
+    extract_selected(
+        adapters,
+        options,
+        progress,
+        route,
+        threads,
+        &ModuleSelection::default(),
+    )
+}
+
+/// [`extract_with`] over the modules `selection` keeps: only those modules' tensors are
+/// read (every adapter's header is still checked).
+pub fn extract_selected(
+    adapters: &[Adapter],
+    options: &ExtractOptions,
+    progress: Progress<'_>,
+    route: Route,
+    threads: usize,
+    selection: &ModuleSelection,
 ) -> Result<Subspace> {
     validate_options(options)?;
     if adapters.is_empty() {
@@ -195,8 +262,12 @@ pub fn extract_with(
             }
         }
     }
-    let names: Vec<(&str, usize, usize)> =
-        shapes.iter().map(|(n, &(i, o, _))| (*n, i, o)).collect();
+    let all: Vec<&str> = shapes.keys().copied().collect();
+    let names: Vec<(&str, usize, usize)> = selection
+        .select(&all)?
+        .into_iter()
+        .filter_map(|n| shapes.get(n).map(|&(i, o, _)| (n, i, o)))
+        .collect();
     let total = names.len();
     let subs = run_ordered(
         total,
