@@ -94,7 +94,7 @@ pub fn top_eigenvectors(s: MatRef<'_, f64>, eigenvalues: &[f64], k: usize) -> Re
     let slack = m as f64 * f64::EPSILON * lambda1;
     let lambda_next = eigenvalues[k] + slack;
     let gap = eigenvalues[k - 1] - lambda_next;
-    if !(gap > MIN_RELATIVE_GAP * lambda1) {
+    if gap.is_nan() || gap <= MIN_RELATIVE_GAP * lambda1 {
         return Ok(TopK::UseFull(format!(
             "eigengap after K = {k} is {:.1e} of λ₁, below {MIN_RELATIVE_GAP:.0e}: K is ambiguous at the 1e-6 angle target",
             (eigenvalues[k - 1] - eigenvalues[k]) / lambda1
