@@ -29,7 +29,9 @@ use faer::{Accum, Mat, MatRef, Par};
 /// Which exact route a decomposition took (or is forced to take, in tests and benchmarks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// SVD of the stack when n ≤ d, streamed Gram otherwise.
+    /// Holds the stack while n ≤ d, streams the d x d Gram once n > d. [`SideAccumulator::finish`]
+    /// then takes the SVD of the stack or the Gram's eigendecomposition;
+    /// [`SideAccumulator::finish_top`] the Gram in the smaller dimension and the top-K solver.
     Auto,
     /// Always the thin SVD of the stack (holds the whole stack).
     Svd,
