@@ -3,7 +3,7 @@
 use super::{Table, file_size, pct, progress_bar};
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, SourceAdapter, StorageDtype};
-use eigenlorax::subspace::{self, ExtractOptions, KRule, ModuleSelection, Route};
+use eigenlorax::subspace::{self, ExtractOptions, KRule, ModuleSelection, Route, Solver};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -153,9 +153,19 @@ pub fn run(a: Args) -> Result<()> {
         pattern: a.modules.clone(),
         shard: a.shard,
     };
-    let sub =
+    let extraction =
         subspace::extract_selected(&adapters, &options, &progress, Route::Auto, 2, &selection)?;
     bar.finish_and_clear();
+    let sub = extraction.subspace;
+    for (name, solvers) in &extraction.solvers {
+        for (side, solver) in ["A", "B"].iter().zip(solvers) {
+            if let Solver::Fallback(reason) = solver {
+                eprintln!(
+                    "note: {name} side {side}: full decomposition instead of the top-K solver: {reason}"
+                );
+            }
+        }
+    }
     let manifest = Bundle::write(&a.output, &sub, &sources, a.dtype, None)?;
 
     let mut t = Table::new(&[

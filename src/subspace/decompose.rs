@@ -317,14 +317,14 @@ impl SideAccumulator {
             // The full decomposition as before this route existed: the SVD of X itself when
             // n ≤ d (with a tiny gap, the Gram's squared condition would show), else the
             // eigendecomposition of the d x d Gram.
-            (TopK::UseFull(reason), Some(x)) => {
+            (full, Some(x)) => {
                 drop(gram);
                 let sv = linalg::thin_svd(x.as_ref())?;
-                (sv.u.subcols(0, k).to_owned(), Solver::Fallback(reason))
+                (sv.u.subcols(0, k).to_owned(), fallback(full))
             }
-            (TopK::UseFull(reason), None) => {
+            (full, None) => {
                 let (_, all) = linalg::sym_eigen_desc(gram.as_ref())?;
-                (all.subcols(0, k).to_owned(), Solver::Fallback(reason))
+                (all.subcols(0, k).to_owned(), fallback(full))
             }
         };
         fix_sign_columns(&mut basis);
@@ -339,6 +339,14 @@ impl SideAccumulator {
             route: Route::Gram,
             solver,
         })
+    }
+}
+
+/// How a full decomposition taken in place of the top-K solver is recorded.
+fn fallback(why: TopK) -> Solver {
+    match why {
+        TopK::UseFull(reason) => Solver::Fallback(reason),
+        _ => Solver::Full,
     }
 }
 

@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub use decompose::{Decomposition, Route, SideAccumulator};
+pub use topk::Solver;
 
 pub use project::{
     Coefficients, captured_energy, project, reconstruct, relative_error, try_project,
@@ -210,6 +211,18 @@ pub fn extract_with(
         threads,
         &ModuleSelection::default(),
     )
+    .map(|e| e.subspace)
+}
+
+/// What [`extract_selected`] returns: the subspace, and per module how each side's basis
+/// vectors were found ([A side, B side]), so that a caller can say where the top-K solver fell
+/// back to the full decomposition and why.
+#[derive(Clone, Debug)]
+pub struct Extraction {
+    /// The extracted subspace.
+    pub subspace: Subspace,
+    /// Module name -> [A-side solver, B-side solver].
+    pub solvers: BTreeMap<String, [Solver; 2]>,
 }
 
 /// [`extract_with`] over the modules `selection` keeps: only those modules' tensors are
@@ -221,7 +234,7 @@ pub fn extract_selected(
     route: Route,
     threads: usize,
     selection: &ModuleSelection,
-) -> Result<Subspace> {
+) -> Result<Extraction> {
     validate_options(options)?;
     if adapters.is_empty() {
         return Err(Error::Usage(
@@ -282,12 +295,17 @@ pub fn extract_selected(
         progress,
     )?;
     let mut modules = BTreeMap::new();
-    for ((name, _, _), sub) in names.iter().zip(subs) {
+    let mut solvers = BTreeMap::new();
+    for ((name, _, _), (sub, solver)) in names.iter().zip(subs) {
         modules.insert(name.to_string(), sub);
+        solvers.insert(name.to_string(), solver);
     }
-    Ok(Subspace {
-        modules,
-        options: options.clone(),
+    Ok(Extraction {
+        subspace: Subspace {
+            modules,
+            options: options.clone(),
+        },
+        solvers,
     })
 }
 
@@ -367,7 +385,7 @@ fn extract_named(
     out_f: usize,
     options: &ExtractOptions,
     route: Route,
-) -> Result<ModuleSubspace> {
+) -> Result<(ModuleSubspace, [Solver; 2])> {
     let mut acc = ModuleAccumulator::new(in_f, out_f, options.canonicalize, route);
     for ad in adapters {
         let Some(info) = ad.modules.get(name) else {
@@ -426,7 +444,7 @@ where
     if acc.n_adapters == 0 {
         return Err(Error::Usage("no adapter modules to extract from".into()));
     }
-    acc.finish(options)
+    acc.finish(options).map(|(m, _)| m)
 }
 
 /// Extracts one module's subspace from its adapters' matrices (pure math; all modules must
@@ -525,10 +543,10 @@ impl ModuleAccumulator {
         Ok(())
     }
 
-    fn finish(self, options: &ExtractOptions) -> Result<ModuleSubspace> {
-        let (basis_a, info_a) = finish_side(self.a, options.k_rule_a, options)?;
-        let (v_b, info_b) = finish_side(self.b, options.k_rule_b, options)?;
-        Ok(ModuleSubspace {
+    fn finish(self, options: &ExtractOptions) -> Result<(ModuleSubspace, [Solver; 2])> {
+        let (basis_a, info_a, solver_a) = finish_side(self.a, options.k_rule_a, options)?;
+        let (v_b, info_b, solver_b) = finish_side(self.b, options.k_rule_b, options)?;
+        let module = ModuleSubspace {
             in_features: self.in_f,
             out_features: self.out_f,
             r_max: self.r_max,
@@ -537,17 +555,19 @@ impl ModuleAccumulator {
             v_b,
             a: info_a,
             b: info_b,
-        })
+        };
+        Ok((module, [solver_a, solver_b]))
     }
 }
 
 /// Decomposes one side, keeps K by the rule, appends the mean direction and pseudo-PCs.
-/// Returns the basis as orthonormal columns [d x k_total] and its statistics.
+/// Returns the basis as orthonormal columns [d x k_total], its statistics and how the
+/// principal directions were found.
 fn finish_side(
     acc: SideAccumulator,
     rule: KRule,
     options: &ExtractOptions,
-) -> Result<(Mat<f64>, SideInfo)> {
+) -> Result<(Mat<f64>, SideInfo, Solver)> {
     let dec = acc.finish_top(options.center, |spectrum, rank, shape| {
         select::select_k(rule, spectrum, rank, shape)
     })?;
@@ -568,6 +588,7 @@ fn finish_side(
             pseudo,
             energy_kept,
         },
+        dec.solver,
     ))
 }
 

@@ -45,7 +45,8 @@ const DEPTH: usize = 4;
 /// How the top eigenvectors were obtained.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Solver {
-    /// The full dense decomposition (a forced route, or no vectors needed).
+    /// The full dense decomposition (a forced route, no vectors needed, or a matrix small
+    /// next to the Krylov basis).
     Full,
     /// Block Krylov with Rayleigh–Ritz; `sin_bound` is the certified Davis–Kahan bound on the
     /// largest principal angle's sine against the exact top-K eigenspace of the decomposed matrix.
@@ -55,8 +56,8 @@ pub enum Solver {
         /// ‖R‖_F / δ at the stop.
         sin_bound: f64,
     },
-    /// The full decomposition, because the top-K solver could not or need not be used; the
-    /// reason says which (gap too small to certify, no convergence, small matrix).
+    /// The full decomposition, because the top-K solver could not certify the top K; the
+    /// reason says why (gap too small, no convergence).
     Fallback(String),
 }
 
@@ -64,7 +65,10 @@ pub enum Solver {
 pub enum TopK {
     /// Orthonormal Ritz vectors [m x K], descending Ritz values; how they were certified.
     Vectors(Mat<f64>, Solver),
-    /// Why the full decomposition should be used instead.
+    /// The matrix is small next to the Krylov basis K needs: the full decomposition is as
+    /// cheap (not a fallback: nothing is uncertain).
+    Small,
+    /// Why the full decomposition must be used instead (gap too small, no convergence).
     UseFull(String),
 }
 
@@ -86,9 +90,7 @@ pub fn top_eigenvectors(s: MatRef<'_, f64>, eigenvalues: &[f64], k: usize) -> Re
     }
     let block = (2 * k).max(k + 8).min(m);
     if DEPTH * block * 2 > m {
-        return Ok(TopK::UseFull(format!(
-            "K = {k} is a large share of the {m} x {m} matrix; the full decomposition is as cheap"
-        )));
+        return Ok(TopK::Small);
     }
     let lambda1 = eigenvalues[0].max(0.0);
     let slack = m as f64 * f64::EPSILON * lambda1;

@@ -43,8 +43,8 @@ fn spectrum_with_gap(p: usize, k: usize, gap: f64) -> Vec<f64> {
 /// the full decomposition's to 1e-9 of σ₁.
 #[test]
 fn top_k_matches_full_decomposition_with_small_gaps() {
-    let k = 12;
-    for (d, n) in [(400, 240), (200, 480)] {
+    let k = 8;
+    for (d, n) in [(240, 160), (128, 320)] {
         let p = d.min(n);
         let x = stack_with_spectrum(d as u64 + n as u64, d, n, &spectrum_with_gap(p, k, 1e-3));
         for center in [false, true] {
@@ -91,7 +91,7 @@ fn top_k_matches_full_decomposition_with_small_gaps() {
 #[test]
 fn tiny_gap_falls_back_to_the_full_decomposition() {
     let k = 8;
-    for (d, n, gap) in [(300, 160, 1e-9), (160, 400, 1e-7)] {
+    for (d, n, gap) in [(200, 130, 1e-9), (130, 300, 1e-7)] {
         let p = d.min(n);
         let x = stack_with_spectrum(7, d, n, &spectrum_with_gap(p, k, gap));
         let top = accumulate(&x, 8, Route::Auto)
