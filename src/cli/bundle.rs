@@ -35,6 +35,18 @@ pub fn run(a: Args) -> Result<()> {
             let inputs: Vec<&Path> = parts.iter().map(|p| p.as_path()).collect();
             super::refuse_clobber(&output, &inputs, "-o")?;
             let manifest = merge::merge(&parts, &output)?;
+            // A shard left out still merges (every part is a valid bundle); the sources say
+            // how many modules an adapter has, so a short count is worth a word.
+            if let Some(most) = manifest.sources.iter().max_by_key(|s| s.modules)
+                && most.modules > manifest.modules.len()
+            {
+                super::warn(format!(
+                    "the merged bundle has {} modules but {} has {}: is a part missing?",
+                    manifest.modules.len(),
+                    most.path,
+                    most.modules
+                ));
+            }
             println!("subspace id: {}", manifest.subspace_id);
             println!(
                 "wrote {} ({} modules from {} parts, {} adapters, {})",

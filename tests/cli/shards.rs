@@ -127,6 +127,17 @@ fn merge_and_selection_errors() {
         err.contains("extraction options") && err.contains("p1-k2.elxb"),
         "{err}"
     );
+    // A missing part merges (each part is a valid bundle) but is pointed out.
+    let p2of3 = dir.join("p2of3.elxb");
+    let p0of3 = dir.join("p0of3.elxb");
+    extract(&p0of3, &["--k", "3", "--shard", "0/3"]);
+    extract(&p2of3, &["--k", "3", "--shard", "2/3"]);
+    let partial = dir.join("partial.elxb");
+    let o = elx(&["bundle", "merge", s(&p0of3), s(&p2of3), "-o", s(&partial)]);
+    let warn = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{warn}");
+    assert!(warn.contains("is a part missing?"), "{warn}");
+
     let err = failure(&["bundle", "merge", s(&p0), "-o", s(&out)]);
     assert!(err.contains("2"), "{err}");
     assert!(!out.exists(), "nothing written on a refused merge");
