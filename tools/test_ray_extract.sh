@@ -19,9 +19,11 @@ port=$(( 20000 + RANDOM % 20000 ))
 ray_pid=
 cleanup() {
   if [ -n "$ray_pid" ]; then
+    # TERM to the whole group (head, GCS, raylet, workers), then KILL what is left after 5 s.
     kill -TERM -- "-$ray_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$ray_pid" 2>/dev/null || break; sleep 0.2; done
+    for _ in $(seq 25); do kill -0 "$ray_pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL -- "-$ray_pid" 2>/dev/null || true
+    wait "$ray_pid" 2>/dev/null || true
   fi
   rm -rf "$tmp" "$ray_tmp"
 }
