@@ -89,17 +89,22 @@ pub fn top_eigenvectors(s: MatRef<'_, f64>, eigenvalues: &[f64], k: usize) -> Re
         return Ok(TopK::Vectors(Mat::zeros(m, 0), Solver::Full));
     }
     let block = (2 * k).max(k + 8).min(m);
+    // λ_K and λ_{K+1} exist whenever the Krylov basis fits (k < m / 8); checked, not assumed.
+    let (Some(&lambda_k), Some(&lambda_after)) = (eigenvalues.get(k - 1), eigenvalues.get(k))
+    else {
+        return Ok(TopK::Small);
+    };
     if DEPTH * block * 2 > m {
         return Ok(TopK::Small);
     }
     let lambda1 = eigenvalues[0].max(0.0);
     let slack = m as f64 * f64::EPSILON * lambda1;
-    let lambda_next = eigenvalues[k] + slack;
-    let gap = eigenvalues[k - 1] - lambda_next;
+    let lambda_next = lambda_after + slack;
+    let gap = lambda_k - lambda_next;
     if gap.is_nan() || gap <= MIN_RELATIVE_GAP * lambda1 {
         return Ok(TopK::UseFull(format!(
             "eigengap after K = {k} is {:.1e} of λ₁, below {MIN_RELATIVE_GAP:.0e}: K is ambiguous at the 1e-6 angle target",
-            (eigenvalues[k - 1] - eigenvalues[k]) / lambda1
+            (lambda_k - lambda_after) / lambda1
         )));
     }
 
