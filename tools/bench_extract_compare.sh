@@ -26,16 +26,17 @@ measure() {
   awk '{printf "%s %.2f %.0f\n", $2, $3 + $4, $5/1024}' <<<"$out"
 }
 
-printf "%5s  %10s  %10s  %12s  %8s  %12s  %14s  %7s  %9s\n" N "elx wall s" "elx CPU s" "numpy wall s" "ratio" \
-  "elx peak MiB" "numpy peak MiB" "ratio" "max sin"
+printf "%5s  %10s  %10s  %12s  %12s  %10s  %10s  %12s  %14s  %7s  %9s\n" N "elx wall s" "elx CPU s" \
+  "numpy wall s" "numpy CPU s" "wall ratio" "CPU ratio" "elx peak MiB" "numpy peak MiB" "ratio" "max sin"
 for n in "${ns[@]}"; do
   mapfile -t adapters < <(ls -d "$dir"/adapters/a* | sort | head -n "$n")
   read -r rw rc rm < <(measure "$elx" extract "${adapters[@]}" --k 16 -o "$dir/rust-$n.elxb")
-  read -r pw _ pm < <(measure python3 tools/elx_reference.py extract "${adapters[@]}" --k 16 \
+  read -r pw pc pm < <(measure python3 tools/elx_reference.py extract "${adapters[@]}" --k 16 \
     --method gram-eigh -o "$dir/numpy-$n.safetensors")
   sin=$(python3 tools/elx_reference.py angles "$dir/rust-$n.elxb" "$dir/numpy-$n.safetensors" | sed 's/.*=//')
-  printf "%5s  %10s  %10s  %12s  %8s  %12s  %14s  %7s  %9s\n" "$n" "$rw" "$rc" "$pw" \
-    "$(awk -v a="$pw" -v b="$rw" 'BEGIN{printf "%.2fx", a/b}')" "$rm" "$pm" \
+  printf "%5s  %10s  %10s  %12s  %12s  %10s  %10s  %12s  %14s  %7s  %9s\n" "$n" "$rw" "$rc" "$pw" "$pc" \
+    "$(awk -v a="$pw" -v b="$rw" 'BEGIN{printf "%.2fx", a/b}')" \
+    "$(awk -v a="$pc" -v b="$rc" 'BEGIN{printf "%.2fx", a/b}')" "$rm" "$pm" \
     "$(awk -v a="$pm" -v b="$rm" 'BEGIN{printf "%.2fx", a/b}')" "$sin"
 done
-echo "ratio = numpy / elx (above 1: elx is faster or smaller). Machine: $(nproc --all) cores, load $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "ratio = numpy / elx (above 1: elx is faster or smaller); elx runs 2 module threads, numpy 1 BLAS thread. Machine: $(nproc --all) cores, load $(cut -d' ' -f1-3 /proc/loadavg)."
