@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Extraction benchmark, Rust `elx extract` beside the numpy reference, in one run on the same
 # synthetic PEFT folders (r = 16, in = out = 1024, 24 modules; see tools/bench_reference.py).
-# Each extraction runs in its own process; peak RSS is that process's maximum resident set.
+# The numpy side is the strongest simple baseline, the paper scripts' method
+# (`tools/elx_reference.py extract --method gram-eigh`: canonicalize, stack, Gram in the
+# smaller dimension, float64 `eigh`, top K), one BLAS thread; elx runs its default 2 module
+# threads. Each extraction runs in its own process; wall, CPU (user + sys) and peak RSS are
+# that process's (GNU time). `sin` is the largest principal-angle sine between the two
+# results over every module and side (elx stores f32 bases, so ~1e-7 is the floor).
 #
 # Usage: tools/bench_extract_compare.sh [N...]        (default: 10 50 200)
 set -euo pipefail
@@ -12,22 +17,26 @@ dir="${ELX_BENCH_DIR:-.cache/bench-extract}"
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 python3 tools/bench_reference.py --dir "$dir" --n "$max" --generate-only >/dev/null
-cargo build --release --no-default-features --bin elx -q
+cargo build --release --no-default-features --features cli --bin elx -q
 elx=target/release/elx
 
-# Runs a command, prints "wall_s peak_rss_mib" (from GNU time's %e and %M).
+# Runs a command, prints "wall_s cpu_s peak_rss_mib" (GNU time's %e, %U + %S, %M).
 measure() {
-  local out; out=$( { /usr/bin/time -f "__TIME__ %e %M" "$@" >/dev/null; } 2>&1 | grep __TIME__ )
-  awk '{printf "%s %.0f\n", $2, $3/1024}' <<<"$out"
+  local out; out=$( { /usr/bin/time -f "__TIME__ %e %U %S %M" "$@" >/dev/null; } 2>&1 | grep __TIME__ )
+  awk '{printf "%s %.2f %.0f\n", $2, $3 + $4, $5/1024}' <<<"$out"
 }
 
-printf "%5s  %12s  %12s  %8s  %14s  %14s  %8s\n" N "elx wall s" "numpy wall s" "ratio" "elx peak MiB" "numpy peak MiB" "ratio"
+printf "%5s  %10s  %10s  %12s  %12s  %10s  %10s  %12s  %14s  %7s  %9s\n" N "elx wall s" "elx CPU s" \
+  "numpy wall s" "numpy CPU s" "wall ratio" "CPU ratio" "elx peak MiB" "numpy peak MiB" "ratio" "max sin"
 for n in "${ns[@]}"; do
   mapfile -t adapters < <(ls -d "$dir"/adapters/a* | sort | head -n "$n")
-  read -r rw rm < <(measure "$elx" extract "${adapters[@]}" --k 16 -o "$dir/rust-$n.elxb")
-  read -r pw pm < <(measure python3 tools/elx_reference.py extract "${adapters[@]}" --k 16 -o "$dir/numpy-$n.safetensors")
-  printf "%5s  %12s  %12s  %8s  %14s  %14s  %8s\n" "$n" "$rw" "$pw" \
-    "$(awk -v a="$pw" -v b="$rw" 'BEGIN{printf "%.2fx", a/b}')" "$rm" "$pm" \
-    "$(awk -v a="$pm" -v b="$rm" 'BEGIN{printf "%.2fx", a/b}')"
+  read -r rw rc rm < <(measure "$elx" extract "${adapters[@]}" --k 16 -o "$dir/rust-$n.elxb")
+  read -r pw pc pm < <(measure python3 tools/elx_reference.py extract "${adapters[@]}" --k 16 \
+    --method gram-eigh -o "$dir/numpy-$n.safetensors")
+  sin=$(python3 tools/elx_reference.py angles "$dir/rust-$n.elxb" "$dir/numpy-$n.safetensors" | sed 's/.*=//')
+  printf "%5s  %10s  %10s  %12s  %12s  %10s  %10s  %12s  %14s  %7s  %9s\n" "$n" "$rw" "$rc" "$pw" "$pc" \
+    "$(awk -v a="$pw" -v b="$rw" 'BEGIN{printf "%.2fx", a/b}')" \
+    "$(awk -v a="$pc" -v b="$rc" 'BEGIN{printf "%.2fx", a/b}')" "$rm" "$pm" \
+    "$(awk -v a="$pm" -v b="$rm" 'BEGIN{printf "%.2fx", a/b}')" "$sin"
 done
-echo "ratio = numpy / elx (above 1: elx is faster or smaller). Machine: $(nproc --all) cores, load $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "ratio = numpy / elx (above 1: elx is faster or smaller); elx runs 2 module threads, numpy 1 BLAS thread. Machine: $(nproc --all) cores, load $(cut -d' ' -f1-3 /proc/loadavg)."

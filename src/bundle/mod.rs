@@ -7,12 +7,15 @@
 //! hashes the stored components and the manifest (without the binding, which `elx bind` adds
 //! later and which must not orphan existing coefficient files).
 //!
+//! [`merge`] joins bundles extracted over disjoint module sets into the one-shot bundle.
+//!
 //! A coefficient file holds `<module>.alpha_A` [r x K_A] and `<module>.alpha_B` [K_B x r],
 //! optionally `head.weight` `[C x d]` and `head.bias` `[C]`, and names the subspace it belongs to.
 
 pub mod coeffs;
 pub mod diagnostics;
 pub mod format;
+pub mod merge;
 pub mod quant;
 
 pub use coeffs::{CoeffFile, Head, Provenance};

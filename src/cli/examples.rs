@@ -45,6 +45,14 @@ examples! {
     EXTRACT = "extract" {
         "Recycle five adapters into one bundle, bases stored as f16"
             => "elx extract models/fixtures/adapters/task0 models/fixtures/adapters/task1 models/fixtures/adapters/task2 \\\n      models/fixtures/adapters/task3 models/fixtures/adapters/task4 -o domain.elxb --dtype f16",
+        "One of two shards (every other module), to be joined by `elx bundle merge`"
+            => "elx extract models/fixtures/adapters/task0 models/fixtures/adapters/task1 --k 4 --shard 0/2 -o part0.elxb",
+    }
+
+    /// `elx bundle`.
+    BUNDLE = "bundle" {
+        "Join the shards of one extraction into the bundle a one-shot extraction writes (same bytes, same id)"
+            => "elx bundle merge part0.elxb part1.elxb -o domain.elxb",
     }
 
     /// `elx project`.

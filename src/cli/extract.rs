@@ -3,7 +3,7 @@
 use super::{Table, file_size, pct, progress_bar};
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, SourceAdapter, StorageDtype};
-use eigenlorax::subspace::{self, ExtractOptions, KRule};
+use eigenlorax::subspace::{self, ExtractOptions, KRule, ModuleSelection, Route, Solver};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -46,6 +46,31 @@ pub struct Args {
     /// Storage dtype of the bases: f32, f16, bf16 or int8 (per-vector absmax scale).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: StorageDtype,
+    /// Only the modules whose name matches this regular expression (only their tensors are read).
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    pub modules: Option<regex::Regex>,
+    /// Shard I of N: every N-th module in name order, starting at the I-th (after --modules);
+    /// `elx bundle merge` joins the N parts into the one-shot bundle.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+}
+
+/// Parses a regular expression.
+fn parse_regex(s: &str) -> std::result::Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| format!("expected a regular expression: {e}"))
+}
+
+/// Parses `I/N` with 0 <= I < N.
+pub fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let parsed = s
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)));
+    match parsed {
+        Some((i, n)) if i < n => Ok((i, n)),
+        _ => Err(format!(
+            "expected I/N with 0 <= I < N (e.g. 0/4), found `{s}`"
+        )),
+    }
 }
 
 /// Parses `8`, `energy=0.9` or `gavish-donoho`.
@@ -124,8 +149,23 @@ pub fn run(a: Args) -> Result<()> {
         bar.set_position(done as u64);
         bar.set_message(name.to_string());
     };
-    let sub = subspace::extract(&adapters, &options, &progress)?;
+    let selection = ModuleSelection {
+        pattern: a.modules.clone(),
+        shard: a.shard,
+    };
+    let extraction =
+        subspace::extract_selected(&adapters, &options, &progress, Route::Auto, 2, &selection)?;
     bar.finish_and_clear();
+    let sub = extraction.subspace;
+    for (name, solvers) in &extraction.solvers {
+        for (side, solver) in ["A", "B"].iter().zip(solvers) {
+            if let Solver::Fallback(reason) = solver {
+                eprintln!(
+                    "note: {name} side {side}: full decomposition instead of the top-K solver: {reason}"
+                );
+            }
+        }
+    }
     let manifest = Bundle::write(&a.output, &sub, &sources, a.dtype, None)?;
 
     let mut t = Table::new(&[

@@ -5,6 +5,7 @@
 //! function, a variant in [`Command`] and an arm in [`run`].
 
 pub mod bind;
+pub mod bundle;
 pub mod demo;
 pub mod examples;
 pub mod extract;
@@ -129,6 +130,9 @@ pub enum Command {
     /// Extract a per-module principal subspace from N LoRA adapters into a bundle (.elxb).
     #[command(after_long_help = examples::EXTRACT)]
     Extract(extract::Args),
+    /// Work on bundles as files: merge the shards of one extraction.
+    #[command(after_long_help = examples::BUNDLE)]
+    Bundle(bundle::Args),
     /// Express one adapter as coefficients (.elxc) in a bundle's subspace.
     #[command(after_long_help = examples::PROJECT)]
     Project(project::Args),
@@ -157,6 +161,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Extract(a) => extract::run(a),
+        Command::Bundle(a) => bundle::run(a),
         Command::Project(a) => project::run(a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Inspect(a) => inspect::run(a),

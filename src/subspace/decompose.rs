@@ -5,24 +5,33 @@
 //! and d = in; on the B side the blocks are B'_t (out x r_t) and d = out. The wanted basis is
 //! the top left singular vectors of X (= the top right singular vectors of the stacked A rows).
 //!
-//! The decomposition is exact on whichever side is smaller:
-//! * n = Σr ≤ d: thin SVD of X itself (no Gram squaring, full accuracy);
-//! * n > d: the d x d Gram G = X·Xᵀ = Σ_t X_t·X_tᵀ, accumulated one adapter at a time, then its
-//!   symmetric eigendecomposition; σ = √max(λ, 0).
+//! Two ways to finish, both exact:
+//! * [`SideAccumulator::finish`], the full decomposition (every singular vector; forced
+//!   routes, tests, plots): n = Σr ≤ d: thin SVD of X itself; n > d: the d x d Gram
+//!   G = X·Xᵀ = Σ_t X_t·X_tᵀ and its symmetric eigendecomposition, σ = √max(λ, 0).
+//! * [`SideAccumulator::finish_top`], what extraction uses: the Gram in the **smaller**
+//!   dimension (XᵀX [n x n] when n ≤ d, X·Xᵀ [d x d] otherwise), all its eigenvalues (values
+//!   only: the bundle keeps the whole spectrum, and the K rules read it) and only the top K
+//!   eigenvectors, from a block Krylov solver whose residual certifies principal angles to the
+//!   exact ones ([`super::topk`]).
 //!
-//! [`SideAccumulator`] takes the blocks one adapter at a time and switches from holding blocks to
-//! holding the Gram as soon as n exceeds d, so memory stays below about d·(d + r) values however
-//! many adapters stream through.
+//! [`SideAccumulator`] takes the blocks one adapter at a time and switches from holding the
+//! columns to holding the Gram (lower triangle, folded in batches) as soon as n exceeds d, so
+//! memory stays below about d·(d + 128) values however many adapters stream through, plus the
+//! n x n Gram while n ≤ d.
 
+use super::topk::{self, Solver, TopK};
 use crate::error::{Error, Result};
 use crate::linalg::{self, fix_sign_columns};
-use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
 /// Which exact route a decomposition took (or is forced to take, in tests and benchmarks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// SVD of the stack when n ≤ d, streamed Gram otherwise.
+    /// Holds the stack while n ≤ d, streams the d x d Gram once n > d. [`SideAccumulator::finish`]
+    /// then takes the SVD of the stack or the Gram's eigendecomposition;
+    /// [`SideAccumulator::finish_top`] the Gram in the smaller dimension and the top-K solver.
     Auto,
     /// Always the thin SVD of the stack (holds the whole stack).
     Svd,
@@ -35,7 +44,8 @@ pub enum Route {
 pub struct Decomposition {
     /// All singular values of the (centered, if asked) stack, descending; min(d, n) of them.
     pub spectrum: Vec<f64>,
-    /// Matching left singular vectors as columns [d x min(d, n)], sign convention applied
+    /// Matching left singular vectors as columns [d x min(d, n)] ([d x K] from
+    /// [`SideAccumulator::finish_top`]), sign convention applied
     /// (largest-magnitude entry positive, see [`crate::linalg`]).
     pub basis: Mat<f64>,
     /// Numerical rank: singular values above [`Decomposition::rank_tolerance`].
@@ -49,14 +59,25 @@ pub struct Decomposition {
     pub n_vectors: usize,
     /// The mean vector that was subtracted (centering), else `None`.
     pub mean: Option<Vec<f64>>,
-    /// The route actually taken ([`Route::Svd`] or [`Route::Gram`]).
+    /// The route actually taken ([`Route::Svd`] or [`Route::Gram`], the Gram in the smaller
+    /// dimension on [`SideAccumulator::finish_top`]).
     pub route: Route,
+    /// How the basis vectors were obtained (full decomposition, certified top-K solver, or
+    /// the full decomposition as a fallback and why).
+    pub solver: Solver,
 }
 
 enum State {
-    Blocks(Vec<Mat<f64>>),
-    Gram(Mat<f64>),
+    /// Every stacked vector so far, column-major d x n.
+    Columns(Vec<f64>),
+    /// Lower triangle of the Gram Σ x·xᵀ, and columns not folded into it yet (column-major):
+    /// folding [`GRAM_BATCH`] columns per product instead of one adapter's r keeps the
+    /// products large enough to run at full speed.
+    Gram { g: Mat<f64>, pending: Vec<f64> },
 }
+
+/// Columns folded into the streamed Gram per product.
+const GRAM_BATCH: usize = 128;
 
 /// Streams the column blocks of one side and decomposes them.
 pub struct SideAccumulator {
@@ -71,8 +92,11 @@ impl SideAccumulator {
     /// A new accumulator for vectors of length `dim`.
     pub fn new(dim: usize, route: Route) -> Self {
         let state = match route {
-            Route::Gram => State::Gram(Mat::zeros(dim, dim)),
-            _ => State::Blocks(Vec::new()),
+            Route::Gram => State::Gram {
+                g: Mat::zeros(dim, dim),
+                pending: Vec::new(),
+            },
+            _ => State::Columns(Vec::new()),
         };
         Self {
             dim,
@@ -90,58 +114,67 @@ impl SideAccumulator {
 
     /// Adds one adapter's block [d x r] (its columns are stacked vectors).
     pub fn add(&mut self, block: MatRef<'_, f64>) -> Result<()> {
-        if block.nrows() != self.dim {
+        let d = self.dim;
+        if block.nrows() != d {
             return Err(Error::Numeric(format!(
                 "block of {} rows added to a side of dimension {}",
                 block.nrows(),
-                self.dim
+                d
             )));
         }
         for j in 0..block.ncols() {
-            for i in 0..self.dim {
+            for i in 0..d {
                 self.sum[i] += block[(i, j)];
             }
         }
         self.n += block.ncols();
         if self.route == Route::Auto
-            && self.n > self.dim
-            && let State::Blocks(blocks) = &mut self.state
+            && self.n > d
+            && let State::Columns(cols) = &mut self.state
         {
             // Past the crossover: fold what we hold into the Gram and stream from now on.
-            let mut g = Mat::zeros(self.dim, self.dim);
-            for b in blocks.drain(..) {
-                gram_add(&mut g, b.as_ref());
-            }
-            self.state = State::Gram(g);
+            let mut g = Mat::zeros(d, d);
+            gram_fold(&mut g, cols, d);
+            self.state = State::Gram {
+                g,
+                pending: Vec::new(),
+            };
         }
-        match &mut self.state {
-            State::Blocks(blocks) => blocks.push(block.to_owned()),
-            State::Gram(g) => gram_add(g, block),
+        let buf = match &mut self.state {
+            State::Columns(cols) => cols,
+            State::Gram { pending, .. } => pending,
+        };
+        buf.reserve(d * block.ncols());
+        for j in 0..block.ncols() {
+            buf.extend((0..d).map(|i| block[(i, j)]));
+        }
+        if let State::Gram { g, pending } = &mut self.state
+            && pending.len() >= GRAM_BATCH * d
+        {
+            gram_fold(g, pending, d);
+            pending.clear();
         }
         Ok(())
     }
 
-    /// Finishes: optional centering (subtract the mean of all stacked vectors), then the exact
-    /// decomposition on the route chosen.
+    /// The mean of the stacked vectors when centering is asked (and there are any).
+    fn mean(&self, center: bool) -> Option<Vec<f64>> {
+        let n = self.n;
+        (center && n > 0).then(|| self.sum.iter().map(|s| s / n as f64).collect())
+    }
+
+    /// Finishes with the **full** decomposition: optional centering (subtract the mean of all
+    /// stacked vectors), then the exact decomposition on the route chosen, every singular
+    /// vector returned. [`SideAccumulator::finish_top`] is the fast path for a few vectors.
     pub fn finish(self, center: bool) -> Result<Decomposition> {
         let (d, n) = (self.dim, self.n);
-        let mean: Option<Vec<f64>> =
-            (center && n > 0).then(|| self.sum.iter().map(|s| s / n as f64).collect());
+        let mean = self.mean(center);
         let eps = f64::EPSILON;
         let big = d.max(n) as f64;
         match self.state {
-            State::Blocks(blocks) => {
-                let mut x = Mat::zeros(d, n);
-                let mut c0 = 0;
-                for b in &blocks {
-                    for j in 0..b.ncols() {
-                        for i in 0..d {
-                            x[(i, c0 + j)] = b[(i, j)];
-                        }
-                    }
-                    c0 += b.ncols();
-                }
-                drop(blocks);
+            State::Columns(cols) => {
+                let mut x = MatRef::from_column_major_slice(&cols, d, n).to_owned();
+                drop(cols);
                 if let Some(mu) = &mean {
                     for j in 0..n {
                         for i in 0..d {
@@ -161,16 +194,14 @@ impl SideAccumulator {
                     n_vectors: n,
                     mean,
                     route: Route::Svd,
+                    solver: Solver::Full,
                 })
             }
-            State::Gram(mut g) => {
+            State::Gram { mut g, pending } => {
+                gram_fold(&mut g, &pending, d);
+                drop(pending);
                 if let Some(mu) = &mean {
-                    // X_c·X_cᵀ = X·Xᵀ − n·μ·μᵀ.
-                    for j in 0..d {
-                        for i in 0..d {
-                            g[(i, j)] -= n as f64 * mu[i] * mu[j];
-                        }
-                    }
+                    subtract_mean_gram(&mut g, mu, n);
                 }
                 let (vals, mut vecs) = linalg::sym_eigen_desc(g.as_ref())?;
                 let p = d.min(n);
@@ -188,15 +219,178 @@ impl SideAccumulator {
                     n_vectors: n,
                     mean,
                     route: Route::Gram,
+                    solver: Solver::Full,
                 })
             }
         }
     }
+
+    /// Finishes with every singular value but only the top K singular vectors, K chosen by
+    /// `choose_k(spectrum, rank, (n, d))` from the full spectrum.
+    ///
+    /// On [`Route::Auto`] the spectrum comes from the eigenvalues (values only) of the Gram in
+    /// the **smaller** dimension: XᵀX [n x n] when n ≤ d, the streamed X·Xᵀ [d x d] otherwise;
+    /// the K vectors from the certified block Krylov solver ([`super::topk`]), or from the full
+    /// eigendecomposition when the solver declines (recorded in [`Decomposition::solver`]).
+    /// With n ≤ d the vectors found are right singular vectors W; the left ones are the
+    /// Rayleigh–Ritz vectors of X in span(X·W), whose angles to the exact ones are at most
+    /// (σ_{K+1}/σ_K)·tan of W's. A forced route ([`Route::Svd`], [`Route::Gram`]) takes
+    /// [`SideAccumulator::finish`] and keeps its first K vectors.
+    pub fn finish_top(
+        self,
+        center: bool,
+        choose_k: impl FnOnce(&[f64], usize, (usize, usize)) -> Result<usize>,
+    ) -> Result<Decomposition> {
+        if self.route != Route::Auto {
+            let mut dec = self.finish(center)?;
+            let k = choose_k(&dec.spectrum, dec.rank, (dec.n_vectors, dec.dim))?;
+            dec.basis = dec.basis.subcols(0, k.min(dec.basis.ncols())).to_owned();
+            return Ok(dec);
+        }
+        let (d, n) = (self.dim, self.n);
+        let mean = self.mean(center);
+        let big = d.max(n) as f64;
+        // (X when the Gram is XᵀX, to map back; the Gram with both triangles filled.)
+        let (x, gram) = match self.state {
+            State::Columns(mut cols) => {
+                if let Some(mu) = &mean {
+                    for col in cols.chunks_exact_mut(d.max(1)) {
+                        for (v, m) in col.iter_mut().zip(mu) {
+                            *v -= m;
+                        }
+                    }
+                }
+                let x = MatRef::from_column_major_slice(&cols, d, n).to_owned();
+                drop(cols);
+                let mut s = Mat::zeros(n, n);
+                triangular::matmul(
+                    s.as_mut(),
+                    BlockStructure::TriangularLower,
+                    Accum::Replace,
+                    x.transpose(),
+                    BlockStructure::Rectangular,
+                    x.as_ref(),
+                    BlockStructure::Rectangular,
+                    1.0,
+                    Par::Seq,
+                );
+                (Some(x), s)
+            }
+            State::Gram { mut g, pending } => {
+                gram_fold(&mut g, &pending, d);
+                drop(pending);
+                if let Some(mu) = &mean {
+                    subtract_mean_gram(&mut g, mu, n);
+                }
+                (None, g)
+            }
+        };
+        let mut gram = gram;
+        let m = gram.nrows();
+        for j in 0..m {
+            for i in 0..j {
+                gram[(i, j)] = gram[(j, i)];
+            }
+        }
+        let vals = linalg::sym_eigenvalues_desc(gram.as_ref())?;
+        let p = d.min(n);
+        let sigma1 = vals.first().map_or(0.0, |l| l.max(0.0).sqrt());
+        let tol = (big * f64::EPSILON).sqrt() * sigma1;
+        // Below the tolerance a Gram eigenvalue is rounding (its error is about ε·λ₁, so the
+        // square root of a null direction's reads ~√ε·σ₁): those directions are reported as
+        // exactly 0, as the SVD would find them to rounding, not as that noise.
+        let spectrum: Vec<f64> = vals
+            .iter()
+            .take(p)
+            .map(|l| l.max(0.0).sqrt())
+            .map(|s| if s > tol { s } else { 0.0 })
+            .collect();
+        let rank = spectrum.iter().filter(|&&s| s > tol).count();
+        let k = choose_k(&spectrum, rank, (n, d))?.min(p);
+        let top = topk::top_eigenvectors(gram.as_ref(), &vals, k)?;
+        let (mut basis, solver) = match (top, &x) {
+            (TopK::Vectors(w, solver), Some(x)) => {
+                drop(gram);
+                (left_from_right(x.as_ref(), w.as_ref())?, solver)
+            }
+            (TopK::Vectors(v, solver), None) => (v, solver),
+            // The full decomposition as before this route existed: the SVD of X itself when
+            // n ≤ d (with a tiny gap, the Gram's squared condition would show), else the
+            // eigendecomposition of the d x d Gram.
+            (full, Some(x)) => {
+                drop(gram);
+                let sv = linalg::thin_svd(x.as_ref())?;
+                (sv.u.subcols(0, k).to_owned(), fallback(full))
+            }
+            (full, None) => {
+                let (_, all) = linalg::sym_eigen_desc(gram.as_ref())?;
+                (all.subcols(0, k).to_owned(), fallback(full))
+            }
+        };
+        fix_sign_columns(&mut basis);
+        Ok(Decomposition {
+            spectrum,
+            basis,
+            rank,
+            rank_tolerance: tol,
+            dim: d,
+            n_vectors: n,
+            mean,
+            route: Route::Gram,
+            solver,
+        })
+    }
 }
 
-/// g += b·bᵀ.
-fn gram_add(g: &mut Mat<f64>, b: MatRef<'_, f64>) {
-    matmul(g.as_mut(), Accum::Add, b, b.transpose(), 1.0, Par::Seq);
+/// How a full decomposition taken in place of the top-K solver is recorded.
+fn fallback(why: TopK) -> Solver {
+    match why {
+        TopK::UseFull(reason) => Solver::Fallback(reason),
+        _ => Solver::Full,
+    }
+}
+
+/// Left singular vectors of `x` [d x n] for the (approximate) right ones `w` [n x k]: an
+/// orthonormal basis Q of span(X·W), then the SVD of the small Qᵀ·X = Y·Σ·Zᵀ; returns Q·Y
+/// (the Rayleigh–Ritz left vectors of X in that span, orthonormal to rounding, descending).
+fn left_from_right(x: MatRef<'_, f64>, w: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    if w.ncols() == 0 {
+        return Ok(Mat::zeros(x.nrows(), 0));
+    }
+    let xw = linalg::mul(x, w);
+    let (q, _) = linalg::thin_qr(xw.as_ref());
+    let c = linalg::mul(q.transpose(), x);
+    let sv = linalg::thin_svd(c.as_ref())?;
+    Ok(linalg::mul(q.as_ref(), sv.u.as_ref()))
+}
+
+/// X_c·X_cᵀ = X·Xᵀ − n·μ·μᵀ (lower triangle is enough; all of it is updated).
+fn subtract_mean_gram(g: &mut Mat<f64>, mu: &[f64], n: usize) {
+    let d = g.nrows();
+    for j in 0..d {
+        for i in 0..d {
+            g[(i, j)] -= n as f64 * mu[i] * mu[j];
+        }
+    }
+}
+
+/// Lower triangle of g += X·Xᵀ for the column-major `cols` (d rows).
+fn gram_fold(g: &mut Mat<f64>, cols: &[f64], d: usize) {
+    if d == 0 || cols.is_empty() {
+        return;
+    }
+    let x = MatRef::from_column_major_slice(cols, d, cols.len() / d);
+    triangular::matmul(
+        g.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Add,
+        x,
+        BlockStructure::Rectangular,
+        x.transpose(),
+        BlockStructure::Rectangular,
+        1.0,
+        Par::Seq,
+    );
 }
 
 /// Decomposes the stack of `blocks` (each [d x r_t]) in one call.

@@ -5,8 +5,9 @@
 //! columns of every B' (out x Σr) and keeps the top K_B left singular vectors as
 //! V_B [out x K_B] (orthonormal columns).
 //!
-//! * [`decompose`]: exact decomposition of a stacked side, on the smaller Gram side, with
-//!   optional streaming of the d x d Gram for very many adapters.
+//! * [`decompose`]: exact decomposition of a stacked side, on the Gram in the smaller
+//!   dimension, streaming the d x d Gram for very many adapters.
+//! * [`topk`]: certified top-K eigenvectors (block Krylov, Davis–Kahan stopping test).
 //! * [`select`]: the K rules (fixed, explained energy, Gavish–Donoho).
 //! * [`augment`]: mean direction and pseudo-PCs, orthogonalized by modified Gram–Schmidt.
 //! * [`project`]: coefficients of an adapter in a subspace, reconstruction, errors.
@@ -15,6 +16,7 @@ pub mod augment;
 pub mod decompose;
 pub mod project;
 pub mod select;
+pub mod topk;
 
 use crate::adapter::{Adapter, LoraModule};
 use crate::error::{Error, Result};
@@ -24,6 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub use decompose::{Decomposition, Route, SideAccumulator};
+pub use topk::Solver;
 
 pub use project::{
     Coefficients, captured_energy, project, reconstruct, relative_error, try_project,
@@ -145,6 +148,53 @@ pub fn extract(
     extract_with(adapters, options, progress, Route::Auto, 2)
 }
 
+/// Which modules an extraction computes: those whose name matches `pattern` (all when `None`),
+/// then of those, in name order, every `n`-th starting at `i` for `shard` = (i, n). Each
+/// module's subspace depends only on that module's tensors, so the parts of a sharded
+/// extraction are exactly the one-shot extraction's modules (the bundle stage joins them).
+#[derive(Clone, Debug, Default)]
+pub struct ModuleSelection {
+    /// Keep the modules whose canonical name this regular expression matches (anywhere).
+    pub pattern: Option<regex::Regex>,
+    /// (i, n): keep the i-th of every n matching modules, 0 ≤ i < n.
+    pub shard: Option<(usize, usize)>,
+}
+
+impl ModuleSelection {
+    /// The selected names out of all module names in ascending order. An empty result or a
+    /// bad shard is an [`Error::Usage`].
+    pub fn select<'a>(&self, names: &[&'a str]) -> Result<Vec<&'a str>> {
+        let matching: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| self.pattern.as_ref().is_none_or(|p| p.is_match(n)))
+            .collect();
+        let kept: Vec<&str> = match self.shard {
+            Some((i, n)) if n == 0 || i >= n => {
+                return Err(Error::Usage(format!(
+                    "shard {i}/{n}: expected i/n with 0 <= i < n"
+                )));
+            }
+            Some((i, n)) => matching.into_iter().skip(i).step_by(n).collect(),
+            None => matching,
+        };
+        if kept.is_empty() {
+            let pattern = self
+                .pattern
+                .as_ref()
+                .map_or(String::new(), |p| format!(" matching `{p}`"));
+            let shard = self
+                .shard
+                .map_or(String::new(), |(i, n)| format!(" in shard {i}/{n}"));
+            return Err(Error::Usage(format!(
+                "no module{pattern}{shard} among the {} modules of the adapters",
+                names.len()
+            )));
+        }
+        Ok(kept)
+    }
+}
+
 /// [`extract`] with the decomposition route and the thread count chosen (benchmarks, tests).
 pub fn extract_with(
     adapters: &[Adapter],
@@ -153,6 +203,38 @@ pub fn extract_with(
     route: Route,
     threads: usize,
 ) -> Result<Subspace> {
+    extract_selected(
+        adapters,
+        options,
+        progress,
+        route,
+        threads,
+        &ModuleSelection::default(),
+    )
+    .map(|e| e.subspace)
+}
+
+/// What [`extract_selected`] returns: the subspace, and per module how each side's basis
+/// vectors were found ([A side, B side]), so that a caller can say where the top-K solver fell
+/// back to the full decomposition and why.
+#[derive(Clone, Debug)]
+pub struct Extraction {
+    /// The extracted subspace.
+    pub subspace: Subspace,
+    /// Module name -> [A-side solver, B-side solver].
+    pub solvers: BTreeMap<String, [Solver; 2]>,
+}
+
+/// [`extract_with`] over the modules `selection` keeps: only those modules' tensors are
+/// read (every adapter's header is still checked).
+pub fn extract_selected(
+    adapters: &[Adapter],
+    options: &ExtractOptions,
+    progress: Progress<'_>,
+    route: Route,
+    threads: usize,
+    selection: &ModuleSelection,
+) -> Result<Extraction> {
     validate_options(options)?;
     if adapters.is_empty() {
         return Err(Error::Usage(
@@ -193,8 +275,12 @@ pub fn extract_with(
             }
         }
     }
-    let names: Vec<(&str, usize, usize)> =
-        shapes.iter().map(|(n, &(i, o, _))| (*n, i, o)).collect();
+    let all: Vec<&str> = shapes.keys().copied().collect();
+    let names: Vec<(&str, usize, usize)> = selection
+        .select(&all)?
+        .into_iter()
+        .filter_map(|n| shapes.get(n).map(|&(i, o, _)| (n, i, o)))
+        .collect();
     let total = names.len();
     let subs = run_ordered(
         total,
@@ -209,12 +295,17 @@ pub fn extract_with(
         progress,
     )?;
     let mut modules = BTreeMap::new();
-    for ((name, _, _), sub) in names.iter().zip(subs) {
+    let mut solvers = BTreeMap::new();
+    for ((name, _, _), (sub, solver)) in names.iter().zip(subs) {
         modules.insert(name.to_string(), sub);
+        solvers.insert(name.to_string(), solver);
     }
-    Ok(Subspace {
-        modules,
-        options: options.clone(),
+    Ok(Extraction {
+        subspace: Subspace {
+            modules,
+            options: options.clone(),
+        },
+        solvers,
     })
 }
 
@@ -294,7 +385,7 @@ fn extract_named(
     out_f: usize,
     options: &ExtractOptions,
     route: Route,
-) -> Result<ModuleSubspace> {
+) -> Result<(ModuleSubspace, [Solver; 2])> {
     let mut acc = ModuleAccumulator::new(in_f, out_f, options.canonicalize, route);
     for ad in adapters {
         let Some(info) = ad.modules.get(name) else {
@@ -353,7 +444,7 @@ where
     if acc.n_adapters == 0 {
         return Err(Error::Usage("no adapter modules to extract from".into()));
     }
-    acc.finish(options)
+    acc.finish(options).map(|(m, _)| m)
 }
 
 /// Extracts one module's subspace from its adapters' matrices (pure math; all modules must
@@ -452,10 +543,10 @@ impl ModuleAccumulator {
         Ok(())
     }
 
-    fn finish(self, options: &ExtractOptions) -> Result<ModuleSubspace> {
-        let (basis_a, info_a) = finish_side(self.a, options.k_rule_a, options)?;
-        let (v_b, info_b) = finish_side(self.b, options.k_rule_b, options)?;
-        Ok(ModuleSubspace {
+    fn finish(self, options: &ExtractOptions) -> Result<(ModuleSubspace, [Solver; 2])> {
+        let (basis_a, info_a, solver_a) = finish_side(self.a, options.k_rule_a, options)?;
+        let (v_b, info_b, solver_b) = finish_side(self.b, options.k_rule_b, options)?;
+        let module = ModuleSubspace {
             in_features: self.in_f,
             out_features: self.out_f,
             r_max: self.r_max,
@@ -464,23 +555,24 @@ impl ModuleAccumulator {
             v_b,
             a: info_a,
             b: info_b,
-        })
+        };
+        Ok((module, [solver_a, solver_b]))
     }
 }
 
 /// Decomposes one side, keeps K by the rule, appends the mean direction and pseudo-PCs.
-/// Returns the basis as orthonormal columns [d x k_total] and its statistics.
+/// Returns the basis as orthonormal columns [d x k_total], its statistics and how the
+/// principal directions were found.
 fn finish_side(
     acc: SideAccumulator,
     rule: KRule,
     options: &ExtractOptions,
-) -> Result<(Mat<f64>, SideInfo)> {
-    let dec = acc.finish(options.center)?;
-    let k = select::select_k(rule, &dec.spectrum, dec.rank, (dec.n_vectors, dec.dim))?;
-    // A fresh, compact copy: `Mat::truncate` would keep the full d x min(d, n) allocation
-    // alive inside the returned subspace (8 MB per side at d = 1024).
-    let mut basis = dec.basis.subcols(0, k).to_owned();
-    drop(dec.basis);
+) -> Result<(Mat<f64>, SideInfo, Solver)> {
+    let dec = acc.finish_top(options.center, |spectrum, rank, shape| {
+        select::select_k(rule, spectrum, rank, shape)
+    })?;
+    let k = dec.basis.ncols();
+    let mut basis = dec.basis;
     let mean_vector = match &dec.mean {
         Some(mu) => augment::append_mean(&mut basis, mu),
         None => false,
@@ -496,6 +588,7 @@ fn finish_side(
             pseudo,
             energy_kept,
         },
+        dec.solver,
     ))
 }
 

@@ -11,3 +11,4 @@ mod help;
 mod import_hf_tokenizer;
 mod inspect;
 mod roundtrip;
+mod shards;

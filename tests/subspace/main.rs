@@ -8,3 +8,4 @@ mod support;
 mod extract;
 mod project;
 mod select;
+mod topk;
