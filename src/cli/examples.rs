@@ -101,10 +101,10 @@ examples! {
 
     /// `elx finetune`.
     FINETUNE = "finetune" {
-        "Train a new task's coefficients and head on pre-tokenized JSONL, forward passes only"
+        "Train a new task's coefficients and head on pre-tokenized JSONL, with exact gradients"
             => "elx finetune --model models/fixtures/tiny-bert/model.onnx --bundle domain.bound.elxb \\\n      --train train.jsonl --val val.jsonl --steps 100 --seed 1 -o task5-ft.elxc",
-        "After `elx demo`: on text lines (the tokenizer.json beside the model is used)"
-            => "elx finetune --model .cache/minilm/base.onnx --bundle out/demo/sentiment/recycled.elxb \\\n      --train models/minilm/data/sentiment/train.jsonl --steps 200 -o sentiment-ft.elxc",
+        "After `elx demo`: on text lines (the tokenizer.json beside the model is used), forward passes only"
+            => "elx finetune --model .cache/minilm/base.onnx --bundle out/demo/sentiment/recycled.elxb \\\n      --train models/minilm/data/sentiment/train.jsonl --grad spsa --steps 200 -o sentiment-ft.elxc",
     }
 }
 
