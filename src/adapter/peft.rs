@@ -307,15 +307,18 @@ fn dora_message() -> String {
 
 /// What a weights key is.
 enum KeyKind {
-    /// `<module>.lora_A[.<adapter>].weight` (`is_a`) or `lora_B`.
+    /// `<module>.lora_A[.<adapter>].weight` (`is_a`) or `lora_B`. `in_copy`: the key sits under
+    /// a `modules_to_save[.<adapter>]` wrapper segment (see [`classify`]).
     Lora {
         module: String,
         adapter: Option<String>,
         is_a: bool,
+        in_copy: bool,
     },
     /// DoRA magnitude: refused.
     Dora,
-    /// Anything else: passed through.
+    /// Anything else, including the LoRA of a wrapper's frozen `original_module`: passed
+    /// through as an extra.
     Extra,
 }
 
@@ -327,6 +330,20 @@ pub fn canonical_module_name(raw: &str) -> String {
     parts.join(".")
 }
 
+/// Sorts a weights key.
+///
+/// LoRA on a `modules_to_save` head (PEFT 0.10-0.12 with `task_type` SEQ_CLS and the head in
+/// `target_modules`: LoRA was injected first, then `_set_trainable` wrapped the LoRA layer in a
+/// `ModulesToSaveWrapper`). The wrapper keeps the frozen `original_module` and a trainable copy
+/// `modules_to_save.<adapter>`, each with its own LoRA, and its forward runs only the copy while
+/// the adapter is active (huggingface/peft v0.10.0 src/peft/utils/other.py,
+/// `ModulesToSaveWrapper.forward`: `return self.modules_to_save[self.active_adapter](...)`).
+/// `save_pretrained` writes the copy's LoRA as `<head>.lora_A.weight` and again as
+/// `<head>.modules_to_save.lora_A.weight`, the original's as `<head>.original_module.lora_A.weight`.
+/// So: the `original_module` LoRA is never applied (an extra), and `modules_to_save[.<adapter>]`
+/// is dropped from the module name, the key being marked `in_copy` (see [`open`] for which of
+/// the two copies is read). PEFT 0.13 refuses that config; later versions never put LoRA on a
+/// modules_to_save module.
 fn classify(key: &str) -> KeyKind {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.contains(&"lora_magnitude_vector") {
@@ -341,7 +358,18 @@ fn classify(key: &str) -> KeyKind {
         [name, "weight"] => Some((*name).to_string()),
         _ => return KeyKind::Extra,
     };
-    let module = parts.get(..pos).unwrap_or(&[]).join(".");
+    let mut path: Vec<&str> = parts.get(..pos).unwrap_or(&[]).to_vec();
+    if path.contains(&"original_module") {
+        return KeyKind::Extra;
+    }
+    let mut in_copy = false;
+    if let Some(w) = path.iter().position(|p| *p == "modules_to_save") {
+        // The segment after `modules_to_save`, when there is one, is the wrapper's adapter
+        // name (its ModuleDict key), not part of the module's name.
+        path.drain(w..(w + 2).min(path.len()));
+        in_copy = true;
+    }
+    let module = path.join(".");
     if module.is_empty() {
         return KeyKind::Extra;
     }
@@ -349,6 +377,7 @@ fn classify(key: &str) -> KeyKind {
         module: canonical_module_name(&module),
         adapter,
         is_a: parts.get(pos) == Some(&"lora_A"),
+        in_copy,
     }
 }
 
@@ -384,28 +413,33 @@ pub fn open(dir: &Path) -> Result<Adapter> {
     let (cfg, config) = PeftConfig::parse(&config_path, &text)?;
     let weights = TensorFile::open(&weights_path)?;
 
-    // Group the keys into (A, B) pairs per canonical module.
-    let mut pairs: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+    let extra = |key: &str| {
+        let (dtype, shape) = weights.stored_info(key).unwrap_or(("?", &[]));
+        ExtraTensor {
+            key: key.to_string(),
+            shape: shape.to_vec(),
+            dtype: dtype.to_string(),
+        }
+    };
+    // Group the keys into (A, B) pairs per canonical module: [0] plain keys, [1] keys under a
+    // `modules_to_save` wrapper (see `classify`).
+    type Pair = (Option<String>, Option<String>);
+    let mut pairs: BTreeMap<String, [Pair; 2]> = BTreeMap::new();
     let mut adapters_seen: BTreeSet<String> = BTreeSet::new();
     let mut extras = Vec::new();
     for key in weights.names() {
         match classify(key) {
             KeyKind::Dora => return Err(Error::bad_tensor(&weights_path, key, dora_message())),
-            KeyKind::Extra => {
-                let (dtype, shape) = weights.stored_info(key).unwrap_or(("?", &[]));
-                extras.push(ExtraTensor {
-                    key: key.to_string(),
-                    shape: shape.to_vec(),
-                    dtype: dtype.to_string(),
-                });
-            }
+            KeyKind::Extra => extras.push(extra(key)),
             KeyKind::Lora {
                 module,
                 adapter,
                 is_a,
+                in_copy,
             } => {
                 adapters_seen.insert(adapter.unwrap_or_default());
-                let slot = pairs.entry(module).or_default();
+                let slots = pairs.entry(module).or_default();
+                let slot = &mut slots[usize::from(in_copy)];
                 let side = if is_a { &mut slot.0 } else { &mut slot.1 };
                 if let Some(prev) = side {
                     return Err(Error::bad_tensor(
@@ -448,7 +482,19 @@ pub fn open(dir: &Path) -> Result<Adapter> {
     }
 
     let mut modules = BTreeMap::new();
-    for (name, (a_key, b_key)) in pairs {
+    for (name, [plain, copy]) in pairs {
+        // A head saved by PEFT 0.10-0.12 has the applied LoRA twice: plain (`<head>.lora_A.weight`)
+        // and under `modules_to_save`. PEFT reads the plain one: its set_peft_model_state_dict
+        // (v0.10.0 src/peft/utils/save_and_load.py) maps `<head>.` to
+        // `<head>.modules_to_save.<adapter>.`, so the plain key lands on the copy's LoRA and the
+        // `modules_to_save` key on a name the model lacks (dropped by strict=False). The copy
+        // is read only when there is no plain key; the unused one is reported as an extra.
+        let ((a_key, b_key), unused) = if plain.0.is_some() || plain.1.is_some() {
+            (plain, copy)
+        } else {
+            (copy, (None, None))
+        };
+        extras.extend(unused.0.iter().chain(&unused.1).map(|k| extra(k)));
         let (a_key, b_key) = match (a_key, b_key) {
             (Some(a), Some(b)) => (a, b),
             (Some(a), None) => {
@@ -505,6 +551,7 @@ pub fn open(dir: &Path) -> Result<Adapter> {
             },
         );
     }
+    extras.sort_by(|x, y| x.key.cmp(&y.key));
     let sha256 = crate::util::sha256_file(&weights_path)?;
     Ok(Adapter {
         path: dir.to_path_buf(),
