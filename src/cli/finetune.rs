@@ -56,16 +56,16 @@ pub struct FinetuneArgs {
     #[arg(long = "r", value_name = "R")]
     pub rank: Option<usize>,
     /// Maximum optimisation steps.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = recipe::Defaults::CLI.steps)]
     pub steps: u64,
     /// SPSA directions per step.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = recipe::Defaults::CLI.directions)]
     pub directions: usize,
     /// Seed of the initialisation, the directions and the data order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Examples per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = recipe::Defaults::CLI.batch_size)]
     pub batch_size: usize,
     /// Peak learning rate of the coefficients.
     #[arg(long)]
@@ -73,7 +73,7 @@ pub struct FinetuneArgs {
     /// Peak learning rate of the head while the coefficients train. Small, so that the head
     /// does not re-fit the training set on its own before the coefficients move
     /// (BENCHMARKS.md, "On-device finetuning quality").
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = recipe::Defaults::CLI.head_lr)]
     pub head_lr: f64,
     /// Steps training the head alone first, on features computed once, at
     /// --warmup-head-lr (LP-FT; 0: none, head and coefficients start together from zero).
@@ -83,7 +83,7 @@ pub struct FinetuneArgs {
     #[arg(long, value_name = "LR", default_value_t = 1e-2)]
     pub warmup_head_lr: f64,
     /// Steps between evaluations (early stopping after 6 without improvement).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = recipe::Defaults::CLI.eval_every)]
     pub eval_every: u64,
     /// Train the head only over random coefficients in the subspace (ELoRAx^ZS).
     #[arg(long)]

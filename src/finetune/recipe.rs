@@ -8,6 +8,34 @@
 use super::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
 use crate::error::Result;
 
+/// The defaults of `elx finetune` that differ from [`FinetuneConfig::default`], kept here so
+/// that the CLI and the C API's `elx_finetune_options_default` cannot drift apart.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Defaults {
+    /// Maximum optimisation steps.
+    pub steps: u64,
+    /// SPSA directions per step.
+    pub directions: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Peak learning rate of the head while the coefficients train (small, so the head does
+    /// not re-fit the training set on its own before the coefficients move).
+    pub head_lr: f64,
+    /// Steps between evaluations.
+    pub eval_every: u64,
+}
+
+impl Defaults {
+    /// The command line's (and the C API's) defaults.
+    pub const CLI: Defaults = Defaults {
+        steps: 1500,
+        directions: 2,
+        batch_size: 16,
+        head_lr: 1e-4,
+        eval_every: 100,
+    };
+}
+
 /// The head-only run of `steps` steps at `head_lr`, from `base`: coefficients fixed at zero
 /// (zero-shot with no random α_B), no checkpoints.
 pub fn head_only_config(base: &FinetuneConfig, steps: u64, head_lr: f64) -> FinetuneConfig {

@@ -66,7 +66,8 @@ pub struct TaskStore<E = ()> {
     manifest: Manifest,
     inputs: Vec<CoeffInput>,
     prepare: Prepare<E>,
-    tasks: RwLock<Vec<Arc<Task<E>>>>,
+    /// Slot i holds task i; an unloaded task leaves `None`, so ids are never reused.
+    tasks: RwLock<Vec<Option<Arc<Task<E>>>>>,
 }
 
 impl TaskStore<()> {
@@ -103,6 +104,13 @@ impl<E> TaskStore<E> {
         self.insert_from(&coeffs, Some(path))
     }
 
+    /// Loads a coefficient file held in memory (checked like [`TaskStore::load`]); `name`
+    /// stands for its path in error messages.
+    pub fn load_bytes(&self, name: &Path, bytes: Vec<u8>) -> Result<TaskId> {
+        let coeffs = CoeffFile::from_bytes_for(name, bytes, &self.manifest)?;
+        self.insert_from(&coeffs, None)
+    }
+
     /// Adds coefficients already in memory.
     pub fn insert(&self, coeffs: &CoeffFile) -> Result<TaskId> {
         self.insert_from(coeffs, None)
@@ -114,7 +122,7 @@ impl<E> TaskStore<E> {
             .tasks
             .write()
             .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
-        tasks.push(task);
+        tasks.push(Some(task));
         Ok(TaskId(tasks.len() - 1))
     }
 
@@ -128,9 +136,45 @@ impl<E> TaskStore<E> {
             .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
         let slot = tasks
             .get_mut(id.0)
+            .filter(|s| s.is_some())
             .ok_or_else(|| Error::Usage(format!("no task {} in the store", id.0)))?;
-        *slot = task;
+        *slot = Some(task);
         Ok(())
+    }
+
+    /// Unloads a task: its id stays unused. Runs already holding it finish with it; its
+    /// memory goes with the last of them.
+    pub fn unload(&self, id: TaskId) -> Result<()> {
+        let mut tasks = self
+            .tasks
+            .write()
+            .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
+        match tasks.get_mut(id.0) {
+            Some(slot @ Some(_)) => {
+                *slot = None;
+                Ok(())
+            }
+            Some(None) => Err(Error::Usage(format!("task {} was unloaded", id.0))),
+            None => Err(Error::Usage(format!(
+                "no task {} in the store ({} ids given out)",
+                id.0,
+                tasks.len()
+            ))),
+        }
+    }
+
+    /// The ids of the loaded tasks, in load order.
+    pub fn ids(&self) -> Vec<TaskId> {
+        self.tasks
+            .read()
+            .map(|t| {
+                t.iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.is_some())
+                    .map(|(i, _)| TaskId(i))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The task `id` (an `Arc` clone: no allocation, no copy).
@@ -140,9 +184,10 @@ impl<E> TaskStore<E> {
             .read()
             .map_err(|_| Error::Internal("task store lock poisoned".into()))?;
         match tasks.get(id.0) {
-            Some(t) => Ok(Arc::clone(t)),
+            Some(Some(t)) => Ok(Arc::clone(t)),
+            Some(None) => Err(Error::Usage(format!("task {} was unloaded", id.0))),
             None => Err(Error::Usage(format!(
-                "no task {} in the store ({} loaded)",
+                "no task {} in the store ({} ids given out)",
                 id.0,
                 tasks.len()
             ))),
@@ -151,7 +196,10 @@ impl<E> TaskStore<E> {
 
     /// How many tasks are loaded.
     pub fn len(&self) -> usize {
-        self.tasks.read().map(|t| t.len()).unwrap_or(0)
+        self.tasks
+            .read()
+            .map(|t| t.iter().flatten().count())
+            .unwrap_or(0)
     }
 
     /// Whether no task is loaded.
@@ -162,7 +210,10 @@ impl<E> TaskStore<E> {
     /// The first task named `name`.
     pub fn find(&self, name: &str) -> Option<TaskId> {
         let tasks = self.tasks.read().ok()?;
-        tasks.iter().position(|t| t.data.name == name).map(TaskId)
+        tasks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.data.name == name))
+            .map(TaskId)
     }
 
     /// Converts a coefficient file into the patched graph's layout and builds its payload.
