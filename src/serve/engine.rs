@@ -218,7 +218,7 @@ impl Engine {
         dispatch!(self, rt => rt
             .store()
             .get(id)
-            .map(|t| (t.data.name.clone(), t.data.head.clone())))
+            .map(|t| (t.name.clone(), t.head.clone())))
     }
 
     /// Runs every row of `batch` with task `id`.
