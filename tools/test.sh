@@ -44,3 +44,6 @@ cargo check --quiet --no-default-features --features cli --lib --bins
 cargo check --quiet --no-default-features --features ort --lib
 cargo check --quiet --no-default-features --features ort,cli --lib --bins
 cargo test --all-targets --features ort
+# The C API from C: libelx shared and static, the header checked against the code, the C
+# example against `elx run` / `elx finetune`, bad input and threads (tools/test-capi.sh).
+tools/test-capi.sh

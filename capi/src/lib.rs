@@ -6,21 +6,8 @@
 //! thin shell: it checks pointers and sizes, calls the library ([`Engine`], the task store,
 //! [`TextEncoder`], the head, the [`Finetuner`]) and turns its result into a status code.
 //!
-//! Conventions, stated once in the header too:
-//!
-//! * Every function returns an [`ElxStatus`]; [`elx_last_error`] then holds the message of
-//!   the last failure on the calling thread (the CLI's text for the same error), or "" after
-//!   a success. No panic crosses the boundary: one becomes `ELX_STATUS_PANIC`.
-//! * Null pointers give `ELX_STATUS_NULL_POINTER`, sizes that do not add up
-//!   `ELX_STATUS_INVALID_ARGUMENT`; nothing is written to outputs on failure.
-//! * Copy-out functions take a buffer and its capacity (in elements) and write the size they
-//!   need to `needed` (when not null): a null buffer with capacity 0 is a size query
-//!   (success); a buffer too small gives `ELX_STATUS_BUFFER_TOO_SMALL` and writes nothing.
-//! * Ownership: every `*_open` / `*_new` / `elx_run_*` result has exactly one matching
-//!   `*_free`; strings and arrays passed in are borrowed for the call only.
-//! * Threads: an `ElxRuntime` may be used by any number of threads at once (runs, loads,
-//!   unloads, queries), except `elx_runtime_free`, which must come after every other call on
-//!   it. An `ElxResult` or `ElxFinetune` is used by one thread at a time.
+//! The conventions (status codes, the thread-local last error, size queries, ownership and
+//! threads) head the generated header; they are kept in capi/cbindgen.toml.
 
 #![warn(missing_docs)]
 
@@ -236,7 +223,8 @@ struct RowHead {
     prediction: Option<Result<(Prediction, Vec<String>), Fail>>,
 }
 
-/// A finetuning run for a new task on a runtime's engine. Free with [`elx_finetune_free`].
+/// A finetuning run for a new task on a runtime's engine. Use it only on the thread that
+/// created it. Free with [`elx_finetune_free`].
 pub struct ElxFinetune {
     ft: Finetuner<CachedFeatures<SequenceModel<HiddenState>>>,
     classes: Vec<String>,
@@ -244,10 +232,14 @@ pub struct ElxFinetune {
     val: Option<Split>,
 }
 
-// The thread rules of the header rest on these.
+// The thread rules of the header rest on these: a runtime is shared, a result may move
+// between threads. A finetune run may not (the finetuner's objective may hold a loss
+// closure that is not `Send`), so it stays on the thread that created it.
 const _: () = {
     const fn shared<T: Send + Sync>() {}
+    const fn movable<T: Send>() {}
     shared::<ElxRuntime>();
+    movable::<ElxResult>();
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1690,7 +1682,7 @@ unsafe fn finetune<'a>(ft: *mut ElxFinetune) -> Result<&'a mut ElxFinetune, Fail
 /// stopping), then pauses. Slices add up to the uninterrupted run. `report` may be NULL.
 ///
 /// # Safety
-/// `ft` is a live handle used by no other thread; `report` null or writable.
+/// `ft` is a live handle, used on the thread that created it; `report` null or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn elx_finetune_fit(
     ft: *mut ElxFinetune,
@@ -1722,7 +1714,7 @@ pub unsafe extern "C" fn elx_finetune_fit(
 /// current parameters. `ELX_STATUS_USAGE` when no validation texts were given.
 ///
 /// # Safety
-/// `ft` is a live handle used by no other thread; `loss`, `accuracy` null or writable.
+/// `ft` is a live handle, used on the thread that created it; `loss`, `accuracy` null or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn elx_finetune_validation_loss(
     ft: *mut ElxFinetune,
@@ -1755,7 +1747,7 @@ pub unsafe extern "C" fn elx_finetune_validation_loss(
 /// named `task_name`.
 ///
 /// # Safety
-/// `ft` is a live handle used by no other thread; `path`, `task_name` NUL-terminated.
+/// `ft` is a live handle, used on the thread that created it; `path`, `task_name` NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn elx_finetune_save(
     ft: *mut ElxFinetune,
@@ -1779,7 +1771,7 @@ pub unsafe extern "C" fn elx_finetune_save(
 /// Adds the task as trained so far to a runtime (of the same bundle) and writes its id.
 ///
 /// # Safety
-/// `ft` is a live handle used by no other thread; `rt` a live runtime; `task_name`
+/// `ft` is a live handle, used on the thread that created it; `rt` a live runtime; `task_name`
 /// NUL-terminated; `task` writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn elx_finetune_add_task(
@@ -1805,7 +1797,7 @@ pub unsafe extern "C" fn elx_finetune_add_task(
 /// with the same texts and options continues from it exactly.
 ///
 /// # Safety
-/// `ft` is a live handle used by no other thread; `path` NUL-terminated.
+/// `ft` is a live handle, used on the thread that created it; `path` NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn elx_finetune_save_checkpoint(
     ft: *mut ElxFinetune,
@@ -1823,7 +1815,7 @@ pub unsafe extern "C" fn elx_finetune_save_checkpoint(
 /// --checkpoint`) into a run set up with the same data and options.
 ///
 /// # Safety
-/// `ft` is a live handle used by no other thread; `path` NUL-terminated.
+/// `ft` is a live handle, used on the thread that created it; `path` NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn elx_finetune_resume(
     ft: *mut ElxFinetune,
