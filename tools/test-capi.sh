@@ -75,6 +75,24 @@ for f in shared/c_slices shared/c_resumed static/c_slices; do
 done
 echo "C example: elx run's output exactly; the task trained in slices (and resumed) is elx finetune's, byte for byte"
 
+# The same on ONNX Runtime's CPU provider (host: libelx has the `ort` feature there and
+# tools/test.sh installs libonnxruntime).
+if [ -z "$target" ] && [ -n "${ORT_DYLIB_PATH:-}" ]; then
+  mkdir -p "$work/ort"
+  ELX_BACKEND=ort "$work/classify_shared" "$model" "$work/d.elxb" "$tok" "$work/t1.elxc" \
+    "$work/t5.elxc" "$work/ort" >"$work/ort/c.jsonl" 2>"$work/ort/stderr"
+  grep -q "engine: ONNX Runtime" "$work/ort/stderr"
+  "$host_elx" run --backend ort --model "$model" --bundle "$work/d.elxb" --tokenizer "$tok" \
+    --task "$work/t1.elxc" --task "$work/t5.elxc" "${texts[@]}" --json >"$work/ort/cli.jsonl"
+  python3 tools/compare_json_lines.py "$work/ort/c.jsonl" "$work/ort/cli.jsonl"
+  "$host_elx" finetune --backend ort --model "$model" --bundle "$work/d.elxb" --tokenizer "$tok" \
+    --train "$work/ort/train.jsonl" --val "$work/ort/val.jsonl" -o "$work/ort/cli_ft.elxc" \
+    --task ft --steps 6 --eval-every 2 --batch-size 4 --seed 3 >/dev/null
+  cmp "$work/ort/cli_ft.elxc" "$work/ort/c_slices.elxc"
+  cmp "$work/ort/cli_ft.elxc" "$work/ort/c_resumed.elxc"
+  echo "C example on ONNX Runtime (CPU): elx run --backend ort's output exactly, elx finetune --backend ort's task"
+fi
+
 "${run[@]}" "$work/api_test" "$model" "$work/d.elxb" "$tok" "$work/t1.elxc" "$work/t5.elxc" \
   "$work/headless.elxc" >"$work/api.out"
 want="$("${elx[@]}" run --model "$model" --bundle "$work/d.elxb" --task /nonexistent/task.elxc --text x 2>&1 >/dev/null || true)"

@@ -12,6 +12,8 @@
  *    OUT_DIR/c_resumed.elxc, writes the same data as OUT_DIR/{train,val}.jsonl for
  *    `elx finetune`, and classifies with the new task.
  *
+ * ELX_BACKEND=ort in the environment runs on ONNX Runtime's CPU provider instead of tract
+ * (a libelx built with the `ort` feature, libonnxruntime at ORT_DYLIB_PATH).
  * Progress goes to stderr; any failure prints elx_last_error() and exits 1.
  */
 #include "eigenlorax.h"
@@ -110,8 +112,14 @@ int main(int argc, char **argv) {
     struct ElxOpenOptions opts;
     check(elx_open_options_default(&opts), "options");
     opts.tokenizer_path = tokenizer;
+    const char *backend = getenv("ELX_BACKEND");
+    if (backend && strcmp(backend, "ort") == 0) opts.backend = ELX_BACKEND_ORT;
     struct ElxRuntime *rt = NULL;
     check(elx_runtime_open(model, bundle, &opts, &rt), "elx_runtime_open");
+    uint32_t running, provider;
+    check(elx_runtime_backend(rt, &running, &provider), "elx_runtime_backend");
+    fprintf(stderr, "engine: %s (provider %u)\n",
+            running == ELX_BACKEND_ORT ? "ONNX Runtime" : "tract", provider);
 
     uint32_t task_a, task_b;
     check(elx_task_load(rt, file_a, &task_a), "elx_task_load");
