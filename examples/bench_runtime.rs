@@ -271,14 +271,15 @@ fn main() -> eigenlorax::Result<()> {
         .model_for_read(&mut &act_bytes[..])
         .map_err(fail)?;
     let task_a = rt.task(a)?;
+    let values_a = rt.coeff_values(&task_a)?;
     let feed: TVec<TValue> = act_model
         .input_outlets()
         .map_err(fail)?
         .iter()
         .map(|o| {
             let n = &act_model.node(o.node).name;
-            match task_a.data.tensors.iter().position(|c| &c.name == n) {
-                Some(j) => task_a.extra[j].clone(),
+            match task_a.tensors(rt.coeff_inputs()).position(|c| c.name == n) {
+                Some(j) => values_a[j].clone(),
                 None => x.clone(),
             }
         })

@@ -493,8 +493,9 @@ fn main() -> R<()> {
         let task = pk.rt.task(pk.task)?;
         let mut feed: Vec<(String, TValue)> =
             names_in.iter().cloned().zip(x.iter().cloned()).collect();
-        for (c, v) in task.data.tensors.iter().zip(&task.extra) {
-            feed.push((c.name.clone(), v.clone()));
+        let values = pk.rt.coeff_values(&task)?;
+        for (c, v) in task.tensors(pk.rt.coeff_inputs()).zip(values) {
+            feed.push((c.name.to_string(), v));
         }
         let (ap, ordered) = plan_fed(&act, &feed)?;
         let act_o = to_vec(&ap.run(ordered).map_err(terr)?[0])?;
@@ -547,8 +548,9 @@ fn main() -> R<()> {
                 let task = pk.rt.task(pk.task)?;
                 let mut feed: Vec<(String, TValue)> =
                     names_in.iter().cloned().zip(x.iter().cloned()).collect();
-                for (c, v) in task.data.tensors.iter().zip(&task.extra) {
-                    feed.push((c.name.clone(), v.clone()));
+                let values = pk.rt.coeff_values(&task)?;
+                for (c, v) in task.tensors(pk.rt.coeff_inputs()).zip(values) {
+                    feed.push((c.name.to_string(), v));
                 }
                 let (pl, ordered) = plan_fed(&p, &feed)?;
                 Ok((pk.k, pl, ordered))
@@ -558,7 +560,7 @@ fn main() -> R<()> {
         let ort_models = {
             let pk = ks.iter().find(|p| p.k == ort_k).ok_or("ort K")?;
             let patched = patch(&base_model, &pk.bundle, 1)?.proto;
-            let coeffs = pk.rt.task(pk.task)?;
+            let coeffs = (pk.rt.task(pk.task)?, pk.rt.coeff_inputs().to_vec());
             (
                 ortb::Ort::new(&base_model)?,
                 ortb::Ort::new(&patched)?,
@@ -617,9 +619,13 @@ fn main() -> R<()> {
             let feed = |o: &ortb::Ort, extra: bool| -> R<()> {
                 let mut e: Vec<(&str, &[usize], &[f32])> = Vec::new();
                 if extra {
-                    for t in &coeffs.data.tensors {
-                        e.push((t.name.as_str(), t.shape.as_slice(), t.data.as_slice()));
+                    let (task, inputs) = coeffs;
+                    let tensors: Vec<_> = task.tensors(inputs).collect();
+                    for t in &tensors {
+                        e.push((t.name, &t.shape[..], t.data));
                     }
+                    o.run(&names_in, &raw, b, s, &e)?;
+                    return Ok(());
                 }
                 o.run(&names_in, &raw, b, s, &e)?;
                 Ok(())

@@ -106,11 +106,29 @@ struct Entry {
     end: usize,
 }
 
-/// A memory-mapped safetensors file with a validated header.
+/// The bytes of a [`TensorFile`]: a read-only map of a file, or a buffer handed over in
+/// memory ([`TensorFile::from_bytes`]).
+#[derive(Debug)]
+enum Backing {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
+/// A memory-mapped safetensors file (or an in-memory one) with a validated header.
 #[derive(Debug)]
 pub struct TensorFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Backing,
     entries: BTreeMap<String, Entry>,
     metadata: Option<HashMap<String, String>>,
 }
@@ -133,6 +151,17 @@ impl TensorFile {
         // concurrent truncation by another process is outside what we can defend against;
         // all bounds below are checked against the length seen at open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::parse(path, Backing::Map(mmap))
+    }
+
+    /// Validates a safetensors file already in memory (e.g. handed over by an app); `name`
+    /// stands for its path in error messages.
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<TensorFile> {
+        Self::parse(name, Backing::Owned(bytes))
+    }
+
+    /// Validates the header of `mmap` against its length (see [`TensorFile::open`]).
+    fn parse(path: &Path, mmap: Backing) -> Result<TensorFile> {
         let bytes: &[u8] = &mmap;
         // The map may differ from the size seen above if the file changed in between: check
         // again on what is actually mapped.

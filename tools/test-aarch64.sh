@@ -60,3 +60,8 @@ run_args=(run --model models/fixtures/tiny-bert/model.onnx --bundle "$work/d.elx
 "$x86" "${run_args[@]}" > "$work/x86.jsonl"
 "${arm[@]}" "${run_args[@]}" > "$work/arm.jsonl"
 python3 tools/compare_arch_outputs.py compare "$work/x86.jsonl" "$work/arm.jsonl" 1e-5
+
+# The C API cross-built for aarch64: examples/c and the C API test built with
+# aarch64-linux-gnu-gcc against libelx (shared and static) and run under qemu, compared with
+# the aarch64 `elx` run under qemu (tools/test-capi.sh).
+tools/test-capi.sh --target "$target"

@@ -57,6 +57,10 @@ cargo test --all-targets --features ort
 # Sharded extraction through Ray on a local cluster merges to the one-shot bundle (~25 s).
 PYTHONPATH="$PWD/$ray_py:$PYTHONPATH" tools/test_ray_extract.sh target/debug/elx
 
+# The C API from C: libelx shared and static, the header checked against the code, the C
+# example against `elx run` / `elx finetune`, bad input and threads (tools/test-capi.sh).
+tools/test-capi.sh
+
 # Fuzzing, bounded: every cargo-fuzz target of fuzz/ for ELX_FUZZ_SECS seconds (15 by default)
 # from the fixture seeds; a crash fails the run. Under CI=true only (it installs nightly and
 # cargo-fuzz when missing); ELX_FUZZ_SECS=0 skips it.

@@ -244,7 +244,19 @@ impl CoeffFile {
 
     /// Reads and validates a coefficient file (no subspace check).
     pub fn read(path: &Path) -> Result<CoeffFile> {
-        let tf = TensorFile::open(path)?;
+        Self::parse(TensorFile::open(path)?)
+    }
+
+    /// Validates a coefficient file held in memory (no subspace check); `name` stands for
+    /// its path in error messages.
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<CoeffFile> {
+        Self::parse(TensorFile::from_bytes(name, bytes)?)
+    }
+
+    /// Reads the tensors and metadata of a validated safetensors file.
+    fn parse(tf: TensorFile) -> Result<CoeffFile> {
+        let path = tf.path().to_path_buf();
+        let path = path.as_path();
         let meta = parse_meta(&tf)?;
         let mut modules = BTreeMap::new();
         let mut head_seen = false;
@@ -337,6 +349,17 @@ impl CoeffFile {
     pub fn read_for(path: &Path, bundle: &super::Manifest) -> Result<CoeffFile> {
         let c = CoeffFile::read(path)?;
         c.check_for(path, bundle)?;
+        Ok(c)
+    }
+
+    /// [`CoeffFile::read_for`] on a file held in memory; `name` stands for its path.
+    pub fn from_bytes_for(
+        name: &Path,
+        bytes: Vec<u8>,
+        bundle: &super::Manifest,
+    ) -> Result<CoeffFile> {
+        let c = CoeffFile::from_bytes(name, bytes)?;
+        c.check_for(name, bundle)?;
         Ok(c)
     }
 

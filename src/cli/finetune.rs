@@ -70,7 +70,7 @@ pub struct FinetuneArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Examples per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = recipe::Defaults::EXACT.batch_size)]
     pub batch_size: usize,
     /// Peak learning rate of the coefficients.
     #[arg(long)]
@@ -259,7 +259,7 @@ fn train(
 ) -> Result<()> {
     let rank = args.rank.unwrap_or(r_max);
     let defaults = FinetuneConfig::default();
-    let schedule = recipe::Schedule::for_gradient(args.grad.mode());
+    let schedule = recipe::Defaults::for_gradient(args.grad.mode());
     let steps = args.steps.unwrap_or(schedule.steps);
     let mut cfg = FinetuneConfig {
         rank,

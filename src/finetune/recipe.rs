@@ -7,39 +7,56 @@
 
 use super::{FinetuneConfig, Finetuner, ForwardModel, GradMode, Objective, Split};
 
-/// The schedule `elx finetune` uses by default for each way of getting the gradient, both
-/// measured on MiniLM (BENCHMARKS.md, "On-device finetuning quality"): with exact gradients,
-/// the backprop reference's own schedule (150 steps, head and coefficients at 4e-3,
-/// validation every 25 steps); with SPSA, 1500 steps with the head at 1e-4, so that it does
-/// not re-fit the training set before the noisy estimates move the coefficients.
+use crate::error::Result;
+
+/// The defaults of `elx finetune` that differ from [`FinetuneConfig::default`], one set per
+/// way of getting the gradient, kept here so that the CLI and the C API's
+/// `elx_finetune_options_default` cannot drift apart. Both were measured on MiniLM
+/// (BENCHMARKS.md, "On-device finetuning quality"): with exact gradients, the backprop
+/// reference's own schedule (150 steps, head and coefficients at 4e-3, validation every 25
+/// steps); with SPSA, 1500 steps with the head at 1e-4, so that it does not re-fit the training
+/// set before the noisy estimates move the coefficients.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Schedule {
-    /// Optimisation steps.
+pub struct Defaults {
+    /// Maximum optimisation steps.
     pub steps: u64,
+    /// SPSA directions per step.
+    pub directions: usize,
+    /// Examples per step.
+    pub batch_size: usize,
     /// Peak learning rate of the head while the coefficients train.
     pub head_lr: f64,
     /// Steps between evaluations.
     pub eval_every: u64,
 }
 
-impl Schedule {
-    /// The default schedule for `grad`.
-    pub fn for_gradient(grad: GradMode) -> Schedule {
+impl Defaults {
+    /// With exact gradients (the command line's and the C API's default).
+    pub const EXACT: Defaults = Defaults {
+        steps: 150,
+        directions: 2,
+        batch_size: 16,
+        head_lr: 4e-3,
+        eval_every: 25,
+    };
+
+    /// With SPSA.
+    pub const SPSA: Defaults = Defaults {
+        steps: 1500,
+        directions: 2,
+        batch_size: 16,
+        head_lr: 1e-4,
+        eval_every: 100,
+    };
+
+    /// The defaults for `grad`.
+    pub fn for_gradient(grad: GradMode) -> Defaults {
         match grad {
-            GradMode::Exact => Schedule {
-                steps: 150,
-                head_lr: 4e-3,
-                eval_every: 25,
-            },
-            GradMode::Spsa => Schedule {
-                steps: 1500,
-                head_lr: 1e-4,
-                eval_every: 100,
-            },
+            GradMode::Exact => Defaults::EXACT,
+            GradMode::Spsa => Defaults::SPSA,
         }
     }
 }
-use crate::error::Result;
 
 /// The head-only run of `steps` steps at `head_lr`, from `base`: coefficients fixed at zero
 /// (zero-shot with no random α_B), no checkpoints.

@@ -234,6 +234,12 @@ impl Engine {
         dispatch!(self, rt => rt.load_task(path))
     }
 
+    /// Loads a coefficient file held in memory as a new task; `name` stands for its path in
+    /// error messages.
+    pub fn load_task_bytes(&self, name: &Path, bytes: Vec<u8>) -> Result<TaskId> {
+        dispatch!(self, rt => rt.store().load_bytes(name, bytes))
+    }
+
     /// Adds in-memory coefficients as a new task.
     pub fn insert_task(&self, coeffs: &CoeffFile) -> Result<TaskId> {
         dispatch!(self, rt => rt.insert_task(coeffs))
@@ -245,10 +251,15 @@ impl Engine {
         dispatch!(self, rt => rt.store().replace(id, coeffs))
     }
 
-    /// Removes a task: runs already holding it finish with it, later runs of `id` are an
-    /// error.
-    pub fn remove_task(&self, id: TaskId) -> Result<()> {
-        dispatch!(self, rt => rt.store().remove(id))
+    /// Unloads a task (its id is not reused; runs holding it finish with it, later runs of
+    /// `id` are an error).
+    pub fn unload_task(&self, id: TaskId) -> Result<()> {
+        dispatch!(self, rt => rt.store().unload(id))
+    }
+
+    /// The ids of the loaded tasks, in load order.
+    pub fn task_ids(&self) -> Vec<TaskId> {
+        dispatch!(self, rt => rt.store().ids())
     }
 
     /// The task named `name`, if loaded.
@@ -261,7 +272,7 @@ impl Engine {
         dispatch!(self, rt => rt
             .store()
             .get(id)
-            .map(|t| (t.data.name.clone(), t.data.head.clone())))
+            .map(|t| (t.name.clone(), t.head.clone())))
     }
 
     /// Runs every row of `batch` with task `id`. Outputs that are not all finite are an

@@ -1,6 +1,6 @@
-//! Stage 4b: serving the patched graph. [`store`] keeps every loaded task's coefficients as
-//! ready-made f32 tensors; a task swap is then handing the engine other input tensors:
-//! nothing is rebuilt.
+//! Stage 4b: serving the patched graph. [`store`] keeps every loaded task's coefficients once,
+//! as one f32 buffer laid out for the graph's coefficient inputs; a task swap is then handing
+//! the engine other coefficient values: nothing is rebuilt.
 //!
 //! * [`engine`]: [`Engine`], the one backend-neutral engine (tract | ort behind it, the
 //!   choice of engine compiled in one place).

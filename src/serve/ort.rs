@@ -509,7 +509,7 @@ mod backend {
         /// borrowed from the store as they are: a swap copies and builds nothing.
         pub fn run(&self, inputs: &[InputTensor], task: TaskId) -> Result<Vec<OutputTensor>> {
             let t = self.store.get(task)?;
-            self.run_task(inputs, &t.data)
+            self.run_task(inputs, &t)
         }
 
         /// Runs every row of `inputs` with the coefficients of `task`, which need not be in
@@ -520,36 +520,11 @@ mod backend {
             inputs: &[InputTensor],
             task: &TaskData,
         ) -> Result<Vec<OutputTensor>> {
-            let want = self
-                .coeff_inputs
+            task.check(&self.coeff_inputs)?;
+            let tensors: Vec<_> = task.tensors(&self.coeff_inputs).collect();
+            let extra: Vec<(&str, &[usize], &[f32])> = tensors
                 .iter()
-                .flat_map(|c| [(&c.alpha_a, [1, c.k_a, c.r]), (&c.alpha_b, [1, c.r, c.k_b])]);
-            if task.tensors.len() != 2 * self.coeff_inputs.len() {
-                return Err(Error::Usage(format!(
-                    "task `{}` has {} coefficient tensors, the graph takes {}",
-                    task.name,
-                    task.tensors.len(),
-                    2 * self.coeff_inputs.len()
-                )));
-            }
-            for (c, (name, shape)) in task.tensors.iter().zip(want) {
-                if &c.name != name
-                    || c.shape != shape
-                    || c.data.len() != shape.iter().product::<usize>()
-                {
-                    return Err(Error::Usage(format!(
-                        "task `{}`: expected coefficient `{name}` {shape:?}, found `{}` {:?} with {} values",
-                        task.name,
-                        c.name,
-                        c.shape,
-                        c.data.len()
-                    )));
-                }
-            }
-            let extra: Vec<(&str, &[usize], &[f32])> = task
-                .tensors
-                .iter()
-                .map(|c| (c.name.as_str(), &c.shape[..], c.data.as_slice()))
+                .map(|c| (c.name, &c.shape[..], c.data))
                 .collect();
             self.single.run_with(inputs, &extra)
         }
@@ -578,20 +553,22 @@ mod backend {
             let model = self.mixed_model(b)?;
             // Stack the rows' coefficients: one [B, K, r] buffer per coefficient input.
             let n = 2 * self.coeff_inputs.len();
+            let mut views = Vec::with_capacity(loaded.len());
+            for t in &loaded {
+                t.check(&self.coeff_inputs)?;
+                views.push(t.tensors(&self.coeff_inputs).collect::<Vec<_>>());
+            }
             let mut stacked: Vec<([usize; 3], Vec<f32>)> = Vec::with_capacity(n);
             for j in 0..n {
                 let mut shape = [b, 0, 0];
                 let mut data = Vec::new();
-                for t in &loaded {
-                    let c = t.data.tensors.get(j).ok_or_else(|| {
-                        Error::Usage(format!(
-                            "task `{}` has fewer coefficient tensors than the graph",
-                            t.data.name
-                        ))
+                for v in &views {
+                    let c = v.get(j).ok_or_else(|| {
+                        Error::Internal("a checked task lacks a coefficient tensor".into())
                     })?;
                     shape[1] = c.shape[1];
                     shape[2] = c.shape[2];
-                    data.extend_from_slice(&c.data);
+                    data.extend_from_slice(c.data);
                 }
                 stacked.push((shape, data));
             }

@@ -7,11 +7,12 @@
 //! built lazily on the first mixed run of each batch size and cached, or at load for the sizes
 //! listed in [`RuntimeOptions::mixed_batches`].
 //!
-//! Every task's coefficients are turned into tract tensors once, when the task is added; a
-//! single-task run then only clones `Arc`s of them into the input list, so switching tasks
-//! allocates nothing and rebuilds nothing. Mixed runs copy the rows' coefficients into one
-//! [B, K, r] tensor per input, taken from a pool kept per batch size: once warm, a mixed run
-//! allocates no coefficient buffers either.
+//! The task store holds each task's coefficients once, as one f32 buffer. A run copies the
+//! task's values into coefficient tensors taken from a pool (one set per concurrent run,
+//! reused): a single-task run into [1, K, r] tensors, a mixed run row i's task into row i of
+//! [B, K, r] tensors kept per batch size. Once warm, switching tasks allocates nothing and
+//! rebuilds nothing; the copy is K·r values per module (at most tens of KB), against a whole
+//! copy of every task's coefficients kept as tract tensors before.
 //!
 //! The runtime is `Sync`: any number of threads may run it at once, each with its own task.
 
@@ -30,9 +31,6 @@ use tract_onnx::prelude::*;
 
 /// The input tensors a run takes and the outputs it returns.
 pub use tract_onnx::prelude::{TValue, Tensor};
-
-/// A task prepared for tract: its data and one ready tract tensor per coefficient input.
-pub type TractTask = Task<Vec<TValue>>;
 
 /// Options of [`Runtime::load_with`].
 #[derive(Clone, Debug, Default)]
@@ -59,11 +57,14 @@ struct Plan {
     order: Vec<Slot>,
 }
 
-/// A mixed-batch plan and its pool of stacked coefficient tensors (one set per concurrent
-/// run of this batch size; reused, so a warm mixed run allocates no coefficient buffers).
+/// Sets of coefficient tensors, one per concurrent run; reused, so a warm run allocates no
+/// coefficient buffers.
+type TensorPool = Mutex<Vec<Vec<Arc<Tensor>>>>;
+
+/// A mixed-batch plan and its pool of stacked [B, K, r] coefficient tensors.
 struct Mixed {
     plan: Plan,
-    pool: Mutex<Vec<Vec<Arc<Tensor>>>>,
+    pool: TensorPool,
 }
 
 /// A patched base model on tract with a store of tasks.
@@ -82,25 +83,13 @@ pub struct Runtime {
     coeff_inputs: Vec<CoeffInput>,
     single: Singles,
     mixed: Mutex<HashMap<usize, Arc<Mixed>>>,
-    store: TaskStore<Vec<TValue>>,
+    /// [1, K, r] coefficient tensors for single-task runs.
+    single_pool: TensorPool,
+    store: TaskStore,
 }
 
 fn tract_err(e: impl std::fmt::Display) -> String {
     e.to_string()
-}
-
-/// Builds the tract tensors of one task (the store's payload).
-fn prepare(d: &TaskData) -> Result<Vec<TValue>> {
-    d.tensors
-        .iter()
-        .map(|t| {
-            Tensor::from_shape(&t.shape, &t.data)
-                .map(TValue::from)
-                .map_err(|e| {
-                    Error::Engine(format!("coefficient tensor `{}`: {}", t.name, tract_err(e)))
-                })
-        })
-        .collect()
 }
 
 /// Builds one optimized plan; `shapes` (one per base input, with its element type taken from
@@ -207,7 +196,7 @@ impl Runtime {
                 plans: Mutex::new(Vec::new()),
             },
         };
-        let store = TaskStore::with_prepare(&bundle.manifest, &coeff_inputs, Box::new(prepare));
+        let store = TaskStore::new(&bundle.manifest, &coeff_inputs);
         let rt = Runtime {
             base_path: base.to_path_buf(),
             bundle: bundle.clone(),
@@ -218,6 +207,7 @@ impl Runtime {
             coeff_inputs,
             single,
             mixed: Mutex::new(HashMap::new()),
+            single_pool: Mutex::new(Vec::new()),
             store,
         };
         for &b in &options.mixed_batches {
@@ -262,7 +252,7 @@ impl Runtime {
     }
 
     /// The task store (load, insert, replace, find tasks).
-    pub fn store(&self) -> &TaskStore<Vec<TValue>> {
+    pub fn store(&self) -> &TaskStore {
         &self.store
     }
 
@@ -276,9 +266,25 @@ impl Runtime {
         self.store.insert(coeffs)
     }
 
-    /// Selects a task: an `Arc` clone of its prepared tensors (no allocation).
-    pub fn task(&self, id: TaskId) -> Result<Arc<TractTask>> {
+    /// Selects a task: an `Arc` clone of its prepared coefficients (no allocation).
+    pub fn task(&self, id: TaskId) -> Result<Arc<Task>> {
         self.store.get(id)
+    }
+
+    /// A task's coefficients as fresh tract tensors, one per coefficient input in
+    /// [`Runtime::coeff_inputs`] order (α_Aᵀ then α_Bᵀ): for feeding other plans of the same
+    /// graph (benchmarks, tests); runs do not need them.
+    pub fn coeff_values(&self, task: &TaskData) -> Result<Vec<TValue>> {
+        task.check(&self.coeff_inputs)?;
+        task.tensors(&self.coeff_inputs)
+            .map(|t| {
+                Tensor::from_shape(&t.shape, t.data)
+                    .map(TValue::from)
+                    .map_err(|e| {
+                        Error::Engine(format!("coefficient tensor `{}`: {}", t.name, tract_err(e)))
+                    })
+            })
+            .collect()
     }
 
     /// Runs the base inputs (in [`Runtime::input_names`] order) with one task for every row.
@@ -287,9 +293,11 @@ impl Runtime {
         self.run_task(inputs, &t)
     }
 
-    /// [`Runtime::run`] with a task already selected.
-    pub fn run_task(&self, inputs: &[TValue], task: &TractTask) -> Result<TVec<TValue>> {
+    /// [`Runtime::run`] with a task already selected, or coefficients that are not in the
+    /// store (the finetuner's trial coefficients).
+    pub fn run_task(&self, inputs: &[TValue], task: &TaskData) -> Result<TVec<TValue>> {
         self.check_inputs(inputs)?;
+        task.check(&self.coeff_inputs)?;
         let held;
         let plan: &Plan = match &self.single {
             Singles::Symbolic(p) => p,
@@ -298,18 +306,29 @@ impl Runtime {
                 &held
             }
         };
-        let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
-        for s in &plan.order {
-            let x = match *s {
-                Slot::Base(i) => inputs.get(i),
-                Slot::Coeff(j) => task.extra.get(j),
-            };
-            v.push(
-                x.ok_or_else(|| Error::Internal("plan input out of range".into()))?
-                    .clone(),
-            );
+        let mut set = self
+            .single_pool
+            .lock()
+            .map_err(|_| Error::Internal("coefficient pool lock poisoned".into()))?
+            .pop()
+            .map_or_else(|| self.stack_set(1), Ok)?;
+        let filled = fill_rows(&mut set, std::iter::once(Ok(task)), &self.coeff_inputs);
+        let result = filled.and_then(|()| {
+            let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
+            for s in &plan.order {
+                let x = match *s {
+                    Slot::Base(i) => inputs.get(i).cloned(),
+                    Slot::Coeff(j) => set.get(j).map(|t| TValue::from_const(Arc::clone(t))),
+                };
+                v.push(x.ok_or_else(|| Error::Internal("plan input out of range".into()))?);
+            }
+            run_plan(plan, v)
+        });
+        // The plan has dropped its references: the set goes back for the next run.
+        if let Ok(mut pool) = self.single_pool.lock() {
+            pool.push(set);
         }
-        run_plan(plan, v)
+        result
     }
 
     /// Whether single-task runs use one plan for every input shape (else one per shape).
@@ -375,7 +394,8 @@ impl Runtime {
             .map_err(|_| Error::Internal("coefficient pool lock poisoned".into()))?
             .pop()
             .map_or_else(|| self.stack_set(b), Ok)?;
-        let filled = self.fill_stacked(&mut set, tasks);
+        let rows = tasks.iter().map(|&id| self.store.get(id));
+        let filled = fill_rows(&mut set, rows, &self.coeff_inputs);
         let result = filled.and_then(|()| {
             let plan = &mixed.plan;
             let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
@@ -410,47 +430,6 @@ impl Runtime {
             }
         }
         Ok(set)
-    }
-
-    /// Copies row i's task coefficients into row i of every stacked tensor, in place (a
-    /// tensor still shared, which a finished run never leaves, is replaced by a fresh one).
-    fn fill_stacked(&self, set: &mut [Arc<Tensor>], tasks: &[TaskId]) -> Result<()> {
-        let b = tasks.len();
-        let stack_err = |e: TractError| {
-            Error::Engine(format!(
-                "mixed run: stacking coefficients: {}",
-                tract_err(e)
-            ))
-        };
-        for (i, &id) in tasks.iter().enumerate() {
-            let task = self.store.get(id)?;
-            for (j, slot) in set.iter_mut().enumerate() {
-                let src = task
-                    .data
-                    .tensors
-                    .get(j)
-                    .map(|c| c.data.as_slice())
-                    .ok_or_else(|| Error::Internal("task lacks a coefficient".into()))?;
-                if Arc::get_mut(slot).is_none() {
-                    let shape = slot.shape().to_vec();
-                    *slot = Arc::new(Tensor::zero::<f32>(&shape).map_err(stack_err)?);
-                }
-                let mut view = Arc::get_mut(slot)
-                    .ok_or_else(|| Error::Internal("shared coefficient buffer".into()))?
-                    .try_as_plain_ram_mut()
-                    .map_err(stack_err)?;
-                let dst = view.as_slice_mut::<f32>().map_err(stack_err)?;
-                let n = src.len();
-                if dst.len() != b * n {
-                    return Err(Error::Internal(format!(
-                        "stacked coefficient {j} holds {} values, expected {b} x {n}",
-                        dst.len()
-                    )));
-                }
-                dst[i * n..(i + 1) * n].copy_from_slice(src);
-            }
-        }
-        Ok(())
     }
 
     /// Checks the input count, and every id of an input that indexes a table (tract panics on
@@ -564,6 +543,44 @@ fn run_plan(plan: &Plan, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
             .run(inputs)
             .map_err(|e| Error::Engine(format!("tract run failed: {e:#}")))
     })
+}
+
+/// Copies row i's task coefficients into row i of every tensor of `set` ([B, K, r], B the
+/// number of rows), in place (a tensor still shared, which a finished run never leaves, is
+/// replaced by a fresh one). Rows come as an iterator, so a warm run allocates nothing here.
+fn fill_rows<T: std::ops::Deref<Target = TaskData>>(
+    set: &mut [Arc<Tensor>],
+    rows: impl ExactSizeIterator<Item = Result<T>>,
+    inputs: &[CoeffInput],
+) -> Result<()> {
+    let b = rows.len();
+    let stack_err =
+        |e: TractError| Error::Engine(format!("stacking coefficients: {}", tract_err(e)));
+    for (i, task) in rows.enumerate() {
+        let task = task?;
+        task.check(inputs)?;
+        for (slot, src) in set.iter_mut().zip(task.tensors(inputs)) {
+            if Arc::get_mut(slot).is_none() {
+                let shape = slot.shape().to_vec();
+                *slot = Arc::new(Tensor::zero::<f32>(&shape).map_err(stack_err)?);
+            }
+            let mut view = Arc::get_mut(slot)
+                .ok_or_else(|| Error::Internal("shared coefficient buffer".into()))?
+                .try_as_plain_ram_mut()
+                .map_err(stack_err)?;
+            let dst = view.as_slice_mut::<f32>().map_err(stack_err)?;
+            let n = src.data.len();
+            if dst.len() != b * n {
+                return Err(Error::Internal(format!(
+                    "coefficient tensor `{}` holds {} values, expected {b} x {n}",
+                    src.name,
+                    dst.len()
+                )));
+            }
+            dst[i * n..(i + 1) * n].copy_from_slice(src.data);
+        }
+    }
+    Ok(())
 }
 
 /// Names the model's full path in a patch error.

@@ -56,7 +56,7 @@ fn coefficients_of_another_subspace_are_refused_with_both_ids() {
         .iter()
         .position(|ci| ci.module == "layer.0.query")
         .expect("module");
-    let (ta, tb) = t.data.input(ci).expect("input");
+    let (ta, tb) = t.input(&p.coeff_inputs, ci).expect("input");
     assert_eq!(ta.shape, [1, K_A, R_MAX]);
     assert_eq!(tb.shape, [1, R_MAX, K_B]);
     let back = CoeffFile::read(&good).expect("read");

@@ -420,7 +420,7 @@ fn tasks_inserted_replaced_and_removed_while_threads_run_give_no_torn_output() {
                     engine.replace_task(victim, &versions[k2]).expect("replace");
                 } else if i % 5 == 0 && live.len() > 2 {
                     removed.lock().unwrap().insert(victim);
-                    engine.remove_task(victim).expect("remove");
+                    engine.unload_task(victim).expect("unload");
                 }
             }
             done.store(true, Ordering::Relaxed);

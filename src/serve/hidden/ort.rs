@@ -10,7 +10,7 @@ use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
 use crate::error::{Error, Result};
 use crate::serve::input::{InputTensor, TensorData};
 use crate::serve::ort::OrtRuntime;
-use crate::serve::store::{CoeffTensor, TaskData};
+use crate::serve::store::TaskData;
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
 
@@ -29,32 +29,14 @@ impl OrtBackend {
     pub fn new(rt: Arc<OrtRuntime>) -> Result<Self> {
         let names: Vec<String> = rt.inputs().iter().map(|s| s.name.clone()).collect();
         let feeds = TokenFeed::for_inputs(names.iter().map(String::as_str))?;
-        let mut layout = Vec::with_capacity(rt.coeff_inputs().len());
-        let mut tensors = Vec::with_capacity(2 * rt.coeff_inputs().len());
-        for ci in rt.coeff_inputs() {
-            layout.push(ci.layout());
-            tensors.push(CoeffTensor {
-                name: ci.alpha_a.clone(),
-                shape: [1, ci.k_a, ci.r],
-                data: vec![0f32; ci.k_a * ci.r],
-            });
-            tensors.push(CoeffTensor {
-                name: ci.alpha_b.clone(),
-                shape: [1, ci.r, ci.k_b],
-                data: vec![0f32; ci.r * ci.k_b],
-            });
-        }
+        let layout = rt.coeff_inputs().iter().map(|ci| ci.layout()).collect();
+        let task = TaskData::zeros("finetune", rt.coeff_inputs());
         Ok(Self {
             rt,
             layout,
             feeds: names.into_iter().zip(feeds).collect(),
             output: 0,
-            task: TaskData {
-                name: "finetune".into(),
-                path: None,
-                tensors,
-                head: None,
-            },
+            task,
         })
     }
 
@@ -86,10 +68,11 @@ impl HiddenStateBackend for OrtBackend {
     ) -> Result<usize> {
         check_tokens(input_ids, attention_mask, batch, seq)?;
         check_params(&self.layout, params)?;
-        for (m, l) in self.layout.iter().enumerate() {
+        let slots = self.task.inputs_mut(self.rt.coeff_inputs());
+        for (m, (l, (ta, tb))) in self.layout.iter().zip(slots).enumerate() {
             let (a, b) = module_params(&self.layout, params, m);
-            write_alpha_a_t(l, a, &mut self.task.tensors[2 * m].data);
-            write_alpha_b_t(l, b, &mut self.task.tensors[2 * m + 1].data);
+            write_alpha_a_t(l, a, ta);
+            write_alpha_b_t(l, b, tb);
         }
         let inputs: Vec<InputTensor> = self
             .feeds

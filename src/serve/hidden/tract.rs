@@ -1,19 +1,18 @@
 //! [`HiddenStateBackend`] over the tract [`Runtime`]: the finetuner's trial coefficients go
-//! into one private task whose tensors are preallocated once and overwritten in place, then
-//! the patched graph runs through [`Runtime::run_task`] exactly as a served task would.
+//! into one private [`TaskData`] buffer, allocated once and overwritten in place, then the
+//! patched graph runs through [`Runtime::run_task`] exactly as a served task would.
 //!
-//! No method was added to the runtime: a [`TractTask`] is a plain struct and `run_task`
-//! takes any task, so the backend keeps its own and never touches the shared task store.
-//! The graph consumes its inputs (`Arc` clones of ours) and drops them when the run returns,
-//! so on the next call our `Arc`s are unique again and are written without allocating.
+//! No method was added to the runtime: `run_task` takes any [`TaskData`], so the backend keeps
+//! its own and never touches the shared task store. The runtime copies the buffer into
+//! coefficient tensors from its pool, which the run gives back, so a warm call allocates no
+//! coefficient tensor.
 
 use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
 use crate::error::{Error, Result};
-use crate::serve::store::{Task, TaskData};
-use crate::serve::tract::{Runtime, TValue, Tensor, TractTask};
+use crate::serve::store::TaskData;
+use crate::serve::tract::{Runtime, TValue, Tensor};
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
-use tract_onnx::prelude::IntoArcTensor;
 
 /// The tract runtime as a [`HiddenStateBackend`]. See the module documentation.
 pub struct TractBackend {
@@ -21,11 +20,8 @@ pub struct TractBackend {
     layout: Vec<CoeffLayout>,
     feeds: Vec<TokenFeed>,
     output: usize,
-    task: TractTask,
-    /// Small placeholder swapped into a task slot while its tensor is written.
-    hole: TValue,
+    task: TaskData,
     inputs: Vec<TValue>,
-    reallocations: u64,
 }
 
 impl TractBackend {
@@ -33,38 +29,15 @@ impl TractBackend {
     /// must be among `input_ids`, `attention_mask` and `token_type_ids` (given as zeros).
     pub fn new(rt: Arc<Runtime>) -> Result<Self> {
         let feeds = TokenFeed::for_inputs(rt.input_names().iter().map(String::as_str))?;
-        let mut layout = Vec::with_capacity(rt.coeff_inputs().len());
-        let mut extra = Vec::with_capacity(2 * rt.coeff_inputs().len());
-        let zeros = |shape: &[usize]| -> Result<TValue> {
-            let n = shape.iter().product::<usize>();
-            Tensor::from_shape(shape, &vec![0f32; n])
-                .map(TValue::from)
-                .map_err(|e| Error::Engine(format!("coefficient tensor {shape:?}: {e}")))
-        };
-        for ci in rt.coeff_inputs() {
-            layout.push(ci.layout());
-            extra.push(zeros(&[1, ci.k_a, ci.r])?);
-            extra.push(zeros(&[1, ci.r, ci.k_b])?);
-        }
-        // Only `extra` is read by `run_task`; the data part stays empty (not in any store).
-        let task = Task {
-            data: TaskData {
-                name: "finetune".into(),
-                path: None,
-                tensors: Vec::new(),
-                head: None,
-            },
-            extra,
-        };
+        let layout = rt.coeff_inputs().iter().map(|ci| ci.layout()).collect();
+        let task = TaskData::zeros("finetune", rt.coeff_inputs());
         Ok(Self {
             rt,
             layout,
             feeds,
             output: 0,
             task,
-            hole: zeros(&[1])?,
             inputs: Vec::new(),
-            reallocations: 0,
         })
     }
 
@@ -74,10 +47,10 @@ impl TractBackend {
         self
     }
 
-    /// Coefficient tensors that had to be allocated anew because the engine still held the
-    /// previous ones (0 in normal use: every write is in place).
+    /// Coefficient tensors allocated anew because the engine still held the previous ones:
+    /// always 0 now that the runtime fills pooled tensors (kept for the API).
     pub fn reallocations(&self) -> u64 {
-        self.reallocations
+        0
     }
 
     /// The runtime (to serve tasks beside the one being trained).
@@ -89,50 +62,14 @@ impl TractBackend {
     /// private task as the graph wants them: α_Aᵀ [1, K_A, r] and α_Bᵀ [1, r, K_B].
     fn write_coeffs(&mut self, params: &[f32]) -> Result<()> {
         check_params(&self.layout, params)?;
-        for (m, l) in self.layout.iter().enumerate() {
+        let slots = self.task.inputs_mut(self.rt.coeff_inputs());
+        for (m, (l, (ta, tb))) in self.layout.iter().zip(slots).enumerate() {
             let (a, b) = module_params(&self.layout, params, m);
-            let (k_a, k_b, r) = (l.k_a, l.k_b, l.r);
-            let fresh_a = write_slot(&mut self.task.extra[2 * m], &self.hole, &[1, k_a, r], |t| {
-                write_alpha_a_t(l, a, t)
-            })?;
-            let fresh_b = write_slot(
-                &mut self.task.extra[2 * m + 1],
-                &self.hole,
-                &[1, r, k_b],
-                |t| write_alpha_b_t(l, b, t),
-            )?;
-            self.reallocations += u64::from(fresh_a) + u64::from(fresh_b);
+            write_alpha_a_t(l, a, ta);
+            write_alpha_b_t(l, b, tb);
         }
         Ok(())
     }
-}
-
-/// Overwrites the f32 tensor in `slot` through `fill`, in place when no one else holds it
-/// (the usual case: the previous run has dropped its clones), else into a fresh tensor.
-/// Returns whether a fresh tensor was allocated.
-fn write_slot(
-    slot: &mut TValue,
-    hole: &TValue,
-    shape: &[usize],
-    fill: impl FnOnce(&mut [f32]),
-) -> Result<bool> {
-    let mut arc = std::mem::replace(slot, hole.clone()).into_arc_tensor();
-    let fresh = Arc::get_mut(&mut arc).is_none();
-    if fresh {
-        let n = shape.iter().product::<usize>();
-        arc = Arc::new(
-            Tensor::from_shape(shape, &vec![0f32; n])
-                .map_err(|e| Error::Engine(format!("coefficient tensor {shape:?}: {e}")))?,
-        );
-    }
-    let t =
-        Arc::get_mut(&mut arc).ok_or_else(|| Error::Internal("fresh tensor is shared".into()))?;
-    let internal =
-        |e: tract_onnx::prelude::TractError| Error::Internal(format!("coefficient tensor: {e}"));
-    let mut view = t.try_as_plain_ram_mut().map_err(internal)?;
-    fill(view.as_slice_mut::<f32>().map_err(internal)?);
-    *slot = TValue::from_const(arc);
-    Ok(fresh)
 }
 
 impl HiddenStateBackend for TractBackend {

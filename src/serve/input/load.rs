@@ -104,8 +104,9 @@ pub fn load_tensors(path: &Path, inputs: &[InputSpec]) -> Result<Batch> {
 }
 
 /// Orders `given` by the model's inputs, checks types and shapes, and fills missing token
-/// masks and types.
-fn assemble(path: &Path, mut given: Vec<InputTensor>, inputs: &[InputSpec]) -> Result<Batch> {
+/// masks and types. `path` names the source in errors (a file, or e.g. `<C API input>` for
+/// tensors handed over in memory).
+pub fn assemble(path: &Path, mut given: Vec<InputTensor>, inputs: &[InputSpec]) -> Result<Batch> {
     let ids_shape = given
         .iter()
         .find(|t| t.name == "input_ids")

@@ -15,7 +15,7 @@ pub mod tensor;
 pub mod text;
 
 pub use crate::task::head::{Prediction, apply_head, softmax};
-pub use load::{load_tensors, read_safetensors};
+pub use load::{assemble, load_tensors, read_safetensors};
 pub use npy::{parse_npy, read_npy};
 pub use pooling::{Pooling, pool};
 pub use tensor::{
