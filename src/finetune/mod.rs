@@ -667,13 +667,8 @@ impl<M: ForwardModel> Finetuner<M> {
             dim,
             theta,
             head,
-            adam_theta,
-            adam_head,
-            sched,
             step,
             forward_passes,
-            window_sum,
-            window_n,
             buf,
             feats,
             grad_theta,
@@ -747,31 +742,15 @@ impl<M: ForwardModel> Finetuner<M> {
             rms =
                 zo::spsa_estimate(theta, &settings, spsa, &mut loss_at, grad_theta)?.rms_projection;
         }
-        let lr = sched.lr(*step);
-        if !cfg.zero_shot {
-            adam_theta.update(theta, grad_theta, lr, cfg.weight_decay);
-        }
-        if let Some(h) = head.as_mut() {
-            // The head follows the same schedule, scaled to its own peak rate; its bias is not decayed.
-            let nw = h.classes() * h.dim();
-            adam_head.update_split(
-                h.params_mut(),
-                grad_head,
-                lr * cfg.head_lr / cfg.lr,
-                cfg.weight_decay,
-                nw,
-            );
-        }
-        *step += 1;
-        *window_sum += loss;
-        *window_n += 1;
+        let passes = *forward_passes - passes0;
+        let lr = self.apply_gradients(loss);
         Ok(StepStats {
-            step: *step,
+            step: self.step,
             loss,
             accuracy,
             lr,
             rms_projection: rms,
-            forward_passes: *forward_passes - passes0,
+            forward_passes: passes,
         })
     }
 
@@ -797,13 +776,8 @@ impl<M: ForwardModel> Finetuner<M> {
             blocks,
             theta,
             head,
-            adam_theta,
-            adam_head,
-            sched,
             step,
             forward_passes,
-            window_sum,
-            window_n,
             buf,
             grad_theta,
             grad_head,
@@ -877,27 +851,41 @@ impl<M: ForwardModel> Finetuner<M> {
                 }
             }
         }
-        let lr = sched.lr(*step);
-        adam_theta.update(theta, grad_theta, lr, cfg.weight_decay);
-        let nw = classes * dim;
-        adam_head.update_split(
-            h.params_mut(),
-            grad_head,
-            lr * cfg.head_lr / cfg.lr,
-            cfg.weight_decay,
-            nw,
-        );
-        *step += 1;
-        *window_sum += hl.loss;
-        *window_n += 1;
+        let lr = self.apply_gradients(hl.loss);
         Ok(StepStats {
-            step: *step,
+            step: self.step,
             loss: hl.loss,
             accuracy: Some(hl.correct as f64 / n as f64),
             lr,
             rms_projection: 0.0,
             forward_passes: 1,
         })
+    }
+
+    /// One AdamW update from `grad_theta` (unless zero-shot) and `grad_head` at the scheduled
+    /// rate; the head follows the same schedule scaled to its own peak rate, its bias not
+    /// decayed. Advances the step and the loss window; returns the coefficients' rate.
+    fn apply_gradients(&mut self, loss: f64) -> f64 {
+        let cfg = &self.cfg;
+        let lr = self.sched.lr(self.step);
+        if !cfg.zero_shot {
+            self.adam_theta
+                .update(&mut self.theta, &self.grad_theta, lr, cfg.weight_decay);
+        }
+        if let Some(h) = self.head.as_mut() {
+            let nw = h.classes() * h.dim();
+            self.adam_head.update_split(
+                h.params_mut(),
+                &self.grad_head,
+                lr * cfg.head_lr / cfg.lr,
+                cfg.weight_decay,
+                nw,
+            );
+        }
+        self.step += 1;
+        self.window_sum += loss;
+        self.window_n += 1;
+        lr
     }
 
     /// Positions of the next training batch: consecutive slices of a per-epoch permutation
