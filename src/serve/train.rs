@@ -51,7 +51,8 @@ impl Weights {
         }
     }
 
-    /// (name, element type, shape) of each weight, for building a session.
+    /// (name, shape) of each f32 weight, for building a tract plan.
+    #[cfg_attr(not(feature = "tract"), allow(dead_code))]
     fn specs(&self) -> Vec<(String, Vec<usize>)> {
         match self {
             #[cfg(feature = "tract")]
@@ -81,18 +82,19 @@ enum Session {
 
 impl Session {
     /// Prepares `model` for inputs shaped like `like` (names, element types and shapes)
-    /// followed by `weights`.
+    /// followed by `weights` (ONNX Runtime takes the weights at run time only).
+    #[cfg_attr(not(feature = "tract"), allow(unused_variables))]
     fn new(
         model: &ModelProto,
         like: &[InputTensor],
         weights: &Weights,
         backend: Backend,
     ) -> Result<Session> {
-        let weight_specs = weights.specs();
         match backend {
             #[cfg(feature = "tract")]
             Backend::Tract => {
                 use tract_onnx::prelude::DatumType;
+                let weight_specs = weights.specs();
                 let mut facts: Vec<(&str, DatumType, &[usize])> = like
                     .iter()
                     .map(|t| {
