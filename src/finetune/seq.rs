@@ -86,11 +86,6 @@ impl<B: HiddenStateBackend> SequenceModel<B> {
         &mut self.backend
     }
 
-    /// The exact-gradient engine, when the model has one.
-    pub fn exact_gradients(&self) -> Option<&ExactGradient> {
-        self.exact.as_ref()
-    }
-
     /// Gives the model exact gradients ([`ForwardModel::loss_grad`]) through training graphs
     /// on the engine; batches are padded the same way as for [`ForwardModel::features`].
     pub fn with_exact_gradients(mut self, exact: ExactGradient) -> Result<Self> {

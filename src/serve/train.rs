@@ -265,11 +265,6 @@ impl ExactGradient {
         self.analysis.differentiated_nodes()
     }
 
-    /// Training graphs built so far (one per batch size and sequence length).
-    pub fn graphs_built(&self) -> usize {
-        self.prepared.len()
-    }
-
     /// The training graph for `shape` (built on first use). Its large weights are graph
     /// inputs ([`TrainingGraph::weight_inputs`]); [`ExactGradient::standalone_model`] puts
     /// them back.

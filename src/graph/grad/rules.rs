@@ -44,11 +44,6 @@ pub fn diff_inputs(op: &str) -> Option<DiffInputs> {
     })
 }
 
-/// Whether the gradient builder has a rule for `op` (ops in [`DiffInputs::Never`] need none).
-pub fn has_rule(op: &str) -> bool {
-    diff_inputs(op).is_some()
-}
-
 /// Constant tensors of the model (initializers and `Constant` nodes), by value name.
 pub struct Consts<'a> {
     /// Value name -> (dims, ONNX element type, the tensor).
