@@ -153,10 +153,14 @@ fn leave_one_out_on(engine: Backend, tag: &str, grad: GradMode) {
     assert_eq!(
         methods,
         [
+            Method::HeadOnly,
             Method::OwnLora,
             Method::Projected,
             Method::MeanOnly,
-            Method::RandomProjected
+            Method::RandomProjected,
+            Method::ProjectedRefit,
+            Method::MeanOnlyRefit,
+            Method::RandomProjectedRefit,
         ]
     );
     assert!((0.0..=1.0).contains(&r.captured) && (0.0..=1.0).contains(&r.random_captured));
@@ -186,6 +190,40 @@ fn leave_one_out_on(engine: Backend, tag: &str, grad: GradMode) {
         assert!(r.reference_ce <= lora);
     }
     assert_eq!(loo::gap_recovered(1.0, 0.5, 0.75), Some(0.5));
+
+    // Head refit rows: the reference is the head-only recipe on the training examples over
+    // the base model, which is the few-shot head-only row of the same size (another bundle at
+    // zero coefficients computes the same features), and refit rows start their gap from it.
+    let refit_base = r.row(Method::HeadOnly).expect("refit reference");
+    assert_eq!(refit_base.train_examples, 48);
+    assert!(
+        (refit_base.test.cross_entropy - last.head_only.test.cross_entropy).abs() < 1e-6,
+        "{} vs {}",
+        refit_base.test.cross_entropy,
+        last.head_only.test.cross_entropy
+    );
+    let refit = r.row(Method::ProjectedRefit).expect("refit row");
+    if let Some(g) = r.zero_shot_gap(Method::ProjectedRefit) {
+        let from = refit_base.test.cross_entropy;
+        assert!((g - (from - refit.test.cross_entropy) / (from - lora)).abs() < 1e-12);
+    } else {
+        assert!(refit_base.test.cross_entropy <= lora);
+    }
+    // A refit costs one pass per training and validation example; the test features are
+    // the ones the row with the adapter's own head computed.
+    for m in [
+        Method::ProjectedRefit,
+        Method::MeanOnlyRefit,
+        Method::RandomProjectedRefit,
+    ] {
+        assert_eq!(r.row(m).expect("row").engine_examples, 48 + 16, "{m:?}");
+    }
+    // The refit head is trained, not the adapter's own one: it differs from it.
+    assert!(
+        (refit.test.cross_entropy - projected).abs() > 1e-6,
+        "refit CE {} equals the own head's {projected}",
+        refit.test.cross_entropy
+    );
     assert_eq!(loo::gap_recovered(0.5, 0.5, 0.4), None);
 
     // Head only: one engine pass per training/validation example of the first size, then
@@ -208,6 +246,7 @@ fn leave_one_out_on(engine: Backend, tag: &str, grad: GradMode) {
     for (m, file) in [
         (Method::HeadOnly, "head-only-n48.elxc"),
         (Method::Projected, "projected.elxc"),
+        (Method::ProjectedRefit, "projected-refit.elxc"),
         (Method::Finetuned, "finetuned-n48.elxc"),
     ] {
         let (ce, acc) = served(&rt, &out.join(file), &tasks[5].test, cfg.test_examples);
@@ -239,6 +278,13 @@ fn leave_one_out_on(engine: Backend, tag: &str, grad: GradMode) {
         cfg.test_examples,
     );
     assert!((ce - row(Method::RandomProjected).test.cross_entropy).abs() < 1e-5);
+    let (ce, _) = served(
+        &rt,
+        &out.join("random-projected-refit.elxc"),
+        &tasks[5].test,
+        cfg.test_examples,
+    );
+    assert!((ce - row(Method::RandomProjectedRefit).test.cross_entropy).abs() < 1e-5);
     let mean = eigenlorax::bundle::Bundle::read(&out.join("mean-only.elxb")).expect("bundle");
     assert!(
         mean.subspace
@@ -254,11 +300,92 @@ fn leave_one_out_on(engine: Backend, tag: &str, grad: GradMode) {
         cfg.test_examples,
     );
     assert!((ce - row(Method::MeanOnly).test.cross_entropy).abs() < 1e-5);
+    let (ce, _) = served(
+        &rt_mean,
+        &out.join("mean-only-refit.elxc"),
+        &tasks[5].test,
+        cfg.test_examples,
+    );
+    assert!((ce - row(Method::MeanOnlyRefit).test.cross_entropy).abs() < 1e-5);
     // The coefficient rows carry r·(K_A + K_B) numbers per module and a head.
     let head_params = row(Method::HeadOnly).trainable;
     assert_eq!(
         row(Method::Finetuned).trainable,
         2 * (r.k_a + r.k_b) + head_params
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// In-sample serving: every fixture task from one bundle of all six adapters. Near energy 1
+/// the bundle holds every adapter, so each task served from it is its own LoRA (patched ==
+/// exact, task by task, which also checks that the tasks evaluated side by side come back
+/// in order); lower energies keep fewer directions and less of each ΔW.
+#[test]
+fn in_sample_serving_matches_each_lora_near_full_energy() {
+    let dir = std::env::temp_dir().join(format!("elx-eval-in-sample-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let tasks: Vec<TaskSpec> = (0..6)
+        .map(|i| {
+            let test = dir.join(format!("task{i}.test.jsonl"));
+            jsonl(i, "test", &test);
+            TaskSpec {
+                name: format!("task{i}"),
+                adapter: fixture(&format!("adapters/task{i}")),
+                head: fixture(&format!("adapters/task{i}/head.safetensors")),
+                train: test.clone(),
+                test,
+            }
+        })
+        .collect();
+    let cfg = LooConfig {
+        base: fixture("tiny-bert/model.onnx"),
+        tokenizer: None,
+        max_length: SEQ,
+        extract: ExtractOptions::default(),
+        train_examples: 1,
+        few_shot: vec![],
+        val_examples: 1,
+        test_examples: 64,
+        finetune: FinetuneConfig::default(),
+        head_steps: 1,
+        random_seed: 0,
+        out_dir: dir.join("out"),
+        train_engine: Backend::Tract,
+        finetune_head_lr: None,
+        warm_start_head: true,
+    };
+    let base = loo::Base::open(&cfg.base).expect("base");
+    let rows = loo::in_sample(&cfg, &base, &tasks, &[0.5, 0.999999], 64, &dir, &mut |_| {})
+        .expect("in-sample");
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].k_total < rows[1].k_total);
+    let lora_bytes: u64 = (0..6)
+        .map(|i| {
+            let a = eigenlorax::adapter::Adapter::open(&fixture(&format!("adapters/task{i}")))
+                .expect("adapter");
+            a.modules
+                .values()
+                .map(|m| (4 * m.rank * (m.in_features + m.out_features)) as u64)
+                .sum::<u64>()
+        })
+        .sum();
+    for row in &rows {
+        assert_eq!(row.lora_bytes, lora_bytes);
+        let names: Vec<&str> = row.tasks.iter().map(|t| t.task.as_str()).collect();
+        assert_eq!(names, ["task0", "task1", "task2", "task3", "task4", "task5"]);
+    }
+    let ces: Vec<f64> = rows[1].tasks.iter().map(|t| t.lora.cross_entropy).collect();
+    assert!(ces.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3), "{ces:?}");
+    for (low, full) in rows[0].tasks.iter().zip(&rows[1].tasks) {
+        assert!(full.captured > 0.999 && low.captured < full.captured, "{}", full.task);
+        assert!(
+            (full.served.cross_entropy - full.lora.cross_entropy).abs() < 1e-4,
+            "{}: served {} vs own LoRA {}",
+            full.task,
+            full.served.cross_entropy,
+            full.lora.cross_entropy
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -429,11 +429,10 @@ fn print_task(r: &TaskResult) {
             format!("{:.2}", m.swap_ms),
             pct(m.test.accuracy),
             format!("{:.4}", m.test.cross_entropy),
-            match m.method {
-                Method::Projected | Method::MeanOnly | Method::RandomProjected => {
-                    pct_gap(r.zero_shot_gap(m.method))
-                }
-                _ => "".into(),
+            if Method::ZERO_SHOT.contains(&m.method) {
+                pct_gap(r.zero_shot_gap(m.method))
+            } else {
+                "".into()
             },
         ]);
     }
@@ -478,10 +477,14 @@ fn print_summary(results: &[TaskResult]) {
     let mut t = Table::new(&["method", "accuracy", "test CE", "gap recovered"]);
     for method in [
         Method::HeadOnlyFull,
+        Method::HeadOnly,
         Method::OwnLora,
         Method::Projected,
         Method::MeanOnly,
         Method::RandomProjected,
+        Method::ProjectedRefit,
+        Method::MeanOnlyRefit,
+        Method::RandomProjectedRefit,
     ] {
         let rows: Vec<_> = results.iter().filter_map(|r| r.row(method)).collect();
         if rows.is_empty() {
@@ -499,23 +502,21 @@ fn print_summary(results: &[TaskResult]) {
                 "{:.4}",
                 rows.iter().map(|m| m.test.cross_entropy).sum::<f64>() / k
             ),
-            match method {
-                Method::Projected | Method::MeanOnly | Method::RandomProjected
-                    if !gaps.is_empty() =>
-                {
-                    format!(
-                        "{} ({} tasks)",
-                        pct_gap(Some(gaps.iter().sum::<f64>() / gaps.len() as f64)),
-                        gaps.len()
-                    )
-                }
-                _ => "".into(),
+            if Method::ZERO_SHOT.contains(&method) && !gaps.is_empty() {
+                format!(
+                    "{} ({} tasks)",
+                    pct_gap(Some(gaps.iter().sum::<f64>() / gaps.len() as f64)),
+                    gaps.len()
+                )
+            } else {
+                "".into()
             },
         ]);
     }
     print!("{}", t.render());
     println!(
-        "(gap recovered: share of the head-only → own-LoRA test-CE gap, head trained on the full training set)"
+        "(gap recovered: share of the head-only → own-LoRA test-CE gap; the head-only CE is the full-training-set\n\
+         head's for the rows with the adapter's own head, and the device-refit head's for the head-refit rows)"
     );
     println!(
         "\nfew-shot, trained on the device (mean over {} tasks):",

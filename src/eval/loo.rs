@@ -12,6 +12,16 @@
 //! | zero-shot: mean only | the adapter projected into the span of the others' mean direction | idem |
 //! | zero-shot: random basis | the adapter projected into a random basis of the same K | idem |
 //!
+//! The adapter's own head was trained for the full ΔW, so it fits a projection that keeps part
+//! of ΔW poorly. Each zero-shot row therefore also has a *head refit* twin: the same fixed
+//! coefficients under a head trained on the device on the training examples (the head-only
+//! recipe), next to the head alone trained the same way on the base model:
+//!
+//! | method | coefficients | head |
+//! |---|---|---|
+//! | head only, refit | none (the base model) | trained on the device on the training examples |
+//! | zero-shot + head refit: recycled, mean only, random basis | as above, fixed | idem, on the features under those coefficients |
+//!
 //! and, for each few-shot training-set size (16, 64, 150 examples in the demo):
 //!
 //! | method | coefficients | head |
@@ -38,11 +48,13 @@ use crate::bundle::{Bundle, CoeffFile, Head, Provenance, SourceAdapter, StorageD
 use crate::error::{Error, Result};
 use crate::finetune::cache::CachedFeatures;
 use crate::finetune::data::{Example, ReadOptions, Tokenize, read_jsonl_with};
+use crate::finetune::pinned::PinnedCoefficients;
 use crate::finetune::seq::SequenceModel;
 use crate::finetune::{FinetuneConfig, ForwardModel, Objective, Split, recipe};
 use crate::runtime::input::TextEncoder;
 use crate::runtime::{self, Backend, Engine, HiddenState, ModelProto};
 use crate::subspace::{self, ExtractOptions, KRule, Subspace};
+use crate::util::{Job, eval_threads, run_parallel};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -121,6 +133,13 @@ pub enum Method {
     MeanOnly,
     /// The adapter projected into a random orthonormal basis of the recycled K.
     RandomProjected,
+    /// The projected adapter of [`Method::Projected`] under a head refit on the device on the
+    /// training examples (the head-only recipe; the reference is [`Method::HeadOnly`]).
+    ProjectedRefit,
+    /// [`Method::MeanOnly`]'s coefficients under a refit head.
+    MeanOnlyRefit,
+    /// [`Method::RandomProjected`]'s coefficients under a refit head.
+    RandomProjectedRefit,
     /// Coefficients and head trained on the device in the recycled subspace.
     Finetuned,
     /// The same training in a random orthonormal basis of the same K (the control).
@@ -128,15 +147,37 @@ pub enum Method {
 }
 
 impl Method {
+    /// Whether this row's head was refit on the device over fixed zero-shot coefficients;
+    /// its gap starts from [`Method::HeadOnly`] (the same recipe on the base model).
+    pub fn is_refit(self) -> bool {
+        matches!(
+            self,
+            Method::ProjectedRefit | Method::MeanOnlyRefit | Method::RandomProjectedRefit
+        )
+    }
+
+    /// The zero-shot rows whose gap is reported: with the adapter's own head, then refit.
+    pub const ZERO_SHOT: [Method; 6] = [
+        Method::Projected,
+        Method::MeanOnly,
+        Method::RandomProjected,
+        Method::ProjectedRefit,
+        Method::MeanOnlyRefit,
+        Method::RandomProjectedRefit,
+    ];
+
     /// Short label for tables.
     pub fn label(self) -> &'static str {
         match self {
             Method::HeadOnlyFull => "head only (full training set)",
-            Method::HeadOnly => "head only (base model)",
+            Method::HeadOnly => "head only (trained on the device)",
             Method::OwnLora => "own LoRA (unmerged)",
             Method::Projected => "zero-shot: recycled subspace",
             Method::MeanOnly => "zero-shot: mean direction only",
             Method::RandomProjected => "zero-shot: random basis",
+            Method::ProjectedRefit => "zero-shot + head refit: recycled",
+            Method::MeanOnlyRefit => "zero-shot + head refit: mean only",
+            Method::RandomProjectedRefit => "zero-shot + head refit: random basis",
             Method::Finetuned => "finetuned in the recycled subspace",
             Method::RandomBasis => "finetuned in a random basis",
         }
@@ -200,7 +241,8 @@ pub struct TaskResult {
     /// The same inside the span of the others' mean direction.
     pub mean_only_captured: f64,
     /// The zero-shot rows and their references, in [`Method`] order: head only on the full
-    /// training set (when the workload has it), own LoRA, projected, mean only, random.
+    /// training set (when the workload has it), head only refit on the device, own LoRA,
+    /// projected, mean only, random, and the three again with a refit head.
     pub methods: Vec<MethodResult>,
     /// The device-trained rows, one entry per training-set size, ascending.
     pub few_shot: Vec<FewShot>,
@@ -220,13 +262,16 @@ impl TaskResult {
     }
 
     /// Share of the head-only → own-LoRA CE gap that `method` (a zero-shot row) recovers.
+    /// A refit row's gap starts from the head refit the same way on the base model
+    /// ([`Method::HeadOnly`]), the others' from [`TaskResult::reference_ce`].
     pub fn zero_shot_gap(&self, method: Method) -> Option<f64> {
         let lora = self.row(Method::OwnLora)?.test.cross_entropy;
-        gap_recovered(
-            self.reference_ce,
-            lora,
-            self.row(method)?.test.cross_entropy,
-        )
+        let from = if method.is_refit() {
+            self.row(Method::HeadOnly)?.test.cross_entropy
+        } else {
+            self.reference_ce
+        };
+        gap_recovered(from, lora, self.row(method)?.test.cross_entropy)
     }
 }
 
@@ -398,96 +443,125 @@ pub fn run_task(
     let pad = reader.pad();
     let label_names = head.labels.clone();
     let head_params = classes * (head.weight.ncols() + 1);
+    let refit_train = split(0, cfg.train_examples);
     let zero_shot = ZeroShot {
         cfg,
         examples: &examples,
         pad,
+        train: &refit_train,
+        val: &val,
         test: &test,
         head: &head,
+        classes,
         head_params,
     };
 
-    // Zero-shot rows: fixed coefficients, the adapter's own head.
-    let mut methods = Vec::new();
+    // Zero-shot rows: fixed coefficients, the adapter's own head, then a head refit on them;
+    // independent jobs, one engine each, run side by side.
+    let mut jobs: Vec<Job<'_, Vec<MethodResult>>> = Vec::new();
     // One engine for the own-LoRA bundle: the own LoRA, and the base model itself (zero
-    // coefficients) under the full-training-set head.
-    let own_engine = Engine::load(&cfg.base, &bundles.own, Backend::Tract)?;
-    let own_params = layout_params(&own_engine.layout(), &own_coeffs.coefficients)?;
-    let mut own_row = zero_shot.row(
-        Method::OwnLora,
-        &bundles.own,
-        &own_params,
-        Some(&own_engine),
-    )?;
-    own_row.trainable = cap.lora_params + head_params;
-    own_row.file_bytes =
-        file_len(&spec.adapter.join("adapter_model.safetensors")) + file_len(&spec.head);
-    own_row.swap_ms = timed(|| {
-        let a = Adapter::open(&spec.adapter)?;
-        for name in a.modules.keys() {
-            a.load_module(name)?;
-        }
-        Head::read(&spec.head).map(|_| ())
-    })?;
-    methods.push(own_row);
-    let head_only_full = spec.head.with_file_name("head_only.safetensors");
-    if head_only_full.is_file() {
-        let full = Head::read(&head_only_full)?;
-        let zs = ZeroShot {
-            head: &full,
-            ..zero_shot
-        };
-        let zeros = vec![0.0; own_params.len()];
-        let mut row = zs.row(
-            Method::HeadOnlyFull,
-            &bundles.own,
-            &zeros,
-            Some(&own_engine),
+    // coefficients) under the full-training-set head and under a head refit on the device.
+    jobs.push(Box::new(|| {
+        let own_engine = Engine::load(&cfg.base, &bundles.own, Backend::Tract)?;
+        let own_params = layout_params(&own_engine.layout(), &own_coeffs.coefficients)?;
+        let mut own_row = zero_shot.row(
+            Method::OwnLora,
+            &mut zero_shot.model(&own_engine, &own_params)?,
         )?;
-        row.file_bytes = file_len(&head_only_full);
-        row.swap_ms = timed(|| Head::read(&head_only_full).map(|_| ()))?;
-        methods.push(row);
-    }
-    for (method, bundle, coeffs, file_name) in [
+        own_row.trainable = cap.lora_params + head_params;
+        own_row.file_bytes =
+            file_len(&spec.adapter.join("adapter_model.safetensors")) + file_len(&spec.head);
+        own_row.swap_ms = timed(|| {
+            let a = Adapter::open(&spec.adapter)?;
+            for name in a.modules.keys() {
+                a.load_module(name)?;
+            }
+            Head::read(&spec.head).map(|_| ())
+        })?;
+        let mut rows = vec![own_row];
+        let mut base_model = zero_shot.model(&own_engine, &vec![0.0; own_params.len()])?;
+        let head_only_full = spec.head.with_file_name("head_only.safetensors");
+        if head_only_full.is_file() {
+            let full = Head::read(&head_only_full)?;
+            let zs = ZeroShot {
+                head: &full,
+                ..zero_shot
+            };
+            let mut row = zs.row(Method::HeadOnlyFull, &mut base_model)?;
+            row.file_bytes = file_len(&head_only_full);
+            row.swap_ms = timed(|| Head::read(&head_only_full).map(|_| ()))?;
+            rows.push(row);
+        }
+        rows.push(zero_shot.refit(Method::HeadOnly, base_model)?.0);
+        Ok(rows)
+    }));
+    for (method, refit, bundle, coeffs, file_name) in [
         (
             Method::Projected,
+            Method::ProjectedRefit,
             Some(&bundles.recycled),
             Some(&cap),
-            "projected.elxc",
+            "projected",
         ),
         (
             Method::MeanOnly,
+            Method::MeanOnlyRefit,
             bundles.mean_only.as_ref(),
             mean_cap.as_ref(),
-            "mean-only.elxc",
+            "mean-only",
         ),
         (
             Method::RandomProjected,
+            Method::RandomProjectedRefit,
             Some(&bundles.random),
             Some(&random_cap),
-            "random-projected.elxc",
+            "random-projected",
         ),
     ] {
         let (Some(bundle), Some(c)) = (bundle, coeffs) else {
             continue;
         };
-        let rt = Engine::load(&cfg.base, bundle, Backend::Tract)?;
-        let params = layout_params(&rt.layout(), &c.coefficients)?;
-        let file = CoeffFile {
-            subspace_id: bundle.manifest.subspace_id.clone(),
-            task: spec.name.clone(),
-            provenance: Provenance::Projected,
-            modules: c.coefficients.clone(),
-            head: Some(head.clone()),
-        };
-        let path = dir.join(file_name);
-        file.write(&path)?;
-        let mut row = zero_shot.row(method, bundle, &params, Some(&rt))?;
-        row.trainable = c.coeff_params + head_params;
-        row.file_bytes = file_len(&path);
-        row.swap_ms = timed(|| rt.load_task(&path).map(|_| ()))?;
-        methods.push(row);
+        let (zero_shot, head, dir) = (&zero_shot, &head, &dir);
+        jobs.push(Box::new(move || {
+            let rt = Engine::load(&cfg.base, bundle, Backend::Tract)?;
+            let params = layout_params(&rt.layout(), &c.coefficients)?;
+            let mut model = zero_shot.model(&rt, &params)?;
+            let own_head_row = zero_shot.row(method, &mut model)?;
+            let (refit_row, refit_head) = zero_shot.refit(refit, model)?;
+            // The same coefficients in two files: under the adapter's own head, and refit.
+            let mut rows = Vec::new();
+            for (mut row, head, path) in [
+                (
+                    own_head_row,
+                    head.clone(),
+                    dir.join(format!("{file_name}.elxc")),
+                ),
+                (
+                    refit_row,
+                    refit_head,
+                    dir.join(format!("{file_name}-refit.elxc")),
+                ),
+            ] {
+                let file = CoeffFile {
+                    subspace_id: bundle.manifest.subspace_id.clone(),
+                    task: spec.name.clone(),
+                    provenance: Provenance::Projected,
+                    modules: c.coefficients.clone(),
+                    head: Some(head),
+                };
+                file.write(&path)?;
+                row.trainable = c.coeff_params + head_params;
+                row.file_bytes = file_len(&path);
+                row.swap_ms = timed(|| rt.load_task(&path).map(|_| ()))?;
+                rows.push(row);
+            }
+            Ok(rows)
+        }));
     }
+    let mut methods: Vec<MethodResult> = run_parallel(jobs, eval_threads())?
+        .into_iter()
+        .flatten()
+        .collect();
     methods.sort_by_key(|m| m.method as usize);
     log(&format!("{}: zero-shot rows evaluated", spec.name));
 
@@ -534,7 +608,7 @@ pub fn run_task(
             engine_examples: head_engine,
             train_seconds: head_seconds,
         };
-        let job = Job {
+        let job = Training {
             cfg,
             examples: &examples,
             pad,
@@ -636,38 +710,37 @@ fn mean_direction_subspace(
     Ok((!s.modules.is_empty()).then_some(s))
 }
 
-/// What the zero-shot rows share: fixed coefficients evaluated on the test split.
+/// The base model pinned at fixed coefficients, its features cached.
+type Pinned = PinnedCoefficients<Model>;
+
+/// What the zero-shot rows share: fixed coefficients evaluated on the test split, under the
+/// given head or under a head refit on the training split.
 #[derive(Clone, Copy)]
 struct ZeroShot<'a> {
     cfg: &'a LooConfig,
     examples: &'a [Example],
     pad: i64,
+    train: &'a Split,
+    val: &'a Split,
     test: &'a Split,
     head: &'a Head,
+    classes: usize,
     head_params: usize,
 }
 
 impl ZeroShot<'_> {
-    /// Test metrics of `head` over coefficients `params` in `bundle` (a fresh runtime unless
-    /// one is given); size and swap fields are left for the caller.
-    fn row(
-        &self,
-        method: Method,
-        bundle: &Bundle,
-        params: &[f32],
-        rt: Option<&Engine>,
-    ) -> Result<MethodResult> {
-        let rt = match rt {
-            Some(rt) => rt.clone(),
-            None => Engine::load(&self.cfg.base, bundle, Backend::Tract)?,
-        };
-        let mut model = sequence_model(&rt, self.examples.to_vec(), self.pad, self.cfg.max_length)?;
-        let (feats, d) = features(
-            &mut model,
-            &self.test.ids,
-            params,
-            self.cfg.finetune.eval_batch,
-        )?;
+    /// The model of `rt` pinned at `params` (its layout).
+    fn model(&self, rt: &Engine, params: &[f32]) -> Result<Pinned> {
+        PinnedCoefficients::new(
+            sequence_model(rt, self.examples.to_vec(), self.pad, self.cfg.max_length)?,
+            params.to_vec(),
+        )
+    }
+
+    /// Test metrics of the head under `model`'s coefficients; size and swap fields are left
+    /// for the caller.
+    fn row(&self, method: Method, model: &mut Pinned) -> Result<MethodResult> {
+        let (feats, d) = features(model, &self.test.ids, &[], self.cfg.finetune.eval_batch)?;
         Ok(MethodResult {
             method,
             train_examples: 0,
@@ -679,10 +752,47 @@ impl ZeroShot<'_> {
             train_seconds: 0.0,
         })
     }
+
+    /// A head fitted on the training split under `model`'s coefficients (the head-only
+    /// recipe, early-stopped on validation), evaluated on the test split, and the head; size
+    /// and swap fields are left for the caller.
+    fn refit(&self, method: Method, model: Pinned) -> Result<(MethodResult, Head)> {
+        let (mut model, t0) = (model, Instant::now());
+        let misses0 = model.inner().hits_misses().1;
+        let mut ft = recipe::fit_head_only(
+            model,
+            &self.cfg.finetune,
+            self.cfg.head_steps,
+            self.cfg.finetune.head_lr,
+            Objective::Classify {
+                classes: self.classes,
+            },
+            self.train.clone(),
+            Some(self.val.clone()),
+        )?;
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let eval = ft.evaluate(self.test)?;
+        let head = ft
+            .to_coeff_file("", "", &self.head.labels)?
+            .head
+            .ok_or_else(|| Error::Usage("a classifier without a head".into()))?;
+        model = ft.into_model();
+        let row = MethodResult {
+            method,
+            train_examples: self.train.ids.len(),
+            trainable: self.head_params,
+            file_bytes: 0,
+            swap_ms: 0.0,
+            test: eval_metrics(&eval)?,
+            engine_examples: model.inner().hits_misses().1 - misses0,
+            train_seconds,
+        };
+        Ok((row, head))
+    }
 }
 
 /// What the two coefficient trainings share.
-struct Job<'a> {
+struct Training<'a> {
     cfg: &'a LooConfig,
     examples: &'a [Example],
     pad: i64,
@@ -693,7 +803,7 @@ struct Job<'a> {
     probe: &'a [f64],
 }
 
-impl Job<'_> {
+impl Training<'_> {
     /// Training of coefficients + head on the configured engine for `bundle`, the head
     /// starting from the head-only solution (LP-FT) or from zero (`warm_start_head`),
     /// evaluated on the test split and saved to `path`; `rt` (tract, the same bundle) serves
@@ -817,8 +927,8 @@ fn sequence_model(
 }
 
 /// Pooled features [n x d] of `ids` under fixed coefficient values.
-fn features(
-    model: &mut Model,
+fn features<M: ForwardModel>(
+    model: &mut M,
     ids: &[usize],
     params: &[f32],
     batch: usize,
@@ -991,18 +1101,38 @@ pub fn in_sample(
             base,
         )?;
         let rt = Engine::load(&cfg.base, &bundle, Backend::Tract)?;
-        let mut model = sequence_model(&rt, examples.clone(), pad, cfg.max_length)?;
+        // The tasks in contiguous chunks, one thread and one model each.
+        let tasks_per_job = per_task.len().div_ceil(eval_threads()).max(1);
+        let jobs: Vec<Job<'_, Vec<(Metrics, f64, usize)>>> = adapters
+            .chunks(tasks_per_job)
+            .zip(per_task.chunks(tasks_per_job))
+            .map(|(adapters, per_task)| {
+                let (rt, examples, space) = (&rt, &examples, &space);
+                Box::new(move || {
+                    let mut model = sequence_model(rt, examples.clone(), pad, cfg.max_length)?;
+                    let mut out = Vec::new();
+                    for (a, (range, labels, head)) in adapters.iter().zip(per_task) {
+                        let cap = capture(a, space, space)?;
+                        let params = layout_params(model.layout(), &cap.coefficients)?;
+                        let ids: Vec<usize> = range.clone().collect();
+                        let (feats, d) =
+                            features(&mut model, &ids, &params, cfg.finetune.eval_batch)?;
+                        let served = head_metrics(head, &feats, d, labels)?;
+                        out.push((served, cap.captured, cap.coeff_params));
+                    }
+                    Ok(out)
+                }) as Job<'_, _>
+            })
+            .collect();
         let mut served = Vec::new();
         let mut captured = Vec::new();
         let mut coeff_bytes = 0u64;
-        for (a, (range, labels, head)) in adapters.iter().zip(&per_task) {
-            let cap = capture(a, &space, &space)?;
-            coeff_bytes += 4 * cap.coeff_params as u64;
-            let params = layout_params(model.layout(), &cap.coefficients)?;
-            let ids: Vec<usize> = range.clone().collect();
-            let (feats, d) = features(&mut model, &ids, &params, cfg.finetune.eval_batch)?;
-            served.push(head_metrics(head, &feats, d, labels)?);
-            captured.push(cap.captured);
+        for (metrics, cap, coeff_params) in
+            run_parallel(jobs, eval_threads())?.into_iter().flatten()
+        {
+            served.push(metrics);
+            captured.push(cap);
+            coeff_bytes += 4 * coeff_params as u64;
         }
         let k_total = space
             .modules

@@ -28,6 +28,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod data;
 pub mod head;
+pub mod pinned;
 pub mod pool;
 pub mod recipe;
 pub mod schedule;
