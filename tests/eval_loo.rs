@@ -373,12 +373,22 @@ fn in_sample_serving_matches_each_lora_near_full_energy() {
     for row in &rows {
         assert_eq!(row.lora_bytes, lora_bytes);
         let names: Vec<&str> = row.tasks.iter().map(|t| t.task.as_str()).collect();
-        assert_eq!(names, ["task0", "task1", "task2", "task3", "task4", "task5"]);
+        assert_eq!(
+            names,
+            ["task0", "task1", "task2", "task3", "task4", "task5"]
+        );
     }
     let ces: Vec<f64> = rows[1].tasks.iter().map(|t| t.lora.cross_entropy).collect();
-    assert!(ces.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3), "{ces:?}");
+    assert!(
+        ces.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3),
+        "{ces:?}"
+    );
     for (low, full) in rows[0].tasks.iter().zip(&rows[1].tasks) {
-        assert!(full.captured > 0.999 && low.captured < full.captured, "{}", full.task);
+        assert!(
+            full.captured > 0.999 && low.captured < full.captured,
+            "{}",
+            full.task
+        );
         assert!(
             (full.served.cross_entropy - full.lora.cross_entropy).abs() < 1e-4,
             "{}: served {} vs own LoRA {}",

@@ -306,13 +306,26 @@ impl Runtime {
                 &held
             }
         };
-        let mut set = self
-            .single_pool
+        self.run_pooled(plan, &self.single_pool, inputs, std::iter::once(Ok(task)))
+    }
+
+    /// Runs `plan` on the base inputs and the coefficients of `rows` (one task per row),
+    /// stacked into a set of coefficient tensors taken from `pool` (allocated once per batch
+    /// size; a set is owned by one run at a time) and given back after the run.
+    fn run_pooled<T: std::ops::Deref<Target = TaskData>>(
+        &self,
+        plan: &Plan,
+        pool: &TensorPool,
+        inputs: &[TValue],
+        rows: impl ExactSizeIterator<Item = Result<T>>,
+    ) -> Result<TVec<TValue>> {
+        let b = rows.len();
+        let mut set = pool
             .lock()
             .map_err(|_| Error::Internal("coefficient pool lock poisoned".into()))?
             .pop()
-            .map_or_else(|| self.stack_set(1), Ok)?;
-        let filled = fill_rows(&mut set, std::iter::once(Ok(task)), &self.coeff_inputs);
+            .map_or_else(|| self.stack_set(b), Ok)?;
+        let filled = fill_rows(&mut set, rows, &self.coeff_inputs);
         let result = filled.and_then(|()| {
             let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
             for s in &plan.order {
@@ -325,7 +338,7 @@ impl Runtime {
             run_plan(plan, v)
         });
         // The plan has dropped its references: the set goes back for the next run.
-        if let Ok(mut pool) = self.single_pool.lock() {
+        if let Ok(mut pool) = pool.lock() {
             pool.push(set);
         }
         result
@@ -386,33 +399,8 @@ impl Runtime {
             }
         }
         let mixed = self.mixed_plan(b)?;
-        // Stack the rows' coefficients into a set of [B, K, r] tensors from the pool of this
-        // batch size (allocated once; a set is owned by one run at a time).
-        let mut set = mixed
-            .pool
-            .lock()
-            .map_err(|_| Error::Internal("coefficient pool lock poisoned".into()))?
-            .pop()
-            .map_or_else(|| self.stack_set(b), Ok)?;
         let rows = tasks.iter().map(|&id| self.store.get(id));
-        let filled = fill_rows(&mut set, rows, &self.coeff_inputs);
-        let result = filled.and_then(|()| {
-            let plan = &mixed.plan;
-            let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
-            for s in &plan.order {
-                let x = match *s {
-                    Slot::Base(i) => inputs.get(i).cloned(),
-                    Slot::Coeff(j) => set.get(j).map(|t| TValue::from_const(Arc::clone(t))),
-                };
-                v.push(x.ok_or_else(|| Error::Internal("plan input out of range".into()))?);
-            }
-            run_plan(plan, v)
-        });
-        // The plan has dropped its references: the set goes back for the next run.
-        if let Ok(mut pool) = mixed.pool.lock() {
-            pool.push(set);
-        }
-        result
+        self.run_pooled(&mixed.plan, &mixed.pool, inputs, rows)
     }
 
     /// A fresh set of stacked coefficient tensors for mixed batches of `b` rows.
