@@ -70,6 +70,61 @@ fn served(rt: &Runtime, elxc: &Path, test: &Path, n_test: usize) -> (f64, f64) {
     (m.cross_entropy, m.accuracy)
 }
 
+/// The six fixture tasks with their data written as JSONL under `dir`.
+fn fixture_tasks(dir: &Path) -> Vec<TaskSpec> {
+    (0..6)
+        .map(|i| {
+            let (train, test) = (
+                dir.join(format!("task{i}.train.jsonl")),
+                dir.join(format!("task{i}.test.jsonl")),
+            );
+            jsonl(i, "train", &train);
+            jsonl(i, "test", &test);
+            TaskSpec {
+                name: format!("task{i}"),
+                adapter: fixture(&format!("adapters/task{i}")),
+                head: fixture(&format!("adapters/task{i}/head.safetensors")),
+                train,
+                test,
+            }
+        })
+        .collect()
+}
+
+/// The leave-one-out settings of these tests (small: 20 training steps, 40 head steps).
+fn config(dir: &Path, engine: Backend, grad: GradMode) -> LooConfig {
+    LooConfig {
+        base: fixture("tiny-bert/model.onnx"),
+        tokenizer: None,
+        max_length: SEQ,
+        extract: ExtractOptions {
+            k_rule_a: KRule::Energy(0.9),
+            k_rule_b: KRule::Energy(0.9),
+            ..Default::default()
+        },
+        train_examples: 48,
+        few_shot: vec![48, 16],
+        val_examples: 16,
+        test_examples: 96,
+        finetune: FinetuneConfig {
+            rank: 2,
+            max_steps: 20,
+            directions: 2,
+            batch_size: 16,
+            eval_every: 10,
+            grad,
+            ..FinetuneConfig::default()
+        },
+        head_steps: 40,
+        random_seed: 3,
+        out_dir: dir.join("out"),
+        train_engine: engine,
+        finetune_head_lr: Some(1e-3),
+        warm_start_head: true,
+        start_competes: true,
+    }
+}
+
 /// The trained rows with exact gradients (the default): training runs the training graph,
 /// not the forward passes counted here.
 #[test]
@@ -100,52 +155,8 @@ fn leave_one_out_on(engine: Backend, tag: &str, grad: GradMode) {
     let dir = std::env::temp_dir().join(format!("elx-eval-loo-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let tasks: Vec<TaskSpec> = (0..6)
-        .map(|i| {
-            let (train, test) = (
-                dir.join(format!("task{i}.train.jsonl")),
-                dir.join(format!("task{i}.test.jsonl")),
-            );
-            jsonl(i, "train", &train);
-            jsonl(i, "test", &test);
-            TaskSpec {
-                name: format!("task{i}"),
-                adapter: fixture(&format!("adapters/task{i}")),
-                head: fixture(&format!("adapters/task{i}/head.safetensors")),
-                train,
-                test,
-            }
-        })
-        .collect();
-    let cfg = LooConfig {
-        base: fixture("tiny-bert/model.onnx"),
-        tokenizer: None,
-        max_length: SEQ,
-        extract: ExtractOptions {
-            k_rule_a: KRule::Energy(0.9),
-            k_rule_b: KRule::Energy(0.9),
-            ..Default::default()
-        },
-        train_examples: 48,
-        few_shot: vec![48, 16],
-        val_examples: 16,
-        test_examples: 96,
-        finetune: FinetuneConfig {
-            rank: 2,
-            max_steps: 20,
-            directions: 2,
-            batch_size: 16,
-            eval_every: 10,
-            grad,
-            ..FinetuneConfig::default()
-        },
-        head_steps: 40,
-        random_seed: 3,
-        out_dir: dir.join("out"),
-        train_engine: engine,
-        finetune_head_lr: Some(1e-3),
-        warm_start_head: true,
-    };
+    let tasks = fixture_tasks(&dir);
+    let cfg = config(&dir, engine, grad);
     let base = loo::Base::open(&cfg.base).expect("base");
     let r = loo::run_task(&cfg, &base, &tasks, 5, &mut |_| {}).expect("leave-one-out");
     let methods: Vec<Method> = r.methods.iter().map(|m| m.method).collect();
@@ -325,36 +336,8 @@ fn in_sample_serving_matches_each_lora_near_full_energy() {
     let dir = std::env::temp_dir().join(format!("elx-eval-in-sample-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let tasks: Vec<TaskSpec> = (0..6)
-        .map(|i| {
-            let test = dir.join(format!("task{i}.test.jsonl"));
-            jsonl(i, "test", &test);
-            TaskSpec {
-                name: format!("task{i}"),
-                adapter: fixture(&format!("adapters/task{i}")),
-                head: fixture(&format!("adapters/task{i}/head.safetensors")),
-                train: test.clone(),
-                test,
-            }
-        })
-        .collect();
-    let cfg = LooConfig {
-        base: fixture("tiny-bert/model.onnx"),
-        tokenizer: None,
-        max_length: SEQ,
-        extract: ExtractOptions::default(),
-        train_examples: 1,
-        few_shot: vec![],
-        val_examples: 1,
-        test_examples: 64,
-        finetune: FinetuneConfig::default(),
-        head_steps: 1,
-        random_seed: 0,
-        out_dir: dir.join("out"),
-        train_engine: Backend::Tract,
-        finetune_head_lr: None,
-        warm_start_head: true,
-    };
+    let tasks = fixture_tasks(&dir);
+    let cfg = config(&dir, Backend::Tract, GradMode::Exact);
     let base = loo::Base::open(&cfg.base).expect("base");
     let rows = loo::in_sample(&cfg, &base, &tasks, &[0.5, 0.999999], 64, &dir, &mut |_| {})
         .expect("in-sample");

@@ -101,9 +101,14 @@ pub struct LooConfig {
     /// Small values keep the head from re-fitting the training set on its own, so the
     /// coefficients and the head adapt together (BENCHMARKS.md).
     pub finetune_head_lr: Option<f64>,
-    /// Start the finetuned and random-basis rows from the head-only solution (LP-FT; the
-    /// start is evaluated first, so they end no worse on validation), or from a zero head.
+    /// Start the finetuned and random-basis rows from the head-only solution (LP-FT), or from
+    /// a zero head.
     pub warm_start_head: bool,
+    /// With a warm start, evaluate the start before the first step so that it competes for
+    /// the best validation loss (the trained rows then end no worse than the head alone on
+    /// validation, and often return it unchanged). Off: the rows keep the best *trained*
+    /// step, which shows what training in each basis does even where it does not help.
+    pub start_competes: bool,
     /// Steps of the head-only baseline (its features are computed once and cached).
     pub head_steps: u64,
     /// Seed of the random orthonormal basis.
@@ -847,7 +852,7 @@ impl Training<'_> {
         let mut ft = recipe::joint(
             model,
             FinetuneConfig {
-                eval_at_start: cfg.warm_start_head,
+                eval_at_start: cfg.warm_start_head && cfg.start_competes,
                 head_lr: cfg.finetune_head_lr.unwrap_or(cfg.finetune.head_lr),
                 ..cfg.finetune.clone()
             },
