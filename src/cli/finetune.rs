@@ -63,6 +63,11 @@ pub struct FinetuneArgs {
     /// without a gradient rule) or `spsa` (forward passes only).
     #[arg(long, value_enum, default_value = "exact")]
     pub grad: GradArg,
+    /// Micro-batches of an exact-gradient step run at once, one thread each (default: the
+    /// machine's cores). Each thread keeps one more micro-batch of activations alive: 1 gives
+    /// the smallest peak memory.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// SPSA directions per step (--grad spsa).
     #[arg(long, default_value_t = 2)]
     pub directions: usize,
@@ -174,7 +179,8 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         data.pad_id,
         data.max_len,
         args.grad.mode(),
-    )?;
+    )?
+    .with_gradient_threads(args.threads.unwrap_or_else(eigenlorax::util::eval_threads));
     if let Some(why) = model.exact_unavailable() {
         eprintln!("warning: {why}; training with SPSA (forward passes only)");
     }

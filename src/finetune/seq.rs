@@ -155,6 +155,13 @@ impl SequenceModel<HiddenState> {
         Ok(model)
     }
 
+    /// Runs up to `n` micro-batches of an exact-gradient step at once, one thread each
+    /// ([`ExactGradient::with_threads`]); no effect without exact gradients.
+    pub fn with_gradient_threads(mut self, n: usize) -> Self {
+        self.exact = self.exact.map(|e| e.with_threads(n));
+        self
+    }
+
     /// Why exact gradients were asked for and are not available (then SPSA is used).
     pub fn exact_unavailable(&self) -> Option<&str> {
         self.exact_unavailable.as_deref()

@@ -210,6 +210,7 @@ pub struct ExactGradient {
     analysis: Analysis,
     weights: Weights,
     micro: usize,
+    threads: usize,
     layout: Vec<CoeffLayout>,
     feeds: Vec<(String, TokenFeed)>,
     prepared: HashMap<TrainingShape, Prepared>,
@@ -237,6 +238,7 @@ impl ExactGradient {
             analysis,
             weights,
             micro: DEFAULT_MICRO_BATCH,
+            threads: 1,
             layout,
             feeds: names.into_iter().zip(feeds).collect(),
             prepared: HashMap::new(),
@@ -253,6 +255,20 @@ impl ExactGradient {
     /// Examples per run of a training graph.
     pub fn micro_batch(&self) -> usize {
         self.micro
+    }
+
+    /// Runs up to `n` micro-batches of a batch at once, one per thread (default 1). The
+    /// gradients are summed in micro-batch order, so they do not depend on `n`; each extra
+    /// thread keeps one more micro-batch's activations alive. On tract, whose runs are
+    /// single-threaded, this is how one training uses several cores.
+    pub fn with_threads(mut self, n: usize) -> Self {
+        self.threads = n.max(1);
+        self
+    }
+
+    /// Micro-batches run at once.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// The coefficient layout.
@@ -440,6 +456,13 @@ impl ExactGradient {
             shape,
             data: TensorData::F32(v),
         };
+        self.prepare(&shape)?;
+        let prepared = self
+            .prepared
+            .get(&shape)
+            .ok_or_else(|| Error::Internal("training graph cache".into()))?;
+        let base_weights = &self.weights;
+        let mut jobs: Vec<crate::util::Job<'_, (usize, Vec<OutputTensor>)>> = Vec::new();
         for start in (0..batch).step_by(m) {
             let rows = m.min(batch - start);
             // Rows past the batch: padding tokens, no mask, no target, weight 0.
@@ -459,28 +482,29 @@ impl ExactGradient {
             inputs.push(f(HEAD_BIAS, vec![classes], head_bias.to_vec()));
             inputs.push(f(TARGETS, vec![m, classes], t));
             inputs.push(f(EXAMPLE_WEIGHTS, vec![m], w));
-            self.prepare(&shape)?;
-            let prepared = self
-                .prepared
-                .get(&shape)
-                .ok_or_else(|| Error::Internal("training graph cache".into()))?;
-            let outputs = prepared.session.run(&inputs, &self.weights)?;
-            let expected = prepared.graph.output_names().len();
-            if outputs.len() != expected {
-                return Err(Error::Engine(format!(
-                    "the training graph returned {} outputs, expected {expected}",
-                    outputs.len()
-                )));
-            }
-            if let Some(o) = outputs
-                .iter()
-                .find(|o| o.data.iter().any(|v| !v.is_finite()))
-            {
-                return Err(Error::Numeric(format!(
-                    "the training graph's output `{}` is not finite",
-                    o.name
-                )));
-            }
+            jobs.push(Box::new(move || {
+                let outputs = prepared.session.run(&inputs, base_weights)?;
+                let expected = prepared.graph.output_names().len();
+                if outputs.len() != expected {
+                    return Err(Error::Engine(format!(
+                        "the training graph returned {} outputs, expected {expected}",
+                        outputs.len()
+                    )));
+                }
+                if let Some(o) = outputs
+                    .iter()
+                    .find(|o| o.data.iter().any(|v| !v.is_finite()))
+                {
+                    return Err(Error::Numeric(format!(
+                        "the training graph's output `{}` is not finite",
+                        o.name
+                    )));
+                }
+                Ok((rows, outputs))
+            }));
+        }
+        // Summed in micro-batch order whatever the threads: the result does not depend on them.
+        for (rows, outputs) in crate::util::run_parallel(jobs, self.threads)? {
             let mut it = outputs.into_iter().map(|o| o.data);
             let mut next = || it.next().unwrap_or_default();
             out.loss += f64::from(next().first().copied().unwrap_or(f32::NAN));

@@ -95,6 +95,22 @@ fn tiny_bert_gradients_match_f64_finite_differences() {
     let c = case(&layout, dim, 7);
     let out = gradients(&mut g, &c);
     assert!(out.loss.is_finite() && out.loss > 0.0);
+    // Three micro-batches of 2 run one at a time or side by side on three threads: summed
+    // in the same order, so the same gradients bit for bit.
+    let micro = |threads: usize| {
+        let mut e = ExactGradient::new(&engine)
+            .expect("exact gradients")
+            .with_micro_batch(2)
+            .with_threads(threads);
+        gradients(&mut e, &c)
+    };
+    let (one, three) = (micro(1), micro(3));
+    assert_eq!(one.loss.to_bits(), three.loss.to_bits());
+    assert_eq!(one.params, three.params);
+    assert_eq!(one.head_weight, three.head_weight);
+    assert_eq!(one.head_bias, three.head_bias);
+    assert_eq!(one.pooled, three.pooled);
+    assert!((one.loss - out.loss).abs() < 1e-5 * out.loss);
 
     // The training graph (batch 6; the gradients above ran in micro-batches of 4, the
     // second padded) and its inputs, for the reference.
