@@ -63,11 +63,11 @@ pub struct FinetuneArgs {
     /// without a gradient rule) or `spsa` (forward passes only).
     #[arg(long, value_enum, default_value = "exact")]
     pub grad: GradArg,
-    /// Micro-batches of an exact-gradient step run at once, one thread each (default: the
-    /// machine's cores). Each thread keeps one more micro-batch of activations alive: 1 gives
-    /// the smallest peak memory.
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    /// Micro-batches of an exact-gradient step run at once, one thread each. Each thread
+    /// keeps one more micro-batch of activations alive, so the default, 1, gives the smallest
+    /// peak memory; on idle cores more threads shorten a step.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: usize,
     /// SPSA directions per step (--grad spsa).
     #[arg(long, default_value_t = 2)]
     pub directions: usize,
@@ -180,7 +180,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         data.max_len,
         args.grad.mode(),
     )?
-    .with_gradient_threads(args.threads.unwrap_or_else(eigenlorax::util::eval_threads));
+    .with_gradient_threads(args.threads);
     if let Some(why) = model.exact_unavailable() {
         eprintln!("warning: {why}; training with SPSA (forward passes only)");
     }
