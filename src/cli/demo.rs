@@ -50,6 +50,10 @@ pub struct Args {
     /// Training-set sizes of the device-trained rows (each a prefix of train.jsonl).
     #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 150], value_name = "N,...")]
     pub few_shot: Vec<usize>,
+    /// No device-trained rows: the zero-shot rows alone (their refit heads still train on the
+    /// largest --few-shot size).
+    #[arg(long)]
+    pub no_few_shot: bool,
     /// Serve every task of each family from one bundle of all its adapters, at these energy
     /// shares (accuracy and CE vs each task's own LoRA, resident bytes); `--in-sample` with no
     /// value skips it.
@@ -273,7 +277,11 @@ fn loo_config(a: &Args, base: &Path, model_dir: &Path, out: &Path) -> Result<Loo
             ..ExtractOptions::default()
         },
         train_examples: train,
-        few_shot: a.few_shot.clone(),
+        few_shot: if a.no_few_shot {
+            Vec::new()
+        } else {
+            a.few_shot.clone()
+        },
         val_examples: a.val,
         test_examples: a.test,
         finetune: FinetuneConfig {
@@ -443,6 +451,10 @@ fn print_task(r: &TaskResult) {
         ]);
     }
     print!("{}", t.render());
+    if r.few_shot.is_empty() {
+        println!();
+        return;
+    }
     let mut t = Table::new(&[
         "examples",
         "head only CE",
@@ -515,6 +527,9 @@ fn print_summary(results: &[TaskResult]) {
         "(gap recovered: share of the head-only → own-LoRA test-CE gap; the head-only CE is the full-training-set\n\
          head's for the rows with the adapter's own head, and the device-refit head's for the head-refit rows)"
     );
+    if results[0].few_shot.is_empty() {
+        return;
+    }
     println!(
         "\nfew-shot, trained on the device (mean over {} tasks):",
         results.len()

@@ -88,7 +88,7 @@ pub struct LooConfig {
     /// size.
     pub train_examples: usize,
     /// Training-set sizes of the device-trained rows (each a prefix of the training
-    /// examples); empty: `train_examples` alone.
+    /// examples); empty: no device-trained rows (the zero-shot rows alone).
     pub few_shot: Vec<usize>,
     /// Validation examples for early stopping (the next ones of the training file).
     pub val_examples: usize,
@@ -252,7 +252,7 @@ pub struct TaskResult {
     /// The device-trained rows, one entry per training-set size, ascending.
     pub few_shot: Vec<FewShot>,
     /// The head-only CE that zero-shot gaps start from: the full-training-set head when
-    /// the workload has one, else the device head-only row of the largest size.
+    /// the workload has one, else the head refit on the device on the training examples.
     pub reference_ce: f64,
     /// The recycled bundle (bound to the base model).
     pub bundle: PathBuf,
@@ -307,13 +307,9 @@ impl Base {
     }
 }
 
-/// The sizes of the few-shot rows: `cfg.few_shot` sorted, or the largest size alone.
+/// The sizes of the few-shot rows: `cfg.few_shot` sorted (none when it is empty).
 fn few_shot_sizes(cfg: &LooConfig) -> Result<Vec<usize>> {
-    let mut sizes = if cfg.few_shot.is_empty() {
-        vec![cfg.train_examples]
-    } else {
-        cfg.few_shot.clone()
-    };
+    let mut sizes = cfg.few_shot.clone();
     sizes.sort_unstable();
     sizes.dedup();
     if sizes.first() == Some(&0) || sizes.last().is_some_and(|&n| n > cfg.train_examples) {
@@ -676,7 +672,7 @@ pub fn run_task(
     let reference_ce = methods
         .iter()
         .find(|m| m.method == Method::HeadOnlyFull)
-        .or_else(|| few_shot.last().map(|f| &f.head_only))
+        .or_else(|| methods.iter().find(|m| m.method == Method::HeadOnly))
         .map_or(f64::NAN, |m| m.test.cross_entropy);
 
     Ok(TaskResult {
