@@ -43,6 +43,11 @@ pub struct Args {
     /// Seed of the pseudo-PC draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Compute and store every singular value of each side (for `elx inspect`'s plots and
+    /// null comparison). By default K is decided from the trace plus the top values, and the
+    /// bundle stores the K values kept and each side's total energy.
+    #[arg(long)]
+    pub full_spectrum: bool,
     /// Storage dtype of the bases: f32, f16, bf16 or int8 (per-vector absmax scale).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: StorageDtype,
@@ -118,6 +123,7 @@ pub fn options(a: &Args) -> Result<ExtractOptions> {
         k_rule_b: a.k_b.unwrap_or(rule),
         pseudo: a.pseudo,
         seed: a.seed,
+        full_spectrum: a.full_spectrum,
     })
 }
 
