@@ -773,7 +773,7 @@ mod tests {
         f.release("b");
         f.release("nope");
         assert_eq!(f.read_f64("a").unwrap().1, vec![1.0, 2.0, 3.0]);
-        assert_eq!(borrowed, &f.raw("a").unwrap().1[..]);
+        assert_eq!(borrowed, f.raw("a").unwrap().1);
         assert_eq!(f.read_f64("b").unwrap().1, want_b);
         let mem = TensorFile::from_bytes(&p, std::fs::read(&p).unwrap()).unwrap();
         mem.release("b");
