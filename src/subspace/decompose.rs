@@ -250,8 +250,9 @@ impl SideAccumulator {
     /// * [`KRule::Fixed`] and [`KRule::Energy`], without `full_spectrum`: the top eigenpairs
     ///   from the certified block Krylov solver ([`super::topk::top_eigenpairs`]), which proves
     ///   an upper bound on the next eigenvalue by an inertia test and bounds the error of each
-    ///   Ritz value. The energy rule grows K in blocks (16, 32, 64, …, each warm-started from
-    ///   the last) until the partial sums of the certified values reach the threshold of the
+    ///   Ritz value. The energy rule grows K in blocks (16, then at least doubling and at least
+    ///   to the energy still missing over the bound on the next eigenvalue, each warm-started
+    ///   from the last) until the partial sums of the certified values reach the threshold of the
     ///   trace; the K it returns is the full spectrum's K whenever the threshold lies outside
     ///   the values' proven error (else the full spectrum decides, and the vectors follow).
     ///   The spectrum returned is the top K values (`spectrum_complete` false).
@@ -419,7 +420,8 @@ enum ByValues {
     Full(Option<String>),
 }
 
-/// Starting K of the energy rule's growth (doubled, warm-started, until the rule is met).
+/// Starting K of the energy rule's growth (at least doubled, warm-started, until the rule is
+/// met).
 const ENERGY_FIRST_K: usize = 16;
 
 /// The K rule served from the trace plus the top eigenpairs of the Gram `s` (both triangles
@@ -504,10 +506,21 @@ fn top_by_values(
                 }
                 let k = match (optimistic, pessimistic) {
                     (None, _) => {
-                        if k_try >= p {
+                        // Every eigenvalue after the k_try-th is at most the proven bound on
+                        // λ_{k_try+1}, so the energy still missing needs at least that many
+                        // more directions: jump there (at least doubling), and go straight
+                        // to the full spectrum when the Krylov basis for it would not pay.
+                        let missing = target - (sum + k_try as f64 * e);
+                        let more = if pr.lambda_next > 0.0 {
+                            (missing / pr.lambda_next).ceil().min(p as f64) as usize
+                        } else {
+                            p
+                        };
+                        let next = (2 * k_try).max(k_try + more).min(p);
+                        if k_try >= p || topk::krylov_too_large(next, m) {
                             return Ok(ByValues::Full(None));
                         }
-                        k_try = (2 * k_try).min(p);
+                        k_try = next;
                         start = Some(pr.vectors);
                         continue;
                     }

@@ -230,7 +230,7 @@ pub fn top_eigenpairs(
         return Err(Error::Numeric("top-K solver: K = 0 asked".into()));
     }
     let block = (2 * k).max(k + 8).min(m);
-    if block <= k || DEPTH * block * 2 > m {
+    if block <= k || krylov_too_large(k, m) {
         return Ok(TopPairs::Small);
     }
     let trace: f64 = (0..m).map(|i| s[(i, i)]).sum::<f64>().max(0.0);
@@ -322,6 +322,14 @@ pub fn top_eigenpairs(
     Ok(TopPairs::UseFull(format!(
         "no certified convergence after {MAX_RESTARTS} restarts"
     )))
+}
+
+/// Whether the Krylov basis for the top `k` of an m x m matrix would be a sizeable share of
+/// it (more than half of m), so that the full decomposition is as cheap:
+/// [`top_eigenpairs`] then answers [`TopPairs::Small`].
+pub fn krylov_too_large(k: usize, m: usize) -> bool {
+    let block = (2 * k).max(k + 8).min(m);
+    block <= k || DEPTH * block * 2 > m
 }
 
 /// Whether μ·I − P·S·P is positive definite (Cholesky succeeds), P = I − Q·Qᵀ, given
