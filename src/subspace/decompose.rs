@@ -338,6 +338,44 @@ impl SideAccumulator {
         } else {
             top_by_values(gram.as_ref(), rule, total_energy, p, big)?
         };
+        if let ByValues::Large = by_values {
+            // K needs a Krylov basis too large to pay: one full decomposition gives the
+            // values that decide K and the vectors (the SVD of X when n ≤ d, as the
+            // fallback below; the d x d Gram's eigendecomposition otherwise).
+            let (spectrum, mut basis, rank, tol, k) = match &x {
+                Some(x) => {
+                    drop(gram);
+                    let sv = linalg::thin_svd(x.as_ref())?;
+                    let tol = big * f64::EPSILON * sv.s.first().copied().unwrap_or(0.0);
+                    let rank = sv.s.iter().filter(|&&s| s > tol).count();
+                    let k = select::select_k_total(rule, &sv.s, total_energy, rank, (n, d))?.min(p);
+                    (sv.s, sv.u.subcols(0, k).to_owned(), rank, tol, k)
+                }
+                None => {
+                    let (vals, vecs) = linalg::sym_eigen_desc(gram.as_ref())?;
+                    drop(gram);
+                    let (spectrum, rank, tol) = gram_spectrum(&vals, p, big);
+                    let k =
+                        select::select_k_total(rule, &spectrum, total_energy, rank, (n, d))?.min(p);
+                    (spectrum, vecs.subcols(0, k).to_owned(), rank, tol, k)
+                }
+            };
+            debug_assert_eq!(basis.ncols(), k);
+            fix_sign_columns(&mut basis);
+            return Ok(Decomposition {
+                spectrum_complete: spectrum.len() == p,
+                spectrum,
+                basis,
+                rank,
+                rank_tolerance: tol,
+                dim: d,
+                n_vectors: n,
+                mean,
+                route: Route::Gram,
+                solver: Solver::Full,
+                total_energy,
+            });
+        }
         let (spectrum, rank, tol, k, top, why) = match by_values {
             ByValues::Done { k, values, top } => {
                 let sigma1 = values.first().map_or(0.0, |l| l.max(0.0).sqrt());
@@ -345,21 +383,10 @@ impl SideAccumulator {
                 let spectrum: Vec<f64> = values.iter().map(|l| l.max(0.0).sqrt()).collect();
                 (spectrum, k, tol, k, top, None)
             }
+            ByValues::Large => unreachable_large()?,
             ByValues::Full(why) => {
                 let vals = linalg::sym_eigenvalues_desc(gram.as_ref())?;
-                let sigma1 = vals.first().map_or(0.0, |l| l.max(0.0).sqrt());
-                let tol = (big * f64::EPSILON).sqrt() * sigma1;
-                // Below the tolerance a Gram eigenvalue is rounding (its error is about ε·λ₁,
-                // so the square root of a null direction's reads ~√ε·σ₁): those directions
-                // are reported as exactly 0, as the SVD would find them to rounding, not as
-                // that noise.
-                let spectrum: Vec<f64> = vals
-                    .iter()
-                    .take(p)
-                    .map(|l| l.max(0.0).sqrt())
-                    .map(|s| if s > tol { s } else { 0.0 })
-                    .collect();
-                let rank = spectrum.iter().filter(|&&s| s > tol).count();
+                let (spectrum, rank, tol) = gram_spectrum(&vals, p, big);
                 let k = select::select_k_total(rule, &spectrum, total_energy, rank, (n, d))?.min(p);
                 let top = topk::top_eigenvectors(gram.as_ref(), &vals, k)?;
                 (spectrum, rank, tol, k, top, why)
@@ -408,6 +435,31 @@ impl SideAccumulator {
     }
 }
 
+/// Singular values from the Gram's eigenvalues `vals` (descending): the first `p`, with the
+/// rank tolerance √(big·ε)·σ₁. Below it a Gram eigenvalue is rounding (its error is about
+/// ε·λ₁, so the square root of a null direction's reads ~√ε·σ₁): those directions are
+/// reported as exactly 0, as the SVD would find them to rounding, not as that noise.
+/// Returns (spectrum, rank, tolerance).
+fn gram_spectrum(vals: &[f64], p: usize, big: f64) -> (Vec<f64>, usize, f64) {
+    let sigma1 = vals.first().map_or(0.0, |l| l.max(0.0).sqrt());
+    let tol = (big * f64::EPSILON).sqrt() * sigma1;
+    let spectrum: Vec<f64> = vals
+        .iter()
+        .take(p)
+        .map(|l| l.max(0.0).sqrt())
+        .map(|s| if s > tol { s } else { 0.0 })
+        .collect();
+    let rank = spectrum.iter().filter(|&&s| s > tol).count();
+    (spectrum, rank, tol)
+}
+
+/// [`ByValues::Large`] is handled before the match that would otherwise need it.
+fn unreachable_large<T>() -> Result<T> {
+    Err(Error::Numeric(
+        "internal: the large-K route reached the top-K match".into(),
+    ))
+}
+
 /// What [`top_by_values`] found.
 enum ByValues {
     /// K and the top K eigenvalues (Ritz values, certified), with their vectors.
@@ -418,6 +470,9 @@ enum ByValues {
     },
     /// The full spectrum must decide; the reason when something could not be certified.
     Full(Option<String>),
+    /// K is proven large enough that its Krylov basis would not pay: one full
+    /// decomposition (values and vectors) decides K and gives the vectors.
+    Large,
 }
 
 /// Starting K of the energy rule's growth (at least doubled, warm-started, until the rule is
@@ -476,7 +531,8 @@ fn top_by_values(
             }
             Ok(match topk::top_eigenpairs(s, k, None)? {
                 TopPairs::Certified(pr) if above_rank(&pr.values, k) => certified(&pr, k),
-                TopPairs::Certified(_) | TopPairs::Small => ByValues::Full(None),
+                TopPairs::Certified(_) => ByValues::Full(None),
+                TopPairs::Small => ByValues::Large,
                 TopPairs::UseFull(why) => ByValues::Full(Some(why)),
             })
         }
@@ -487,7 +543,7 @@ fn top_by_values(
             loop {
                 let pr = match topk::top_eigenpairs(s, k_try, start.as_ref().map(|m| m.as_ref()))? {
                     TopPairs::Certified(pr) => pr,
-                    TopPairs::Small => return Ok(ByValues::Full(None)),
+                    TopPairs::Small => return Ok(ByValues::Large),
                     TopPairs::UseFull(why) => return Ok(ByValues::Full(Some(why))),
                 };
                 // Partial sums of the certified values: the exact ones lie in
@@ -518,7 +574,7 @@ fn top_by_values(
                         };
                         let next = (2 * k_try).max(k_try + more).min(p);
                         if k_try >= p || topk::krylov_too_large(next, m) {
-                            return Ok(ByValues::Full(None));
+                            return Ok(ByValues::Large);
                         }
                         k_try = next;
                         start = Some(pr.vectors);

@@ -240,3 +240,34 @@ fn rank_below_k_and_zero_stacks_match_the_full_decomposition() {
         assert_eq!(top.total_energy, 0.0);
     }
 }
+
+/// A heavy tail (the Lots-of-LoRAs case: 0.9 of the energy needs a large share of the
+/// directions): the energy rule's proven lower bound on K shows early that its Krylov basis
+/// would not pay, and one full decomposition decides K and gives the vectors. K, the
+/// spectrum (complete) and the span match the full decomposition's, for Σr ≤ d (the SVD of
+/// X) and Σr > d (the d x d Gram's eigendecomposition).
+#[test]
+fn large_k_takes_one_full_decomposition() {
+    for (d, n) in [(300, 200), (150, 400)] {
+        let p = d.min(n);
+        let sigma: Vec<f64> = (0..p).map(|i| 1.0 / (1.0 + 0.01 * i as f64)).collect();
+        let x = stack_with_spectrum(9, d, n, &sigma);
+        let full = accumulate(&x, 16, Route::Svd).finish(false).unwrap();
+        let rule = KRule::Energy(0.9);
+        let want = select::select_k(rule, &full.spectrum, full.rank, (n, d)).unwrap();
+        assert!(want > p / 2, "K = {want} of {p}");
+        let top = accumulate(&x, 16, Route::Auto)
+            .finish_top(false, rule, false)
+            .unwrap();
+        assert_eq!(top.basis.ncols(), want, "d={d} n={n}");
+        assert!(top.spectrum_complete);
+        assert_eq!(top.solver, Solver::Full);
+        let spec = (0..p)
+            .map(|i| (top.spectrum[i] - full.spectrum[i]).abs())
+            .fold(0.0, f64::max);
+        assert!(spec < 1e-9, "spectrum differs by {spec}");
+        let exact = full.basis.subcols(0, want).transpose().to_owned();
+        let angle = max_principal_angle(top.basis.transpose(), exact.as_ref()).unwrap();
+        assert!(angle < 1e-6, "d={d} n={n}: {angle}");
+    }
+}
