@@ -116,6 +116,8 @@ fn bundle() -> Bundle {
     let mut g = GaussianRng::new(5);
     let side = SideInfo {
         spectrum: vec![1.0; K],
+        total_energy: K as f64,
+        full_spectrum: true,
         k_principal: K,
         mean_vector: false,
         pseudo: 0,
@@ -126,6 +128,8 @@ fn bundle() -> Bundle {
         mean_vector: false,
         pseudo: 0,
         energy_kept: 1.0,
+        total_energy: None,
+        full_spectrum: true,
     };
     let (mut modules, mut mm) = (BTreeMap::new(), BTreeMap::new());
     for m in module_names() {

@@ -54,6 +54,7 @@ fn extraction_cases() -> Vec<(&'static str, Vec<&'static str>, ExtractOptions)> 
                 k_rule_b: KRule::Fixed(4),
                 pseudo: 0,
                 seed: 0,
+                full_spectrum: false,
             },
         ),
         (
@@ -66,6 +67,7 @@ fn extraction_cases() -> Vec<(&'static str, Vec<&'static str>, ExtractOptions)> 
                 k_rule_b: KRule::Fixed(3),
                 pseudo: 2,
                 seed: 7,
+                full_spectrum: false,
             },
         ),
         (
@@ -78,6 +80,7 @@ fn extraction_cases() -> Vec<(&'static str, Vec<&'static str>, ExtractOptions)> 
                 k_rule_b: KRule::Energy(0.9),
                 pseudo: 0,
                 seed: 0,
+                full_spectrum: false,
             },
         ),
     ]
@@ -326,6 +329,8 @@ fn projection_matches_numpy_reference() {
         let v_b = basis.mat(&format!("{name}.V_B"));
         let side = |k: usize| SideInfo {
             spectrum: Vec::new(),
+            total_energy: 0.0,
+            full_spectrum: false,
             k_principal: k,
             mean_vector: false,
             pseudo: 0,

@@ -165,6 +165,9 @@ impl Adapter {
         let (ca, cb) = folded_factors(info.scale);
         let a = read_flat(&self.weights, &info.a_key, info.rank, info.in_features, ca)?;
         let b = read_flat(&self.weights, &info.b_key, info.out_features, info.rank, cb)?;
+        // The values are copied out: the mapped pages need not stay resident.
+        self.weights.release(&info.a_key);
+        self.weights.release(&info.b_key);
         Ok(LoraModule { a, b })
     }
 

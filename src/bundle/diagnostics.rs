@@ -39,6 +39,8 @@ pub fn random_subspace_like(s: &ModuleSubspace, seed: u64) -> ModuleSubspace {
         .to_owned();
     let side = |k: usize| SideInfo {
         spectrum: Vec::new(),
+        total_energy: 0.0,
+        full_spectrum: false,
         k_principal: k,
         mean_vector: false,
         pseudo: 0,
@@ -127,6 +129,13 @@ pub fn projection_error_bound(bundle: &Bundle, module: &str) -> Option<f64> {
 /// kept by the top k directions (the paper's Fig. 2). Empty for an empty or all-zero spectrum.
 pub fn explained_energy(spectrum: &[f64]) -> Vec<f64> {
     let total: f64 = spectrum.iter().map(|s| s * s).sum();
+    explained_energy_of(spectrum, total)
+}
+
+/// [`explained_energy`] against a given total Σσ² of the whole stack, for a spectrum that may
+/// hold only the top values (a bundle extracted without `--full-spectrum`): the curve then
+/// stops at the last stored value, exact up to there. Empty when `total` is not positive.
+pub fn explained_energy_of(spectrum: &[f64], total: f64) -> Vec<f64> {
     if total <= 0.0 || !total.is_finite() {
         return Vec::new();
     }

@@ -8,9 +8,14 @@
 //! | `<module>.V_B` | [out, K_B] | same |
 //! | `<module>.V_A.scale` (int8 only) | `[K_A]` | f32, one per row of V_A |
 //! | `<module>.V_B.scale` (int8 only) | `[K_B]` | f32, one per *column* of V_B (basis vector) |
-//! | `<module>.sigma_A`, `<module>.sigma_B` | `[len]` | f32, full spectrum of the stacked side |
+//! | `<module>.sigma_A`, `<module>.sigma_B` | `[len]` | f32, singular values of the stacked side: all of them, or the top K kept (see [`SideSummary::full_spectrum`]) |
 //!
 //! and `__metadata__["eigenlorax"]` = the JSON [`Manifest`].
+//!
+//! Format versions: **2** (this build) records per side the total energy Σσ² of the stack
+//! (`total_energy`) and, when the spectrum tensors hold only the top K values, `full_spectrum:
+//! false`. **1** always stored the full spectrum and no total; it is still read (the total is
+//! then Σσ² of the stored spectrum).
 //!
 //! The subspace id is `elx-` + the first 16 hex digits of a SHA-256 over every stored tensor
 //! (sorted by name; each as length-prefixed name, dtype name, shape and bytes) followed by the
@@ -29,7 +34,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Bundle format version written by this build.
-pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+pub const BUNDLE_FORMAT_VERSION: u32 = 2;
+
+/// The oldest bundle format version this build still reads (1: full spectra, no totals).
+pub const BUNDLE_FORMAT_OLDEST: u32 = 1;
 
 /// The `__metadata__` key that holds the manifest JSON (bundles and coefficient files).
 pub const METADATA_KEY: &str = "eigenlorax";
@@ -77,6 +85,24 @@ pub struct SideSummary {
     pub pseudo: usize,
     /// Share of the stack's energy inside the principal directions.
     pub energy_kept: f64,
+    /// Σσ² of the whole stack (the trace of its Gram); absent in format 1, whose spectrum
+    /// tensors are complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_energy: Option<f64>,
+    /// Whether the spectrum tensor holds every singular value (`true`, always so in format
+    /// 1) or only the top K kept (`false`; `elx extract --full-spectrum` stores them all).
+    ///
+    /// Written only when `false`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub full_spectrum: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl SideSummary {
@@ -86,6 +112,8 @@ impl SideSummary {
             mean_vector: s.mean_vector,
             pseudo: s.pseudo,
             energy_kept: s.energy_kept,
+            total_energy: Some(s.total_energy),
+            full_spectrum: s.full_spectrum,
         }
     }
 
@@ -380,6 +408,10 @@ fn module_manifest(name: &str, m: &ModuleSubspace) -> Result<ModuleManifest> {
     if !m.a.energy_kept.is_finite() || !m.b.energy_kept.is_finite() {
         return bad("energy kept is not finite".to_string());
     }
+    let valid = |t: f64| t.is_finite() && t >= 0.0;
+    if !valid(m.a.total_energy) || !valid(m.b.total_energy) {
+        return bad("total energy is not a finite non-negative number".to_string());
+    }
     Ok(ModuleManifest {
         in_features: m.in_features,
         out_features: m.out_features,
@@ -653,12 +685,14 @@ fn parse_manifest(tf: &TensorFile) -> Result<Manifest> {
         ));
     }
     match value.get("format_version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(BUNDLE_FORMAT_VERSION) => {}
+        Some(v)
+            if (u64::from(BUNDLE_FORMAT_OLDEST)..=u64::from(BUNDLE_FORMAT_VERSION))
+                .contains(&v) => {}
         Some(v) => {
             return Err(Error::bad_file(
                 tf.path(),
                 format!(
-                    "expected bundle format version {BUNDLE_FORMAT_VERSION}, found version {v} (written by another elx version)"
+                    "expected bundle format version {BUNDLE_FORMAT_OLDEST} to {BUNDLE_FORMAT_VERSION}, found version {v} (written by another elx version)"
                 ),
             ));
         }
@@ -789,12 +823,42 @@ fn read_module(
     }
     let (_, sigma_a) = tf.read_f64(&n.sigma_a)?;
     let (_, sigma_b) = tf.read_f64(&n.sigma_b)?;
-    let side = |s: &SideSummary, spectrum: Vec<f64>| SideInfo {
-        spectrum,
-        k_principal: s.k_principal,
-        mean_vector: s.mean_vector,
-        pseudo: s.pseudo,
-        energy_kept: s.energy_kept,
+    let side = |s: &SideSummary, spectrum: Vec<f64>, tensor: &str| -> Result<SideInfo> {
+        if let Some(x) = spectrum.iter().find(|x| !x.is_finite() || **x < 0.0) {
+            return Err(Error::bad_tensor(
+                tf.path(),
+                tensor,
+                format!("expected finite non-negative singular values, found {x}"),
+            ));
+        }
+        let total_energy = match s.total_energy {
+            Some(t) if t.is_finite() && t >= 0.0 => t,
+            Some(t) => {
+                return Err(Error::bad_tensor(
+                    tf.path(),
+                    format!("modules.{name}.total_energy"),
+                    format!("expected a finite non-negative total energy, found {t}"),
+                ));
+            }
+            // Format 1: the spectrum is complete, its squares sum to the total.
+            None if s.full_spectrum => spectrum.iter().map(|x| x * x).sum(),
+            None => {
+                return Err(Error::bad_tensor(
+                    tf.path(),
+                    format!("modules.{name}.total_energy"),
+                    "expected the total energy of a side whose spectrum holds only the top values",
+                ));
+            }
+        };
+        Ok(SideInfo {
+            spectrum,
+            total_energy,
+            full_spectrum: s.full_spectrum,
+            k_principal: s.k_principal,
+            mean_vector: s.mean_vector,
+            pseudo: s.pseudo,
+            energy_kept: s.energy_kept,
+        })
     };
     Ok(ModuleSubspace {
         in_features: mm.in_features,
@@ -803,7 +867,7 @@ fn read_module(
         n_adapters: mm.n_adapters,
         v_a,
         v_b,
-        a: side(&mm.a, sigma_a),
-        b: side(&mm.b, sigma_b),
+        a: side(&mm.a, sigma_a, &n.sigma_a)?,
+        b: side(&mm.b, sigma_b, &n.sigma_b)?,
     })
 }

@@ -2,8 +2,8 @@
 //! --modules` / `--shard`) into the bundle a one-shot extraction writes, byte for byte.
 //!
 //! Every module's subspace depends only on that module's tensors, and a bundle stores each
-//! module's tensors and manifest entry independently; the manifest's other fields (dtype,
-//! options, sources) must agree across the parts. The merge copies the stored bytes (no
+//! module's tensors and manifest entry independently; the manifest's other fields (format
+//! version, dtype, options, sources) must agree across the parts. The merge copies the stored bytes (no
 //! dequantize/requantize round trip), writes them in the one-shot writer's order, and
 //! recomputes the subspace id over the union, which is then the one-shot bundle's id.
 
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// Merges the bundles `parts` into `output` (atomically); returns its manifest.
 ///
 /// Errors (naming the files): fewer than two parts; a part that is not a valid bundle; a
-/// part whose dtype, extraction options or source adapters differ from the first part's; a
+/// part whose format version, dtype, extraction options or source adapters differ from the first part's; a
 /// module present in two parts; a bound part (bind the merged bundle instead).
 pub fn merge(parts: &[PathBuf], output: &Path) -> Result<Manifest> {
     let Some(first_path) = parts.first() else {
@@ -53,6 +53,9 @@ pub fn merge(parts: &[PathBuf], output: &Path) -> Result<Manifest> {
                 ),
             ))
         };
+        if m.format_version != first.format_version {
+            return differs("bundle format version");
+        }
         if m.dtype != first.dtype {
             return differs("storage dtype");
         }

@@ -43,6 +43,11 @@ pub struct Args {
     /// Seed of the pseudo-PC draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Compute and store every singular value of each side (for `elx inspect`'s plots and
+    /// null comparison). By default K is decided from the trace plus the top values, and the
+    /// bundle stores the K values kept and each side's total energy.
+    #[arg(long)]
+    pub full_spectrum: bool,
     /// Storage dtype of the bases: f32, f16, bf16 or int8 (per-vector absmax scale).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: StorageDtype,
@@ -118,11 +123,38 @@ pub fn options(a: &Args) -> Result<ExtractOptions> {
         k_rule_b: a.k_b.unwrap_or(rule),
         pseudo: a.pseudo,
         seed: a.seed,
+        full_spectrum: a.full_spectrum,
     })
 }
 
+/// glibc's malloc hands blocks above its mmap threshold (dynamic, from 128 KiB) straight back
+/// to the kernel and trims freed heap tops with `madvise`, so the extraction's many
+/// short-lived matrices of a few MiB were faulted in and zeroed again each time: about a fifth
+/// of the CPU of a 50-adapter extraction went to page faults (`perf`, BENCHMARKS.md). Keeping
+/// blocks up to 32 MiB (glibc's largest threshold) on the heap and not trimming makes them
+/// reusable, at the price of holding freed memory until the process ends. Process setup, not
+/// math; only `elx extract` asks for it (the device runtime keeps glibc's defaults).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    unsafe extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_THRESHOLD: i32 = -3;
+    // SAFETY: mallopt only changes allocator parameters; it is called before this command
+    // starts any thread, and a refused value (return 0) leaves glibc's defaults in place.
+    unsafe {
+        mallopt(M_MMAP_THRESHOLD, 32 << 20);
+        mallopt(M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 /// Runs `elx extract`.
 pub fn run(a: Args) -> Result<()> {
+    keep_freed_memory();
     let inputs: Vec<&Path> = a.adapters.iter().map(|p| p.as_path()).collect();
     super::refuse_clobber(&a.output, &inputs, "-o")?;
     let options = options(&a)?;

@@ -3,7 +3,9 @@
 use super::plot::{self, ErrorSeries, PlotData};
 use super::{Table, file_size, pct, plot_curve, sci, warn};
 use eigenlorax::adapter::Adapter;
-use eigenlorax::bundle::diagnostics::{explained_energy, projection_error_bound, random_subspace};
+use eigenlorax::bundle::diagnostics::{
+    explained_energy_of, projection_error_bound, random_subspace,
+};
 use eigenlorax::bundle::{Bundle, CoeffFile};
 use eigenlorax::eval::diagnostics::{self, CaptureSummary};
 use eigenlorax::eval::project_adapter;
@@ -122,8 +124,8 @@ pub fn run(a: Args) -> Result<()> {
                 .map(|(n, m)| {
                     (
                         n.clone(),
-                        explained_energy(&m.a.spectrum),
-                        explained_energy(&m.b.spectrum),
+                        explained_energy_of(&m.a.spectrum, m.a.total_energy),
+                        explained_energy_of(&m.b.spectrum, m.b.total_energy),
                     )
                 })
                 .collect(),
@@ -406,27 +408,59 @@ fn print_null(b: &Bundle) {
         "σ₁/edge B",
     ]);
     let (mut dirs, mut total) = (0usize, 0usize);
+    let (mut partial, mut complete) = (false, true);
     for (name, m) in &b.subspace.modules {
         let ((ra, ca), (rb, cb)) = diagnostics::stack_shapes(m);
-        let na = diagnostics::spectrum_vs_null(&m.a.spectrum, ra, ca);
-        let nb = diagnostics::spectrum_vs_null(&m.b.spectrum, rb, cb);
+        let null = |s: &eigenlorax::subspace::SideInfo, rows, cols| {
+            diagnostics::spectrum_vs_null_of(
+                &s.spectrum,
+                s.total_energy,
+                s.full_spectrum,
+                rows,
+                cols,
+            )
+        };
+        let (na, nb) = (null(&m.a, ra, ca), null(&m.b, rb, cb));
         dirs += na.signal_directions + nb.signal_directions;
-        total += m.a.spectrum.len() + m.b.spectrum.len();
+        partial |= na.lower_bound || nb.lower_bound;
+        complete &= m.a.full_spectrum && m.b.full_spectrum;
+        let len = |s: &eigenlorax::subspace::SideInfo, rows: usize, cols: usize| {
+            if s.full_spectrum {
+                s.spectrum.len()
+            } else {
+                rows.min(cols)
+            }
+        };
+        total += len(&m.a, ra, ca) + len(&m.b, rb, cb);
+        let at_least = |n: &diagnostics::NullComparison, x: String| {
+            if n.lower_bound { format!("≥{x}") } else { x }
+        };
         t.row(vec![
             name.clone(),
-            na.signal_directions.to_string(),
-            pct(na.signal_energy),
+            at_least(&na, na.signal_directions.to_string()),
+            at_least(&na, pct(na.signal_energy)),
             format!("{:.2}", na.top_over_edge),
-            nb.signal_directions.to_string(),
-            pct(nb.signal_energy),
+            at_least(&nb, nb.signal_directions.to_string()),
+            at_least(&nb, pct(nb.signal_energy)),
             format!("{:.2}", nb.top_over_edge),
         ]);
     }
+    let dirs = if partial {
+        format!("at least {dirs}")
+    } else {
+        dirs.to_string()
+    };
     println!();
     println!(
         "spectrum vs a Gaussian null of the same shape and energy: {dirs} of {total} directions stand above it \
          (structure in the stack; whether new tasks share it shows in a held-out capture)"
     );
+    if !complete {
+        println!(
+            "(this bundle stores the top K singular values per side, not the full spectrum: \
+             `≥` marks sides whose every stored value is above the null edge; `elx extract --full-spectrum` stores all)"
+        );
+    }
     print!("{}", t.render());
 }
 

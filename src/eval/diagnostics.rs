@@ -48,6 +48,10 @@ pub struct NullComparison {
     pub null_edge: f64,
     /// σ₁ over the null edge (> 1: the top direction stands out).
     pub top_over_edge: f64,
+    /// The spectrum held only the top values and every one of them stands above the edge:
+    /// `signal_directions` and `signal_energy` are then lower bounds (extract with
+    /// `--full-spectrum` for the exact figures).
+    pub lower_bound: bool,
 }
 
 /// Compares a stacked side's `spectrum` (singular values, descending) with an i.i.d.
@@ -57,12 +61,27 @@ pub struct NullComparison {
 /// sizes here). Directions above that edge carry structure a random stack would not have.
 pub fn spectrum_vs_null(spectrum: &[f64], rows: usize, cols: usize) -> NullComparison {
     let total: f64 = spectrum.iter().map(|s| s * s).sum();
+    spectrum_vs_null_of(spectrum, total, true, rows, cols)
+}
+
+/// [`spectrum_vs_null`] with the side's total energy Σσ² given, for a spectrum that may hold
+/// only the top values (`complete` false: a bundle extracted without `--full-spectrum`). The
+/// edge depends only on the total, so it is exact; the directions above it are exact unless
+/// every stored value is above it ([`NullComparison::lower_bound`]).
+pub fn spectrum_vs_null_of(
+    spectrum: &[f64],
+    total: f64,
+    complete: bool,
+    rows: usize,
+    cols: usize,
+) -> NullComparison {
     if rows == 0 || cols == 0 || !total.is_finite() || total <= 0.0 {
         return NullComparison {
             signal_directions: 0,
             signal_energy: 0.0,
             null_edge: 0.0,
             top_over_edge: 0.0,
+            lower_bound: false,
         };
     }
     let sigma = (total / (rows as f64 * cols as f64)).sqrt();
@@ -73,6 +92,7 @@ pub fn spectrum_vs_null(spectrum: &[f64], rows: usize, cols: usize) -> NullCompa
         signal_energy: above.iter().map(|s| s * s).sum::<f64>() / total,
         null_edge: edge,
         top_over_edge: spectrum.first().map_or(0.0, |s| s / edge),
+        lower_bound: !complete && above.len() == spectrum.len(),
     }
 }
 

@@ -60,6 +60,12 @@ pub struct ExtractOptions {
     pub pseudo: usize,
     /// Seed of the pseudo-PC Gaussian draws.
     pub seed: u64,
+    /// Compute and keep every singular value of each side (for plots and diagnostics that
+    /// read the whole spectrum). Without it the fixed and energy rules are served from the
+    /// trace plus the top values, and [`SideInfo::spectrum`] holds the K values kept.
+    /// (Not written to the manifest when `false`, so that older manifests read the same.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_spectrum: bool,
 }
 
 impl Default for ExtractOptions {
@@ -71,6 +77,7 @@ impl Default for ExtractOptions {
             k_rule_b: KRule::Energy(0.9),
             pseudo: 0,
             seed: 0,
+            full_spectrum: false,
         }
     }
 }
@@ -78,8 +85,13 @@ impl Default for ExtractOptions {
 /// What was kept on one side of one module, for the manifest and the plots.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SideInfo {
-    /// All singular values of the stacked (and, if centered, mean-removed) side, descending.
+    /// Singular values of the stacked (and, if centered, mean-removed) side, descending: all
+    /// of them when `full_spectrum` is true, else the top K kept.
     pub spectrum: Vec<f64>,
+    /// Σσ² of the whole stack (the trace of its Gram), exact either way.
+    pub total_energy: f64,
+    /// Whether `spectrum` is complete (min(rows, cols) values) or the top K only.
+    pub full_spectrum: bool,
     /// Principal directions kept (the K the rule chose).
     pub k_principal: usize,
     /// Whether the mean direction was appended (centering).
@@ -568,9 +580,7 @@ fn finish_side(
     rule: KRule,
     options: &ExtractOptions,
 ) -> Result<(Mat<f64>, SideInfo, Solver)> {
-    let dec = acc.finish_top(options.center, |spectrum, rank, shape| {
-        select::select_k(rule, spectrum, rank, shape)
-    })?;
+    let dec = acc.finish_top(options.center, rule, options.full_spectrum)?;
     let k = dec.basis.ncols();
     let mut basis = dec.basis;
     let mean_vector = match &dec.mean {
@@ -578,11 +588,13 @@ fn finish_side(
         None => false,
     };
     let pseudo = augment::append_pseudo(&mut basis, options.pseudo, options.seed);
-    let energy_kept = select::energy_kept(&dec.spectrum, k);
+    let energy_kept = select::energy_kept_of(&dec.spectrum, k, dec.total_energy);
     Ok((
         basis,
         SideInfo {
             spectrum: dec.spectrum,
+            total_energy: dec.total_energy,
+            full_spectrum: dec.spectrum_complete,
             k_principal: k,
             mean_vector,
             pseudo,

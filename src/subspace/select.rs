@@ -45,6 +45,20 @@ pub fn select_k(
     rank: usize,
     shape: (usize, usize),
 ) -> Result<usize> {
+    let total: f64 = spectrum.iter().map(|s| s * s).sum();
+    select_k_total(rule, spectrum, total, rank, shape)
+}
+
+/// [`select_k`] with the total energy Σσ² given (the trace of the Gram, which extraction
+/// knows exactly without the full spectrum): the energy rule compares the partial sums of
+/// `spectrum` with `total`. The other rules do not read `total`.
+pub fn select_k_total(
+    rule: KRule,
+    spectrum: &[f64],
+    total: f64,
+    rank: usize,
+    shape: (usize, usize),
+) -> Result<usize> {
     let rank = rank.min(spectrum.len());
     let k = match rule {
         KRule::Fixed(k) => k,
@@ -54,8 +68,7 @@ pub fn select_k(
                     "energy threshold must be in (0, 1], got {t}"
                 )));
             }
-            let total: f64 = spectrum.iter().map(|s| s * s).sum();
-            if total == 0.0 {
+            if total <= 0.0 {
                 0
             } else {
                 let target = t * total - 1e-12 * total;
@@ -91,6 +104,15 @@ pub fn select_k(
 pub fn energy_kept(spectrum: &[f64], k: usize) -> f64 {
     let total: f64 = spectrum.iter().map(|s| s * s).sum();
     if total == 0.0 {
+        return 1.0;
+    }
+    spectrum.iter().take(k).map(|s| s * s).sum::<f64>() / total
+}
+
+/// Share of `total` (Σσ² of the whole stack) inside the first `k` singular values of
+/// `spectrum` (1 when `total` is 0: nothing was left out).
+pub fn energy_kept_of(spectrum: &[f64], k: usize, total: f64) -> f64 {
+    if total <= 0.0 {
         return 1.0;
     }
     spectrum.iter().take(k).map(|s| s * s).sum::<f64>() / total

@@ -159,6 +159,205 @@ pub fn top_eigenvectors(s: MatRef<'_, f64>, eigenvalues: &[f64], k: usize) -> Re
     )))
 }
 
+/// Certified top eigenpairs found without the rest of the spectrum ([`top_eigenpairs`]).
+#[derive(Clone, Debug)]
+pub struct Pairs {
+    /// Ritz vectors [m x b] (b = the solver's block, at least K + 1), descending Ritz values;
+    /// the first K are certified. The others serve as a warm start for a larger K.
+    pub vectors: Mat<f64>,
+    /// Ritz values θ₁ ≥ … ≥ θ_b (lower bounds of the matching eigenvalues: θᵢ ≤ λᵢ).
+    pub values: Vec<f64>,
+    /// Residual norm ‖S·qᵢ − θᵢ·qᵢ‖ of each Ritz pair.
+    pub residuals: Vec<f64>,
+    /// The certified count K.
+    pub k: usize,
+    /// Proven upper bound on λ_{K+1} (an inertia test, see [`top_eigenpairs`]).
+    pub lambda_next: f64,
+    /// Davis–Kahan bound on the sine of the largest principal angle between the first K
+    /// vectors and the exact top-K eigenspace (at most [`TARGET_SIN`]).
+    pub sin_bound: f64,
+    /// For i ≤ K: 0 ≤ λᵢ − θᵢ ≤ `value_error` (the quadratic residual bound ‖R‖²/δ).
+    pub value_error: f64,
+    /// Restarts used.
+    pub restarts: usize,
+}
+
+/// The result of [`top_eigenpairs`].
+pub enum TopPairs {
+    /// Certified top-K pairs.
+    Certified(Pairs),
+    /// The Krylov basis K needs would be a sizeable share of the matrix: the full
+    /// decomposition is as cheap (nothing is uncertain).
+    Small,
+    /// Why the full decomposition must be used instead (gap too small, rank below K, no
+    /// certified convergence).
+    UseFull(String),
+}
+
+/// The top-`k` eigenpairs of the symmetric PSD matrix `s` [m x m] (both triangles filled),
+/// **without** its other eigenvalues: restarted block Krylov with Rayleigh–Ritz, optionally
+/// warm-started from the columns of `start`.
+///
+/// **Certificate.** With Q the top-K Ritz vectors and P = I − Q·Qᵀ, Courant–Fischer gives
+/// λ_{K+1}(S) ≤ λ_max(P·S·P) (the subspace range(P) has codimension K). A Cholesky
+/// factorization of μ·I − P·S·P that succeeds proves λ_max(P·S·P) < μ up to its backward
+/// error, which is covered by adding the slack 4·m·ε·tr(S) (tr(S) ≥ ‖S‖₂ for a PSD matrix):
+/// λ_{K+1} ≤ μ + slack =: λ̂. μ is chosen just below θ_K − slack − ‖R_K‖_F/[`TARGET_SIN`], so
+/// that the Davis–Kahan bound ‖R_K‖_F / (θ_K − λ̂) is at most [`TARGET_SIN`]. (When the
+/// energy left outside the Ritz values, tr(S) − Σθᵢ, is already below μ, the inertia test is
+/// not needed: λ_{K+1} is at most that energy.) The same separation gives each of the top K
+/// eigenvalues to within ‖R_K‖²_F / (θ_K − λ̂) of its Ritz value, from below (Mathias 1998;
+/// Li & Li 2005: the quadratic residual bound).
+///
+/// Gives up ([`TopPairs::UseFull`]) when the Ritz gap (θ_K − θ_{K+1}) / θ₁ stays below
+/// [`MIN_RELATIVE_GAP`] (K is ambiguous at the angle target), when θ_K is at the rounding
+/// level of the matrix (rank below K), or without certified convergence in
+/// [`MAX_RESTARTS`] restarts. Deterministic: the start block comes from a fixed seed.
+pub fn top_eigenpairs(
+    s: MatRef<'_, f64>,
+    k: usize,
+    start: Option<MatRef<'_, f64>>,
+) -> Result<TopPairs> {
+    let m = s.nrows();
+    if s.ncols() != m {
+        return Err(Error::Numeric(format!(
+            "top-K solver: matrix {}x{} is not square",
+            m,
+            s.ncols()
+        )));
+    }
+    if k == 0 {
+        return Err(Error::Numeric("top-K solver: K = 0 asked".into()));
+    }
+    let block = (2 * k).max(k + 8).min(m);
+    if block <= k || krylov_too_large(k, m) {
+        return Ok(TopPairs::Small);
+    }
+    let trace: f64 = (0..m).map(|i| s[(i, i)]).sum::<f64>().max(0.0);
+    let slack = 4.0 * m as f64 * f64::EPSILON * trace;
+    let mut rng = GaussianRng::new(KRYLOV_SEED);
+    let mut next_block = Mat::from_fn(m, block, |_, _| rng.next_normal());
+    if let Some(st) = start
+        && st.nrows() == m
+    {
+        for j in 0..st.ncols().min(block) {
+            for i in 0..m {
+                next_block[(i, j)] = st[(i, j)];
+            }
+        }
+    }
+    let mut failed_inertia = 0usize;
+    for restart in 1..=MAX_RESTARTS {
+        let mut z = Mat::<f64>::zeros(m, 0);
+        let mut sz = Mat::<f64>::zeros(m, 0);
+        let mut next = next_block;
+        for _ in 0..DEPTH {
+            let q = orthonormalize_against(z.as_ref(), next);
+            let sq = linalg::mul(s, q.as_ref());
+            z = hcat(z.as_ref(), q.as_ref());
+            sz = hcat(sz.as_ref(), sq.as_ref());
+            next = sq;
+        }
+        let t = linalg::mul(z.transpose(), sz.as_ref());
+        let t = Mat::from_fn(t.nrows(), t.ncols(), |i, j| 0.5 * (t[(i, j)] + t[(j, i)]));
+        let (theta, y) = linalg::sym_eigen_desc(t.as_ref())?;
+        let yb = y.subcols(0, block);
+        let ritz = linalg::mul(z.as_ref(), yb);
+        let s_ritz = linalg::mul(sz.as_ref(), yb);
+        let residuals: Vec<f64> = (0..block)
+            .map(|j| {
+                (0..m)
+                    .map(|i| {
+                        let r = s_ritz[(i, j)] - ritz[(i, j)] * theta[j];
+                        r * r
+                    })
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect();
+        let rk = residuals[..k].iter().map(|r| r * r).sum::<f64>().sqrt();
+        let theta1 = theta[0].max(0.0);
+        let (theta_k, theta_after) = (theta[k - 1], theta[k]);
+        // Null directions: θ_K at the rounding level of the matrix.
+        if theta_k <= slack {
+            return Ok(TopPairs::UseFull(format!(
+                "the stack's rank is below K = {k} (θ_K = {theta_k:.3e}, θ₁ = {theta1:.3e})"
+            )));
+        }
+        if restart >= 3 && theta_k - theta_after <= MIN_RELATIVE_GAP * theta1 {
+            return Ok(TopPairs::UseFull(format!(
+                "eigengap after K = {k} is {:.1e} of λ₁, below {MIN_RELATIVE_GAP:.0e}: K is ambiguous at the 1e-6 angle target",
+                (theta_k - theta_after) / theta1
+            )));
+        }
+        let mu_max = theta_k - slack - rk / TARGET_SIN;
+        if mu_max > theta_after {
+            let mu = theta_after + 0.9 * (mu_max - theta_after);
+            let outside = trace - theta[..k].iter().sum::<f64>();
+            let proven = outside + slack < mu
+                || below_by_inertia(s, ritz.subcols(0, k), s_ritz.subcols(0, k), mu);
+            if proven {
+                let lambda_next = mu + slack;
+                let delta = theta_k - lambda_next;
+                return Ok(TopPairs::Certified(Pairs {
+                    vectors: ritz,
+                    values: theta[..block].to_vec(),
+                    residuals,
+                    k,
+                    lambda_next,
+                    sin_bound: rk / delta,
+                    value_error: rk * rk / delta,
+                    restarts: restart,
+                }));
+            }
+            failed_inertia += 1;
+            if failed_inertia >= 3 {
+                return Ok(TopPairs::UseFull(format!(
+                    "λ_(K+1) could not be proven below θ_K for K = {k} (an eigenvalue the Krylov basis missed?)"
+                )));
+            }
+        }
+        next_block = ritz;
+    }
+    Ok(TopPairs::UseFull(format!(
+        "no certified convergence after {MAX_RESTARTS} restarts"
+    )))
+}
+
+/// Whether the Krylov basis for the top `k` of an m x m matrix would be a sizeable share of
+/// it (more than half of m), so that the full decomposition is as cheap:
+/// [`top_eigenpairs`] then answers [`TopPairs::Small`].
+pub fn krylov_too_large(k: usize, m: usize) -> bool {
+    let block = (2 * k).max(k + 8).min(m);
+    block <= k || DEPTH * block * 2 > m
+}
+
+/// Whether μ·I − P·S·P is positive definite (Cholesky succeeds), P = I − Q·Qᵀ, given
+/// S·Q = `sq`: then every eigenvalue of P·S·P, and so λ_{K+1}(S), lies below μ (up to the
+/// factorization's backward error, which the caller adds).
+fn below_by_inertia(s: MatRef<'_, f64>, q: MatRef<'_, f64>, sq: MatRef<'_, f64>, mu: f64) -> bool {
+    let m = s.nrows();
+    // P·S·P = S − Q·(SQ)ᵀ − (SQ)·Qᵀ + Q·H·Qᵀ with H = Qᵀ·S·Q.
+    let h = linalg::mul(q.transpose(), sq);
+    let qh = linalg::mul(q, h.as_ref());
+    // W = SQ − Q·H/2, so that P·S·P = S − Q·Wᵀ − W·Qᵀ.
+    let w = Mat::from_fn(m, q.ncols(), |i, j| sq[(i, j)] - 0.5 * qh[(i, j)]);
+    let mut a = Mat::from_fn(m, m, |i, j| -s[(i, j)]);
+    matmul(a.as_mut(), Accum::Add, q, w.transpose(), 1.0, Par::Seq);
+    matmul(
+        a.as_mut(),
+        Accum::Add,
+        w.as_ref(),
+        q.transpose(),
+        1.0,
+        Par::Seq,
+    );
+    for i in 0..m {
+        a[(i, i)] += mu;
+    }
+    a.llt(faer::Side::Lower).is_ok()
+}
+
 /// Orthonormal columns spanning `v` with span(`z`) projected out: two passes of block
 /// Gram–Schmidt, a Householder QR, then one more pass and QR, so that columns of `v` that
 /// were (nearly) in span(`z`) still come out orthogonal to it.
@@ -232,6 +431,32 @@ mod tests {
             "{angle} vs {sin_bound}"
         );
 
+        // Without the eigenvalues: the same certificate, a proven bound on λ_{K+1} and
+        // proven errors of the top K values.
+        let TopPairs::Certified(pr) = top_eigenpairs(s.as_ref(), k, None).unwrap() else {
+            panic!("expected certified pairs");
+        };
+        let angle2 =
+            linalg::max_principal_angle(pr.vectors.subcols(0, k).transpose(), exact.as_ref())
+                .unwrap();
+        assert!(pr.sin_bound <= TARGET_SIN);
+        assert!(angle2.sin() <= pr.sin_bound * 1.01 + 1e-12);
+        assert!(
+            pr.lambda_next >= lambda[k],
+            "{} < {}",
+            pr.lambda_next,
+            lambda[k]
+        );
+        assert!(pr.lambda_next < lambda[k - 1]);
+        for (i, (l, v)) in lambda.iter().zip(&pr.values).take(k).enumerate() {
+            let err = l - v;
+            assert!(
+                err >= -1e-13 && err <= pr.value_error + 1e-13,
+                "λ_{i}: error {err:e} vs bound {:e}",
+                pr.value_error
+            );
+        }
+
         let mut close = lambda.clone();
         close[k] = close[k - 1] * (1.0 - 1e-9);
         let (s2, _) = with_spectrum(&close, 4);
@@ -239,6 +464,10 @@ mod tests {
         assert!(matches!(
             top_eigenvectors(s2.as_ref(), &vals2, k).unwrap(),
             TopK::UseFull(_)
+        ));
+        assert!(matches!(
+            top_eigenpairs(s2.as_ref(), k, None).unwrap(),
+            TopPairs::UseFull(r) if r.contains("eigengap")
         ));
     }
 }

@@ -309,8 +309,8 @@ fn wrong_shapes_versions_and_truncation_are_refused() {
     );
     rewrite_metadata(&path, &p, |m| m["modules"][q]["k_b"] = 4.into());
     expect_bad(&p, Some(&format!("modules.{q}.b")), "k_b = 4");
-    rewrite_metadata(&path, &p, |m| m["format_version"] = 2.into());
-    expect_bad(&p, None, "found version 2");
+    rewrite_metadata(&path, &p, |m| m["format_version"] = 3.into());
+    expect_bad(&p, None, "found version 3");
     rewrite_metadata(&path, &p, |m| m["dtype"] = "f16".into());
     expect_bad(&p, Some(&format!("{q}.V_A")), "dtype F16, found I8");
     rewrite_metadata(&path, &p, |m| {
@@ -349,4 +349,73 @@ fn non_finite_components_are_not_written() {
     assert!(e.to_string().contains("non-finite"), "{e}");
     assert!(!path.exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A bundle written by the previous elx (format 1: full spectra, no totals; the file in
+/// tests/fixtures was made by that build) still reads, with its id verified: every side's
+/// total energy is Σσ² of the stored spectrum, and the spectrum counts as complete.
+#[test]
+fn format_1_bundles_still_read() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bundle_v1.elxb");
+    let b = Bundle::read(&path).unwrap();
+    assert_eq!(b.manifest.format_version, 1);
+    assert_eq!(b.manifest.subspace_id, "elx-f570201c57703fb2");
+    assert!(!b.manifest.options.full_spectrum);
+    assert_eq!(b.subspace.modules.len(), 4);
+    for (name, m) in &b.subspace.modules {
+        for (side, s) in [("A", &m.a), ("B", &m.b)] {
+            assert!(s.full_spectrum, "{name} {side}");
+            assert_eq!(s.spectrum.len(), 20, "{name} {side}");
+            let want: f64 = s.spectrum.iter().map(|x| x * x).sum();
+            assert!(want > 0.0);
+            assert_eq!(s.total_energy, want, "{name} {side}");
+        }
+        let mm = &b.manifest.modules[name];
+        assert_eq!((mm.a.total_energy, mm.a.full_spectrum), (None, true));
+    }
+}
+
+/// Format 2: a side that stores only its top K values keeps its exact total energy and says
+/// that its spectrum is partial; both survive the round trip and the id covers them (an edited
+/// or removed total is refused).
+#[test]
+fn format_2_stores_totals_and_partial_spectra() {
+    let dir = temp_dir("bundle-v2");
+    let mut sub = subspace(5);
+    let name = sub.modules.keys().next().unwrap().clone();
+    {
+        let m = sub.modules.get_mut(&name).unwrap();
+        let k = m.a.k_principal;
+        m.a.spectrum.truncate(k);
+        m.a.total_energy = 123.25;
+        m.a.full_spectrum = false;
+    }
+    let path = dir.join("v2.elxb");
+    let written = Bundle::write(&path, &sub, &sources(), StorageDtype::F32, None).unwrap();
+    assert_eq!(written.format_version, 2);
+    let b = Bundle::read(&path).unwrap();
+    let (want, got) = (&sub.modules[&name], &b.subspace.modules[&name]);
+    assert_eq!(got.a.total_energy, 123.25);
+    assert!(!got.a.full_spectrum);
+    assert_eq!(got.a.spectrum.len(), want.a.k_principal);
+    assert!(got.b.full_spectrum);
+    assert_eq!(got.b.total_energy, want.b.total_energy);
+    assert_eq!(b.manifest.modules[&name].a.total_energy, Some(123.25));
+
+    let p = dir.join("edited.elxb");
+    rewrite_metadata(&path, &p, |m| {
+        m["modules"][&name]["a"]["total_energy"] = 124.0.into()
+    });
+    let err = Bundle::read(&p).unwrap_err().to_string();
+    assert!(err.contains("hashes to"), "{err}");
+    rewrite_metadata(&path, &p, |m| {
+        m["modules"][&name]["a"]
+            .as_object_mut()
+            .unwrap()
+            .remove("total_energy");
+    });
+    // (Refused by the id before the missing total is looked at: the id covers the manifest.)
+    let err = Bundle::read(&p).unwrap_err().to_string();
+    assert!(err.contains("hashes to"), "{err}");
 }

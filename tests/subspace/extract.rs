@@ -21,6 +21,7 @@ fn fixed(k_a: usize, k_b: usize, canonicalize: bool, center: bool) -> ExtractOpt
         k_rule_b: KRule::Fixed(k_b),
         pseudo: 0,
         seed: 0,
+        full_spectrum: false,
     }
 }
 

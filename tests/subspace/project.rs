@@ -19,6 +19,7 @@ fn subspace(mods: &[LoraModule], k: usize) -> ModuleSubspace {
         k_rule_b: KRule::Fixed(k),
         pseudo: 0,
         seed: 0,
+        full_spectrum: false,
     };
     extract_module(mods, &o).unwrap()
 }

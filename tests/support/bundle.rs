@@ -23,6 +23,8 @@ fn side(k_principal: usize, mean: bool, pseudo: usize, spectrum: Vec<f64>) -> Si
     let kept: f64 = spectrum.iter().take(k_principal).map(|s| s * s).sum();
     SideInfo {
         spectrum,
+        total_energy: total,
+        full_spectrum: true,
         k_principal,
         mean_vector: mean,
         pseudo,
@@ -74,6 +76,7 @@ pub fn subspace(seed: u64) -> Subspace {
             k_rule_b: KRule::Fixed(4),
             pseudo: 1,
             seed: 7,
+            full_spectrum: false,
         },
     }
 }

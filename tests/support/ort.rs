@@ -107,6 +107,8 @@ pub fn base_model() -> ModelProto {
 fn side(k: usize) -> SideInfo {
     SideInfo {
         spectrum: vec![1.0; k],
+        total_energy: k as f64,
+        full_spectrum: true,
         k_principal: k,
         mean_vector: false,
         pseudo: 0,
@@ -159,6 +161,8 @@ pub fn bundle() -> Bundle {
             mean_vector: false,
             pseudo: 0,
             energy_kept: 1.0,
+            total_energy: None,
+            full_spectrum: true,
         };
         manifest_modules.insert(
             m.to_string(),

@@ -217,6 +217,8 @@ pub fn orthonormal_cols(rng: &mut GaussianRng, n: usize, k: usize) -> Mat<f64> {
 fn side(k: usize) -> SideInfo {
     SideInfo {
         spectrum: vec![1.0; k],
+        total_energy: k as f64,
+        full_spectrum: true,
         k_principal: k,
         mean_vector: false,
         pseudo: 0,
@@ -230,6 +232,8 @@ fn side_summary(k: usize) -> SideSummary {
         mean_vector: false,
         pseudo: 0,
         energy_kept: 1.0,
+        total_energy: None,
+        full_spectrum: true,
     }
 }
 
