@@ -757,6 +757,18 @@ mod tests {
         let sv = linalg::thin_svd(spiked.as_ref()).unwrap();
         let c = spectrum_vs_null(&sv.s, rows, cols);
         assert_eq!(c.signal_directions, 3, "{c:?}");
+        assert!(!c.lower_bound);
+        // The top values plus the exact total (a bundle without --full-spectrum): the same
+        // edge and, with one value below it stored, the same figures; with only values above
+        // it stored, the figures become lower bounds and say so.
+        let total: f64 = sv.s.iter().map(|x| x * x).sum();
+        let top4 = spectrum_vs_null_of(&sv.s[..4], total, false, rows, cols);
+        assert_eq!((top4.signal_directions, top4.lower_bound), (3, false));
+        assert_eq!(top4.null_edge, c.null_edge);
+        assert_eq!(top4.signal_energy, c.signal_energy);
+        let top2 = spectrum_vs_null_of(&sv.s[..2], total, false, rows, cols);
+        assert_eq!((top2.signal_directions, top2.lower_bound), (2, true));
+        assert_eq!(top2.top_over_edge, c.top_over_edge);
         assert!(c.signal_energy > 0.2 && c.signal_energy < 1.0);
         assert_eq!(spectrum_vs_null(&[], 3, 3).signal_directions, 0);
     }

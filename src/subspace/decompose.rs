@@ -256,12 +256,14 @@ impl SideAccumulator {
     ///   trace; the K it returns is the full spectrum's K whenever the threshold lies outside
     ///   the values' proven error (else the full spectrum decides, and the vectors follow).
     ///   The spectrum returned is the top K values (`spectrum_complete` false).
+    /// * A K proven large enough that its Krylov basis would be a sizeable share of the
+    ///   matrix ([`super::topk::krylov_too_large`]): one full decomposition, the SVD of X when
+    ///   n ≤ d, the Gram's eigendecomposition otherwise, gives the values, K and the vectors.
     /// * [`KRule::GavishDonoho`] (its threshold is the median singular value, which the trace
-    ///   and the top values do not give), `full_spectrum`, a K whose Krylov basis would be a
-    ///   sizeable share of the matrix, a stack whose rank is below K, or a K the solver above
-    ///   cannot certify: every eigenvalue (values only), K from the full spectrum, the K
-    ///   vectors from the certified solver with the eigenvalues known
-    ///   ([`super::topk::top_eigenvectors`]) or from the full eigendecomposition when that
+    ///   and the top values do not give), `full_spectrum`, a stack whose rank is below K, or a
+    ///   K the solver above cannot certify: every eigenvalue (values only), K from the full
+    ///   spectrum, the K vectors from the certified solver with the eigenvalues known
+    ///   ([`super::topk::top_eigenvectors`]) or from the full decomposition when that
     ///   solver declines (recorded in [`Decomposition::solver`] with the reason).
     ///
     /// With n ≤ d the vectors found are right singular vectors W; the left ones are the
@@ -544,7 +546,12 @@ fn top_by_values(
                 let pr = match topk::top_eigenpairs(s, k_try, start.as_ref().map(|m| m.as_ref()))? {
                     TopPairs::Certified(pr) => pr,
                     TopPairs::Small => return Ok(ByValues::Large),
-                    TopPairs::UseFull(why) => return Ok(ByValues::Full(Some(why))),
+                    // An intermediate K of the growth, not the rule's answer: say so.
+                    TopPairs::UseFull(why) => {
+                        return Ok(ByValues::Full(Some(format!(
+                            "while growing K for the energy rule (trying K = {k_try}): {why}"
+                        ))));
+                    }
                 };
                 // Partial sums of the certified values: the exact ones lie in
                 // [L_j, L_j + j·e] (Ritz values are lower bounds, e the proven error).

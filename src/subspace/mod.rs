@@ -7,7 +7,8 @@
 //!
 //! * [`decompose`]: exact decomposition of a stacked side, on the Gram in the smaller
 //!   dimension, streaming the d x d Gram for very many adapters.
-//! * [`topk`]: certified top-K eigenvectors (block Krylov, Davis–Kahan stopping test).
+//! * [`topk`]: certified top-K eigenpairs (block Krylov; Davis–Kahan stopping test, with
+//!   λ_{K+1} known or proven by an inertia test).
 //! * [`select`]: the K rules (fixed, explained energy, Gavish–Donoho).
 //! * [`augment`]: mean direction and pseudo-PCs, orthogonalized by modified Gram–Schmidt.
 //! * [`project`]: coefficients of an adapter in a subspace, reconstruction, errors.

@@ -1,9 +1,15 @@
 //! Top-K eigenvectors of a symmetric positive semi-definite matrix by restarted block Krylov
 //! iteration with Rayleigh–Ritz, certified against the full decomposition.
 //!
-//! The caller knows every eigenvalue already (values only are about half the cost of the full
-//! eigendecomposition, and the bundle keeps the whole spectrum); what is saved is the
-//! eigenvectors beyond K. Knowing λ_{K+1} makes the stopping test a bound, not a heuristic:
+//! Two entry points:
+//! * [`top_eigenpairs`] knows nothing of the spectrum (what extraction uses by default: the
+//!   K rules are then served from the trace plus these top values). It proves an upper bound
+//!   on λ_{K+1} by an inertia test (a Cholesky factorization, see its documentation) and
+//!   then applies the certificate below.
+//! * [`top_eigenvectors`] is handed every eigenvalue (when the full spectrum was computed
+//!   anyway: `--full-spectrum`, Gavish–Donoho); what is saved is the eigenvectors beyond K.
+//!
+//! Knowing (a bound on) λ_{K+1} makes the stopping test a bound, not a heuristic:
 //!
 //! **Certificate (Davis–Kahan sin θ).** Let Q [m x K] be orthonormal Ritz vectors with Ritz
 //! values θ_1 ≥ … ≥ θ_K, R = S·Q − Q·diag(θ) the residual, and δ = θ_K − λ_{K+1} > 0 the gap
