@@ -117,24 +117,7 @@ pub fn top_eigenvectors(s: MatRef<'_, f64>, eigenvalues: &[f64], k: usize) -> Re
     let mut rng = GaussianRng::new(KRYLOV_SEED);
     let mut start = Mat::from_fn(m, block, |_, _| rng.next_normal());
     for restart in 1..=MAX_RESTARTS {
-        // Krylov basis Z = orth[V, S·V, S²·V, …] with full reorthogonalization, and S·Z.
-        let mut z = Mat::<f64>::zeros(m, 0);
-        let mut sz = Mat::<f64>::zeros(m, 0);
-        let mut next = start;
-        for _ in 0..DEPTH {
-            let q = orthonormalize_against(z.as_ref(), next);
-            let sq = linalg::mul(s, q.as_ref());
-            z = hcat(z.as_ref(), q.as_ref());
-            sz = hcat(sz.as_ref(), sq.as_ref());
-            next = sq;
-        }
-        // Rayleigh–Ritz on span(Z).
-        let t = linalg::mul(z.transpose(), sz.as_ref());
-        let t = Mat::from_fn(t.nrows(), t.ncols(), |i, j| 0.5 * (t[(i, j)] + t[(j, i)]));
-        let (theta, y) = linalg::sym_eigen_desc(t.as_ref())?;
-        let yb = y.subcols(0, block);
-        let ritz = linalg::mul(z.as_ref(), yb);
-        let s_ritz = linalg::mul(sz.as_ref(), yb);
+        let (theta, ritz, s_ritz) = krylov_ritz(s, start, block)?;
         // Residual of the top K and the certificate.
         let mut r2 = 0.0;
         for j in 0..k {
@@ -254,22 +237,7 @@ pub fn top_eigenpairs(
     }
     let mut failed_inertia = 0usize;
     for restart in 1..=MAX_RESTARTS {
-        let mut z = Mat::<f64>::zeros(m, 0);
-        let mut sz = Mat::<f64>::zeros(m, 0);
-        let mut next = next_block;
-        for _ in 0..DEPTH {
-            let q = orthonormalize_against(z.as_ref(), next);
-            let sq = linalg::mul(s, q.as_ref());
-            z = hcat(z.as_ref(), q.as_ref());
-            sz = hcat(sz.as_ref(), sq.as_ref());
-            next = sq;
-        }
-        let t = linalg::mul(z.transpose(), sz.as_ref());
-        let t = Mat::from_fn(t.nrows(), t.ncols(), |i, j| 0.5 * (t[(i, j)] + t[(j, i)]));
-        let (theta, y) = linalg::sym_eigen_desc(t.as_ref())?;
-        let yb = y.subcols(0, block);
-        let ritz = linalg::mul(z.as_ref(), yb);
-        let s_ritz = linalg::mul(sz.as_ref(), yb);
+        let (theta, ritz, s_ritz) = krylov_ritz(s, next_block, block)?;
         let residuals: Vec<f64> = (0..block)
             .map(|j| {
                 (0..m)
@@ -362,6 +330,36 @@ fn below_by_inertia(s: MatRef<'_, f64>, q: MatRef<'_, f64>, sq: MatRef<'_, f64>,
         a[(i, i)] += mu;
     }
     a.llt(faer::Side::Lower).is_ok()
+}
+
+/// One cycle of the block Krylov solver from `start` [m x block]: the basis
+/// Z = orth[V, S·V, S²·V, …] (DEPTH blocks, fully reorthogonalized) and Rayleigh–Ritz on it.
+/// Returns every Ritz value (descending), the top `block` Ritz vectors and S times them.
+fn krylov_ritz(
+    s: MatRef<'_, f64>,
+    start: Mat<f64>,
+    block: usize,
+) -> Result<(Vec<f64>, Mat<f64>, Mat<f64>)> {
+    let m = s.nrows();
+    let mut z = Mat::<f64>::zeros(m, 0);
+    let mut sz = Mat::<f64>::zeros(m, 0);
+    let mut next = start;
+    for _ in 0..DEPTH {
+        let q = orthonormalize_against(z.as_ref(), next);
+        let sq = linalg::mul(s, q.as_ref());
+        z = hcat(z.as_ref(), q.as_ref());
+        sz = hcat(sz.as_ref(), sq.as_ref());
+        next = sq;
+    }
+    let t = linalg::mul(z.transpose(), sz.as_ref());
+    let t = Mat::from_fn(t.nrows(), t.ncols(), |i, j| 0.5 * (t[(i, j)] + t[(j, i)]));
+    let (theta, y) = linalg::sym_eigen_desc(t.as_ref())?;
+    let yb = y.subcols(0, block);
+    Ok((
+        theta,
+        linalg::mul(z.as_ref(), yb),
+        linalg::mul(sz.as_ref(), yb),
+    ))
 }
 
 /// Orthonormal columns spanning `v` with span(`z`) projected out: two passes of block
