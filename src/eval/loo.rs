@@ -774,8 +774,7 @@ impl ZeroShot<'_> {
         let train_seconds = t0.elapsed().as_secs_f64();
         let eval = ft.evaluate(self.test)?;
         let head = ft
-            .to_coeff_file("", "", &self.head.labels)?
-            .head
+            .labelled_head(&self.head.labels)?
             .ok_or_else(|| Error::Usage("a classifier without a head".into()))?;
         model = ft.into_model();
         let row = MethodResult {

@@ -1069,6 +1069,28 @@ impl<M: ForwardModel> Finetuner<M> {
         Ok(())
     }
 
+    /// The trained head as a file's [`Head`] with class names `labels` (one per class);
+    /// `None` without a head (a custom objective).
+    pub fn labelled_head(&self, labels: &[String]) -> Result<Option<Head>> {
+        let Some(h) = &self.head else {
+            return Ok(None);
+        };
+        if labels.len() != h.classes() {
+            return Err(Error::Usage(format!(
+                "{} label names for a head of {} classes",
+                labels.len(),
+                h.classes()
+            )));
+        }
+        let (c, d) = (h.classes(), h.dim());
+        let w = h.weight();
+        Ok(Some(Head {
+            weight: Mat::from_fn(c, d, |i, j| w[i * d + j]),
+            bias: h.bias().to_vec(),
+            labels: labels.to_vec(),
+        }))
+    }
+
     /// The task as a coefficient file: the trained rank-r coefficients per module and, for
     /// classification, the head with `labels` (one per class; ignored without a head).
     pub fn to_coeff_file(
@@ -1090,25 +1112,7 @@ impl<M: ForwardModel> Finetuner<M> {
                 },
             );
         }
-        let head = match &self.head {
-            Some(h) => {
-                if labels.len() != h.classes() {
-                    return Err(Error::Usage(format!(
-                        "{} label names for a head of {} classes",
-                        labels.len(),
-                        h.classes()
-                    )));
-                }
-                let (c, d) = (h.classes(), h.dim());
-                let w = h.weight();
-                Some(Head {
-                    weight: Mat::from_fn(c, d, |i, j| w[i * d + j]),
-                    bias: h.bias().to_vec(),
-                    labels: labels.to_vec(),
-                })
-            }
-            None => None,
-        };
+        let head = self.labelled_head(labels)?;
         Ok(CoeffFile {
             subspace_id: subspace_id.to_string(),
             task: task.to_string(),
