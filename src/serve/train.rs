@@ -428,12 +428,17 @@ impl ExactGradient {
             )));
         }
         let m = self.micro;
-        let shape = TrainingShape {
-            batch: m,
-            seq,
-            classes,
-        };
-        let d = self.prepare(&shape)?.graph.dim;
+        let plan = MicroBatches::new(mask, batch, seq, m);
+        // Every shape prepared first: the jobs below borrow the cache.
+        let mut d = 0;
+        for &s in &plan.seqs {
+            let shape = TrainingShape {
+                batch: m,
+                seq: s,
+                classes,
+            };
+            d = self.prepare(&shape)?.graph.dim;
+        }
         if head_weight.len() != classes * d {
             return Err(Error::Usage(format!(
                 "expected head weights [{classes} x {d}], found {} values",
@@ -444,6 +449,7 @@ impl ExactGradient {
         out.loss = 0.0;
         out.dim = d;
         out.pooled.clear();
+        out.pooled.resize(batch * d, 0.0);
         out.head_weight.clear();
         out.head_weight.resize(classes * d, 0.0);
         out.head_bias.clear();
@@ -456,27 +462,31 @@ impl ExactGradient {
             shape,
             data: TensorData::F32(v),
         };
-        self.prepare(&shape)?;
-        let prepared = self
-            .prepared
-            .get(&shape)
-            .ok_or_else(|| Error::Internal("training graph cache".into()))?;
         let base_weights = &self.weights;
-        let mut jobs: Vec<crate::util::Job<'_, (usize, Vec<OutputTensor>)>> = Vec::new();
-        for start in (0..batch).step_by(m) {
-            let rows = m.min(batch - start);
-            // Rows past the batch: padding tokens, no mask, no target, weight 0.
-            let pad_to = |v: &[i64], fill: i64| {
-                let mut x = v[start * seq..(start + rows) * seq].to_vec();
-                x.resize(m * seq, fill);
-                x
+        let mut jobs: Vec<crate::util::Job<'_, Vec<OutputTensor>>> = Vec::new();
+        for (rows, &s) in plan.order.chunks(m).zip(&plan.seqs) {
+            let shape = TrainingShape {
+                batch: m,
+                seq: s,
+                classes,
             };
-            let (cid, cmask) = (pad_to(ids, 0), pad_to(mask, 0));
-            let mut t = targets[start * classes..(start + rows) * classes].to_vec();
-            t.resize(m * classes, 0.0);
-            let mut w = weights[start..start + rows].to_vec();
-            w.resize(m, 0.0);
-            let mut inputs = self.token_inputs(&cid, &cmask, m, seq);
+            let prepared = self
+                .prepared
+                .get(&shape)
+                .ok_or_else(|| Error::Internal("training graph cache".into()))?;
+            // The micro-batch's rows, cut to its own length (the columns dropped are padding
+            // in every row); rows past the batch: padding tokens, no mask, no target, weight 0.
+            let (mut cid, mut cmask) = (vec![0; m * s], vec![0; m * s]);
+            let mut t = vec![0.0; m * classes];
+            let mut w = vec![0.0; m];
+            for (k, &row) in rows.iter().enumerate() {
+                cid[k * s..(k + 1) * s].copy_from_slice(&ids[row * seq..row * seq + s]);
+                cmask[k * s..(k + 1) * s].copy_from_slice(&mask[row * seq..row * seq + s]);
+                t[k * classes..(k + 1) * classes]
+                    .copy_from_slice(&targets[row * classes..(row + 1) * classes]);
+                w[k] = weights[row];
+            }
+            let mut inputs = self.token_inputs(&cid, &cmask, m, s);
             inputs.extend(coeffs.iter().cloned());
             inputs.push(f(HEAD_WEIGHT, vec![classes, d], head_weight.to_vec()));
             inputs.push(f(HEAD_BIAS, vec![classes], head_bias.to_vec()));
@@ -500,15 +510,26 @@ impl ExactGradient {
                         o.name
                     )));
                 }
-                Ok((rows, outputs))
+                Ok(outputs)
             }));
         }
         // Summed in micro-batch order whatever the threads: the result does not depend on them.
-        for (rows, outputs) in crate::util::run_parallel(jobs, self.threads)? {
+        let results = crate::util::run_parallel(jobs, self.threads)?;
+        for (rows, outputs) in plan.order.chunks(m).zip(results) {
             let mut it = outputs.into_iter().map(|o| o.data);
             let mut next = || it.next().unwrap_or_default();
             out.loss += f64::from(next().first().copied().unwrap_or(f32::NAN));
-            out.pooled.extend_from_slice(&next()[..rows * d]);
+            let pooled = next();
+            if pooled.len() < rows.len() * d {
+                return Err(Error::Engine(format!(
+                    "the training graph returned {} pooled values for {} rows of {d}",
+                    pooled.len(),
+                    rows.len()
+                )));
+            }
+            for (k, &row) in rows.iter().enumerate() {
+                out.pooled[row * d..(row + 1) * d].copy_from_slice(&pooled[k * d..(k + 1) * d]);
+            }
             for (acc, v) in [(&mut out.head_weight, next()), (&mut out.head_bias, next())] {
                 acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
             }
@@ -537,6 +558,41 @@ impl ExactGradient {
             at += l.len();
         }
         Ok(())
+    }
+}
+
+/// How a padded batch is cut into training-graph runs: rows sorted by their length (the last
+/// unmasked position + 1), `micro` at a time, each run padded only to its own longest row
+/// rounded up to a power of two (at least 8, at most the batch's length). Columns past a
+/// row's length are masked, so dropping them leaves its loss and gradients unchanged, while
+/// short rows no longer pay for the batch's longest; powers of two keep the training graphs
+/// to a handful of shapes.
+struct MicroBatches {
+    /// Batch rows in run order (sorted by length, ties in batch order).
+    order: Vec<usize>,
+    /// The sequence length of each run.
+    seqs: Vec<usize>,
+}
+
+impl MicroBatches {
+    fn new(mask: &[i64], batch: usize, seq: usize, micro: usize) -> Self {
+        let len = |row: usize| {
+            mask[row * seq..(row + 1) * seq]
+                .iter()
+                .rposition(|&v| v != 0)
+                .map_or(0, |p| p + 1)
+        };
+        let lens: Vec<usize> = (0..batch).map(len).collect();
+        let mut order: Vec<usize> = (0..batch).collect();
+        order.sort_by_key(|&row| lens[row]);
+        let seqs = order
+            .chunks(micro.max(1))
+            .map(|rows| {
+                let longest = rows.iter().map(|&r| lens[r]).max().unwrap_or(0);
+                longest.max(8).next_power_of_two().min(seq)
+            })
+            .collect();
+        MicroBatches { order, seqs }
     }
 }
 

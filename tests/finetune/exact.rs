@@ -6,6 +6,9 @@
 
 use crate::support::grad::{case, gradients};
 use crate::support::tinybert::{SEQ, bound_bundle, fixture, tmpdir};
+use eigenlorax::finetune::ForwardModel;
+use eigenlorax::finetune::data::Example;
+use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::graph::grad::{Analysis, TrainingShape};
 use eigenlorax::runtime::{Backend, Engine};
 use eigenlorax::serve::train::ExactGradient;
@@ -111,6 +114,28 @@ fn tiny_bert_gradients_match_f64_finite_differences() {
     assert_eq!(one.head_bias, three.head_bias);
     assert_eq!(one.pooled, three.pooled);
     assert!((one.loss - out.loss).abs() < 1e-5 * out.loss);
+    // The runs take the rows sorted by length (the short rows first, cut to 8 tokens); the
+    // pooled features come back in batch order, as the forward pass gives them.
+    let examples = c
+        .ids
+        .chunks(SEQ)
+        .zip(c.mask.chunks(SEQ))
+        .map(|(i, m)| Example {
+            input_ids: i.to_vec(),
+            attention_mask: m.to_vec(),
+        })
+        .collect();
+    let mut forward = SequenceModel::new(engine.hidden_state().expect("hidden"), examples, 0, None)
+        .expect("model");
+    let mut feats = Vec::new();
+    let rows: Vec<usize> = (0..c.batch).collect();
+    forward
+        .features(&rows, &c.params, &mut feats)
+        .expect("features");
+    let ours: Vec<f64> = one.pooled.iter().map(|&x| f64::from(x)).collect();
+    let theirs: Vec<f64> = feats.iter().map(|&x| f64::from(x)).collect();
+    let e = rel(&ours, &theirs);
+    assert!(e < 1e-5, "pooled features vs the forward pass: {e:.2e}");
 
     // The training graph (batch 6; the gradients above ran in micro-batches of 4, the
     // second padded) and its inputs, for the reference.
