@@ -11,6 +11,11 @@ pub use crate::runtime::hidden::{HiddenStateBackend, TokenFeed};
 use crate::runtime::{Engine, HiddenState};
 use crate::serve::train::{ExactGradient, Gradients};
 
+/// Most rows per engine run of a forward pass: a larger batch runs in runs of rows of
+/// similar length (sorted), so padding follows each run's longest row, and the activations
+/// held at once stay those of this many rows.
+pub const FORWARD_RUN: usize = 16;
+
 /// Tokenized examples served through a [`HiddenStateBackend`], pooled by masked mean.
 pub struct SequenceModel<B> {
     backend: B,
@@ -101,6 +106,26 @@ impl<B: HiddenStateBackend> SequenceModel<B> {
             self.bucket_max = Some(longest.unwrap_or(1).max(1));
         }
         Ok(self)
+    }
+
+    /// Pooled features of `batch` from one engine run, in batch order.
+    fn run_features(
+        &mut self,
+        batch: &[usize],
+        params: &[f32],
+        out: &mut Vec<f32>,
+    ) -> Result<usize> {
+        let seq = self.pad(batch)?;
+        let d = self.backend.hidden(
+            &self.ids,
+            &self.mask,
+            batch.len(),
+            seq,
+            params,
+            &mut self.hidden,
+        )?;
+        mean_pool(&self.hidden, &self.mask, batch.len(), seq, d, out)?;
+        Ok(d)
     }
 
     /// Pads the examples `batch` into `self.ids` / `self.mask`; returns the sequence length.
@@ -214,16 +239,25 @@ impl<B: HiddenStateBackend> ForwardModel for SequenceModel<B> {
     }
 
     fn features(&mut self, batch: &[usize], params: &[f32], out: &mut Vec<f32>) -> Result<usize> {
-        let seq = self.pad(batch)?;
-        let d = self.backend.hidden(
-            &self.ids,
-            &self.mask,
-            batch.len(),
-            seq,
-            params,
-            &mut self.hidden,
-        )?;
-        mean_pool(&self.hidden, &self.mask, batch.len(), seq, d, out)?;
+        if self.fixed_seq.is_some() || batch.len() <= FORWARD_RUN {
+            return self.run_features(batch, params, out);
+        }
+        // Rows sorted by length, FORWARD_RUN at a time, each run padded to its own longest:
+        // short texts no longer pay for the batch's longest. Rows come back in batch order.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&k| self.examples.get(batch[k]).map_or(0, |e| e.input_ids.len()));
+        let (mut rows, mut pooled) = (Vec::with_capacity(FORWARD_RUN), Vec::new());
+        let mut d = 0;
+        out.clear();
+        for run in order.chunks(FORWARD_RUN) {
+            rows.clear();
+            rows.extend(run.iter().map(|&k| batch[k]));
+            d = self.run_features(&rows, params, &mut pooled)?;
+            out.resize(batch.len() * d, 0.0);
+            for (j, &k) in run.iter().enumerate() {
+                out[k * d..(k + 1) * d].copy_from_slice(&pooled[j * d..(j + 1) * d]);
+            }
+        }
         Ok(d)
     }
 
@@ -326,5 +360,60 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("10 tokens") && e.contains("bucket is 9"), "{e}");
+    }
+
+    /// A batch larger than one run is run sorted by length; the features come back in batch
+    /// order, the same as row by row, and each run is padded to its own longest row.
+    #[test]
+    fn long_batches_run_sorted_by_length() {
+        struct Lengths(Vec<CoeffLayout>, Vec<usize>);
+        impl HiddenStateBackend for Lengths {
+            fn layout(&self) -> &[CoeffLayout] {
+                &self.0
+            }
+            fn hidden(
+                &mut self,
+                ids: &[i64],
+                _: &[i64],
+                _: usize,
+                s: usize,
+                _: &[f32],
+                out: &mut Vec<f32>,
+            ) -> Result<usize> {
+                self.1.push(s);
+                out.clear();
+                out.extend(ids.iter().map(|&t| t as f32));
+                Ok(1)
+            }
+        }
+        let layout = vec![CoeffLayout {
+            name: "m".into(),
+            k_a: 1,
+            k_b: 1,
+            r: 1,
+        }];
+        // Example i has 1 + (7 i mod 40) tokens, all equal to i.
+        let n = 2 * FORWARD_RUN + 3;
+        let examples: Vec<Example> = (0..n)
+            .map(|i| {
+                let len = 1 + (7 * i) % 40;
+                Example {
+                    input_ids: vec![i as i64; len],
+                    attention_mask: vec![1; len],
+                }
+            })
+            .collect();
+        let mut m = SequenceModel::new(Lengths(layout, Vec::new()), examples, -1, None).unwrap();
+        let batch: Vec<usize> = (0..n).rev().collect();
+        let mut out = Vec::new();
+        assert_eq!(m.features(&batch, &[0.0, 0.0], &mut out).unwrap(), 1);
+        let expected: Vec<f32> = batch.iter().map(|&i| i as f32).collect();
+        assert_eq!(out, expected);
+        // Three runs, shortest first, each as long as its longest row.
+        let mut lens: Vec<usize> = (0..n).map(|i| 1 + (7 * i) % 40).collect();
+        lens.sort();
+        let runs: Vec<usize> = lens.chunks(FORWARD_RUN).map(|c| c[c.len() - 1]).collect();
+        assert_eq!(m.backend().1, runs);
+        assert!(runs[0] < runs[2]);
     }
 }
