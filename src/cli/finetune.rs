@@ -1,8 +1,9 @@
 //! `elx finetune --model BASE.onnx --bundle B.elxb --train train.jsonl [--val val.jsonl] -o task.elxc`
 //!
-//! Trains a new task's coefficients (SPSA, forward passes only) and its linear head on the
-//! tract runtime or ONNX Runtime (`--backend ort`), and writes them as a `.elxc` that
-//! `elx run` serves beside the other tasks.
+//! Trains a new task's coefficients (exact gradients through a training graph, or SPSA with
+//! forward passes only) and its linear head on the tract runtime or ONNX Runtime
+//! (`--backend ort`), and writes them as a `.elxc` that `elx run` serves beside the other
+//! tasks.
 //! Data is JSONL: pre-tokenized `{"input_ids": [...], "label": ...}` lines, or
 //! `{"text": ..., "label": ...}` lines when a tokenizer is given or lies next to the model.
 

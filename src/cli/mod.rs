@@ -151,7 +151,7 @@ pub enum Command {
     /// Build the ONNX graph of a BERT encoder from a HF folder (config.json, model.safetensors).
     #[command(after_long_help = examples::IMPORT_HF)]
     ImportHf(import_hf::ImportHfArgs),
-    /// Train a new task's coefficients and head on the device, with forward passes only.
+    /// Train a new task's coefficients and head on the device (exact gradients, or SPSA).
     #[command(after_long_help = examples::FINETUNE)]
     Finetune(finetune::FinetuneArgs),
 }
