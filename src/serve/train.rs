@@ -428,16 +428,11 @@ impl ExactGradient {
             )));
         }
         let m = self.micro;
-        let plan = MicroBatches::new(mask, batch, seq, m);
+        let plan = MicroBatches::new(mask, batch, seq, m, m * RUN_TOKENS_PER_ROW);
         // Every shape prepared first: the jobs below borrow the cache.
         let mut d = 0;
-        for &s in &plan.seqs {
-            let shape = TrainingShape {
-                batch: m,
-                seq: s,
-                classes,
-            };
-            d = self.prepare(&shape)?.graph.dim;
+        for run in &plan.runs {
+            d = self.prepare(&run.shape(classes))?.graph.dim;
         }
         if head_weight.len() != classes * d {
             return Err(Error::Usage(format!(
@@ -464,15 +459,11 @@ impl ExactGradient {
         };
         let base_weights = &self.weights;
         let mut jobs: Vec<crate::util::Job<'_, Vec<OutputTensor>>> = Vec::new();
-        for (rows, &s) in plan.order.chunks(m).zip(&plan.seqs) {
-            let shape = TrainingShape {
-                batch: m,
-                seq: s,
-                classes,
-            };
+        for run in &plan.runs {
+            let (rows, m, s) = (&run.rows, run.batch, run.seq);
             let prepared = self
                 .prepared
-                .get(&shape)
+                .get(&run.shape(classes))
                 .ok_or_else(|| Error::Internal("training graph cache".into()))?;
             // The micro-batch's rows, cut to its own length (the columns dropped are padding
             // in every row); rows past the batch: padding tokens, no mask, no target, weight 0.
@@ -515,7 +506,7 @@ impl ExactGradient {
         }
         // Summed in micro-batch order whatever the threads: the result does not depend on them.
         let results = crate::util::run_parallel(jobs, self.threads)?;
-        for (rows, outputs) in plan.order.chunks(m).zip(results) {
+        for (rows, outputs) in plan.runs.iter().map(|r| &r.rows).zip(results) {
             let mut it = outputs.into_iter().map(|o| o.data);
             let mut next = || it.next().unwrap_or_default();
             out.loss += f64::from(next().first().copied().unwrap_or(f32::NAN));
@@ -561,21 +552,43 @@ impl ExactGradient {
     }
 }
 
+/// Padded tokens a training-graph run may hold per row of the micro-batch: a run of rows
+/// longer than this holds fewer rows, so that the activations kept for the backward pass (and
+/// the peak memory) stay near those of a micro-batch of 32-token rows whatever the lengths
+/// (MiniLM language_id: peak RSS 980 MB without the bound, 665 MB at 64, 478 MB at 32, at the
+/// same speed; BENCHMARKS.md).
+const RUN_TOKENS_PER_ROW: usize = 32;
+
 /// How a padded batch is cut into training-graph runs: rows sorted by their length (the last
-/// unmasked position + 1), `micro` at a time, each run padded only to its own longest row
-/// rounded up to a power of two (at least 8, at most the batch's length). Columns past a
-/// row's length are masked, so dropping them leaves its loss and gradients unchanged, while
-/// short rows no longer pay for the batch's longest; powers of two keep the training graphs
-/// to a handful of shapes.
+/// unmasked position + 1), each run padded only to its own longest row rounded up to a power
+/// of two (at least 8, at most the batch's length), and holding at most `micro` rows and
+/// `tokens` padded tokens (one row at least). Columns past a row's length are masked, so
+/// dropping them leaves its loss and gradients unchanged, while short rows no longer pay for
+/// the batch's longest; powers of two keep the training graphs to one per length.
 struct MicroBatches {
-    /// Batch rows in run order (sorted by length, ties in batch order).
-    order: Vec<usize>,
-    /// The sequence length of each run.
-    seqs: Vec<usize>,
+    runs: Vec<Run>,
+}
+
+/// One training-graph run: batch rows (sorted by length, ties in batch order), padded with
+/// zero-weight rows up to `batch`, each `seq` tokens long.
+struct Run {
+    rows: Vec<usize>,
+    batch: usize,
+    seq: usize,
+}
+
+impl Run {
+    fn shape(&self, classes: usize) -> TrainingShape {
+        TrainingShape {
+            batch: self.batch,
+            seq: self.seq,
+            classes,
+        }
+    }
 }
 
 impl MicroBatches {
-    fn new(mask: &[i64], batch: usize, seq: usize, micro: usize) -> Self {
+    fn new(mask: &[i64], batch: usize, seq: usize, micro: usize, tokens: usize) -> Self {
         let len = |row: usize| {
             mask[row * seq..(row + 1) * seq]
                 .iter()
@@ -585,14 +598,26 @@ impl MicroBatches {
         let lens: Vec<usize> = (0..batch).map(len).collect();
         let mut order: Vec<usize> = (0..batch).collect();
         order.sort_by_key(|&row| lens[row]);
-        let seqs = order
-            .chunks(micro.max(1))
-            .map(|rows| {
-                let longest = rows.iter().map(|&r| lens[r]).max().unwrap_or(0);
-                longest.max(8).next_power_of_two().min(seq)
-            })
-            .collect();
-        MicroBatches { order, seqs }
+        let micro = micro.max(1);
+        let bucket = |l: usize| l.max(8).next_power_of_two().min(seq);
+        let rows_at = |s: usize| (tokens / s.max(1)).clamp(1, micro);
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < order.len() {
+            // The most rows that fit at the length of the longest of them (the last: sorted).
+            let mut k = micro.min(order.len() - i);
+            while k > 1 && k > rows_at(bucket(lens[order[i + k - 1]])) {
+                k -= 1;
+            }
+            let s = bucket(lens[order[i + k - 1]]);
+            runs.push(Run {
+                rows: order[i..i + k].to_vec(),
+                batch: rows_at(s),
+                seq: s,
+            });
+            i += k;
+        }
+        MicroBatches { runs }
     }
 }
 
@@ -601,5 +626,37 @@ fn f32_input(name: &str, shape: &[usize]) -> InputTensor {
         name: name.to_string(),
         shape: shape.to_vec(),
         data: TensorData::F32(vec![0.0; shape.iter().product()]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MicroBatches;
+
+    /// Rows of lengths 3, 100, 20, 60, 128, 5 (batch length 128), micro-batches of 4 and at most
+    /// 256 tokens: sorted, each run at its own power of two, the 128-token rows two at a time.
+    #[test]
+    fn runs_follow_the_lengths() {
+        let lens = [3, 100, 20, 60, 128, 5];
+        let seq = 128;
+        let mask: Vec<i64> = lens
+            .iter()
+            .flat_map(|&l| (0..seq).map(move |p| i64::from(p < l)))
+            .collect();
+        let plan = MicroBatches::new(&mask, lens.len(), seq, 4, 256);
+        let runs: Vec<(Vec<usize>, usize, usize)> = plan
+            .runs
+            .iter()
+            .map(|r| (r.rows.clone(), r.batch, r.seq))
+            .collect();
+        assert_eq!(
+            runs,
+            [(vec![0, 5, 2, 3], 4, 64), (vec![1, 4], 2, 128)],
+            "rows by length: 3, 5, 20, 60 | 100, 128"
+        );
+        // Without the token bound: one run of 4 at 64, the rest (2 rows) padded to 4 at 128.
+        let plan = MicroBatches::new(&mask, lens.len(), seq, 4, usize::MAX);
+        assert_eq!(plan.runs[1].batch, 4);
+        assert_eq!(plan.runs[1].rows, [1, 4]);
     }
 }
