@@ -36,10 +36,10 @@ def main(outs):
                 m[k].append((fs[k]["test"]["cross_entropy"], fs[k]["test"]["accuracy"]))
             b = json.load(open(os.path.join(out, t["task"], "backprop.json")))
             m["reference"].append((b["test_cross_entropy"], b["test_accuracy"]))
-    print(f"{len(outs)} seeds; test CE mean ± sd over the seeds (mean accuracy)\n")
-    print("| held out | head only | exact, recycled subspace | exact, random basis (control) "
+    print(f"{len(outs)} runs; test CE mean ± sd over each task's seeds (mean accuracy)\n")
+    print("| held out | seeds | head only | exact, recycled subspace | exact, random basis (control) "
           "| backprop reference (PyTorch) | CE gap closed (means) | per seed |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for task in sorted(rows):
         m = rows[task]
         cells = []
@@ -49,7 +49,7 @@ def main(outs):
             cells.append(f"{st.mean(ces):.4f} ± {sd:.4f} ({100 * st.mean(x[1] for x in m[k]):.1f}%)")
         means = [st.mean(x[0] for x in m[k]) for k in ("head_only", "finetuned", "reference")]
         per = [gap(h[0], e[0], r[0]) for h, e, r in zip(m["head_only"], m["finetuned"], m["reference"])]
-        print(f"| {task} | {' | '.join(cells)} | {pct(gap(*means))} | {', '.join(pct(p) for p in per)} |")
+        print(f"| {task} | {len(per)} | {' | '.join(cells)} | {pct(gap(*means))} | {', '.join(pct(p) for p in per)} |")
 
 
 if __name__ == "__main__":
