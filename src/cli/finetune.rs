@@ -460,7 +460,17 @@ fn train(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "task".into()),
     };
-    ft.save(&args.output, &bundle.manifest.subspace_id, &task, &classes)?;
+    // The finetuner checked every trained tensor (finite, within the loosest bound); the
+    // bundle knows each module's inputs, so the file must also pass the check `elx run`
+    // applies at load, or it is not written.
+    let file = ft.to_coeff_file(&bundle.manifest.subspace_id, &task, &classes)?;
+    file.check_for(&args.output, &bundle.manifest)
+        .map_err(|e| {
+            Error::Numeric(format!(
+                "the trained task would be refused at load ({e}); nothing was written: lower the learning rate"
+            ))
+        })?;
+    file.write(&args.output)?;
     // The summary's training figures: on a bounded, evenly spaced sample of a large training
     // set (a full pass over 192k rows took longer than the run it summarises).
     let sample = even_sample(&train_split, MAX_SUMMARY_EXAMPLES);

@@ -417,6 +417,13 @@ fn a_full_stdout_or_stderr_is_status_1_not_a_panic() {
     let model = fixture("tiny-bert/model.onnx");
     let (bound, coeffs, rec) = (dir.join("bound.elxb"), dir.join("t5.elxc"), dir.join("rec"));
     let t5 = fixture("adapters/task5");
+    let train = dir.join("train.jsonl");
+    std::fs::write(
+        &train,
+        "{\"input_ids\": [2, 5, 3], \"label\": 0}\n{\"input_ids\": [2, 6, 3], \"label\": 1}\n",
+    )
+    .unwrap();
+    let ft = dir.join("ft.elxc");
     let cases: Vec<Vec<&Path>> = vec![
         vec![p("inspect"), &bundle],
         vec![p("bind"), &bundle, p("--base"), &model, p("-o"), &bound],
@@ -438,6 +445,19 @@ fn a_full_stdout_or_stderr_is_status_1_not_a_panic() {
             &srcs[1],
             &srcs[2],
             p("--held-out"),
+        ],
+        vec![
+            p("finetune"),
+            p("--model"),
+            &model,
+            p("--bundle"),
+            &bound,
+            p("--train"),
+            &train,
+            p("--steps"),
+            p("1"),
+            p("-o"),
+            &ft,
         ],
     ];
     for args in &cases {
