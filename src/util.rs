@@ -11,8 +11,17 @@ use std::path::{Path, PathBuf};
 ///
 /// A crash at any point leaves either the old file or the new one under `path`, never a
 /// half-written one. Temporary files that killed writers left for `path` (`.NAME.tmp-PID`
-/// of a process that no longer runs) are removed first.
+/// of a process that no longer runs) are removed first. A `path` that is a symbolic link
+/// keeps being one: the file it points to is replaced (e.g. `elx bind` in place on a
+/// linked bundle), in that file's folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let target;
+    let path = if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        target = fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        target.as_path()
+    } else {
+        path
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -74,22 +83,25 @@ fn remove_stale_temps(dir: &Path, name: &str) {
 /// An output that does not exist yet cannot be an input. `what` names the flag in the error
 /// ("-o", "--checkpoint").
 pub fn refuse_clobber(output: &Path, inputs: &[&Path], what: &str) -> Result<()> {
-    let Ok(out_meta) = fs::metadata(output) else {
-        return Ok(());
-    };
+    match clobbered_input(output, inputs) {
+        Some(input) => Err(Error::Usage(format!(
+            "{what} {} is also an input ({}); writing it would destroy that input, so nothing was written",
+            output.display(),
+            input.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The input among `inputs` that `output` would overwrite ([`refuse_clobber`]'s test).
+fn clobbered_input<'a>(output: &Path, inputs: &[&'a Path]) -> Option<&'a Path> {
+    let out_meta = fs::metadata(output).ok()?;
     let out_canon = fs::canonicalize(output).ok();
-    for input in inputs {
+    inputs.iter().copied().find(|input| {
         let same_path = out_canon.is_some() && fs::canonicalize(input).ok() == out_canon;
         let same_file = fs::metadata(input).is_ok_and(|m| same_inode(&m, &out_meta));
-        if same_path || same_file {
-            return Err(Error::Usage(format!(
-                "{what} {} is also an input ({}); writing it would destroy that input, so nothing was written",
-                output.display(),
-                input.display()
-            )));
-        }
-    }
-    Ok(())
+        same_path || same_file
+    })
 }
 
 /// Makes `dir` ready to receive a command's output files: created when missing; when it
@@ -134,8 +146,13 @@ pub fn prepare_output_dir(dir: &Path, force: bool, inputs: &[&Path]) -> Result<(
                 e.display()
             )));
         }
-        for input in inputs {
-            refuse_clobber(e, &[input], "--force would remove")?;
+        if let Some(input) = clobbered_input(e, inputs) {
+            return Err(Error::Usage(format!(
+                "-o {}: --force would remove {}, which is the input {}; nothing was removed",
+                dir.display(),
+                e.display(),
+                input.display()
+            )));
         }
     }
     for e in &entries {
@@ -153,6 +170,35 @@ fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 #[cfg(not(unix))]
 fn same_inode(_: &fs::Metadata, _: &fs::Metadata) -> bool {
     false
+}
+
+thread_local! {
+    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as running code whose panics are caught and turned into an
+/// error (the engine calls behind `catch_unwind`), until dropped. A panic hook can ask
+/// [`panics_are_caught`] and stay silent for those: the error that the panic becomes
+/// reports it (`elx` does, so a caught engine panic prints no "thread 'main' panicked").
+pub struct CatchingPanics(());
+
+impl CatchingPanics {
+    /// Enters a region whose panics are caught (nests).
+    pub fn enter() -> Self {
+        CATCHING.with(|c| c.set(c.get() + 1));
+        CatchingPanics(())
+    }
+}
+
+impl Drop for CatchingPanics {
+    fn drop(&mut self) {
+        CATCHING.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// Whether the current thread is inside a [`CatchingPanics`] region.
+pub fn panics_are_caught() -> bool {
+    CATCHING.with(|c| c.get() > 0)
 }
 
 /// A job for [`run_parallel`].

@@ -159,8 +159,11 @@ fn mat_values(m: &Mat<f64>) -> Vec<f64> {
         .collect()
 }
 
+/// Whether every value stays finite once stored as float32 (1e39 is a finite f64 but an
+/// infinite f32: the file would hold `inf`).
 fn all_finite(v: &[f64]) -> bool {
-    v.iter().all(|x| x.is_finite())
+    v.iter()
+        .all(|x| x.is_finite() && x.abs() <= f64::from(f32::MAX))
 }
 
 impl CoeffFile {
@@ -179,7 +182,7 @@ impl CoeffFile {
             let (a, b) = (mat_values(&c.alpha_a), mat_values(&c.alpha_b));
             if !all_finite(&a) || !all_finite(&b) {
                 return Err(Error::Numeric(format!(
-                    "module `{name}`: non-finite coefficients"
+                    "module `{name}`: coefficients that are not finite as float32"
                 )));
             }
             tensors.push(TensorOut::from_f64(
@@ -208,7 +211,9 @@ impl CoeffFile {
                 }
                 let w = mat_values(&h.weight);
                 if !all_finite(&w) || !all_finite(&h.bias) {
-                    return Err(Error::Numeric("head: non-finite weights".into()));
+                    return Err(Error::Numeric(
+                        "head: weights that are not finite as float32".into(),
+                    ));
                 }
                 tensors.push(TensorOut::from_f64(
                     HEAD_WEIGHT,

@@ -45,6 +45,15 @@ pub const METADATA_KEY: &str = "eigenlorax";
 /// `__metadata__` key of the binding's own hash (see [`binding_hash`]). The subspace id
 /// leaves the binding out on purpose (binding keeps every coefficient file valid), so the
 /// binding is covered by this second hash, checked at load.
+///
+/// **An integrity check against accident, not against tampering.** The hash is unkeyed:
+/// it catches a damaged file, a hand edit that forgot the hash, a bundle bound to another
+/// model; anyone who can write the file can also recompute it (swap two modules' bindings,
+/// rehash, and the bundle loads). The subspace id is the same kind of check. A deployment
+/// that must detect deliberate changes should authenticate the whole file outside eigenlorax
+/// (a detached signature of the `.elxb`, e.g. `minisign` / `ssh-keygen -Y sign` / GPG,
+/// checked before `elx run` or `Engine::load`; or a read-only, verified file system such as
+/// dm-verity), the same way it protects the base model and the binary.
 pub const BINDING_HASH_KEY: &str = "eigenlorax.binding_sha256";
 
 /// One adapter the subspace was extracted from.
@@ -448,7 +457,9 @@ pub(super) fn write_file(path: &Path, tensors: Vec<TensorOut>, manifest: &Manife
 }
 
 /// SHA-256 (hex) of a binding for one subspace: the subspace id, then the binding's JSON.
-/// Any edit of a node, input, output, weight, layout or base hash changes it.
+/// Any edit of a node, input, output, weight, layout or base hash changes it. Unkeyed: it
+/// guards against accidents, not against someone who can rewrite the file and recompute it
+/// ([`BINDING_HASH_KEY`] says how to get tamper-evidence).
 pub fn binding_hash(subspace_id: &str, binding: &Binding) -> Result<String> {
     let json = serde_json::to_string(binding)
         .map_err(|e| Error::Usage(format!("cannot serialize the binding: {e}")))?;

@@ -77,14 +77,14 @@ pub fn run(args: &BindArgs) -> Result<()> {
             mb.output.clone(),
         ]);
     }
-    print!("{}", t.render());
-    println!(
+    out!("{}", t.render())?;
+    outln!(
         "bound {} modules of subspace {} to {} (SHA-256 {}); wrote {}",
         binding.modules.len(),
         bundle.manifest.subspace_id,
         args.base.display(),
         binding.base_sha256,
         out.display()
-    );
+    )?;
     Ok(())
 }

@@ -45,17 +45,17 @@ pub fn run(a: Args) -> Result<()> {
                     manifest.modules.len(),
                     most.path,
                     most.modules
-                ));
+                ))?;
             }
-            println!("subspace id: {}", manifest.subspace_id);
-            println!(
+            outln!("subspace id: {}", manifest.subspace_id)?;
+            outln!(
                 "wrote {} ({} modules from {} parts, {} adapters, {})",
                 output.display(),
                 manifest.modules.len(),
                 parts.len(),
                 manifest.sources.len(),
                 file_size(&output)
-            );
+            )?;
             Ok(())
         }
     }

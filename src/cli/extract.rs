@@ -172,7 +172,7 @@ pub fn run(a: Args) -> Result<()> {
                 s.path,
                 first.path,
                 &s.sha256[..12.min(s.sha256.len())]
-            ));
+            ))?;
         }
     }
     let bar = progress_bar(0);
@@ -192,9 +192,9 @@ pub fn run(a: Args) -> Result<()> {
     for (name, solvers) in &extraction.solvers {
         for (side, solver) in ["A", "B"].iter().zip(solvers) {
             if let Solver::Fallback(reason) = solver {
-                eprintln!(
+                errln!(
                     "note: {name} side {side}: full decomposition instead of the top-K solver: {reason}"
-                );
+                )?;
             }
         }
     }
@@ -215,15 +215,15 @@ pub fn run(a: Args) -> Result<()> {
             pct(m.b.energy_kept),
         ]);
     }
-    print!("{}", t.render());
-    println!("subspace id: {}", manifest.subspace_id);
-    println!(
+    out!("{}", t.render())?;
+    outln!("subspace id: {}", manifest.subspace_id)?;
+    outln!(
         "wrote {} ({}, {} modules from {} adapters, {})",
         a.output.display(),
         manifest.dtype.name(),
         manifest.modules.len(),
         sources.len(),
         file_size(&a.output)
-    );
+    )?;
     Ok(())
 }

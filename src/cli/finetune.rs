@@ -143,6 +143,46 @@ struct Data {
     classes: Vec<String>,
     pad_id: i64,
     max_len: usize,
+    /// SHA-256 (hex) of the training examples' tokens and labels, in file order.
+    train_digest: String,
+    /// The same of the validation examples, "none" without --val.
+    val_digest: String,
+    /// File line of each example (training, then validation).
+    lines: Vec<usize>,
+    /// Where the padding id came from, for errors.
+    pad_source: String,
+}
+
+/// The first 16 bytes (32 hex digits) of a digest: enough to tell data apart, short enough
+/// to read in an error.
+fn short(digest: &str) -> String {
+    digest.chars().take(32).collect()
+}
+
+/// SHA-256 (hex) of the class names, in class-index order.
+fn classes_digest(classes: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for c in classes {
+        h.update((c.len() as u64).to_le_bytes());
+        h.update(c.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 (hex) of examples' token ids and labels: what a checkpoint's resume must see again.
+fn data_digest(examples: &[Example], labels: &[usize]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((examples.len() as u64).to_le_bytes());
+    for (e, y) in examples.iter().zip(labels) {
+        h.update((e.input_ids.len() as u64).to_le_bytes());
+        for id in &e.input_ids {
+            h.update(id.to_le_bytes());
+        }
+        h.update((*y as u64).to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs `elx finetune`.
@@ -173,6 +213,18 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     // A provider that cannot start falls back to the CPU; the engine says so on stderr.
     let engine = Engine::load(&args.model, &bundle, backend)?;
     let examples = std::mem::take(&mut data.examples);
+    // Ids outside the model's vocabulary are named by file and line, the padding id by
+    // where it came from.
+    let n_train = data.train.ids.len();
+    let name = |i: usize| {
+        let (file, k) = match &args.val {
+            Some(v) if i >= n_train => (v.as_path(), i - n_train),
+            _ => (args.train.as_path(), i),
+        };
+        let line = data.lines.get(i).copied().unwrap_or(0);
+        format!("{}: example {} (line {line})", file.display(), k + 1)
+    };
+    SequenceModel::check_token_ids(&engine, &examples, data.pad_id, &data.pad_source, &name)?;
     // Engines that plan per input shape pad to power-of-two lengths: a handful of plans.
     let model = SequenceModel::for_training(
         &engine,
@@ -183,7 +235,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     )?
     .with_gradient_threads(args.threads);
     if let Some(why) = model.exact_unavailable() {
-        eprintln!("warning: {why}; training with SPSA (forward passes only)");
+        errln!("warning: {why}; training with SPSA (forward passes only)")?;
     }
     train(args, &bundle, data, model, engine.min_rank())
 }
@@ -203,16 +255,26 @@ fn read_data(args: &FinetuneArgs) -> Result<Data> {
         None => Tokens::Ids,
     };
     let max_len = match &tokens {
+        // The model folder's limit caps a tokenizer given from elsewhere too.
+        Tokens::Text(t) if args.max_length.is_none() => {
+            config_max_positions(&args.model).map_or(t.max_length(), |p| p.min(t.max_length()))
+        }
         Tokens::Text(t) => t.max_length(),
         Tokens::Ids => args
             .max_length
             .or_else(|| config_max_positions(&args.model))
             .unwrap_or(DEFAULT_MAX_LENGTH),
     };
-    let pad_id = match (args.pad_id, &tokens) {
-        (Some(p), _) => p,
-        (None, Tokens::Text(t)) => i64::from(t.pad_id()),
-        (None, Tokens::Ids) => 0,
+    let (pad_id, pad_source) = match (args.pad_id, &tokens, &tokenizer) {
+        (Some(p), _, _) => (p, "the padding id (--pad-id)".to_string()),
+        (None, Tokens::Text(t), Some(path)) => (
+            i64::from(t.pad_id()),
+            format!(
+                "the padding id of {} (override with --pad-id)",
+                path.display()
+            ),
+        ),
+        _ => (0, "the default padding id 0 (give --pad-id)".to_string()),
     };
     let opts = ReadOptions {
         max_len,
@@ -232,11 +294,16 @@ fn read_data(args: &FinetuneArgs) -> Result<Data> {
     }
     let train_labels = class_indices(&args.train, &train, &classes)?;
     let n_train = train.examples.len();
+    let train_digest = data_digest(&train.examples, &train_labels);
+    let mut lines = train.lines;
     let mut examples = train.examples;
+    let mut val_digest = "none".to_string();
     let val = match &args.val {
         Some(p) => {
             let v = read_set(p, &tokens, &opts)?;
             let labels = class_indices(p, &v, &classes)?;
+            val_digest = data_digest(&v.examples, &labels);
+            lines.extend(&v.lines);
             let ids = (examples.len()..examples.len() + v.examples.len()).collect();
             examples.extend(v.examples);
             Some(Split { ids, labels })
@@ -253,6 +320,10 @@ fn read_data(args: &FinetuneArgs) -> Result<Data> {
         classes,
         pad_id,
         max_len,
+        train_digest,
+        val_digest,
+        lines,
+        pad_source,
     })
 }
 
@@ -287,6 +358,10 @@ fn train(
         train: train_split,
         val: val_split,
         classes,
+        pad_id,
+        max_len,
+        train_digest,
+        val_digest,
         ..
     } = data;
     let n_train = train_split.ids.len();
@@ -322,6 +397,17 @@ fn train(
         val_split.clone(),
         warm_head.as_deref(),
     )?;
+    // A checkpoint is tied to the data it trained on and to the flags the finetuner does not
+    // see (the warm-up shapes the head it starts from; padding and length shape the inputs).
+    ft.set_run_identity(&[
+        ("--train", short(&train_digest)),
+        ("--val", short(&val_digest)),
+        ("--head-warmup", args.head_warmup.to_string()),
+        ("--warmup-head-lr", format!("{:e}", args.warmup_head_lr)),
+        ("--pad-id", pad_id.to_string()),
+        ("--max-length", max_len.to_string()),
+        ("labels", short(&classes_digest(&classes))),
+    ]);
     if let Some(p) = &args.resume {
         ft.resume(p)?;
     }
@@ -333,6 +419,7 @@ fn train(
     let pause_at = args
         .pause_after
         .map_or(u64::MAX, |n| ft.steps().saturating_add(n));
+    let mut sink = super::LogSink::default();
     let report = ft.fit_until(pause_at, &mut |e: &Event| match e {
         Event::Step(s) => {
             last_loss = s.loss;
@@ -346,19 +433,22 @@ fn train(
             };
             bar.set_message(format!("loss {last_loss:.4}  {last_val}"));
         }
-        Event::Checkpoint(step) if bar.is_hidden() => eprintln!("checkpoint at step {step}"),
+        Event::Checkpoint(step) if bar.is_hidden() => {
+            sink.line(format_args!("checkpoint at step {step}"))
+        }
         Event::Checkpoint(step) => bar.println(format!("checkpoint at step {step}")),
     })?;
+    sink.finish()?;
     bar.finish_and_clear();
     if report.paused {
         let ck = args.checkpoint.as_deref().unwrap_or(Path::new("?"));
-        println!(
+        outln!(
             "paused at step {} of {} ({} forward passes); continue with --resume {}",
             report.steps,
             steps,
             report.forward_passes,
             ck.display()
-        );
+        )?;
         return Ok(());
     }
 
@@ -370,14 +460,27 @@ fn train(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "task".into()),
     };
-    ft.save(&args.output, &bundle.manifest.subspace_id, &task, &classes)?;
-    let train_eval = ft.evaluate(&train_split)?;
+    // The finetuner checked every trained tensor (finite, within the loosest bound); the
+    // bundle knows each module's inputs, so the file must also pass the check `elx run`
+    // applies at load, or it is not written.
+    let file = ft.to_coeff_file(&bundle.manifest.subspace_id, &task, &classes)?;
+    file.check_for(&args.output, &bundle.manifest)
+        .map_err(|e| {
+            Error::Numeric(format!(
+                "the trained task would be refused at load ({e}); nothing was written: lower the learning rate"
+            ))
+        })?;
+    file.write(&args.output)?;
+    // The summary's training figures: on a bounded, evenly spaced sample of a large training
+    // set (a full pass over 192k rows took longer than the run it summarises).
+    let sample = even_sample(&train_split, MAX_SUMMARY_EXAMPLES);
+    let train_eval = ft.evaluate(&sample)?;
     let gradient = match ft.gradient() {
         GradMode::Exact if args.zero_shot => "head only",
         GradMode::Exact => "exact gradients",
         GradMode::Spsa => "SPSA",
     };
-    println!(
+    outln!(
         "{} steps, {gradient} ({} engine runs){}; best {} {:.4} at step {}",
         report.steps,
         report.forward_passes,
@@ -393,30 +496,55 @@ fn train(
         },
         report.best_metric,
         report.best_step,
-    );
-    println!(
+    )?;
+    outln!(
         "train: loss {:.6}, accuracy {:.1}% ({} examples, {} classes: {})",
         train_eval.loss,
         100.0 * train_eval.accuracy.unwrap_or(f64::NAN),
-        n_train,
+        if sample.ids.len() < n_train {
+            format!("{} evenly spaced of {n_train}", sample.ids.len())
+        } else {
+            n_train.to_string()
+        },
         classes.len(),
-        classes.join(", ")
-    );
+        classes
+            .iter()
+            .map(|c| super::printable(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
     if let Some(split) = &val_split {
         let v = ft.evaluate(split)?;
-        println!(
+        outln!(
             "validation: loss {:.6}, accuracy {:.1}% ({} examples)",
             v.loss,
             100.0 * v.accuracy.unwrap_or(f64::NAN),
             v.examples
-        );
+        )?;
     }
-    println!(
-        "wrote {} (task {task}, rank {rank}{})",
-        args.output.display(),
+    outln!(
+        "wrote {} (task {}, rank {rank}{})",
+        super::printable(&args.output.display().to_string()),
+        super::printable(&task),
         if args.zero_shot { ", zero-shot" } else { "" }
-    );
+    )?;
     Ok(())
+}
+
+/// Most training examples the final summary evaluates ([`even_sample`]).
+const MAX_SUMMARY_EXAMPLES: usize = 4096;
+
+/// At most `max` examples of `split`, evenly spaced over it (all of them when it is smaller).
+fn even_sample(split: &Split, max: usize) -> Split {
+    let n = split.ids.len();
+    if n <= max {
+        return split.clone();
+    }
+    let pick: Vec<usize> = (0..max).map(|i| i * n / max).collect();
+    Split {
+        ids: pick.iter().map(|&i| split.ids[i]).collect(),
+        labels: pick.iter().map(|&i| split.labels[i]).collect(),
+    }
 }
 
 /// Reads one data file; texts go through the tokenizer. Truncation is reported on stderr.
@@ -435,20 +563,12 @@ fn read_set(path: &Path, tokens: &Tokens, opts: &ReadOptions) -> Result<RawSet> 
             set.truncated,
             set.examples.len(),
             opts.max_len
-        ));
+        ))?;
     }
     Ok(set)
 }
 
 /// `max_position_embeddings` of a HF config.json beside the model, if any.
 fn config_max_positions(model: &Path) -> Option<usize> {
-    let p = model.parent()?.join("config.json");
-    let meta = std::fs::metadata(&p).ok()?;
-    if meta.len() > 1 << 20 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-    v.get("max_position_embeddings")?
-        .as_u64()
-        .and_then(|n| usize::try_from(n).ok())
+    eigenlorax::runtime::input::text::max_position_embeddings(model.parent()?)
 }

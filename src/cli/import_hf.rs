@@ -33,7 +33,7 @@ pub fn run(args: &ImportHfArgs) -> Result<()> {
     let graph = m.model.graph.as_ref();
     let nodes = graph.map(|g| g.node.len()).unwrap_or(0);
     let inits = graph.map(|g| g.initializer.len()).unwrap_or(0);
-    println!(
+    outln!(
         "BERT encoder: {} layers, hidden {}, {} heads, intermediate {}, vocab {}, max positions {}, type vocab {}, layer_norm_eps {:e}, {}",
         c.layers,
         c.hidden,
@@ -44,11 +44,12 @@ pub fn run(args: &ImportHfArgs) -> Result<()> {
         c.type_vocab,
         c.layer_norm_eps,
         c.hidden_act
-    );
-    println!(
+    )?;
+    outln!(
         "graph: {nodes} nodes, {inits} initializers (f32); inputs input_ids, attention_mask, token_type_ids [batch, sequence] int64; outputs last_hidden_state [batch, sequence, {}], sentence_embedding [batch, {}] (mask mean)",
-        c.hidden, c.hidden
-    );
+        c.hidden,
+        c.hidden
+    )?;
     let comp = &m.companions;
     if !comp.copied.is_empty() {
         let names: Vec<String> = comp
@@ -65,25 +66,25 @@ pub fn run(args: &ImportHfArgs) -> Result<()> {
             .filter(|d| !d.as_os_str().is_empty())
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| ".".into());
-        println!("beside it in {dir}: {}", names.join(", "));
+        outln!("beside it in {dir}: {}", names.join(", "))?;
     }
     if !comp.has_tokenizer() {
         warn(format!(
             "{} has no tokenizer.json: `elx run --text` and `elx finetune` on text will need --tokenizer",
             args.dir.display()
-        ));
+        ))?;
     }
     for p in &comp.stale {
         warn(format!(
             "{} was left from something else ({} has no such file): it does not describe this model; remove or replace it",
             p.display(),
             args.dir.display()
-        ));
+        ))?;
     }
-    println!(
+    outln!(
         "wrote {} ({})",
         args.output.display(),
         file_size(&args.output)
-    );
+    )?;
     Ok(())
 }

@@ -64,6 +64,14 @@ fn is_coeff_file(path: &Path) -> Result<bool> {
 pub fn run(a: Args) -> Result<()> {
     if let Some(p) = &a.plot {
         plot::check_extension(p)?;
+        // The plots are outputs like any -o: neither may be one of the inputs.
+        let mut inputs = vec![a.file.as_path()];
+        inputs.extend(a.adapters.iter().map(PathBuf::as_path));
+        super::refuse_clobber(p, &inputs, "--plot")?;
+        if a.held_out {
+            let curve = plot_curve::path_beside(p, "capture-vs-n");
+            super::refuse_clobber(&curve, &inputs, "--plot (its capture-vs-N plot)")?;
+        }
     }
     if is_coeff_file(&a.file)? {
         if !a.adapters.is_empty() || a.plot.is_some() || a.random_control || a.held_out {
@@ -74,12 +82,12 @@ pub fn run(a: Args) -> Result<()> {
         return inspect_coeffs(&a.file);
     }
     let bundle = Bundle::read(&a.file)?;
-    print_bundle(&bundle);
-    print_null(&bundle);
+    print_bundle(&bundle)?;
+    print_null(&bundle)?;
     let mut verdict = None;
     let errors = if a.adapters.is_empty() {
         if a.random_control {
-            warn("--random-control has nothing to compare without --adapters");
+            warn("--random-control has nothing to compare without --adapters")?;
         }
         None
     } else {
@@ -95,7 +103,7 @@ pub fn run(a: Args) -> Result<()> {
                 "{} of the adapters are sources of this bundle (in-sample); the verdict uses the others. \
                  --held-out measures each against the subspace of the rest",
                 summaries.len() - new.len()
-            ));
+            ))?;
         }
         if !new.is_empty() {
             let n = new.len() as f64;
@@ -132,11 +140,11 @@ pub fn run(a: Args) -> Result<()> {
             errors,
         };
         plot::write(p, &data)?;
-        println!("wrote plot {} ({})", p.display(), file_size(p));
+        outln!("wrote plot {} ({})", p.display(), file_size(p))?;
     }
     if let Some(v) = verdict {
-        println!();
-        println!("verdict: {}", v.line);
+        outln!()?;
+        outln!("verdict: {}", v.line)?;
     }
     Ok(())
 }
@@ -164,21 +172,21 @@ fn side_k(k: usize, s: &eigenlorax::bundle::format::SideSummary) -> String {
     }
 }
 
-fn print_bundle(b: &Bundle) {
+fn print_bundle(b: &Bundle) -> Result<()> {
     let m = &b.manifest;
     let o = &m.options;
-    println!(
+    outln!(
         "bundle:       {} ({})",
         b.path.display(),
         file_size(&b.path)
-    );
-    println!("subspace id:  {}", m.subspace_id);
-    println!(
+    )?;
+    outln!("subspace id:  {}", m.subspace_id)?;
+    outln!(
         "format:       version {}, bases stored as {}",
         m.format_version,
         m.dtype.name()
-    );
-    println!(
+    )?;
+    outln!(
         "options:      canonicalize={} center={} K rule A: {}, B: {}; pseudo-PCs {} (seed {})",
         o.canonicalize,
         o.center,
@@ -186,8 +194,8 @@ fn print_bundle(b: &Bundle) {
         rule(&o.k_rule_b),
         o.pseudo,
         o.seed
-    );
-    println!("sources:      {} adapters", m.sources.len());
+    )?;
+    outln!("sources:      {} adapters", m.sources.len())?;
     let mut t =
         Table::new(&["  path", "sha256", "format", "modules", "base model"]).left(&[1, 2, 4]);
     for s in &m.sources {
@@ -199,7 +207,7 @@ fn print_bundle(b: &Bundle) {
             s.base_model.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render())?;
     let mut t = Table::new(&[
         "module",
         "in",
@@ -228,20 +236,20 @@ fn print_bundle(b: &Bundle) {
                 .unwrap_or_else(|| "-".into()),
         ]);
     }
-    print!("{}", t.render());
-    println!(
+    out!("{}", t.render())?;
+    outln!(
         "(storage bound: worst relative ΔW loss that storing the bases as {} can cause an in-span adapter)",
         m.dtype.name()
-    );
+    )?;
     match &m.binding {
-        None => println!("binding:      none (run `elx bind` to bind it to a base ONNX model)"),
+        None => outln!("binding:      none (run `elx bind` to bind it to a base ONNX model)")?,
         Some(bd) => {
-            println!(
+            outln!(
                 "binding:      {} (sha256 {}), {} modules",
                 bd.base_file,
                 bd.base_sha256,
                 bd.modules.len()
-            );
+            )?;
             let mut t = Table::new(&["  module", "node", "weight", "layout"]).left(&[1, 2, 3]);
             for (n, mb) in &bd.modules {
                 t.row(vec![
@@ -251,17 +259,18 @@ fn print_bundle(b: &Bundle) {
                     format!("{:?}", mb.layout),
                 ]);
             }
-            print!("{}", t.render());
+            out!("{}", t.render())?;
         }
     }
+    Ok(())
 }
 
 fn inspect_coeffs(path: &Path) -> Result<()> {
     let c = CoeffFile::read(path)?;
-    println!("coefficients: {} ({})", path.display(), file_size(path));
-    println!("subspace id:  {}", c.subspace_id);
-    println!("task:         {}", super::printable(&c.task));
-    println!("provenance:   {}", c.provenance.name());
+    outln!("coefficients: {} ({})", path.display(), file_size(path))?;
+    outln!("subspace id:  {}", c.subspace_id)?;
+    outln!("task:         {}", super::printable(&c.task))?;
+    outln!("provenance:   {}", c.provenance.name())?;
     let mut t = Table::new(&["module", "r", "K_A", "K_B", "parameters"]);
     let mut total = 0;
     for (n, co) in &c.modules {
@@ -276,18 +285,18 @@ fn inspect_coeffs(path: &Path) -> Result<()> {
             params.to_string(),
         ]);
     }
-    print!("{}", t.render());
-    println!("modules:      {} ({total} coefficients)", c.modules.len());
+    out!("{}", t.render())?;
+    outln!("modules:      {} ({total} coefficients)", c.modules.len())?;
     match &c.head {
-        None => println!("head:         none"),
+        None => outln!("head:         none")?,
         Some(h) => {
-            println!(
+            outln!(
                 "head:         {} classes x {} features",
                 h.weight.nrows(),
                 h.weight.ncols()
-            );
+            )?;
             let labels: Vec<_> = h.labels.iter().map(|l| super::printable(l)).collect();
-            println!("labels:       {}", labels.join(", "));
+            outln!("labels:       {}", labels.join(", "))?;
         }
     }
     Ok(())
@@ -342,15 +351,15 @@ fn measure_adapters(
             warn(format!(
                 "{}: every measured ΔW is zero (an untrained adapter, B = 0?): nothing to capture",
                 p.display()
-            ));
+            ))?;
         }
         let in_sample = b
             .manifest
             .sources
             .iter()
             .any(|s| s.sha256 == adapter.sha256);
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "adapter {}{} ({} modules measured): captures {} of its ΔW; a random subspace of the same size {} (chance {})",
             p.display(),
             if in_sample {
@@ -362,15 +371,15 @@ fn measure_adapters(
             pct(summary.captured),
             pct2(summary.random),
             pct2(summary.chance)
-        );
-        print!("{}", t.render());
+        )?;
+        out!("{}", t.render())?;
         if !skipped.is_empty() {
             warn(format!(
                 "{}: {} module(s) not in the bundle: {}",
                 p.display(),
                 skipped.len(),
                 skipped.join(", ")
-            ));
+            ))?;
         }
         series.push(s);
         summaries.push(Candidate {
@@ -397,7 +406,7 @@ fn pct2(x: f64) -> String {
 }
 
 /// Per module and side: directions above a Gaussian null of the stack's shape and energy.
-fn print_null(b: &Bundle) {
+fn print_null(b: &Bundle) -> Result<()> {
     let mut t = Table::new(&[
         "module",
         "signal A",
@@ -450,18 +459,19 @@ fn print_null(b: &Bundle) {
     } else {
         dirs.to_string()
     };
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "spectrum vs a Gaussian null of the same shape and energy: {dirs} of {total} directions stand above it \
          (structure in the stack; whether new tasks share it shows in a held-out capture)"
-    );
+    )?;
     if !complete {
-        println!(
+        outln!(
             "(this bundle stores the top K singular values per side, not the full spectrum: \
              `≥` marks sides whose every stored value is above the null edge; `elx extract --full-spectrum` stores all)"
-        );
+        )?;
     }
-    print!("{}", t.render());
+    out!("{}", t.render())?;
+    Ok(())
 }
 
 /// `--held-out`: the adapters as a pool, each against the others' subspace, then capture vs N.
@@ -474,11 +484,11 @@ fn held_out_report(
     let pool = diagnostics::Pool::load(paths)?;
     let options = &b.manifest.options;
     let rows = diagnostics::held_out(&pool, options, seed)?;
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "held out, each adapter against the subspace of the other {} (extracted like this bundle):",
         pool.len() - 1
-    );
+    )?;
     let mut t = Table::new(&[
         "adapter",
         "K_A+K_B",
@@ -518,19 +528,19 @@ fn held_out_report(
         pct(m.basis_only),
         pct(m.mean_plus_basis),
     ]);
-    print!("{}", t.render());
-    println!(
+    out!("{}", t.render())?;
+    outln!(
         "(input / output side: the share inside V_A alone (rows of A) or V_B alone (columns of B); \
          mean only / basis only / mean+basis: the others' centered subspace split into its mean direction and its principal directions)"
-    );
+    )?;
     let curve = diagnostics::capture_vs_n(
         &pool,
         &diagnostics::doubling_sizes(pool.len() - 1),
         options,
         seed,
     )?;
-    println!();
-    println!("capture vs N (every adapter held out against N of the others):");
+    outln!()?;
+    outln!("capture vs N (every adapter held out against N of the others):")?;
     let mut t = Table::new(&["N", "K_A+K_B", "captured", "min", "max", "random", "chance"]);
     for c in &curve {
         t.row(vec![
@@ -543,7 +553,7 @@ fn held_out_report(
             pct2(c.chance),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render())?;
     if let Some(p) = plot {
         let out = plot_curve::path_beside(p, "capture-vs-n");
         plot_curve::write(
@@ -551,7 +561,7 @@ fn held_out_report(
             &format!("held-out capture vs N ({} adapters)", pool.len()),
             &curve,
         )?;
-        println!("wrote plot {} ({})", out.display(), file_size(&out));
+        outln!("wrote plot {} ({})", out.display(), file_size(&out))?;
     }
     Ok(m.verdict())
 }

@@ -4,6 +4,36 @@
 //! To add a subcommand: a file with an `Args` struct (clap derive) and a `run(args)`
 //! function, a variant in [`Command`] and an arm in [`run`].
 
+//! Everything a subcommand prints goes through [`outln!`] / [`out!`] (stdout) and
+//! [`errln!`] / [`warn`] (stderr): an I/O error (a full disk, `> /dev/full`) becomes the
+//! crate's [`Error::Io`] naming `<stdout>` or `<stderr>` (exit 1), never a panic, and control
+//! characters other than newlines are escaped on the way out ([`printable`]).
+
+/// `println!` for a subcommand: writes a line to stdout, an I/O error becomes an
+/// [`Error::Io`] on `<stdout>` (use with `?`).
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for a subcommand ([`outln!`] without the newline).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` for a subcommand: an I/O error becomes an [`Error::Io`] on `<stderr>`.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod bind;
 pub mod bundle;
 pub mod demo;
@@ -202,9 +232,59 @@ pub fn refuse_clobber(output: &Path, inputs: &[&Path], flag: &str) -> Result<()>
     eigenlorax::util::refuse_clobber(output, &refs, flag)
 }
 
-/// Prints a warning on stderr.
-pub fn warn(message: impl AsRef<str>) {
-    eprintln!("warning: {}", message.as_ref());
+/// Prints a warning on stderr (an I/O error is an [`Error::Io`] on `<stderr>`).
+pub fn warn(message: impl AsRef<str>) -> Result<()> {
+    write_stderr(format_args!("warning: {}\n", message.as_ref()))
+}
+
+/// The name standing for the standard output in errors (`Error::Io { path: "<stdout>" }`).
+pub const STDOUT: &str = "<stdout>";
+/// The name standing for the standard error in errors.
+pub const STDERR: &str = "<stderr>";
+
+/// Writes `args` to stdout with [`printable_keep_newlines`]; an I/O error becomes
+/// [`Error::Io`] on [`STDOUT`]. What [`outln!`] and [`out!`] call.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<()> {
+    write_to(&mut std::io::stdout().lock(), args).map_err(|e| Error::io(STDOUT, e))
+}
+
+/// [`write_stdout`] on stderr ([`STDERR`] in errors). What [`errln!`] and [`warn`] call.
+pub fn write_stderr(args: std::fmt::Arguments<'_>) -> Result<()> {
+    write_to(&mut std::io::stderr().lock(), args).map_err(|e| Error::io(STDERR, e))
+}
+
+/// Writes `args` to `w`, control characters but newlines escaped, and flushes (stdout is
+/// line-buffered: a failing write must fail here, not in a destructor that cannot report).
+pub fn write_to(w: &mut dyn std::io::Write, args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    let text = match args.as_str() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(args.to_string()),
+    };
+    w.write_all(printable_keep_newlines(&text).as_bytes())?;
+    w.flush()
+}
+
+/// Collects the first error of writes made where `?` cannot reach (a progress callback
+/// that returns nothing); [`LogSink::finish`] returns it.
+#[derive(Default)]
+pub struct LogSink {
+    first: Option<Error>,
+}
+
+impl LogSink {
+    /// Writes a line to stderr, keeping the first error.
+    pub fn line(&mut self, args: std::fmt::Arguments<'_>) {
+        if self.first.is_none()
+            && let Err(e) = write_stderr(format_args!("{args}\n"))
+        {
+            self.first = Some(e);
+        }
+    }
+
+    /// The first write error, if any.
+    pub fn finish(self) -> Result<()> {
+        self.first.map_or(Ok(()), Err)
+    }
 }
 
 /// Size of a file in human units ("12.3 KiB"); "?" when it cannot be read.
@@ -296,15 +376,28 @@ pub fn pct(x: f64) -> String {
     }
 }
 
-/// `s` with its control characters escaped (`\u{1b}`), for names and labels read from a
-/// user's files: a task name or label holding ANSI escapes must not drive the terminal.
+/// `s` with its control characters escaped (`\u{1b}`, `\n`), for names and labels read from
+/// a user's files: a task name or label holding ANSI escapes or newlines must not drive the
+/// terminal or fake an output line. The one escaping function of the command line: every
+/// user-supplied string printed goes through it, and [`write_stdout`] / [`write_stderr`]
+/// apply it to whole lines as well ([`printable_keep_newlines`]).
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    escape_controls(s, false)
+}
+
+/// [`printable`] keeping `\n`, for whole lines of output: the net under every line printed.
+pub fn printable_keep_newlines(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(s, true)
+}
+
+fn escape_controls(s: &str, keep_newlines: bool) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !(keep_newlines && c == '\n');
+    if !s.chars().any(escaped) {
         return std::borrow::Cow::Borrowed(s);
     }
     s.chars()
         .map(|c| {
-            if c.is_control() {
+            if escaped(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()

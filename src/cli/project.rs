@@ -59,7 +59,7 @@ pub fn run(a: Args) -> Result<()> {
             a.adapter.display(),
             bundle.manifest.subspace_id,
             p.missing.join(", ")
-        ));
+        ))?;
     }
     if p.modules.is_empty() {
         return Err(Error::bad_file(
@@ -98,9 +98,9 @@ pub fn run(a: Args) -> Result<()> {
     // What `elx run` would refuse (a rank above the bundle's r_max) is refused now.
     coeffs.check_for(&a.adapter, &bundle.manifest)?;
     coeffs.write(&a.output)?;
-    print!("{}", t.render());
+    out!("{}", t.render())?;
     if let (Some(h), Some(p)) = (&coeffs.head, &a.head) {
-        println!(
+        outln!(
             "head: {} classes x {} features from {} (labels {})",
             h.weight.nrows(),
             h.weight.ncols(),
@@ -110,7 +110,7 @@ pub fn run(a: Args) -> Result<()> {
                 .map(|l| super::printable(l))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        )?;
     }
     let (sum, n) = p
         .measures
@@ -119,15 +119,15 @@ pub fn run(a: Args) -> Result<()> {
         .filter(|e| e.is_finite())
         .fold((0.0, 0usize), |(s, n), e| (s + e, n + 1));
     if n > 0 {
-        println!("mean relative error of ΔW: {}", sci(sum / n as f64));
+        outln!("mean relative error of ΔW: {}", sci(sum / n as f64))?;
     }
-    println!(
+    outln!(
         "wrote {} (task `{}`, subspace {}, {})",
         a.output.display(),
         super::printable(&coeffs.task),
         coeffs.subspace_id,
         file_size(&a.output)
-    );
+    )?;
     Ok(())
 }
 

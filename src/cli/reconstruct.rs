@@ -58,13 +58,13 @@ pub fn run(a: Args) -> Result<()> {
             ..Default::default()
         },
     )?;
-    print!("{}", t.render());
-    println!(
+    out!("{}", t.render())?;
+    outln!(
         "wrote PEFT adapter {} (task `{}`, {} modules, base model {})",
         a.output.display(),
         super::printable(&c.task),
         modules.len(),
         base_model.as_deref().unwrap_or("unknown")
-    );
+    )?;
     Ok(())
 }

@@ -79,11 +79,11 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
     if let (Backend::Ort(want), Backend::Ort(got)) = (backend, engine.backend())
         && got != want
     {
-        eprintln!(
+        errln!(
             "note: running on {} (requested {})",
             got.name(),
             want.name()
-        );
+        )?;
     }
 
     // Tasks: the given files, or one all-zero task (the base model).

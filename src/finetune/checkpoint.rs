@@ -23,8 +23,10 @@ pub const STATE_KEY: &str = "elx_finetune_state";
 /// The metadata key holding the SHA-256 of the state ([`state_sha256`]).
 pub const HASH_KEY: &str = "elx_finetune_sha256";
 const FORMAT: &str = "elx-finetune-checkpoint";
-/// Version 2 added [`HASH_KEY`].
-const VERSION: u32 = 2;
+/// Version 2 added [`HASH_KEY`]; version 3 ties the run to its data: the fingerprint holds
+/// SHA-256 digests of the training and validation splits (and whatever the caller adds with
+/// [`Finetuner::set_run_identity`], such as the token data and the command's flags).
+const VERSION: u32 = 3;
 
 /// SHA-256 (hex) of a checkpoint's state: the scalars' JSON as stored, then each vector's
 /// name and little-endian f64 bytes, in [`TENSORS`] order.
@@ -48,9 +50,11 @@ pub fn state_sha256(state_json: &str, tensors: &[Vec<f64>; 8]) -> String {
 pub struct Scalars {
     /// Always "elx-finetune-checkpoint".
     pub format: String,
-    /// Format version (2).
+    /// Format version (3).
     pub version: u32,
-    /// What the run was configured as; a resume with other settings is refused.
+    /// What the run was configured as and trained on (`key=value` pairs separated by
+    /// spaces: settings, digests of the data); a resume that differs is refused, naming
+    /// the keys that changed.
     pub fingerprint: String,
     /// Optimisation steps taken.
     pub step: u64,
@@ -156,7 +160,7 @@ impl Checkpoint {
                 path,
                 STATE_KEY,
                 format!(
-                    "format {FORMAT} version {VERSION}, found {} version {} (a checkpoint of an older elx cannot be resumed; restart the run)",
+                    "format {FORMAT} version {VERSION}, found {} version {} (a checkpoint of an older elx, which did not record its data, cannot be resumed; restart the run)",
                     scalars.format, scalars.version
                 ),
             ));
@@ -286,11 +290,82 @@ impl Checkpoint {
 }
 
 /// Saving and resuming a run: the part of [`Finetuner`] that reads and writes checkpoints.
+/// SHA-256 (hex, first 16 bytes) of a split: its example ids and labels.
+fn split_digest(s: &super::Split) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for list in [&s.ids, &s.labels] {
+        h.update((list.len() as u64).to_le_bytes());
+        for v in list {
+            h.update((*v as u64).to_le_bytes());
+        }
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a fingerprint key stands for, in an error.
+fn describe(key: &str) -> String {
+    match key {
+        "train_split" => "the training examples or their labels".into(),
+        "val_split" => "the validation split (added, removed or changed)".into(),
+        "n_train" => "the number of training examples".into(),
+        k => format!("`{k}`"),
+    }
+}
+
+/// The keys of two fingerprints (`key=value` pairs separated by spaces) whose values differ,
+/// described with both values: "the training data: checkpoint 1a2b…, this run 3c4d…".
+pub fn fingerprint_changes(checkpoint: &str, now: &str) -> Vec<String> {
+    let parse = |s: &str| -> std::collections::BTreeMap<String, String> {
+        s.split(' ')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (kv.to_string(), String::new()),
+            })
+            .collect()
+    };
+    let (old, new) = (parse(checkpoint), parse(now));
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.map_or("(none)".to_string(), |v| v.clone());
+            format!(
+                "{}: checkpoint {}, this run {}",
+                describe(k),
+                show(old.get(k)),
+                show(new.get(k))
+            )
+        })
+        .collect()
+}
+
 impl<M: ForwardModel> Finetuner<M> {
+    /// Ties this run's checkpoints to what the finetuner cannot see by itself: `pairs` of
+    /// (key, value) recorded in every checkpoint's fingerprint and compared at
+    /// [`resume`](Self::resume), which names the keys that differ. `elx finetune` records
+    /// the SHA-256 of the training and validation token data and the flags that shape the
+    /// run (head warm-up, padding id, maximum length); the finetuner itself records its
+    /// settings and digests of the splits' ids and labels. Spaces and `=` in keys and
+    /// values are replaced by `_`.
+    pub fn set_run_identity(&mut self, pairs: &[(&str, String)]) {
+        let clean = |s: &str| s.replace([' ', '='], "_");
+        self.identity = pairs
+            .iter()
+            .map(|(k, v)| format!(" {}={}", clean(k), clean(v)))
+            .collect();
+    }
+
     fn fingerprint(&self) -> String {
         let c = &self.cfg;
         format!(
-            "seed={} rank={} zero_shot={} n_theta={} n_head={} n_train={} batch={} dirs={} dir={:?} eps={:x} lr={:x} head_lr={:x} wd={:x} l2={:x} max_steps={} eval_every={}",
+            "seed={} rank={} zero_shot={} n_theta={} n_head={} n_train={} batch={} dirs={} dir={:?} eps={:x} lr={:x} head_lr={:x} wd={:x} l2={:x} max_steps={} eval_every={} grad={:?} eval_at_start={} train_split={} val_split={}{}",
             c.seed,
             c.rank,
             c.zero_shot,
@@ -306,7 +381,12 @@ impl<M: ForwardModel> Finetuner<M> {
             c.weight_decay.to_bits(),
             c.head_l2.to_bits(),
             c.max_steps,
-            c.eval_every
+            c.eval_every,
+            c.grad,
+            c.eval_at_start,
+            split_digest(&self.train),
+            self.val.as_ref().map_or("none".into(), split_digest),
+            self.identity
         )
     }
 
@@ -317,6 +397,7 @@ impl<M: ForwardModel> Finetuner<M> {
 
     /// Writes the whole training state atomically (see the module documentation).
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        self.check_trained()?;
         let scalars = Scalars {
             format: String::new(),
             version: 0,
@@ -361,14 +442,15 @@ impl<M: ForwardModel> Finetuner<M> {
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let ck = Checkpoint::read(path, &self.sizes())?;
         let s = &ck.scalars;
-        if s.fingerprint != self.fingerprint() {
+        let now = self.fingerprint();
+        if s.fingerprint != now {
+            let changes = fingerprint_changes(&s.fingerprint, &now);
             return Err(Error::bad_tensor(
                 path,
                 STATE_KEY,
                 format!(
-                    "a checkpoint of this run ({}), found one of ({})",
-                    self.fingerprint(),
-                    s.fingerprint
+                    "a checkpoint of this run, found one of another; what changed: {}. Resume with the checkpoint's data and settings, or start a new run",
+                    changes.join("; ")
                 ),
             ));
         }

@@ -51,6 +51,10 @@ use zo::{Direction, SpsaScratch, SpsaSettings};
 pub use crate::serve::train::Gradients;
 pub use crate::task::CoeffLayout;
 
+/// Most SPSA directions per step ([`FinetuneConfig::directions`]): each costs two forward
+/// passes of the batch, so more would make a single step run for hours.
+pub const MAX_DIRECTIONS: usize = 4096;
+
 /// A forward-only model whose adaptable parameters are the per-module coefficients.
 ///
 /// This is all the finetuner needs from a backend (tract, ONNX Runtime, or the pure-Rust
@@ -405,6 +409,8 @@ pub struct Finetuner<M: ForwardModel> {
     stopped: bool,
     window_sum: f64,
     window_n: u64,
+    /// The caller's part of the checkpoint fingerprint ([`Finetuner::set_run_identity`]).
+    identity: String,
     // Scratch, reused every step.
     buf: Vec<f32>,
     feats: Vec<f32>,
@@ -469,8 +475,28 @@ impl<M: ForwardModel> Finetuner<M> {
         if cfg.directions == 0 || !(cfg.spsa_eps > 0.0 && cfg.spsa_eps.is_finite()) {
             return bad("need at least one SPSA direction and spsa_eps > 0");
         }
+        if cfg.directions > MAX_DIRECTIONS {
+            return Err(Error::Usage(format!(
+                "finetune settings: {} SPSA directions per step; expected at most {MAX_DIRECTIONS} (each costs two forward passes of a batch per step)",
+                cfg.directions
+            )));
+        }
         if !(cfg.lr > 0.0 && cfg.head_lr > 0.0 && cfg.lr.is_finite() && cfg.head_lr.is_finite()) {
             return bad("learning rates must be positive and finite");
+        }
+        // Decoupled weight decay multiplies the weights by (1 - lr·wd) each step: at
+        // lr·wd >= 1 that flips their sign, and beyond 2 it grows them without bound.
+        if !(cfg.weight_decay >= 0.0 && cfg.weight_decay.is_finite()) {
+            return bad("weight_decay must be finite and >= 0");
+        }
+        for (what, lr) in [("lr", cfg.lr), ("head_lr", cfg.head_lr)] {
+            if lr * cfg.weight_decay >= 1.0 {
+                return Err(Error::Usage(format!(
+                    "finetune settings: {what} {lr:e} x weight decay {:e} = {:e}; expected below 1 (AdamW's decay multiplies the weights by 1 - lr x wd each step, so they would flip sign and diverge); lower the learning rate",
+                    cfg.weight_decay,
+                    lr * cfg.weight_decay
+                )));
+            }
         }
         if !(0.0..1.0).contains(&cfg.plateau.factor) || cfg.plateau.factor == 0.0 {
             return bad("plateau factor must be in (0, 1)");
@@ -571,6 +597,7 @@ impl<M: ForwardModel> Finetuner<M> {
             stopped: false,
             window_sum: 0.0,
             window_n: 0,
+            identity: String::new(),
             buf,
             feats,
             spsa: SpsaScratch::default(),
@@ -744,7 +771,7 @@ impl<M: ForwardModel> Finetuner<M> {
                 zo::spsa_estimate(theta, &settings, spsa, &mut loss_at, grad_theta)?.rms_projection;
         }
         let passes = *forward_passes - passes0;
-        let lr = self.apply_gradients(loss);
+        let lr = self.apply_gradients(loss)?;
         Ok(StepStats {
             step: self.step,
             loss,
@@ -852,7 +879,7 @@ impl<M: ForwardModel> Finetuner<M> {
                 }
             }
         }
-        let lr = self.apply_gradients(hl.loss);
+        let lr = self.apply_gradients(hl.loss)?;
         Ok(StepStats {
             step: self.step,
             loss: hl.loss,
@@ -865,8 +892,10 @@ impl<M: ForwardModel> Finetuner<M> {
 
     /// One AdamW update from `grad_theta` (unless zero-shot) and `grad_head` at the scheduled
     /// rate; the head follows the same schedule scaled to its own peak rate, its bias not
-    /// decayed. Advances the step and the loss window; returns the coefficients' rate.
-    fn apply_gradients(&mut self, loss: f64) -> f64 {
+    /// decayed. Advances the step and the loss window; returns the coefficients' rate. The
+    /// updated parameters must pass [`Finetuner::check_trained`]: a run that diverges stops
+    /// at the step it does, before any checkpoint or task file is written from it.
+    fn apply_gradients(&mut self, loss: f64) -> Result<f64> {
         let cfg = &self.cfg;
         let lr = self.sched.lr(self.step);
         if !cfg.zero_shot {
@@ -886,7 +915,77 @@ impl<M: ForwardModel> Finetuner<M> {
         self.step += 1;
         self.window_sum += loss;
         self.window_n += 1;
-        lr
+        self.check_trained()?;
+        Ok(lr)
+    }
+
+    /// The one check of every trained tensor, shared by the exact and SPSA paths and run
+    /// after every update and before any file (checkpoint or task) is written: each value
+    /// finite and representable as float32 (files store f32; 1e39 would become inf), each
+    /// module's ‖α_A‖_F·‖α_B‖_F within sqrt(f32::MAX) (the loosest bound a served task can
+    /// meet: [`Coefficients::magnitude_limit`] at in·r = 1) and each head weight within
+    /// sqrt(f32::MAX)/dim (so the logits stay finite for features up to sqrt(f32::MAX)).
+    /// The error ([`Error::Numeric`]) names the tensor, the step and the cure (a lower
+    /// learning rate).
+    pub fn check_trained(&self) -> Result<()> {
+        let limit = f64::from(f32::MAX).sqrt();
+        let diverged = |what: &str, found: String| {
+            Error::Numeric(format!(
+                "training diverged at step {}: {what} {found}; nothing was written from this state (lower the learning rate: lr {:e}, head_lr {:e})",
+                self.step, self.cfg.lr, self.cfg.head_lr
+            ))
+        };
+        let f32_ok = |v: &f64| v.is_finite() && v.abs() <= f64::from(f32::MAX);
+        let r = self.cfg.rank;
+        for b in &self.blocks {
+            let a = &self.theta[b.theta..b.theta + r * b.k_a];
+            let bb = &self.theta[b.theta + r * b.k_a..b.theta + r * (b.k_a + b.k_b)];
+            for (side, v) in [("alpha_A", a), ("alpha_B", bb)] {
+                if let Some(i) = v.iter().position(|x| !f32_ok(x)) {
+                    return Err(diverged(
+                        &format!("module `{}` {side}", b.name),
+                        format!("holds {:e} at {i}, beyond float32", v[i]),
+                    ));
+                }
+            }
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let bound = norm(a) * norm(bb);
+            if bound.is_nan() || bound > limit {
+                return Err(diverged(
+                    &format!("module `{}`", b.name),
+                    format!("has ‖α_A‖·‖α_B‖ = {bound:.3e}, beyond {limit:.3e}"),
+                ));
+            }
+        }
+        if let Some(h) = &self.head {
+            let w_limit = limit / h.dim().max(1) as f64;
+            if let Some((i, v)) = h
+                .weight()
+                .iter()
+                .enumerate()
+                .find(|(_, v)| v.is_nan() || v.abs() > w_limit)
+            {
+                return Err(diverged(
+                    "head.weight",
+                    format!(
+                        "holds {v:e} at {i}, beyond {w_limit:.3e} (sqrt(f32::MAX) / {} features)",
+                        h.dim()
+                    ),
+                ));
+            }
+            if let Some((i, v)) = h
+                .bias()
+                .iter()
+                .enumerate()
+                .find(|(_, v)| v.is_nan() || v.abs() > limit)
+            {
+                return Err(diverged(
+                    "head.bias",
+                    format!("holds {v:e} at {i}, beyond {limit:.3e}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Positions of the next training batch: consecutive slices of a per-epoch permutation
@@ -1047,7 +1146,11 @@ impl<M: ForwardModel> Finetuner<M> {
                 let e = e?;
                 (Some(e), e.loss)
             }
-            None => (None, self.window_sum / self.window_n.max(1) as f64),
+            // Without a validation split the metric is the mean training loss since the last
+            // evaluation: with no step since, there is nothing to measure (a start evaluation
+            // used to record 0.0 here, the best a loss can be, so the untrained start won).
+            None if self.window_n == 0 => return Ok(()),
+            None => (None, self.window_sum / self.window_n as f64),
         };
         self.window_sum = 0.0;
         self.window_n = 0;
@@ -1099,6 +1202,7 @@ impl<M: ForwardModel> Finetuner<M> {
         task: &str,
         labels: &[String],
     ) -> Result<CoeffFile> {
+        self.check_trained()?;
         let r = self.cfg.rank;
         let mut modules = BTreeMap::new();
         for b in &self.blocks {

@@ -192,6 +192,37 @@ impl SequenceModel<HiddenState> {
         self.exact_unavailable.as_deref()
     }
 
+    /// Checks every id of `examples` and the padding id against the model's vocabulary (the
+    /// rows of its embedding table), naming the culprit: `pad` says where the padding id
+    /// came from ("--pad-id", "the padding id of tokenizer.json"), `name(i)` names example
+    /// `i` ("train.jsonl line 3"). The engine refuses such ids too, but only by their
+    /// position in a batch. [`SequenceModel::on_engine`] runs it with plain names.
+    pub fn check_token_ids(
+        engine: &Engine,
+        examples: &[Example],
+        pad_id: i64,
+        pad: &str,
+        name: &dyn Fn(usize) -> String,
+    ) -> Result<()> {
+        let limit = engine.specs().ok().and_then(|specs| {
+            specs
+                .iter()
+                .find(|s| s.name == "input_ids")
+                .and_then(|s| s.index_limit.clone())
+        });
+        if let Some(limit) = limit {
+            limit
+                .check("input_ids", &[1], &[pad_id])
+                .map_err(|e| Error::Usage(format!("{pad}: {e}")))?;
+            for (i, e) in examples.iter().enumerate() {
+                limit
+                    .check("input_ids", &[e.input_ids.len()], &e.input_ids)
+                    .map_err(|err| Error::Usage(format!("{}: {err}", name(i))))?;
+            }
+        }
+        Ok(())
+    }
+
     /// `examples` served by `engine`'s hidden-state backend, padded with `pad_id`. An engine
     /// that builds one plan per input shape ([`Engine::plans_per_shape`]) gets batches padded
     /// to power-of-two lengths up to `max_len` ([`SequenceModel::bucketed`]): a handful of
@@ -202,24 +233,9 @@ impl SequenceModel<HiddenState> {
         pad_id: i64,
         max_len: usize,
     ) -> Result<Self> {
-        // Every id checked once against the model's vocabulary, naming the example (the
-        // engine refuses them too, but only by their position in a batch).
-        let limit = engine.specs().ok().and_then(|specs| {
-            specs
-                .iter()
-                .find(|s| s.name == "input_ids")
-                .and_then(|s| s.index_limit.clone())
-        });
-        if let Some(limit) = limit {
-            limit
-                .check("input_ids", &[1], &[pad_id])
-                .map_err(|e| Error::Usage(format!("the padding id (--pad-id): {e}")))?;
-            for (i, e) in examples.iter().enumerate() {
-                limit
-                    .check("input_ids", &[e.input_ids.len()], &e.input_ids)
-                    .map_err(|err| Error::Usage(format!("example {}: {err}", i + 1)))?;
-            }
-        }
+        Self::check_token_ids(engine, &examples, pad_id, "the padding id", &|i| {
+            format!("example {}", i + 1)
+        })?;
         let model = SequenceModel::new(engine.hidden_state()?, examples, pad_id, None)?;
         if engine.plans_per_shape() {
             model.bucketed(max_len)

@@ -92,7 +92,10 @@ impl std::fmt::Debug for Engine {
 /// check_inputs`]); this catches what the checks do not foresee. A build with
 /// `panic = "abort"` (the `dist` profile) still aborts.
 pub(crate) fn engine_call<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    let caught = crate::util::CatchingPanics::enter();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    drop(caught);
+    match result {
         Ok(r) => r,
         Err(payload) => {
             let msg = payload
@@ -480,7 +483,13 @@ mod tests {
 
     #[test]
     fn a_panic_in_an_engine_call_becomes_a_named_engine_error() {
-        let r: Result<()> = engine_call("tract run", || panic!("index exceeds length"));
+        assert!(!crate::util::panics_are_caught());
+        let r: Result<()> = engine_call("tract run", || {
+            // The panic hook of `elx` stays silent here: the error reports the panic.
+            assert!(crate::util::panics_are_caught());
+            panic!("index exceeds length")
+        });
+        assert!(!crate::util::panics_are_caught());
         match r {
             Err(Error::Engine(m)) => {
                 assert!(

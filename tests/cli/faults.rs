@@ -376,3 +376,105 @@ fn a_full_disk_is_a_named_error_and_the_old_file_stays() {
     assert!(temps.is_empty(), "{temps:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `elx args` with stdout (and, when `stderr_full`, stderr) on /dev/full.
+fn on_dev_full(args: &[&Path], stderr_full: bool) -> std::process::Output {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full")
+    };
+    let mut c = elx();
+    c.args(args).stdout(full());
+    if stderr_full {
+        c.stderr(full());
+    }
+    c.output().expect("elx runs")
+}
+
+/// Issue 29, case 3: a full disk under stdout (`> /dev/full`) is an error naming `<stdout>`
+/// with status 1 in every subcommand, never a panic (101); with stderr full too
+/// (`2>/dev/full`), the status stays 1 (the message is lost, not the status).
+#[test]
+fn a_full_stdout_or_stderr_is_status_1_not_a_panic() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("no /dev/full here; skipped");
+        return;
+    }
+    let dir = temp_dir("cli-devfull");
+    let p = |s: &'static str| Path::new(s);
+    let bundle = dir.join("b.elxb");
+    let srcs = adapters(&[0, 1, 2, 3, 4]);
+    let mut extract: Vec<&Path> = vec![p("extract")];
+    extract.extend(srcs.iter().map(PathBuf::as_path));
+    extract.extend([p("-o"), bundle.as_path()]);
+    // extract itself, onto a full stdout: the bundle is written, then the report fails.
+    let o = on_dev_full(&extract, false);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(bundle.exists());
+    let model = fixture("tiny-bert/model.onnx");
+    let (bound, coeffs, rec) = (dir.join("bound.elxb"), dir.join("t5.elxc"), dir.join("rec"));
+    let t5 = fixture("adapters/task5");
+    let train = dir.join("train.jsonl");
+    std::fs::write(
+        &train,
+        "{\"input_ids\": [2, 5, 3], \"label\": 0}\n{\"input_ids\": [2, 6, 3], \"label\": 1}\n",
+    )
+    .unwrap();
+    let ft = dir.join("ft.elxc");
+    let cases: Vec<Vec<&Path>> = vec![
+        vec![p("inspect"), &bundle],
+        vec![p("bind"), &bundle, p("--base"), &model, p("-o"), &bound],
+        vec![p("project"), &t5, p("--bundle"), &bundle, p("-o"), &coeffs],
+        vec![p("inspect"), &coeffs],
+        vec![
+            p("reconstruct"),
+            &coeffs,
+            p("--bundle"),
+            &bundle,
+            p("-o"),
+            &rec,
+        ],
+        vec![
+            p("inspect"),
+            &bundle,
+            p("--adapters"),
+            &srcs[0],
+            &srcs[1],
+            &srcs[2],
+            p("--held-out"),
+        ],
+        vec![
+            p("finetune"),
+            p("--model"),
+            &model,
+            p("--bundle"),
+            &bound,
+            p("--train"),
+            &train,
+            p("--steps"),
+            p("1"),
+            p("-o"),
+            &ft,
+        ],
+    ];
+    for args in &cases {
+        let o = on_dev_full(args, false);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("<stdout>")
+                && err.contains("No space left on device")
+                && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+        let o = on_dev_full(args, true);
+        assert_eq!(o.status.code(), Some(1), "{args:?} with stderr full too");
+    }
+    // An error path with stderr full: status 1, not 101.
+    let o = on_dev_full(&[p("inspect"), &dir.join("missing.elxb")], true);
+    assert_eq!(o.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}

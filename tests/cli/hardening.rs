@@ -363,7 +363,12 @@ fn token_ids_outside_the_vocabulary_are_named_errors_in_run_and_finetune() {
     };
     // The first line holds the bad id at position 2; the padding id is named as such.
     for (bad, extra, want, which) in [
-        (300, &[][..], "id 300 at [2]", "example 1:"),
+        (
+            300,
+            &[][..],
+            "id 300 at [2]",
+            "train.jsonl: example 1 (line 1):",
+        ),
         (12, &["--pad-id", "999999"][..], "id 999999", "--pad-id"),
     ] {
         std::fs::write(&train, lines(bad)).expect("train");
@@ -590,6 +595,366 @@ fn small_items_are_refused_or_escaped() {
             &npy,
         ],
         &["output `", "finite"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Eight labelled pre-tokenized rows for the tiny BERT (ids < 200), labels from `label`.
+fn rows(label: &dyn Fn(usize) -> String) -> String {
+    (0..8)
+        .map(|i| {
+            let ids = if i % 2 == 0 {
+                vec![2, 10 + i, 30 + i, 3]
+            } else {
+                vec![2, 11 + i, 3]
+            };
+            format!(
+                "{{\"input_ids\": {ids:?}, \"label\": {}}}\n",
+                serde_json::to_string(&label(i)).unwrap()
+            )
+        })
+        .collect()
+}
+
+/// `elx finetune` on the tiny BERT and `bound`, with `extra` flags.
+fn finetune_args(
+    model: &Path,
+    bound: &Path,
+    train: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Vec<PathBuf> {
+    let mut a: Vec<PathBuf> = vec![
+        "finetune".into(),
+        "--model".into(),
+        model.into(),
+        "--bundle".into(),
+        bound.into(),
+        "--train".into(),
+        train.into(),
+        "--batch-size".into(),
+        "4".into(),
+        "-o".into(),
+        out.into(),
+    ];
+    a.extend(extra.iter().map(PathBuf::from));
+    a
+}
+
+fn run_elx(args: &[PathBuf]) -> std::process::Output {
+    let a: Vec<&Path> = args.iter().map(PathBuf::as_path).collect();
+    elx(&a)
+}
+
+/// Issue 29, cases 1, 2 and 5: a learning rate that would diverge is refused before any file
+/// is written; a head warm-up without --val ends with a trained head, not the untrained
+/// start; labels and the task name are printed escaped.
+#[test]
+fn finetune_refuses_divergence_keeps_its_warm_head_and_escapes_labels() {
+    let dir = temp_dir("cli-ft29");
+    let bound = bound_tiny_bert(&dir);
+    let model = fixture("tiny-bert/model.onnx");
+    let (train, out) = (dir.join("train.jsonl"), dir.join("t.elxc"));
+    std::fs::write(&train, rows(&|i| (i % 2).to_string())).unwrap();
+
+    // 1. --head-lr 1e8 with SPSA used to write head.weight = -inf with exit 0.
+    for (flag, lr) in [("--head-lr", "1e8"), ("--head-lr", "1e2"), ("--lr", "20")] {
+        let a = finetune_args(
+            &model,
+            &bound,
+            &train,
+            &out,
+            &["--grad", "spsa", "--steps", "6", flag, lr],
+        );
+        let o = run_elx(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{flag} {lr}: {err}");
+        assert!(
+            err.contains("weight decay") && err.contains("below 1") && !err.contains("panicked"),
+            "{err}"
+        );
+        assert!(!out.exists(), "{flag} {lr} wrote a file");
+    }
+
+    // 2. --head-warmup without --val: the best is measured after steps, never "0.0000 at step 0".
+    let a = finetune_args(
+        &model,
+        &bound,
+        &train,
+        &out,
+        &["--steps", "4", "--head-warmup", "4", "--eval-every", "2"],
+    );
+    let o = run_elx(&a);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!stdout.contains("at step 0"), "{stdout}");
+    assert!(stdout.contains("best training loss"), "{stdout}");
+    let c = eigenlorax::bundle::CoeffFile::read(&out).unwrap();
+    let h = c.head.expect("a head");
+    assert!(
+        (0..h.weight.nrows()).any(|i| (0..h.weight.ncols()).any(|j| h.weight[(i, j)] != 0.0)),
+        "an all-zero head was written"
+    );
+    std::fs::remove_file(&out).unwrap();
+
+    // 5. Labels and the task name holding ESC and newlines are printed escaped.
+    std::fs::write(
+        &train,
+        rows(&|i| {
+            if i % 2 == 0 {
+                "\u{1b}[31mred".into()
+            } else {
+                "line\nbreak".into()
+            }
+        }),
+    )
+    .unwrap();
+    let a = finetune_args(
+        &model,
+        &bound,
+        &train,
+        &out,
+        &["--steps", "2", "--task", "\u{1b}]0;title\u{7}"],
+    );
+    let o = run_elx(&a);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\u{7}') && !stdout.contains("line\nbreak"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\\u{1b}[31mred")
+            && stdout.contains("line\\nbreak")
+            && stdout.contains("\\u{1b}]0;title\\u{7}"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 29, case 6: a checkpoint is tied to its data and flags, and a resume that differs
+/// is refused naming what changed.
+#[test]
+fn a_resume_on_other_data_or_flags_is_refused_naming_what_changed() {
+    let dir = temp_dir("cli-resume29");
+    let bound = bound_tiny_bert(&dir);
+    let model = fixture("tiny-bert/model.onnx");
+    let (train, out, ck) = (
+        dir.join("train.jsonl"),
+        dir.join("t.elxc"),
+        dir.join("ck.elxk"),
+    );
+    std::fs::write(&train, rows(&|i| (i % 2).to_string())).unwrap();
+    let flags = |extra: &[&str]| -> Vec<String> {
+        let mut f: Vec<String> = ["--steps", "4", "--grad", "spsa"]
+            .map(String::from)
+            .to_vec();
+        f.extend(extra.iter().map(|s| s.to_string()));
+        f
+    };
+    let go = |extra: &[&str]| {
+        let f = flags(extra);
+        let f: Vec<&str> = f.iter().map(String::as_str).collect();
+        run_elx(&finetune_args(&model, &bound, &train, &out, &f))
+    };
+    let ck_s = ck.display().to_string();
+    let o = go(&["--checkpoint", &ck_s, "--pause-after", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Labels flipped, same row count.
+    std::fs::write(&train, rows(&|i| ((i + 1) % 2).to_string())).unwrap();
+    let o = go(&["--resume", &ck_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("what changed")
+            && err.contains("`--train`")
+            && err.contains("training examples or their labels"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // Back to the checkpoint's data, but --val added.
+    std::fs::write(&train, rows(&|i| (i % 2).to_string())).unwrap();
+    let val = dir.join("val.jsonl");
+    std::fs::write(&val, rows(&|i| (i % 2).to_string())).unwrap();
+    let val_s = val.display().to_string();
+    let o = go(&["--resume", &ck_s, "--val", &val_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`--val`") && err.contains("validation split"),
+        "{err}"
+    );
+    assert!(!err.contains("`--train`"), "{err}");
+    // Another warm-up: a flag the finetuner does not see, named.
+    let o = go(&["--resume", &ck_s, "--head-warmup", "3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("`--head-warmup`"), "{err}");
+    // The same data and flags resume.
+    let o = go(&["--resume", &ck_s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 29, case 4: `--plot` is an output like `-o`: a plot onto the inspected bundle (or
+/// an adapter's file) is refused and the bundle left intact.
+#[test]
+fn a_plot_onto_an_input_is_refused() {
+    let dir = temp_dir("cli-plot29");
+    let bundle = dir.join("b.elxb");
+    let tasks: Vec<PathBuf> = (0..5)
+        .map(|i| fixture(&format!("adapters/task{i}")))
+        .collect();
+    let mut args: Vec<&Path> = vec![p("extract")];
+    args.extend(tasks.iter().map(|t| t.as_path()));
+    args.extend([p("-o"), bundle.as_path()]);
+    assert!(elx(&args).status.success());
+    let svg = dir.join("X.svg");
+    std::fs::copy(&bundle, &svg).unwrap();
+    let before = std::fs::read(&svg).unwrap();
+    let o = elx(&[p("inspect"), &svg, p("--plot"), &svg]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--plot") && err.contains("is also an input"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&svg).unwrap(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 29, case 8: the smaller points. `bind` in place keeps a symlinked bundle a link;
+/// `reconstruct --force` names the input it would remove; a bad id in the validation file
+/// names that file, a tokenizer's padding id is blamed on the tokenizer, not on --pad-id;
+/// `--directions` is bounded; a tokenizer without a length takes config.json's limit.
+#[test]
+fn smaller_points_of_round_2() {
+    use std::os::unix::fs::symlink;
+    let dir = temp_dir("cli-small29");
+    let bound = bound_tiny_bert(&dir);
+    let model = fixture("tiny-bert/model.onnx");
+
+    // bind in place through a symbolic link: the link stays, its target is bound.
+    let link = dir.join("link.elxb");
+    symlink(dir.join("b.elxb"), &link).unwrap();
+    let o = elx(&[p("bind"), &link, p("--base"), &model]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let b = eigenlorax::bundle::Bundle::read(&dir.join("b.elxb")).unwrap();
+    assert!(b.manifest.binding.is_some());
+
+    // reconstruct --force into the folder that holds its own coefficient file.
+    let folder = dir.join("rec");
+    std::fs::create_dir_all(&folder).unwrap();
+    let c = folder.join("t5.elxc");
+    let o = elx(&[
+        p("project"),
+        &fixture("adapters/task5"),
+        p("--bundle"),
+        &bound,
+        p("-o"),
+        &c,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    named_error(
+        &[
+            p("reconstruct"),
+            &c,
+            p("--bundle"),
+            &bound,
+            p("-o"),
+            &folder,
+            p("--force"),
+        ],
+        &[
+            "--force would remove",
+            "which is the input",
+            "nothing was removed",
+        ],
+    );
+    assert!(c.exists());
+
+    // A bad id on line 3 of the validation file names the file and the line.
+    let (train, val, out) = (
+        dir.join("train.jsonl"),
+        dir.join("val.jsonl"),
+        dir.join("t.elxc"),
+    );
+    std::fs::write(&train, rows(&|i| (i % 2).to_string())).unwrap();
+    let mut bad = rows(&|i| (i % 2).to_string());
+    bad = bad.replacen("[2, 12, 3]", "[2, 1200, 3]", 1);
+    std::fs::write(&val, bad).unwrap();
+    let v = val.display().to_string();
+    let a = finetune_args(&model, &bound, &train, &out, &["--steps", "2", "--val", &v]);
+    let a: Vec<&Path> = a.iter().map(PathBuf::as_path).collect();
+    named_error(&a, &["val.jsonl: example 2 (line 2)", "id 1200"]);
+
+    // --directions far beyond reason is refused before any step.
+    let a = finetune_args(
+        &model,
+        &bound,
+        &train,
+        &out,
+        &["--grad", "spsa", "--directions", "1000000000"],
+    );
+    let a: Vec<&Path> = a.iter().map(PathBuf::as_path).collect();
+    named_error(&a, &["1000000000 SPSA directions", "at most 4096"]);
+
+    // A tokenizer whose padding id is outside the model's table: blamed on the tokenizer.
+    let mut tok: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_support/tokenizer.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    tok["padding"] = serde_json::json!({
+        "strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": 250, "pad_type_id": 0, "pad_token": "[PAD]"
+    });
+    let tok_dir = dir.join("tok");
+    std::fs::create_dir_all(&tok_dir).unwrap();
+    let tok_path = tok_dir.join("tokenizer.json");
+    std::fs::write(&tok_path, serde_json::to_vec(&tok).unwrap()).unwrap();
+    let text = dir.join("text.jsonl");
+    std::fs::write(
+        &text,
+        "{\"text\": \"hello\", \"label\": 0}\n{\"text\": \"world\", \"label\": 1}\n",
+    )
+    .unwrap();
+    let t = tok_path.display().to_string();
+    let a = finetune_args(
+        &model,
+        &bound,
+        &text,
+        &out,
+        &["--steps", "1", "--tokenizer", &t],
+    );
+    let a: Vec<&Path> = a.iter().map(PathBuf::as_path).collect();
+    named_error(&a, &["the padding id of", "tokenizer.json", "id 250"]);
+    assert!(!out.exists());
+
+    // No length in the tokenizer files: config.json's max_position_embeddings, not 512.
+    tok["padding"] = serde_json::Value::Null;
+    std::fs::write(&tok_path, serde_json::to_vec(&tok).unwrap()).unwrap();
+    std::fs::write(
+        tok_dir.join("config.json"),
+        "{\"max_position_embeddings\": 16}",
+    )
+    .unwrap();
+    let enc = eigenlorax::runtime::input::TextEncoder::from_file(&tok_path, None).unwrap();
+    assert_eq!(enc.max_length(), 16);
+    std::fs::write(tok_dir.join("config.json"), "{}").unwrap();
+    let enc = eigenlorax::runtime::input::TextEncoder::from_file(&tok_path, None).unwrap();
+    assert_eq!(
+        enc.max_length(),
+        eigenlorax::runtime::input::DEFAULT_MAX_LENGTH
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -344,7 +344,7 @@ fn resume_is_bit_identical() {
     .unwrap();
     let err = ft.resume(&mid).unwrap_err().to_string();
     assert!(
-        err.contains("mid.safetensors") && err.contains("seed=3"),
+        err.contains("mid.safetensors") && err.contains("`seed`: checkpoint 3, this run 4"),
         "{err}"
     );
     // A truncated checkpoint is an error, not a panic.
@@ -596,4 +596,113 @@ fn a_corrupt_or_inconsistent_checkpoint_is_refused() {
     let e = forged("old-version", &|k| k.scalars.version = 1);
     assert!(e.contains(STATE_KEY) || e.contains("version"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 29: a run that diverges stops at the step it does, naming the tensor, before any
+/// file is written from it; decay settings that would flip the weights are refused up front.
+#[test]
+fn a_diverging_run_is_an_error_before_any_file() {
+    let (train, _) = task();
+    let dir = std::env::temp_dir().join(format!("elx-diverge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = dir.join("ck.elxk");
+    // No weight decay, a head rate of 1e30: Adam moves each weight by ~1e30 in one step,
+    // far beyond what logits in float32 can carry (sqrt(f32::MAX) / dim).
+    for zero_shot in [false, true] {
+        let c = FinetuneConfig {
+            head_lr: 1e30,
+            weight_decay: 0.0,
+            zero_shot,
+            checkpoint_every: 1,
+            checkpoint_path: Some(ck.clone()),
+            max_steps: 4,
+            ..cfg()
+        };
+        let mut ft = Finetuner::new(
+            model(),
+            c,
+            Objective::Classify { classes: 3 },
+            train.clone(),
+            None,
+        )
+        .unwrap();
+        let e = ft.fit(&mut |_| {}).unwrap_err().to_string();
+        assert!(
+            e.contains("training diverged at step 1") && e.contains("head.weight"),
+            "{e}"
+        );
+        assert!(
+            !ck.exists(),
+            "a checkpoint was written from a diverged state"
+        );
+        assert!(ft.check_trained().is_err());
+        assert!(
+            ft.to_coeff_file("sub", "t", &["a".into(), "b".into(), "c".into()])
+                .is_err()
+        );
+    }
+    // lr x weight decay >= 1: refused before the first step, naming both.
+    for (lr, head_lr) in [(20.0, 1e-2), (1e-2, 1e8)] {
+        let c = FinetuneConfig {
+            lr,
+            head_lr,
+            weight_decay: 0.1,
+            ..cfg()
+        };
+        let e = Finetuner::new(
+            model(),
+            c,
+            Objective::Classify { classes: 3 },
+            train.clone(),
+            None,
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(e.contains("weight decay") && e.contains("below 1"), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 29: values finite in f64 but beyond float32 (the file stores f32) are refused by the
+/// writer instead of becoming `inf` in the file.
+#[test]
+fn a_task_file_never_holds_an_infinity() {
+    let (train, _) = task();
+    let mut ft = Finetuner::new(
+        model(),
+        cfg(),
+        Objective::Classify { classes: 3 },
+        train,
+        None,
+    )
+    .unwrap();
+    let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let mut cf = ft.to_coeff_file("sub", "t", &labels).unwrap();
+    cf.head.as_mut().unwrap().weight[(0, 0)] = -1e39;
+    let p = std::env::temp_dir().join(format!("elx-inf-{}.elxc", std::process::id()));
+    let e = cf.write(&p).unwrap_err().to_string();
+    assert!(e.contains("head") && e.contains("float32"), "{e}");
+    assert!(!p.exists());
+    let _ = ft.model();
+}
+
+/// Issue 29: without a validation split there is nothing to measure before the first step,
+/// so a run that evaluates its start does not record a best loss of 0 at step 0 (which kept
+/// the untrained, all-zero head).
+#[test]
+fn without_validation_the_start_is_not_a_best_of_zero() {
+    let (train, _) = task();
+    let c = FinetuneConfig {
+        eval_at_start: true,
+        zero_shot: true,
+        max_steps: 20,
+        eval_every: 10,
+        ..cfg()
+    };
+    let mut ft =
+        Finetuner::new(model(), c, Objective::Classify { classes: 3 }, train, None).unwrap();
+    let r = ft.fit(&mut |_| {}).unwrap();
+    assert!(r.best_step >= 10 && r.best_metric > 0.0, "{r:?}");
+    assert!(ft.head().unwrap().weight().iter().any(|w| *w != 0.0));
 }

@@ -31,9 +31,11 @@ impl std::fmt::Debug for TextEncoder {
 }
 
 impl TextEncoder {
-    /// Loads `tokenizer.json`. The maximum length is, in order: `max_length` when given, the
-    /// file's own truncation length, `model_max_length` of a `tokenizer_config.json` beside
-    /// it, or [`DEFAULT_MAX_LENGTH`].
+    /// Loads `tokenizer.json`. The maximum length is `max_length` when given; else the
+    /// file's own truncation length, or `model_max_length` of a `tokenizer_config.json`
+    /// beside it, at most the `max_position_embeddings` of a `config.json` beside it (the
+    /// model's limit), which is also the default when the tokenizer files name none; else
+    /// [`DEFAULT_MAX_LENGTH`].
     pub fn from_file(path: &Path, max_length: Option<usize>) -> Result<TextEncoder> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if meta.len() > MAX_TOKENIZER_BYTES {
@@ -53,10 +55,26 @@ impl TextEncoder {
             )
         })?;
         let from_config = || config_max_length(path);
-        let max_length = max_length
-            .or_else(|| tokenizer.get_truncation().map(|t| t.max_length))
-            .or_else(from_config)
-            .unwrap_or(DEFAULT_MAX_LENGTH);
+        // The model's own limit (config.json beside the tokenizer, where `elx import-hf`
+        // and HF folders keep it): the default when the tokenizer names none, and a cap on
+        // what the tokenizer files claim, so a long row is refused by name instead of failing
+        // inside the engine at the position embeddings.
+        let positions = path.parent().and_then(max_position_embeddings);
+        let max_length = match max_length {
+            Some(n) => n,
+            None => {
+                let claimed = tokenizer
+                    .get_truncation()
+                    .map(|t| t.max_length)
+                    .or_else(from_config);
+                match (claimed, positions) {
+                    (Some(c), Some(p)) => c.min(p),
+                    (Some(c), None) => c,
+                    (None, Some(p)) => p,
+                    (None, None) => DEFAULT_MAX_LENGTH,
+                }
+            }
+        };
         if max_length == 0 {
             return Err(Error::Usage(
                 "the maximum sequence length must be at least 1".into(),
@@ -209,6 +227,18 @@ impl TextEncoder {
 
 fn is_token_input(name: &str) -> bool {
     matches!(name, "input_ids" | "attention_mask" | "token_type_ids")
+}
+
+/// `max_position_embeddings` of the HF `config.json` in `dir`, if any (and sane).
+pub fn max_position_embeddings(dir: &Path) -> Option<usize> {
+    let p = dir.join("config.json");
+    let meta = std::fs::metadata(&p).ok()?;
+    if meta.len() > 1 << 20 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+    let n = v.get("max_position_embeddings")?.as_u64()?;
+    (n > 0 && n <= 1 << 20).then_some(n as usize)
 }
 
 /// `model_max_length` of `tokenizer_config.json` beside the tokenizer, when sane (HF writes a
