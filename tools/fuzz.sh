@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target of fuzz/ for a bounded time, seeded from the committed fixtures.
+# Runs every cargo-fuzz target of fuzz/ for a bounded time (libFuzzer, nightly, ASan): the
+# release check of BENCHMARKS.md "Fuzzing". CI does not run it: the stable test suite replays
+# the committed corpus and regression inputs instead (tests/fuzz_replay.rs).
 #
 #   tools/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     # default 30 s each, every target
 #   RUNS=1000000 tools/fuzz.sh 0 bundle                # a fixed number of executions instead
+#   MERGE=1 tools/fuzz.sh 60                           # then merge new coverage into fuzz/corpus/
+#   SANITIZER=none tools/fuzz.sh 60                    # no ASan (faster; for growing the corpus)
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`); both are
-# installed when missing. tools/test.sh runs it under CI=true (ELX_FUZZ_SECS seconds a
-# target, 15 by default). Seed corpora are made from models/fixtures on every run (into
-# fuzz/corpus/, not committed); a crash leaves its input in fuzz/artifacts/<target>/ and fails
-# the run. Every crash found becomes a regression test (tests/ or the module's unit tests).
+# installed when missing. Each run reads the committed corpus (fuzz/corpus/<target>/, read
+# only) and fresh seeds made from models/fixtures (fuzz/scratch/<target>/, not committed, where
+# libFuzzer writes what it finds). A crash leaves its input in fuzz/artifacts/<target>/ and
+# fails the run: once fixed, copy that input into fuzz/regressions/<target>/, where every test
+# run replays it for good.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
@@ -34,7 +39,7 @@ if [ -z "$elx" ]; then
   cargo build --quiet --release
   elx=target/release/elx
 fi
-corpus=fuzz/corpus
+corpus=fuzz/scratch
 rm -rf "$corpus"
 for t in "${targets[@]}"; do mkdir -p "$corpus/$t"; done
 fx=models/fixtures
@@ -99,12 +104,21 @@ for t in "${targets[@]}"; do
   echo "== fuzz $t (${limit[*]})"
   log=$work/$t.log
   rc=0
-  cargo +nightly fuzz run --fuzz-dir fuzz -O "$t" "$corpus/$t" -- "${limit[@]}" -print_final_stats=1 >"$log" 2>&1 || rc=$?
+  cargo +nightly fuzz run --fuzz-dir fuzz -O -s "${SANITIZER:-address}" "$t" "$corpus/$t" "fuzz/corpus/$t" \
+    -- "${limit[@]}" -print_final_stats=1 >"$log" 2>&1 || rc=$?
   grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY|==[0-9]+==ERROR)|panicked" "$log" || true
   if [ $rc -ne 0 ] || [ -n "$(ls -A "fuzz/artifacts/$t" 2>/dev/null)" ]; then
     tail -n 30 "$log" >&2
     echo "fuzz: $t found a crash: fuzz/artifacts/$t/" >&2
     status=1
+  elif [ "${MERGE:-}" = 1 ]; then
+    # Keep what adds coverage to the committed corpus (libFuzzer's -merge=1: the first folder
+    # gains the inputs of the others that cover something new).
+    mkdir -p "fuzz/corpus/$t"
+    before=$(ls "fuzz/corpus/$t" | wc -l)
+    cargo +nightly fuzz run --fuzz-dir fuzz -O -s "${SANITIZER:-address}" "$t" "fuzz/corpus/$t" "$corpus/$t" \
+      -- -merge=1 >"$log.merge" 2>&1 || { tail -n 20 "$log.merge" >&2; status=1; }
+    echo "merge $t: fuzz/corpus/$t $before -> $(ls "fuzz/corpus/$t" | wc -l) inputs"
   fi
 done
 exit $status

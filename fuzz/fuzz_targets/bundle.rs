@@ -1,9 +1,4 @@
-//! Any bytes as a bundle (.elxb): the full read (manifest, id, binding hash, components).
+//! The `bundle` target: `fuzz_support::bundle` (fuzz/src/lib.rs, which the stable test suite also
+//! replays over the committed corpus and regression inputs).
 #![no_main]
-use eigenlorax::bundle::Bundle;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let p = fuzz_support::file("b.elxb", data);
-    let _ = Bundle::read(&p);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_support::bundle(data));

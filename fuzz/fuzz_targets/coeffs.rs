@@ -1,10 +1,4 @@
-//! Any bytes as a coefficient file (.elxc) and as a head file.
+//! The `coeffs` target: `fuzz_support::coeffs` (fuzz/src/lib.rs, which the stable test suite also
+//! replays over the committed corpus and regression inputs).
 #![no_main]
-use eigenlorax::bundle::{CoeffFile, Head};
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let p = fuzz_support::file("c.elxc", data);
-    let _ = CoeffFile::read(&p);
-    let _ = Head::read(&p);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_support::coeffs(data));

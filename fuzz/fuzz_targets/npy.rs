@@ -1,7 +1,4 @@
-//! Any bytes as an .npy input tensor.
+//! The `npy` target: `fuzz_support::npy` (fuzz/src/lib.rs, which the stable test suite also
+//! replays over the committed corpus and regression inputs).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = eigenlorax::runtime::input::parse_npy(data, std::path::Path::new("x.npy"));
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_support::npy(data));

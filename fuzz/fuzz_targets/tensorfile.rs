@@ -1,13 +1,4 @@
-//! Any bytes as a safetensors file: open (header checks) and read every tensor.
+//! The `tensorfile` target: `fuzz_support::tensorfile` (fuzz/src/lib.rs, which the stable test suite also
+//! replays over the committed corpus and regression inputs).
 #![no_main]
-use eigenlorax::tensorfile::TensorFile;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let p = fuzz_support::file("t.safetensors", data);
-    if let Ok(tf) = TensorFile::open(&p) {
-        for name in tf.names() {
-            let _ = tf.read_f64(name);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_support::tensorfile(data));
