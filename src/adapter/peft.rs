@@ -419,6 +419,7 @@ pub fn open(dir: &Path) -> Result<Adapter> {
             key: key.to_string(),
             shape: shape.to_vec(),
             dtype: dtype.to_string(),
+            bytes: weights.stored_len(key).unwrap_or(0),
         }
     };
     // Group the keys into (A, B) pairs per canonical module: [0] plain keys, [1] keys under a

@@ -37,6 +37,16 @@ pub fn run(a: Args) -> Result<()> {
     super::refuse_clobber(&a.output, &inputs, "-o")?;
     let bundle = Bundle::read(&a.bundle)?;
     let adapter = Adapter::open(&a.adapter)?;
+    // An adapter for another base model (declared name, or a module's shape) is refused.
+    bundle.manifest.base_identity().check_adapter(
+        &adapter,
+        &bundle.manifest.modules,
+        &format!(
+            "bundle {} ({})",
+            bundle.manifest.subspace_id,
+            bundle.path.display()
+        ),
+    )?;
     let head = a.head.as_deref().map(Head::read).transpose()?;
     let head_task = match &a.head {
         Some(p) => head_task_name(p)?,

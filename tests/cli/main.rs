@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod base;
 mod faults;
 mod fixtures;
 mod hardening;
