@@ -240,6 +240,24 @@ pub fn run(a: Args) -> Result<()> {
             ));
         }
     }
+    for ad in &adapters {
+        if !ad.extras.is_empty() {
+            let bytes: usize = ad.extras.iter().map(|e| e.bytes).sum();
+            eprintln!(
+                "note: {}: {} non-LoRA tensors ({bytes} B: {}) are not part of the subspace; \
+                 `elx project` carries them into the task's .elxc and `elx reconstruct` writes them back",
+                ad.path.display(),
+                ad.extras.len(),
+                ad.extras
+                    .iter()
+                    .take(4)
+                    .map(|e| super::printable(&e.key).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if ad.extras.len() > 4 { ", …" } else { "" }
+            );
+        }
+    }
     let manifest = Bundle::write(&a.output, &sub, &sources, a.dtype, None)?;
 
     let mut t = Table::new(&[

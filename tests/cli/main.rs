@@ -11,5 +11,6 @@ mod hardening;
 mod help;
 mod import_hf_tokenizer;
 mod inspect;
+mod peft_roundtrip;
 mod roundtrip;
 mod shards;
