@@ -210,6 +210,17 @@ pub fn bind(
     let graph = model.graph.as_ref().ok_or_else(|| {
         Error::bad_file(base_file, "expected an ONNX model with a graph, found none")
     })?;
+    // One model is the base of one bundle: a bundle extracted with --allow-mixed-bases has
+    // modules of several bases and cannot all bind to it.
+    let base = manifest.base_identity();
+    if !base.other_names.is_empty() {
+        return Err(Error::Usage(format!(
+            "bundle {} was extracted from adapters of {}: a bundle binds to one base model; \
+             extract one bundle per base model and bind each to its own",
+            manifest.subspace_id,
+            base.describe()
+        )));
+    }
     let idx = GraphIndex::new(graph);
     if let Some(map) = user_map {
         for m in map.keys() {
@@ -270,7 +281,8 @@ pub fn bind(
         return Err(Error::bad_file(
             base_file,
             format!(
-                "expected a MatMul/Gemm for every bundle module; {} of {} unresolved (map them with a user map module -> node):\n  {}",
+                "expected a MatMul/Gemm for every bundle module (the bundle is for {}); {} of {} unresolved (map them with a user map module -> node, or bind the model of that base):\n  {}",
+                base.describe(),
                 failures.len(),
                 manifest.modules.len(),
                 failures.join("\n  ")

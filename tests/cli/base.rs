@@ -127,6 +127,25 @@ fn mixed_bases_are_refused_by_extract_and_held_out_unless_allowed() {
         "{stdout}"
     );
 
+    // A mixed bundle cannot bind to one model.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/tiny-bert/model.onnx");
+    let (code, _, err) = elx(&[
+        "bind",
+        &out,
+        "--base",
+        &s(&model),
+        "-o",
+        &s(&tmp.join("bound.elxb")),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "was extracted from adapters of base models `gpt2`, `distilbert-base-uncased` (mixed)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("extract one bundle per base model"), "{err}");
+
     // The same mix as a pool for --held-out.
     let (code, _, err) = elx(&["inspect", &out, "--adapters", &g0, &g1, &d0, "--held-out"]);
     assert_eq!(code, 1, "{err}");
@@ -179,6 +198,22 @@ fn project_refuses_an_adapter_for_another_base() {
         err.contains("found in=32 out=96 (an adapter for another base model?)"),
         "{err}"
     );
+    // Bound to a model of another base (tiny BERT): refused, naming the bundle's base.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/tiny-bert/model.onnx");
+    let (code, _, err) = elx(&[
+        "bind",
+        &bundle,
+        "--base",
+        &s(&model),
+        "-o",
+        &s(&tmp.join("bound.elxb")),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("(the bundle is for base model `gpt2` (fingerprint shapes-"),
+        "{err}"
+    );
+    assert!(err.contains("2 of 2 unresolved"), "{err}");
     // A third adapter of the base projects.
     let g2 = s(&peft(&tmp, "g2", "gpt2/", &GPT2, 6, false));
     let (code, _, err) = elx(&["project", &g2, "--bundle", &bundle, "-o", &out]);
