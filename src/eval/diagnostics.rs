@@ -645,12 +645,12 @@ pub const GAIN_OVER_CHANCE: f64 = 10.0;
 /// over the measured adapters: the mean, or the median in [`structure`]) against `random` for
 /// a random subspace of the same size.
 pub fn verdict(captured: f64, random: f64) -> Verdict {
-    verdict_with(captured, random, "held-out adapters put")
+    verdict_with(captured, random, "held-out adapters put", "their")
 }
 
 /// [`verdict`] with the subject of the numbers ("held-out adapters put", "the median held-out
-/// adapter puts").
-fn verdict_with(captured: f64, random: f64, subject: &str) -> Verdict {
+/// adapter puts") and its possessive ("their", "its").
+fn verdict_with(captured: f64, random: f64, subject: &str, possessive: &str) -> Verdict {
     // A ratio only where it means something: 0 / 0 is not "far above" anything.
     let ratio = if random > 0.0 {
         captured / random
@@ -667,7 +667,7 @@ fn verdict_with(captured: f64, random: f64, subject: &str) -> Verdict {
         "far above".into()
     };
     let numbers = format!(
-        "{subject} {:.1}% of their ΔW inside the subspace, {versus} a random subspace of the same size ({:.2}%)",
+        "{subject} {:.1}% of {possessive} ΔW inside the subspace, {versus} a random subspace of the same size ({:.2}%)",
         100.0 * captured,
         100.0 * random
     );
@@ -906,6 +906,7 @@ impl Distribution {
             self.median,
             self.random_median,
             "the median held-out adapter puts",
+            "its",
         )
     }
 }
