@@ -152,7 +152,7 @@ impl BaseIdentity {
                 adapter.path.join(crate::adapter::peft::CONFIG_FILE),
                 "base_model_name_or_path",
                 format!(
-                    "expected an adapter for {} like {bundle}, found one for `{theirs}`:                      project it into a bundle extracted from adapters of its own base model",
+                    "expected an adapter for {} like {bundle}, found one for `{theirs}`: project it into a bundle extracted from adapters of its own base model",
                     self.describe()
                 ),
             ));
@@ -165,7 +165,7 @@ impl BaseIdentity {
                     adapter.weights_path(),
                     info.a_key.clone(),
                     format!(
-                        "expected a module with in={} out={} like `{name}` in {bundle} ({}),                          found in={} out={} (an adapter for another base model?)",
+                        "expected a module with in={} out={} like `{name}` in {bundle} ({}), found in={} out={} (an adapter for another base model?)",
                         mm.in_features,
                         mm.out_features,
                         self.describe(),

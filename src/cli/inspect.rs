@@ -706,7 +706,7 @@ fn held_out_report(
     let d = &st.all;
     println!();
     println!(
-        "distribution of the held-out capture: median {}, quartiles {} – {}, min {}, max {};          {} of {} at or above the gain threshold {} (random: median {})",
+        "distribution of the held-out capture: median {}, quartiles {} – {}, min {}, max {}; {} of {} at or above the gain threshold {} (random: median {})",
         pct(d.median),
         pct(d.q1),
         pct(d.q3),

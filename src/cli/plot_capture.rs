@@ -92,13 +92,14 @@ fn draw<DB: DrawingBackend>(
 ) -> std::result::Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let n = bars.len();
-    let xmax = bars
+    let largest = bars
         .iter()
         .map(|b| b.captured.max(b.random))
         .filter(|x| x.is_finite())
-        .fold(GAIN_CAPTURE, f64::max)
-        .min(1.0)
-        * 1.08;
+        .fold(GAIN_CAPTURE, f64::max);
+    // Room on the right for the legend (the shortest bars are at the bottom); a share never
+    // exceeds 100%.
+    let xmax = (largest * 1.6).min(1.02);
     let names: Vec<String> = bars.iter().map(|b| label(&b.name)).collect();
     // Row i (0 = highest capture) sits at y = n - 1 - i, so the list reads top to bottom.
     let mut chart = ChartBuilder::on(root)

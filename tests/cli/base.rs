@@ -177,7 +177,12 @@ fn project_refuses_an_adapter_for_another_base() {
         err.contains("expected an adapter for base model `gpt2` (fingerprint shapes-"),
         "{err}"
     );
-    assert!(err.contains("found one for `gpt2-medium`"), "{err}");
+    assert!(
+        err.contains(
+            "found one for `gpt2-medium`: project it into a bundle extracted from adapters of its own base model"
+        ),
+        "{err}"
+    );
     // Same declared base, a module at another shape: refused naming the tensor and the base.
     let wide = s(&peft(
         &tmp,
@@ -194,6 +199,8 @@ fn project_refuses_an_adapter_for_another_base() {
         "{err}"
     );
     assert!(err.contains("expected a module with in=16 out=48"), "{err}");
+    assert!(err.contains("(fingerprint shapes-"), "{err}");
+    assert!(err.contains(")), found in=32 out=96"), "{err}");
     assert!(
         err.contains("found in=32 out=96 (an adapter for another base model?)"),
         "{err}"
