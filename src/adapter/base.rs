@@ -210,10 +210,34 @@ pub fn refuse_mixed(adapters: &[Adapter], escape: &str) -> Result<Vec<BaseGroup>
     }
     let paths: Vec<PathBuf> = adapters.iter().map(|a| a.path.clone()).collect();
     let listed: Vec<String> = groups.iter().map(|g| describe_group(g, &paths)).collect();
+    // Named groups whose modules agree wherever they meet may be two names of one model.
+    let mut union: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut agree = true;
+    let mut meet = false;
+    for g in &groups {
+        agree &= g.name.is_some();
+        for (n, s) in &g.shapes {
+            match union.get(n) {
+                Some(t) if t != s => agree = false,
+                Some(_) => meet = true,
+                None => {
+                    union.insert(n.clone(), *s);
+                }
+            }
+        }
+    }
+    let hint = if agree && meet {
+        format!(
+            " (their modules agree in name and shape wherever they meet: if these names are one \
+             model, pass {escape})"
+        )
+    } else {
+        String::new()
+    };
     Err(Error::Usage(format!(
         "expected adapters of one base model, found {} groups: {}. A subspace mixes only \
          adapters of one base: give each group on its own, or pass {escape} if they share one \
-         base model after all",
+         base model after all{hint}",
         groups.len(),
         listed.join("; and ")
     )))

@@ -210,17 +210,10 @@ pub fn bind(
     let graph = model.graph.as_ref().ok_or_else(|| {
         Error::bad_file(base_file, "expected an ONNX model with a graph, found none")
     })?;
-    // One model is the base of one bundle: a bundle extracted with --allow-mixed-bases has
-    // modules of several bases and cannot all bind to it.
+    // Named in the error when modules do not resolve: the model may be of another base. (A
+    // bundle of several names is not refused up front: `--allow-mixed-bases` is also how
+    // two names of one model, `gpt2` and `openai-community/gpt2`, get into one bundle.)
     let base = manifest.base_identity();
-    if !base.other_names.is_empty() {
-        return Err(Error::Usage(format!(
-            "bundle {} was extracted from adapters of {}: a bundle binds to one base model; \
-             extract one bundle per base model and bind each to its own",
-            manifest.subspace_id,
-            base.describe()
-        )));
-    }
     let idx = GraphIndex::new(graph);
     if let Some(map) = user_map {
         for m in map.keys() {

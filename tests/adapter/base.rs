@@ -95,6 +95,17 @@ fn one_base_is_one_group_and_a_mix_is_refused_naming_both_groups() {
         "{err}"
     );
     assert!(err.contains("pass --allow-mixed-bases"), "{err}");
+    // GPT-2 and DistilBERT share no module: no hint that the names might be one model.
+    assert!(!err.contains("agree in name and shape"), "{err}");
+    // Two names of one model: modules agree wherever they meet, and the message says so.
+    let alias = peft(&tmp, "alias", Some("openai-community/gpt2"), &GPT2);
+    let err = refuse_mixed(&open(&[&g1, &alias]), "--allow-mixed-bases")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("(their modules agree in name and shape wherever they meet: if these names are one model, pass --allow-mixed-bases)"),
+        "{err}"
+    );
 }
 
 #[test]
