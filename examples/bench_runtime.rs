@@ -173,6 +173,7 @@ fn bundle() -> Bundle {
             modules: mm,
             sources: vec![],
             binding: None,
+            base: None,
         },
         subspace: Subspace { modules, options },
     }

@@ -250,6 +250,12 @@ impl TensorFile {
         })
     }
 
+    /// Bytes `name` occupies in the file.
+    pub fn stored_len(&self, name: &str) -> Option<usize> {
+        let e = self.entries.get(name)?;
+        Some(e.end - e.start)
+    }
+
     /// Dtype name as stored (any safetensors dtype, e.g. "I64") and shape of `name`.
     pub fn stored_info(&self, name: &str) -> Option<(&str, &[usize])> {
         let e = self.entries.get(name)?;

@@ -121,6 +121,35 @@ pub fn open(file: &Path) -> Result<Adapter> {
             "expected LoRA tensors (`<module>.lora_down.weight` / `.lora_up.weight`, or `lora_A`/`lora_B`), found none",
         ));
     }
+    // PEFT's `save_pretrained` writes `base_model.model.<module>.lora_A.weight`; read without
+    // adapter_config.json, such a file would lose its scale (lora_alpha / r, rank and alpha
+    // patterns) and keep the wrapper prefix, so its modules would pool with nothing.
+    if let Some((prefix, (a, b))) = pairs
+        .iter()
+        .find(|(p, _)| p.starts_with("base_model.model."))
+    {
+        let key = a
+            .as_ref()
+            .or(b.as_ref())
+            .cloned()
+            .unwrap_or_else(|| prefix.clone());
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| ".".into());
+        return Err(Error::bad_tensor(
+            file,
+            key,
+            format!(
+                "expected a kohya/diffusers LoRA file, found PEFT keys (`base_model.model.` prefix) with no \
+                 {cfg} beside the file: PEFT keeps the scale (lora_alpha / r) in that config. Put the \
+                 adapter's {cfg} in {dir} and pass the folder (`{dir}`), or the folder the adapter was \
+                 downloaded as",
+                cfg = super::peft::CONFIG_FILE
+            ),
+        ));
+    }
     let mut modules = BTreeMap::new();
     for (prefix, (down, up)) in pairs {
         let (a_key, b_key) = match (down, up) {
@@ -183,6 +212,7 @@ pub fn open(file: &Path) -> Result<Adapter> {
             ExtraTensor {
                 shape: shape.to_vec(),
                 dtype: dtype.to_string(),
+                bytes: weights.stored_len(&k).unwrap_or(0),
                 key: k,
             }
         })

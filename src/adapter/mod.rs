@@ -9,6 +9,7 @@
 //! matrices are materialized by [`Adapter::load_module`] when a stage asks for them, so
 //! extraction over hundreds of adapters holds one module at a time.
 
+pub mod base;
 pub mod kohya;
 pub mod peft;
 
@@ -57,6 +58,8 @@ pub struct ExtraTensor {
     pub shape: Vec<usize>,
     /// Storage dtype, e.g. "F32".
     pub dtype: String,
+    /// Bytes it occupies in the weights file.
+    pub bytes: usize,
 }
 
 /// One module's matrices with the scale folded in, as f64.
@@ -179,6 +182,35 @@ impl Adapter {
     /// The file that holds the tensors (for error messages).
     pub fn weights_path(&self) -> &Path {
         self.weights.path()
+    }
+
+    /// ‖ΔW‖_F = ‖s·B·A‖_F of every module, loading one module at a time. A zero is an
+    /// untrained module (PEFT starts B at zero): it adds nothing to a subspace.
+    pub fn delta_norms(&self) -> Result<BTreeMap<String, f64>> {
+        self.modules
+            .keys()
+            .map(|n| {
+                let m = self.load_module(n)?;
+                Ok((
+                    n.clone(),
+                    crate::linalg::lowrank_frob(m.b.as_ref(), m.a.as_ref()),
+                ))
+            })
+            .collect()
+    }
+
+    /// [`base::fingerprint`] of this adapter's modules.
+    pub fn fingerprint(&self) -> String {
+        base::fingerprint(
+            self.modules
+                .iter()
+                .map(|(n, m)| (n.as_str(), m.in_features, m.out_features)),
+        )
+    }
+
+    /// A string entry of the PEFT config (`task_type`, …), when present.
+    pub fn config_str(&self, key: &str) -> Option<&str> {
+        self.config.get(key).and_then(|v| v.as_str())
     }
 }
 

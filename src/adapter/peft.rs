@@ -419,6 +419,7 @@ pub fn open(dir: &Path) -> Result<Adapter> {
             key: key.to_string(),
             shape: shape.to_vec(),
             dtype: dtype.to_string(),
+            bytes: weights.stored_len(key).unwrap_or(0),
         }
     };
     // Group the keys into (A, B) pairs per canonical module: [0] plain keys, [1] keys under a
@@ -566,6 +567,61 @@ pub fn open(dir: &Path) -> Result<Adapter> {
     })
 }
 
+/// What a PEFT adapter holds besides its LoRA pairs, kept so that a reconstruction writes
+/// it back as the source had it: the non-LoRA tensors (a classifier head, `modules_to_save`
+/// copies, …) byte for byte under their keys, and the config fields that decide how PEFT
+/// loads and applies the adapter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassThrough {
+    /// `task_type` (e.g. `SEQ_CLS`), or `None` when the config has none.
+    pub task_type: Option<String>,
+    /// `fan_in_fan_out` (GPT-2 Conv1D bases).
+    pub fan_in_fan_out: bool,
+    /// `modules_to_save` as in the config (`null` when absent).
+    pub modules_to_save: Value,
+    /// `target_modules` as in the config (`null` when absent).
+    pub target_modules: Value,
+    /// The non-LoRA tensors, as stored (key, dtype, shape, bytes).
+    pub tensors: Vec<TensorOut>,
+}
+
+impl PassThrough {
+    /// Bytes of the carried tensors.
+    pub fn bytes(&self) -> usize {
+        self.tensors.iter().map(|t| t.data.len()).sum()
+    }
+}
+
+/// The [`PassThrough`] of a PEFT adapter (`None` for kohya/diffusers files, whose
+/// reconstruction is a plain PEFT folder). A carried tensor of a dtype this crate cannot write
+/// (e.g. I64) is an error naming it.
+pub fn pass_through(adapter: &Adapter) -> Result<Option<PassThrough>> {
+    if adapter.format != AdapterFormat::Peft {
+        return Ok(None);
+    }
+    let cfg = &adapter.config;
+    let mut tensors = Vec::with_capacity(adapter.extras.len());
+    for e in &adapter.extras {
+        let (dtype, data) = adapter.weights.raw(&e.key)?;
+        tensors.push(TensorOut {
+            name: e.key.clone(),
+            dtype,
+            shape: e.shape.clone(),
+            data: data.to_vec(),
+        });
+    }
+    Ok(Some(PassThrough {
+        task_type: cfg
+            .get("task_type")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        fan_in_fan_out: adapter.fan_in_fan_out,
+        modules_to_save: cfg.get("modules_to_save").cloned().unwrap_or(Value::Null),
+        target_modules: cfg.get("target_modules").cloned().unwrap_or(Value::Null),
+        tensors,
+    }))
+}
+
 /// Options of [`write()`].
 #[derive(Clone, Debug)]
 pub struct PeftWriteOptions {
@@ -575,6 +631,10 @@ pub struct PeftWriteOptions {
     pub fan_in_fan_out: bool,
     /// Storage dtype of the weights (F32 by default; F64/F16/BF16 allowed, I8 refused).
     pub dtype: Dtype,
+    /// The source's non-LoRA tensors and config fields, written back: its `task_type`,
+    /// `modules_to_save` and `target_modules` replace the defaults, its `fan_in_fan_out`
+    /// is or-ed with the one above, and its tensors are written under their own keys.
+    pub pass_through: Option<PassThrough>,
 }
 
 impl Default for PeftWriteOptions {
@@ -583,6 +643,7 @@ impl Default for PeftWriteOptions {
             base_model: None,
             fan_in_fan_out: false,
             dtype: Dtype::F32,
+            pass_through: None,
         }
     }
 }
@@ -655,9 +716,29 @@ pub fn write(
             m.b.as_ref(),
         ));
     }
+    let pt = options.pass_through.as_ref();
+    if let Some(pt) = pt {
+        let lora: BTreeSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+        for t in &pt.tensors {
+            if lora.contains(t.name.as_str()) {
+                return Err(Error::Usage(format!(
+                    "{}: carried tensor `{}` has the key of a reconstructed LoRA tensor",
+                    dir.display(),
+                    t.name
+                )));
+            }
+        }
+        tensors.extend(pt.tensors.iter().cloned());
+    }
+    // The source's target_modules when it had them: PEFT then wraps the same layers (a
+    // wrapped layer whose LoRA is absent from the file keeps B = 0, no update).
+    let target_modules = match pt.map(|p| &p.target_modules) {
+        Some(v) if !v.is_null() => v.clone(),
+        _ => Value::from(leaves.into_iter().collect::<Vec<_>>()),
+    };
     let config = serde_json::json!({
         "peft_type": "LORA",
-        "task_type": Value::Null,
+        "task_type": pt.and_then(|p| p.task_type.clone()),
         "base_model_name_or_path": options.base_model,
         "r": default_r,
         "lora_alpha": default_r,
@@ -665,11 +746,11 @@ pub fn write(
         "alpha_pattern": alpha_pattern,
         "use_rslora": false,
         "use_dora": false,
-        "target_modules": leaves.into_iter().collect::<Vec<_>>(),
-        "fan_in_fan_out": options.fan_in_fan_out,
+        "target_modules": target_modules,
+        "fan_in_fan_out": options.fan_in_fan_out || pt.is_some_and(|p| p.fan_in_fan_out),
         "lora_dropout": 0.0,
         "bias": "none",
-        "modules_to_save": Value::Null,
+        "modules_to_save": pt.map_or(Value::Null, |p| p.modules_to_save.clone()),
         "init_lora_weights": true,
         "inference_mode": true,
         "layers_to_transform": Value::Null,

@@ -12,8 +12,15 @@
 //! and `__metadata__["eigenlorax"]` = JSON `{kind: "coefficients", format_version,
 //! subspace_id, task, provenance, labels, rank}` where `rank` maps each module to its r and
 //! `labels` holds one label per head class (`null` without a head).
+//!
+//! Format **2** (written only when there is something to carry) adds what a projected PEFT
+//! adapter holds besides its LoRA pairs ([`PassThrough`]): its non-LoRA tensors as
+//! `peft:<key>` (dtype, shape and bytes as stored in the adapter) and, under `peft` in the
+//! metadata, `task_type`, `fan_in_fan_out`, `modules_to_save`, `target_modules` and the
+//! list of carried keys. `elx reconstruct` writes them back. Format 1 files read as before.
 
 use super::format::{METADATA_KEY, check_tensor, manifest_json};
+pub use crate::adapter::peft::PassThrough;
 use crate::error::{Error, Result};
 pub use crate::task::{Coefficients, Head};
 use crate::tensorfile::{self, Dtype, TensorFile, TensorOut};
@@ -21,8 +28,26 @@ use faer::Mat;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Coefficient file format version written by this build.
-pub const COEFF_FORMAT_VERSION: u32 = 1;
+/// Coefficient file format version written by this build when it carries a PEFT
+/// [`PassThrough`]; without one it writes [`COEFF_FORMAT_PLAIN`], so such files stay
+/// readable by older builds.
+pub const COEFF_FORMAT_VERSION: u32 = 2;
+
+/// Format version of a coefficient file without a pass-through.
+pub const COEFF_FORMAT_PLAIN: u32 = 1;
+
+/// Tensor name prefix of carried PEFT tensors.
+pub const PASS_THROUGH_PREFIX: &str = "peft:";
+
+/// The `peft` entry of the metadata (format 2).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct PeftMeta {
+    task_type: Option<String>,
+    fan_in_fan_out: bool,
+    modules_to_save: serde_json::Value,
+    target_modules: serde_json::Value,
+    tensors: Vec<String>,
+}
 
 /// How a coefficient file was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -147,6 +172,8 @@ struct CoeffMeta {
     provenance: Provenance,
     labels: Option<Vec<String>>,
     rank: BTreeMap<String, usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peft: Option<PeftMeta>,
 }
 
 const KIND: &str = "coefficients";
@@ -167,8 +194,14 @@ fn all_finite(v: &[f64]) -> bool {
 }
 
 impl CoeffFile {
-    /// Writes atomically (all tensors as f32).
+    /// Writes atomically (all tensors as f32), format 1.
     pub fn write(&self, path: &Path) -> Result<()> {
+        self.write_with(path, None)
+    }
+
+    /// Writes atomically, with a PEFT adapter's [`PassThrough`] (format 2; format 1 when
+    /// `None`). The carried tensors keep their dtype and bytes.
+    pub fn write_with(&self, path: &Path, pass: Option<&PassThrough>) -> Result<()> {
         let mut tensors = Vec::new();
         let mut rank = BTreeMap::new();
         for (name, c) in &self.modules {
@@ -231,14 +264,32 @@ impl CoeffFile {
             }
             None => None,
         };
+        let peft = pass.map(|p| PeftMeta {
+            task_type: p.task_type.clone(),
+            fan_in_fan_out: p.fan_in_fan_out,
+            modules_to_save: p.modules_to_save.clone(),
+            target_modules: p.target_modules.clone(),
+            tensors: p.tensors.iter().map(|t| t.name.clone()).collect(),
+        });
+        for t in pass.map_or(&[][..], |p| &p.tensors[..]) {
+            tensors.push(TensorOut {
+                name: format!("{PASS_THROUGH_PREFIX}{}", t.name),
+                ..t.clone()
+            });
+        }
         let meta = CoeffMeta {
             kind: KIND.into(),
-            format_version: COEFF_FORMAT_VERSION,
+            format_version: if peft.is_some() {
+                COEFF_FORMAT_VERSION
+            } else {
+                COEFF_FORMAT_PLAIN
+            },
             subspace_id: self.subspace_id.clone(),
             task: self.task.clone(),
             provenance: self.provenance,
             labels,
             rank,
+            peft,
         };
         let json = serde_json::to_string(&meta)
             .map_err(|e| Error::Usage(format!("cannot serialize metadata: {e}")))?;
@@ -294,6 +345,13 @@ impl CoeffFile {
                 }
             } else if name == HEAD_WEIGHT || name == HEAD_BIAS {
                 head_seen = true;
+            } else if let Some(key) = name.strip_prefix(PASS_THROUGH_PREFIX)
+                && meta
+                    .peft
+                    .as_ref()
+                    .is_some_and(|p| p.tensors.iter().any(|t| t == key))
+            {
+                // A carried PEFT tensor: read by `read_pass_through`.
             } else {
                 return Err(Error::bad_tensor(
                     path,
@@ -348,6 +406,41 @@ impl CoeffFile {
             modules,
             head,
         })
+    }
+
+    /// The PEFT [`PassThrough`] a coefficient file carries (format 2), `None` when it carries
+    /// none. A listed tensor that is missing is an error naming it.
+    pub fn read_pass_through(path: &Path) -> Result<Option<PassThrough>> {
+        let tf = TensorFile::open(path)?;
+        let meta = parse_meta(&tf)?;
+        let Some(p) = meta.peft else {
+            return Ok(None);
+        };
+        let mut tensors = Vec::with_capacity(p.tensors.len());
+        for key in &p.tensors {
+            let stored = format!("{PASS_THROUGH_PREFIX}{key}");
+            let shape = tf.info(&stored).map(|i| i.shape).ok_or_else(|| {
+                Error::bad_tensor(
+                    path,
+                    &stored,
+                    "expected this tensor (the metadata lists it as carried)",
+                )
+            })?;
+            let (dtype, data) = tf.raw(&stored)?;
+            tensors.push(TensorOut {
+                name: key.clone(),
+                dtype,
+                shape,
+                data: data.to_vec(),
+            });
+        }
+        Ok(Some(PassThrough {
+            task_type: p.task_type,
+            fan_in_fan_out: p.fan_in_fan_out,
+            modules_to_save: p.modules_to_save,
+            target_modules: p.target_modules,
+            tensors,
+        }))
     }
 
     /// Reads a coefficient file and checks it against a bundle ([`CoeffFile::check_for`]).
@@ -456,16 +549,34 @@ fn parse_meta(tf: &TensorFile) -> Result<CoeffMeta> {
             "expected kind \"coefficients\"",
         ));
     }
-    match value.get("format_version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(COEFF_FORMAT_VERSION) => {}
+    let version = value.get("format_version").and_then(|v| v.as_u64());
+    match version {
+        Some(v)
+            if (u64::from(COEFF_FORMAT_PLAIN)..=u64::from(COEFF_FORMAT_VERSION)).contains(&v) => {}
         other => {
             return Err(Error::bad_file(
                 tf.path(),
                 format!(
-                    "expected coefficient format version {COEFF_FORMAT_VERSION}, found {other:?}"
+                    "expected coefficient format version {COEFF_FORMAT_PLAIN} to {COEFF_FORMAT_VERSION}, found {other:?}"
                 ),
             ));
         }
+    }
+    // The carried PEFT part and format 2 come together.
+    if (version == Some(u64::from(COEFF_FORMAT_VERSION))) != value.get("peft").is_some() {
+        return Err(Error::bad_tensor(
+            tf.path(),
+            "__metadata__.eigenlorax.peft",
+            format!(
+                "expected a `peft` entry exactly in format version {COEFF_FORMAT_VERSION}, found format version {} {} one",
+                version.unwrap_or(0),
+                if value.get("peft").is_some() {
+                    "with"
+                } else {
+                    "without"
+                }
+            ),
+        ));
     }
     serde_json::from_value(value).map_err(|e| {
         Error::bad_tensor(

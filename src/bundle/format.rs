@@ -12,7 +12,8 @@
 //!
 //! and `__metadata__["eigenlorax"]` = the JSON [`Manifest`].
 //!
-//! Format versions: **2** (this build) records per side the total energy Σσ² of the stack
+//! Format versions: **3** (this build) adds the base model's identity ([`BaseIdentity`]: the
+//! base model name the sources declare and a fingerprint of the module shapes). **2** records per side the total energy Σσ² of the stack
 //! (`total_energy`) and, when the spectrum tensors hold only the top K values, `full_spectrum:
 //! false`. **1** always stored the full spectrum and no total; it is still read (the total is
 //! then Σσ² of the stored spectrum).
@@ -24,7 +25,7 @@
 //! source hash changes it.
 
 use super::quant::{StorageDtype, cols_of, quantize_int8, rows_of};
-use crate::adapter::AdapterFormat;
+use crate::adapter::{AdapterFormat, base};
 use crate::error::{Error, Result};
 use crate::subspace::{ExtractOptions, ModuleSubspace, SideInfo, Subspace};
 use crate::tensorfile::{self, Dtype, TensorFile, TensorOut};
@@ -34,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Bundle format version written by this build.
-pub const BUNDLE_FORMAT_VERSION: u32 = 2;
+pub const BUNDLE_FORMAT_VERSION: u32 = 3;
 
 /// The oldest bundle format version this build still reads (1: full spectra, no totals).
 pub const BUNDLE_FORMAT_OLDEST: u32 = 1;
@@ -80,6 +81,110 @@ impl From<&crate::adapter::Adapter> for SourceAdapter {
             base_model: ad.base_model.clone(),
             modules: ad.modules.len(),
         }
+    }
+}
+
+/// Which base model a bundle's subspace belongs to (format 3; derived for older bundles by
+/// [`Manifest::base_identity`]). It is a function of the sources and the modules, so
+/// [`Bundle::read`] recomputes it and refuses a manifest whose stored one differs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BaseIdentity {
+    /// The `base_model_name_or_path` the PEFT sources declare (normalized, see
+    /// [`crate::adapter::base::normalize_base_name`]); `None` when none declares one.
+    pub name: Option<String>,
+    /// Further names, when the sources declare several (extracted with
+    /// `--allow-mixed-bases`); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_names: Vec<String>,
+    /// [`crate::adapter::base::fingerprint`] of the bundle's modules and their (in, out).
+    pub fingerprint: String,
+}
+
+impl BaseIdentity {
+    /// The identity of a bundle with these sources and modules.
+    pub fn of(sources: &[SourceAdapter], modules: &BTreeMap<String, ModuleManifest>) -> Self {
+        let mut names: Vec<String> = Vec::new();
+        for s in sources {
+            if s.format != AdapterFormat::Peft {
+                continue;
+            }
+            if let Some(n) = s.base_model.as_deref().map(base::normalize_base_name)
+                && !n.is_empty()
+                && !names.contains(&n)
+            {
+                names.push(n);
+            }
+        }
+        let mut it = names.into_iter();
+        BaseIdentity {
+            name: it.next(),
+            other_names: it.collect(),
+            fingerprint: base::fingerprint(
+                modules
+                    .iter()
+                    .map(|(n, m)| (n.as_str(), m.in_features, m.out_features)),
+            ),
+        }
+    }
+
+    /// "`gpt2` (fingerprint shapes-…)", or "an unnamed base (fingerprint …)".
+    pub fn describe(&self) -> String {
+        let name = match &self.name {
+            Some(n) if self.other_names.is_empty() => format!("base model `{n}`"),
+            Some(n) => format!(
+                "base models `{n}`, {} (mixed)",
+                self.other_names
+                    .iter()
+                    .map(|o| format!("`{o}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "an unnamed base model".to_string(),
+        };
+        format!("{name} (fingerprint {})", self.fingerprint)
+    }
+
+    /// Checks that `adapter` is for this base: the base model it declares (PEFT) must be one
+    /// of this bundle's, and every module it shares with the bundle must have the bundle's
+    /// shape. Errors name the adapter's file, and the tensor for a shape.
+    pub fn check_adapter(
+        &self,
+        adapter: &crate::adapter::Adapter,
+        modules: &BTreeMap<String, ModuleManifest>,
+        bundle: &str,
+    ) -> Result<()> {
+        if let (Some(theirs), Some(ours)) = (base::declared_base(adapter), &self.name)
+            && &theirs != ours
+            && !self.other_names.contains(&theirs)
+        {
+            return Err(Error::bad_tensor(
+                adapter.path.join(crate::adapter::peft::CONFIG_FILE),
+                "base_model_name_or_path",
+                format!(
+                    "expected an adapter for {} like {bundle}, found one for `{theirs}`: project it into a bundle extracted from adapters of its own base model",
+                    self.describe()
+                ),
+            ));
+        }
+        for (name, info) in &adapter.modules {
+            if let Some(mm) = modules.get(name)
+                && (mm.in_features, mm.out_features) != (info.in_features, info.out_features)
+            {
+                return Err(Error::bad_tensor(
+                    adapter.weights_path(),
+                    info.a_key.clone(),
+                    format!(
+                        "expected a module with in={} out={} like `{name}` in {bundle} ({}), found in={} out={} (an adapter for another base model?)",
+                        mm.in_features,
+                        mm.out_features,
+                        self.describe(),
+                        info.in_features,
+                        info.out_features
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -206,6 +311,19 @@ pub struct Manifest {
     pub sources: Vec<SourceAdapter>,
     /// Binding to a base ONNX model, once `elx bind` ran.
     pub binding: Option<Binding>,
+    /// The base model (format 3; absent in older bundles, see [`Manifest::base_identity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseIdentity>,
+}
+
+impl Manifest {
+    /// The base identity: the stored one (format 3), else derived from the sources and
+    /// modules the same way.
+    pub fn base_identity(&self) -> BaseIdentity {
+        self.base
+            .clone()
+            .unwrap_or_else(|| BaseIdentity::of(&self.sources, &self.modules))
+    }
 }
 
 /// A bundle loaded in memory; components are dequantized to f64.
@@ -522,6 +640,7 @@ impl Bundle {
             modules.insert(name.clone(), module_manifest(name, m)?);
             tensors.extend(encode_module(name, m, dtype)?);
         }
+        let base = BaseIdentity::of(sources, &modules);
         let mut manifest = Manifest {
             format_version: BUNDLE_FORMAT_VERSION,
             subspace_id: String::new(),
@@ -530,6 +649,7 @@ impl Bundle {
             modules,
             sources: sources.to_vec(),
             binding: None,
+            base: Some(base),
         };
         manifest.subspace_id = compute_id(tensors.iter().map(stored_of).collect(), &manifest)?;
         manifest.binding = binding.cloned();
@@ -596,6 +716,8 @@ impl Bundle {
                 ));
             }
         }
+        // After the shapes (a wrong shape is named as such), before the id.
+        check_base(path, &manifest)?;
         for t in &expected {
             let (dtype, data) = tf.raw(t)?;
             let shape = tf.info(t).map(|i| i.shape).unwrap_or_default();
@@ -675,6 +797,45 @@ impl Bundle {
         drop(tf);
         write_file(out, tensors, &new)?;
         Ok(new)
+    }
+}
+
+/// Format 3 stores the base identity, which must be what its sources and modules give;
+/// older formats must not have one.
+fn check_base(path: &Path, m: &Manifest) -> Result<()> {
+    match (&m.base, m.format_version >= 3) {
+        (Some(b), true) => {
+            let want = BaseIdentity::of(&m.sources, &m.modules);
+            if *b != want {
+                return Err(Error::bad_tensor(
+                    path,
+                    "__metadata__.eigenlorax.base",
+                    format!(
+                        "expected the base identity its sources and modules give ({}), found {}",
+                        want.describe(),
+                        b.describe()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        (None, true) => Err(Error::bad_tensor(
+            path,
+            "__metadata__.eigenlorax.base",
+            format!(
+                "expected the base model identity (format version {}), found none",
+                m.format_version
+            ),
+        )),
+        (Some(_), false) => Err(Error::bad_tensor(
+            path,
+            "__metadata__.eigenlorax.base",
+            format!(
+                "expected no base identity in format version {} (it came with version 3)",
+                m.format_version
+            ),
+        )),
+        (None, false) => Ok(()),
     }
 }
 

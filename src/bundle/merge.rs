@@ -111,7 +111,14 @@ pub fn merge(parts: &[PathBuf], output: &Path) -> Result<Manifest> {
         modules,
         sources: first.sources.clone(),
         binding: None,
+        base: None,
     };
+    if first.format_version >= 3 {
+        manifest.base = Some(super::format::BaseIdentity::of(
+            &manifest.sources,
+            &manifest.modules,
+        ));
+    }
     let stored: Vec<Stored<'_>> = tensors.iter().map(stored_of).collect();
     manifest.subspace_id = compute_id(stored, &manifest)?;
     drop(files);

@@ -20,6 +20,7 @@ pub mod quant;
 
 pub use coeffs::{CoeffFile, Head, Provenance};
 pub use format::{
-    Binding, Bundle, Manifest, ModuleBinding, ModuleManifest, SourceAdapter, WeightLayout,
+    BaseIdentity, Binding, Bundle, Manifest, ModuleBinding, ModuleManifest, SourceAdapter,
+    WeightLayout,
 };
 pub use quant::StorageDtype;

@@ -354,7 +354,12 @@ fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<
     let sizes = diagnostics::doubling_sizes(pool.len() - 1);
     let curve = diagnostics::capture_vs_n(&pool, &sizes, &cfg.extract, seed)?;
     let m = diagnostics::HeldOutMean::of(&held_out);
-    let verdict = m.verdict();
+    let pair = diagnostics::pairwise_capture(&pool)?;
+    let st = diagnostics::structure(&held_out, &pair, &pool.names);
+    let verdict = diagnostics::Verdict {
+        gain: st.verdict.gain,
+        line: st.line.clone(),
+    };
     outln!(
         "diagnostics from the adapter files alone ({:.1} s): each adapter held out against the subspace of the other {}:",
         t0.elapsed().as_secs_f64(),

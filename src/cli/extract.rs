@@ -1,7 +1,7 @@
 //! `elx extract ADAPTER... -o domain.elxb`
 
 use super::{Table, file_size, pct, progress_bar};
-use eigenlorax::adapter::Adapter;
+use eigenlorax::adapter::{Adapter, base};
 use eigenlorax::bundle::{Bundle, SourceAdapter, StorageDtype};
 use eigenlorax::subspace::{self, ExtractOptions, KRule, ModuleSelection, Route, Solver};
 use eigenlorax::{Error, Result};
@@ -58,6 +58,10 @@ pub struct Args {
     /// `elx bundle merge` joins the N parts into the one-shot bundle.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
+    /// Accept adapters of different base models (by `base_model_name_or_path`, module names
+    /// and shapes) in one subspace; by default they are refused.
+    #[arg(long)]
+    pub allow_mixed_bases: bool,
 }
 
 /// Parses a regular expression.
@@ -163,6 +167,23 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|p| Adapter::open(p))
         .collect::<Result<Vec<_>>>()?;
+    if a.allow_mixed_bases {
+        let groups = base::group_by_base(&adapters);
+        if groups.len() > 1 {
+            let paths: Vec<PathBuf> = adapters.iter().map(|x| x.path.clone()).collect();
+            let listed: Vec<String> = groups
+                .iter()
+                .map(|g| base::describe_group(g, &paths))
+                .collect();
+            super::warn(format!(
+                "--allow-mixed-bases: {} base models in one subspace: {}",
+                groups.len(),
+                listed.join("; and ")
+            ));
+        }
+    } else {
+        base::refuse_mixed(&adapters, "--allow-mixed-bases")?;
+    }
     let sources: Vec<SourceAdapter> = adapters.iter().map(SourceAdapter::from).collect();
     // The same adapter twice weighs its directions double; say so (the bundle records both).
     for (i, s) in sources.iter().enumerate() {
@@ -196,6 +217,45 @@ pub fn run(a: Args) -> Result<()> {
                     "note: {name} side {side}: full decomposition instead of the top-K solver: {reason}"
                 )?;
             }
+        }
+    }
+    for (&t, zeros) in &extraction.zero_delta {
+        let Some(ad) = adapters.get(t) else { continue };
+        let extracted = ad
+            .modules
+            .keys()
+            .filter(|n| sub.modules.contains_key(n.as_str()))
+            .count();
+        if zeros.len() == extracted {
+            super::warn(format!(
+                "{}: every ΔW is zero (an untrained adapter, B = 0?): it adds nothing to the subspace",
+                ad.path.display()
+            ));
+        } else {
+            super::warn(format!(
+                "{}: {} of its {extracted} modules have a zero ΔW (A or B all zeros): {}",
+                ad.path.display(),
+                zeros.len(),
+                zeros.join(", ")
+            ));
+        }
+    }
+    for ad in &adapters {
+        if !ad.extras.is_empty() {
+            let bytes: usize = ad.extras.iter().map(|e| e.bytes).sum();
+            errln!(
+                "note: {}: {} non-LoRA tensors ({bytes} B: {}) are not part of the subspace; \
+                 `elx project` carries them into the task's .elxc and `elx reconstruct` writes them back",
+                ad.path.display(),
+                ad.extras.len(),
+                ad.extras
+                    .iter()
+                    .take(4)
+                    .map(|e| super::printable(&e.key).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if ad.extras.len() > 4 { ", …" } else { "" }
+            )?;
         }
     }
     let manifest = Bundle::write(&a.output, &sub, &sources, a.dtype, None)?;

@@ -1,7 +1,7 @@
 //! `elx inspect FILE [--adapters DIR... [--random-control --seed S] [--held-out]] [--plot OUT.png|OUT.svg]`
 
 use super::plot::{self, ErrorSeries, PlotData};
-use super::{Table, file_size, pct, plot_curve, sci, warn};
+use super::{Table, file_size, pct, plot_capture, plot_curve, sci, warn};
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::diagnostics::{
     explained_energy_of, projection_error_bound, random_subspace,
@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 /// Arguments of `elx inspect`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A bundle (.elxb) or coefficient file (.elxc).
+    /// A bundle (.elxb), a coefficient file (.elxc), or a LoRA adapter (PEFT folder or
+    /// kohya/diffusers file), which is then described.
     pub file: PathBuf,
     /// Adapters to measure against the bundle: per-module reconstruction error and captured energy.
     #[arg(long, num_args = 1..)]
@@ -33,23 +34,37 @@ pub struct Args {
     /// vs N. The verdict then speaks for new tasks like the pool's.
     #[arg(long, requires = "adapters")]
     pub held_out: bool,
+    /// With --held-out: accept adapters of different base models in the pool (refused by
+    /// default, as in `elx extract`).
+    #[arg(long, requires = "held_out")]
+    pub allow_mixed_bases: bool,
     /// Write plots (explained energy per module; with --adapters, error per module) to .png or .svg.
     #[arg(long)]
     pub plot: Option<PathBuf>,
 }
 
-/// Which kind of file `path` is, from its metadata.
-fn is_coeff_file(path: &Path) -> Result<bool> {
-    let tf = TensorFile::open(path)?;
-    let json = tf
-        .metadata()
-        .and_then(|m| m.get("eigenlorax"))
-        .ok_or_else(|| {
-            Error::bad_file(
-                path,
-                "expected an eigenlorax bundle or coefficient file (no `eigenlorax` metadata)",
-            )
-        })?;
+/// What `elx inspect` was given.
+enum Kind {
+    Bundle,
+    Coefficients,
+    Adapter,
+}
+
+/// Which kind of file `path` is: a folder is an adapter; a file is a bundle or coefficient
+/// file by its metadata, else an adapter.
+fn kind_of(path: &Path) -> Result<Kind> {
+    if path.is_dir() {
+        return Ok(Kind::Adapter);
+    }
+    let tf = match TensorFile::open(path) {
+        Ok(tf) => tf,
+        // Not safetensors at all: the adapter reader names what it expected (and refuses
+        // pickles with the conversion command).
+        Err(_) => return Ok(Kind::Adapter),
+    };
+    let Some(json) = tf.metadata().and_then(|m| m.get("eigenlorax")) else {
+        return Ok(Kind::Adapter);
+    };
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| {
         Error::bad_tensor(
             path,
@@ -57,7 +72,13 @@ fn is_coeff_file(path: &Path) -> Result<bool> {
             format!("expected valid JSON ({e})"),
         )
     })?;
-    Ok(v.get("kind").and_then(|k| k.as_str()) == Some("coefficients"))
+    Ok(
+        if v.get("kind").and_then(|k| k.as_str()) == Some("coefficients") {
+            Kind::Coefficients
+        } else {
+            Kind::Bundle
+        },
+    )
 }
 
 /// Runs `elx inspect`.
@@ -73,13 +94,23 @@ pub fn run(a: Args) -> Result<()> {
             super::refuse_clobber(&curve, &inputs, "--plot (its capture-vs-N plot)")?;
         }
     }
-    if is_coeff_file(&a.file)? {
-        if !a.adapters.is_empty() || a.plot.is_some() || a.random_control || a.held_out {
-            return Err(Error::Usage(
-                "--adapters, --random-control, --held-out and --plot apply to bundles (.elxb), not coefficient files".into(),
-            ));
-        }
-        return inspect_coeffs(&a.file);
+    let kind = kind_of(&a.file)?;
+    if !matches!(kind, Kind::Bundle)
+        && (!a.adapters.is_empty() || a.plot.is_some() || a.random_control || a.held_out)
+    {
+        return Err(Error::Usage(format!(
+            "--adapters, --random-control, --held-out and --plot apply to bundles (.elxb), not {}",
+            if matches!(kind, Kind::Coefficients) {
+                "coefficient files"
+            } else {
+                "adapters"
+            }
+        )));
+    }
+    match kind {
+        Kind::Coefficients => return inspect_coeffs(&a.file),
+        Kind::Adapter => return inspect_adapter(&a.file),
+        Kind::Bundle => {}
     }
     let bundle = Bundle::read(&a.file)?;
     print_bundle(&bundle)?;
@@ -118,6 +149,7 @@ pub fn run(a: Args) -> Result<()> {
                 &a.adapters,
                 a.seed,
                 a.plot.as_deref(),
+                a.allow_mixed_bases,
             )?);
         }
         Some(series)
@@ -194,6 +226,15 @@ fn print_bundle(b: &Bundle) -> Result<()> {
         rule(&o.k_rule_b),
         o.pseudo,
         o.seed
+    );
+    outln!(
+        "base:         {}{}",
+        m.base_identity().describe(),
+        if m.base.is_none() {
+            " (derived: this format stores none)"
+        } else {
+            ""
+        }
     )?;
     outln!("sources:      {} adapters", m.sources.len())?;
     let mut t =
@@ -261,6 +302,121 @@ fn print_bundle(b: &Bundle) -> Result<()> {
             }
             out!("{}", t.render())?;
         }
+    }
+    Ok(())
+}
+
+/// `elx inspect ADAPTER`: what the adapter holds, read the way `elx extract` reads it.
+fn inspect_adapter(path: &Path) -> Result<()> {
+    let ad = Adapter::open(path).map_err(|e| match e {
+        Error::BadInput {
+            path: p,
+            tensor,
+            message,
+        } if !path.is_dir() && p == path && tensor.is_none() => Error::BadInput {
+            path: p,
+            tensor,
+            message: format!(
+                "expected an eigenlorax bundle or coefficient file, or a LoRA adapter: {message}"
+            ),
+        },
+        other => other,
+    })?;
+    let norms = ad.delta_norms()?;
+    let weights = ad.weights_path();
+    outln!(
+        "adapter:      {} ({})",
+        ad.path.display(),
+        format!("{:?}", ad.format).to_lowercase()
+    )?;
+    outln!(
+        "weights:      {} ({}, sha256 {})",
+        weights.display(),
+        file_size(weights),
+        ad.sha256
+    )?;
+    outln!(
+        "base model:   {} (fingerprint {} over {} modules)",
+        ad.base_model.as_deref().unwrap_or("-"),
+        ad.fingerprint(),
+        ad.modules.len()
+    )?;
+    let c = &ad.config;
+    let json = |k: &str| match c.get(k) {
+        None | Some(serde_json::Value::Null) => "-".to_string(),
+        Some(serde_json::Value::String(s)) => super::printable(s).into_owned(),
+        Some(v) => super::printable(&v.to_string()).into_owned(),
+    };
+    if ad.format == eigenlorax::adapter::AdapterFormat::Peft {
+        outln!(
+            "config:       task_type {}, r {}, lora_alpha {}, use_rslora {}, fan_in_fan_out {}",
+            json("task_type"),
+            json("r"),
+            json("lora_alpha"),
+            json("use_rslora"),
+            json("fan_in_fan_out"),
+        )?;
+        outln!("              target_modules {}", json("target_modules"))?;
+        outln!("              modules_to_save {}", json("modules_to_save"))?;
+    }
+    let mut t = Table::new(&["module", "r", "in", "out", "scale", "‖ΔW‖_F"]);
+    for (name, m) in &ad.modules {
+        t.row(vec![
+            name.clone(),
+            m.rank.to_string(),
+            m.in_features.to_string(),
+            m.out_features.to_string(),
+            format!("{:.4}", m.scale),
+            norms.get(name).map_or("-".into(), |x| sci(*x)),
+        ]);
+    }
+    out!("{}", t.render())?;
+    let params: usize = ad
+        .modules
+        .values()
+        .map(|m| (m.in_features + m.out_features) * m.rank)
+        .sum();
+    outln!(
+        "modules:      {} LoRA modules ({params} parameters)",
+        ad.modules.len()
+    )?;
+    if ad.extras.is_empty() {
+        outln!("extras:       none (no tensors besides the LoRA pairs)")?;
+    } else {
+        let bytes: usize = ad.extras.iter().map(|e| e.bytes).sum();
+        outln!(
+            "extras:       {} non-LoRA tensors, {bytes} B (heads, modules_to_save copies; not part of any subspace)",
+            ad.extras.len()
+        )?;
+        let mut t = Table::new(&["  tensor", "shape", "dtype", "bytes"]).left(&[1, 2, 3]);
+        for e in &ad.extras {
+            t.row(vec![
+                format!("  {}", super::printable(&e.key)),
+                format!("{:?}", e.shape),
+                e.dtype.clone(),
+                e.bytes.to_string(),
+            ]);
+        }
+        out!("{}", t.render())?;
+    }
+    let zero: Vec<&str> = norms
+        .iter()
+        .filter(|(_, n)| **n == 0.0)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !zero.is_empty() && zero.len() == norms.len() {
+        warn(format!(
+            "{}: every ΔW is zero (an untrained adapter, B = 0?): it adds nothing to a subspace",
+            path.display()
+        ));
+    } else if !zero.is_empty() {
+        warn(format!(
+            "{}: {} of its {} modules have a zero ΔW: {}",
+            path.display(),
+            zero.len(),
+            norms.len(),
+            zero.join(", ")
+        ));
     }
     Ok(())
 }
@@ -480,8 +636,9 @@ fn held_out_report(
     paths: &[PathBuf],
     seed: u64,
     plot: Option<&Path>,
+    allow_mixed_bases: bool,
 ) -> Result<diagnostics::Verdict> {
-    let pool = diagnostics::Pool::load(paths)?;
+    let pool = diagnostics::Pool::load_with(paths, allow_mixed_bases)?;
     let options = &b.manifest.options;
     let rows = diagnostics::held_out(&pool, options, seed)?;
     outln!()?;
@@ -554,6 +711,67 @@ fn held_out_report(
         ]);
     }
     out!("{}", t.render())?;
+    let pair = diagnostics::pairwise_capture(&pool)?;
+    let st = diagnostics::structure(&rows, &pair, &pool.names);
+    let d = &st.all;
+    outln!()?;
+    outln!(
+        "distribution of the held-out capture: median {}, quartiles {} – {}, min {}, max {}; {} of {} at or above the gain threshold {} (random: median {})",
+        pct(d.median),
+        pct(d.q1),
+        pct(d.q3),
+        pct(d.min),
+        pct(d.max),
+        d.above_gain,
+        d.n,
+        pct(diagnostics::GAIN_CAPTURE),
+        pct2(d.random_median)
+    )?;
+    if st.clusters.is_empty() {
+        outln!(
+            "clusters: none (no two adapters put {} or more of their ΔW in each other's span, {}x chance)",
+            pct(diagnostics::CLUSTER_EDGE_CAPTURE),
+            diagnostics::CLUSTER_EDGE_OVER_CHANCE
+        )?;
+    } else {
+        outln!(
+            "clusters (adapters that each put {} or more of their ΔW in the other's span, {}x chance, linked):",
+            pct(diagnostics::CLUSTER_EDGE_CAPTURE),
+            diagnostics::CLUSTER_EDGE_OVER_CHANCE
+        )?;
+        let mut t =
+            Table::new(&["cluster", "adapters", "median", "min", "max", "verdict"]).left(&[5]);
+        for (i, c) in st.clusters.iter().enumerate() {
+            t.row(vec![
+                (i + 1).to_string(),
+                c.members.len().to_string(),
+                pct(c.distribution.median),
+                pct(c.distribution.min),
+                pct(c.distribution.max),
+                format!("{:?}", c.verdict.gain).to_lowercase(),
+            ]);
+        }
+        let r = &st.rest_distribution;
+        if r.n > 0 {
+            t.row(vec![
+                "rest".into(),
+                r.n.to_string(),
+                pct(r.median),
+                pct(r.min),
+                pct(r.max),
+                format!("{:?}", st.verdict.gain).to_lowercase(),
+            ]);
+        }
+        out!("{}", t.render())?;
+        for (i, c) in st.clusters.iter().enumerate() {
+            let names: Vec<&str> = c
+                .members
+                .iter()
+                .filter_map(|&k| pool.names.get(k).map(String::as_str))
+                .collect();
+            outln!("  cluster {}: {}", i + 1, names.join(", "))?;
+        }
+    }
     if let Some(p) = plot {
         let out = plot_curve::path_beside(p, "capture-vs-n");
         plot_curve::write(
@@ -562,6 +780,26 @@ fn held_out_report(
             &curve,
         )?;
         outln!("wrote plot {} ({})", out.display(), file_size(&out))?;
+        let bars: Vec<plot_capture::Bar> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, h)| plot_capture::Bar {
+                name: diagnostics::short_name(Path::new(&h.name)),
+                captured: h.recycled.captured,
+                random: h.recycled.random,
+                cluster: st.clusters.iter().position(|c| c.members.contains(&i)),
+            })
+            .collect();
+        let out = plot_curve::path_beside(p, "capture-per-adapter");
+        plot_capture::write(
+            &out,
+            &format!("held-out capture per adapter ({} adapters)", pool.len()),
+            &bars,
+        )?;
+        outln!("wrote plot {} ({})", out.display(), file_size(&out))?;
     }
-    Ok(m.verdict())
+    Ok(diagnostics::Verdict {
+        gain: st.verdict.gain,
+        line: st.line,
+    })
 }

@@ -43,6 +43,7 @@ pub mod finetune;
 pub mod import_hf;
 pub mod inspect;
 pub mod plot;
+pub mod plot_capture;
 pub mod plot_curve;
 pub mod project;
 pub mod reconstruct;

@@ -37,6 +37,16 @@ pub fn run(a: Args) -> Result<()> {
     super::refuse_clobber(&a.output, &inputs, "-o")?;
     let bundle = Bundle::read(&a.bundle)?;
     let adapter = Adapter::open(&a.adapter)?;
+    // An adapter for another base model (declared name, or a module's shape) is refused.
+    bundle.manifest.base_identity().check_adapter(
+        &adapter,
+        &bundle.manifest.modules,
+        &format!(
+            "bundle {} ({})",
+            bundle.manifest.subspace_id,
+            bundle.path.display()
+        ),
+    )?;
     let head = a.head.as_deref().map(Head::read).transpose()?;
     let head_task = match &a.head {
         Some(p) => head_task_name(p)?,
@@ -97,7 +107,10 @@ pub fn run(a: Args) -> Result<()> {
     };
     // What `elx run` would refuse (a rank above the bundle's r_max) is refused now.
     coeffs.check_for(&a.adapter, &bundle.manifest)?;
-    coeffs.write(&a.output)?;
+    // What PEFT keeps besides the LoRA pairs (a head, modules_to_save copies, task_type,
+    // fan_in_fan_out, target_modules) travels in the file for `elx reconstruct`.
+    let pass = eigenlorax::adapter::peft::pass_through(&adapter)?;
+    coeffs.write_with(&a.output, pass.as_ref())?;
     out!("{}", t.render())?;
     if let (Some(h), Some(p)) = (&coeffs.head, &a.head) {
         outln!(
@@ -110,6 +123,29 @@ pub fn run(a: Args) -> Result<()> {
                 .map(|l| super::printable(l))
                 .collect::<Vec<_>>()
                 .join(", ")
+        )?;
+    }
+    if let Some(pt) = &pass {
+        let keys: Vec<String> = pt
+            .tensors
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {:?} ({} B)",
+                    super::printable(&t.name),
+                    t.shape,
+                    t.data.len()
+                )
+            })
+            .collect();
+        outln!(
+            "carried for reconstruct: {} non-LoRA tensors, {} B{}{}; task_type {}, fan_in_fan_out {}",
+            pt.tensors.len(),
+            pt.bytes(),
+            if keys.is_empty() { "" } else { ": " },
+            keys.join(", "),
+            pt.task_type.as_deref().unwrap_or("-"),
+            pt.fan_in_fan_out
         )?;
     }
     let (sum, n) = p

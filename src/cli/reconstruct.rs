@@ -50,15 +50,28 @@ pub fn run(a: Args) -> Result<()> {
         .sources
         .iter()
         .find_map(|s| s.base_model.clone());
+    let pass = CoeffFile::read_pass_through(&a.coeffs)?;
     peft::write(
         &a.output,
         &modules,
         &PeftWriteOptions {
             base_model: base_model.clone(),
+            pass_through: pass.clone(),
             ..Default::default()
         },
     )?;
     out!("{}", t.render())?;
+    if let Some(pt) = &pass {
+        outln!(
+            "wrote back from the source adapter: {} non-LoRA tensors ({} B), task_type {}, fan_in_fan_out {}, modules_to_save {}, target_modules {}",
+            pt.tensors.len(),
+            pt.bytes(),
+            pt.task_type.as_deref().unwrap_or("-"),
+            pt.fan_in_fan_out,
+            super::printable(&pt.modules_to_save.to_string()),
+            super::printable(&pt.target_modules.to_string())
+        )?;
+    }
     outln!(
         "wrote PEFT adapter {} (task `{}`, {} modules, base model {})",
         a.output.display(),

@@ -210,6 +210,10 @@ pub fn bind(
     let graph = model.graph.as_ref().ok_or_else(|| {
         Error::bad_file(base_file, "expected an ONNX model with a graph, found none")
     })?;
+    // Named in the error when modules do not resolve: the model may be of another base. (A
+    // bundle of several names is not refused up front: `--allow-mixed-bases` is also how
+    // two names of one model, `gpt2` and `openai-community/gpt2`, get into one bundle.)
+    let base = manifest.base_identity();
     let idx = GraphIndex::new(graph);
     if let Some(map) = user_map {
         for m in map.keys() {
@@ -270,7 +274,8 @@ pub fn bind(
         return Err(Error::bad_file(
             base_file,
             format!(
-                "expected a MatMul/Gemm for every bundle module; {} of {} unresolved (map them with a user map module -> node):\n  {}",
+                "expected a MatMul/Gemm for every bundle module (the bundle is for {}); {} of {} unresolved (map them with a user map module -> node, or bind the model of that base):\n  {}",
+                base.describe(),
                 failures.len(),
                 manifest.modules.len(),
                 failures.join("\n  ")

@@ -236,6 +236,10 @@ pub struct Extraction {
     pub subspace: Subspace,
     /// Module name -> [A-side solver, B-side solver].
     pub solvers: BTreeMap<String, [Solver; 2]>,
+    /// Adapter index -> the extracted modules whose ΔW = B'·A' is exactly zero in it (A or B
+    /// all zeros: an untrained adapter, PEFT starts B at zero). Such a module adds nothing to
+    /// the stack, so `elx extract` warns about it.
+    pub zero_delta: BTreeMap<usize, Vec<String>>,
 }
 
 /// [`extract_with`] over the modules `selection` keeps: only those modules' tensors are
@@ -309,9 +313,13 @@ pub fn extract_selected(
     )?;
     let mut modules = BTreeMap::new();
     let mut solvers = BTreeMap::new();
-    for ((name, _, _), (sub, solver)) in names.iter().zip(subs) {
+    let mut zero_delta: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for ((name, _, _), (sub, solver, zeros)) in names.iter().zip(subs) {
         modules.insert(name.to_string(), sub);
         solvers.insert(name.to_string(), solver);
+        for t in zeros {
+            zero_delta.entry(t).or_default().push(name.to_string());
+        }
     }
     Ok(Extraction {
         subspace: Subspace {
@@ -319,6 +327,7 @@ pub fn extract_selected(
             options: options.clone(),
         },
         solvers,
+        zero_delta,
     })
 }
 
@@ -391,6 +400,7 @@ fn run_ordered<'n, T: Send>(
 }
 
 /// One module over every adapter that has it, loading one adapter's matrices at a time.
+/// Also returns the indices of the adapters whose module has ΔW = 0.
 fn extract_named(
     adapters: &[Adapter],
     name: &str,
@@ -398,13 +408,17 @@ fn extract_named(
     out_f: usize,
     options: &ExtractOptions,
     route: Route,
-) -> Result<(ModuleSubspace, [Solver; 2])> {
+) -> Result<(ModuleSubspace, [Solver; 2], Vec<usize>)> {
     let mut acc = ModuleAccumulator::new(in_f, out_f, options.canonicalize, route);
-    for ad in adapters {
+    let mut zeros = Vec::new();
+    for (t, ad) in adapters.iter().enumerate() {
         let Some(info) = ad.modules.get(name) else {
             continue;
         };
         let m = ad.load_module(name)?;
+        if is_zero_delta(&m) {
+            zeros.push(t);
+        }
         // The reader checks shapes against the header; this guards the math against a reader
         // that disagrees with its own header.
         if m.in_features() != in_f || m.out_features() != out_f || m.b.ncols() != m.rank() {
@@ -426,10 +440,18 @@ fn extract_named(
             other => other,
         })?;
     }
-    acc.finish(options).map_err(|e| match e {
+    let (sub, solver) = acc.finish(options).map_err(|e| match e {
         Error::Numeric(msg) => Error::Numeric(format!("module {name}: {msg}")),
         other => other,
-    })
+    })?;
+    Ok((sub, solver, zeros))
+}
+
+/// Whether ΔW = B·A is exactly zero because A or B holds only zeros (an untrained adapter).
+pub fn is_zero_delta(m: &LoraModule) -> bool {
+    let all_zero =
+        |x: faer::MatRef<'_, f64>| (0..x.ncols()).all(|j| (0..x.nrows()).all(|i| x[(i, j)] == 0.0));
+    all_zero(m.a.as_ref()) || all_zero(m.b.as_ref())
 }
 
 /// Extracts one module's subspace from modules handed over one at a time, the way [`extract`]

@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod base;
 mod kohya;
 mod peft;
 mod tensorfile;

@@ -48,6 +48,7 @@ fn write_then_read_gives_same_delta() {
             base_model: Some("tiny-bert".into()),
             fan_in_fan_out: false,
             dtype,
+            pass_through: None,
         };
         peft::write(&dir, &mods, &opts).unwrap();
         let ad = Adapter::open(&dir).unwrap();
@@ -130,6 +131,7 @@ fn uniform_ranks_write_no_patterns_and_flags_survive() {
         base_model: None,
         fan_in_fan_out: true,
         dtype: Dtype::BF16,
+        pass_through: None,
     };
     peft::write(&dir, &mods, &opts).unwrap();
     let ad = Adapter::open(&dir).unwrap();

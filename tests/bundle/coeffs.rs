@@ -325,3 +325,69 @@ fn expect_head_err(p: &Path, tensor: &str, needle: &str) {
         "{msg}"
     );
 }
+
+/// Format 2 carries a PEFT adapter's non-LoRA tensors (their dtype and bytes) and config
+/// fields; a file without them stays format 1; the `peft` entry and format 2 go together.
+#[test]
+fn pass_through_round_trips_in_format_2() {
+    use eigenlorax::bundle::coeffs::PassThrough;
+    let dir = temp_dir("coeffs-pass");
+    let b = bundle(&dir, "b", 21);
+    let c = coeffs_for(&b, 2, false);
+    let head_w = TensorOut::from_f64(
+        "base_model.model.classifier.weight",
+        Dtype::BF16,
+        vec![2, 3],
+        &[1.5, -2.0, 0.25, 3.0, 0.0, -0.5],
+    );
+    let pt = PassThrough {
+        task_type: Some("SEQ_CLS".into()),
+        fan_in_fan_out: true,
+        modules_to_save: serde_json::json!(["classifier"]),
+        target_modules: serde_json::json!("(.*query|.*value)"),
+        tensors: vec![head_w.clone()],
+    };
+    let with = dir.join("with.elxc");
+    c.write_with(&with, Some(&pt)).unwrap();
+    assert_eq!(
+        CoeffFile::read_pass_through(&with).unwrap(),
+        Some(pt.clone())
+    );
+    assert_eq!(pt.bytes(), 12);
+    // The coefficients read as before (the carried tensor is not a module).
+    let back = CoeffFile::read_for(&with, &b.manifest).unwrap();
+    assert_eq!(back.modules.len(), c.modules.len());
+    let meta = |p: &Path| -> serde_json::Value {
+        let tf = eigenlorax::tensorfile::TensorFile::open(p).unwrap();
+        serde_json::from_str(&tf.metadata().unwrap()["eigenlorax"]).unwrap()
+    };
+    assert_eq!(meta(&with)["format_version"], 2);
+    let plain = dir.join("plain.elxc");
+    c.write(&plain).unwrap();
+    assert_eq!(meta(&plain)["format_version"], 1);
+    assert_eq!(CoeffFile::read_pass_through(&plain).unwrap(), None);
+    // A version 1 file with a `peft` entry, and a listed tensor that is missing, are refused.
+    let p = dir.join("edited.elxc");
+    rewrite_metadata(&with, &p, |m| m["format_version"] = 1.into());
+    let e = CoeffFile::read(&p).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "expected a `peft` entry exactly in format version 2, found format version 1 with one"
+        ),
+        "{e}"
+    );
+    rewrite_metadata(&with, &p, |m| {
+        m["peft"]["tensors"] = serde_json::json!(["base_model.model.classifier.bias"])
+    });
+    let e = CoeffFile::read(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("tensor `peft:base_model.model.classifier.weight`"),
+        "{e}"
+    );
+    let e = CoeffFile::read_pass_through(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("peft:base_model.model.classifier.bias") && e.contains("lists it as carried"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

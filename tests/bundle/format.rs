@@ -309,8 +309,8 @@ fn wrong_shapes_versions_and_truncation_are_refused() {
     );
     rewrite_metadata(&path, &p, |m| m["modules"][q]["k_b"] = 4.into());
     expect_bad(&p, Some(&format!("modules.{q}.b")), "k_b = 4");
-    rewrite_metadata(&path, &p, |m| m["format_version"] = 3.into());
-    expect_bad(&p, None, "found version 3");
+    rewrite_metadata(&path, &p, |m| m["format_version"] = 4.into());
+    expect_bad(&p, None, "found version 4");
     rewrite_metadata(&path, &p, |m| m["dtype"] = "f16".into());
     expect_bad(&p, Some(&format!("{q}.V_A")), "dtype F16, found I8");
     rewrite_metadata(&path, &p, |m| {
@@ -374,6 +374,64 @@ fn format_1_bundles_still_read() {
         let mm = &b.manifest.modules[name];
         assert_eq!((mm.a.total_energy, mm.a.full_spectrum), (None, true));
     }
+    // No stored base identity; one is derived from the sources and module shapes.
+    assert_eq!(b.manifest.base, None);
+    let base = b.manifest.base_identity();
+    assert_eq!(
+        base.fingerprint,
+        eigenlorax::adapter::base::fingerprint(b.manifest.modules.iter().map(|(n, m)| (
+            n.as_str(),
+            m.in_features,
+            m.out_features
+        )))
+    );
+}
+
+/// Format 3 stores the base model identity: the name the PEFT sources declare and the
+/// fingerprint of the module shapes. It must be what the sources and modules give, and only
+/// format 3 may carry one.
+#[test]
+fn format_3_stores_the_base_identity() {
+    let dir = temp_dir("bundle-v3");
+    let path = dir.join("v3.elxb");
+    let written = Bundle::write(&path, &subspace(7), &sources(), StorageDtype::F32, None).unwrap();
+    assert_eq!(written.format_version, 3);
+    let b = Bundle::read(&path).unwrap();
+    let base = b
+        .manifest
+        .base
+        .clone()
+        .expect("a format 3 bundle has a base");
+    assert_eq!(
+        base.name.as_deref(),
+        Some("sentence-transformers/all-MiniLM-L6-v2")
+    );
+    assert!(base.other_names.is_empty());
+    let shapes: Vec<(String, usize, usize)> = b
+        .manifest
+        .modules
+        .iter()
+        .map(|(n, m)| (n.clone(), m.in_features, m.out_features))
+        .collect();
+    assert_eq!(
+        base.fingerprint,
+        eigenlorax::adapter::base::fingerprint(shapes.iter().map(|(n, i, o)| (n.as_str(), *i, *o)))
+    );
+    // A base identity that does not match its sources is refused before the id is checked.
+    let p = dir.join("edited.elxb");
+    rewrite_metadata(&path, &p, |m| m["base"]["name"] = "gpt2".into());
+    expect_bad(
+        &p,
+        Some("__metadata__.eigenlorax.base"),
+        "expected the base identity its sources and modules give (base model `sentence-transformers/all-MiniLM-L6-v2`",
+    );
+    rewrite_metadata(&path, &p, |m| {
+        m.as_object_mut().unwrap().remove("base");
+    });
+    expect_bad(&p, Some("__metadata__.eigenlorax.base"), "found none");
+    rewrite_metadata(&path, &p, |m| m["format_version"] = 2.into());
+    expect_bad(&p, None, "expected no base identity in format version 2");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Format 2: a side that stores only its top K values keeps its exact total energy and says
@@ -393,7 +451,7 @@ fn format_2_stores_totals_and_partial_spectra() {
     }
     let path = dir.join("v2.elxb");
     let written = Bundle::write(&path, &sub, &sources(), StorageDtype::F32, None).unwrap();
-    assert_eq!(written.format_version, 2);
+    assert_eq!(written.format_version, 3);
     let b = Bundle::read(&path).unwrap();
     let (want, got) = (&sub.modules[&name], &b.subspace.modules[&name]);
     assert_eq!(got.a.total_energy, 123.25);

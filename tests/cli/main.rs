@@ -4,11 +4,13 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod base;
 mod faults;
 mod fixtures;
 mod hardening;
 mod help;
 mod import_hf_tokenizer;
 mod inspect;
+mod peft_roundtrip;
 mod roundtrip;
 mod shards;

@@ -206,6 +206,7 @@ pub fn bundle() -> Bundle {
             base_file: "synthetic.onnx".into(),
             modules: bindings,
         }),
+        base: None,
     };
     Bundle {
         path: PathBuf::from("synthetic.elxb"),

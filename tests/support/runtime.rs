@@ -283,6 +283,7 @@ pub fn bundle(seed: u64, id: &str) -> Bundle {
             modules: mm,
             sources: vec![],
             binding: None,
+            base: None,
         },
         subspace: Subspace { modules, options },
     }
