@@ -18,13 +18,13 @@ use eigenlorax::finetune::data::{Example, RawSet, class_indices, label_set};
 use eigenlorax::finetune::recipe;
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{FinetuneConfig, Finetuner, Objective, Split};
-use eigenlorax::runtime::input::{
+use eigenlorax::serve::ExecutionProvider;
+use eigenlorax::serve::input::{
     InputTensor, OutputTensor, Pooling, Prediction, TensorData, TextEncoder, apply_head, assemble,
     pool,
 };
-use eigenlorax::runtime::ort::ExecutionProvider;
-use eigenlorax::runtime::store::TaskId;
-use eigenlorax::runtime::{Backend, Engine, HiddenState};
+use eigenlorax::serve::store::TaskId;
+use eigenlorax::serve::{Backend, Engine, HiddenState};
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -836,7 +836,7 @@ enum Rows<'a> {
 fn run_batch(
     rt: &ElxRuntime,
     rows: Rows<'_>,
-    batch: &eigenlorax::runtime::input::Batch,
+    batch: &eigenlorax::serve::input::Batch,
 ) -> Result<ElxResult, Fail> {
     let ids: Vec<TaskId> = match rows {
         Rows::One(t) => vec![task_id(t); batch.rows],
@@ -921,10 +921,7 @@ unsafe fn texts_of(texts: *const *const c_char, rows: usize) -> Result<Vec<Strin
         .collect()
 }
 
-fn text_batch(
-    rt: &ElxRuntime,
-    texts: &[String],
-) -> Result<eigenlorax::runtime::input::Batch, Fail> {
+fn text_batch(rt: &ElxRuntime, texts: &[String]) -> Result<eigenlorax::serve::input::Batch, Fail> {
     let enc = rt
         .text
         .as_ref()
@@ -1000,7 +997,7 @@ unsafe fn ids_batch(
     mask: *const i64,
     rows: usize,
     seq: usize,
-) -> Result<eigenlorax::runtime::input::Batch, Fail> {
+) -> Result<eigenlorax::serve::input::Batch, Fail> {
     if rows == 0 || seq == 0 {
         return Err(invalid(format!(
             "expected at least one row and one token, found rows {rows}, seq {seq}"
@@ -1104,7 +1101,7 @@ unsafe fn tensor_batch(
     rt: &ElxRuntime,
     tensors: *const ElxTensor,
     n: usize,
-) -> Result<eigenlorax::runtime::input::Batch, Fail> {
+) -> Result<eigenlorax::serve::input::Batch, Fail> {
     // SAFETY: per the contract.
     let ts = unsafe { slice(tensors, n, "tensors")? };
     if ts.is_empty() {

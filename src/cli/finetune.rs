@@ -13,8 +13,8 @@ use eigenlorax::finetune::cache::CachedFeatures;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{Event, FinetuneConfig, GradMode, Objective, Split, recipe};
-use eigenlorax::runtime::input::{DEFAULT_MAX_LENGTH, TextEncoder};
-use eigenlorax::runtime::{Engine, HiddenState};
+use eigenlorax::serve::input::{DEFAULT_MAX_LENGTH, TextEncoder};
+use eigenlorax::serve::{Engine, HiddenState};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -570,5 +570,5 @@ fn read_set(path: &Path, tokens: &Tokens, opts: &ReadOptions) -> Result<RawSet> 
 
 /// `max_position_embeddings` of a HF config.json beside the model, if any.
 fn config_max_positions(model: &Path) -> Option<usize> {
-    eigenlorax::runtime::input::text::max_position_embeddings(model.parent()?)
+    eigenlorax::serve::input::text::max_position_embeddings(model.parent()?)
 }

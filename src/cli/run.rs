@@ -4,11 +4,9 @@
 use super::{BackendArg, EpArg, PoolingArg, printable};
 use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
 use eigenlorax::error::{Error, Result};
-use eigenlorax::runtime::input::{
-    Batch, OutputTensor, TextEncoder, apply_head, load_tensors, pool,
-};
-use eigenlorax::runtime::store::TaskId;
-use eigenlorax::runtime::{Backend, Engine};
+use eigenlorax::serve::input::{Batch, OutputTensor, TextEncoder, apply_head, load_tensors, pool};
+use eigenlorax::serve::store::TaskId;
+use eigenlorax::serve::{Backend, Engine};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

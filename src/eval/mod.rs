@@ -12,12 +12,11 @@
 //!   (`elx project`, `elx inspect` and [`capture`]).
 //! * [`diagnostics`]: will recycling pay? Held-out capture vs chance, the spectrum vs a
 //!   Gaussian null, mean / basis split, capture vs N, and a one-line verdict.
-//! * `loo` (feature `tract`): the leave-one-out experiment behind `elx demo`.
+//! * [`loo`]: the leave-one-out experiment behind `elx demo`, on the engine it is given.
 //!
 //! [`ForwardModel`]: crate::finetune::ForwardModel
 
 pub mod diagnostics;
-#[cfg(feature = "tract")]
 pub mod loo;
 pub mod projection;
 

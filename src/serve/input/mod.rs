@@ -1,6 +1,7 @@
 //! Backend-neutral model inputs and outputs for `elx run`, one concept a file:
 //!
-//! * [`tensor`]: input declarations, input/output tensors, tract conversions;
+//! * [`tensor`]: input declarations, input/output tensors (each engine converts them in its own folder,
+//!   e.g. `serve::backend::tract::tensor`);
 //! * [`text`]: text through a HF `tokenizer.json`;
 //! * [`npy`]: the `.npy` parser;
 //! * [`load`]: raw tensors from `.npy` or safetensors files;
@@ -22,6 +23,4 @@ pub use tensor::{
     Batch, ElemType, InputSpec, InputTensor, OutputTensor, TensorData, check_inputs, input_specs,
     output_names,
 };
-#[cfg(feature = "tract")]
-pub use tensor::{from_tract, to_tract};
 pub use text::{DEFAULT_MAX_LENGTH, TextEncoder};

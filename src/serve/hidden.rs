@@ -1,15 +1,10 @@
 //! The hidden-state backend the finetuner trains through: an engine runs the patched graph
 //! with trial coefficient values and returns the last hidden state; [`crate::finetune::seq`]
-//! batches, pads and pools around it. One implementation per engine (`tract`, `ort`),
-//! chosen behind [`crate::runtime::Engine::hidden_state`].
+//! batches, pads and pools around it. One implementation per engine, in the engine's own
+//! folder of [`crate::serve::backend`], chosen behind [`crate::serve::Engine::hidden_state`].
 
 use crate::error::{Error, Result};
 use crate::task::CoeffLayout;
-
-#[cfg(feature = "ort")]
-pub mod ort;
-#[cfg(feature = "tract")]
-pub mod tract;
 
 /// An inference engine whose adaptable inputs are the per-module coefficients.
 pub trait HiddenStateBackend {
@@ -67,7 +62,6 @@ impl TokenFeed {
 }
 
 /// Checks the token inputs of [`HiddenStateBackend::hidden`]: `batch` x `seq` of each.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
 pub(crate) fn check_tokens(ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<()> {
     if ids.len() != batch * seq || mask.len() != batch * seq {
         return Err(Error::Usage(format!(
@@ -80,13 +74,7 @@ pub(crate) fn check_tokens(ids: &[i64], mask: &[i64], batch: usize, seq: usize) 
 }
 
 /// The width d of a last hidden state of shape [batch, seq, d] read from output `output`.
-#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
-pub(crate) fn hidden_width(
-    shape: &[usize],
-    batch: usize,
-    seq: usize,
-    output: &str,
-) -> Result<usize> {
+pub fn hidden_width(shape: &[usize], batch: usize, seq: usize, output: &str) -> Result<usize> {
     match *shape {
         [b, s, d] if b == batch && s == seq => Ok(d),
         _ => Err(Error::Usage(format!(

@@ -7,10 +7,11 @@
 //! coefficient tensors from its pool, which the run gives back, so a warm call allocates no
 //! coefficient tensor.
 
-use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
+use super::runtime::{Runtime, TValue, Tensor};
 use crate::error::{Error, Result};
+use crate::serve::backend::HiddenView;
+use crate::serve::hidden::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
 use crate::serve::store::TaskData;
-use crate::serve::tract::{Runtime, TValue, Tensor};
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
 
@@ -118,5 +119,15 @@ impl HiddenStateBackend for TractBackend {
         // Iterating the view gives row-major order whatever the memory layout.
         out.extend(view.iter().copied());
         Ok(d)
+    }
+}
+
+impl HiddenView for TractBackend {
+    fn set_output(&mut self, i: usize) {
+        self.output = i;
+    }
+
+    fn reallocations(&self) -> u64 {
+        TractBackend::reallocations(self)
     }
 }

@@ -6,10 +6,11 @@
 //! ONNX Runtime borrows the coefficient buffers for the run (no copy on our side); the token
 //! inputs and the returned hidden state are copied once per call, as for any ORT run.
 
-use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
+use super::runtime::OrtRuntime;
 use crate::error::{Error, Result};
+use crate::serve::backend::HiddenView;
+use crate::serve::hidden::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
 use crate::serve::input::{InputTensor, TensorData};
-use crate::serve::ort::OrtRuntime;
 use crate::serve::store::TaskData;
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
@@ -99,5 +100,11 @@ impl HiddenStateBackend for OrtBackend {
         let d = hidden_width(&o.shape, batch, seq, &format!("`{}`", o.name))?;
         *out = o.data;
         Ok(d)
+    }
+}
+
+impl HiddenView for OrtBackend {
+    fn set_output(&mut self, i: usize) {
+        self.output = i;
     }
 }
