@@ -16,8 +16,8 @@ use eigenlorax::eval::loo::{self, LooConfig, Method, TaskSpec};
 use eigenlorax::finetune::{FinetuneConfig, GradMode};
 use eigenlorax::serve::Backend;
 use eigenlorax::serve::backend::tract::{Runtime, TValue, Tensor};
-use eigenlorax::serve::input::{Pooling, pool};
 use eigenlorax::subspace::{ExtractOptions, KRule};
+use eigenlorax::task::{Pooling, pool};
 use std::path::Path;
 use tinybert_support::{SEQ, fixture, rows, write_jsonl};
 

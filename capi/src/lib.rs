@@ -20,11 +20,12 @@ use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{FinetuneConfig, Finetuner, Objective, Split};
 use eigenlorax::serve::ExecutionProvider;
 use eigenlorax::serve::input::{
-    InputTensor, OutputTensor, Pooling, Prediction, TensorData, TextEncoder, apply_head, assemble,
-    pool,
+    InputTensor, OutputTensor, Prediction, TensorData, TextEncoder, apply_head, assemble,
+    find_tokenizer, tokenizer_beside,
 };
 use eigenlorax::serve::store::TaskId;
 use eigenlorax::serve::{Backend, Engine, HiddenState};
+use eigenlorax::task::{Pooling, pool};
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -553,11 +554,7 @@ pub unsafe extern "C" fn elx_runtime_open(
         let backend = backend_of(&o)?;
         let pooling = pooling_of(o.pooling)?;
         let tokenizer = if o.tokenizer_path.is_null() {
-            let beside = model
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("tokenizer.json");
-            beside.is_file().then_some(beside)
+            find_tokenizer(&model, None)
         } else {
             // SAFETY: per the contract.
             Some(PathBuf::from(unsafe {
@@ -580,11 +577,7 @@ pub unsafe extern "C" fn elx_runtime_open(
         }
         let no_text = format!(
             "{}: expected a HF tokenizer.json for text inputs (give options.tokenizer_path), found no file",
-            model
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("tokenizer.json")
-                .display()
+            tokenizer_beside(&model).display()
         );
         let rt = Box::new(ElxRuntime {
             engine,

@@ -13,7 +13,7 @@ use eigenlorax::finetune::cache::CachedFeatures;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{Event, FinetuneConfig, GradMode, Objective, Split, recipe};
-use eigenlorax::serve::input::{DEFAULT_MAX_LENGTH, TextEncoder};
+use eigenlorax::serve::input::{DEFAULT_MAX_LENGTH, TextEncoder, find_tokenizer};
 use eigenlorax::serve::{Engine, HiddenState};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -242,14 +242,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
 
 /// Reads the training (and validation) data: tokens, labels and the class list.
 fn read_data(args: &FinetuneArgs) -> Result<Data> {
-    let tokenizer = args.tokenizer.clone().or_else(|| {
-        let beside = args
-            .model
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("tokenizer.json");
-        beside.is_file().then_some(beside)
-    });
+    let tokenizer = find_tokenizer(&args.model, args.tokenizer.as_deref());
     let tokens = match &tokenizer {
         Some(p) => Tokens::Text(Box::new(TextEncoder::from_file(p, args.max_length)?)),
         None => Tokens::Ids,

@@ -51,7 +51,7 @@ pub mod run;
 use clap::{Parser, Subcommand};
 use eigenlorax::serve::Backend;
 use eigenlorax::serve::ExecutionProvider;
-use eigenlorax::serve::input::Pooling;
+use eigenlorax::task::Pooling;
 use eigenlorax::{Error, Result};
 use std::io::IsTerminal;
 use std::path::Path;

@@ -34,7 +34,7 @@
 //! The headline figure is the share of the head-only → own-LoRA cross-entropy gap a row
 //! recovers ([`gap_recovered`]), never a raw score ratio.
 //!
-//! The last row is the control of DESIGN.md ("What honest numbers look like"): if it does as
+//! The last row is the control of `docs/ARCHITECTURE.md` ("Honest numbers"): if it does as
 //! well as the recycled subspace, recycling did not help on this task.
 //!
 //! The own-LoRA row runs the adapter through the same patch as everything else: the exact

@@ -5,7 +5,7 @@
 //! adapters help on their tasks.
 //!
 //! * [`capture`]: how much of an adapter's ΔW a subspace holds, beside a random subspace of the
-//!   same size (the control of DESIGN.md, "What honest numbers look like").
+//!   same size (the control of `docs/ARCHITECTURE.md`, "Honest numbers").
 //! * [`head_metrics`]: accuracy and cross-entropy of a fixed head on pooled features.
 //! * [`layout_params`]: fixed coefficients laid out as a [`ForwardModel`] parameter vector.
 //! * [`projection`]: a whole adapter projected into a subspace with its error report

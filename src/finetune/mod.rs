@@ -31,7 +31,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod head;
 pub mod pinned;
-pub mod pool;
 pub mod recipe;
 pub mod schedule;
 pub mod seq;

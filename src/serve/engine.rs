@@ -12,9 +12,10 @@
 //! keeps CUDA behind its `Device`.
 
 use super::backend::{self, EngineBackend, HiddenView};
+use super::family::{Encoder, ModelFamily};
 use super::hidden::HiddenStateBackend;
-use super::input::{Batch, InputSpec, OutputTensor};
-use super::store::TaskId;
+use super::input::{Batch, InputSpec, InputTensor, OutputTensor};
+use super::store::{Task, TaskId};
 use crate::bundle::{Bundle, CoeffFile, Head};
 use crate::error::{Error, Result};
 use crate::graph::patch::CoeffInput;
@@ -212,9 +213,81 @@ impl Engine {
         })
     }
 
+    /// Opens a request on task `id` for the [`Encoder`] family (see [`Engine::session_with`]).
+    pub fn session(&self, id: TaskId) -> Result<Session> {
+        self.session_with(id, Arc::new(Encoder))
+    }
+
+    /// Opens a request on task `id` for a model of `family`: a handle that pins the task's
+    /// coefficients for its whole life (a later [`Engine::replace_task`] or
+    /// [`Engine::unload_task`] does not change a request already open) and keeps what the
+    /// family carries from one call to the next (an encoder: nothing; a decoder: its KV
+    /// cache). Requests are independent: each holds its own state and task, so requests on
+    /// different tasks can be served side by side.
+    pub fn session_with(&self, id: TaskId, family: Arc<dyn ModelFamily>) -> Result<Session> {
+        let task = self.inner.store().get(id)?;
+        Ok(Session {
+            engine: self.clone(),
+            id,
+            task,
+            family,
+            carried: Vec::new(),
+        })
+    }
+
     /// The engine object itself (for the training graphs of [`super::train`]).
     pub(crate) fn backend_object(&self) -> &dyn EngineBackend {
         &*self.inner
+    }
+}
+
+/// One request on an [`Engine`] (see [`Engine::session_with`]): its task's coefficients,
+/// pinned, and the state its model family keeps between calls.
+pub struct Session {
+    engine: Engine,
+    id: TaskId,
+    task: Arc<Task>,
+    family: Arc<dyn ModelFamily>,
+    carried: Vec<InputTensor>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("task", &self.task.name)
+            .field("family", &self.family.name())
+            .field("carried", &self.carried.len())
+            .finish()
+    }
+}
+
+impl Session {
+    /// Runs every row of `batch` with the request's task, the tensors carried from the last
+    /// call added to its inputs; keeps what the family carries from these outputs for the
+    /// next call. Outputs are checked as [`Engine::run`] checks them.
+    pub fn run(&mut self, batch: &Batch) -> Result<Vec<OutputTensor>> {
+        let out = if self.carried.is_empty() {
+            self.engine
+                .inner
+                .run_task_data(&batch.tensors, &self.task)?
+        } else {
+            let mut inputs = batch.tensors.clone();
+            inputs.extend(self.carried.iter().cloned());
+            self.engine.inner.run_task_data(&inputs, &self.task)?
+        };
+        check_finite(&out, || format!("`{}`", self.task.name))?;
+        self.carried = self.family.carry(&out);
+        Ok(out)
+    }
+
+    /// The task this request was opened on.
+    pub fn task(&self) -> TaskId {
+        self.id
+    }
+
+    /// The tensors this request carries into its next call (empty for an encoder).
+    pub fn carried(&self) -> &[InputTensor] {
+        &self.carried
     }
 }
 

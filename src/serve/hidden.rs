@@ -25,42 +25,6 @@ pub trait HiddenStateBackend {
     ) -> Result<usize>;
 }
 
-/// Where a base-model input's values come from, for the engines behind
-/// [`HiddenStateBackend`] (the finetuner feeds token ids only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenFeed {
-    /// `input_ids`: the padded token ids.
-    Ids,
-    /// `attention_mask`: 1 on tokens, 0 on padding.
-    Mask,
-    /// `token_type_ids`: all zeros (single-segment inputs).
-    Zeros,
-}
-
-impl TokenFeed {
-    /// The feed of each of a model's inputs, in order; an input other than `input_ids`,
-    /// `attention_mask` and `token_type_ids`, or no `input_ids`, is an error.
-    pub fn for_inputs<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<TokenFeed>> {
-        let feeds = names
-            .into_iter()
-            .map(|n| match n {
-                "input_ids" => Ok(TokenFeed::Ids),
-                "attention_mask" => Ok(TokenFeed::Mask),
-                "token_type_ids" => Ok(TokenFeed::Zeros),
-                other => Err(Error::Usage(format!(
-                    "finetuning feeds input_ids, attention_mask and token_type_ids; the model also takes `{other}`"
-                ))),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if !feeds.contains(&TokenFeed::Ids) {
-            return Err(Error::Usage(
-                "finetuning needs a model with an `input_ids` input".into(),
-            ));
-        }
-        Ok(feeds)
-    }
-}
-
 /// Checks the token inputs of [`HiddenStateBackend::hidden`]: `batch` x `seq` of each.
 pub(crate) fn check_tokens(ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<()> {
     if ids.len() != batch * seq || mask.len() != batch * seq {

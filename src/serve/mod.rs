@@ -7,17 +7,20 @@
 //! * [`backend`]: the engine trait and one folder per engine (`tract/`, `ort/`); the choice
 //!   of engine is compiled there and nowhere else.
 //! * [`store`]: thread-safe store of prepared task coefficients.
+//! * [`family`]: model families (what a model takes, what a request keeps, what the loss
+//!   reads): the encoder today.
 //! * [`hidden`]: the hidden-state view the finetuner trains through.
 //! * [`train`]: exact gradients: training graphs run on the serving engine.
 //! * [`input`]: text (tokenizer.json), .npy and safetensors inputs, pooling.
 
 pub mod backend;
 pub mod engine;
+pub mod family;
 pub mod hidden;
 pub mod input;
 pub mod store;
 pub mod train;
 
 pub use backend::{Backend, ExecutionProvider};
-pub use engine::{Engine, HiddenState};
+pub use engine::{Engine, HiddenState, Session};
 pub use store::{CoeffTensor, Task, TaskData, TaskId, TaskStore};

@@ -8,7 +8,8 @@
 
 use super::backend::{FixedSession, Trainer};
 use super::engine::Engine;
-use super::hidden::{TokenFeed, check_tokens};
+use super::family::{Encoder, ModelFamily, TokenFeed};
+use super::hidden::check_tokens;
 use super::input::{InputTensor, OutputTensor, TensorData};
 use crate::error::{Error, Result};
 use crate::graph::ModelProto;
@@ -62,20 +63,23 @@ pub struct ExactGradient {
 }
 
 impl ExactGradient {
-    /// Prepares exact gradients on `engine` for the hidden state in its first output, pooled
-    /// over its `attention_mask` input. A graph with an op that has no gradient rule gives
-    /// [`Error::Unsupported`] naming every such node.
+    /// Prepares exact gradients on `engine` for the [`Encoder`] family: the hidden state in
+    /// its first output, pooled over its `attention_mask` input. A graph with an op that has
+    /// no gradient rule gives [`Error::Unsupported`] naming every such node.
     pub fn new(engine: &Engine) -> Result<ExactGradient> {
+        Self::for_family(engine, &Encoder)
+    }
+
+    /// [`ExactGradient::new`] for a model of `family`: its feeds give the token inputs, its
+    /// [`ModelFamily::loss_reads`] the output and mask the loss reads. The training graphs
+    /// of [`crate::graph::grad`] pool and classify, so only the encoder trains today.
+    pub fn for_family(engine: &Engine, family: &dyn ModelFamily) -> Result<ExactGradient> {
         let patched = engine.patched_model()?;
         let names = patched.base_inputs.clone();
-        let feeds = TokenFeed::for_inputs(names.iter().map(String::as_str))?;
-        let hidden = engine
-            .output_names()
-            .first()
-            .cloned()
-            .ok_or_else(|| Error::Usage("the model has no output".into()))?;
+        let feeds = family.feeds(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let reads = family.loss_reads(engine.output_names())?;
         let layout = patched.coeff_inputs.iter().map(|c| c.layout()).collect();
-        let mut analysis = Analysis::new(patched, &hidden, "attention_mask")?;
+        let mut analysis = Analysis::new(patched, &reads.output, &reads.mask)?;
         let trainer = engine
             .backend_object()
             .trainer(analysis.externalize_weights(WEIGHT_INPUT_MIN)?)?;
