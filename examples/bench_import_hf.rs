@@ -8,8 +8,8 @@
 //! hits both alike. Prints the median wall time per run, the ratio imported / legacy, and the
 //! max |diff| of last_hidden_state between the two.
 
-use eigenlorax::runtime::import_hf;
-use eigenlorax::runtime::onnx::encode_model;
+use eigenlorax::graph::import_hf;
+use eigenlorax::graph::onnx::encode_model;
 use std::time::Instant;
 use tract_onnx::prelude::*;
 

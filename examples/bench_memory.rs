@@ -18,9 +18,10 @@
 
 use eigenlorax::bundle::{Bundle, CoeffFile, Provenance};
 use eigenlorax::error::{Error, Result};
-use eigenlorax::runtime::input::{ElemType, InputSpec, TextEncoder, to_tract};
-use eigenlorax::runtime::store::TaskId;
-use eigenlorax::runtime::tract::Runtime;
+use eigenlorax::serve::backend::tract::Runtime;
+use eigenlorax::serve::backend::tract::to_tract;
+use eigenlorax::serve::input::{ElemType, InputSpec, TextEncoder};
+use eigenlorax::serve::store::TaskId;
 use eigenlorax::subspace::Coefficients;
 use eigenlorax::util::GaussianRng;
 use faer::Mat;

@@ -8,9 +8,9 @@
 
 use eigenlorax::bundle::format::SideSummary;
 use eigenlorax::bundle::{Bundle, CoeffFile, Manifest, ModuleManifest, Provenance, StorageDtype};
-use eigenlorax::runtime::onnx::{self, Dim, node, tensor_f32, value_info};
-use eigenlorax::runtime::pb::{GraphProto, ModelProto, OperatorSetIdProto};
-use eigenlorax::runtime::tract::Runtime;
+use eigenlorax::graph::onnx::{self, Dim, node, tensor_f32, value_info};
+use eigenlorax::graph::pb::{GraphProto, ModelProto, OperatorSetIdProto};
+use eigenlorax::serve::backend::tract::Runtime;
 use eigenlorax::subspace::{Coefficients, ExtractOptions, ModuleSubspace, SideInfo, Subspace};
 use eigenlorax::util::GaussianRng;
 use faer::Mat;
@@ -234,7 +234,7 @@ fn main() -> eigenlorax::Result<()> {
     let base_bytes = onnx::encode_model(&model(&ws));
     std::fs::write(&base_path, &base_bytes).map_err(|e| eigenlorax::Error::io(&base_path, e))?;
     let mut b = bundle();
-    b.manifest.binding = Some(eigenlorax::runtime::bind_file(&base_path, &b, None)?);
+    b.manifest.binding = Some(eigenlorax::graph::bind_file(&base_path, &b, None)?);
 
     let plan_of = |bytes: &[u8]| -> TractResult<Arc<TypedRunnableModel>> {
         tract_onnx::onnx()
@@ -265,11 +265,11 @@ fn main() -> eigenlorax::Result<()> {
     let xs = [x.clone()];
     let t_patched = time(iters, || rt.run(&xs, a));
     // The previous association of the patch (X·V_Aᵀ first), same coefficients, same engine.
-    let act = eigenlorax::runtime::patch_with(
+    let act = eigenlorax::graph::patch_with(
         &model(&ws),
         &b,
         1,
-        eigenlorax::runtime::PatchForm::Activations,
+        eigenlorax::graph::PatchForm::Activations,
     )?;
     let act_bytes = onnx::encode_model(&act.proto);
     let act_model = tract_onnx::onnx()

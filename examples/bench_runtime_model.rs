@@ -27,12 +27,13 @@
 
 use eigenlorax::adapter::{Adapter, LoraModule};
 use eigenlorax::bundle::{Bundle, CoeffFile, Provenance, StorageDtype, WeightLayout};
-use eigenlorax::runtime::onnx::{self, node, tensor_f32};
+use eigenlorax::graph::onnx::{self, node, tensor_f32};
 #[cfg(feature = "ort")]
-use eigenlorax::runtime::patch;
-use eigenlorax::runtime::pb::ModelProto;
-use eigenlorax::runtime::tract::Runtime;
-use eigenlorax::runtime::{PatchForm, TaskId, bind_file, patch_with};
+use eigenlorax::graph::patch;
+use eigenlorax::graph::pb::ModelProto;
+use eigenlorax::graph::{PatchForm, bind_file, patch_with};
+use eigenlorax::serve::TaskId;
+use eigenlorax::serve::backend::tract::Runtime;
 use eigenlorax::subspace::{ExtractOptions, KRule, extract, project};
 use eigenlorax::util::GaussianRng;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -807,8 +808,8 @@ fn main() -> R<()> {
 #[cfg(feature = "ort")]
 mod ortb {
     use super::R;
-    use eigenlorax::runtime::onnx::encode_model;
-    use eigenlorax::runtime::pb::ModelProto;
+    use eigenlorax::graph::onnx::encode_model;
+    use eigenlorax::graph::pb::ModelProto;
     use ort::session::{Session, SessionInputValue};
     use ort::value::TensorRef;
     use std::borrow::Cow;
@@ -818,7 +819,7 @@ mod ortb {
 
     impl Ort {
         pub fn new(model: &ModelProto) -> R<Ort> {
-            let env = eigenlorax::runtime::ort::environment()?;
+            let env = eigenlorax::serve::backend::ort::environment()?;
             let s = Session::builder(&env)
                 .map_err(|e| e.to_string())?
                 .with_intra_threads(1)

@@ -3,7 +3,8 @@
 //! EigenLoRAx at the edge. LoRA adapters trained on one base model are recycled into a
 //! per-module principal subspace; any task then becomes a few KB of coefficients in it.
 //!
-//! Data flows one way through the stages below (see `DESIGN.md` in the shared folder):
+//! Data flows one way through the stages below (`docs/ARCHITECTURE.md` draws them, with the
+//! engine trait, the model-family interface and the file formats):
 //!
 //! ```text
 //! (task) -> adapter -> subspace -> bundle -> graph -> serve -> finetune  (-> eval)
@@ -18,13 +19,21 @@
 //! * [`task`]: per-task math shared by serving, training and evaluation (coefficients and
 //!   their layout, pooling, head); below every stage.
 //! * [`graph`]: bind a bundle to a base ONNX model and patch the graph once; `import_hf`
-//!   builds the base model.
-//! * [`serve`]: the task store and one [`runtime::Engine`] over tract (default) or ONNX
-//!   Runtime (the `ort` feature). [`runtime`] re-exports both under one path.
-//! * [`finetune`]: train a new task's coefficients and head on the device, forward passes only.
+//!   builds the base model; `grad` builds the training graphs.
+//! * [`serve`]: the task store and one [`serve::Engine`] over an engine trait
+//!   ([`serve::backend`]: tract by default, ONNX Runtime with the `ort` feature, one folder
+//!   each).
+//! * [`finetune`]: train a new task's coefficients and head on the device: exact gradients
+//!   through training graphs run on the serving engine, or zeroth-order estimates from
+//!   forward passes.
 //! * [`eval`]: measurements over the whole pipeline (leave-one-out on a labelled workload).
 //!
 //! A later stage may use an earlier one, never the reverse.
+//!
+//! Every type has one public path: the module of the stage that defines it. Graph surgery
+//! (bind, patch, import, ONNX protobuf) is under [`graph`]; engines, tasks, inputs and the
+//! finetuner's hidden-state view under [`serve`] (an engine's own types under
+//! `serve::backend::{tract, ort}`). There is no `runtime` module any more.
 
 #![warn(missing_docs)]
 
@@ -35,7 +44,6 @@ pub mod eval;
 pub mod finetune;
 pub mod graph;
 pub mod linalg;
-pub mod runtime;
 pub mod serve;
 pub mod subspace;
 pub mod task;

@@ -14,10 +14,10 @@ use eigenlorax::bundle::CoeffFile;
 use eigenlorax::eval::head_metrics;
 use eigenlorax::eval::loo::{self, LooConfig, Method, TaskSpec};
 use eigenlorax::finetune::{FinetuneConfig, GradMode};
-use eigenlorax::runtime::Backend;
-use eigenlorax::runtime::input::{Pooling, pool};
-use eigenlorax::runtime::tract::{Runtime, TValue, Tensor};
+use eigenlorax::serve::Backend;
+use eigenlorax::serve::backend::tract::{Runtime, TValue, Tensor};
 use eigenlorax::subspace::{ExtractOptions, KRule};
+use eigenlorax::task::{Pooling, pool};
 use std::path::Path;
 use tinybert_support::{SEQ, fixture, rows, write_jsonl};
 
@@ -118,6 +118,7 @@ fn config(dir: &Path, engine: Backend, grad: GradMode) -> LooConfig {
         head_steps: 40,
         random_seed: 3,
         out_dir: dir.join("out"),
+        serve_engine: Backend::Tract,
         train_engine: engine,
         finetune_head_lr: Some(1e-3),
         warm_start_head: true,
@@ -145,7 +146,7 @@ fn leave_one_out_rows_with_spsa() {
 fn leave_one_out_trained_on_onnx_runtime() {
     ort_support::require_ort();
     leave_one_out_on(
-        Backend::Ort(eigenlorax::runtime::ort::ExecutionProvider::Cpu),
+        Backend::Ort(eigenlorax::serve::ExecutionProvider::Cpu),
         "ort",
         GradMode::Exact,
     );

@@ -6,7 +6,7 @@
 #[path = "support/runtime.rs"]
 mod runtime_support;
 
-use eigenlorax::runtime::tract::Runtime;
+use eigenlorax::serve::backend::tract::Runtime;
 use runtime_support::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -124,7 +124,7 @@ fn swapping_tasks_allocates_nothing_with_per_shape_plans() {
         .expect("write");
     let mut b = eigenlorax::bundle::Bundle::read(&p).expect("read");
     let base = root.join("tiny-bert/model.onnx");
-    b.manifest.binding = Some(eigenlorax::runtime::bind_file(&base, &b, None).expect("bind"));
+    b.manifest.binding = Some(eigenlorax::graph::bind_file(&base, &b, None).expect("bind"));
     let rt = Runtime::load(&base, &b).expect("load");
     assert!(!rt.is_shape_generic());
     let task = |i: usize| {
@@ -190,8 +190,8 @@ fn mixed_runs_reuse_coefficient_buffers() {
     let xs: [TValue; 1] = [Tensor::from_shape(&x.0, &x.1).expect("tensor").into()];
 
     // The reference: the same patched graph for 2 tasks, with stacked tensors built here.
-    let patched = eigenlorax::runtime::patch(&model(&Weights::random(3)), &b, 2).expect("patch");
-    let bytes = eigenlorax::runtime::onnx::encode_model(&patched.proto);
+    let patched = eigenlorax::graph::patch(&model(&Weights::random(3)), &b, 2).expect("patch");
+    let bytes = eigenlorax::graph::onnx::encode_model(&patched.proto);
     let plain = tract_onnx::onnx()
         .model_for_read(&mut bytes.as_slice())
         .expect("read");
@@ -206,7 +206,7 @@ fn mixed_runs_reuse_coefficient_buffers() {
         .expect("optimize")
         .into_runnable()
         .expect("plan");
-    let feed = |rows: [eigenlorax::runtime::TaskId; 2]| -> TVec<TValue> {
+    let feed = |rows: [eigenlorax::serve::TaskId; 2]| -> TVec<TValue> {
         let (t0, t1) = (rt.task(rows[0]).expect("t0"), rt.task(rows[1]).expect("t1"));
         names
             .iter()
@@ -215,10 +215,10 @@ fn mixed_runs_reuse_coefficient_buffers() {
                     return xs[0].clone();
                 }
                 fn find<'a>(
-                    t: &'a eigenlorax::runtime::TaskData,
-                    inputs: &'a [eigenlorax::runtime::CoeffInput],
+                    t: &'a eigenlorax::serve::TaskData,
+                    inputs: &'a [eigenlorax::graph::CoeffInput],
                     n: &str,
-                ) -> eigenlorax::runtime::CoeffTensor<'a> {
+                ) -> eigenlorax::serve::CoeffTensor<'a> {
                     t.tensors(inputs).find(|c| c.name == n).expect("coeff")
                 }
                 let (c0, c1) = (
@@ -276,7 +276,8 @@ fn mixed_runs_reuse_coefficient_buffers() {
 #[test]
 fn a_loaded_task_costs_its_coefficients() {
     use eigenlorax::bundle::{CoeffFile, Provenance};
-    use eigenlorax::runtime::{CoeffInput, TaskStore};
+    use eigenlorax::graph::CoeffInput;
+    use eigenlorax::serve::TaskStore;
     let manifest = bundle(1, "sub-a").manifest;
     let file = CoeffFile {
         subspace_id: manifest.subspace_id.clone(),

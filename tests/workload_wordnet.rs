@@ -228,7 +228,7 @@ fn every_family_adapter_loads_and_binds() {
     };
     let out = temp("bind");
     let base = out.join("base.onnx");
-    eigenlorax::runtime::import_hf::import_hf_file(&model_dir, &base).expect("import");
+    eigenlorax::graph::import_hf::import_hf_file(&model_dir, &base).expect("import");
     let bundle = out.join("family.elxb");
     let elx = env!("CARGO_BIN_EXE_elx");
     let run = |args: &[&std::ffi::OsStr]| {

@@ -18,13 +18,14 @@ use eigenlorax::finetune::data::{Example, RawSet, class_indices, label_set};
 use eigenlorax::finetune::recipe;
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{FinetuneConfig, Finetuner, Objective, Split};
-use eigenlorax::runtime::input::{
-    InputTensor, OutputTensor, Pooling, Prediction, TensorData, TextEncoder, apply_head, assemble,
-    pool,
+use eigenlorax::serve::ExecutionProvider;
+use eigenlorax::serve::input::{
+    InputTensor, OutputTensor, Prediction, TensorData, TextEncoder, apply_head, assemble,
+    find_tokenizer, tokenizer_beside,
 };
-use eigenlorax::runtime::ort::ExecutionProvider;
-use eigenlorax::runtime::store::TaskId;
-use eigenlorax::runtime::{Backend, Engine, HiddenState};
+use eigenlorax::serve::store::TaskId;
+use eigenlorax::serve::{Backend, Engine, HiddenState};
+use eigenlorax::task::{Pooling, pool};
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -553,11 +554,7 @@ pub unsafe extern "C" fn elx_runtime_open(
         let backend = backend_of(&o)?;
         let pooling = pooling_of(o.pooling)?;
         let tokenizer = if o.tokenizer_path.is_null() {
-            let beside = model
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("tokenizer.json");
-            beside.is_file().then_some(beside)
+            find_tokenizer(&model, None)
         } else {
             // SAFETY: per the contract.
             Some(PathBuf::from(unsafe {
@@ -580,11 +577,7 @@ pub unsafe extern "C" fn elx_runtime_open(
         }
         let no_text = format!(
             "{}: expected a HF tokenizer.json for text inputs (give options.tokenizer_path), found no file",
-            model
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("tokenizer.json")
-                .display()
+            tokenizer_beside(&model).display()
         );
         let rt = Box::new(ElxRuntime {
             engine,
@@ -836,7 +829,7 @@ enum Rows<'a> {
 fn run_batch(
     rt: &ElxRuntime,
     rows: Rows<'_>,
-    batch: &eigenlorax::runtime::input::Batch,
+    batch: &eigenlorax::serve::input::Batch,
 ) -> Result<ElxResult, Fail> {
     let ids: Vec<TaskId> = match rows {
         Rows::One(t) => vec![task_id(t); batch.rows],
@@ -921,10 +914,7 @@ unsafe fn texts_of(texts: *const *const c_char, rows: usize) -> Result<Vec<Strin
         .collect()
 }
 
-fn text_batch(
-    rt: &ElxRuntime,
-    texts: &[String],
-) -> Result<eigenlorax::runtime::input::Batch, Fail> {
+fn text_batch(rt: &ElxRuntime, texts: &[String]) -> Result<eigenlorax::serve::input::Batch, Fail> {
     let enc = rt
         .text
         .as_ref()
@@ -1000,7 +990,7 @@ unsafe fn ids_batch(
     mask: *const i64,
     rows: usize,
     seq: usize,
-) -> Result<eigenlorax::runtime::input::Batch, Fail> {
+) -> Result<eigenlorax::serve::input::Batch, Fail> {
     if rows == 0 || seq == 0 {
         return Err(invalid(format!(
             "expected at least one row and one token, found rows {rows}, seq {seq}"
@@ -1104,7 +1094,7 @@ unsafe fn tensor_batch(
     rt: &ElxRuntime,
     tensors: *const ElxTensor,
     n: usize,
-) -> Result<eigenlorax::runtime::input::Batch, Fail> {
+) -> Result<eigenlorax::serve::input::Batch, Fail> {
     // SAFETY: per the contract.
     let ts = unsafe { slice(tensors, n, "tensors")? };
     if ts.is_empty() {

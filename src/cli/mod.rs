@@ -50,9 +50,9 @@ pub mod reconstruct;
 pub mod run;
 
 use clap::{Parser, Subcommand};
-use eigenlorax::runtime::Backend;
-use eigenlorax::runtime::input::Pooling;
-use eigenlorax::runtime::ort::ExecutionProvider;
+use eigenlorax::serve::Backend;
+use eigenlorax::serve::ExecutionProvider;
+use eigenlorax::task::Pooling;
 use eigenlorax::{Error, Result};
 use std::io::IsTerminal;
 use std::path::Path;

@@ -4,14 +4,15 @@
 use super::{BackendArg, EpArg, PoolingArg, printable};
 use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
 use eigenlorax::error::{Error, Result};
-use eigenlorax::runtime::input::{
-    Batch, OutputTensor, TextEncoder, apply_head, load_tensors, pool,
+use eigenlorax::serve::input::{
+    Batch, OutputTensor, TextEncoder, apply_head, load_tensors, tokenizer_beside,
 };
-use eigenlorax::runtime::store::TaskId;
-use eigenlorax::runtime::{Backend, Engine};
+use eigenlorax::serve::store::TaskId;
+use eigenlorax::serve::{Backend, Engine};
+use eigenlorax::task::pool;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `elx run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -109,14 +110,10 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
     let batch = match &args.input {
         Some(p) => load_tensors(p, engine.specs()?)?,
         None => {
-            let tok = match &args.tokenizer {
-                Some(t) => t.clone(),
-                None => args
-                    .model
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join("tokenizer.json"),
-            };
+            let tok = args
+                .tokenizer
+                .clone()
+                .unwrap_or_else(|| tokenizer_beside(&args.model));
             if !tok.is_file() {
                 return Err(Error::bad_file(
                     &tok,

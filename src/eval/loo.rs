@@ -1,7 +1,8 @@
 //! Leave-one-out over a labelled text workload (the experiment behind `elx demo`).
 //!
 //! For each held-out task, the other tasks' adapters make the subspace, and the held-out task
-//! is served on the same engine (the tract runtime, one patched graph per bundle) in every way
+//! is served on the same engine ([`LooConfig::serve_engine`], tract in `elx demo`; one patched
+//! graph per bundle) in every way
 //! a user could serve it:
 //!
 //! | method | coefficients | head |
@@ -33,7 +34,7 @@
 //! The headline figure is the share of the head-only → own-LoRA cross-entropy gap a row
 //! recovers ([`gap_recovered`]), never a raw score ratio.
 //!
-//! The last row is the control of DESIGN.md ("What honest numbers look like"): if it does as
+//! The last row is the control of `docs/ARCHITECTURE.md` ("Honest numbers"): if it does as
 //! well as the recycled subspace, recycling did not help on this task.
 //!
 //! The own-LoRA row runs the adapter through the same patch as everything else: the exact
@@ -51,8 +52,9 @@ use crate::finetune::data::{Example, ReadOptions, Tokenize, read_jsonl_with};
 use crate::finetune::pinned::PinnedCoefficients;
 use crate::finetune::seq::SequenceModel;
 use crate::finetune::{FinetuneConfig, ForwardModel, Objective, Split, recipe};
-use crate::runtime::input::TextEncoder;
-use crate::runtime::{self, Backend, Engine, HiddenState, ModelProto};
+use crate::graph::{self, ModelProto};
+use crate::serve::input::TextEncoder;
+use crate::serve::{Backend, Engine, HiddenState};
 use crate::subspace::{self, ExtractOptions, KRule, Subspace};
 use crate::util::{Job, eval_threads, run_parallel};
 use std::path::{Path, PathBuf};
@@ -115,8 +117,10 @@ pub struct LooConfig {
     pub random_seed: u64,
     /// Where bundles and coefficient files go (one folder per task).
     pub out_dir: PathBuf,
+    /// The engine every row is evaluated and served on (`elx demo`: tract).
+    pub serve_engine: Backend,
     /// The engine the finetuned and random-basis rows train on (every row is evaluated and
-    /// served on tract). On tract, single-threaded, the two trainings run side by side, one
+    /// served on [`LooConfig::serve_engine`]). On tract, single-threaded, the two trainings run side by side, one
     /// thread each; on ONNX Runtime, with its own intra-op threads, one after the other.
     pub train_engine: Backend,
 }
@@ -295,7 +299,7 @@ pub struct Base {
 impl Base {
     /// Reads and hashes the base model.
     pub fn open(path: &Path) -> Result<Base> {
-        let (model, sha256) = runtime::read_model(path)?;
+        let (model, sha256) = graph::read_model(path)?;
         Ok(Base {
             model,
             sha256,
@@ -463,7 +467,7 @@ pub fn run_task(
     // One engine for the own-LoRA bundle: the own LoRA, and the base model itself (zero
     // coefficients) under the full-training-set head and under a head refit on the device.
     jobs.push(Box::new(|| {
-        let own_engine = Engine::load(&cfg.base, &bundles.own, Backend::Tract)?;
+        let own_engine = Engine::load(&cfg.base, &bundles.own, cfg.serve_engine)?;
         let own_params = layout_params(&own_engine.layout(), &own_coeffs.coefficients)?;
         let mut own_row = zero_shot.row(
             Method::OwnLora,
@@ -524,7 +528,7 @@ pub fn run_task(
         };
         let (zero_shot, head, dir) = (&zero_shot, &head, &dir);
         jobs.push(Box::new(move || {
-            let rt = Engine::load(&cfg.base, bundle, Backend::Tract)?;
+            let rt = Engine::load(&cfg.base, bundle, cfg.serve_engine)?;
             let params = layout_params(&rt.layout(), &c.coefficients)?;
             let mut model = zero_shot.model(&rt, &params)?;
             let own_head_row = zero_shot.row(method, &mut model)?;
@@ -570,8 +574,8 @@ pub fn run_task(
     // subspace and in the random basis (on tract one thread each: the runtime is Sync, and
     // each thread builds its own engine inputs; on ONNX Runtime one after the other, each
     // session using the cores itself).
-    let rt = Engine::load(&cfg.base, &bundles.recycled, Backend::Tract)?;
-    let random_rt = Engine::load(&cfg.base, &bundles.random, Backend::Tract)?;
+    let rt = Engine::load(&cfg.base, &bundles.recycled, cfg.serve_engine)?;
+    let random_rt = Engine::load(&cfg.base, &bundles.random, cfg.serve_engine)?;
     let mut head_model = sequence_model(&rt, examples.clone(), pad, cfg.max_length)?;
     let mut few_shot = Vec::new();
     for &n in &sizes {
@@ -806,7 +810,7 @@ struct Training<'a> {
 impl Training<'_> {
     /// Training of coefficients + head on the configured engine for `bundle`, the head
     /// starting from the head-only solution (LP-FT) or from zero (`warm_start_head`),
-    /// evaluated on the test split and saved to `path`; `rt` (tract, the same bundle) serves
+    /// evaluated on the test split and saved to `path`; `rt` (the serving engine, the same bundle) serves
     /// the file, and trains too when the configured engine is tract.
     fn train(
         &self,
@@ -815,9 +819,10 @@ impl Training<'_> {
         path: &Path,
         method: Method,
     ) -> Result<MethodResult> {
-        let engine = match self.cfg.train_engine {
-            Backend::Tract => rt.clone(),
-            other => Engine::load(&self.cfg.base, bundle, other)?,
+        let engine = if self.cfg.train_engine == self.cfg.serve_engine {
+            rt.clone()
+        } else {
+            Engine::load(&self.cfg.base, bundle, self.cfg.train_engine)?
         };
         let model = CachedFeatures::new(SequenceModel::for_training(
             &engine,
@@ -904,7 +909,7 @@ fn write_bound(
     base: &Base,
 ) -> Result<Bundle> {
     let manifest = Bundle::write(path, space, sources, StorageDtype::F32, None)?;
-    let binding = runtime::bind(
+    let binding = graph::bind(
         &base.model,
         base.sha256.clone(),
         &base.name,
@@ -1100,7 +1105,7 @@ pub fn in_sample(
             &sources,
             base,
         )?;
-        let rt = Engine::load(&cfg.base, &bundle, Backend::Tract)?;
+        let rt = Engine::load(&cfg.base, &bundle, cfg.serve_engine)?;
         // The tasks in contiguous chunks, one thread and one model each.
         let tasks_per_job = per_task.len().div_ceil(eval_threads()).max(1);
         let jobs: Vec<Job<'_, Vec<(Metrics, f64, usize)>>> = adapters

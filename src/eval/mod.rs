@@ -5,19 +5,18 @@
 //! adapters help on their tasks.
 //!
 //! * [`capture`]: how much of an adapter's ΔW a subspace holds, beside a random subspace of the
-//!   same size (the control of DESIGN.md, "What honest numbers look like").
+//!   same size (the control of `docs/ARCHITECTURE.md`, "Honest numbers").
 //! * [`head_metrics`]: accuracy and cross-entropy of a fixed head on pooled features.
 //! * [`layout_params`]: fixed coefficients laid out as a [`ForwardModel`] parameter vector.
 //! * [`projection`]: a whole adapter projected into a subspace with its error report
 //!   (`elx project`, `elx inspect` and [`capture`]).
 //! * [`diagnostics`]: will recycling pay? Held-out capture vs chance, the spectrum vs a
 //!   Gaussian null, mean / basis split, capture vs N, and a one-line verdict.
-//! * `loo` (feature `tract`): the leave-one-out experiment behind `elx demo`.
+//! * [`loo`]: the leave-one-out experiment behind `elx demo`, on the engine it is given.
 //!
 //! [`ForwardModel`]: crate::finetune::ForwardModel
 
 pub mod diagnostics;
-#[cfg(feature = "tract")]
 pub mod loo;
 pub mod projection;
 

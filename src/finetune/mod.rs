@@ -1,9 +1,11 @@
-//! On-device personalization: train a new task's coefficients (and its linear head) with
-//! forward passes only.
+//! On-device personalization: train a new task's coefficients (and its linear head) on the
+//! serving engine.
 //!
-//! The device has an inference engine and no gradients, so the coefficients α_A, α_B of every
-//! module are trained with SPSA estimates ([`zo`], MeZO-style), while the head's gradient is
-//! computed exactly from the pooled features ([`head`]). Both go through AdamW with a linear
+//! The coefficients α_A, α_B of every module are trained either with exact gradients
+//! ([`crate::serve::train::ExactGradient`]: training graphs built from the served model by
+//! [`crate::graph::grad`] and run on the same engine) or, where a graph holds an op with no
+//! gradient rule or on request, with SPSA estimates from forward passes only ([`zo`],
+//! MeZO-style); the head's gradient is computed exactly from the pooled features ([`head`]). Both go through AdamW with a linear
 //! warm-up and ReduceLROnPlateau ([`schedule`], the paper's Table 11), with early stopping on
 //! the validation loss. Any backend plugs in through the small [`ForwardModel`] trait.
 //!
@@ -20,7 +22,7 @@
 //!
 //! ## Cost
 //!
-//! A step with D directions takes 2·D + 1 forward passes of one batch (2 per direction, one
+//! With SPSA, a step with D directions takes 2·D + 1 forward passes of one batch (2 per direction, one
 //! unperturbed for the head gradient and the reported loss); memory beyond the engine's is a
 //! few vectors of the size of the coefficients plus one feature batch.
 
@@ -29,7 +31,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod head;
 pub mod pinned;
-pub mod pool;
 pub mod recipe;
 pub mod schedule;
 pub mod seq;

@@ -4,12 +4,12 @@
 //! pooling. This keeps the tract and ONNX Runtime adapters to one method each.
 
 use super::data::Example;
-use super::pool::mean_pool;
 use super::{CoeffLayout, ForwardModel, GradQuery};
 use crate::error::{Error, Result};
-pub use crate::runtime::hidden::{HiddenStateBackend, TokenFeed};
-use crate::runtime::{Engine, HiddenState};
+pub use crate::serve::hidden::HiddenStateBackend;
 use crate::serve::train::{ExactGradient, Gradients};
+use crate::serve::{Engine, HiddenState};
+use crate::task::mean_pool;
 
 /// Most rows per engine run of a forward pass: a larger batch runs in runs of rows of
 /// similar length (sorted), so padding follows each run's longest row, and the activations

@@ -272,7 +272,7 @@ pub fn f32_data(t: &TensorProto, path: &Path) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::pb::GraphProto;
+    use crate::graph::pb::GraphProto;
 
     /// The load peak depends on this: a decoded initializer's data is a view of the file
     /// buffer, not a second copy of the weights.

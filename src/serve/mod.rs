@@ -2,23 +2,25 @@
 //! as one f32 buffer laid out for the graph's coefficient inputs; a task swap is then handing
 //! the engine other coefficient values: nothing is rebuilt.
 //!
-//! * [`engine`]: [`Engine`], the one backend-neutral engine (tract | ort behind it, the
-//!   choice of engine compiled in one place).
+//! * [`engine`]: [`Engine`], the one backend-neutral engine over an
+//!   `Arc<dyn backend::EngineBackend>`.
+//! * [`backend`]: the engine trait and one folder per engine (`tract/`, `ort/`); the choice
+//!   of engine is compiled there and nowhere else.
 //! * [`store`]: thread-safe store of prepared task coefficients.
-//! * `tract` (feature `tract`): the pure-Rust CPU backend.
-//! * [`ort`]: the ONNX Runtime backend (feature `ort`) and the execution-provider choice.
-//! * [`hidden`]: the hidden-state backend the finetuner trains through.
+//! * [`family`]: model families (what a model takes, what a request keeps, what the loss
+//!   reads): the encoder today.
+//! * [`hidden`]: the hidden-state view the finetuner trains through.
 //! * [`train`]: exact gradients: training graphs run on the serving engine.
 //! * [`input`]: text (tokenizer.json), .npy and safetensors inputs, pooling.
 
+pub mod backend;
 pub mod engine;
+pub mod family;
 pub mod hidden;
 pub mod input;
-pub mod ort;
 pub mod store;
-#[cfg(feature = "tract")]
-pub mod tract;
 pub mod train;
 
-pub use engine::{Backend, Engine, HiddenState};
+pub use backend::{Backend, ExecutionProvider};
+pub use engine::{Engine, HiddenState, Session};
 pub use store::{CoeffTensor, Task, TaskData, TaskId, TaskStore};

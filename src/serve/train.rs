@@ -6,13 +6,10 @@
 //! gradient path) and one plan or session of the training graph; both are cached, so a
 //! finetuning run pays it once per length bucket.
 
-#![cfg_attr(
-    not(any(feature = "tract", feature = "ort")),
-    allow(unused_imports, unused_variables, unreachable_code, dead_code)
-)]
-
-use super::engine::{Backend, Engine};
-use super::hidden::{TokenFeed, check_tokens};
+use super::backend::{FixedSession, Trainer};
+use super::engine::Engine;
+use super::family::{Encoder, ModelFamily, TokenFeed};
+use super::hidden::check_tokens;
 use super::input::{InputTensor, OutputTensor, TensorData};
 use crate::error::{Error, Result};
 use crate::graph::ModelProto;
@@ -20,160 +17,9 @@ use crate::graph::grad::{Analysis, Shapes, TrainingGraph, TrainingShape};
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::collections::HashMap;
 
-/// The base weights the training graphs take as inputs, held once for every graph, in the
-/// form the engine feeds without copying.
-enum Weights {
-    #[cfg(feature = "tract")]
-    Tract(Vec<(String, tract_onnx::prelude::TValue)>),
-    #[cfg(feature = "ort")]
-    Ort(Vec<crate::graph::grad::Weight>),
-    #[allow(dead_code)]
-    None,
-}
-
-impl Weights {
-    fn new(backend: Backend, values: Vec<crate::graph::grad::Weight>) -> Result<Weights> {
-        match backend {
-            #[cfg(feature = "tract")]
-            Backend::Tract => values
-                .into_iter()
-                .map(|(n, dims, v)| {
-                    tract_onnx::prelude::Tensor::from_shape(&dims, &v)
-                        .map(|t| (n.clone(), t.into()))
-                        .map_err(|e| Error::Engine(format!("weight `{n}`: {e}")))
-                })
-                .collect::<Result<_>>()
-                .map(Weights::Tract),
-            #[cfg(feature = "ort")]
-            Backend::Ort(_) => Ok(Weights::Ort(values)),
-            #[allow(unreachable_patterns)]
-            other => Err(super::engine::not_built(other)),
-        }
-    }
-
-    /// (name, shape) of each f32 weight, for building a tract plan.
-    #[cfg_attr(not(feature = "tract"), allow(dead_code))]
-    fn specs(&self) -> Vec<(String, Vec<usize>)> {
-        match self {
-            #[cfg(feature = "tract")]
-            Weights::Tract(v) => v
-                .iter()
-                .map(|(n, t)| (n.clone(), t.shape().to_vec()))
-                .collect(),
-            #[cfg(feature = "ort")]
-            Weights::Ort(v) => v.iter().map(|(n, d, _)| (n.clone(), d.clone())).collect(),
-            Weights::None => Vec::new(),
-        }
-    }
-}
-
-/// One fixed-shape model on an engine.
-enum Session {
-    #[cfg(feature = "tract")]
-    Tract {
-        plan: std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>,
-        /// For each plan input, the position of its tensor in the caller's list.
-        order: Vec<usize>,
-        outputs: Vec<String>,
-    },
-    #[cfg(feature = "ort")]
-    Ort(super::ort::OrtModel),
-}
-
-impl Session {
-    /// Prepares `model` for inputs shaped like `like` (names, element types and shapes)
-    /// followed by `weights` (ONNX Runtime takes the weights at run time only).
-    #[cfg_attr(not(feature = "tract"), allow(unused_variables))]
-    fn new(
-        model: &ModelProto,
-        like: &[InputTensor],
-        weights: &Weights,
-        backend: Backend,
-    ) -> Result<Session> {
-        match backend {
-            #[cfg(feature = "tract")]
-            Backend::Tract => {
-                use tract_onnx::prelude::DatumType;
-                let weight_specs = weights.specs();
-                let mut facts: Vec<(&str, DatumType, &[usize])> = like
-                    .iter()
-                    .map(|t| {
-                        let dt = match t.data {
-                            TensorData::F32(_) => DatumType::F32,
-                            TensorData::I64(_) => DatumType::I64,
-                        };
-                        (t.name.as_str(), dt, t.shape.as_slice())
-                    })
-                    .collect();
-                for (n, d) in &weight_specs {
-                    facts.push((n.as_str(), DatumType::F32, d.as_slice()));
-                }
-                let (plan, order) = super::tract::fixed_shape_plan(model, &facts)?;
-                Ok(Session::Tract {
-                    plan,
-                    order,
-                    outputs: super::input::output_names(model),
-                })
-            }
-            #[cfg(feature = "ort")]
-            Backend::Ort(ep) => {
-                let names: Vec<String> = like.iter().map(|t| t.name.clone()).collect();
-                Ok(Session::Ort(super::ort::OrtModel::new(model, &names, ep)?))
-            }
-            #[allow(unreachable_patterns)]
-            other => Err(super::engine::not_built(other)),
-        }
-    }
-
-    /// Runs on `inputs` (the names of `like` at [`Session::new`]) and `weights`; every
-    /// output, f32.
-    fn run(&self, inputs: &[InputTensor], weights: &Weights) -> Result<Vec<OutputTensor>> {
-        match (self, weights) {
-            #[cfg(feature = "tract")]
-            (
-                Session::Tract {
-                    plan,
-                    order,
-                    outputs,
-                },
-                Weights::Tract(w),
-            ) => {
-                let mut values = Vec::with_capacity(order.len());
-                for &i in order {
-                    if i < inputs.len() {
-                        values.extend(super::input::to_tract(&[&inputs[i]])?);
-                    } else {
-                        let (_, v) = w.get(i - inputs.len()).ok_or_else(|| {
-                            Error::Internal("training graph input out of range".into())
-                        })?;
-                        values.push(v.clone());
-                    }
-                }
-                let out = super::engine::engine_call("tract run of the training graph", || {
-                    plan.run(values.into_iter().collect()).map_err(|e| {
-                        Error::Engine(format!("tract run of the training graph: {e:#}"))
-                    })
-                })?;
-                super::input::from_tract(outputs, &out)
-            }
-            #[cfg(feature = "ort")]
-            (Session::Ort(m), Weights::Ort(w)) => {
-                let extra: Vec<(&str, &[usize], &[f32])> = w
-                    .iter()
-                    .map(|(n, d, v)| (n.as_str(), d.as_slice(), v.as_slice()))
-                    .collect();
-                m.run_with(inputs, &extra)
-            }
-            _ => Err(Error::Internal(
-                "training graph session and weights of different engines".into(),
-            )),
-        }
-    }
-}
-
 /// A training graph ready to run, with its output positions.
 struct Prepared {
-    session: Session,
+    session: Box<dyn FixedSession>,
     graph: TrainingGraph,
 }
 
@@ -206,9 +52,9 @@ pub const DEFAULT_MICRO_BATCH: usize = 4;
 /// Exact gradients of a linear head's cross-entropy with respect to the coefficients and the
 /// head, on an [`Engine`]. See the module documentation.
 pub struct ExactGradient {
-    backend: Backend,
     analysis: Analysis,
-    weights: Weights,
+    /// The engine's training sessions, over the base weights held once for every graph.
+    trainer: Box<dyn Trainer>,
     micro: usize,
     threads: usize,
     layout: Vec<CoeffLayout>,
@@ -217,26 +63,29 @@ pub struct ExactGradient {
 }
 
 impl ExactGradient {
-    /// Prepares exact gradients on `engine` for the hidden state in its first output, pooled
-    /// over its `attention_mask` input. A graph with an op that has no gradient rule gives
-    /// [`Error::Unsupported`] naming every such node.
+    /// Prepares exact gradients on `engine` for the [`Encoder`] family: the hidden state in
+    /// its first output, pooled over its `attention_mask` input. A graph with an op that has
+    /// no gradient rule gives [`Error::Unsupported`] naming every such node.
     pub fn new(engine: &Engine) -> Result<ExactGradient> {
+        Self::for_family(engine, &Encoder)
+    }
+
+    /// [`ExactGradient::new`] for a model of `family`: its feeds give the token inputs, its
+    /// [`ModelFamily::loss_reads`] the output and mask the loss reads. The training graphs
+    /// of [`crate::graph::grad`] pool and classify, so only the encoder trains today.
+    pub fn for_family(engine: &Engine, family: &dyn ModelFamily) -> Result<ExactGradient> {
         let patched = engine.patched_model()?;
         let names = patched.base_inputs.clone();
-        let feeds = TokenFeed::for_inputs(names.iter().map(String::as_str))?;
-        let hidden = engine
-            .output_names()
-            .first()
-            .cloned()
-            .ok_or_else(|| Error::Usage("the model has no output".into()))?;
+        let feeds = family.feeds(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let reads = family.loss_reads(engine.output_names())?;
         let layout = patched.coeff_inputs.iter().map(|c| c.layout()).collect();
-        let mut analysis = Analysis::new(patched, &hidden, "attention_mask")?;
-        let backend = engine.backend();
-        let weights = Weights::new(backend, analysis.externalize_weights(WEIGHT_INPUT_MIN)?)?;
+        let mut analysis = Analysis::new(patched, &reads.output, &reads.mask)?;
+        let trainer = engine
+            .backend_object()
+            .trainer(analysis.externalize_weights(WEIGHT_INPUT_MIN)?)?;
         Ok(ExactGradient {
-            backend,
             analysis,
-            weights,
+            trainer,
             micro: DEFAULT_MICRO_BATCH,
             threads: 1,
             layout,
@@ -292,24 +141,7 @@ impl ExactGradient {
     /// initializers: to save it, or to run it elsewhere (the f64 reference of the tests).
     pub fn standalone_model(&mut self, shape: &TrainingShape) -> Result<ModelProto> {
         let mut proto = self.prepare(shape)?.graph.proto.clone();
-        let weights: Vec<crate::graph::grad::Weight> = match &self.weights {
-            #[cfg(feature = "tract")]
-            Weights::Tract(v) => v
-                .iter()
-                .map(|(n, t)| {
-                    let data = t
-                        .to_plain_array_view::<f32>()
-                        .map_err(|e| Error::Internal(format!("weight `{n}`: {e}")))?
-                        .iter()
-                        .copied()
-                        .collect();
-                    Ok((n.clone(), t.shape().to_vec(), data))
-                })
-                .collect::<Result<_>>()?,
-            #[cfg(feature = "ort")]
-            Weights::Ort(v) => v.clone(),
-            Weights::None => Vec::new(),
-        };
+        let weights = self.trainer.weights()?;
         if let Some(g) = proto.graph.as_mut() {
             let names: std::collections::HashSet<&str> =
                 weights.iter().map(|(n, _, _)| n.as_str()).collect();
@@ -375,8 +207,7 @@ impl ExactGradient {
                 .collect();
             like.extend(self.coeff_inputs(&zeros));
             let (probe, names) = self.analysis.probe_model();
-            let outputs = Session::new(&probe, &like, &self.weights, self.backend)?
-                .run(&like, &self.weights)?;
+            let outputs = self.trainer.session(&probe, &like)?.run(&like)?;
             let shapes: Shapes = names
                 .into_iter()
                 .zip(outputs)
@@ -389,7 +220,7 @@ impl ExactGradient {
             like.push(f32_input(crate::graph::grad::HEAD_BIAS, &[c]));
             like.push(f32_input(crate::graph::grad::TARGETS, &[b, c]));
             like.push(f32_input(crate::graph::grad::EXAMPLE_WEIGHTS, &[b]));
-            let session = Session::new(&graph.proto, &like, &self.weights, self.backend)?;
+            let session = self.trainer.session(&graph.proto, &like)?;
             self.prepared
                 .insert(shape.clone(), Prepared { session, graph });
         }
@@ -457,7 +288,6 @@ impl ExactGradient {
             shape,
             data: TensorData::F32(v),
         };
-        let base_weights = &self.weights;
         let mut jobs: Vec<crate::util::Job<'_, Vec<OutputTensor>>> = Vec::new();
         for run in &plan.runs {
             let (rows, m, s) = (&run.rows, run.batch, run.seq);
@@ -484,7 +314,7 @@ impl ExactGradient {
             inputs.push(f(TARGETS, vec![m, classes], t));
             inputs.push(f(EXAMPLE_WEIGHTS, vec![m], w));
             jobs.push(Box::new(move || {
-                let outputs = prepared.session.run(&inputs, base_weights)?;
+                let outputs = prepared.session.run(&inputs)?;
                 let expected = prepared.graph.output_names().len();
                 if outputs.len() != expected {
                     return Err(Error::Engine(format!(

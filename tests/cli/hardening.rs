@@ -561,7 +561,7 @@ fn small_items_are_refused_or_escaped() {
     );
 
     // A model whose weights overflow float32 in the run: no NaN label with exit 0.
-    let (mut m, _) = eigenlorax::runtime::read_model(&model).unwrap();
+    let (mut m, _) = eigenlorax::graph::read_model(&model).unwrap();
     let g = m.graph.as_mut().unwrap();
     let t = g
         .initializer
@@ -569,9 +569,9 @@ fn small_items_are_refused_or_escaped() {
         .find(|t| t.name == "embeddings.LayerNorm.weight")
         .unwrap();
     let n = t.dims.iter().product::<i64>() as usize;
-    *t = eigenlorax::runtime::onnx::tensor_f32(&t.name.clone(), &[n], &vec![1e38; n]);
+    *t = eigenlorax::graph::onnx::tensor_f32(&t.name.clone(), &[n], &vec![1e38; n]);
     let extreme = dir.join("extreme.onnx");
-    std::fs::write(&extreme, eigenlorax::runtime::onnx::encode_model(&m)).unwrap();
+    std::fs::write(&extreme, eigenlorax::graph::onnx::encode_model(&m)).unwrap();
     let extreme_bound = dir.join("extreme.elxb");
     let o = elx(&[
         p("bind"),
@@ -948,13 +948,13 @@ fn smaller_points_of_round_2() {
         "{\"max_position_embeddings\": 16}",
     )
     .unwrap();
-    let enc = eigenlorax::runtime::input::TextEncoder::from_file(&tok_path, None).unwrap();
+    let enc = eigenlorax::serve::input::TextEncoder::from_file(&tok_path, None).unwrap();
     assert_eq!(enc.max_length(), 16);
     std::fs::write(tok_dir.join("config.json"), "{}").unwrap();
-    let enc = eigenlorax::runtime::input::TextEncoder::from_file(&tok_path, None).unwrap();
+    let enc = eigenlorax::serve::input::TextEncoder::from_file(&tok_path, None).unwrap();
     assert_eq!(
         enc.max_length(),
-        eigenlorax::runtime::input::DEFAULT_MAX_LENGTH
+        eigenlorax::serve::input::DEFAULT_MAX_LENGTH
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,8 +10,8 @@ use eigenlorax::finetune::ForwardModel;
 use eigenlorax::finetune::data::Example;
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::graph::grad::{Analysis, TrainingShape};
-use eigenlorax::runtime::{Backend, Engine};
 use eigenlorax::serve::train::ExactGradient;
+use eigenlorax::serve::{Backend, Engine};
 use std::path::Path;
 use std::process::Command;
 
@@ -276,7 +276,7 @@ fn finetune_falls_back_to_spsa_on_an_op_without_a_rule() {
     }
     let model = dir.join("sinh.onnx");
     std::fs::write(&model, eigenlorax::graph::onnx::encode_model(&proto)).expect("write");
-    let binding = eigenlorax::runtime::bind_file(&model, &bundle, None).expect("bind");
+    let binding = eigenlorax::graph::bind_file(&model, &bundle, None).expect("bind");
     let bound = dir.join("sinh.elxb");
     bundle
         .with_binding(Some(&binding), &bound)
@@ -361,7 +361,7 @@ fn minilm_gradients_match_pytorch_autograd() {
     let unbound = dir.join("unbound.elxb");
     Bundle::write(&unbound, &sub, &[], StorageDtype::F32, None).expect("write");
     let bundle = Bundle::read(&unbound).expect("read");
-    let binding = eigenlorax::runtime::bind_file(&base, &bundle, None).expect("bind");
+    let binding = eigenlorax::graph::bind_file(&base, &bundle, None).expect("bind");
     let bound = dir.join("bound.elxb");
     bundle
         .with_binding(Some(&binding), &bound)

@@ -60,7 +60,7 @@ fn files(tag: &str) -> Files {
     let plain_path = dir.join("plain.elxc");
     plain.write(&plain_path).unwrap();
     let x = match &input(ROWS, 13)[0].data {
-        eigenlorax::runtime::input::TensorData::F32(v) => v.clone(),
+        eigenlorax::serve::input::TensorData::F32(v) => v.clone(),
         _ => unreachable!(),
     };
     let input_path = dir.join("x.npy");

@@ -10,10 +10,11 @@ use crate::support::tinybert as tinybert_support;
 
 use eigenlorax::finetune::seq::SequenceModel;
 use eigenlorax::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
-use eigenlorax::runtime::hidden::ort::OrtBackend;
-use eigenlorax::runtime::hidden::tract::TractBackend;
-use eigenlorax::runtime::ort::{ExecutionProvider, OrtRuntime};
-use eigenlorax::runtime::tract::Runtime;
+use eigenlorax::serve::ExecutionProvider;
+use eigenlorax::serve::backend::ort::OrtBackend;
+use eigenlorax::serve::backend::ort::OrtRuntime;
+use eigenlorax::serve::backend::tract::Runtime;
+use eigenlorax::serve::backend::tract::TractBackend;
 use eigenlorax::util::GaussianRng;
 use ort_support::require_ort;
 use std::path::Path;

@@ -5,10 +5,11 @@
 use crate::support::minilm as minilm_support;
 use crate::support::ort as ort_support;
 
-use eigenlorax::runtime::input::{InputTensor, TensorData};
-use eigenlorax::runtime::onnx::encode_model;
-use eigenlorax::runtime::ort::{ExecutionProvider, OrtModel};
-use eigenlorax::runtime::{ModelProto, import_hf};
+use eigenlorax::graph::onnx::encode_model;
+use eigenlorax::graph::{ModelProto, import_hf};
+use eigenlorax::serve::ExecutionProvider;
+use eigenlorax::serve::backend::ort::OrtModel;
+use eigenlorax::serve::input::{InputTensor, TensorData};
 use ort_support::{max_abs_diff, require_ort};
 use std::path::Path;
 use tract_onnx::prelude::*;

@@ -1,7 +1,7 @@
 //! Backend-neutral input handling of `elx run`: tokenizer ids, truncation, padding, and raw
 //! tensor files. No ONNX Runtime needed.
 
-use eigenlorax::runtime::input::{
+use eigenlorax::serve::input::{
     ElemType, InputSpec, TensorData, TextEncoder, load_tensors, read_npy, read_safetensors,
 };
 use std::path::{Path, PathBuf};

@@ -4,7 +4,8 @@
 
 use crate::support::ort as ort_support;
 
-use eigenlorax::runtime::ort::{ExecutionProvider, OrtModel, OrtRuntime, plain_inputs};
+use eigenlorax::serve::ExecutionProvider;
+use eigenlorax::serve::backend::ort::{OrtModel, OrtRuntime, plain_inputs};
 use ort_support::*;
 
 fn runtime(ep: ExecutionProvider) -> OrtRuntime {
@@ -14,8 +15,8 @@ fn runtime(ep: ExecutionProvider) -> OrtRuntime {
 }
 
 fn run_plain(
-    model: &eigenlorax::runtime::pb::ModelProto,
-    x: &[eigenlorax::runtime::input::InputTensor],
+    model: &eigenlorax::graph::pb::ModelProto,
+    x: &[eigenlorax::serve::input::InputTensor],
 ) -> Vec<f32> {
     let m =
         OrtModel::new(model, &plain_inputs(model), ExecutionProvider::Cpu).expect("model loads");
@@ -145,7 +146,7 @@ fn bad_inputs_are_errors() {
     let mut x = input(2, 11);
     x[0].name = "nope".into();
     assert!(rt.run(&x, id).is_err());
-    let wrong = eigenlorax::runtime::store::TaskId(99);
+    let wrong = eigenlorax::serve::store::TaskId(99);
     assert!(rt.run(&input(1, 1), wrong).is_err());
 }
 
@@ -153,8 +154,9 @@ fn bad_inputs_are_errors() {
 #[cfg(feature = "tract")]
 #[test]
 fn tract_and_onnx_runtime_agree_on_the_patched_graph() {
-    use eigenlorax::runtime::input::{check_inputs, from_tract, to_tract};
-    use eigenlorax::runtime::tract::Runtime;
+    use eigenlorax::serve::backend::tract::Runtime;
+    use eigenlorax::serve::backend::tract::{from_tract, to_tract};
+    use eigenlorax::serve::input::check_inputs;
     require_ort();
     let (path, b) = base_on_disk("agree");
     let tr = Runtime::load(&path, &b).expect("tract loads the patched model");

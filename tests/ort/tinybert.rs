@@ -6,10 +6,13 @@
 use crate::support::ort as ort_support;
 
 use eigenlorax::bundle::Bundle;
-use eigenlorax::runtime::bind_file;
-use eigenlorax::runtime::input::{Pooling, TextEncoder, check_inputs, from_tract, pool, to_tract};
-use eigenlorax::runtime::ort::{ExecutionProvider, OrtModel, OrtRuntime};
-use eigenlorax::runtime::tract::Runtime;
+use eigenlorax::graph::bind_file;
+use eigenlorax::serve::ExecutionProvider;
+use eigenlorax::serve::backend::ort::{OrtModel, OrtRuntime};
+use eigenlorax::serve::backend::tract::Runtime;
+use eigenlorax::serve::backend::tract::{from_tract, to_tract};
+use eigenlorax::serve::input::{TextEncoder, check_inputs};
+use eigenlorax::task::{Pooling, pool};
 use ort_support::{max_abs, max_abs_diff, require_ort};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -281,8 +284,8 @@ fn tract_and_ort_exact_gradients_agree() {
     use crate::support::grad::{case, gradients};
     use crate::support::tinybert::{SEQ, bound_bundle, fixture, tmpdir};
     use eigenlorax::graph::grad::TrainingShape;
-    use eigenlorax::runtime::{Backend, Engine};
     use eigenlorax::serve::train::ExactGradient;
+    use eigenlorax::serve::{Backend, Engine};
     require_ort();
     let dir = tmpdir("grad-ort");
     let (bundle, _) = bound_bundle(&dir);

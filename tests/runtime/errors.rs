@@ -4,7 +4,8 @@
 use crate::support::runtime as runtime_support;
 
 use eigenlorax::bundle::CoeffFile;
-use eigenlorax::runtime::{TaskStore, bind_file, patch, patch_file};
+use eigenlorax::graph::{bind_file, patch, patch_file};
+use eigenlorax::serve::TaskStore;
 use runtime_support::*;
 
 fn setup(
@@ -119,7 +120,7 @@ fn a_bundle_bound_to_another_model_is_refused_with_both_hashes() {
     );
     #[cfg(feature = "tract")]
     {
-        let err = eigenlorax::runtime::tract::Runtime::load(&other, &b)
+        let err = eigenlorax::serve::backend::tract::Runtime::load(&other, &b)
             .err()
             .expect("other base")
             .to_string();

@@ -6,10 +6,11 @@
 
 use crate::support::tinybert::{bound_bundle, model, tmpdir};
 use eigenlorax::bundle::{Bundle, CoeffFile, Provenance};
-use eigenlorax::runtime::hidden::HiddenStateBackend;
-use eigenlorax::runtime::input::{Batch, InputTensor, TensorData};
-use eigenlorax::runtime::pb::ModelProto;
-use eigenlorax::runtime::{Backend, Engine, bind_file, onnx, read_model};
+use eigenlorax::graph::pb::ModelProto;
+use eigenlorax::graph::{bind_file, onnx, read_model};
+use eigenlorax::serve::hidden::HiddenStateBackend;
+use eigenlorax::serve::input::{Batch, InputTensor, TensorData};
+use eigenlorax::serve::{Backend, Engine};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -304,7 +305,7 @@ fn a_bundle_whose_components_are_not_orthonormal_is_refused_at_load() {
 /// so.
 #[test]
 fn tasks_inserted_replaced_and_removed_while_threads_run_give_no_torn_output() {
-    use eigenlorax::runtime::TaskId;
+    use eigenlorax::serve::TaskId;
     use eigenlorax::subspace::project;
     use std::collections::{HashMap, HashSet};
     use std::sync::Mutex;

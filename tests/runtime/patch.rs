@@ -3,13 +3,14 @@
 use crate::support::runtime as runtime_support;
 
 use eigenlorax::bundle::CoeffFile;
-use eigenlorax::runtime::onnx::{Dim, value_info_dims};
-use eigenlorax::runtime::{TaskStore, patch};
+use eigenlorax::graph::onnx::{Dim, value_info_dims};
+use eigenlorax::graph::patch;
+use eigenlorax::serve::TaskStore;
 use runtime_support::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-fn bound_bundle(tag: &str) -> (eigenlorax::runtime::ModelProto, eigenlorax::bundle::Bundle) {
+fn bound_bundle(tag: &str) -> (eigenlorax::graph::ModelProto, eigenlorax::bundle::Bundle) {
     let dir = temp_dir(tag);
     let m = model(&Weights::random(1));
     let path = write_model(&dir, "base.onnx", &m);

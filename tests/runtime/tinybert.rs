@@ -6,8 +6,8 @@
 
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, CoeffFile, Provenance, StorageDtype, WeightLayout};
-use eigenlorax::runtime::bind_file;
-use eigenlorax::runtime::tract::Runtime;
+use eigenlorax::graph::bind_file;
+use eigenlorax::serve::backend::tract::Runtime;
 use eigenlorax::subspace::{ExtractOptions, KRule, extract, project};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -246,9 +246,9 @@ fn later_plans_reread_the_base_and_check_its_hash() {
     assert!(max_abs_diff(&first, &want_base) <= 1e-4);
 
     // Replace the file with a different (valid) model: same graph, another doc string.
-    let (mut m, _) = eigenlorax::runtime::read_model(&base).expect("read model");
+    let (mut m, _) = eigenlorax::graph::read_model(&base).expect("read model");
     m.doc_string = "changed after load".into();
-    std::fs::write(&base, eigenlorax::runtime::onnx::encode_model(&m)).expect("rewrite");
+    std::fs::write(&base, eigenlorax::graph::onnx::encode_model(&m)).expect("rewrite");
 
     let again = flat(&rt.run(&inputs, zero).expect("cached plan"));
     assert_eq!(again, first, "the cached plan must not change");

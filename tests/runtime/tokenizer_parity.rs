@@ -6,7 +6,7 @@
 
 use crate::support::minilm as minilm_support;
 
-use eigenlorax::runtime::input::TextEncoder;
+use eigenlorax::serve::input::TextEncoder;
 use safetensors::{Dtype, SafeTensors};
 
 const TASKS: [&str; 6] = [

@@ -5,13 +5,14 @@
 use crate::support::runtime as runtime_support;
 
 use eigenlorax::bundle::WeightLayout;
-use eigenlorax::runtime::tract::{Runtime, RuntimeOptions};
-use eigenlorax::runtime::{TaskId, onnx};
+use eigenlorax::graph::onnx;
+use eigenlorax::serve::TaskId;
+use eigenlorax::serve::backend::tract::{Runtime, RuntimeOptions};
 use runtime_support::*;
 use tract_onnx::prelude::*;
 
 /// Runs an (unpatched) model on tract; returns its outputs as f32 vectors.
-fn run_plain(model: &eigenlorax::runtime::ModelProto, x: &(Vec<usize>, Vec<f32>)) -> Vec<Vec<f32>> {
+fn run_plain(model: &eigenlorax::graph::ModelProto, x: &(Vec<usize>, Vec<f32>)) -> Vec<Vec<f32>> {
     let bytes = onnx::encode_model(model);
     let plan = tract_onnx::onnx()
         .model_for_read(&mut bytes.as_slice())

@@ -7,9 +7,9 @@ use eigenlorax::bundle::{
     Binding, Bundle, CoeffFile, Head, Manifest, ModuleBinding, ModuleManifest, Provenance,
     StorageDtype, WeightLayout,
 };
-use eigenlorax::runtime::input::{InputTensor, TensorData};
-use eigenlorax::runtime::onnx::{self, Dim, node, tensor_f32, value_info};
-use eigenlorax::runtime::pb::{GraphProto, ModelProto, OperatorSetIdProto};
+use eigenlorax::graph::onnx::{self, Dim, node, tensor_f32, value_info};
+use eigenlorax::graph::pb::{GraphProto, ModelProto, OperatorSetIdProto};
+use eigenlorax::serve::input::{InputTensor, TensorData};
 use eigenlorax::subspace::{Coefficients, ExtractOptions, ModuleSubspace, SideInfo, Subspace};
 use eigenlorax::util::GaussianRng;
 use faer::Mat;

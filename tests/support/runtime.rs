@@ -15,8 +15,8 @@ use eigenlorax::bundle::format::SideSummary;
 use eigenlorax::bundle::{
     Binding, Bundle, CoeffFile, Manifest, ModuleManifest, Provenance, StorageDtype,
 };
-use eigenlorax::runtime::onnx::{self, Dim, attr_int, attr_ints, node, tensor_f32, value_info};
-use eigenlorax::runtime::pb::{GraphProto, ModelProto, OperatorSetIdProto};
+use eigenlorax::graph::onnx::{self, Dim, attr_int, attr_ints, node, tensor_f32, value_info};
+use eigenlorax::graph::pb::{GraphProto, ModelProto, OperatorSetIdProto};
 use eigenlorax::subspace::{Coefficients, ExtractOptions, ModuleSubspace, SideInfo, Subspace};
 use eigenlorax::util::GaussianRng;
 use faer::Mat;
@@ -336,7 +336,7 @@ pub fn write_model(dir: &std::path::Path, name: &str, model: &ModelProto) -> Pat
 
 /// Binds `bundle` to the model file at `path` (with the user map) and stores the binding.
 pub fn bind_bundle(bundle: &mut Bundle, path: &std::path::Path) -> Binding {
-    let b = eigenlorax::runtime::bind_file(path, bundle, Some(&user_map())).expect("bind");
+    let b = eigenlorax::graph::bind_file(path, bundle, Some(&user_map())).expect("bind");
     bundle.manifest.binding = Some(b.clone());
     b
 }

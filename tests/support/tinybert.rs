@@ -5,7 +5,7 @@
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, StorageDtype};
 use eigenlorax::finetune::data::Example;
-use eigenlorax::runtime::bind_file;
+use eigenlorax::graph::bind_file;
 use eigenlorax::subspace::{ExtractOptions, KRule, extract};
 use std::path::{Path, PathBuf};
 

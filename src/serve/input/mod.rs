@@ -1,27 +1,24 @@
 //! Backend-neutral model inputs and outputs for `elx run`, one concept a file:
 //!
-//! * [`tensor`]: input declarations, input/output tensors, tract conversions;
+//! * [`tensor`]: input declarations, input/output tensors (each engine converts them in its
+//!   own folder, e.g. `serve::backend::tract::tensor`);
 //! * [`text`]: text through a HF `tokenizer.json`;
 //! * [`npy`]: the `.npy` parser;
-//! * [`load`]: raw tensors from `.npy` or safetensors files;
-//! * [`pooling`]: pooling of the hidden states.
+//! * [`load`]: raw tensors from `.npy` or safetensors files.
 //!
-//! A task's head lives in [`crate::task::head`] (re-exported here).
+//! Pooling lives in [`crate::task::pool`], shared with training; a task's head in
+//! [`crate::task::head`] (re-exported here).
 
 pub mod load;
 pub mod npy;
-pub mod pooling;
 pub mod tensor;
 pub mod text;
 
 pub use crate::task::head::{Prediction, apply_head, softmax};
 pub use load::{assemble, load_tensors, read_safetensors};
 pub use npy::{parse_npy, read_npy};
-pub use pooling::{Pooling, pool};
 pub use tensor::{
     Batch, ElemType, InputSpec, InputTensor, OutputTensor, TensorData, check_inputs, input_specs,
     output_names,
 };
-#[cfg(feature = "tract")]
-pub use tensor::{from_tract, to_tract};
-pub use text::{DEFAULT_MAX_LENGTH, TextEncoder};
+pub use text::{DEFAULT_MAX_LENGTH, TextEncoder, find_tokenizer, tokenizer_beside};

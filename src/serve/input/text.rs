@@ -229,6 +229,24 @@ fn is_token_input(name: &str) -> bool {
     matches!(name, "input_ids" | "attention_mask" | "token_type_ids")
 }
 
+/// Where a base model's tokenizer is looked for when none is given: `tokenizer.json` in the
+/// model's folder, where `elx import-hf` writes it (the CLI and the C API both use this).
+pub fn tokenizer_beside(model: &Path) -> PathBuf {
+    model
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("tokenizer.json")
+}
+
+/// The tokenizer to use for `model`: `given`, else [`tokenizer_beside`] the model when that
+/// file exists, else none.
+pub fn find_tokenizer(model: &Path, given: Option<&Path>) -> Option<PathBuf> {
+    match given {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(tokenizer_beside(model)).filter(|p| p.is_file()),
+    }
+}
+
 /// `max_position_embeddings` of the HF `config.json` in `dir`, if any (and sane).
 pub fn max_position_embeddings(dir: &Path) -> Option<usize> {
     let p = dir.join("config.json");

@@ -6,10 +6,12 @@
 //! ONNX Runtime borrows the coefficient buffers for the run (no copy on our side); the token
 //! inputs and the returned hidden state are copied once per call, as for any ORT run.
 
-use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
+use super::runtime::OrtRuntime;
 use crate::error::{Error, Result};
+use crate::serve::backend::HiddenView;
+use crate::serve::family::{Encoder, ModelFamily, TokenFeed};
+use crate::serve::hidden::{HiddenStateBackend, check_tokens, hidden_width};
 use crate::serve::input::{InputTensor, TensorData};
-use crate::serve::ort::OrtRuntime;
 use crate::serve::store::TaskData;
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
@@ -28,7 +30,7 @@ impl OrtBackend {
     /// must be among `input_ids`, `attention_mask` and `token_type_ids` (given as zeros).
     pub fn new(rt: Arc<OrtRuntime>) -> Result<Self> {
         let names: Vec<String> = rt.inputs().iter().map(|s| s.name.clone()).collect();
-        let feeds = TokenFeed::for_inputs(names.iter().map(String::as_str))?;
+        let feeds = Encoder.feeds(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
         let layout = rt.coeff_inputs().iter().map(|ci| ci.layout()).collect();
         let task = TaskData::zeros("finetune", rt.coeff_inputs());
         Ok(Self {
@@ -99,5 +101,11 @@ impl HiddenStateBackend for OrtBackend {
         let d = hidden_width(&o.shape, batch, seq, &format!("`{}`", o.name))?;
         *out = o.data;
         Ok(d)
+    }
+}
+
+impl HiddenView for OrtBackend {
+    fn set_output(&mut self, i: usize) {
+        self.output = i;
     }
 }

@@ -7,10 +7,12 @@
 //! coefficient tensors from its pool, which the run gives back, so a warm call allocates no
 //! coefficient tensor.
 
-use super::{HiddenStateBackend, TokenFeed, check_tokens, hidden_width};
+use super::runtime::{Runtime, TValue, Tensor};
 use crate::error::{Error, Result};
+use crate::serve::backend::HiddenView;
+use crate::serve::family::{Encoder, ModelFamily, TokenFeed};
+use crate::serve::hidden::{HiddenStateBackend, check_tokens, hidden_width};
 use crate::serve::store::TaskData;
-use crate::serve::tract::{Runtime, TValue, Tensor};
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
 
@@ -28,7 +30,8 @@ impl TractBackend {
     /// Wraps `rt`, reading the hidden state from its first output. The base model's inputs
     /// must be among `input_ids`, `attention_mask` and `token_type_ids` (given as zeros).
     pub fn new(rt: Arc<Runtime>) -> Result<Self> {
-        let feeds = TokenFeed::for_inputs(rt.input_names().iter().map(String::as_str))?;
+        let names: Vec<&str> = rt.input_names().iter().map(String::as_str).collect();
+        let feeds = Encoder.feeds(&names)?;
         let layout = rt.coeff_inputs().iter().map(|ci| ci.layout()).collect();
         let task = TaskData::zeros("finetune", rt.coeff_inputs());
         Ok(Self {
@@ -118,5 +121,15 @@ impl HiddenStateBackend for TractBackend {
         // Iterating the view gives row-major order whatever the memory layout.
         out.extend(view.iter().copied());
         Ok(d)
+    }
+}
+
+impl HiddenView for TractBackend {
+    fn set_output(&mut self, i: usize) {
+        self.output = i;
+    }
+
+    fn reallocations(&self) -> u64 {
+        TractBackend::reallocations(self)
     }
 }

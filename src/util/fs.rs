@@ -1,10 +1,8 @@
-//! Small shared helpers: atomic file writes, content hashes and a seeded Gaussian source
-//! that the numpy reference in `tools/` reproduces bit for bit.
+//! Atomic file writes and the checks that keep an output from overwriting an input.
 
 use crate::error::{Error, Result};
-use sha2::{Digest, Sha256};
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
@@ -172,180 +170,9 @@ fn same_inode(_: &fs::Metadata, _: &fs::Metadata) -> bool {
     false
 }
 
-thread_local! {
-    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the current thread as running code whose panics are caught and turned into an
-/// error (the engine calls behind `catch_unwind`), until dropped. A panic hook can ask
-/// [`panics_are_caught`] and stay silent for those: the error that the panic becomes
-/// reports it (`elx` does, so a caught engine panic prints no "thread 'main' panicked").
-pub struct CatchingPanics(());
-
-impl CatchingPanics {
-    /// Enters a region whose panics are caught (nests).
-    pub fn enter() -> Self {
-        CATCHING.with(|c| c.set(c.get() + 1));
-        CatchingPanics(())
-    }
-}
-
-impl Drop for CatchingPanics {
-    fn drop(&mut self) {
-        CATCHING.with(|c| c.set(c.get().saturating_sub(1)));
-    }
-}
-
-/// Whether the current thread is inside a [`CatchingPanics`] region.
-pub fn panics_are_caught() -> bool {
-    CATCHING.with(|c| c.get() > 0)
-}
-
-/// A job for [`run_parallel`].
-pub type Job<'a, T> = Box<dyn FnOnce() -> Result<T> + Send + 'a>;
-
-/// Runs `jobs` on up to `threads` scoped threads, each taking the next job from a shared
-/// queue, and returns their results in job order; the first error in job order is returned.
-/// The engines' runs are single-threaded, so independent evaluations fill the cores this
-/// way.
-pub fn run_parallel<T: Send>(jobs: Vec<Job<'_, T>>, threads: usize) -> Result<Vec<T>> {
-    use std::sync::Mutex;
-    let n = jobs.len();
-    let queue = Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
-    let done: Mutex<Vec<(usize, Result<T>)>> = Mutex::new(Vec::with_capacity(n));
-    let work = || {
-        loop {
-            // Jobs are taken in order; a poisoned lock only means another worker panicked.
-            let next = {
-                let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-                if q.is_empty() {
-                    None
-                } else {
-                    Some(q.remove(0))
-                }
-            };
-            let Some((i, job)) = next else { break };
-            let r = job();
-            done.lock().unwrap_or_else(|p| p.into_inner()).push((i, r));
-        }
-    };
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.clamp(1, n.max(1)))
-            .map(|_| s.spawn(work))
-            .collect();
-        for h in handles {
-            // A panicking job leaves its result missing, reported below.
-            let _ = h.join();
-        }
-    });
-    let mut done = done.into_inner().unwrap_or_else(|p| p.into_inner());
-    if done.len() != n {
-        return Err(Error::Usage(format!(
-            "{} of {n} parallel jobs did not finish (a worker thread panicked)",
-            n - done.len()
-        )));
-    }
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, r)| r).collect()
-}
-
-/// Worker threads for independent evaluations: the machine's cores.
-pub fn eval_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Lowercase hex SHA-256 of a byte slice.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// Lowercase hex SHA-256 of a file, streamed (the file is never held whole in memory).
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A seeded source of standard normal numbers.
-///
-/// SplitMix64 for the integers, Box–Muller (cosine branch only) for the normals. It is
-/// deliberately simple so that `tools/elx_reference.py` reproduces it exactly, which makes
-/// pseudo-PCs and random-basis controls comparable across the two implementations.
-#[derive(Clone, Debug)]
-pub struct GaussianRng {
-    state: u64,
-}
-
-impl GaussianRng {
-    /// A generator whose stream depends only on `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    /// Next raw 64-bit value (SplitMix64).
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    pub fn next_uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Standard normal sample.
-    pub fn next_normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.next_uniform(); // (0, 1]: ln is finite
-        let u2 = self.next_uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parallel_jobs_return_in_order_and_report_errors_and_panics() {
-        let jobs: Vec<Job<'_, usize>> = (0usize..7)
-            .map(|i| Box::new(move || Ok(i * i)) as Job<'_, usize>)
-            .collect();
-        assert_eq!(run_parallel(jobs, 3).unwrap(), [0, 1, 4, 9, 16, 25, 36]);
-        let jobs: Vec<Job<'_, usize>> = vec![
-            Box::new(|| Ok(1usize)),
-            Box::new(|| Err(Error::Usage("second".into()))),
-            Box::new(|| Err(Error::Usage("third".into()))),
-        ];
-        let e = run_parallel(jobs, 2).unwrap_err().to_string();
-        assert!(e.contains("second"), "{e}");
-        let jobs: Vec<Job<'_, usize>> = vec![Box::new(|| Ok(1usize)), Box::new(|| panic!("job"))];
-        assert!(
-            run_parallel(jobs, 2)
-                .unwrap_err()
-                .to_string()
-                .contains("did not finish")
-        );
-        assert!(
-            run_parallel(Vec::<Job<'_, usize>>::new(), 2)
-                .unwrap()
-                .is_empty()
-        );
-    }
 
     #[test]
     fn clobbering_an_input_is_refused_through_any_path() {
@@ -390,29 +217,6 @@ mod tests {
         assert!(!dead.exists());
         assert!(live.exists() && other.exists());
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn splitmix_matches_reference_values() {
-        // First outputs of SplitMix64 seeded with 0 (published reference sequence).
-        let mut r = GaussianRng::new(0);
-        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-    }
-
-    #[test]
-    fn normals_have_unit_moments() {
-        let mut r = GaussianRng::new(7);
-        let n = 200_000;
-        let xs: Vec<f64> = (0..n).map(|_| r.next_normal()).collect();
-        let mean = xs.iter().sum::<f64>() / n as f64;
-        let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
-        // 5 standard errors.
-        assert!(mean.abs() < 5.0 / (n as f64).sqrt(), "mean {mean}");
-        assert!(
-            (var - 1.0).abs() < 5.0 * (2.0 / n as f64).sqrt(),
-            "var {var}"
-        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The tract backend: pure Rust, CPU, portable.
+//! The tract runtime: pure Rust, CPU, portable.
 //!
 //! [`Runtime::load`] verifies the base model's hash against the bundle's binding, patches it
 //! and builds one optimized plan for single-task runs (`tasks = 1`, batch and sequence sizes
@@ -16,14 +16,14 @@
 //!
 //! The runtime is `Sync`: any number of threads may run it at once, each with its own task.
 
-use super::engine::engine_call;
-use super::input::{InputSpec, input_specs, output_names};
-use super::store::{Task, TaskData, TaskId, TaskStore};
 use crate::bundle::{Bundle, CoeffFile};
 use crate::error::{Error, Result};
 use crate::graph::check::{IndexLimit, index_limits};
 use crate::graph::onnx::encode_model;
 use crate::graph::patch::{CoeffInput, PatchedModel, load_base, patch_owned};
+use crate::serve::backend::engine_call;
+use crate::serve::input::{InputSpec, input_specs, output_names};
+use crate::serve::store::{Task, TaskData, TaskId, TaskStore};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -477,51 +477,6 @@ impl Runtime {
         plans.insert(b, Arc::clone(&plan));
         Ok(plan)
     }
-}
-
-/// Builds an optimized tract plan of `model` for inputs of exactly these names, types and
-/// shapes (every graph input without an initializer must be among them); returns the plan
-/// and, for each of its inputs in order, the position of that input in `inputs`.
-pub(crate) fn fixed_shape_plan(
-    model: &crate::graph::ModelProto,
-    inputs: &[(&str, DatumType, &[usize])],
-) -> Result<(Arc<TypedRunnableModel>, Vec<usize>)> {
-    let engine = |stage: &str, e: TractError| {
-        Error::Engine(format!("tract could not {stage} the training graph: {e:#}"))
-    };
-    let proto = {
-        use prost::Message;
-        tract_onnx::pb::ModelProto::decode(prost::bytes::Bytes::from(encode_model(model)))
-            .map_err(|e| engine("decode", TractError::from(e)))?
-    };
-    let mut m = tract_onnx::onnx()
-        .model_for_proto_model(&proto)
-        .map_err(|e| engine("load", e))?;
-    drop(proto);
-    let mut order = Vec::new();
-    for (k, o) in m
-        .input_outlets()
-        .map_err(|e| engine("inspect", e))?
-        .to_vec()
-        .into_iter()
-        .enumerate()
-    {
-        let name = m.node(o.node).name.clone();
-        let i = inputs
-            .iter()
-            .position(|(n, _, _)| *n == name)
-            .ok_or_else(|| Error::Internal(format!("no value for graph input `{name}`")))?;
-        let (_, dt, shape) = inputs[i];
-        m = m
-            .with_input_fact(k, InferenceFact::dt_shape(dt, shape))
-            .map_err(|e| engine("load", e))?;
-        order.push(i);
-    }
-    let runnable = engine_call("tract training-graph plan", move || {
-        let typed = m.into_optimized().map_err(|e| engine("optimize", e))?;
-        typed.into_runnable().map_err(|e| engine("plan", e))
-    })?;
-    Ok((runnable, order))
 }
 
 /// Runs a plan, a panic inside tract becoming [`Error::Engine`].

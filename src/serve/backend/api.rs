@@ -1,0 +1,103 @@
+//! The object-safe traits every engine implements. [`crate::serve::Engine`] holds one
+//! `Arc<dyn EngineBackend>` and asks nothing else of an engine; the finetuner's hidden-state
+//! view ([`HiddenView`]) and the exact-gradient training graphs ([`Trainer`],
+//! [`FixedSession`]) come from the same object. A third engine implements these four traits
+//! and [`Loader`] in its own folder beside `tract/` and `ort/` (see `docs/ARCHITECTURE.md`).
+
+use super::Backend;
+use crate::error::Result;
+use crate::graph::grad::Weight;
+use crate::graph::patch::{CoeffInput, PatchedModel};
+use crate::graph::pb::ModelProto;
+use crate::serve::hidden::HiddenStateBackend;
+use crate::serve::input::{Batch, InputSpec, InputTensor, OutputTensor};
+use crate::serve::store::{TaskData, TaskId, TaskStore};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Starts one engine: what [`super::open`] returns for a [`Backend`] compiled into this build.
+pub trait Loader {
+    /// Checks that the engine can start in this process before any work is done (ONNX
+    /// Runtime: its shared library must load).
+    fn check(&self) -> Result<()>;
+
+    /// Loads `base` for the bound `bundle`: checks the model's SHA-256 against the binding,
+    /// patches it once and prepares the engine.
+    fn load(&self, base: &Path, bundle: &crate::bundle::Bundle) -> Result<Arc<dyn EngineBackend>>;
+}
+
+/// A patched base model on one engine, with its task store: what [`crate::serve::Engine`]
+/// serves through. Runs take `&self`: an engine is shared between threads.
+pub trait EngineBackend: Send + Sync {
+    /// The engine in use (for ONNX Runtime, the provider actually running: the CPU after a
+    /// fallback).
+    fn backend(&self) -> Backend;
+
+    /// The declarations of the base model's own inputs (what a run takes).
+    fn specs(&self) -> Result<&[InputSpec]>;
+
+    /// The graph outputs, in the order runs return them.
+    fn output_names(&self) -> &[String];
+
+    /// The coefficient inputs of the patched graph.
+    fn coeff_inputs(&self) -> &[CoeffInput];
+
+    /// The task store (load, insert, replace, find tasks).
+    fn store(&self) -> &TaskStore;
+
+    /// Whether the engine builds one plan per input shape (so batches should be padded to a
+    /// few lengths).
+    fn plans_per_shape(&self) -> bool;
+
+    /// Runs every row of `batch` with task `id` (outputs not yet checked to be finite).
+    fn run_batch(&self, batch: &Batch, id: TaskId) -> Result<Vec<OutputTensor>>;
+
+    /// Runs row i of `batch` with `ids[i]`, all in one pass.
+    fn run_mixed_batch(&self, batch: &Batch, ids: &[TaskId]) -> Result<Vec<OutputTensor>>;
+
+    /// Runs every row of `inputs` with coefficients that need not be in the store (a
+    /// request's own, or trial values).
+    fn run_task_data(&self, inputs: &[InputTensor], task: &TaskData) -> Result<Vec<OutputTensor>>;
+
+    /// The base model patched for one task, as this engine serves it: what training graphs
+    /// are built from.
+    fn patched_model(&self) -> Result<PatchedModel>;
+
+    /// The finetuner's view of this engine: trial coefficients in a private task, the hidden
+    /// state read from the first output.
+    fn hidden_state(self: Arc<Self>) -> Result<Box<dyn HiddenView>>;
+
+    /// Holds the training graphs' large `weights` once, in the form this engine feeds without
+    /// copying, and builds fixed-shape sessions over them.
+    fn trainer(&self, weights: Vec<Weight>) -> Result<Box<dyn Trainer>>;
+}
+
+/// The hidden-state view of one engine (see [`EngineBackend::hidden_state`]).
+pub trait HiddenView: HiddenStateBackend + Send {
+    /// Reads the hidden state from the model's `i`-th output instead of the first.
+    fn set_output(&mut self, i: usize);
+
+    /// Coefficient tensors allocated anew because the engine still held the previous ones
+    /// (0 in normal use).
+    fn reallocations(&self) -> u64 {
+        0
+    }
+}
+
+/// Fixed-shape graphs (the training graphs of [`crate::graph::grad`]) on one engine, sharing
+/// one set of large weights fed as inputs.
+pub trait Trainer: Send + Sync {
+    /// Prepares `model` for inputs shaped like `like` (names, element types and shapes),
+    /// followed by the shared weights.
+    fn session(&self, model: &ModelProto, like: &[InputTensor]) -> Result<Box<dyn FixedSession>>;
+
+    /// The shared weights as (name, shape, values), e.g. to put them back as initializers.
+    fn weights(&self) -> Result<Vec<Weight>>;
+}
+
+/// One fixed-shape graph ready to run (see [`Trainer::session`]).
+pub trait FixedSession: Send + Sync {
+    /// Runs on `inputs` (the names of `like` at [`Trainer::session`]) and the shared weights;
+    /// every output, f32.
+    fn run(&self, inputs: &[InputTensor]) -> Result<Vec<OutputTensor>>;
+}

@@ -1,0 +1,97 @@
+//! The tract engine (feature `tract`, default): pure Rust, CPU, portable.
+//!
+//! * [`runtime`]: [`Runtime`], the patched graph's plans and the task store;
+//! * [`hidden`]: [`TractBackend`], the finetuner's hidden-state view;
+//! * [`train`]: training graphs as fixed-shape plans over shared weights;
+//! * [`tensor`]: conversions to and from tract values.
+//!
+//! This file ties them to the traits of [`crate::serve::backend::api`].
+
+pub mod hidden;
+pub mod runtime;
+pub mod tensor;
+pub mod train;
+
+pub use hidden::TractBackend;
+pub use runtime::{Runtime, RuntimeOptions, TValue, Tensor};
+pub use tensor::{from_tract, to_tract};
+pub use train::{TractSession, TractTrainer};
+
+use super::{Backend, EngineBackend, HiddenView, Loader, Trainer};
+use crate::bundle::Bundle;
+use crate::error::Result;
+use crate::graph::grad::Weight;
+use crate::graph::patch::{CoeffInput, PatchedModel};
+use crate::serve::input::{Batch, InputSpec, InputTensor, OutputTensor, check_inputs};
+use crate::serve::store::{TaskData, TaskId, TaskStore};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Starts the tract engine (see [`super::open`]).
+pub struct TractLoader;
+
+impl Loader for TractLoader {
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn load(&self, base: &Path, bundle: &Bundle) -> Result<Arc<dyn EngineBackend>> {
+        Ok(Arc::new(Runtime::load(base, bundle)?))
+    }
+}
+
+impl EngineBackend for Runtime {
+    fn backend(&self) -> Backend {
+        Backend::Tract
+    }
+
+    fn specs(&self) -> Result<&[InputSpec]> {
+        self.input_specs()
+    }
+
+    fn output_names(&self) -> &[String] {
+        Runtime::output_names(self)
+    }
+
+    fn coeff_inputs(&self) -> &[CoeffInput] {
+        Runtime::coeff_inputs(self)
+    }
+
+    fn store(&self) -> &TaskStore {
+        Runtime::store(self)
+    }
+
+    fn plans_per_shape(&self) -> bool {
+        !self.is_shape_generic()
+    }
+
+    fn run_batch(&self, batch: &Batch, id: TaskId) -> Result<Vec<OutputTensor>> {
+        let ordered = check_inputs(self.input_specs()?, &batch.tensors)?;
+        let values = self.run(&to_tract(&ordered)?, id)?;
+        from_tract(Runtime::output_names(self), &values)
+    }
+
+    fn run_mixed_batch(&self, batch: &Batch, ids: &[TaskId]) -> Result<Vec<OutputTensor>> {
+        let ordered = check_inputs(self.input_specs()?, &batch.tensors)?;
+        let values = self.run_mixed(&to_tract(&ordered)?, ids)?;
+        from_tract(Runtime::output_names(self), &values)
+    }
+
+    fn run_task_data(&self, inputs: &[InputTensor], task: &TaskData) -> Result<Vec<OutputTensor>> {
+        let ordered = check_inputs(self.input_specs()?, inputs)?;
+        let values = self.run_task(&to_tract(&ordered)?, task)?;
+        from_tract(Runtime::output_names(self), &values)
+    }
+
+    fn patched_model(&self) -> Result<PatchedModel> {
+        self.patched(1)
+    }
+
+    fn hidden_state(self: Arc<Self>) -> Result<Box<dyn HiddenView>> {
+        Ok(Box::new(TractBackend::new(self)?))
+    }
+
+    fn trainer(&self, weights: Vec<Weight>) -> Result<Box<dyn Trainer>> {
+        Ok(Box::new(TractTrainer::new(weights)?))
+    }
+}
