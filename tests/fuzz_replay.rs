@@ -16,7 +16,7 @@ fn fuzz_dir() -> PathBuf {
 
 /// Runs `body` on every file of `dir` (none if it is missing). Returns how many ran, or the
 /// files that panicked with their messages.
-fn replay_dir(dir: &Path, body: fn(&[u8])) -> Result<usize, Vec<String>> {
+fn replay_dir(dir: &Path, body: fuzz_support::Body) -> Result<usize, Vec<String>> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.map(|e| e.expect("read a corpus entry").path()).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),

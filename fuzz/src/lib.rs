@@ -13,17 +13,21 @@
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Binding, Bundle, CoeffFile, Head, Manifest, StorageDtype};
 use eigenlorax::finetune::checkpoint::{Checkpoint, TENSORS};
-use eigenlorax::runtime::IndexLimit;
-use eigenlorax::runtime::check::{check_model, index_limits};
-use eigenlorax::runtime::input::TextEncoder;
+use eigenlorax::graph::IndexLimit;
+use eigenlorax::graph::check::{check_model, index_limits};
+use eigenlorax::serve::input::TextEncoder;
 use eigenlorax::subspace::{ExtractOptions, extract};
 use eigenlorax::tensorfile::TensorFile;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// A target's body: one input, no result (an `Err` inside is the expected answer to bad
+/// bytes; a panic is a bug).
+pub type Body = fn(&[u8]);
+
 /// Every target: its name (the folder under `fuzz/corpus/` and `fuzz/regressions/`, and the
 /// binary under `fuzz_targets/`) and its body.
-pub const TARGETS: [(&str, fn(&[u8])); 9] = [
+pub const TARGETS: [(&str, Body); 9] = [
     ("tensorfile", tensorfile),
     ("peft", peft),
     ("kohya", kohya),
@@ -167,7 +171,7 @@ fn fixture_manifest() -> &'static (Manifest, Binding) {
         let bundle = Bundle::read(&p).expect("read bundle");
         let model = repo().join("models/fixtures/tiny-bert/model.onnx");
         let binding =
-            eigenlorax::runtime::bind_file(&model, &bundle, None).expect("bind the tiny BERT");
+            eigenlorax::graph::bind_file(&model, &bundle, None).expect("bind the tiny BERT");
         (m, binding)
     })
 }
@@ -179,9 +183,9 @@ fn fixture_manifest() -> &'static (Manifest, Binding) {
 pub fn onnx_bind(data: &[u8]) {
     let path = Path::new("fuzz.onnx");
     let bytes = prost::bytes::Bytes::from(data.to_vec());
-    if let Ok(model) = eigenlorax::runtime::onnx::decode_model(bytes, path) {
+    if let Ok(model) = eigenlorax::graph::onnx::decode_model(bytes, path) {
         let (m, binding) = fixture_manifest();
-        let _ = eigenlorax::runtime::bind(&model, "0".repeat(64), "fuzz.onnx", m, None);
+        let _ = eigenlorax::graph::bind(&model, "0".repeat(64), "fuzz.onnx", m, None);
         let _ = check_model(&model, m, binding, "fuzz.onnx");
         let inputs: Vec<String> = model
             .graph
@@ -194,7 +198,7 @@ pub fn onnx_bind(data: &[u8]) {
 
 /// Any bytes as an .npy input tensor.
 pub fn npy(data: &[u8]) {
-    let _ = eigenlorax::runtime::input::parse_npy(data, Path::new("x.npy"));
+    let _ = eigenlorax::serve::input::parse_npy(data, Path::new("x.npy"));
 }
 
 /// The tiny BERT's tokenizer and the table of its `input_ids` (the embedding Gather's rows,
@@ -202,10 +206,11 @@ pub fn npy(data: &[u8]) {
 fn fixture_encoder() -> &'static (TextEncoder, IndexLimit) {
     static E: OnceLock<(TextEncoder, IndexLimit)> = OnceLock::new();
     E.get_or_init(|| {
-        let enc = TextEncoder::from_file(&repo().join("tests/ort_support/tokenizer.json"), Some(32))
-            .expect("the tiny tokenizer loads");
+        let enc =
+            TextEncoder::from_file(&repo().join("tests/ort_support/tokenizer.json"), Some(32))
+                .expect("the tiny tokenizer loads");
         let (model, _) =
-            eigenlorax::runtime::read_model(&repo().join("models/fixtures/tiny-bert/model.onnx"))
+            eigenlorax::graph::read_model(&repo().join("models/fixtures/tiny-bert/model.onnx"))
                 .expect("the tiny BERT loads");
         let limit = index_limits(&model, &["input_ids".to_string()])
             .pop()

@@ -179,7 +179,7 @@ pub fn run(a: Args) -> Result<()> {
                 "--allow-mixed-bases: {} base models in one subspace: {}",
                 groups.len(),
                 listed.join("; and ")
-            ));
+            ))?;
         }
     } else {
         base::refuse_mixed(&adapters, "--allow-mixed-bases")?;
@@ -230,14 +230,14 @@ pub fn run(a: Args) -> Result<()> {
             super::warn(format!(
                 "{}: every ΔW is zero (an untrained adapter, B = 0?): it adds nothing to the subspace",
                 ad.path.display()
-            ));
+            ))?;
         } else {
             super::warn(format!(
                 "{}: {} of its {extracted} modules have a zero ΔW (A or B all zeros): {}",
                 ad.path.display(),
                 zeros.len(),
                 zeros.join(", ")
-            ));
+            ))?;
         }
     }
     for ad in &adapters {

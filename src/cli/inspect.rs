@@ -226,7 +226,7 @@ fn print_bundle(b: &Bundle) -> Result<()> {
         rule(&o.k_rule_b),
         o.pseudo,
         o.seed
-    );
+    )?;
     outln!(
         "base:         {}{}",
         m.base_identity().describe(),
@@ -408,7 +408,7 @@ fn inspect_adapter(path: &Path) -> Result<()> {
         warn(format!(
             "{}: every ΔW is zero (an untrained adapter, B = 0?): it adds nothing to a subspace",
             path.display()
-        ));
+        ))?;
     } else if !zero.is_empty() {
         warn(format!(
             "{}: {} of its {} modules have a zero ΔW: {}",
@@ -416,7 +416,7 @@ fn inspect_adapter(path: &Path) -> Result<()> {
             zero.len(),
             norms.len(),
             zero.join(", ")
-        ));
+        ))?;
     }
     Ok(())
 }
