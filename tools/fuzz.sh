@@ -31,8 +31,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # Seeds. Bundles, coefficient files and checkpoints come from the elx binary of the tests.
+# ELX=path picks the binary (e.g. under another CARGO_TARGET_DIR).
 elx=""
-for b in target/release/elx target/debug/elx; do
+for b in ${ELX:+"$ELX"} target/release/elx target/debug/elx; do
   if [ -x "$b" ]; then elx=$b; break; fi
 done
 if [ -z "$elx" ]; then
@@ -41,7 +42,7 @@ if [ -z "$elx" ]; then
 fi
 corpus=fuzz/scratch
 rm -rf "$corpus"
-for t in "${targets[@]}"; do mkdir -p "$corpus/$t"; done
+for t in "${targets[@]}"; do mkdir -p "$corpus/$t" "fuzz/corpus/$t"; done
 fx=models/fixtures
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

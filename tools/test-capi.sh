@@ -19,17 +19,17 @@ features=()
 if [ -z "$target" ]; then
   cc=gcc
   run=()
-  # The Rust suite ran with the `ort` feature: the same features build nothing twice.
+  # tools/test.sh built the workspace with the `ort` feature: the same selection (the whole
+  # workspace, so the library's features unify as they did there) builds nothing twice.
   features=(--features ort)
-  cargo test -q -p eigenlorax-capi "${features[@]}" --test header
-  cargo build -q -p eigenlorax-capi "${features[@]}"
-  cargo build -q --bin elx "${features[@]}"
+  cargo test -q --workspace "${features[@]}" --test header
+  cargo build -q --workspace "${features[@]}" --lib --bins
   lib=target/debug
 else
   cc=aarch64-linux-gnu-gcc
   run=(qemu-aarch64 -L /usr/aarch64-linux-gnu -E "LD_LIBRARY_PATH=$PWD/target/$target/debug")
-  cargo build -q -p eigenlorax-capi --target "$target"
-  cargo build -q --bin elx --target "$target"
+  # tools/test-aarch64.sh cross-built the same selection.
+  cargo build -q --target "$target" --workspace --lib --bins
   lib=target/$target/debug
 fi
 elx=("${run[@]}" "$lib/elx")
