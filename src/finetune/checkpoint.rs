@@ -362,10 +362,13 @@ impl<M: ForwardModel> Finetuner<M> {
             .collect();
     }
 
+    /// The run's settings as `key=value` words. Floats print in Rust's shortest round-trip
+    /// form, so two settings compare equal exactly when their bits do, and a mismatch names
+    /// readable values (`lr`: checkpoint 0.001, this run 0.002).
     fn fingerprint(&self) -> String {
         let c = &self.cfg;
         format!(
-            "seed={} rank={} zero_shot={} n_theta={} n_head={} n_train={} batch={} dirs={} dir={:?} eps={:x} lr={:x} head_lr={:x} wd={:x} l2={:x} max_steps={} eval_every={} grad={:?} eval_at_start={} train_split={} val_split={}{}",
+            "seed={} rank={} zero_shot={} n_theta={} n_head={} n_train={} batch={} dirs={} dir={:?} eps={:?} lr={:?} head_lr={:?} wd={:?} l2={:?} max_steps={} eval_every={} grad={:?} eval_at_start={} train_split={} val_split={}{}",
             c.seed,
             c.rank,
             c.zero_shot,
@@ -375,11 +378,11 @@ impl<M: ForwardModel> Finetuner<M> {
             c.batch_size,
             c.directions,
             c.direction,
-            c.spsa_eps.to_bits(),
-            c.lr.to_bits(),
-            c.head_lr.to_bits(),
-            c.weight_decay.to_bits(),
-            c.head_l2.to_bits(),
+            c.spsa_eps,
+            c.lr,
+            c.head_lr,
+            c.weight_decay,
+            c.head_l2,
             c.max_steps,
             c.eval_every,
             c.grad,

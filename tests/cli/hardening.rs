@@ -790,6 +790,14 @@ fn a_resume_on_other_data_or_flags_is_refused_naming_what_changed() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("`--head-warmup`"), "{err}");
+    // Another learning rate: named, with readable values rather than bit patterns.
+    let o = go(&["--resume", &ck_s, "--lr", "0.0123"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("this run 0.0123") && !err.contains("0x"),
+        "{err}"
+    );
     // The same data and flags resume.
     let o = go(&["--resume", &ck_s]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
