@@ -17,8 +17,11 @@ equal the source's (relative error <= 1e-5) on fixed inputs, that both differ fr
 model alone, and that PEFT read the source's task_type, fan_in_fan_out and modules_to_save
 from the rebuilt config. Prints OK with the figures, raises otherwise.
 
-Status: written for issue 28 but not run there: torch could not be installed on the
-project's machines (download.pytorch.org unreachable; PyPI's Linux torch is the CUDA build).
+Run for issue 28 with torch 2.15, transformers 5.25 and peft 0.21 from PyPI
+(`pip install --target DIR torch peft`, 5.6 GB with the CUDA libraries it pulls in; runs on
+the CPU): adapter_peft_tiny 1.69e-07, adapter_peft_tiny_gpt2 3.24e-07 (relative error of the
+logits). adapter_peft_head_lora is in PEFT 0.10's layout, which peft 0.21 cannot load even
+from the source folder (KeyError 'base_model.model.classifier.weight').
 """
 import sys
 
