@@ -711,6 +711,47 @@ fn smollm2_tensors_dequantize_like_gguf_py() {
     }
 }
 
+/// The hand-built files through gguf-py too: every metadata type as gguf-py reads it, and the
+/// types the real model lacks (F16, BF16, Q4_0) dequantized the same, bit for bit.
+#[test]
+fn hand_built_files_read_like_gguf_py() {
+    let Some((py, pythonpath)) = support::gguf_py("hand_built_files_read_like_gguf_py") else {
+        return;
+    };
+    let (w, expected) = typed_tensors(64);
+    let w = with_metadata(w);
+    let path = std::env::temp_dir().join(format!("elx-gguf-hand-{}.gguf", std::process::id()));
+    std::fs::write(&path, w.bytes()).unwrap();
+    let g = Gguf::open(&path).unwrap();
+    let specs: Vec<String> = expected.iter().map(|(n, _)| n.to_string()).collect();
+    let (r, values) = reference(&path, &py, &pythonpath, &specs, "hand");
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(r["alignment"], 64);
+    assert_eq!(r["data_offset"], g.data_offset());
+    let meta = r["metadata"].as_object().unwrap();
+    assert_eq!(meta.len(), g.metadata().len());
+    for (k, v) in g.metadata() {
+        let mut ours = json_of(v);
+        if matches!(v, Value::Array(a) if a.is_empty()) && meta[k]["type"].is_null() {
+            // An empty array: gguf-py keeps no element type.
+            ours["type"] = serde_json::Value::Null;
+        }
+        assert_eq!(meta[k], ours, "metadata key {k}");
+    }
+    for ((name, want), theirs) in expected.iter().zip(&values) {
+        let ours = g.dequantize(name).unwrap();
+        assert_eq!(&ours, want, "{name}");
+        let same = ours
+            .iter()
+            .zip(theirs)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same && ours.len() == theirs.len(),
+            "{name}: ours {ours:?}, gguf-py {theirs:?}"
+        );
+    }
+}
+
 /// Writes the committed fuzz corpus `fuzz/corpus/gguf/` (hand-made valid files of at most
 /// 4 KiB): `cargo test --test gguf -- --ignored write_fuzz_corpus`.
 #[test]

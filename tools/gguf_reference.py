@@ -7,7 +7,8 @@ llama.cpp, numpy only) and dequantizes tensors with `gguf.quants.dequantize`.
 SPEC is `NAME` (the whole tensor) or `NAME:FIRST:COUNT` (rows FIRST..FIRST+COUNT, a row
 being ne[0] elements). Each SPEC's values go to OUTDIR/<index>.f32 (raw little-endian f32,
 storage order). Prints one JSON object: the version, alignment, data offset, every metadata
-key (scalars and strings as values, arrays as {"type", "len", "head": first 8 elements}) and
+key (scalars and strings as values, arrays as {"type", "len", "head": first 8 elements};
+type null for an empty array, whose element type gguf-py does not keep) and
 every tensor's info (name, ggml type name, dims innermost first, offset in the data
 section). tests/gguf.rs compares all of it with the Rust reader.
 """
@@ -23,6 +24,9 @@ from gguf.quants import dequantize
 def field_value(f):
     t = f.types[0]
     if t == GGUFValueType.ARRAY:
+        if len(f.types) < 2:
+            # gguf-py records no element type for an empty array.
+            return {"type": None, "len": 0, "head": []}
         et = f.types[1]
         if et == GGUFValueType.STRING:
             items = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
