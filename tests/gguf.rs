@@ -419,6 +419,21 @@ fn malformed_headers_are_named_errors() {
         .tensor("t", &[1], 0, vec![0; 4])
         .tensor("t", &[1], 0, vec![0; 4]);
     refused(w.bytes(), Some("t"), "found it twice");
+    // Two tensors on the same bytes.
+    let mut b = head(2, 0);
+    tensor_info(&mut b, "a", &[8], 0, 0);
+    tensor_info(&mut b, "b", &[4], 0, 0);
+    b.resize(b.len().div_ceil(32) * 32 + 32, 0);
+    refused(b, Some("b"), "apart from those of tensor `a`");
+    // An empty file, through the memory map.
+    let p = std::env::temp_dir().join(format!("elx-gguf-empty-{}.gguf", std::process::id()));
+    std::fs::write(&p, b"").unwrap();
+    let e = Gguf::open(&p).unwrap_err();
+    std::fs::remove_file(&p).unwrap();
+    assert!(
+        matches!(e, Error::BadInput { .. }) && e.to_string().contains("expected a GGUF file"),
+        "{e}"
+    );
     // A zero-sized tensor is fine, even at the very end of the file.
     let g = parse(one_tensor(&[0, 7], 2, 0, 0)).unwrap();
     assert_eq!(g.dequantize("t").unwrap(), Vec::<f32>::new());

@@ -620,6 +620,20 @@ impl Gguf {
                 end: end as usize,
             });
         }
+        // No two tensors share bytes (llama.cpp lays them out one after the other): the data
+        // a caller can dequantize is then bounded by the file size, however many tensors.
+        let mut ranges: Vec<&GgufTensor> = tensors.iter().filter(|t| t.end > t.start).collect();
+        ranges.sort_by_key(|t| t.start);
+        if let Some(w) = ranges.windows(2).find(|w| w[1].start < w[0].end) {
+            return Err(Error::bad_tensor(
+                path,
+                &w[1].name,
+                format!(
+                    "expected its bytes {}..{} apart from those of tensor `{}` ({}..{}), found them overlapping",
+                    w[1].start, w[1].end, w[0].name, w[0].start, w[0].end
+                ),
+            ));
+        }
         Ok(Gguf {
             path: path.to_path_buf(),
             bytes: backing,
