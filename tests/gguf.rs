@@ -479,6 +479,11 @@ fn unpermute_inverts_llama_cpp_permutation() {
         permute_qk(&hf, [4, 2], 1).unwrap(),
         [10.0, 11.0, 30.0, 31.0, 20.0, 21.0, 40.0, 41.0]
     );
+    // Billions of empty rows: nothing to move, at once (fuzz/regressions/gguf/slow-unit-*).
+    assert_eq!(
+        unpermute_qk(&[], [1 << 40, 0], 2).unwrap(),
+        Vec::<f32>::new()
+    );
     for (len, shape, n_head) in [(6, [2, 3], 2), (8, [4, 2], 0), (7, [4, 2], 1)] {
         let e = unpermute_qk(&vec![0.0; len], shape, n_head).unwrap_err();
         assert!(matches!(e, Error::Usage(_)), "{e}");

@@ -272,6 +272,11 @@ pub fn permute_qk(weights: &[f32], shape: [usize; 2], n_head: usize) -> Result<V
 
 fn permute_rows(w: &[f32], cols: usize, n_head: usize, h: usize, to_gguf: bool) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
+    if w.is_empty() {
+        // No columns: nothing to move, however many rows (a loop over 2^33 empty rows was a
+        // fuzz-found hang).
+        return out;
+    }
     for head in 0..n_head {
         let base = head * 2 * h;
         for i in 0..2 {
