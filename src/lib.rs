@@ -42,6 +42,7 @@ pub mod bundle;
 pub mod error;
 pub mod eval;
 pub mod finetune;
+pub mod gguf;
 pub mod graph;
 pub mod linalg;
 pub mod serve;

