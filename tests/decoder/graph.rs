@@ -24,7 +24,10 @@ fn a_decode_step_with_the_cache_equals_the_full_runs_last_row() {
             let scale = row.iter().fold(1f32, |m, x| m.max(x.abs()));
             let d = max_abs_diff(&l, row);
             // f32 sums over a different number of terms: equal to rounding.
-            assert!(d < 2e-6 * scale, "tied {tied} step {i}: {d} (scale {scale})");
+            assert!(
+                d < 2e-6 * scale,
+                "tied {tied} step {i}: {d} (scale {scale})"
+            );
             logits = l;
             past = p;
         }

@@ -1,5 +1,8 @@
 //! Decoder LLMs (issue 26): the Llama graph built from weights ([`eigenlorax::graph::llama`]),
 //! its KV cache, generation with a task per request and mixed-task batches.
 
+#[path = "../support/bundle.rs"]
+mod bundle_support;
+mod generate;
 mod graph;
 mod support;

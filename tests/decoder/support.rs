@@ -183,7 +183,13 @@ pub fn run_step(
         .collect();
     let presents = out[1..]
         .iter()
-        .map(|t| t.to_plain_array_view::<f32>().unwrap().iter().copied().collect())
+        .map(|t| {
+            t.to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        })
         .collect();
     (logits, presents)
 }
@@ -194,4 +200,139 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// The modules the tests adapt: every projection of layer 0, q and v of layer 1.
+pub fn adapted_modules(cfg: &LlamaConfig) -> Vec<(String, usize, usize)> {
+    let (h, q, kv, f) = (
+        cfg.hidden,
+        cfg.heads * cfg.head_dim,
+        cfg.kv_heads * cfg.head_dim,
+        cfg.intermediate,
+    );
+    let p = "model.layers.0";
+    vec![
+        (format!("{p}.self_attn.q_proj"), h, q),
+        (format!("{p}.self_attn.k_proj"), h, kv),
+        (format!("{p}.self_attn.v_proj"), h, kv),
+        (format!("{p}.self_attn.o_proj"), q, h),
+        (format!("{p}.mlp.gate_proj"), h, f),
+        (format!("{p}.mlp.up_proj"), h, f),
+        (format!("{p}.mlp.down_proj"), f, h),
+        ("model.layers.1.self_attn.q_proj".into(), h, q),
+        ("model.layers.1.self_attn.v_proj".into(), h, kv),
+    ]
+}
+
+/// A decoder written to `dir/model.onnx` with a random subspace over
+/// [`adapted_modules`] bound to it (`dir/bound.elxb`).
+pub struct Fixture {
+    pub cfg: LlamaConfig,
+    pub weights: RandomWeights,
+    pub model: std::path::PathBuf,
+    pub bundle: eigenlorax::bundle::Bundle,
+}
+
+pub fn fixture(dir: &std::path::Path, tied: bool) -> Fixture {
+    use eigenlorax::bundle::{Bundle, StorageDtype};
+    use eigenlorax::subspace::{ExtractOptions, Subspace};
+    let cfg = tiny_config(tied);
+    let weights = RandomWeights::new(&cfg, 11);
+    let model = eigenlorax::graph::llama::build(&cfg, &mut weights.clone(), "tiny").expect("build");
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, eigenlorax::graph::onnx::encode_model(&model)).expect("write");
+    let modules = adapted_modules(&cfg)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (m, din, dout))| {
+            (
+                m,
+                super::bundle_support::module(din, dout, 5, 6, 100 + i as u64),
+            )
+        })
+        .collect();
+    let sub = Subspace {
+        modules,
+        options: ExtractOptions::default(),
+    };
+    let unbound = dir.join("unbound.elxb");
+    Bundle::write(&unbound, &sub, &[], StorageDtype::F32, None).expect("write bundle");
+    let b = Bundle::read(&unbound).expect("read bundle");
+    let binding = eigenlorax::graph::bind_file(&path, &b, None).expect("bind");
+    assert_eq!(binding.modules.len(), 9);
+    let bound = dir.join("bound.elxb");
+    b.with_binding(Some(&binding), &bound).expect("bound");
+    Fixture {
+        cfg,
+        weights,
+        model: path,
+        bundle: Bundle::read(&bound).expect("read bound"),
+    }
+}
+
+/// Random coefficients for every module of `bundle` (rank 4), scaled by `s`.
+pub fn coeffs(
+    bundle: &eigenlorax::bundle::Bundle,
+    seed: u64,
+    task: &str,
+    s: f64,
+) -> eigenlorax::bundle::CoeffFile {
+    use eigenlorax::bundle::{CoeffFile, Provenance};
+    use eigenlorax::subspace::Coefficients;
+    let mut g = GaussianRng::new(seed);
+    let modules = bundle
+        .subspace
+        .modules
+        .iter()
+        .map(|(m, sub)| {
+            let (ka, kb) = (sub.v_a.nrows(), sub.v_b.ncols());
+            let alpha_a = faer::Mat::<f64>::from_fn(4, ka, |_, _| g.next_normal() * s);
+            let alpha_b = faer::Mat::<f64>::from_fn(kb, 4, |_, _| g.next_normal() * s);
+            (m.clone(), Coefficients { alpha_a, alpha_b })
+        })
+        .collect();
+    CoeffFile {
+        subspace_id: bundle.manifest.subspace_id.clone(),
+        task: task.into(),
+        provenance: Provenance::Projected,
+        modules,
+        head: None,
+    }
+}
+
+/// The fixture's weights with each module's ΔW = V_B·α_B·α_A·V_A merged in.
+pub fn merged(f: &Fixture, c: &eigenlorax::bundle::CoeffFile) -> RandomWeights {
+    let mut w = f.weights.clone();
+    for (m, s) in &f.bundle.subspace.modules {
+        let co = &c.modules[m];
+        let dw = &s.v_b * &co.alpha_b * &co.alpha_a * &s.v_a;
+        let v: Vec<f64> = (0..dw.nrows())
+            .flat_map(|i| (0..dw.ncols()).map(move |j| (i, j)))
+            .map(|(i, j)| dw[(i, j)])
+            .collect();
+        w.add(m, &v);
+    }
+    w
+}
+
+/// Greedy tokens of a model (plain tract, full re-run per step, no cache): the reference.
+pub fn greedy_reference(
+    cfg: &LlamaConfig,
+    w: &RandomWeights,
+    prompt: &[u32],
+    n: usize,
+) -> Vec<u32> {
+    let model = eigenlorax::graph::llama::build(cfg, &mut w.clone(), "ref").expect("build");
+    let plan = tract_plan(&model);
+    let empty: Vec<Vec<f32>> = vec![Vec::new(); 2 * cfg.layers];
+    let mut ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (logits, _) = run_step(&plan, cfg, &ids, &empty, 0);
+        let last = &logits[(ids.len() - 1) * cfg.vocab..];
+        let t = eigenlorax::serve::generate::argmax(last) as u32;
+        out.push(t);
+        ids.push(i64::from(t));
+    }
+    out
 }

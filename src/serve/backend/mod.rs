@@ -17,7 +17,7 @@ pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
 
-pub use api::{EngineBackend, FixedSession, HiddenView, Loader, Trainer};
+pub use api::{EngineBackend, FixedSession, HiddenView, LoadOptions, Loader, Trainer};
 pub use guard::engine_call;
 pub use kind::{Backend, ExecutionProvider, not_built};
 
