@@ -5,4 +5,5 @@
 mod bundle_support;
 mod generate;
 mod graph;
+mod reference;
 mod support;

@@ -234,14 +234,46 @@ pub struct Fixture {
 }
 
 pub fn fixture(dir: &std::path::Path, tied: bool) -> Fixture {
-    use eigenlorax::bundle::{Bundle, StorageDtype};
-    use eigenlorax::subspace::{ExtractOptions, Subspace};
     let cfg = tiny_config(tied);
     let weights = RandomWeights::new(&cfg, 11);
     let model = eigenlorax::graph::llama::build(&cfg, &mut weights.clone(), "tiny").expect("build");
+    let (model, bundle) = bind_random_subspace(dir, &cfg, &model);
+    Fixture {
+        cfg,
+        weights,
+        model,
+        bundle,
+    }
+}
+
+/// An imported decoder written to `dir` with a random subspace bound to it (its weights are
+/// not kept: [`Fixture::weights`] is empty).
+pub fn fixture_for(
+    dir: &std::path::Path,
+    m: &eigenlorax::graph::llama::ImportedDecoder,
+) -> Fixture {
+    let (model, bundle) = bind_random_subspace(dir, &m.config, &m.model);
+    Fixture {
+        cfg: m.config.clone(),
+        weights: RandomWeights {
+            tensors: BTreeMap::new(),
+            read: HashSet::new(),
+        },
+        model,
+        bundle,
+    }
+}
+
+fn bind_random_subspace(
+    dir: &std::path::Path,
+    cfg: &LlamaConfig,
+    model: &eigenlorax::graph::ModelProto,
+) -> (std::path::PathBuf, eigenlorax::bundle::Bundle) {
+    use eigenlorax::bundle::{Bundle, StorageDtype};
+    use eigenlorax::subspace::{ExtractOptions, Subspace};
     let path = dir.join("model.onnx");
-    std::fs::write(&path, eigenlorax::graph::onnx::encode_model(&model)).expect("write");
-    let modules = adapted_modules(&cfg)
+    std::fs::write(&path, eigenlorax::graph::onnx::encode_model(model)).expect("write");
+    let modules = adapted_modules(cfg)
         .into_iter()
         .enumerate()
         .map(|(i, (m, din, dout))| {
@@ -262,12 +294,7 @@ pub fn fixture(dir: &std::path::Path, tied: bool) -> Fixture {
     assert_eq!(binding.modules.len(), 9);
     let bound = dir.join("bound.elxb");
     b.with_binding(Some(&binding), &bound).expect("bound");
-    Fixture {
-        cfg,
-        weights,
-        model: path,
-        bundle: Bundle::read(&bound).expect("read bound"),
-    }
+    (path, Bundle::read(&bound).expect("read bound"))
 }
 
 /// Random coefficients for every module of `bundle` (rank 4), scaled by `s`.

@@ -69,6 +69,21 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig> {
             format!("expected none (rotary scaling is not supported), found {s}"),
         ));
     }
+    // transformers 5 states the rotary type in `rope_parameters`.
+    if let Some(t) = obj
+        .get("rope_parameters")
+        .and_then(|p| p.get("rope_type"))
+        .filter(|t| t.as_str() != Some("default"))
+    {
+        return Err(field(
+            "rope_parameters.rope_type",
+            format!("expected `default` (rotary scaling is not supported), found {t}"),
+        ));
+    }
+    let rope_theta = obj
+        .get("rope_parameters")
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(|t| t.as_f64());
     for flag in ["attention_bias", "mlp_bias"] {
         if obj.get(flag).and_then(|b| b.as_bool()) == Some(true) {
             return Err(field(
@@ -98,7 +113,10 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig> {
         intermediate: size("intermediate_size", None)?,
         vocab: size("vocab_size", None)?,
         max_position: size("max_position_embeddings", Some(2048))?,
-        rope_theta: float("rope_theta", 10_000.0)?,
+        rope_theta: match rope_theta {
+            Some(t) => t,
+            None => float("rope_theta", 10_000.0)?,
+        },
         rms_eps: float("rms_norm_eps", 1e-6)? as f32,
         tied_embeddings: obj
             .get("tie_word_embeddings")

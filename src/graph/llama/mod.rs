@@ -212,6 +212,45 @@ pub trait LlamaWeights {
     fn check_all_read(&self) -> Result<()>;
 }
 
+/// A decoder graph and the configuration it was built from.
+#[derive(Clone, Debug)]
+pub struct ImportedDecoder {
+    /// The ONNX model (weights inside, f32).
+    pub model: ModelProto,
+    /// Its configuration.
+    pub config: LlamaConfig,
+}
+
+/// Builds the decoder graph of a GGUF file (see [`gguf`]).
+pub fn import_gguf(path: &Path) -> Result<ImportedDecoder> {
+    let file = crate::gguf::Gguf::open(path)?;
+    let config = gguf::config(&file)?;
+    let mut w = gguf::GgufWeights::new(&file, &config);
+    let name = file
+        .get("general.name")
+        .and_then(|_| file.str("general.name").ok())
+        .unwrap_or("llama")
+        .to_string();
+    let model = build(&config, &mut w, &name)?;
+    Ok(ImportedDecoder { model, config })
+}
+
+/// Builds the decoder graph of a Hugging Face Llama folder (`config.json` +
+/// `model.safetensors`, see [`hf`]).
+pub fn import_hf(dir: &Path) -> Result<ImportedDecoder> {
+    let config = hf::read_config(&dir.join("config.json"))?;
+    let st = dir.join("model.safetensors");
+    if !st.is_file() {
+        return Err(Error::bad_file(
+            &st,
+            "expected the model weights as model.safetensors in the folder beside config.json, found none",
+        ));
+    }
+    let mut w = hf::HfWeights::open(&st)?;
+    let model = build(&config, &mut w, "llama")?;
+    Ok(ImportedDecoder { model, config })
+}
+
 /// Transposes a row-major `[rows x cols]` matrix.
 fn transpose(rows: usize, cols: usize, w: &[f32]) -> Vec<f32> {
     let mut t = vec![0f32; w.len()];
