@@ -2,7 +2,7 @@
 //! pool the output and apply each task's head.
 
 use super::{BackendArg, EpArg, PoolingArg, printable};
-use eigenlorax::bundle::{Bundle, CoeffFile, Head, Provenance};
+use eigenlorax::bundle::{Bundle, CoeffFile, Head};
 use eigenlorax::error::{Error, Result};
 use eigenlorax::serve::input::{
     Batch, OutputTensor, TextEncoder, apply_head, load_tensors, tokenizer_beside,
@@ -10,7 +10,6 @@ use eigenlorax::serve::input::{
 use eigenlorax::serve::store::TaskId;
 use eigenlorax::serve::{Backend, Engine};
 use eigenlorax::task::pool;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -94,13 +93,7 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
         tasks.push((id, p.display().to_string()));
     }
     if tasks.is_empty() {
-        let base = CoeffFile {
-            subspace_id: bundle.manifest.subspace_id.clone(),
-            task: "base".into(),
-            provenance: Provenance::ZeroShot,
-            modules: BTreeMap::new(),
-            head: None,
-        };
+        let base = CoeffFile::base(&bundle.manifest.subspace_id);
         tasks.push((
             engine.insert_task(&base)?,
             "(base model, zero coefficients)".into(),

@@ -83,7 +83,10 @@ fn greedy_generation_through_a_bound_bundle_with_zero_coefficients_gives_transfo
     let id = g.engine().insert_task(&zero).expect("task");
     let r = reference();
     let (_, want_logits) = r.read_f32("greedy.logits").expect("logits");
-    let prompt: Vec<u32> = ints("greedy.prompt_ids").iter().map(|&x| x as u32).collect();
+    let prompt: Vec<u32> = ints("greedy.prompt_ids")
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
     let want: Vec<u32> = ints("greedy.ids").iter().map(|&x| x as u32).collect();
     let mut got = Vec::new();
     let mut seq = g.sequence(id).expect("seq");

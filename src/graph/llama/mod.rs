@@ -29,6 +29,7 @@
 //! `elx bind` resolves PEFT adapters of these modules by name and the patch applies them
 //! unchanged (`q/k/v/o_proj`, `gate/up/down_proj`).
 
+pub mod files;
 pub mod gguf;
 pub mod hf;
 

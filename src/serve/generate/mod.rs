@@ -14,8 +14,10 @@
 //! requests, or mixing them in a batch, rebuilds nothing.
 
 pub mod sampler;
+pub mod text;
 
 pub use sampler::{Pick, Sampler, SamplingOptions, argmax, logprob};
+pub use text::{DecoderFiles, PromptTokenizer, TextStream};
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
