@@ -17,11 +17,13 @@ pub struct GenerateArgs {
     /// The decoder: the folder `elx import-gguf` wrote, or its model.onnx.
     #[arg(long, value_name = "DIR|model.onnx")]
     pub model: PathBuf,
-    /// Bundle (.elxb), bound to the model with `elx bind`.
+    /// Bundle (.elxb), bound to the model with `elx bind`. Without one, the base model runs
+    /// alone.
     #[arg(long, value_name = "B.elxb")]
-    pub bundle: PathBuf,
-    /// Task coefficient file. Without one, the base model runs (all-zero coefficients).
-    #[arg(long, value_name = "T.elxc")]
+    pub bundle: Option<PathBuf>,
+    /// Task coefficient file (needs --bundle). Without one, the base model runs (all-zero
+    /// coefficients).
+    #[arg(long, value_name = "T.elxc", requires = "bundle")]
     pub task: Option<PathBuf>,
     /// The prompt.
     #[arg(long)]
@@ -73,12 +75,19 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         )
     })?;
     let tok = PromptTokenizer::open(&tok_path)?;
-    let bundle = Bundle::read(&args.bundle)?;
-    let generator = Generator::load(&files.model, &bundle, backend)?;
-    let engine = generator.engine();
-    let task = match &args.task {
-        Some(p) => engine.load_task(p)?,
-        None => engine.insert_task(&CoeffFile::base(&bundle.manifest.subspace_id))?,
+    let (generator, task) = match &args.bundle {
+        Some(b) => {
+            let bundle = Bundle::read(b)?;
+            let g = Generator::load(&files.model, &bundle, backend)?;
+            let task = match &args.task {
+                Some(p) => g.engine().load_task(p)?,
+                None => g
+                    .engine()
+                    .insert_task(&CoeffFile::base(&bundle.manifest.subspace_id))?,
+            };
+            (g, task)
+        }
+        None => Generator::load_base(&files.model, backend)?,
     };
     let prompt = args.prompt.clone();
     let ids = tok.encode(&prompt, true)?;

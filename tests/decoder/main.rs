@@ -5,5 +5,7 @@
 mod bundle_support;
 mod generate;
 mod graph;
+#[cfg(feature = "ort")]
+mod ort;
 mod reference;
 mod support;

@@ -163,6 +163,22 @@ impl Generator {
         Generator::new(Engine::load_with(base, bundle, backend, &options)?)
     }
 
+    /// Loads `base` alone, with no subspace ([`Bundle::without_subspace`]): every task is the
+    /// base model. Returns the generator and its one task.
+    pub fn load_base(base: &Path, backend: Backend) -> Result<(Generator, TaskId)> {
+        let sha = crate::util::sha256_file(base)?;
+        let name = base
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bundle = Bundle::without_subspace(&name, sha);
+        let g = Generator::load(base, &bundle, backend)?;
+        let id = g.engine().insert_task(&crate::bundle::CoeffFile::base(
+            &bundle.manifest.subspace_id,
+        ))?;
+        Ok((g, id))
+    }
+
     /// A generator over `engine`, whose model must be a decoder
     /// ([`Decoder::from_specs`]); an engine loaded without one task per row serves mixed
     /// batches with one plan per batch size.
