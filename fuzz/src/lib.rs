@@ -250,6 +250,15 @@ pub fn gguf(data: &[u8]) {
             }
         }
     }
+    // The decoder import reads the same metadata: its configuration and special tokens, and
+    // (when the weights are small) the whole graph.
+    let _ = eigenlorax::graph::llama::files::tokenizer_meta(&g);
+    if let Ok(cfg) = eigenlorax::graph::llama::gguf::config(&g)
+        && cfg.weight_count().is_some_and(|n| n <= 1 << 20)
+    {
+        let mut w = eigenlorax::graph::llama::gguf::GgufWeights::new(&g, &cfg);
+        let _ = eigenlorax::graph::llama::build(&cfg, &mut w, "fuzz");
+    }
 }
 
 /// The tiny BERT's tokenizer and the table of its `input_ids` (the embedding Gather's rows,
