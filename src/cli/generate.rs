@@ -4,11 +4,8 @@
 //! stdout as tokens come (or, with `--json`, one JSON line per token).
 
 use super::{BackendArg, EpArg};
-use eigenlorax::bundle::{Bundle, CoeffFile};
-use eigenlorax::error::{Error, Result};
-use eigenlorax::serve::generate::{
-    DecoderFiles, Finish, GenerateOptions, Generator, PromptTokenizer, SamplingOptions, TextStream,
-};
+use eigenlorax::error::Result;
+use eigenlorax::serve::generate::{GenerateOptions, SamplingOptions, TextGenerator};
 use std::path::PathBuf;
 
 /// Arguments of `elx generate`.
@@ -67,77 +64,31 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         seed: args.seed,
     };
     sampling.check()?;
-    let files = DecoderFiles::open(&args.model)?;
-    let tok_path = files.tokenizer.clone().ok_or_else(|| {
-        Error::bad_file(
-            &files.model,
-            "expected a tokenizer.json beside the model (`elx import-gguf` writes one), found none",
-        )
-    })?;
-    let tok = PromptTokenizer::open(&tok_path)?;
-    let (generator, task) = match &args.bundle {
-        Some(b) => {
-            let bundle = Bundle::read(b)?;
-            let g = Generator::load(&files.model, &bundle, backend)?;
-            let task = match &args.task {
-                Some(p) => g.engine().load_task(p)?,
-                None => g
-                    .engine()
-                    .insert_task(&CoeffFile::base(&bundle.manifest.subspace_id))?,
-            };
-            (g, task)
-        }
-        None => Generator::load_base(&files.model, backend)?,
+    let tg = TextGenerator::open(&args.model, args.bundle.as_deref(), backend)?;
+    let task = match &args.task {
+        Some(p) => tg.generator().engine().load_task(p)?,
+        None => tg.base_task(),
     };
-    let prompt = args.prompt.clone();
-    let ids = tok.encode(&prompt, true)?;
-    let mut stop_tokens = files.eos_ids.clone();
-    if let Some(id) = files.eos_token.as_deref().and_then(|t| tok.token_id(t)) {
-        stop_tokens.push(id);
-    }
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         sampling,
-        stop_tokens,
+        stop_tokens: Vec::new(),
     };
-    let mut stream = TextStream::new(&args.stops);
-    let mut failed: Option<Error> = None;
-    let finish = generator.generate(task, &ids, &options, &mut |t| {
-        let mut step = || -> Result<bool> {
-            let piece = stream.push(&tok, t.id)?;
-            if args.json {
-                let line = serde_json::json!({"id": t.id, "text": piece, "logprob": t.logprob});
-                outln!("{line}")?;
-            } else if !piece.is_empty() {
-                out!("{piece}")?;
-            }
-            Ok(!stream.stopped())
-        };
-        step().unwrap_or_else(|e| {
-            failed = Some(e);
-            false
-        })
-    })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    let rest = stream.finish();
-    let finish = if stream.stopped() {
-        "stop"
-    } else {
-        finish_name(finish)
-    };
-    if args.json {
-        if !rest.is_empty() {
-            outln!("{}", serde_json::json!({"text": rest}))?;
+    let finish = tg.generate(task, &args.prompt, &options, &args.stops, &mut |p| {
+        match (args.json, p.token) {
+            (true, Some(t)) => outln!(
+                "{}",
+                serde_json::json!({"id": t.id, "text": p.text, "logprob": t.logprob})
+            )?,
+            (true, None) => outln!("{}", serde_json::json!({"text": p.text}))?,
+            (false, _) => out!("{}", p.text)?,
         }
-        outln!("{}", serde_json::json!({"finish": finish}))?;
+        Ok(true)
+    })?;
+    if args.json {
+        outln!("{}", serde_json::json!({"finish": finish.name()}))?;
     } else {
-        outln!("{rest}")?;
+        outln!()?;
     }
     Ok(())
-}
-
-fn finish_name(f: Finish) -> &'static str {
-    f.name()
 }

@@ -17,7 +17,7 @@ pub mod sampler;
 pub mod text;
 
 pub use sampler::{Pick, Sampler, SamplingOptions, argmax, logprob};
-pub use text::{DecoderFiles, PromptTokenizer, TextStream};
+pub use text::{DecoderFiles, PromptTokenizer, TextGenerator, TextPiece, TextStream};
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};

@@ -267,3 +267,157 @@ impl TextStream {
         piece
     }
 }
+
+/// A decoder with its tokenizer and special tokens, from a model folder: what `elx generate`,
+/// the C API and bindings open, so that each of them only fills options and prints.
+pub struct TextGenerator {
+    generator: super::Generator,
+    tokenizer: PromptTokenizer,
+    files: DecoderFiles,
+    base_task: crate::serve::store::TaskId,
+    stop_tokens: Vec<u32>,
+}
+
+impl std::fmt::Debug for TextGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextGenerator")
+            .field("model", &self.files.model)
+            .finish()
+    }
+}
+
+/// What one token of [`TextGenerator::generate`] brought.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TextPiece<'a> {
+    /// The token; `None` for the text held back until generation ended.
+    pub token: Option<super::Token>,
+    /// The text that became final with it (possibly empty: a character or a possible stop
+    /// string still incomplete).
+    pub text: &'a str,
+}
+
+impl TextGenerator {
+    /// Opens the decoder at `model` (a folder or its `model.onnx`, with `tokenizer.json`
+    /// beside it) for the bound bundle at `bundle`, or alone (`None`: the base model), on
+    /// `backend`.
+    pub fn open(
+        model: &Path,
+        bundle: Option<&Path>,
+        backend: crate::serve::Backend,
+    ) -> Result<TextGenerator> {
+        let files = DecoderFiles::open(model)?;
+        let tok_path = files.tokenizer.clone().ok_or_else(|| {
+            Error::bad_file(
+                &files.model,
+                "expected a tokenizer.json beside the model (`elx import-gguf` writes one), found none",
+            )
+        })?;
+        let tokenizer = PromptTokenizer::open(&tok_path)?;
+        let (generator, base_task) = match bundle {
+            Some(b) => {
+                let bundle = crate::bundle::Bundle::read(b)?;
+                let g = super::Generator::load(&files.model, &bundle, backend)?;
+                let base = crate::bundle::CoeffFile::base(&bundle.manifest.subspace_id);
+                let id = g.engine().insert_task(&base)?;
+                (g, id)
+            }
+            None => super::Generator::load_base(&files.model, backend)?,
+        };
+        let mut stop_tokens = files.eos_ids.clone();
+        if let Some(id) = files
+            .eos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_id(t))
+            && !stop_tokens.contains(&id)
+        {
+            stop_tokens.push(id);
+        }
+        Ok(TextGenerator {
+            generator,
+            tokenizer,
+            files,
+            base_task,
+            stop_tokens,
+        })
+    }
+
+    /// The generator (engine, tasks, token-level generation).
+    pub fn generator(&self) -> &super::Generator {
+        &self.generator
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+
+    /// The model's files (chat template, special tokens).
+    pub fn files(&self) -> &DecoderFiles {
+        &self.files
+    }
+
+    /// The task that runs the base model (zero coefficients).
+    pub fn base_task(&self) -> crate::serve::store::TaskId {
+        self.base_task
+    }
+
+    /// The ids that end generation: `config.json`'s `eos_token_id` and the tokenizer's
+    /// end-of-sequence token.
+    pub fn stop_tokens(&self) -> &[u32] {
+        &self.stop_tokens
+    }
+
+    /// Generates after `prompt` (text, encoded with the tokenizer's special tokens) on
+    /// `task`, stopping at the model's stop tokens, `options.max_tokens` or the first of
+    /// `stops`; `on_piece` gets every token with the text it made final, and stops
+    /// generation by returning false. Returns why it stopped.
+    pub fn generate(
+        &self,
+        task: crate::serve::store::TaskId,
+        prompt: &str,
+        options: &super::GenerateOptions,
+        stops: &[String],
+        on_piece: &mut dyn FnMut(TextPiece<'_>) -> Result<bool>,
+    ) -> Result<super::Finish> {
+        let ids = self.tokenizer.encode(prompt, true)?;
+        let mut options = options.clone();
+        for &t in &self.stop_tokens {
+            if !options.stop_tokens.contains(&t) {
+                options.stop_tokens.push(t);
+            }
+        }
+        let mut stream = TextStream::new(stops);
+        let mut failed: Option<Error> = None;
+        let finish = self
+            .generator
+            .generate(task, &ids, &options, &mut |token| {
+                let step = stream.push(&self.tokenizer, token.id).and_then(|text| {
+                    on_piece(TextPiece {
+                        token: Some(token),
+                        text: &text,
+                    })
+                });
+                match step {
+                    Ok(go) => go && !stream.stopped(),
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if stream.stopped() {
+            return Ok(super::Finish::Stop);
+        }
+        let rest = stream.finish();
+        if !rest.is_empty() {
+            on_piece(TextPiece {
+                token: None,
+                text: &rest,
+            })?;
+        }
+        Ok(finish)
+    }
+}
