@@ -46,6 +46,9 @@ pub struct GenerateArgs {
     /// One JSON object per token (id, text, logprob), then one with the finish reason.
     #[arg(long)]
     pub json: bool,
+    /// Threads for the CPU engine's matrix products (default: every core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Inference engine.
     #[arg(long, value_enum, default_value = "tract")]
     pub backend: BackendArg,
@@ -64,6 +67,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         seed: args.seed,
     };
     sampling.check()?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    eigenlorax::serve::backend::set_cpu_threads(threads);
     let tg = TextGenerator::open(&args.model, args.bundle.as_deref(), backend)?;
     let task = match &args.task {
         Some(p) => tg.generator().engine().load_task(p)?,

@@ -33,3 +33,13 @@ pub fn open(kind: Backend) -> crate::Result<Box<dyn Loader>> {
         other => Err(not_built(other)),
     }
 }
+
+/// How many threads the CPU engines split a matrix product over, from now on, in this whole
+/// process: tract's matrix products (one executor for every plan). ONNX Runtime sessions
+/// keep their own intra-op pools.
+pub fn set_cpu_threads(n: usize) {
+    #[cfg(feature = "tract")]
+    tract::set_threads(n);
+    #[cfg(not(feature = "tract"))]
+    let _ = n;
+}

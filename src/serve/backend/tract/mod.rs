@@ -27,6 +27,17 @@ use crate::serve::store::{TaskData, TaskId, TaskStore};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Splits tract's matrix products over `n` threads from now on, in this whole process (tract
+/// keeps one executor for every plan); 1 is tract's default, one thread.
+pub fn set_threads(n: usize) {
+    use tract_linalg::multithread::{Executor, set_default_executor};
+    set_default_executor(if n <= 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(n)
+    });
+}
+
 /// Starts the tract engine (see [`super::open`]).
 pub struct TractLoader;
 
