@@ -53,12 +53,15 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = Path::new(args.get(1).expect("MODEL_DIR"));
     let threads: usize = args.get(2).map_or(2, |s| s.parse().expect("threads"));
-    let n_prompt: usize = args.get(3).map_or(128, |s| s.parse().expect("prompt tokens"));
+    let n_prompt: usize = args
+        .get(3)
+        .map_or(128, |s| s.parse().expect("prompt tokens"));
     let n_new: usize = args.get(4).map_or(128, |s| s.parse().expect("new tokens"));
     eigenlorax::serve::backend::set_cpu_threads(threads);
     let model = dir.join(MODEL_FILE);
     let tok = PromptTokenizer::open(&dir.join("tokenizer.json")).expect("tokenizer");
-    let text = "The river runs through the old town, past the mill and the church, and on to the sea. ";
+    let text =
+        "The river runs through the old town, past the mill and the church, and on to the sea. ";
     let mut prompt = Vec::new();
     while prompt.len() < n_prompt {
         prompt.extend(tok.encode(text, false).expect("encode"));

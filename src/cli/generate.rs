@@ -6,6 +6,7 @@
 use super::{BackendArg, EpArg};
 use eigenlorax::error::Result;
 use eigenlorax::serve::generate::{GenerateOptions, SamplingOptions, TextGenerator};
+use eigenlorax::serve::input::chat::ChatMessage;
 use std::path::PathBuf;
 
 /// Arguments of `elx generate`.
@@ -22,9 +23,16 @@ pub struct GenerateArgs {
     /// coefficients).
     #[arg(long, value_name = "T.elxc", requires = "bundle")]
     pub task: Option<PathBuf>,
-    /// The prompt.
+    /// The prompt (with --chat: the user's message).
     #[arg(long)]
     pub prompt: String,
+    /// Render the prompt as a user message with the model's chat template (the assistant's
+    /// turn opened).
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat", value_name = "TEXT")]
+    pub system: Option<String>,
     /// Most new tokens.
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub max_tokens: usize,
@@ -81,7 +89,17 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         sampling,
         stop_tokens: Vec::new(),
     };
-    let finish = tg.generate(task, &args.prompt, &options, &args.stops, &mut |p| {
+    let prompt = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(ChatMessage::new("system", s.as_str()));
+        }
+        messages.push(ChatMessage::new("user", args.prompt.as_str()));
+        tg.chat_prompt(&messages)?
+    } else {
+        args.prompt.clone()
+    };
+    let finish = tg.generate(task, &prompt, &options, &args.stops, &mut |p| {
         match (args.json, p.token) {
             (true, Some(t)) => outln!(
                 "{}",

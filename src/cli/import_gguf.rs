@@ -3,7 +3,8 @@
 //! Builds the ONNX decoder graph (KV cache in and out) of a Llama-family GGUF file
 //! (`eigenlorax::graph::llama`), dequantized to f32 with the Q/K rows in the Hugging Face
 //! order, and writes it as `DIR/model.onnx` beside `config.json` and
-//! `tokenizer_config.json` (chat template, special tokens).
+//! `tokenizer_config.json` (chat template, special tokens) and `tokenizer.json` (from the
+//! GGUF's vocabulary and merges).
 
 use super::file_size;
 use eigenlorax::Result;
@@ -15,7 +16,8 @@ use std::path::PathBuf;
 pub struct ImportGgufArgs {
     /// The GGUF file (llama architecture; F32, F16, BF16, Q8_0, Q4_0 or Q4_1 tensors).
     pub file: PathBuf,
-    /// Output folder (created if needed): model.onnx, config.json, tokenizer_config.json.
+    /// Output folder (created if needed): model.onnx, config.json, tokenizer_config.json,
+    /// tokenizer.json.
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
 }
@@ -27,7 +29,7 @@ pub fn run(args: &ImportGgufArgs) -> Result<()> {
         &[args.file.as_path()],
         "-o",
     )?;
-    let m = import_gguf_dir(&args.file, &args.output, None)?;
+    let m = import_gguf_dir(&args.file, &args.output)?;
     let c = &m.decoder.config;
     outln!(
         "Llama decoder: {} layers, hidden {}, {} heads ({} key/value heads, width {}), MLP {}, vocab {}, context {}, rope base {}, RMSNorm eps {:e}, {} embeddings",

@@ -4,8 +4,11 @@
 #[path = "../support/bundle.rs"]
 mod bundle_support;
 mod generate;
+#[path = "../support/gguf.rs"]
+mod gguf_support;
 mod graph;
 #[cfg(feature = "ort")]
 mod ort;
 mod reference;
+mod smollm2;
 mod support;

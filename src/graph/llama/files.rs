@@ -1,7 +1,7 @@
 //! The folder `elx import-gguf` writes: `model.onnx` (the decoder graph), `config.json` (the
-//! configuration in Hugging Face's `LlamaConfig` form, with the special token ids), and
+//! configuration in Hugging Face's `LlamaConfig` form, with the special token ids),
 //! `tokenizer_config.json` (the chat template and the special tokens, as Hugging Face keeps
-//! them), each written atomically; the model last, so that a model is never newer than the
+//! them) and `tokenizer.json` (built from the GGUF's vocabulary and merges), each written atomically; the model last, so that a model is never newer than the
 //! files that describe it.
 
 use super::{ImportedDecoder, LlamaConfig};
@@ -123,17 +123,16 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 }
 
 /// Imports the GGUF decoder at `gguf` into the folder `out` (created if needed; see the
-/// module documentation), with the tokenizer built by `tokenizer` when given one (it returns
-/// the `tokenizer.json` text).
-pub fn import_gguf_dir(
-    gguf: &Path,
-    out: &Path,
-    tokenizer: Option<&dyn Fn(&Gguf) -> Result<String>>,
-) -> Result<ImportedFolder> {
+/// module documentation), with `tokenizer.json` built from the file's vocabulary
+/// ([`crate::gguf::tokenizer_json`]) when it has one.
+pub fn import_gguf_dir(gguf: &Path, out: &Path) -> Result<ImportedFolder> {
     let file = Gguf::open(gguf)?;
     let config = super::gguf::config(&file)?;
     let meta = tokenizer_meta(&file)?;
-    let tokenizer_text = tokenizer.map(|t| t(&file)).transpose()?;
+    let tokenizer_text = match file.get("tokenizer.ggml.tokens") {
+        Some(_) => Some(crate::gguf::tokenizer_json(&file)?),
+        None => None,
+    };
     let mut w = super::gguf::GgufWeights::new(&file, &config);
     let name = file.str("general.name").unwrap_or("llama").to_string();
     let model = super::build(&config, &mut w, &name)?;

@@ -232,6 +232,28 @@ impl Generator {
     /// the model's context, or a token outside the vocabulary, is an error naming it, and
     /// no row changes.
     pub fn feed(&self, rows: &mut [&mut Sequence], tokens: &[&[u32]]) -> Result<()> {
+        self.feed_keeping(rows, tokens, false).map(|_| ())
+    }
+
+    /// The logits at every position of `ids` ([len x vocab], row-major) on task `id`, from
+    /// an empty cache: what a next-token loss or a per-token NLL reads.
+    pub fn score(&self, id: TaskId, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(Error::Usage("score: no tokens".into()));
+        }
+        let mut seq = self.sequence(id)?;
+        let mut all = self.feed_keeping(&mut [&mut seq], &[ids], true)?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// [`Generator::feed`]; with `keep_all`, also returns each row's logits at every one of
+    /// its new tokens.
+    fn feed_keeping(
+        &self,
+        rows: &mut [&mut Sequence],
+        tokens: &[&[u32]],
+        keep_all: bool,
+    ) -> Result<Vec<Vec<f32>>> {
         let b = rows.len();
         if b == 0 || tokens.len() != b {
             return Err(Error::Usage(format!(
@@ -334,10 +356,15 @@ impl Generator {
                 presents.len()
             )));
         }
+        let mut kept_logits = Vec::new();
         for (r, (row, t)) in rows.iter_mut().zip(tokens).enumerate() {
             let last = (r * smax + smax - 1) * self.vocab;
             row.logits = logits.data[last..last + self.vocab].to_vec();
             let new_pad = smax - t.len();
+            if keep_all {
+                let first = (r * smax + new_pad) * self.vocab;
+                kept_logits.push(logits.data[first..last + self.vocab].to_vec());
+            }
             let len = row.len + t.len();
             let kept: Vec<usize> = (lmax - row.len..lmax)
                 .chain(lmax + new_pad..total)
@@ -357,7 +384,7 @@ impl Generator {
             }
             row.len = len;
         }
-        Ok(())
+        Ok(kept_logits)
     }
 
     /// Generates after `prompt` on task `id`, calling `on_token` with every token emitted

@@ -356,6 +356,27 @@ impl TextGenerator {
         &self.files
     }
 
+    /// The prompt for a conversation, rendered by the model's chat template
+    /// ([`crate::serve::input::chat::ChatTemplate`]) with the assistant's turn opened; an
+    /// error when the model has no template.
+    pub fn chat_prompt(
+        &self,
+        messages: &[crate::serve::input::chat::ChatMessage],
+    ) -> Result<String> {
+        let source = self.files.chat_template.as_deref().ok_or_else(|| {
+            Error::bad_file(
+                &self.files.model,
+                "expected a chat template in the tokenizer_config.json beside the model, found none",
+            )
+        })?;
+        let t = crate::serve::input::chat::ChatTemplate::new(
+            source,
+            self.files.bos_token.as_deref().unwrap_or(""),
+            self.files.eos_token.as_deref().unwrap_or(""),
+        )?;
+        t.render(messages, true)
+    }
+
     /// The task that runs the base model (zero coefficients).
     pub fn base_task(&self) -> crate::serve::store::TaskId {
         self.base_task
