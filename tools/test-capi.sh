@@ -93,6 +93,24 @@ if [ -z "$target" ] && [ -n "${ORT_DYLIB_PATH:-}" ]; then
   echo "C example on ONNX Runtime (CPU): elx run --backend ort's output exactly, elx finetune --backend ort's task"
 fi
 
+# examples/c/generate.c on the tiny Llama (tests/fixtures/tiny_llama): greedy, the text
+# `elx generate --json` streams, piece by piece, and the same finish reason.
+"$host_elx" import-gguf tests/fixtures/tiny_llama/tiny_llama.gguf -o "$work/llama" >/dev/null
+"$cc" "${cflags[@]}" examples/c/generate.c -L"$lib" -lelx -o "$work/generate_c"
+"${run[@]}" "$work/generate_c" "$work/llama" "hello world" 12 >"$work/gen_c.txt"
+"${elx[@]}" generate --model "$work/llama" --prompt "hello world" --max-tokens 12 --json \
+  >"$work/gen_cli.jsonl"
+python3 - "$work/gen_c.txt" "$work/gen_cli.jsonl" <<'PY'
+import json, sys
+c = open(sys.argv[1], encoding="utf-8").read()
+lines = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
+text = "".join(l.get("text", "") for l in lines)
+finish = {"stop": 0, "length": 1, "context": 2, "caller": 3}[lines[-1]["finish"]]
+want = f"{text}\nfinish: {finish}\n"
+assert c == want, f"C example {c!r} != elx generate {want!r}"
+PY
+echo "C generate example: elx generate's text and finish reason"
+
 "${run[@]}" "$work/api_test" "$model" "$work/d.elxb" "$tok" "$work/t1.elxc" "$work/t5.elxc" \
   "$work/headless.elxc" >"$work/api.out"
 want="$("${elx[@]}" run --model "$model" --bundle "$work/d.elxb" --task /nonexistent/task.elxc --text x 2>&1 >/dev/null || true)"

@@ -106,7 +106,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
                 serde_json::json!({"id": t.id, "text": p.text, "logprob": t.logprob})
             )?,
             (true, None) => outln!("{}", serde_json::json!({"text": p.text}))?,
-            (false, _) => out!("{}", p.text)?,
+            (false, _) => super::write_generated(p.text)?,
         }
         Ok(true)
     })?;

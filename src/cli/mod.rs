@@ -275,6 +275,30 @@ pub fn write_to(w: &mut dyn std::io::Write, args: std::fmt::Arguments<'_>) -> st
     w.flush()
 }
 
+/// Writes generated text to stdout as it streams, and flushes: control characters escaped as
+/// everywhere ([`printable`]), but newlines and tabs kept (generated code has both).
+pub fn write_generated(text: &str) -> Result<()> {
+    let escaped = |c: char| c.is_control() && c != '\n' && c != '\t';
+    let shown: std::borrow::Cow<'_, str> = if text.chars().any(escaped) {
+        text.chars()
+            .map(|c| {
+                if escaped(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    };
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, shown.as_bytes())
+        .and_then(|()| std::io::Write::flush(&mut out))
+        .map_err(|e| Error::io(STDOUT, e))
+}
+
 /// Collects the first error of writes made where `?` cannot reach (a progress callback
 /// that returns nothing); [`LogSink::finish`] returns it.
 #[derive(Default)]

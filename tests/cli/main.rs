@@ -7,6 +7,7 @@ mod support;
 mod base;
 mod faults;
 mod fixtures;
+mod generate;
 mod hardening;
 mod help;
 mod import_hf_tokenizer;

@@ -35,7 +35,7 @@ pub fn config(g: &Gguf) -> Result<LlamaConfig> {
     if heads == 0 || hidden % heads != 0 {
         return Err(Error::bad_tensor(
             path,
-            &key("attention.head_count"),
+            key("attention.head_count"),
             format!("expected a head count dividing the width {hidden}, found {heads}"),
         ));
     }
@@ -43,24 +43,24 @@ pub fn config(g: &Gguf) -> Result<LlamaConfig> {
         Some(_) => size("attention.key_length")?,
         None => hidden / heads,
     };
-    if let Some(_) = g.get(&key("rope.dimension_count")) {
+    if g.get(&key("rope.dimension_count")).is_some() {
         let rot = size("rope.dimension_count")?;
         if rot != head_dim {
             return Err(Error::bad_tensor(
                 path,
-                &key("rope.dimension_count"),
+                key("rope.dimension_count"),
                 format!(
                     "expected rotary embeddings over the whole head ({head_dim}), found {rot} (partial rotary is not supported)"
                 ),
             ));
         }
     }
-    if let Some(_) = g.get(&key("rope.scaling.type")) {
+    if g.get(&key("rope.scaling.type")).is_some() {
         let t = g.str(&key("rope.scaling.type"))?;
         if t != "none" {
             return Err(Error::bad_tensor(
                 path,
-                &key("rope.scaling.type"),
+                key("rope.scaling.type"),
                 format!("expected no rotary scaling, found `{t}` (not supported)"),
             ));
         }

@@ -131,13 +131,13 @@ impl LlamaConfig {
                 self.max_position
             )));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(bad(format!(
                 "expected the head count ({}) to be a multiple of the key/value head count ({})",
                 self.heads, self.kv_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "expected an even head width (rotary embeddings rotate pairs), found {}",
                 self.head_dim

@@ -39,7 +39,7 @@ impl Decoder {
             )));
         }
         let kv = &specs[3..];
-        if kv.len() % 2 != 0 {
+        if !kv.len().is_multiple_of(2) {
             return Err(bad(format!(
                 "a key and a value per layer, found {} cache inputs",
                 kv.len()
