@@ -77,6 +77,41 @@ pub struct Decomposition {
     pub spectrum_complete: bool,
 }
 
+/// The exact state of one side after some vectors: what [`SideAccumulator`] holds, so that
+/// more vectors can be added later without the first ones (`elx extract --update`).
+#[derive(Clone, Debug)]
+pub struct SideStats {
+    /// Vector length d.
+    pub dim: usize,
+    /// Vectors stacked, n = Σr.
+    pub n: usize,
+    /// Their sum (for centering).
+    pub sum: Vec<f64>,
+    /// The vectors themselves or their Gram.
+    pub held: Held,
+}
+
+impl SideStats {
+    /// Values a statistics file stores for this side (sum included): d + d·n while n ≤ d,
+    /// else d + d·(d + 1)/2 (the Gram's lower triangle).
+    pub fn stored_values(&self) -> usize {
+        self.dim
+            + match &self.held {
+                Held::Columns(c) => c.len(),
+                Held::Gram(_) => self.dim * (self.dim + 1) / 2,
+            }
+    }
+}
+
+/// What a side holds: the stacked vectors while there are at most d of them, else their Gram.
+#[derive(Clone, Debug)]
+pub enum Held {
+    /// Column-major d x n: the stacked vectors.
+    Columns(Vec<f64>),
+    /// The d x d Gram Σ x·xᵀ; only the lower triangle is meaningful.
+    Gram(Mat<f64>),
+}
+
 enum State {
     /// Every stacked vector so far, column-major d x n.
     Columns(Vec<f64>),
@@ -165,6 +200,79 @@ impl SideAccumulator {
             pending.clear();
         }
         Ok(())
+    }
+
+    /// The exact state so far, as sufficient statistics ([`SideStats`]): the columns while
+    /// n ≤ d, else the Gram's lower triangle (pending columns folded in first). Only the
+    /// [`Route::Auto`] state can be restored by [`SideAccumulator::from_stats`].
+    pub fn into_stats(self) -> SideStats {
+        let held = match self.state {
+            State::Columns(cols) => Held::Columns(cols),
+            State::Gram { mut g, pending } => {
+                gram_fold(&mut g, &pending, self.dim);
+                Held::Gram(g)
+            }
+        };
+        SideStats {
+            dim: self.dim,
+            n: self.n,
+            sum: self.sum,
+            held,
+        }
+    }
+
+    /// An accumulator on [`Route::Auto`] that continues from `stats`, in the state an
+    /// accumulator fed the same vectors holds: adding more vectors then gives the
+    /// decomposition of the whole stack. Statistics that no such accumulator can hold (sizes
+    /// that disagree, columns past the crossover n > d, a Gram before it, non-finite values)
+    /// are an [`Error::Usage`] saying which.
+    pub fn from_stats(stats: SideStats) -> Result<Self> {
+        let SideStats { dim, n, sum, held } = stats;
+        if sum.len() != dim {
+            return Err(Error::Usage(format!(
+                "expected a sum of {dim} values, found {}",
+                sum.len()
+            )));
+        }
+        let state = match held {
+            Held::Columns(cols) if n <= dim && Some(cols.len()) == dim.checked_mul(n) => {
+                State::Columns(cols)
+            }
+            Held::Columns(cols) => {
+                return Err(Error::Usage(format!(
+                    "expected {n} stacked vectors of {dim} values held as columns (n <= d), found {} values",
+                    cols.len()
+                )));
+            }
+            Held::Gram(g) if n > dim && g.nrows() == dim && g.ncols() == dim => State::Gram {
+                g,
+                pending: Vec::new(),
+            },
+            Held::Gram(g) => {
+                return Err(Error::Usage(format!(
+                    "expected a {dim} x {dim} Gram of n = {n} > d vectors, found {} x {}",
+                    g.nrows(),
+                    g.ncols()
+                )));
+            }
+        };
+        let finite = sum.iter().all(|x| x.is_finite())
+            && match &state {
+                State::Columns(c) => c.iter().all(|x| x.is_finite()),
+                State::Gram { g, .. } => (0..dim).all(|j| (j..dim).all(|i| g[(i, j)].is_finite())),
+            };
+        if !finite {
+            return Err(Error::Usage(
+                "expected finite statistics, found NaN or Inf".into(),
+            ));
+        }
+        Ok(Self {
+            dim,
+            n,
+            sum,
+            route: Route::Auto,
+            state,
+        })
     }
 
     /// The mean of the stacked vectors when centering is asked (and there are any).

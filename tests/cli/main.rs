@@ -14,3 +14,4 @@ mod inspect;
 mod peft_roundtrip;
 mod roundtrip;
 mod shards;
+mod update;
