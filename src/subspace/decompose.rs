@@ -168,8 +168,17 @@ impl SideAccumulator {
             )));
         }
         for j in 0..block.ncols() {
-            for i in 0..d {
-                self.sum[i] += block[(i, j)];
+            match block.col(j).try_as_col_major() {
+                Some(c) => {
+                    for (s, v) in self.sum.iter_mut().zip(c.as_slice()) {
+                        *s += v;
+                    }
+                }
+                None => {
+                    for i in 0..d {
+                        self.sum[i] += block[(i, j)];
+                    }
+                }
             }
         }
         self.n += block.ncols();
@@ -191,7 +200,10 @@ impl SideAccumulator {
         };
         buf.reserve(d * block.ncols());
         for j in 0..block.ncols() {
-            buf.extend((0..d).map(|i| block[(i, j)]));
+            match block.col(j).try_as_col_major() {
+                Some(c) => buf.extend_from_slice(c.as_slice()),
+                None => buf.extend((0..d).map(|i| block[(i, j)])),
+            }
         }
         if let State::Gram { g, pending } = &mut self.state
             && pending.len() >= GRAM_BATCH * d
@@ -409,8 +421,8 @@ impl SideAccumulator {
                         }
                     }
                 }
-                let x = MatRef::from_column_major_slice(&cols, d, n).to_owned();
-                drop(cols);
+                // X is used where it lies (a view of the stacked columns), not copied.
+                let x = MatRef::from_column_major_slice(&cols, d, n);
                 let mut s = Mat::zeros(n, n);
                 triangular::matmul(
                     s.as_mut(),
@@ -418,12 +430,12 @@ impl SideAccumulator {
                     Accum::Replace,
                     x.transpose(),
                     BlockStructure::Rectangular,
-                    x.as_ref(),
+                    x,
                     BlockStructure::Rectangular,
                     1.0,
                     Par::Seq,
                 );
-                (Some(x), s)
+                (Some(cols), s)
             }
             State::Gram { mut g, pending } => {
                 gram_fold(&mut g, &pending, d);
@@ -434,13 +446,11 @@ impl SideAccumulator {
                 (None, g)
             }
         };
+        let x = x
+            .as_deref()
+            .map(|c| MatRef::from_column_major_slice(c, d, n));
         let mut gram = gram;
-        let m = gram.nrows();
-        for j in 0..m {
-            for i in 0..j {
-                gram[(i, j)] = gram[(j, i)];
-            }
-        }
+        fill_upper_from_lower(&mut gram);
         let total_energy = gram_trace(gram.as_ref());
         let p = d.min(n);
         let by_values = if full_spectrum || matches!(rule, KRule::GavishDonoho) {
@@ -452,10 +462,10 @@ impl SideAccumulator {
             // K needs a Krylov basis too large to pay: one full decomposition gives the
             // values that decide K and the vectors (the SVD of X when n ≤ d, as the
             // fallback below; the d x d Gram's eigendecomposition otherwise).
-            let (spectrum, mut basis, rank, tol, k) = match &x {
+            let (spectrum, mut basis, rank, tol, k) = match x {
                 Some(x) => {
                     drop(gram);
-                    let sv = linalg::thin_svd(x.as_ref())?;
+                    let sv = linalg::thin_svd(x)?;
                     let tol = big * f64::EPSILON * sv.s.first().copied().unwrap_or(0.0);
                     let rank = sv.s.iter().filter(|&&s| s > tol).count();
                     let k = select::select_k_total(rule, &sv.s, total_energy, rank, (n, d))?.min(p);
@@ -503,10 +513,10 @@ impl SideAccumulator {
             }
         };
         let spectrum_complete = spectrum.len() == p;
-        let (mut basis, solver) = match (top, &x) {
+        let (mut basis, solver) = match (top, x) {
             (TopK::Vectors(w, solver), Some(x)) => {
                 drop(gram);
-                (left_from_right(x.as_ref(), w.as_ref())?, solver)
+                (left_from_right(x, w.as_ref())?, solver)
             }
             (TopK::Vectors(v, solver), None) => (v, solver),
             // The full decomposition as before this route existed: the SVD of X itself when
@@ -514,7 +524,7 @@ impl SideAccumulator {
             // eigendecomposition of the d x d Gram.
             (full, Some(x)) => {
                 drop(gram);
-                let sv = linalg::thin_svd(x.as_ref())?;
+                let sv = linalg::thin_svd(x)?;
                 (sv.u.subcols(0, k).to_owned(), fallback(full))
             }
             (full, None) => {
@@ -748,6 +758,23 @@ fn top_by_values(
                         TopPairs::UseFull(why) => ByValues::Full(Some(why)),
                     },
                 );
+            }
+        }
+    }
+}
+
+/// Copies the lower triangle of a square matrix onto its upper one, in 64 x 64 tiles (a plain
+/// row-by-row copy reads the lower triangle across columns, one cache line per element).
+fn fill_upper_from_lower(g: &mut Mat<f64>) {
+    const TILE: usize = 64;
+    let m = g.nrows();
+    for jb in (0..m).step_by(TILE) {
+        for ib in (0..=jb).step_by(TILE) {
+            // Tile rows ib.., columns jb..: upper entries (i < j) from (j, i).
+            for j in jb..(jb + TILE).min(m) {
+                for i in ib..(ib + TILE).min(j) {
+                    g[(i, j)] = g[(j, i)];
+                }
             }
         }
     }

@@ -750,9 +750,9 @@ impl ModuleAccumulator {
         self.r_max = self.r_max.max(m.rank());
         self.n_adapters += 1;
         if self.canonicalize {
-            let c = canonicalize(m)?;
-            self.a.add(c.a.transpose())?;
-            self.b.add(c.b.as_ref())?;
+            let (b, a_t) = canonical_factors(m)?;
+            self.a.add(a_t.as_ref())?;
+            self.b.add(b.as_ref())?;
         } else {
             self.a.add(m.a.transpose())?;
             self.b.add(m.b.as_ref())?;
@@ -820,6 +820,16 @@ fn finish_side(
 /// QR happened to choose, which differ between faer and LAPACK. Rank is kept: when
 /// r > min(in, out) the extra rows of A'' and columns of B'' are zero.
 pub fn canonicalize(m: &LoraModule) -> Result<LoraModule> {
+    let (b, a_t) = canonical_factors(m)?;
+    Ok(LoraModule {
+        a: a_t.transpose().to_owned(),
+        b,
+    })
+}
+
+/// [`canonicalize`]'s B'' [out x r] and A''ᵀ [in x r]: the A side is stacked as the columns
+/// of A''ᵀ, so the extraction takes it in that layout (contiguous columns) without a copy.
+fn canonical_factors(m: &LoraModule) -> Result<(Mat<f64>, Mat<f64>)> {
     let r = m.rank();
     let (in_f, out_f) = (m.in_features(), m.out_features());
     let (qb, rb) = linalg::thin_qr(m.b.as_ref());
@@ -842,12 +852,12 @@ pub fn canonicalize(m: &LoraModule) -> Result<LoraModule> {
         r,
         |i, k| if k < p { left[(i, k)] * root[k] } else { 0.0 },
     );
-    let a = Mat::from_fn(
-        r,
+    let a_t = Mat::from_fn(
         in_f,
-        |k, j| if k < p { root[k] * right[(j, k)] } else { 0.0 },
+        r,
+        |j, k| if k < p { root[k] * right[(j, k)] } else { 0.0 },
     );
-    Ok(LoraModule { a, b })
+    Ok((b, a_t))
 }
 
 #[cfg(test)]
