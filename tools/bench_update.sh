@@ -7,13 +7,15 @@
 # side (tools/elx_reference.py angles gives their largest principal-angle sine).
 #
 # Usage: tools/bench_update.sh N [K-rule flags...]   (default flags: --k 16)
-#        ELX_BENCH_DIR=… (default .cache/bench-extract); N - 10 old adapters, 10 new ones.
+#        ELX_BENCH_DIR=… (default .cache/bench-extract); N - 10 old adapters, 10 new ones;
+#        ELX_BENCH_GEN="--dim 4096 --layers 1": the generator's shape flags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:?usage: tools/bench_update.sh N [flags]}; shift
 flags=("$@"); [ ${#flags[@]} -gt 0 ] || flags=(--k 16)
 dir="${ELX_BENCH_DIR:-.cache/bench-extract}"
-python3 tools/bench_reference.py --dir "$dir" --n "$n" --generate-only >/dev/null
+# shellcheck disable=SC2086 # ELX_BENCH_GEN holds generator flags, e.g. "--dim 4096 --layers 1"
+python3 tools/bench_reference.py --dir "$dir" --n "$n" ${ELX_BENCH_GEN:-} --generate-only >/dev/null
 cargo build --release --no-default-features --features cli --bin elx -q
 elx="${CARGO_TARGET_DIR:-target}/release/elx"
 mapfile -t all < <(ls -d "$dir"/adapters/a* | sort | head -n "$n")
