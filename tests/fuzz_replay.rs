@@ -93,7 +93,8 @@ replay_tests!(
     npy,
     tokenizer,
     gguf,
-    chat_template
+    chat_template,
+    stats
 );
 
 #[test]

@@ -21,7 +21,7 @@ export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 python3 tools/bench_reference.py --dir "$dir" --n "$max" --generate-only >/dev/null
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 cargo build --release --no-default-features --features cli --bin elx -q
-elx=target/release/elx
+elx="${CARGO_TARGET_DIR:-target}/release/elx"
 
 # Runs a command, prints "wall_s cpu_s peak_rss_mib" (GNU time's %e, %U + %S, %M).
 measure() {

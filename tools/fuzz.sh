@@ -20,7 +20,7 @@ secs=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(tensorfile peft kohya bundle coeffs checkpoint onnx_bind npy tokenizer gguf chat_template)
+  targets=(tensorfile peft kohya bundle coeffs checkpoint onnx_bind npy tokenizer gguf chat_template stats)
 fi
 if ! cargo +nightly --version >/dev/null 2>&1; then
   # libFuzzer's instrumentation needs nightly; rustup fetches it from the Rust dist server.
@@ -48,6 +48,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$elx" extract $fx/adapters/task{0,1,2,3,4} -o "$work/b.elxb" --dtype f16 >/dev/null
 "$elx" extract $fx/adapters/task{0,1,2,3,4} -o "$work/b8.elxb" --dtype int8 --center --pseudo 2 >/dev/null
+"$elx" extract $fx/adapters/task{0,1} -o "$work/s.elxb" --modules 'layer\.0\.attention\.self\.query' --k 2 --keep-stats >/dev/null
 "$elx" bind "$work/b.elxb" --base $fx/tiny-bert/model.onnx -o "$work/bound.elxb" >/dev/null
 "$elx" project $fx/adapters/task4 --bundle "$work/b.elxb" --head $fx/adapters/task4/head.safetensors -o "$work/c.elxc" >/dev/null
 seed() { [ -d "$corpus/$1" ] && cp "$2" "$corpus/$1/$3"; return 0; }
@@ -63,6 +64,7 @@ done
 for k in $fx/kohya/*.safetensors; do seed kohya "$k" "$(basename "$k")"; seed tensorfile "$k" "$(basename "$k")"; done
 for b in b b8 bound; do seed bundle "$work/$b.elxb" "$b"; done
 seed coeffs "$work/c.elxc" c
+seed stats "$work/s.elxs" s
 seed coeffs $fx/adapters/task4/head.safetensors head
 for m in $fx/tiny-bert/model.onnx $fx/tiny-gpt2/model.onnx; do
   [ -f "$m" ] && seed onnx_bind "$m" "$(basename "$(dirname "$m")")"

@@ -11,13 +11,13 @@
 //! `Err` is the expected answer to bad bytes.
 
 use eigenlorax::adapter::Adapter;
-use eigenlorax::bundle::{Binding, Bundle, CoeffFile, Head, Manifest, StorageDtype};
+use eigenlorax::bundle::{Binding, Bundle, CoeffFile, Head, Manifest, StatsFile, StorageDtype};
 use eigenlorax::finetune::checkpoint::{Checkpoint, TENSORS};
 use eigenlorax::gguf::Gguf;
 use eigenlorax::graph::IndexLimit;
 use eigenlorax::graph::check::{check_model, index_limits};
 use eigenlorax::serve::input::TextEncoder;
-use eigenlorax::subspace::{ExtractOptions, extract};
+use eigenlorax::subspace::{ExtractOptions, PriorStats, extract};
 use eigenlorax::tensorfile::TensorFile;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -28,7 +28,7 @@ pub type Body = fn(&[u8]);
 
 /// Every target: its name (the folder under `fuzz/corpus/` and `fuzz/regressions/`, and the
 /// binary under `fuzz_targets/`) and its body.
-pub const TARGETS: [(&str, Body); 11] = [
+pub const TARGETS: [(&str, Body); 12] = [
     ("tensorfile", tensorfile),
     ("peft", peft),
     ("kohya", kohya),
@@ -40,6 +40,7 @@ pub const TARGETS: [(&str, Body); 11] = [
     ("tokenizer", tokenizer),
     ("gguf", gguf),
     ("chat_template", chat_template),
+    ("stats", stats),
 ];
 
 /// Scratch folder of this process and thread (replayed targets run on parallel test threads).
@@ -128,6 +129,17 @@ pub fn kohya(data: &[u8]) {
 pub fn bundle(data: &[u8]) {
     let p = file("b.elxb", data);
     let _ = Bundle::read(&p);
+}
+
+/// Any bytes as a bundle's statistics file (.elxs): opened, and every module it lists loaded
+/// (what `elx extract --update` does before the decomposition).
+pub fn stats(data: &[u8]) {
+    let p = file("s.elxs", data);
+    if let Ok(sf) = StatsFile::open(&p) {
+        for (name, _, _) in sf.modules() {
+            let _ = sf.load(&name);
+        }
+    }
 }
 
 /// Any bytes as a coefficient file (.elxc) and as a head file.

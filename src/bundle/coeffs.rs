@@ -162,6 +162,15 @@ pub struct CoeffFile {
     pub head: Option<Head>,
 }
 
+/// How well one module of a task survived [`CoeffFile::remap`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RemapMeasure {
+    /// Share of the task's ΔŴ that the new subspace holds (1 when exact).
+    pub captured: f64,
+    /// ||ΔŴ_old − ΔŴ_new||_F / ||ΔŴ_old||_F.
+    pub relative_error: f64,
+}
+
 /// The JSON metadata of a coefficient file.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct CoeffMeta {
@@ -453,6 +462,56 @@ impl CoeffFile {
             target_modules: p.target_modules,
             tensors,
         }))
+    }
+
+    /// Carries these coefficients of bundle `old` into bundle `new` (after `elx extract
+    /// --update`): per module [`crate::subspace::remap`], exact when the old subspace lies in
+    /// the new one. `path` names this file in errors. Returns the new task file (same task,
+    /// provenance and head, subspace id of `new`, checked against it) and per module how much
+    /// of the task's ΔŴ the new subspace captured and the relative change of ΔŴ.
+    pub fn remap(
+        &self,
+        path: &Path,
+        old: &super::Bundle,
+        new: &super::Bundle,
+    ) -> Result<(CoeffFile, BTreeMap<String, RemapMeasure>)> {
+        self.check_for(path, &old.manifest)?;
+        let mut modules = BTreeMap::new();
+        let mut measures = BTreeMap::new();
+        for (name, c) in &self.modules {
+            let (Some(o), Some(n)) = (
+                old.subspace.modules.get(name),
+                new.subspace.modules.get(name),
+            ) else {
+                return Err(Error::bad_file(
+                    &new.path,
+                    format!(
+                        "expected module `{name}` of task file {} (bundle {}), found none",
+                        path.display(),
+                        old.manifest.subspace_id
+                    ),
+                ));
+            };
+            let r = crate::subspace::remap(c, o, n)
+                .map_err(|e| Error::bad_tensor(path, format!("{name}.alpha_A"), e.to_string()))?;
+            measures.insert(
+                name.clone(),
+                RemapMeasure {
+                    captured: r.captured,
+                    relative_error: r.relative_error,
+                },
+            );
+            modules.insert(name.clone(), r.coefficients);
+        }
+        let out = CoeffFile {
+            subspace_id: new.manifest.subspace_id.clone(),
+            task: self.task.clone(),
+            provenance: self.provenance,
+            modules,
+            head: self.head.clone(),
+        };
+        out.check_for(&new.path, &new.manifest)?;
+        Ok((out, measures))
     }
 
     /// Reads a coefficient file and checks it against a bundle ([`CoeffFile::check_for`]).

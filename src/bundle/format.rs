@@ -393,27 +393,148 @@ fn hash_field(h: &mut Sha256, bytes: &[u8]) {
 /// ignored).
 pub(super) fn compute_id(mut tensors: Vec<Stored<'_>>, manifest: &Manifest) -> Result<String> {
     tensors.sort_by(|a, b| a.name.cmp(b.name));
-    let mut h = Sha256::new();
-    h.update(b"eigenlorax-bundle-id-v1");
-    h.update((tensors.len() as u64).to_le_bytes());
+    let mut h = IdHasher::new(tensors.len());
     for t in &tensors {
-        hash_field(&mut h, t.name.as_bytes());
-        hash_field(&mut h, t.dtype.name().as_bytes());
-        h.update((t.shape.len() as u64).to_le_bytes());
-        for &d in t.shape {
+        h.tensor(t.name, t.dtype, t.shape, t.data.len());
+        h.data(t.data);
+    }
+    h.finish(manifest)
+}
+
+/// The subspace id's hash, fed one tensor at a time **in ascending name order** (the id's
+/// definition): [`compute_id`] over tensors in memory, [`BundleWriter`] over spooled ones.
+pub(super) struct IdHasher(Sha256);
+
+impl IdHasher {
+    pub(super) fn new(n_tensors: usize) -> IdHasher {
+        let mut h = Sha256::new();
+        h.update(b"eigenlorax-bundle-id-v1");
+        h.update((n_tensors as u64).to_le_bytes());
+        IdHasher(h)
+    }
+
+    /// Starts a tensor of `len` data bytes; its bytes follow through [`IdHasher::data`].
+    pub(super) fn tensor(&mut self, name: &str, dtype: Dtype, shape: &[usize], len: usize) {
+        let h = &mut self.0;
+        hash_field(h, name.as_bytes());
+        hash_field(h, dtype.name().as_bytes());
+        h.update((shape.len() as u64).to_le_bytes());
+        for &d in shape {
             h.update((d as u64).to_le_bytes());
         }
-        hash_field(&mut h, t.data);
+        h.update((len as u64).to_le_bytes());
     }
-    let mut canon = manifest.clone();
-    canon.subspace_id = String::new();
-    canon.binding = None;
-    let json = serde_json::to_string(&canon)
-        .map_err(|e| Error::Usage(format!("cannot serialize manifest: {e}")))?;
-    hash_field(&mut h, json.as_bytes());
-    let digest = h.finalize();
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    Ok(format!("elx-{hex}"))
+
+    pub(super) fn data(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Ends with the manifest (without `subspace_id` and `binding`) and returns the id.
+    pub(super) fn finish(self, manifest: &Manifest) -> Result<String> {
+        let mut h = self.0;
+        let mut canon = manifest.clone();
+        canon.subspace_id = String::new();
+        canon.binding = None;
+        let json = serde_json::to_string(&canon)
+            .map_err(|e| Error::Usage(format!("cannot serialize manifest: {e}")))?;
+        hash_field(&mut h, json.as_bytes());
+        let digest = h.finalize();
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Ok(format!("elx-{hex}"))
+    }
+}
+
+/// Writes a bundle module by module as an extraction finishes them ([`crate::subspace::extract_each`]):
+/// each module's bases are converted to the storage dtype and spooled to disk at once
+/// ([`crate::tensorfile::SpoolWriter`]), so memory holds no module's tensors after its
+/// [`BundleWriter::add`] returns, whatever the number of modules. [`BundleWriter::finish`]
+/// hashes the spooled tensors for the subspace id and writes the bundle atomically, byte for
+/// byte the file [`Bundle::write`] gives for the same subspace (modules may arrive in any
+/// order; the layout is the one-shot writer's).
+pub struct BundleWriter {
+    spool: tensorfile::SpoolWriter,
+    dtype: StorageDtype,
+    modules: BTreeMap<String, ModuleManifest>,
+}
+
+impl BundleWriter {
+    /// Starts a bundle to be written at `path` (nothing appears there before `finish`).
+    pub fn create(path: &Path, dtype: StorageDtype) -> Result<BundleWriter> {
+        Ok(BundleWriter {
+            spool: tensorfile::SpoolWriter::create(path)?,
+            dtype,
+            modules: BTreeMap::new(),
+        })
+    }
+
+    /// Converts one module to the storage dtype and spools its tensors. A module added twice,
+    /// inconsistent shapes or non-finite values are refused.
+    pub fn add(&mut self, name: &str, m: &ModuleSubspace) -> Result<()> {
+        if self.modules.contains_key(name) {
+            return Err(Error::Usage(format!("module `{name}` written twice")));
+        }
+        let mm = module_manifest(name, m)?;
+        for t in encode_module(name, m, self.dtype)? {
+            self.spool.add(t)?;
+        }
+        self.modules.insert(name.to_string(), mm);
+        Ok(())
+    }
+
+    /// Modules added so far.
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// Whether no module was added.
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    /// Writes the bundle (atomically) with these options, sources and binding; returns its
+    /// manifest.
+    pub fn finish(
+        self,
+        options: &ExtractOptions,
+        sources: &[SourceAdapter],
+        binding: Option<&Binding>,
+    ) -> Result<Manifest> {
+        let base = BaseIdentity::of(sources, &self.modules);
+        let mut manifest = Manifest {
+            format_version: BUNDLE_FORMAT_VERSION,
+            subspace_id: String::new(),
+            dtype: self.dtype,
+            options: options.clone(),
+            modules: self.modules,
+            sources: sources.to_vec(),
+            binding: None,
+            base: Some(base),
+        };
+        let spool = self.spool;
+        let mut h = IdHasher::new(spool.names().count());
+        for name in spool.names() {
+            if let Some((dtype, shape, len)) = spool.info(name) {
+                h.tensor(name, dtype, shape, len);
+            }
+            spool.read_chunks(name, |bytes| h.data(bytes))?;
+        }
+        manifest.subspace_id = h.finish(&manifest)?;
+        manifest.binding = binding.cloned();
+        let order: Vec<String> = manifest
+            .modules
+            .keys()
+            .flat_map(|m| {
+                Names::of(m)
+                    .stored(manifest.dtype)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let order: Vec<&str> = order.iter().map(String::as_str).collect();
+        spool.finish(&order, metadata_of(&manifest)?)?;
+        Ok(manifest)
+    }
 }
 
 fn flat_row_major(m: &Mat<f64>) -> Vec<f64> {
@@ -561,6 +682,11 @@ pub(super) fn stored_of(t: &TensorOut) -> Stored<'_> {
 }
 
 pub(super) fn write_file(path: &Path, tensors: Vec<TensorOut>, manifest: &Manifest) -> Result<()> {
+    tensorfile::write(path, tensors, metadata_of(manifest)?)
+}
+
+/// The `__metadata__` of a bundle: the manifest JSON, and the binding's hash when bound.
+fn metadata_of(manifest: &Manifest) -> Result<BTreeMap<String, String>> {
     let json = serde_json::to_string(manifest)
         .map_err(|e| Error::Usage(format!("cannot serialize manifest: {e}")))?;
     let mut meta = BTreeMap::new();
@@ -571,7 +697,7 @@ pub(super) fn write_file(path: &Path, tensors: Vec<TensorOut>, manifest: &Manife
             binding_hash(&manifest.subspace_id, b)?,
         );
     }
-    tensorfile::write(path, tensors, meta)
+    Ok(meta)
 }
 
 /// SHA-256 (hex) of a binding for one subspace: the subspace id, then the binding's JSON.
@@ -687,91 +813,7 @@ impl Bundle {
 
     /// Reads and validates a bundle (shapes against the manifest, finite values, the id).
     pub fn read(path: &Path) -> Result<Bundle> {
-        let tf = TensorFile::open(path)?;
-        let manifest = parse_manifest(&tf)?;
-        check_binding(&tf, &manifest)?;
-        let mut expected = BTreeSet::new();
-        let mut stored = Vec::new();
-        for (name, mm) in &manifest.modules {
-            for (list_name, side) in [("a", &mm.a), ("b", &mm.b)] {
-                let k = if list_name == "a" { mm.k_a } else { mm.k_b };
-                if side.k_total() != k {
-                    return Err(Error::bad_tensor(
-                        path,
-                        format!("modules.{name}.{list_name}"),
-                        format!(
-                            "expected k_{list_name} = {k} = principal + mean + pseudo, found {}",
-                            side.k_total()
-                        ),
-                    ));
-                }
-            }
-            if mm.k_a > mm.in_features || mm.k_b > mm.out_features {
-                return Err(Error::bad_tensor(
-                    path,
-                    format!("modules.{name}"),
-                    format!(
-                        "expected K_A <= in and K_B <= out (orthonormal bases), found K_A={} in={} K_B={} out={}",
-                        mm.k_a, mm.in_features, mm.k_b, mm.out_features
-                    ),
-                ));
-            }
-            let n = Names::of(name);
-            let vd = manifest.dtype.tensor_dtype();
-            let mut shapes: Vec<(&String, Dtype, Vec<usize>)> = vec![
-                (&n.v_a, vd, vec![mm.k_a, mm.in_features]),
-                (&n.v_b, vd, vec![mm.out_features, mm.k_b]),
-            ];
-            if manifest.dtype == StorageDtype::Int8 {
-                shapes.push((&n.v_a_scale, Dtype::F32, vec![mm.k_a]));
-                shapes.push((&n.v_b_scale, Dtype::F32, vec![mm.k_b]));
-            }
-            for (t, d, shape) in shapes {
-                check_tensor(&tf, t, d, Some(&shape))?;
-                expected.insert(t.clone());
-            }
-            for t in [&n.sigma_a, &n.sigma_b] {
-                check_tensor(&tf, t, Dtype::F32, None)?;
-                expected.insert(t.clone());
-            }
-        }
-        for t in tf.names() {
-            if !expected.contains(t) {
-                return Err(Error::bad_tensor(
-                    path,
-                    t,
-                    "expected only the tensors of the modules listed in the manifest",
-                ));
-            }
-        }
-        // After the shapes (a wrong shape is named as such), before the id.
-        check_base(path, &manifest)?;
-        for t in &expected {
-            let (dtype, data) = tf.raw(t)?;
-            let shape = tf.info(t).map(|i| i.shape).unwrap_or_default();
-            stored.push((t.as_str(), dtype, shape, data));
-        }
-        let id = compute_id(
-            stored
-                .iter()
-                .map(|(name, dtype, shape, data)| Stored {
-                    name,
-                    dtype: *dtype,
-                    shape,
-                    data,
-                })
-                .collect(),
-            &manifest,
-        )?;
-        if id != manifest.subspace_id {
-            return Err(Error::bad_file(
-                path,
-                format!(
-                    "expected content that hashes to its subspace id {}, but it hashes to {id}: the file was modified or is corrupt",
-                    manifest.subspace_id
-                ),
-            ));
-        }
+        let (tf, manifest) = open_checked(path)?;
         let mut modules = BTreeMap::new();
         for (name, mm) in &manifest.modules {
             modules.insert(name.clone(), read_module(&tf, name, mm, manifest.dtype)?);
@@ -785,6 +827,14 @@ impl Bundle {
             manifest,
             subspace,
         })
+    }
+
+    /// The manifest of a bundle, validated as [`Bundle::read`] does (tensor shapes, the
+    /// base identity, the binding's hash, the subspace id over every stored byte) without
+    /// converting its bases: memory stays at the manifest however large the bundle
+    /// (`elx extract --update`).
+    pub fn read_manifest(path: &Path) -> Result<Manifest> {
+        open_checked(path).map(|(_, m)| m)
     }
 
     /// Writes a copy of this bundle to `out` with `binding` (or none) in the manifest. Stored
@@ -826,6 +876,89 @@ impl Bundle {
         write_file(out, tensors, &new)?;
         Ok(new)
     }
+}
+
+/// Opens a bundle and validates everything but the bases' values: the manifest, the binding's
+/// hash, every tensor's dtype and shape, the base identity and the subspace id.
+fn open_checked(path: &Path) -> Result<(TensorFile, Manifest)> {
+    let tf = TensorFile::open(path)?;
+    let manifest = parse_manifest(&tf)?;
+    check_binding(&tf, &manifest)?;
+    let mut expected = BTreeSet::new();
+    for (name, mm) in &manifest.modules {
+        for (list_name, side) in [("a", &mm.a), ("b", &mm.b)] {
+            let k = if list_name == "a" { mm.k_a } else { mm.k_b };
+            if side.k_total() != k {
+                return Err(Error::bad_tensor(
+                    path,
+                    format!("modules.{name}.{list_name}"),
+                    format!(
+                        "expected k_{list_name} = {k} = principal + mean + pseudo, found {}",
+                        side.k_total()
+                    ),
+                ));
+            }
+        }
+        if mm.k_a > mm.in_features || mm.k_b > mm.out_features {
+            return Err(Error::bad_tensor(
+                path,
+                format!("modules.{name}"),
+                format!(
+                    "expected K_A <= in and K_B <= out (orthonormal bases), found K_A={} in={} K_B={} out={}",
+                    mm.k_a, mm.in_features, mm.k_b, mm.out_features
+                ),
+            ));
+        }
+        let n = Names::of(name);
+        let vd = manifest.dtype.tensor_dtype();
+        let mut shapes: Vec<(&String, Dtype, Vec<usize>)> = vec![
+            (&n.v_a, vd, vec![mm.k_a, mm.in_features]),
+            (&n.v_b, vd, vec![mm.out_features, mm.k_b]),
+        ];
+        if manifest.dtype == StorageDtype::Int8 {
+            shapes.push((&n.v_a_scale, Dtype::F32, vec![mm.k_a]));
+            shapes.push((&n.v_b_scale, Dtype::F32, vec![mm.k_b]));
+        }
+        for (t, d, shape) in shapes {
+            check_tensor(&tf, t, d, Some(&shape))?;
+            expected.insert(t.clone());
+        }
+        for t in [&n.sigma_a, &n.sigma_b] {
+            check_tensor(&tf, t, Dtype::F32, None)?;
+            expected.insert(t.clone());
+        }
+    }
+    for t in tf.names() {
+        if !expected.contains(t) {
+            return Err(Error::bad_tensor(
+                path,
+                t,
+                "expected only the tensors of the modules listed in the manifest",
+            ));
+        }
+    }
+    // After the shapes (a wrong shape is named as such), before the id. The id is
+    // hashed tensor by tensor in name order, each one's mapped pages released after.
+    check_base(path, &manifest)?;
+    let mut h = IdHasher::new(expected.len());
+    for t in &expected {
+        let (dtype, data) = tf.raw(t)?;
+        let shape = tf.info(t).map(|i| i.shape).unwrap_or_default();
+        h.tensor(t, dtype, &shape, data.len());
+        h.data(data);
+        tf.release(t);
+    }
+    let id = h.finish(&manifest)?;
+    if id != manifest.subspace_id {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "expected content that hashes to its subspace id {}, but it hashes to {id}: the file was modified or is corrupt",
+                manifest.subspace_id
+            ),
+        ));
+    }
+    Ok((tf, manifest))
 }
 
 /// Format 3 stores the base identity, which must be what its sources and modules give;

@@ -7,6 +7,9 @@
 //! hashes the stored components and the manifest (without the binding, which `elx bind` adds
 //! later and which must not orphan existing coefficient files).
 //!
+//! [`stats`] keeps, beside a bundle (`.elxs`), the per-module sufficient statistics that let
+//! `elx extract --update` add adapters without reading the old ones.
+//!
 //! [`merge`] joins bundles extracted over disjoint module sets into the one-shot bundle.
 //!
 //! A coefficient file holds `<module>.alpha_A` [r x K_A] and `<module>.alpha_B` [K_B x r],
@@ -17,10 +20,12 @@ pub mod diagnostics;
 pub mod format;
 pub mod merge;
 pub mod quant;
+pub mod stats;
 
-pub use coeffs::{CoeffFile, Head, Provenance};
+pub use coeffs::{CoeffFile, Head, Provenance, RemapMeasure};
 pub use format::{
-    BaseIdentity, Binding, Bundle, Manifest, ModuleBinding, ModuleManifest, SourceAdapter,
-    WeightLayout,
+    BaseIdentity, Binding, Bundle, BundleWriter, Manifest, ModuleBinding, ModuleManifest,
+    SourceAdapter, WeightLayout,
 };
 pub use quant::StorageDtype;
+pub use stats::{StatsFile, StatsWriter};

@@ -2,8 +2,11 @@
 
 use super::{Table, file_size, pct, progress_bar};
 use eigenlorax::adapter::{Adapter, base};
-use eigenlorax::bundle::{Bundle, SourceAdapter, StorageDtype};
-use eigenlorax::subspace::{self, ExtractOptions, KRule, ModuleSelection, Route, Solver};
+use eigenlorax::bundle::stats::{self, BundleSink, StatsFile, StatsWriter};
+use eigenlorax::bundle::{Bundle, BundleWriter, Manifest, SourceAdapter, StorageDtype};
+use eigenlorax::subspace::{
+    self, ExtractOptions, KRule, ModuleSelection, PriorStats, Route, Solver,
+};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -48,9 +51,10 @@ pub struct Args {
     /// bundle stores the K values kept and each side's total energy.
     #[arg(long)]
     pub full_spectrum: bool,
-    /// Storage dtype of the bases: f32, f16, bf16 or int8 (per-vector absmax scale).
-    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
-    pub dtype: StorageDtype,
+    /// Storage dtype of the bases: f32, f16, bf16 or int8 (per-vector absmax scale); default
+    /// f32, or the old bundle's with --update.
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<StorageDtype>,
     /// Only the modules whose name matches this regular expression (only their tensors are read).
     #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
     pub modules: Option<regex::Regex>,
@@ -62,6 +66,17 @@ pub struct Args {
     /// and shapes) in one subspace; by default they are refused.
     #[arg(long)]
     pub allow_mixed_bases: bool,
+    /// Also write the sufficient statistics of the extraction beside the bundle (OUTPUT with
+    /// extension .elxs; f64, per module and side d + d·Σr values while Σr ≤ d, else d + d(d+1)/2), so that
+    /// `--update` can add adapters later without the old ones.
+    #[arg(long)]
+    pub keep_stats: bool,
+    /// Add ADAPTERS to the bundle OLD.elxb from its statistics (OLD.elxs, written with
+    /// --keep-stats) without reading the adapters it was extracted from; writes the new
+    /// bundle and its statistics. The old bundle's options and modules are kept (K rule
+    /// flags, --modules and --shard are refused). `elx project --remap` carries its tasks.
+    #[arg(long, value_name = "OLD.elxb")]
+    pub update: Option<PathBuf>,
 }
 
 /// Parses a regular expression.
@@ -156,17 +171,104 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// What `--update` starts from: the old bundle's manifest and its statistics.
+struct Update {
+    old: Manifest,
+    stats: StatsFile,
+}
+
+/// Opens the old bundle and its statistics for `--update` and refuses flags that would
+/// change what the old extraction decided.
+fn open_update(a: &Args, old_path: &Path) -> Result<Update> {
+    let changed = a.k.is_some()
+        || a.energy.is_some()
+        || a.k_rule.is_some()
+        || a.k_a.is_some()
+        || a.k_b.is_some()
+        || a.no_canonicalize
+        || a.center
+        || a.pseudo != 0
+        || a.seed != 0
+        || a.full_spectrum;
+    if changed {
+        return Err(Error::Usage(
+            "--update keeps the old bundle's extraction options: drop the K rule, --no-canonicalize, --center, --pseudo, --seed and --full-spectrum flags".into(),
+        ));
+    }
+    if a.modules.is_some() || a.shard.is_some() {
+        return Err(Error::Usage(
+            "--update extends every module of the old bundle: --modules and --shard are refused"
+                .into(),
+        ));
+    }
+    let old = Bundle::read_manifest(old_path)?;
+    if old.binding.is_some() {
+        // The new bundle is unbound (its modules may differ); say so rather than drop it.
+        super::warn(format!(
+            "{} is bound to a base model; the updated bundle is not: run `elx bind` on it",
+            old_path.display()
+        ))?;
+    }
+    let stats_path = stats::path_beside(old_path);
+    if !stats_path.exists() {
+        return Err(Error::bad_file(
+            old_path,
+            format!(
+                "expected its statistics beside it ({}): extract with --keep-stats to update a bundle later",
+                stats_path.display()
+            ),
+        ));
+    }
+    let stats = StatsFile::open(&stats_path)?;
+    stats.check_for(&old)?;
+    Ok(Update { old, stats })
+}
+
 /// Runs `elx extract`.
 pub fn run(a: Args) -> Result<()> {
     keep_freed_memory();
-    let inputs: Vec<&Path> = a.adapters.iter().map(|p| p.as_path()).collect();
+    let mut inputs: Vec<&Path> = a.adapters.iter().map(|p| p.as_path()).collect();
+    let old_stats_path = a.update.as_deref().map(stats::path_beside);
+    inputs.extend(a.update.as_deref());
+    inputs.extend(old_stats_path.as_deref());
     super::refuse_clobber(&a.output, &inputs, "-o")?;
-    let options = options(&a)?;
+    let keep_stats = a.keep_stats || a.update.is_some();
+    let stats_out = keep_stats.then(|| stats::path_beside(&a.output));
+    if let Some(s) = &stats_out {
+        super::refuse_clobber(s, &inputs, "-o (its statistics)")?;
+    }
+    let update = a
+        .update
+        .as_deref()
+        .map(|p| open_update(&a, p))
+        .transpose()?;
+    let options = match &update {
+        Some(u) => u.old.options.clone(),
+        None => options(&a)?,
+    };
+    let dtype = match (&update, a.dtype) {
+        (Some(u), Some(d)) if d != u.old.dtype => {
+            return Err(Error::Usage(format!(
+                "--dtype {} differs from the old bundle's {}: --update keeps it",
+                d.name(),
+                u.old.dtype.name()
+            )));
+        }
+        (Some(u), _) => u.old.dtype,
+        (None, d) => d.unwrap_or(StorageDtype::F32),
+    };
     let adapters = a
         .adapters
         .iter()
         .map(|p| Adapter::open(p))
         .collect::<Result<Vec<_>>>()?;
+    if let Some(u) = &update {
+        let base = u.old.base_identity();
+        let label = format!("bundle {}", u.old.subspace_id);
+        for ad in &adapters {
+            base.check_adapter(ad, &u.old.modules, &label)?;
+        }
+    }
     if a.allow_mixed_bases {
         let groups = base::group_by_base(&adapters);
         if groups.len() > 1 {
@@ -184,9 +286,14 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         base::refuse_mixed(&adapters, "--allow-mixed-bases")?;
     }
-    let sources: Vec<SourceAdapter> = adapters.iter().map(SourceAdapter::from).collect();
+    let mut sources: Vec<SourceAdapter> = update
+        .as_ref()
+        .map(|u| u.old.sources.clone())
+        .unwrap_or_default();
+    let n_old = sources.len();
+    sources.extend(adapters.iter().map(SourceAdapter::from));
     // The same adapter twice weighs its directions double; say so (the bundle records both).
-    for (i, s) in sources.iter().enumerate() {
+    for (i, s) in sources.iter().enumerate().skip(n_old) {
         if let Some(first) = sources[..i].iter().find(|f| f.sha256 == s.sha256) {
             super::warn(format!(
                 "{} is the same adapter as {} (SHA-256 {}…): it counts twice in the subspace",
@@ -206,11 +313,26 @@ pub fn run(a: Args) -> Result<()> {
         pattern: a.modules.clone(),
         shard: a.shard,
     };
-    let extraction =
-        subspace::extract_selected(&adapters, &options, &progress, Route::Auto, 2, &selection)?;
+    // Each module is written (converted to the storage dtype, spooled to disk) as soon as it
+    // is done, and the bundle is made atomic at the end: memory holds one module's work per
+    // thread, not every module's bases.
+    let sink = BundleSink::new(
+        BundleWriter::create(&a.output, dtype)?,
+        stats_out.as_deref().map(StatsWriter::create).transpose()?,
+    );
+    let prior = update.as_ref().map(|u| &u.stats as &dyn PriorStats);
+    let report = subspace::extract_each(
+        &adapters,
+        prior,
+        &options,
+        &progress,
+        Route::Auto,
+        2,
+        &selection,
+        &sink,
+    )?;
     bar.finish_and_clear();
-    let sub = extraction.subspace;
-    for (name, solvers) in &extraction.solvers {
+    for (name, solvers) in &report.solvers {
         for (side, solver) in ["A", "B"].iter().zip(solvers) {
             if let Solver::Fallback(reason) = solver {
                 errln!(
@@ -219,12 +341,12 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     }
-    for (&t, zeros) in &extraction.zero_delta {
+    for (&t, zeros) in &report.zero_delta {
         let Some(ad) = adapters.get(t) else { continue };
         let extracted = ad
             .modules
             .keys()
-            .filter(|n| sub.modules.contains_key(n.as_str()))
+            .filter(|n| report.solvers.contains_key(n.as_str()))
             .count();
         if zeros.len() == extracted {
             super::warn(format!(
@@ -258,7 +380,7 @@ pub fn run(a: Args) -> Result<()> {
             )?;
         }
     }
-    let manifest = Bundle::write(&a.output, &sub, &sources, a.dtype, None)?;
+    let manifest = sink.finish(&options, &sources, None)?;
 
     let mut t = Table::new(&[
         "module", "in", "out", "n", "K_A", "K_B", "energy A", "energy B",
@@ -277,6 +399,14 @@ pub fn run(a: Args) -> Result<()> {
     }
     out!("{}", t.render())?;
     outln!("subspace id: {}", manifest.subspace_id)?;
+    if let Some(u) = &update {
+        outln!(
+            "updated {} ({} adapters) with {} adapters",
+            u.old.subspace_id,
+            n_old,
+            adapters.len()
+        )?;
+    }
     outln!(
         "wrote {} ({}, {} modules from {} adapters, {})",
         a.output.display(),
@@ -285,5 +415,12 @@ pub fn run(a: Args) -> Result<()> {
         sources.len(),
         file_size(&a.output)
     )?;
+    if let Some(s) = &stats_out {
+        outln!(
+            "wrote {} (sufficient statistics for --update, {})",
+            s.display(),
+            file_size(s)
+        )?;
+    }
     Ok(())
 }

@@ -12,8 +12,10 @@ use std::path::PathBuf;
 /// Arguments of `elx project`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The LoRA adapter to express in the subspace (PEFT folder or kohya file).
-    pub adapter: PathBuf,
+    /// The LoRA adapter to express in the subspace (PEFT folder or kohya file); not with
+    /// --remap.
+    #[arg(required_unless_present = "remap", conflicts_with = "remap")]
+    pub adapter: Option<PathBuf>,
     /// The bundle (.elxb) whose subspace to use.
     #[arg(long)]
     pub bundle: PathBuf,
@@ -26,17 +28,33 @@ pub struct Args {
     pub task: Option<String>,
     /// A classification head to store with the coefficients: safetensors with `head.weight`
     /// [C, d], `head.bias` [C] and metadata `labels` (e.g. the fixtures' `head.safetensors`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "remap")]
     pub head: Option<PathBuf>,
+    /// Carry this task file (.elxc) of the bundle given by --from into --bundle (after `elx
+    /// extract --update`): exact when the old subspace lies in the new one, else the share
+    /// of each module's ΔŴ the new subspace captures is reported.
+    #[arg(long, value_name = "OLD.elxc", requires = "from")]
+    pub remap: Option<PathBuf>,
+    /// The bundle (.elxb) the --remap task file belongs to.
+    #[arg(long, value_name = "OLD.elxb", requires = "remap")]
+    pub from: Option<PathBuf>,
 }
 
 /// Runs `elx project`.
 pub fn run(a: Args) -> Result<()> {
-    let mut inputs = vec![a.adapter.as_path(), a.bundle.as_path()];
+    if let (Some(task), Some(from)) = (&a.remap, &a.from) {
+        return run_remap(&a, task, from);
+    }
+    let Some(adapter_path) = a.adapter.clone() else {
+        return Err(Error::Usage(
+            "expected an adapter to project (or --remap OLD.elxc --from OLD.elxb)".into(),
+        ));
+    };
+    let mut inputs = vec![adapter_path.as_path(), a.bundle.as_path()];
     inputs.extend(a.head.as_deref());
     super::refuse_clobber(&a.output, &inputs, "-o")?;
     let bundle = Bundle::read(&a.bundle)?;
-    let adapter = Adapter::open(&a.adapter)?;
+    let adapter = Adapter::open(&adapter_path)?;
     // An adapter for another base model (declared name, or a module's shape) is refused.
     bundle.manifest.base_identity().check_adapter(
         &adapter,
@@ -66,14 +84,14 @@ pub fn run(a: Args) -> Result<()> {
         warn(format!(
             "{} module(s) of {} are not in bundle {} and were skipped: {}",
             p.missing.len(),
-            a.adapter.display(),
+            adapter_path.display(),
             bundle.manifest.subspace_id,
             p.missing.join(", ")
         ))?;
     }
     if p.modules.is_empty() {
         return Err(Error::bad_file(
-            &a.adapter,
+            &adapter_path,
             format!(
                 "expected at least one module of bundle {} ({}), found none of its {} modules",
                 bundle.manifest.subspace_id,
@@ -83,7 +101,7 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     let task = a.task.clone().or(head_task).unwrap_or_else(|| {
-        a.adapter
+        adapter_path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "task".into())
@@ -106,7 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         head,
     };
     // What `elx run` would refuse (a rank above the bundle's r_max) is refused now.
-    coeffs.check_for(&a.adapter, &bundle.manifest)?;
+    coeffs.check_for(&adapter_path, &bundle.manifest)?;
     // What PEFT keeps besides the LoRA pairs (a head, modules_to_save copies, task_type,
     // fan_in_fan_out, target_modules) travels in the file for `elx reconstruct`.
     let pass = eigenlorax::adapter::peft::pass_through(&adapter)?;
@@ -162,6 +180,55 @@ pub fn run(a: Args) -> Result<()> {
         a.output.display(),
         super::printable(&coeffs.task),
         coeffs.subspace_id,
+        file_size(&a.output)
+    )?;
+    Ok(())
+}
+
+/// `elx project --remap OLD.elxc --from OLD.elxb --bundle NEW.elxb -o NEW.elxc`.
+fn run_remap(a: &Args, task: &Path, from: &Path) -> Result<()> {
+    super::refuse_clobber(&a.output, &[task, from, a.bundle.as_path()], "-o")?;
+    let old = Bundle::read(from)?;
+    let new = Bundle::read(&a.bundle)?;
+    let c = CoeffFile::read(task)?;
+    let (mut out, measures) = c.remap(task, &old, &new)?;
+    if let Some(name) = &a.task {
+        out.task = name.clone();
+    }
+    let pass = CoeffFile::read_pass_through(task)?;
+    out.write_with(&a.output, pass.as_ref())?;
+    let mut t = Table::new(&["module", "K_A", "K_B", "captured", "rel. change ΔŴ"]);
+    let mut worst: f64 = 1.0;
+    for (name, m) in &measures {
+        let co = &out.modules[name];
+        worst = worst.min(m.captured);
+        t.row(vec![
+            name.clone(),
+            co.alpha_a.ncols().to_string(),
+            co.alpha_b.nrows().to_string(),
+            format!("{:.6}", m.captured),
+            sci(m.relative_error),
+        ]);
+    }
+    out!("{}", t.render())?;
+    // Bases are stored in f32 or coarser: a kept subspace reads as captured to ~1e-6.
+    if worst >= 1.0 - 1e-5 {
+        outln!(
+            "exact: the task's subspace lies in {} (every module captured to within 1e-5)",
+            new.manifest.subspace_id
+        )?;
+    } else {
+        warn(format!(
+            "the new subspace holds {:.4}% of the task's ΔŴ in its worst module: the task serves differently (project the adapter again if you have it)",
+            100.0 * worst
+        ))?;
+    }
+    outln!(
+        "wrote {} (task `{}`, subspace {} -> {}, {})",
+        a.output.display(),
+        super::printable(&out.task),
+        old.manifest.subspace_id,
+        out.subspace_id,
         file_size(&a.output)
     )?;
     Ok(())

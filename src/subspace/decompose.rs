@@ -77,6 +77,41 @@ pub struct Decomposition {
     pub spectrum_complete: bool,
 }
 
+/// The exact state of one side after some vectors: what [`SideAccumulator`] holds, so that
+/// more vectors can be added later without the first ones (`elx extract --update`).
+#[derive(Clone, Debug)]
+pub struct SideStats {
+    /// Vector length d.
+    pub dim: usize,
+    /// Vectors stacked, n = Σr.
+    pub n: usize,
+    /// Their sum (for centering).
+    pub sum: Vec<f64>,
+    /// The vectors themselves or their Gram.
+    pub held: Held,
+}
+
+impl SideStats {
+    /// Values a statistics file stores for this side (sum included): d + d·n while n ≤ d,
+    /// else d + d·(d + 1)/2 (the Gram's lower triangle).
+    pub fn stored_values(&self) -> usize {
+        self.dim
+            + match &self.held {
+                Held::Columns(c) => c.len(),
+                Held::Gram(_) => self.dim * (self.dim + 1) / 2,
+            }
+    }
+}
+
+/// What a side holds: the stacked vectors while there are at most d of them, else their Gram.
+#[derive(Clone, Debug)]
+pub enum Held {
+    /// Column-major d x n: the stacked vectors.
+    Columns(Vec<f64>),
+    /// The d x d Gram Σ x·xᵀ; only the lower triangle is meaningful.
+    Gram(Mat<f64>),
+}
+
 enum State {
     /// Every stacked vector so far, column-major d x n.
     Columns(Vec<f64>),
@@ -133,8 +168,17 @@ impl SideAccumulator {
             )));
         }
         for j in 0..block.ncols() {
-            for i in 0..d {
-                self.sum[i] += block[(i, j)];
+            match block.col(j).try_as_col_major() {
+                Some(c) => {
+                    for (s, v) in self.sum.iter_mut().zip(c.as_slice()) {
+                        *s += v;
+                    }
+                }
+                None => {
+                    for i in 0..d {
+                        self.sum[i] += block[(i, j)];
+                    }
+                }
             }
         }
         self.n += block.ncols();
@@ -156,7 +200,10 @@ impl SideAccumulator {
         };
         buf.reserve(d * block.ncols());
         for j in 0..block.ncols() {
-            buf.extend((0..d).map(|i| block[(i, j)]));
+            match block.col(j).try_as_col_major() {
+                Some(c) => buf.extend_from_slice(c.as_slice()),
+                None => buf.extend((0..d).map(|i| block[(i, j)])),
+            }
         }
         if let State::Gram { g, pending } = &mut self.state
             && pending.len() >= GRAM_BATCH * d
@@ -165,6 +212,79 @@ impl SideAccumulator {
             pending.clear();
         }
         Ok(())
+    }
+
+    /// The exact state so far, as sufficient statistics ([`SideStats`]): the columns while
+    /// n ≤ d, else the Gram's lower triangle (pending columns folded in first). Only the
+    /// [`Route::Auto`] state can be restored by [`SideAccumulator::from_stats`].
+    pub fn into_stats(self) -> SideStats {
+        let held = match self.state {
+            State::Columns(cols) => Held::Columns(cols),
+            State::Gram { mut g, pending } => {
+                gram_fold(&mut g, &pending, self.dim);
+                Held::Gram(g)
+            }
+        };
+        SideStats {
+            dim: self.dim,
+            n: self.n,
+            sum: self.sum,
+            held,
+        }
+    }
+
+    /// An accumulator on [`Route::Auto`] that continues from `stats`, in the state an
+    /// accumulator fed the same vectors holds: adding more vectors then gives the
+    /// decomposition of the whole stack. Statistics that no such accumulator can hold (sizes
+    /// that disagree, columns past the crossover n > d, a Gram before it, non-finite values)
+    /// are an [`Error::Usage`] saying which.
+    pub fn from_stats(stats: SideStats) -> Result<Self> {
+        let SideStats { dim, n, sum, held } = stats;
+        if sum.len() != dim {
+            return Err(Error::Usage(format!(
+                "expected a sum of {dim} values, found {}",
+                sum.len()
+            )));
+        }
+        let state = match held {
+            Held::Columns(cols) if n <= dim && Some(cols.len()) == dim.checked_mul(n) => {
+                State::Columns(cols)
+            }
+            Held::Columns(cols) => {
+                return Err(Error::Usage(format!(
+                    "expected {n} stacked vectors of {dim} values held as columns (n <= d), found {} values",
+                    cols.len()
+                )));
+            }
+            Held::Gram(g) if n > dim && g.nrows() == dim && g.ncols() == dim => State::Gram {
+                g,
+                pending: Vec::new(),
+            },
+            Held::Gram(g) => {
+                return Err(Error::Usage(format!(
+                    "expected a {dim} x {dim} Gram of n = {n} > d vectors, found {} x {}",
+                    g.nrows(),
+                    g.ncols()
+                )));
+            }
+        };
+        let finite = sum.iter().all(|x| x.is_finite())
+            && match &state {
+                State::Columns(c) => c.iter().all(|x| x.is_finite()),
+                State::Gram { g, .. } => (0..dim).all(|j| (j..dim).all(|i| g[(i, j)].is_finite())),
+            };
+        if !finite {
+            return Err(Error::Usage(
+                "expected finite statistics, found NaN or Inf".into(),
+            ));
+        }
+        Ok(Self {
+            dim,
+            n,
+            sum,
+            route: Route::Auto,
+            state,
+        })
     }
 
     /// The mean of the stacked vectors when centering is asked (and there are any).
@@ -301,8 +421,8 @@ impl SideAccumulator {
                         }
                     }
                 }
-                let x = MatRef::from_column_major_slice(&cols, d, n).to_owned();
-                drop(cols);
+                // X is used where it lies (a view of the stacked columns), not copied.
+                let x = MatRef::from_column_major_slice(&cols, d, n);
                 let mut s = Mat::zeros(n, n);
                 triangular::matmul(
                     s.as_mut(),
@@ -310,12 +430,12 @@ impl SideAccumulator {
                     Accum::Replace,
                     x.transpose(),
                     BlockStructure::Rectangular,
-                    x.as_ref(),
+                    x,
                     BlockStructure::Rectangular,
                     1.0,
                     Par::Seq,
                 );
-                (Some(x), s)
+                (Some(cols), s)
             }
             State::Gram { mut g, pending } => {
                 gram_fold(&mut g, &pending, d);
@@ -326,13 +446,11 @@ impl SideAccumulator {
                 (None, g)
             }
         };
+        let x = x
+            .as_deref()
+            .map(|c| MatRef::from_column_major_slice(c, d, n));
         let mut gram = gram;
-        let m = gram.nrows();
-        for j in 0..m {
-            for i in 0..j {
-                gram[(i, j)] = gram[(j, i)];
-            }
-        }
+        fill_upper_from_lower(&mut gram);
         let total_energy = gram_trace(gram.as_ref());
         let p = d.min(n);
         let by_values = if full_spectrum || matches!(rule, KRule::GavishDonoho) {
@@ -344,10 +462,10 @@ impl SideAccumulator {
             // K needs a Krylov basis too large to pay: one full decomposition gives the
             // values that decide K and the vectors (the SVD of X when n ≤ d, as the
             // fallback below; the d x d Gram's eigendecomposition otherwise).
-            let (spectrum, mut basis, rank, tol, k) = match &x {
+            let (spectrum, mut basis, rank, tol, k) = match x {
                 Some(x) => {
                     drop(gram);
-                    let sv = linalg::thin_svd(x.as_ref())?;
+                    let sv = linalg::thin_svd(x)?;
                     let tol = big * f64::EPSILON * sv.s.first().copied().unwrap_or(0.0);
                     let rank = sv.s.iter().filter(|&&s| s > tol).count();
                     let k = select::select_k_total(rule, &sv.s, total_energy, rank, (n, d))?.min(p);
@@ -395,10 +513,10 @@ impl SideAccumulator {
             }
         };
         let spectrum_complete = spectrum.len() == p;
-        let (mut basis, solver) = match (top, &x) {
+        let (mut basis, solver) = match (top, x) {
             (TopK::Vectors(w, solver), Some(x)) => {
                 drop(gram);
-                (left_from_right(x.as_ref(), w.as_ref())?, solver)
+                (left_from_right(x, w.as_ref())?, solver)
             }
             (TopK::Vectors(v, solver), None) => (v, solver),
             // The full decomposition as before this route existed: the SVD of X itself when
@@ -406,7 +524,7 @@ impl SideAccumulator {
             // eigendecomposition of the d x d Gram.
             (full, Some(x)) => {
                 drop(gram);
-                let sv = linalg::thin_svd(x.as_ref())?;
+                let sv = linalg::thin_svd(x)?;
                 (sv.u.subcols(0, k).to_owned(), fallback(full))
             }
             (full, None) => {
@@ -640,6 +758,23 @@ fn top_by_values(
                         TopPairs::UseFull(why) => ByValues::Full(Some(why)),
                     },
                 );
+            }
+        }
+    }
+}
+
+/// Copies the lower triangle of a square matrix onto its upper one, in 64 x 64 tiles (a plain
+/// row-by-row copy reads the lower triangle across columns, one cache line per element).
+fn fill_upper_from_lower(g: &mut Mat<f64>) {
+    const TILE: usize = 64;
+    let m = g.nrows();
+    for jb in (0..m).step_by(TILE) {
+        for ib in (0..=jb).step_by(TILE) {
+            // Tile rows ib.., columns jb..: upper entries (i < j) from (j, i).
+            for j in jb..(jb + TILE).min(m) {
+                for i in ib..(ib + TILE).min(j) {
+                    g[(i, j)] = g[(j, i)];
+                }
             }
         }
     }

@@ -26,12 +26,12 @@ use faer::Mat;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-pub use decompose::{Decomposition, Route, SideAccumulator};
+pub use decompose::{Decomposition, Held, Route, SideAccumulator, SideStats};
 pub use topk::Solver;
 
 pub use project::{
-    Coefficients, captured_energy, project, reconstruct, relative_error, try_project,
-    try_reconstruct,
+    Coefficients, Remapped, captured_energy, project, reconstruct, relative_error, remap,
+    try_project, try_reconstruct,
 };
 
 /// How many principal directions to keep on one side of one module.
@@ -252,14 +252,134 @@ pub fn extract_selected(
     threads: usize,
     selection: &ModuleSelection,
 ) -> Result<Extraction> {
+    let collected = std::sync::Mutex::new(BTreeMap::new());
+    let sink = CollectModules(&collected);
+    let report = extract_each(
+        adapters, None, options, progress, route, threads, selection, &sink,
+    )?;
+    let modules = collected
+        .into_inner()
+        .map_err(|_| Error::Numeric("an extraction thread panicked".into()))?;
+    Ok(Extraction {
+        subspace: Subspace {
+            modules,
+            options: options.clone(),
+        },
+        solvers: report.solvers,
+        zero_delta: report.zero_delta,
+    })
+}
+
+/// The sink of [`extract_selected`]: keeps every module in memory.
+struct CollectModules<'a>(&'a std::sync::Mutex<BTreeMap<String, ModuleSubspace>>);
+
+impl ModuleSink for CollectModules<'_> {
+    fn module(&self, name: &str, module: ModuleSubspace) -> Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| Error::Numeric("an extraction thread panicked".into()))?
+            .insert(name.to_string(), module);
+        Ok(())
+    }
+}
+
+/// Where [`extract_each`] hands each module as soon as it is done (from the worker threads,
+/// one module at a time per thread): a bundle writer that stores it and drops it
+/// (`crate::bundle::BundleWriter`), or a collector.
+pub trait ModuleSink: Sync {
+    /// Whether [`ModuleSink::stats`] wants each module's sufficient statistics (the default:
+    /// no, and none are built).
+    fn wants_stats(&self) -> bool {
+        false
+    }
+
+    /// A module's sufficient statistics after all its adapters were folded in (prior plus
+    /// new ones), before its decomposition; only called when [`ModuleSink::wants_stats`].
+    fn stats(&self, _name: &str, _stats: &ModuleStats) -> Result<()> {
+        Ok(())
+    }
+
+    /// A finished module. An error stops the extraction like a failed module.
+    fn module(&self, name: &str, module: ModuleSubspace) -> Result<()>;
+}
+
+/// Sufficient statistics of earlier adapters, per module, that an extraction continues from
+/// (`elx extract --update`; `crate::bundle::StatsFile` reads them beside a bundle). Modules
+/// are loaded one at a time, when their turn comes.
+pub trait PriorStats: Sync {
+    /// Every module with its (in, out) features.
+    fn modules(&self) -> Vec<(String, usize, usize)>;
+    /// The statistics of one module.
+    fn load(&self, name: &str) -> Result<ModuleStats>;
+}
+
+/// The exact state of one module's extraction after some adapters: both sides'
+/// [`SideStats`] and the counts the manifest records. Folding more adapters into it and
+/// decomposing gives the extraction over all of them (see [`extract_each`]).
+#[derive(Clone, Debug)]
+pub struct ModuleStats {
+    /// Input features.
+    pub in_features: usize,
+    /// Output features.
+    pub out_features: usize,
+    /// Largest adapter rank so far.
+    pub r_max: usize,
+    /// Adapters folded in so far.
+    pub n_adapters: usize,
+    /// A side (vectors of length `in_features`).
+    pub a: SideStats,
+    /// B side (vectors of length `out_features`).
+    pub b: SideStats,
+}
+
+/// What [`extract_each`] reports besides the modules it handed to its sink.
+#[derive(Clone, Debug, Default)]
+pub struct ExtractionReport {
+    /// Module name -> [A-side solver, B-side solver].
+    pub solvers: BTreeMap<String, [Solver; 2]>,
+    /// Adapter index -> the extracted modules whose ΔW is exactly zero in it.
+    pub zero_delta: BTreeMap<usize, Vec<String>>,
+}
+
+/// The extraction, streaming: each module of `selection` is computed from `prior`'s
+/// statistics (when given) plus every adapter that has it, handed to `sink` and dropped, so
+/// memory holds at most one module's work per thread. Modules are the union of `prior`'s and
+/// the adapters'; an adapter whose module shape differs from `prior`'s or another adapter's
+/// is an [`Error::BadInput`] naming its file and tensor. Threads, ordering and errors as
+/// [`extract_selected`] (which is this function with a sink that collects).
+///
+/// With `prior` the statistics are those an extraction over the earlier adapters held when
+/// it finished folding them, so the result is the extraction over earlier plus new adapters
+/// up to the rounding of a different summation order (`tests/subspace/update.rs`).
+#[allow(clippy::too_many_arguments)]
+pub fn extract_each(
+    adapters: &[Adapter],
+    prior: Option<&dyn PriorStats>,
+    options: &ExtractOptions,
+    progress: Progress<'_>,
+    route: Route,
+    threads: usize,
+    selection: &ModuleSelection,
+    sink: &dyn ModuleSink,
+) -> Result<ExtractionReport> {
     validate_options(options)?;
-    if adapters.is_empty() {
+    let prior_modules = prior.map(|p| p.modules()).unwrap_or_default();
+    if adapters.is_empty() && prior_modules.is_empty() {
         return Err(Error::Usage(
             "no adapters to extract a subspace from".into(),
         ));
     }
-    // Union of module names, and per module the (in, out) of the first adapter that has it.
+    if prior.is_some() && route != Route::Auto {
+        return Err(Error::Usage(
+            "an extraction that continues from statistics takes the automatic route".into(),
+        ));
+    }
+    // Union of module names, and per module the (in, out) of the statistics, else of the
+    // first adapter that has it (usize::MAX: the statistics).
     let mut shapes: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    for (name, i, o) in &prior_modules {
+        shapes.insert(name.as_str(), (*i, *o, usize::MAX));
+    }
     for (t, ad) in adapters.iter().enumerate() {
         for (name, info) in &ad.modules {
             let &mut (in_f, out_f, first) =
@@ -269,7 +389,7 @@ pub fn extract_selected(
             let first_path = adapters
                 .get(first)
                 .map(|a| a.path.display().to_string())
-                .unwrap_or_default();
+                .unwrap_or_else(|| "the earlier adapters' statistics".to_string());
             if info.in_features != in_f {
                 return Err(Error::bad_tensor(
                     ad.weights_path(),
@@ -293,42 +413,49 @@ pub fn extract_selected(
         }
     }
     let all: Vec<&str> = shapes.keys().copied().collect();
-    let names: Vec<(&str, usize, usize)> = selection
+    let names: Vec<(&str, usize, usize, bool)> = selection
         .select(&all)?
         .into_iter()
-        .filter_map(|n| shapes.get(n).map(|&(i, o, _)| (n, i, o)))
+        .filter_map(|n| {
+            shapes
+                .get(n)
+                .map(|&(i, o, first)| (n, i, o, first == usize::MAX))
+        })
         .collect();
     let total = names.len();
-    let subs = run_ordered(
+    let done = run_ordered(
         total,
         threads,
         |idx| {
-            let &(name, in_f, out_f) = names
+            let &(name, in_f, out_f, has_prior) = names
                 .get(idx)
                 .ok_or_else(|| Error::Numeric(format!("module index {idx} out of range")))?;
-            let res = extract_named(adapters, name, in_f, out_f, options, route);
+            let res = (|| {
+                let start = match prior {
+                    Some(p) if has_prior => Some(p.load(name)?),
+                    _ => None,
+                };
+                let (sub, solver, zeros) =
+                    extract_named(adapters, start, name, in_f, out_f, options, route, sink)?;
+                sink.module(name, sub)?;
+                Ok((solver, zeros))
+            })();
             Ok((name, res))
         },
         progress,
     )?;
-    let mut modules = BTreeMap::new();
-    let mut solvers = BTreeMap::new();
-    let mut zero_delta: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for ((name, _, _), (sub, solver, zeros)) in names.iter().zip(subs) {
-        modules.insert(name.to_string(), sub);
-        solvers.insert(name.to_string(), solver);
+    let mut report = ExtractionReport::default();
+    for ((name, _, _, _), (solver, zeros)) in names.iter().zip(done) {
+        report.solvers.insert(name.to_string(), solver);
         for t in zeros {
-            zero_delta.entry(t).or_default().push(name.to_string());
+            report
+                .zero_delta
+                .entry(t)
+                .or_default()
+                .push(name.to_string());
         }
     }
-    Ok(Extraction {
-        subspace: Subspace {
-            modules,
-            options: options.clone(),
-        },
-        solvers,
-        zero_delta,
-    })
+    Ok(report)
 }
 
 /// Runs `job(0..total)` on up to `threads` scoped threads and returns the results in index
@@ -401,15 +528,33 @@ fn run_ordered<'n, T: Send>(
 
 /// One module over every adapter that has it, loading one adapter's matrices at a time.
 /// Also returns the indices of the adapters whose module has ΔW = 0.
+#[allow(clippy::too_many_arguments)]
 fn extract_named(
     adapters: &[Adapter],
+    start: Option<ModuleStats>,
     name: &str,
     in_f: usize,
     out_f: usize,
     options: &ExtractOptions,
     route: Route,
+    sink: &dyn ModuleSink,
 ) -> Result<(ModuleSubspace, [Solver; 2], Vec<usize>)> {
-    let mut acc = ModuleAccumulator::new(in_f, out_f, options.canonicalize, route);
+    let in_module = |e: Error| match e {
+        Error::Usage(msg) => Error::Usage(format!("statistics of module {name}: {msg}")),
+        other => other,
+    };
+    let mut acc = match start {
+        Some(st) => {
+            if (st.in_features, st.out_features) != (in_f, out_f) {
+                return Err(Error::Usage(format!(
+                    "statistics of module {name}: expected in={in_f} out={out_f}, found in={} out={}",
+                    st.in_features, st.out_features
+                )));
+            }
+            ModuleAccumulator::from_stats(st, options.canonicalize).map_err(in_module)?
+        }
+        None => ModuleAccumulator::new(in_f, out_f, options.canonicalize, route),
+    };
     let mut zeros = Vec::new();
     for (t, ad) in adapters.iter().enumerate() {
         let Some(info) = ad.modules.get(name) else {
@@ -439,6 +584,12 @@ fn extract_named(
             Error::Numeric(msg) => Error::Numeric(format!("module {name}: {msg}")),
             other => other,
         })?;
+    }
+    if sink.wants_stats() {
+        // Handed over and taken back by move: the statistics are not copied.
+        let st = acc.into_stats();
+        sink.stats(name, &st)?;
+        acc = ModuleAccumulator::from_stats(st, options.canonicalize).map_err(in_module)?;
     }
     let (sub, solver) = acc.finish(options).map_err(|e| match e {
         Error::Numeric(msg) => Error::Numeric(format!("module {name}: {msg}")),
@@ -547,6 +698,37 @@ impl ModuleAccumulator {
         }
     }
 
+    /// The state as [`ModuleStats`] (no copy).
+    fn into_stats(self) -> ModuleStats {
+        ModuleStats {
+            in_features: self.in_f,
+            out_features: self.out_f,
+            r_max: self.r_max,
+            n_adapters: self.n_adapters,
+            a: self.a.into_stats(),
+            b: self.b.into_stats(),
+        }
+    }
+
+    /// Continues from `st` (automatic route); sizes that disagree are an [`Error::Usage`].
+    fn from_stats(st: ModuleStats, canonicalize: bool) -> Result<Self> {
+        if st.a.dim != st.in_features || st.b.dim != st.out_features {
+            return Err(Error::Usage(format!(
+                "expected sides of {} and {} values, found {} and {}",
+                st.in_features, st.out_features, st.a.dim, st.b.dim
+            )));
+        }
+        Ok(Self {
+            in_f: st.in_features,
+            out_f: st.out_features,
+            canonicalize,
+            a: SideAccumulator::from_stats(st.a)?,
+            b: SideAccumulator::from_stats(st.b)?,
+            r_max: st.r_max,
+            n_adapters: st.n_adapters,
+        })
+    }
+
     fn add(&mut self, m: &LoraModule) -> Result<()> {
         if m.in_features() != self.in_f || m.out_features() != self.out_f || m.b.ncols() != m.rank()
         {
@@ -568,9 +750,9 @@ impl ModuleAccumulator {
         self.r_max = self.r_max.max(m.rank());
         self.n_adapters += 1;
         if self.canonicalize {
-            let c = canonicalize(m)?;
-            self.a.add(c.a.transpose())?;
-            self.b.add(c.b.as_ref())?;
+            let (b, a_t) = canonical_factors(m)?;
+            self.a.add(a_t.as_ref())?;
+            self.b.add(b.as_ref())?;
         } else {
             self.a.add(m.a.transpose())?;
             self.b.add(m.b.as_ref())?;
@@ -638,6 +820,16 @@ fn finish_side(
 /// QR happened to choose, which differ between faer and LAPACK. Rank is kept: when
 /// r > min(in, out) the extra rows of A'' and columns of B'' are zero.
 pub fn canonicalize(m: &LoraModule) -> Result<LoraModule> {
+    let (b, a_t) = canonical_factors(m)?;
+    Ok(LoraModule {
+        a: a_t.transpose().to_owned(),
+        b,
+    })
+}
+
+/// [`canonicalize`]'s B'' [out x r] and A''ᵀ [in x r]: the A side is stacked as the columns
+/// of A''ᵀ, so the extraction takes it in that layout (contiguous columns) without a copy.
+fn canonical_factors(m: &LoraModule) -> Result<(Mat<f64>, Mat<f64>)> {
     let r = m.rank();
     let (in_f, out_f) = (m.in_features(), m.out_features());
     let (qb, rb) = linalg::thin_qr(m.b.as_ref());
@@ -660,12 +852,12 @@ pub fn canonicalize(m: &LoraModule) -> Result<LoraModule> {
         r,
         |i, k| if k < p { left[(i, k)] * root[k] } else { 0.0 },
     );
-    let a = Mat::from_fn(
-        r,
+    let a_t = Mat::from_fn(
         in_f,
-        |k, j| if k < p { root[k] * right[(j, k)] } else { 0.0 },
+        r,
+        |j, k| if k < p { root[k] * right[(j, k)] } else { 0.0 },
     );
-    Ok(LoraModule { a, b })
+    Ok((b, a_t))
 }
 
 #[cfg(test)]

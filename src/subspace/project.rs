@@ -219,3 +219,47 @@ pub fn captured_energy(m: &LoraModule, s: &ModuleSubspace) -> f64 {
     let num = linalg::lowrank_frob(pb.as_ref(), pa.as_ref());
     (num / den).powi(2)
 }
+
+/// A task's coefficients carried from one subspace into another ([`remap`]).
+#[derive(Clone, Debug)]
+pub struct Remapped {
+    /// The coefficients in the new subspace (the gauge of [`try_project`]).
+    pub coefficients: Coefficients,
+    /// Share of the task's ΔŴ (in the old subspace) that the new subspace holds:
+    /// ||P_B·ΔŴ·P_A||² / ||ΔŴ||², 1 for a zero ΔŴ. 1 (to rounding) when the old subspace
+    /// lies in the new one.
+    pub captured: f64,
+    /// ||ΔŴ_old − ΔŴ_new||_F / ||ΔŴ_old||_F (0 for a zero ΔŴ): the change in what the task
+    /// serves; √(1 − captured) in exact arithmetic.
+    pub relative_error: f64,
+}
+
+/// Carries coefficients `c` of subspace `old` into subspace `new` (`elx project --remap`,
+/// after `elx extract --update`): the task's ΔŴ = V_B·α_B·α_A·V_A in `old` is projected
+/// onto `new` (least squares, as [`try_project`]), ΔŴ' = P_B·ΔŴ·P_A. Exact (ΔŴ' = ΔŴ) when
+/// the rows of the old V_A lie in the span of the new V_A's and the old V_B's columns in the
+/// new V_B's; otherwise ΔŴ' is the closest the new subspace holds and [`Remapped::captured`]
+/// says how much of ΔŴ that is. Shapes that do not fit are an [`Error::Usage`].
+pub fn remap(c: &Coefficients, old: &ModuleSubspace, new: &ModuleSubspace) -> Result<Remapped> {
+    if (old.in_features, old.out_features) != (new.in_features, new.out_features) {
+        return Err(Error::Usage(format!(
+            "the old subspace has in={} out={}, the new one in={} out={}",
+            old.in_features, old.out_features, new.in_features, new.out_features
+        )));
+    }
+    let delta = try_reconstruct(c, old)?;
+    let coefficients = try_project(&delta, new)?;
+    let carried = try_reconstruct(&coefficients, new)?;
+    let err = relative_error(&delta, &carried);
+    let (captured, relative_error) = if err.is_finite() {
+        (captured_energy(&delta, new), err)
+    } else {
+        // ΔŴ = 0: nothing to carry.
+        (1.0, 0.0)
+    };
+    Ok(Remapped {
+        coefficients,
+        captured,
+        relative_error,
+    })
+}

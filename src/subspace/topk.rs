@@ -28,7 +28,10 @@
 use crate::error::{Error, Result};
 use crate::linalg;
 use crate::util::GaussianRng;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt;
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
 /// Certified bound on the sine of the largest principal angle at which the solver stops.
@@ -115,7 +118,7 @@ pub fn top_eigenvectors(s: MatRef<'_, f64>, eigenvalues: &[f64], k: usize) -> Re
     }
 
     let mut rng = GaussianRng::new(KRYLOV_SEED);
-    let mut start = Mat::from_fn(m, block, |_, _| rng.next_normal());
+    let mut start = start_block(&mut rng, m, block);
     for restart in 1..=MAX_RESTARTS {
         let (theta, ritz, s_ritz) = krylov_ritz(s, start, block)?;
         // Residual of the top K and the certificate.
@@ -225,7 +228,7 @@ pub fn top_eigenpairs(
     let trace: f64 = (0..m).map(|i| s[(i, i)]).sum::<f64>().max(0.0);
     let slack = 4.0 * m as f64 * f64::EPSILON * trace;
     let mut rng = GaussianRng::new(KRYLOV_SEED);
-    let mut next_block = Mat::from_fn(m, block, |_, _| rng.next_normal());
+    let mut next_block = start_block(&mut rng, m, block);
     if let Some(st) = start
         && st.nrows() == m
     {
@@ -298,6 +301,14 @@ pub fn top_eigenpairs(
     )))
 }
 
+/// The Krylov start block [m x block]: uniform entries in [-1, 1) from the seeded generator.
+/// Any block with a component along each wanted eigenvector serves (the certificate does not
+/// depend on it); uniform draws cost one generator step each, where Gaussian ones (a log and
+/// a cosine each) were 4.5% of a 50-adapter extraction's CPU (`perf`, BENCHMARKS.md).
+fn start_block(rng: &mut GaussianRng, m: usize, block: usize) -> Mat<f64> {
+    Mat::from_fn(m, block, |_, _| 2.0 * rng.next_uniform() - 1.0)
+}
+
 /// Whether the Krylov basis for the top `k` of an m x m matrix would be a sizeable share of
 /// it (more than half of m), so that the full decomposition is as cheap:
 /// [`top_eigenpairs`] then answers [`TopPairs::Small`].
@@ -313,23 +324,44 @@ fn below_by_inertia(s: MatRef<'_, f64>, q: MatRef<'_, f64>, sq: MatRef<'_, f64>,
     let m = s.nrows();
     // P·S·P = S − Q·(SQ)ᵀ − (SQ)·Qᵀ + Q·H·Qᵀ with H = Qᵀ·S·Q.
     let h = linalg::mul(q.transpose(), sq);
-    let qh = linalg::mul(q, h.as_ref());
     // W = SQ − Q·H/2, so that P·S·P = S − Q·Wᵀ − W·Qᵀ.
-    let w = Mat::from_fn(m, q.ncols(), |i, j| sq[(i, j)] - 0.5 * qh[(i, j)]);
-    let mut a = Mat::from_fn(m, m, |i, j| -s[(i, j)]);
-    matmul(a.as_mut(), Accum::Add, q, w.transpose(), 1.0, Par::Seq);
-    matmul(
-        a.as_mut(),
-        Accum::Add,
-        w.as_ref(),
-        q.transpose(),
-        1.0,
-        Par::Seq,
-    );
-    for i in 0..m {
-        a[(i, i)] += mu;
+    let mut w = sq.to_owned();
+    matmul(w.as_mut(), Accum::Add, q, h.as_ref(), -0.5, Par::Seq);
+    // One m x m buffer: the lower triangle of μ·I − P·S·P, factored in place (the Cholesky
+    // reads and writes the lower triangle only; faer's `llt` would copy it twice more).
+    let mut a = Mat::<f64>::zeros(m, m);
+    for j in 0..m {
+        for i in j..m {
+            a[(i, j)] = -s[(i, j)];
+        }
+        a[(j, j)] += mu;
     }
-    a.llt(faer::Side::Lower).is_ok()
+    for (x, y) in [(q, w.as_ref()), (w.as_ref(), q)] {
+        triangular::matmul(
+            a.as_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            x,
+            BlockStructure::Rectangular,
+            y.transpose(),
+            BlockStructure::Rectangular,
+            1.0,
+            Par::Seq,
+        );
+    }
+    let mut mem = MemBuffer::new(llt::factor::cholesky_in_place_scratch::<f64>(
+        m,
+        Par::Seq,
+        Default::default(),
+    ));
+    llt::factor::cholesky_in_place(
+        a.as_mut(),
+        Default::default(),
+        Par::Seq,
+        MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .is_ok()
 }
 
 /// One cycle of the block Krylov solver from `start` [m x block]: the basis
@@ -341,15 +373,24 @@ fn krylov_ritz(
     block: usize,
 ) -> Result<(Vec<f64>, Mat<f64>, Mat<f64>)> {
     let m = s.nrows();
-    let mut z = Mat::<f64>::zeros(m, 0);
-    let mut sz = Mat::<f64>::zeros(m, 0);
+    // The basis and S times it, filled block by block in place (no re-concatenation).
+    let width = DEPTH * block;
+    let mut z = Mat::<f64>::zeros(m, width);
+    let mut sz = Mat::<f64>::zeros(m, width);
     let mut next = start;
-    for _ in 0..DEPTH {
-        let q = orthonormalize_against(z.as_ref(), next);
-        let sq = linalg::mul(s, q.as_ref());
-        z = hcat(z.as_ref(), q.as_ref());
-        sz = hcat(sz.as_ref(), sq.as_ref());
-        next = sq;
+    for d in 0..DEPTH {
+        let q = orthonormalize_against(z.subcols(0, d * block), next);
+        let c = q.ncols().min(block);
+        z.subcols_mut(d * block, c).copy_from(q.subcols(0, c));
+        matmul(
+            sz.subcols_mut(d * block, c),
+            Accum::Replace,
+            s,
+            q.subcols(0, c),
+            1.0,
+            Par::Seq,
+        );
+        next = sz.subcols(d * block, c).to_owned();
     }
     let t = linalg::mul(z.transpose(), sz.as_ref());
     let t = Mat::from_fn(t.nrows(), t.ncols(), |i, j| 0.5 * (t[(i, j)] + t[(j, i)]));
@@ -382,14 +423,6 @@ fn project_out(z: MatRef<'_, f64>, v: &mut Mat<f64>) {
     }
     let c = linalg::mul(z.transpose(), v.as_ref());
     matmul(v.as_mut(), Accum::Add, z, c.as_ref(), -1.0, Par::Seq);
-}
-
-/// [a, b] side by side.
-fn hcat(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
-    let ka = a.ncols();
-    Mat::from_fn(a.nrows(), ka + b.ncols(), |i, j| {
-        if j < ka { a[(i, j)] } else { b[(i, j - ka)] }
-    })
 }
 
 #[cfg(test)]

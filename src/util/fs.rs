@@ -13,6 +13,16 @@ use std::path::{Path, PathBuf};
 /// keeps being one: the file it points to is replaced (e.g. `elx bind` in place on a
 /// linked bundle), in that file's folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] for content produced piece by piece: `fill` writes the whole file through
+/// the temporary file it is handed (buffer as needed), then the file is synced and renamed
+/// over `path`. A `fill` error removes the temporary file and leaves `path` as it was.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
     let target;
     let path = if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         target = fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
@@ -35,7 +45,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     ));
     let result = (|| -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
+        fill(&mut f)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
         // Make the rename itself durable.
@@ -51,7 +61,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Removes `.NAME.tmp-PID` files in `dir` whose writer process is gone (Linux: no
+/// Removes `.NAME.tmp-PID` (and `.NAME.tmp-PID.spool`) files in `dir` whose writer process is gone (Linux: no
 /// /proc/PID). Best effort: elsewhere, or on any error, nothing is removed.
 fn remove_stale_temps(dir: &Path, name: &str) {
     if !Path::new("/proc/self").exists() {
@@ -66,6 +76,8 @@ fn remove_stale_temps(dir: &Path, name: &str) {
         let Some(pid) = file
             .to_str()
             .and_then(|f| f.strip_prefix(&prefix))
+            // `.NAME.tmp-PID` or a spooled body `.NAME.tmp-PID.spool` (tensorfile::SpoolWriter).
+            .map(|p| p.strip_suffix(".spool").unwrap_or(p))
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -209,13 +221,15 @@ mod tests {
         let dead = dir.join(".out.bin.tmp-4294967295");
         let live = dir.join(".out.bin.tmp-1");
         let other = dir.join(".other.bin.tmp-4294967295");
-        for p in [&dead, &live, &other] {
+        let dead_spool = dir.join(".out.bin.tmp-4294967295.spool");
+        let live_spool = dir.join(".out.bin.tmp-1.spool");
+        for p in [&dead, &live, &other, &dead_spool, &live_spool] {
             fs::write(p, b"half").unwrap();
         }
         write_atomic(&dir.join("out.bin"), b"whole").unwrap();
         assert_eq!(fs::read(dir.join("out.bin")).unwrap(), b"whole");
-        assert!(!dead.exists());
-        assert!(live.exists() && other.exists());
+        assert!(!dead.exists() && !dead_spool.exists());
+        assert!(live.exists() && other.exists() && live_spool.exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -8,3 +8,5 @@ mod support;
 mod coeffs;
 mod format;
 mod quant;
+mod stream;
+mod update;

@@ -15,3 +15,4 @@ mod inspect;
 mod peft_roundtrip;
 mod roundtrip;
 mod shards;
+mod update;

@@ -11,6 +11,7 @@ mod errors;
 mod hardening;
 mod import_hf;
 mod patch;
+mod remap;
 mod session;
 mod tinybert;
 mod tokenizer_parity;

@@ -7,6 +7,7 @@
 pub mod adapter_fixtures;
 pub mod bundle;
 pub mod grad;
+pub mod lora_pool;
 pub mod minilm;
 pub mod ort;
 pub mod runtime;
