@@ -52,6 +52,8 @@ __all__ = [
     "SubspaceMismatchError",
     "UnsupportedError",
     "UsageError",
+    "Diagnostics",
+    "diagnostics",
     "extract",
 ]
 
@@ -319,6 +321,66 @@ def extract(
             allow_mixed_bases=allow_mixed_bases,
             progress=progress,
         )
+    )
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Will recycling pay for new tasks like these? (``elx inspect --held-out``)
+
+    ``verdict``: "expected", "partial" or "none" (for the adapters outside any cluster, or
+    all of them); ``line``: the sentence ``elx`` prints, per cluster and for the rest.
+    ``median``, ``q1``, ``q3``: the distribution of the held-out capture; ``clusters``: the
+    groups of adapters that capture each other. ``captured``: mean share of a held-out adapter's ΔW (energy-weighted) inside the
+    subspace of the others, against ``random`` for a random subspace of the same size and
+    ``chance``, its expectation; ``min`` / ``max`` over the adapters; ``mean_only``,
+    ``basis_only``, ``mean_plus_basis``: the same in the others' mean direction, centered
+    basis, and both; ``k_total``: mean Σ (K_A + K_B). ``adapters``: every adapter's figures.
+    """
+
+    verdict: str
+    line: str
+    median: float
+    q1: float
+    q3: float
+    clusters: List[List[str]]
+    captured: float
+    random: float
+    chance: float
+    min: float
+    max: float
+    mean_only: float
+    basis_only: float
+    mean_plus_basis: float
+    k_total: float
+    adapters: List[Dict[str, Any]]
+
+
+def diagnostics(
+    bundle: Bundle, held_out: Sequence[PathLike], *, seed: int = 0, allow_mixed_bases: bool = False
+) -> Diagnostics:
+    """Each adapter of ``held_out`` (at least two folders) against the subspace of the
+    others, extracted with ``bundle``'s options: the verdict ``elx inspect BUNDLE --adapters
+    ... --held-out`` prints, and its figures."""
+    d = json.loads(_native.diagnostics(bundle._b, [os.fspath(p) for p in held_out], seed, allow_mixed_bases))
+    m, r, dist = d["mean"], d["mean"]["recycled"], d["distribution"]
+    return Diagnostics(
+        verdict=d["verdict"]["gain"],
+        line=d["verdict"]["line"],
+        median=dist["median"],
+        q1=dist["q1"],
+        q3=dist["q3"],
+        clusters=d["clusters"],
+        captured=r["captured"],
+        random=r["random"],
+        chance=r["chance"],
+        min=m["min"],
+        max=m["max"],
+        mean_only=m["mean_only"],
+        basis_only=m["basis_only"],
+        mean_plus_basis=m["mean_plus_basis"],
+        k_total=m["k_total"],
+        adapters=d["adapters"],
     )
 
 

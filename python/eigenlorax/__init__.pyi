@@ -86,6 +86,29 @@ def extract(
 ) -> Bundle: ...
 
 @dataclass(frozen=True)
+class Diagnostics:
+    verdict: str
+    line: str
+    median: float
+    q1: float
+    q3: float
+    clusters: List[List[str]]
+    captured: float
+    random: float
+    chance: float
+    min: float
+    max: float
+    mean_only: float
+    basis_only: float
+    mean_plus_basis: float
+    k_total: float
+    adapters: List[Dict[str, Any]]
+
+def diagnostics(
+    bundle: Bundle, held_out: Sequence[PathLike], *, seed: int = 0, allow_mixed_bases: bool = False
+) -> Diagnostics: ...
+
+@dataclass(frozen=True)
 class Prediction:
     task: str
     label: str

@@ -568,6 +568,49 @@ fn extract(
     result.map_err(raise)
 }
 
+/// Held-out diagnostics (`elx inspect B --adapters ... --held-out`): each adapter of the pool
+/// against the subspace of the others, extracted with the bundle's options; returns JSON of
+/// {"verdict": {gain, line}, "distribution", "clusters": [[names]], "mean": HeldOutMean,
+/// "adapters": [HeldOut]}.
+#[pyfunction]
+#[pyo3(signature = (bundle, held_out, seed = 0, allow_mixed_bases = false))]
+fn diagnostics(
+    py: Python<'_>,
+    bundle: &Bundle,
+    held_out: Vec<PathBuf>,
+    seed: u64,
+    allow_mixed_bases: bool,
+) -> PyResult<String> {
+    use eigenlorax::eval::diagnostics as d;
+    py.detach(|| {
+        let pool = d::Pool::load_with(&held_out, allow_mixed_bases)?;
+        let rows = d::held_out(&pool, &bundle.bundle.manifest.options, seed)?;
+        let mean = d::HeldOutMean::of(&rows);
+        // The verdict `elx inspect --held-out` prints: per cluster and for the rest.
+        let pair = d::pairwise_capture(&pool)?;
+        let st = d::structure(&rows, &pair, &pool.names);
+        let clusters: Vec<Vec<&str>> = st
+            .clusters
+            .iter()
+            .map(|c| {
+                c.members
+                    .iter()
+                    .filter_map(|&k| pool.names.get(k).map(String::as_str))
+                    .collect()
+            })
+            .collect();
+        serde_json::to_string(&serde_json::json!({
+            "verdict": {"gain": st.verdict.gain, "line": st.line},
+            "distribution": st.all,
+            "clusters": clusters,
+            "mean": mean,
+            "adapters": rows,
+        }))
+        .map_err(|e| Error::Internal(e.to_string()))
+    })
+    .map_err(raise)
+}
+
 /// A base model patched for one bound bundle on one engine, with its tasks and tokenizer.
 #[pyclass(module = "eigenlorax._native", frozen)]
 struct Runtime {
@@ -888,6 +931,7 @@ impl Runtime {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(extract, m)?)?;
+    m.add_function(wrap_pyfunction!(diagnostics, m)?)?;
     m.add_class::<Bundle>()?;
     m.add_class::<Coefficients>()?;
     m.add_class::<Runtime>()?;

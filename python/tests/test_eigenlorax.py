@@ -190,6 +190,20 @@ def test_finetune_equals_cli(tmp_path, bound):
     assert [p.label for p in rt.predict(["good movie"], r.task)][0] in {"pos", "neg"}
 
 
+def test_diagnostics_equal_cli_held_out(bound):
+    pool = [f"models/fixtures/adapters/task{i}" for i in range(4)]
+    d = elx.diagnostics(elx.Bundle.load(bound / "d.elxb"), pool)
+    out = elx_cli("inspect", bound / "d.elxb", "--adapters", *pool, "--held-out")
+    assert f"verdict: {d.line}" in out
+    assert d.verdict in {"expected", "partial", "none"}
+    assert len(d.adapters) == 4
+    assert d.captured == pytest.approx(np.mean([a["recycled"]["captured"] for a in d.adapters]), rel=1e-12)
+    assert 0 <= d.random <= d.captured <= 1 and d.min <= d.captured <= d.max
+    assert d.q1 <= d.median <= d.q3 and d.clusters == []
+    with pytest.raises(elx.UsageError, match="at least two"):
+        elx.diagnostics(elx.Bundle.load(bound / "d.elxb"), pool[:1])
+
+
 def test_bad_inputs_raise_with_the_library_message(tmp_path, bound):
     with pytest.raises(elx.BadInputError, match="nothing at this path"):
         elx.extract(["/nonexistent/adapter"])
