@@ -115,6 +115,11 @@ typedef enum ElxDtype {
 // created it. Free with [`elx_finetune_free`].
 typedef struct ElxFinetune ElxFinetune;
 
+// A decoder with its tokenizer, its tasks and one plan serving every batch. Thread-safe: any
+// number of threads may generate at once, each request with its own task and cache. Free
+// with [`elx_generator_free`].
+typedef struct ElxGenerator ElxGenerator;
+
 // The outputs of one run: the raw graph outputs, the pooled rows and, for rows whose task
 // has a head, the prediction. Free with [`elx_result_free`].
 typedef struct ElxResult ElxResult;
@@ -196,6 +201,30 @@ typedef struct ElxFitReport {
   // are then in place. Otherwise it is paused with its current parameters.
   bool finished;
 } ElxFitReport;
+
+// How [`elx_generate`] picks tokens; fill with [`elx_generate_options_default`] first.
+typedef struct ElxGenerateOptions {
+  // Most new tokens.
+  size_t max_tokens;
+  // 0: greedy (deterministic); otherwise the softmax temperature.
+  float temperature;
+  // Sample among the `top_k` most likely tokens only (0: all).
+  size_t top_k;
+  // Sample among the most likely tokens whose probability reaches `top_p` (1: all).
+  float top_p;
+  // Sampling seed.
+  uint64_t seed;
+  // Generation stops before this text (NUL-terminated UTF-8, borrowed for the call);
+  // NULL: none.
+  const char *stop;
+} ElxGenerateOptions;
+
+// Called by [`elx_generate`] for every token as soon as it is picked: `token` its id (-1
+// for the text held back until the end), `text` the text it made final (NUL-terminated
+// UTF-8, valid during the call; may be empty while a character or a possible stop text is
+// incomplete), `logprob` the model's log-probability of it. Return 0 to go on, anything else
+// to stop.
+typedef int32_t (*ElxTokenCallback)(void *user, int64_t token, const char *text, float logprob);
 
 #ifdef __cplusplus
 extern "C" {
@@ -552,6 +581,61 @@ enum ElxStatus elx_finetune_resume(struct ElxFinetune *ft, const char *path);
 // # Safety
 // `ft` is null or a handle not freed yet.
 void elx_finetune_free(struct ElxFinetune *ft);
+
+// Fills `options` with the defaults: 128 tokens, greedy, no stop text.
+//
+// # Safety
+// `options` is null or writable.
+enum ElxStatus elx_generate_options_default(struct ElxGenerateOptions *options);
+
+// Opens a decoder: `model_path` is the folder `elx import-gguf` wrote (or its model.onnx,
+// with tokenizer.json beside it); `bundle_path` a bundle bound to it, or NULL for the base
+// model alone. Of `options` (NULL: the defaults) only the backend and provider apply. On
+// success `*out` owns a new generator; free it with [`elx_generator_free`].
+//
+// # Safety
+// `model_path` is a NUL-terminated string; `bundle_path` null or one; `options` null or
+// valid; `out` writable.
+enum ElxStatus elx_generator_open(const char *model_path,
+                                  const char *bundle_path,
+                                  const struct ElxOpenOptions *options,
+                                  struct ElxGenerator **out);
+
+// Frees a generator (NULL: nothing). No other call on it may be running or follow.
+//
+// # Safety
+// `g` is null or a live handle from [`elx_generator_open`], not used afterwards.
+void elx_generator_free(struct ElxGenerator *g);
+
+// Loads a task (.elxc, checked against the bundle) into the generator; `*task` gets its id.
+//
+// # Safety
+// `g` is a live generator; `path` a NUL-terminated string; `task` writable.
+enum ElxStatus elx_generator_load_task(const struct ElxGenerator *g,
+                                       const char *path,
+                                       uint32_t *task);
+
+// The id of the task that runs the base model (zero coefficients).
+//
+// # Safety
+// `g` is a live generator; `task` writable.
+enum ElxStatus elx_generator_base_task(const struct ElxGenerator *g, uint32_t *task);
+
+// Generates after `prompt` (UTF-8; special tokens written in it, e.g. a chat template's,
+// become their ids) with `task`, calling `callback` for every token (see
+// [`ElxTokenCallback`]); `options` NULL: the defaults. `*finish` (may be NULL) gets an
+// `ElxFinish` value.
+//
+// # Safety
+// `g` is a live generator; `prompt` a NUL-terminated string; `options` null or valid;
+// `callback` a function safe to call with `user`; `finish` null or writable.
+enum ElxStatus elx_generate(const struct ElxGenerator *g,
+                            uint32_t task,
+                            const char *prompt,
+                            const struct ElxGenerateOptions *options,
+                            ElxTokenCallback callback,
+                            void *user,
+                            uint32_t *finish);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -83,7 +83,17 @@ macro_rules! replay_tests {
 }
 
 replay_tests!(
-    tensorfile, peft, kohya, bundle, coeffs, checkpoint, onnx_bind, npy, tokenizer, gguf
+    tensorfile,
+    peft,
+    kohya,
+    bundle,
+    coeffs,
+    checkpoint,
+    onnx_bind,
+    npy,
+    tokenizer,
+    gguf,
+    chat_template
 );
 
 #[test]

@@ -20,7 +20,7 @@ secs=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(tensorfile peft kohya bundle coeffs checkpoint onnx_bind npy tokenizer gguf)
+  targets=(tensorfile peft kohya bundle coeffs checkpoint onnx_bind npy tokenizer gguf chat_template)
 fi
 if ! cargo +nightly --version >/dev/null 2>&1; then
   # libFuzzer's instrumentation needs nightly; rustup fetches it from the Rust dist server.

@@ -23,7 +23,7 @@ toolchain() {
 
 # The test binaries of the subset, the `elx` CLI and libelx (shared and static): one feature
 # set (the two invocations unify to the same one, so nothing builds twice).
-stage_tests=(adapter subspace bundle runtime runtime_alloc finetune)
+stage_tests=(adapter subspace bundle runtime runtime_alloc finetune decoder)
 cross_build() {
   cargo build -q --target "$target" --workspace --exclude eigenlorax-py --lib --bins
   local args=()
@@ -61,6 +61,9 @@ emulated_tests() {
   cargo test -q --target "$target" --test runtime -- --skip cli_bind:: --skip import_hf:: --skip tokenizer_parity::
   cargo test -q --target "$target" --test finetune -- --skip cli:: --skip tract:: --skip exact::finetune_ \
     --skip exact::minilm_ --skip exact::tiny_bert_
+  # The tiny Llama imported from its GGUF and HF folder, generating through a bound bundle
+  # on ARM: transformers' logits and tokens, as on x86_64.
+  cargo test -q --target "$target" --test decoder -- reference:: graph::
 }
 
 # The same runtime run on both architectures: the tiny BERT fixture, a bundle of task0..4,

@@ -29,8 +29,11 @@ mod result;
 
 mod finetune;
 
+mod generate;
+
 pub use error::*;
 pub use finetune::*;
+pub use generate::*;
 pub use result::*;
 pub use run::*;
 pub use runtime::*;

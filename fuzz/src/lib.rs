@@ -28,7 +28,7 @@ pub type Body = fn(&[u8]);
 
 /// Every target: its name (the folder under `fuzz/corpus/` and `fuzz/regressions/`, and the
 /// binary under `fuzz_targets/`) and its body.
-pub const TARGETS: [(&str, Body); 10] = [
+pub const TARGETS: [(&str, Body); 11] = [
     ("tensorfile", tensorfile),
     ("peft", peft),
     ("kohya", kohya),
@@ -39,6 +39,7 @@ pub const TARGETS: [(&str, Body); 10] = [
     ("npy", npy),
     ("tokenizer", tokenizer),
     ("gguf", gguf),
+    ("chat_template", chat_template),
 ];
 
 /// Scratch folder of this process and thread (replayed targets run on parallel test threads).
@@ -204,7 +205,8 @@ pub fn npy(data: &[u8]) {
 }
 
 /// Any bytes as a GGUF file: open (header, metadata and tensor-info checks), read every
-/// metadata value through each typed accessor, dequantize every tensor (whole and its first
+/// metadata value through each typed accessor, build the tokenizer from its metadata,
+/// dequantize every tensor (whole and its first
 /// row), and un-permute every 2-D tensor whose rows allow it (by the file's head counts and
 /// by 1 and 2 heads), checking that permuting back gives the same values.
 pub fn gguf(data: &[u8]) {
@@ -220,6 +222,8 @@ pub fn gguf(data: &[u8]) {
             g.f32s(key),
         );
     }
+    // (tokenizer_json itself loads what it built in the tokenizers crate before returning.)
+    let _ = eigenlorax::gguf::tokenizer_json(&g);
     let mut heads = vec![1, 2];
     for key in [
         "llama.attention.head_count",
@@ -249,6 +253,40 @@ pub fn gguf(data: &[u8]) {
                 );
             }
         }
+    }
+    // The decoder import reads the same metadata: its configuration and special tokens, and
+    // (when the weights are small) the whole graph.
+    let _ = eigenlorax::graph::llama::files::tokenizer_meta(&g);
+    if let Ok(cfg) = eigenlorax::graph::llama::gguf::config(&g)
+        && cfg.weight_count().is_some_and(|n| n <= 1 << 20)
+    {
+        let mut w = eigenlorax::graph::llama::gguf::GgufWeights::new(&g, &cfg);
+        let _ = eigenlorax::graph::llama::build(&cfg, &mut w, "fuzz");
+    }
+}
+
+/// Any bytes as a chat template and its messages: the bytes up to the first NUL are the
+/// template source; the rest, split at NULs, alternate role and content (lossy UTF-8); the
+/// input's first byte, when odd, asks for the generation prompt. Compile, then render.
+pub fn chat_template(data: &[u8]) {
+    use eigenlorax::serve::input::{ChatMessage, ChatTemplate};
+    let mut parts = data.split(|&b| b == 0);
+    let source = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let fields: Vec<String> = parts
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let messages: Vec<ChatMessage> = fields
+        .chunks(2)
+        .map(|c| ChatMessage::new(c[0].clone(), c.get(1).cloned().unwrap_or_default()))
+        .collect();
+    let add_generation_prompt = data.first().is_some_and(|b| b % 2 == 1);
+    if let Ok(t) = ChatTemplate::new(&source, "<s>", "</s>")
+        && let Ok(out) = t.render(&messages, add_generation_prompt)
+    {
+        assert!(
+            out.len() <= eigenlorax::serve::input::chat::MAX_RENDER_BYTES,
+            "a rendering over the bound"
+        );
     }
 }
 

@@ -194,6 +194,18 @@ fn all_finite(v: &[f64]) -> bool {
 }
 
 impl CoeffFile {
+    /// The task that runs the base model: no module's coefficients, which the runtime
+    /// serves as all zeros (no correction).
+    pub fn base(subspace_id: &str) -> CoeffFile {
+        CoeffFile {
+            subspace_id: subspace_id.to_string(),
+            task: "base".into(),
+            provenance: Provenance::ZeroShot,
+            modules: BTreeMap::new(),
+            head: None,
+        }
+    }
+
     /// Writes atomically (all tensors as f32), format 1.
     pub fn write(&self, path: &Path) -> Result<()> {
         self.write_with(path, None)

@@ -626,6 +626,34 @@ pub(crate) fn manifest_json<'a>(tf: &'a TensorFile, what: &str) -> Result<&'a st
 }
 
 impl Bundle {
+    /// A bundle with no subspace, bound to the base model `base_file` (SHA-256 `sha256`):
+    /// what serving the base model alone goes through (no module is patched, every task is
+    /// the base model). Held in memory only; its id is `base`.
+    pub fn without_subspace(base_file: &str, sha256: String) -> Bundle {
+        let options = ExtractOptions::default();
+        Bundle {
+            path: PathBuf::from(format!("{base_file} (no bundle)")),
+            manifest: Manifest {
+                format_version: BUNDLE_FORMAT_VERSION,
+                subspace_id: "base".into(),
+                dtype: StorageDtype::F32,
+                options: options.clone(),
+                modules: BTreeMap::new(),
+                sources: Vec::new(),
+                binding: Some(Binding {
+                    base_sha256: sha256,
+                    base_file: base_file.to_string(),
+                    modules: BTreeMap::new(),
+                }),
+                base: None,
+            },
+            subspace: Subspace {
+                modules: BTreeMap::new(),
+                options,
+            },
+        }
+    }
+
     /// Writes `subspace` as a bundle, atomically; returns the manifest (with its subspace id).
     pub fn write(
         path: &Path,

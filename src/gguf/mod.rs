@@ -2,6 +2,8 @@
 //! offset and shape checked against the file's real size before anything is allocated from
 //! it, and their tensors dequantized to f32.
 //!
+//! The tokenizer stored in the metadata becomes an HF `tokenizer.json` in [`tokenizer_json`].
+//!
 //! Shared infrastructure like [`crate::tensorfile`] (which reads safetensors): no stage
 //! depends on it yet. Versions 2 and 3 of the format are read (version 1 used 32-bit counts
 //! and is refused). Metadata values of every GGUF type are kept, arrays included (arrays of
@@ -15,8 +17,10 @@
 //! outermost first, as everywhere else in this crate.
 
 mod quant;
+mod tokenizer;
 
 pub use quant::{GgmlType, dequantize, permute_qk, unpermute_qk};
+pub use tokenizer::{byte_to_char, tokenizer_json};
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;

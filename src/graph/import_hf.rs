@@ -21,8 +21,8 @@
 //! configuration a run reads) next to the ONNX it writes, so that `elx run --text` and
 //! `elx finetune` find them beside the model without `--tokenizer`.
 
-use super::onnx::{self, Dim, attr_float, attr_int, attr_ints, node, tensor_f32, tensor_i64};
-use super::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+use super::onnx::{self, Dim, attr_float, attr_int, attr_ints, node};
+use super::pb::{GraphProto, ModelProto, OperatorSetIdProto};
 use crate::error::{Error, Result};
 use crate::tensorfile::{Dtype, TensorFile};
 use std::path::{Path, PathBuf};
@@ -349,35 +349,10 @@ fn transpose(rows: usize, cols: usize, w: &[f32]) -> Vec<f32> {
     t
 }
 
-/// Accumulates nodes and initializers; names every node output after its node.
-struct Builder {
-    nodes: Vec<NodeProto>,
-    inits: Vec<TensorProto>,
-}
+/// The graph builder, with the encoder's two composite layers added below.
+type Builder = onnx::GraphBuilder;
 
 impl Builder {
-    /// Adds node `name` (its single output is also called `name`) and returns the output.
-    fn op(
-        &mut self,
-        op: &str,
-        name: &str,
-        inputs: &[&str],
-        attrs: Vec<super::pb::AttributeProto>,
-    ) -> String {
-        self.nodes.push(node(op, name, inputs, &[name], attrs));
-        name.to_string()
-    }
-
-    fn init_f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
-        self.inits.push(tensor_f32(name, dims, data));
-        name.to_string()
-    }
-
-    fn init_i64(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
-        self.inits.push(tensor_i64(name, dims, data));
-        name.to_string()
-    }
-
     /// `y = x·W + b` for the HF linear module `module` (weight [out x in] in the checkpoint,
     /// stored [in x out] under `<module>.weight` so that binding finds it by name).
     fn linear(
@@ -595,10 +570,7 @@ fn build(cfg: &BertConfig, w: &mut Weights) -> Result<ModelProto> {
     let heads = cfg.heads;
     let dh = h / heads;
     let eps = cfg.layer_norm_eps;
-    let mut b = Builder {
-        nodes: Vec::new(),
-        inits: Vec::new(),
-    };
+    let mut b = Builder::default();
 
     // Shared constants.
     let c_one = b.init_f32("/const/one", &[], &[1.0]);

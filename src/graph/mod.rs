@@ -11,12 +11,15 @@
 //! * [`patch`]: the one graph patch shared by every backend.
 //! * [`grad`]: training graphs (forward, loss and exact gradients of the coefficients).
 //! * [`import_hf`]: the ONNX graph of a BERT encoder built from a HF checkpoint (`elx import-hf`).
+//! * [`llama`]: the ONNX graph of a Llama-family decoder with a KV cache, built from a GGUF
+//!   file or a HF folder (`elx import-gguf`).
 //! * [`onnx`]: small helpers over the ONNX protobuf types in [`pb`].
 
 pub mod bind;
 pub mod check;
 pub mod grad;
 pub mod import_hf;
+pub mod llama;
 pub mod onnx;
 pub mod onnx_pb;
 pub mod patch;

@@ -135,6 +135,42 @@ pub fn value_info_dims(v: &ValueInfoProto) -> Option<Vec<Dim>> {
     )
 }
 
+/// Accumulates the nodes and initializers of a graph being built (the importers' common
+/// tool); names every single-output node's output after the node.
+#[derive(Debug, Default)]
+pub struct GraphBuilder {
+    /// The nodes, in topological order (each added after its inputs).
+    pub nodes: Vec<NodeProto>,
+    /// The initializers.
+    pub inits: Vec<TensorProto>,
+}
+
+impl GraphBuilder {
+    /// Adds node `name` (its single output is also called `name`) and returns the output.
+    pub fn op(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) -> String {
+        self.nodes.push(node(op, name, inputs, &[name], attrs));
+        name.to_string()
+    }
+
+    /// Adds an f32 initializer and returns its name.
+    pub fn init_f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        self.inits.push(tensor_f32(name, dims, data));
+        name.to_string()
+    }
+
+    /// Adds an i64 initializer and returns its name.
+    pub fn init_i64(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
+        self.inits.push(tensor_i64(name, dims, data));
+        name.to_string()
+    }
+}
+
 /// A node of the default ONNX domain.
 pub fn node(
     op_type: &str,

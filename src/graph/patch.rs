@@ -30,6 +30,9 @@
 //!   are [B, in, r] and [B, r, out], and [B, S, in] x [B, in, r] applies row i's. A rank-2 activation (Gemm, [B, in]) is reshaped to [B, 1, in]
 //!   and back. The first axis of every graph input and output, when symbolic, is fixed to B.
 //!
+//! * `tasks = PER_ROW` (0): as `tasks = B`, with the task axis the base inputs' symbolic
+//!   batch axis instead of a fixed B, so one graph serves batches of every size.
+//!
 //! All-zero coefficients give T = 0 and so exactly the base outputs.
 
 use super::onnx::{self, Dim, node, tensor_f32, tensor_i64, value_info, value_info_dims};
@@ -78,7 +81,8 @@ pub struct PatchedModel {
     pub proto: ModelProto,
     /// Coefficient inputs, one per bound module, in binding (module name) order.
     pub coeff_inputs: Vec<CoeffInput>,
-    /// How many tasks the coefficient inputs hold (their leading axis).
+    /// How many tasks the coefficient inputs hold (their leading axis); [`PER_ROW`]: one per
+    /// row of a batch of any size.
     pub tasks: usize,
     /// Names of the base model's own graph inputs (the first inputs of the patched graph).
     pub base_inputs: Vec<String>,
@@ -178,9 +182,6 @@ pub fn patch_owned_with(
     tasks: usize,
     form: PatchForm,
 ) -> Result<PatchedModel> {
-    if tasks == 0 {
-        return Err(Error::Usage("patch: tasks must be at least 1".into()));
-    }
     let binding = binding_of(bundle)?;
     let file = binding.base_file.as_str();
     // A model that is not what the binding assumes must not reach an engine (issue 13).
@@ -193,6 +194,26 @@ pub fn patch_owned_with(
     let base_inputs = base_input_names(graph);
     let names = names_in_use(graph);
     let declared = declared_dims(graph);
+    // The task axis: fixed, or (tasks = 0) the base inputs' own symbolic batch axis.
+    let task_dim = if tasks == PER_ROW {
+        let batch = base_inputs
+            .first()
+            .and_then(|n| declared.get(n))
+            .and_then(|d| d.first())
+            .and_then(|d| match d {
+                Dim::Param(p) if !p.is_empty() => Some(p.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Error::bad_file(
+                    file,
+                    "expected a symbolic batch axis on the first input, for coefficients given per row",
+                )
+            })?;
+        Dim::Param(batch)
+    } else {
+        Dim::Fixed(tasks)
+    };
 
     let mut inserts: HashMap<usize, Vec<NodeProto>> = HashMap::new();
     let mut new_inits: Vec<TensorProto> = Vec::new();
@@ -225,12 +246,12 @@ pub fn patch_owned_with(
         new_inputs.push(value_info(
             &n.in_a,
             onnx::FLOAT,
-            &[Dim::Fixed(tasks), Dim::Fixed(k_a), Dim::Fixed(r)],
+            &[task_dim.clone(), Dim::Fixed(k_a), Dim::Fixed(r)],
         ));
         new_inputs.push(value_info(
             &n.in_b,
             onnx::FLOAT,
-            &[Dim::Fixed(tasks), Dim::Fixed(r), Dim::Fixed(k_b)],
+            &[task_dim.clone(), Dim::Fixed(r), Dim::Fixed(k_b)],
         ));
         let shape = Shape {
             din,
@@ -279,6 +300,12 @@ pub fn patch_owned_with(
         base_inputs,
     })
 }
+
+/// `tasks` for a patch whose coefficient inputs take one task per row, their leading axis the
+/// base inputs' own symbolic batch axis: one graph (and one engine plan) serves single-task
+/// and mixed-task batches of any size. A decoder serves this way, since its batches change
+/// size from step to step and one plan holds its weights once.
+pub const PER_ROW: usize = 0;
 
 /// The graph inputs that are not initializers: the base model's own inputs.
 fn base_input_names(graph: &GraphProto) -> Vec<String> {
@@ -519,7 +546,7 @@ fn correction_nodes(
     let mut nodes = Vec::new();
     let mut x = input.to_string();
     let (mut alpha_a, mut alpha_b) = (n.in_a.clone(), n.in_b.clone());
-    let mixed_rank2 = tasks > 1 && rank2;
+    let mixed_rank2 = tasks != 1 && rank2;
     if tasks == 1 {
         inits.push(tensor_i64(&n.sh_a, &[2], &[k_a as i64, r as i64]));
         inits.push(tensor_i64(&n.sh_b, &[2], &[r as i64, k_b as i64]));

@@ -15,7 +15,7 @@ use super::backend::{self, EngineBackend, HiddenView};
 use super::family::{Encoder, ModelFamily};
 use super::hidden::HiddenStateBackend;
 use super::input::{Batch, InputSpec, InputTensor, OutputTensor};
-use super::store::{Task, TaskId};
+use super::store::{Task, TaskData, TaskId};
 use crate::bundle::{Bundle, CoeffFile, Head};
 use crate::error::{Error, Result};
 use crate::graph::patch::CoeffInput;
@@ -23,7 +23,7 @@ use crate::task::CoeffLayout;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use super::backend::{Backend, ExecutionProvider, not_built};
+pub use super::backend::{Backend, ExecutionProvider, LoadOptions, not_built};
 
 /// A patched base model on one engine, with its task store. Cloning shares the engine.
 #[derive(Clone)]
@@ -77,6 +77,19 @@ impl Engine {
     pub fn load(base: &Path, bundle: &Bundle, backend: Backend) -> Result<Engine> {
         Ok(Engine {
             inner: backend::open(backend)?.load(base, bundle)?,
+        })
+    }
+
+    /// [`Engine::load`] with `options` (e.g. one plan with a task per row, as a decoder is
+    /// served: [`LoadOptions::per_row_tasks`]).
+    pub fn load_with(
+        base: &Path,
+        bundle: &Bundle,
+        backend: Backend,
+        options: &LoadOptions,
+    ) -> Result<Engine> {
+        Ok(Engine {
+            inner: backend::open(backend)?.load_with(base, bundle, options)?,
         })
     }
 
@@ -184,6 +197,27 @@ impl Engine {
     pub fn run_mixed(&self, batch: &Batch, ids: &[TaskId]) -> Result<Vec<OutputTensor>> {
         let out = self.inner.run_mixed_batch(batch, ids)?;
         check_finite(&out, || self.task_names(ids))?;
+        Ok(out)
+    }
+
+    /// A loaded task's coefficients, pinned: runs given them ([`Engine::run_rows`]) use these
+    /// values even after the task is replaced or unloaded.
+    pub fn task(&self, id: TaskId) -> Result<Arc<Task>> {
+        self.inner.store().get(id)
+    }
+
+    /// Runs row i of `inputs` (in the model's input order) with `tasks[i]`, all in one pass;
+    /// outputs checked as [`Engine::run`] does.
+    pub fn run_rows(
+        &self,
+        inputs: &[InputTensor],
+        tasks: &[&TaskData],
+    ) -> Result<Vec<OutputTensor>> {
+        let out = self.inner.run_rows(inputs, tasks)?;
+        check_finite(&out, || {
+            let names: Vec<String> = tasks.iter().map(|t| format!("`{}`", t.name)).collect();
+            names.join(", ")
+        })?;
         Ok(out)
     }
 

@@ -7,13 +7,12 @@
 //! builds every object its `main` uses): the engine choice, the tokenizer lookup, the output
 //! choice and pooling are written here once.
 
-use crate::bundle::{Bundle, CoeffFile, Head, Manifest, Provenance};
+use crate::bundle::{Bundle, CoeffFile, Head, Manifest};
 use crate::error::{Error, Result};
 use crate::serve::input::{Batch, OutputTensor, TextEncoder, find_tokenizer};
 use crate::serve::store::TaskId;
 use crate::serve::{Backend, Engine};
 use crate::task::{Pooling, Prediction, apply_head, pool};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Which graph output is pooled.
@@ -179,13 +178,8 @@ impl Runner {
 
     /// Adds the base model as a task: all-zero coefficients, no head.
     pub fn insert_base_task(&self) -> Result<TaskId> {
-        self.engine.insert_task(&CoeffFile {
-            subspace_id: self.manifest.subspace_id.clone(),
-            task: "base".into(),
-            provenance: Provenance::ZeroShot,
-            modules: BTreeMap::new(),
-            head: None,
-        })
+        self.engine
+            .insert_task(&CoeffFile::base(&self.manifest.subspace_id))
     }
 
     /// Runs `batch` with its tasks and pools the chosen output.

@@ -8,7 +8,9 @@
 //!   of engine is compiled there and nowhere else.
 //! * [`store`]: thread-safe store of prepared task coefficients.
 //! * [`family`]: model families (what a model takes, what a request keeps, what the loss
-//!   reads): the encoder today.
+//!   reads): the encoder and the decoder.
+//! * [`generate`]: a decoder's requests, each with its task and KV cache, decoded in
+//!   batches that mix tasks.
 //! * [`hidden`]: the hidden-state view the finetuner trains through.
 //! * [`train`]: exact gradients: training graphs run on the serving engine.
 //! * [`input`]: text (tokenizer.json), .npy and safetensors inputs, pooling.
@@ -18,6 +20,7 @@
 pub mod backend;
 pub mod engine;
 pub mod family;
+pub mod generate;
 pub mod hidden;
 pub mod input;
 pub mod job;

@@ -23,7 +23,27 @@ pub trait Loader {
 
     /// Loads `base` for the bound `bundle`: checks the model's SHA-256 against the binding,
     /// patches it once and prepares the engine.
-    fn load(&self, base: &Path, bundle: &crate::bundle::Bundle) -> Result<Arc<dyn EngineBackend>>;
+    fn load(&self, base: &Path, bundle: &crate::bundle::Bundle) -> Result<Arc<dyn EngineBackend>> {
+        self.load_with(base, bundle, &LoadOptions::default())
+    }
+
+    /// [`Loader::load`] with `options`.
+    fn load_with(
+        &self,
+        base: &Path,
+        bundle: &crate::bundle::Bundle,
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn EngineBackend>>;
+}
+
+/// How an engine prepares a model at load.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Patch the model with one task per row ([`crate::graph::patch::PER_ROW`]): one plan,
+    /// holding the weights once, serves single-task and mixed-task batches of every size (a
+    /// decoder's batches change size from step to step). Otherwise single-task runs have
+    /// their own plan and mixed batches one plan per batch size.
+    pub per_row_tasks: bool,
 }
 
 /// A patched base model on one engine, with its task store: what [`crate::serve::Engine`]
@@ -58,6 +78,10 @@ pub trait EngineBackend: Send + Sync {
     /// Runs every row of `inputs` with coefficients that need not be in the store (a
     /// request's own, or trial values).
     fn run_task_data(&self, inputs: &[InputTensor], task: &TaskData) -> Result<Vec<OutputTensor>>;
+
+    /// Runs row i of `inputs` with `tasks[i]` (coefficients pinned by the caller, which need
+    /// not be in the store any more), all in one pass.
+    fn run_rows(&self, inputs: &[InputTensor], tasks: &[&TaskData]) -> Result<Vec<OutputTensor>>;
 
     /// The base model patched for one task, as this engine serves it: what training graphs
     /// are built from.

@@ -17,7 +17,7 @@ pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
 
-pub use api::{EngineBackend, FixedSession, HiddenView, Loader, Trainer};
+pub use api::{EngineBackend, FixedSession, HiddenView, LoadOptions, Loader, Trainer};
 pub use guard::engine_call;
 pub use kind::{Backend, ExecutionProvider, not_built};
 
@@ -32,4 +32,14 @@ pub fn open(kind: Backend) -> crate::Result<Box<dyn Loader>> {
         #[allow(unreachable_patterns)]
         other => Err(not_built(other)),
     }
+}
+
+/// How many threads the CPU engines split a matrix product over, from now on, in this whole
+/// process: tract's matrix products (one executor for every plan). ONNX Runtime sessions
+/// keep their own intra-op pools.
+pub fn set_cpu_threads(n: usize) {
+    #[cfg(feature = "tract")]
+    tract::set_threads(n);
+    #[cfg(not(feature = "tract"))]
+    let _ = n;
 }

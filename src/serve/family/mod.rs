@@ -6,8 +6,11 @@
 //! * [`Encoder`]: today's only family: a BERT-like encoder whose last hidden state is pooled
 //!   and fed to a linear head; a request keeps nothing between calls.
 //!
-//! A decoder (issue 26) is the second implementation of [`ModelFamily`], in its own file
-//! beside `encoder.rs`, without touching the first:
+//! * [`Decoder`]: a causal LM ([`crate::graph::llama`]) keeping its KV cache between calls;
+//!   served by [`crate::serve::generate`].
+//!
+//! The decoder is the second implementation of [`ModelFamily`], in its own file beside
+//! `encoder.rs`:
 //!
 //! * **inputs** ([`ModelFamily::feeds`]): `input_ids`, `attention_mask`, `position_ids` and
 //!   one `past_key_values.*` pair per layer (a new [`TokenFeed`] variant each for positions
@@ -21,8 +24,10 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the files a second family adds.
 
+pub mod decoder;
 pub mod encoder;
 
+pub use decoder::Decoder;
 pub use encoder::Encoder;
 
 use crate::error::Result;

@@ -18,7 +18,7 @@ pub use hidden::OrtBackend;
 pub use runtime::{DYLIB_ENV, OrtModel, OrtRuntime, dylib_path, environment, plain_inputs};
 pub use train::{OrtSession, OrtTrainer};
 
-use super::{Backend, EngineBackend, ExecutionProvider, HiddenView, Loader, Trainer};
+use super::{Backend, EngineBackend, ExecutionProvider, HiddenView, LoadOptions, Loader, Trainer};
 use crate::bundle::Bundle;
 use crate::error::Result;
 use crate::graph::grad::Weight;
@@ -36,8 +36,18 @@ impl Loader for OrtLoader {
         environment().map(|_| ())
     }
 
-    fn load(&self, base: &Path, bundle: &Bundle) -> Result<Arc<dyn EngineBackend>> {
-        Ok(Arc::new(OrtRuntime::load(base, bundle, self.0)?))
+    fn load_with(
+        &self,
+        base: &Path,
+        bundle: &Bundle,
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn EngineBackend>> {
+        Ok(Arc::new(OrtRuntime::load_with(
+            base,
+            bundle,
+            self.0,
+            options.per_row_tasks,
+        )?))
     }
 }
 
@@ -76,6 +86,10 @@ impl EngineBackend for OrtRuntime {
 
     fn run_task_data(&self, inputs: &[InputTensor], task: &TaskData) -> Result<Vec<OutputTensor>> {
         self.run_task(inputs, task)
+    }
+
+    fn run_rows(&self, inputs: &[InputTensor], tasks: &[&TaskData]) -> Result<Vec<OutputTensor>> {
+        OrtRuntime::run_rows(self, inputs, tasks)
     }
 
     fn patched_model(&self) -> Result<PatchedModel> {

@@ -374,6 +374,8 @@ pub struct OrtRuntime {
     coeff_inputs: Vec<CoeffInput>,
     mixed: Mutex<HashMap<usize, Arc<OrtModel>>>,
     store: TaskStore,
+    /// Whether the single session takes one task per row ([`patch::PER_ROW`]).
+    per_row: bool,
 }
 
 impl std::fmt::Debug for OrtRuntime {
@@ -390,8 +392,20 @@ impl OrtRuntime {
     /// Reads the base model (checked against the bundle's binding hash), patches it for one
     /// task and builds its session on `ep`.
     pub fn load(base: &Path, bundle: &Bundle, ep: ExecutionProvider) -> Result<OrtRuntime> {
+        Self::load_with(base, bundle, ep, false)
+    }
+
+    /// [`OrtRuntime::load`]; with `per_row`, one session whose coefficient inputs take one
+    /// task per row ([`patch::PER_ROW`]) serves every run, single-task or mixed, of any batch
+    /// size.
+    pub fn load_with(
+        base: &Path,
+        bundle: &Bundle,
+        ep: ExecutionProvider,
+        per_row: bool,
+    ) -> Result<OrtRuntime> {
         let model = patch::load_base(base, bundle)?;
-        Self::from_model(model, bundle, ep)
+        Self::from_model_with(model, bundle, ep, per_row)
     }
 
     /// Same as [`OrtRuntime::load`] for a base model already in memory (hash not checked).
@@ -400,7 +414,17 @@ impl OrtRuntime {
         bundle: &Bundle,
         ep: ExecutionProvider,
     ) -> Result<OrtRuntime> {
-        let patched = patch::patch(&base, bundle, 1)?;
+        Self::from_model_with(base, bundle, ep, false)
+    }
+
+    fn from_model_with(
+        base: ModelProto,
+        bundle: &Bundle,
+        ep: ExecutionProvider,
+        per_row: bool,
+    ) -> Result<OrtRuntime> {
+        let tasks = if per_row { patch::PER_ROW } else { 1 };
+        let patched = patch::patch(&base, bundle, tasks)?;
         let single = OrtModel::new(&patched.proto, &patched.base_inputs, ep)?;
         let store = TaskStore::new(&bundle.manifest, &patched.coeff_inputs);
         Ok(OrtRuntime {
@@ -411,6 +435,7 @@ impl OrtRuntime {
             coeff_inputs: patched.coeff_inputs,
             mixed: Mutex::new(HashMap::new()),
             store,
+            per_row,
         })
     }
 
@@ -475,6 +500,14 @@ impl OrtRuntime {
     /// the store (the finetuner's trial coefficients): one tensor per coefficient input,
     /// in [`OrtRuntime::coeff_inputs`] order, α_Aᵀ [1, K_A, r] then α_Bᵀ [1, r, K_B].
     pub fn run_task(&self, inputs: &[InputTensor], task: &TaskData) -> Result<Vec<OutputTensor>> {
+        if self.per_row {
+            let b = inputs
+                .first()
+                .and_then(|x| x.shape.first())
+                .copied()
+                .unwrap_or(1);
+            return self.run_rows(inputs, &vec![task; b]);
+        }
         task.check(&self.coeff_inputs)?;
         let tensors: Vec<_> = task.tensors(&self.coeff_inputs).collect();
         let extra: Vec<(&str, &[usize], &[f32])> = tensors
@@ -487,6 +520,21 @@ impl OrtRuntime {
     /// Runs row i of `inputs` with task `tasks[i]` in one pass (the leading axis of every
     /// input must be `tasks.len()`).
     pub fn run_mixed(&self, inputs: &[InputTensor], tasks: &[TaskId]) -> Result<Vec<OutputTensor>> {
+        let loaded: Vec<_> = tasks
+            .iter()
+            .map(|&id| self.store.get(id))
+            .collect::<Result<_>>()?;
+        let rows: Vec<&TaskData> = loaded.iter().map(|t| &**t).collect();
+        self.run_rows(inputs, &rows)
+    }
+
+    /// Runs row i of `inputs` with `tasks[i]` (coefficients pinned by the caller) in one
+    /// pass: on the per-row session, or the mixed session of this batch size.
+    pub fn run_rows(
+        &self,
+        inputs: &[InputTensor],
+        tasks: &[&TaskData],
+    ) -> Result<Vec<OutputTensor>> {
         let b = tasks.len();
         if b == 0 {
             return Err(Error::Usage("mixed run: expected at least one task".into()));
@@ -497,15 +545,10 @@ impl OrtRuntime {
                 t.name, t.shape
             )));
         }
-        let loaded: Vec<_> = tasks
-            .iter()
-            .map(|&id| self.store.get(id))
-            .collect::<Result<_>>()?;
-        let model = self.mixed_model(b)?;
         // Stack the rows' coefficients: one [B, K, r] buffer per coefficient input.
         let n = 2 * self.coeff_inputs.len();
-        let mut views = Vec::with_capacity(loaded.len());
-        for t in &loaded {
+        let mut views = Vec::with_capacity(b);
+        for t in tasks {
             t.check(&self.coeff_inputs)?;
             views.push(t.tensors(&self.coeff_inputs).collect::<Vec<_>>());
         }
@@ -531,7 +574,10 @@ impl OrtRuntime {
             .zip(&stacked)
             .map(|(name, (shape, data))| (name, &shape[..], data.as_slice()))
             .collect();
-        model.run_with(inputs, &extra)
+        if self.per_row {
+            return self.single.run_with(inputs, &extra);
+        }
+        self.mixed_model(b)?.run_with(inputs, &extra)
     }
 
     /// The session for mixed batches of `b` rows, built once on the provider the

@@ -17,7 +17,7 @@ pub use runtime::{Runtime, RuntimeOptions, TValue, Tensor};
 pub use tensor::{from_tract, to_tract};
 pub use train::{TractSession, TractTrainer};
 
-use super::{Backend, EngineBackend, HiddenView, Loader, Trainer};
+use super::{Backend, EngineBackend, HiddenView, LoadOptions, Loader, Trainer};
 use crate::bundle::Bundle;
 use crate::error::Result;
 use crate::graph::grad::Weight;
@@ -27,6 +27,17 @@ use crate::serve::store::{TaskData, TaskId, TaskStore};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Splits tract's matrix products over `n` threads from now on, in this whole process (tract
+/// keeps one executor for every plan); 1 is tract's default, one thread.
+pub fn set_threads(n: usize) {
+    use tract_linalg::multithread::{Executor, set_default_executor};
+    set_default_executor(if n <= 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(n)
+    });
+}
+
 /// Starts the tract engine (see [`super::open`]).
 pub struct TractLoader;
 
@@ -35,8 +46,17 @@ impl Loader for TractLoader {
         Ok(())
     }
 
-    fn load(&self, base: &Path, bundle: &Bundle) -> Result<Arc<dyn EngineBackend>> {
-        Ok(Arc::new(Runtime::load(base, bundle)?))
+    fn load_with(
+        &self,
+        base: &Path,
+        bundle: &Bundle,
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn EngineBackend>> {
+        let options = RuntimeOptions {
+            per_row_tasks: options.per_row_tasks,
+            ..Default::default()
+        };
+        Ok(Arc::new(Runtime::load_with(base, bundle, &options)?))
     }
 }
 
@@ -80,6 +100,12 @@ impl EngineBackend for Runtime {
     fn run_task_data(&self, inputs: &[InputTensor], task: &TaskData) -> Result<Vec<OutputTensor>> {
         let ordered = check_inputs(self.input_specs()?, inputs)?;
         let values = self.run_task(&to_tract(&ordered)?, task)?;
+        from_tract(Runtime::output_names(self), &values)
+    }
+
+    fn run_rows(&self, inputs: &[InputTensor], tasks: &[&TaskData]) -> Result<Vec<OutputTensor>> {
+        let ordered = check_inputs(self.input_specs()?, inputs)?;
+        let values = Runtime::run_rows(self, &to_tract(&ordered)?, tasks)?;
         from_tract(Runtime::output_names(self), &values)
     }
 

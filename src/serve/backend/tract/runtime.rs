@@ -20,7 +20,7 @@ use crate::bundle::{Bundle, CoeffFile};
 use crate::error::{Error, Result};
 use crate::graph::check::{IndexLimit, index_limits};
 use crate::graph::onnx::encode_model;
-use crate::graph::patch::{CoeffInput, PatchedModel, load_base, patch_owned};
+use crate::graph::patch::{CoeffInput, PER_ROW, PatchedModel, load_base, patch_owned};
 use crate::serve::backend::engine_call;
 use crate::serve::input::{InputSpec, input_specs, output_names};
 use crate::serve::store::{Task, TaskData, TaskId, TaskStore};
@@ -40,6 +40,10 @@ pub struct RuntimeOptions {
     /// Input shapes (one per base input) whose single-task plans are built at load when the
     /// model needs per-shape plans (element type taken as i64, the type of token inputs).
     pub shapes: Vec<Vec<Vec<usize>>>,
+    /// One symbolic plan with one task per row ([`crate::graph::patch::PER_ROW`]) for every
+    /// run, single-task or mixed, of any batch size; an error at load if tract cannot
+    /// optimize the graph with symbolic shapes.
+    pub per_row_tasks: bool,
 }
 
 /// Where each plan input comes from.
@@ -83,9 +87,12 @@ pub struct Runtime {
     coeff_inputs: Vec<CoeffInput>,
     single: Singles,
     mixed: Mutex<HashMap<usize, Arc<Mixed>>>,
-    /// [1, K, r] coefficient tensors for single-task runs.
+    /// Coefficient tensors for single-task runs ([1, K, r]; [B, K, r] per row with
+    /// `per_row`).
     single_pool: TensorPool,
     store: TaskStore,
+    /// Whether the single plan takes one task per row (see [`RuntimeOptions::per_row_tasks`]).
+    per_row: bool,
 }
 
 fn tract_err(e: impl std::fmt::Display) -> String {
@@ -182,7 +189,9 @@ impl Runtime {
     /// and builds the single-task plan (and the listed mixed-batch plans).
     pub fn load_with(base: &Path, bundle: &Bundle, options: &RuntimeOptions) -> Result<Runtime> {
         let model = load_base(base, bundle)?;
-        let patched = patch_owned(model, bundle, 1).map_err(|e| rename(e, base))?;
+        let per_row = options.per_row_tasks;
+        let tasks = if per_row { PER_ROW } else { 1 };
+        let patched = patch_owned(model, bundle, tasks).map_err(|e| rename(e, base))?;
         let (base_inputs, coeff_inputs) =
             (patched.base_inputs.clone(), patched.coeff_inputs.clone());
         // The patch keeps the base model's input and output declarations.
@@ -191,6 +200,8 @@ impl Runtime {
         let output_names = output_names(&patched.proto);
         let single = match build_plan(patched, base, None) {
             Ok(p) => Singles::Symbolic(p),
+            // A per-shape plan per batch and cache length would rebuild at every step.
+            Err(e) if per_row => return Err(e),
             Err(e) => Singles::PerShape {
                 why: e.to_string(),
                 plans: Mutex::new(Vec::new()),
@@ -209,6 +220,7 @@ impl Runtime {
             mixed: Mutex::new(HashMap::new()),
             single_pool: Mutex::new(Vec::new()),
             store,
+            per_row,
         };
         for &b in &options.mixed_batches {
             rt.mixed_plan(b)?;
@@ -306,7 +318,52 @@ impl Runtime {
                 &held
             }
         };
+        if self.per_row {
+            let b = inputs
+                .first()
+                .and_then(|x| x.shape().first())
+                .copied()
+                .unwrap_or(1);
+            return self.run_pooled(plan, &self.single_pool, inputs, (0..b).map(|_| Ok(task)));
+        }
         self.run_pooled(plan, &self.single_pool, inputs, std::iter::once(Ok(task)))
+    }
+
+    /// Runs row i of `inputs` with `tasks[i]` (coefficients pinned by the caller): on the
+    /// per-row plan when loaded with [`RuntimeOptions::per_row_tasks`], else on the mixed plan
+    /// of this batch size.
+    pub fn run_rows(&self, inputs: &[TValue], tasks: &[&TaskData]) -> Result<TVec<TValue>> {
+        self.check_inputs(inputs)?;
+        self.check_rows(inputs, tasks.len())?;
+        for t in tasks {
+            t.check(&self.coeff_inputs)?;
+        }
+        let rows = tasks.iter().map(|&t| Ok(t));
+        match &self.single {
+            Singles::Symbolic(plan) if self.per_row => {
+                self.run_pooled(plan, &self.single_pool, inputs, rows)
+            }
+            _ => {
+                let mixed = self.mixed_plan(tasks.len())?;
+                self.run_pooled(&mixed.plan, &mixed.pool, inputs, rows)
+            }
+        }
+    }
+
+    /// Checks that every input has `b` rows (one per task), and at least one.
+    fn check_rows(&self, inputs: &[TValue], b: usize) -> Result<()> {
+        if b == 0 {
+            return Err(Error::Usage("mixed run: expected at least one task".into()));
+        }
+        for (x, name) in inputs.iter().zip(&self.base_inputs) {
+            if x.shape().first() != Some(&b) {
+                return Err(Error::Usage(format!(
+                    "mixed run: input `{name}` has shape {:?}, expected {b} rows (one per task)",
+                    x.shape()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `plan` on the base inputs and the coefficients of `rows` (one task per row),
@@ -320,11 +377,17 @@ impl Runtime {
         rows: impl ExactSizeIterator<Item = Result<T>>,
     ) -> Result<TVec<TValue>> {
         let b = rows.len();
-        let mut set = pool
-            .lock()
-            .map_err(|_| Error::Internal("coefficient pool lock poisoned".into()))?
-            .pop()
-            .map_or_else(|| self.stack_set(b), Ok)?;
+        let mut set = {
+            let mut pool = pool
+                .lock()
+                .map_err(|_| Error::Internal("coefficient pool lock poisoned".into()))?;
+            // A set of this batch size (per-row plans see several sizes).
+            let same = pool
+                .iter()
+                .rposition(|s| s.first().is_none_or(|t| t.shape().first() == Some(&b)));
+            same.map(|i| pool.swap_remove(i))
+        }
+        .map_or_else(|| self.stack_set(b), Ok)?;
         let filled = fill_rows(&mut set, rows, &self.coeff_inputs);
         let result = filled.and_then(|()| {
             let mut v: TVec<TValue> = TVec::with_capacity(plan.order.len());
@@ -385,22 +448,12 @@ impl Runtime {
     /// Runs a mixed batch: row i of every input uses `tasks[i]`. The inputs' first axis must
     /// have `tasks.len()` rows.
     pub fn run_mixed(&self, inputs: &[TValue], tasks: &[TaskId]) -> Result<TVec<TValue>> {
-        self.check_inputs(inputs)?;
-        let b = tasks.len();
-        if b == 0 {
-            return Err(Error::Usage("mixed run: expected at least one task".into()));
-        }
-        for (x, name) in inputs.iter().zip(&self.base_inputs) {
-            if x.shape().first() != Some(&b) {
-                return Err(Error::Usage(format!(
-                    "mixed run: input `{name}` has shape {:?}, expected {b} rows (one per task)",
-                    x.shape()
-                )));
-            }
-        }
-        let mixed = self.mixed_plan(b)?;
-        let rows = tasks.iter().map(|&id| self.store.get(id));
-        self.run_pooled(&mixed.plan, &mixed.pool, inputs, rows)
+        let loaded: Vec<Arc<Task>> = tasks
+            .iter()
+            .map(|&id| self.store.get(id))
+            .collect::<Result<_>>()?;
+        let rows: Vec<&TaskData> = loaded.iter().map(|t| &**t).collect();
+        self.run_rows(inputs, &rows)
     }
 
     /// A fresh set of stacked coefficient tensors for mixed batches of `b` rows.

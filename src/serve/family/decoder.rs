@@ -1,0 +1,131 @@
+//! The decoder family: a causal LM built by [`crate::graph::llama`] (or exported the same
+//! way: Optimum's input and output names), taking `input_ids`, `attention_mask`,
+//! `position_ids` and one `past_key_values.<l>.key/.value` pair per layer, and returning
+//! `logits` then one `present.<l>.key/.value` pair per layer. A request keeps its KV cache:
+//! the presents of one call are the pasts of the next.
+
+use super::{LossReads, ModelFamily, TokenFeed};
+use crate::error::{Error, Result};
+use crate::graph::llama::{
+    ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_key, past_value, present_key,
+    present_value,
+};
+use crate::serve::input::{ElemType, InputSpec, InputTensor, OutputTensor, TensorData};
+
+/// The shape of a decoder's KV cache and vocabulary, read from its declarations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoder {
+    /// Layers (key/value pairs in the cache).
+    pub layers: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Largest position the model takes (the rows of its rotary tables), when it declares one.
+    pub max_position: Option<usize>,
+}
+
+impl Decoder {
+    /// The decoder whose inputs are `specs` and outputs `outputs` (in graph order): the
+    /// token, mask and position inputs, then the past key/value pairs of layers 0, 1, …
+    /// declared `[batch, kv_heads, past, head_dim]`, and the outputs `logits` then the
+    /// presents in the same order. Anything else is an error naming what differs.
+    pub fn from_specs(specs: &[InputSpec], outputs: &[String]) -> Result<Decoder> {
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let bad = |m: String| Error::Usage(format!("expected a decoder model: {m}"));
+        if names.len() < 5 || names[..3] != [INPUT_IDS, ATTENTION_MASK, POSITION_IDS] {
+            return Err(bad(format!(
+                "inputs `{INPUT_IDS}`, `{ATTENTION_MASK}`, `{POSITION_IDS}` then `past_key_values.<layer>.key/.value`, found {names:?}"
+            )));
+        }
+        let kv = &specs[3..];
+        if kv.len() % 2 != 0 {
+            return Err(bad(format!(
+                "a key and a value per layer, found {} cache inputs",
+                kv.len()
+            )));
+        }
+        let layers = kv.len() / 2;
+        let (mut kv_heads, mut head_dim) = (None, None);
+        for (l, pair) in kv.chunks(2).enumerate() {
+            for (spec, want) in pair.iter().zip([past_key(l), past_value(l)]) {
+                if spec.name != want {
+                    return Err(bad(format!("input `{want}`, found `{}`", spec.name)));
+                }
+                match (spec.elem, spec.dims.as_slice()) {
+                    (ElemType::F32, [_, Some(h), _, Some(d)]) => {
+                        if kv_heads.is_some_and(|k| k != *h) || head_dim.is_some_and(|x| x != *d) {
+                            return Err(bad(format!(
+                                "every cache input shaped alike, `{want}` differs"
+                            )));
+                        }
+                        kv_heads = Some(*h);
+                        head_dim = Some(*d);
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                            "`{want}` declared f32 [batch, kv_heads, past, head_dim] with fixed heads and width, found {:?} {:?}",
+                            spec.elem, spec.dims
+                        )));
+                    }
+                }
+            }
+        }
+        let want_out: Vec<String> = std::iter::once(LOGITS.to_string())
+            .chain((0..layers).flat_map(|l| [present_key(l), present_value(l)]))
+            .collect();
+        if outputs != want_out.as_slice() {
+            return Err(bad(format!(
+                "outputs `logits` then `present.<layer>.key/.value`, found {outputs:?}"
+            )));
+        }
+        let max_position = specs[2].index_limit.as_ref().map(|l| l.rows);
+        Ok(Decoder {
+            layers,
+            kv_heads: kv_heads.unwrap_or(0),
+            head_dim: head_dim.unwrap_or(0),
+            max_position,
+        })
+    }
+
+    /// Floats one cached token takes in one row's cache.
+    pub fn floats_per_token(&self) -> usize {
+        2 * self.layers * self.kv_heads * self.head_dim
+    }
+}
+
+impl ModelFamily for Decoder {
+    fn name(&self) -> &'static str {
+        "decoder"
+    }
+
+    /// Training a decoder's coefficients (a next-token loss) comes with issue 27; until then
+    /// the finetuner refuses a decoder by name.
+    fn feeds(&self, _inputs: &[&str]) -> Result<Vec<TokenFeed>> {
+        Err(Error::Usage(
+            "finetuning a decoder (a next-token loss over its logits) is not supported yet".into(),
+        ))
+    }
+
+    /// The presents become the next call's pasts, under the input names.
+    fn carry(&self, outputs: &[OutputTensor]) -> Vec<InputTensor> {
+        outputs
+            .iter()
+            .skip(1)
+            .zip((0..self.layers).flat_map(|l| [past_key(l), past_value(l)]))
+            .map(|(o, name)| InputTensor {
+                name,
+                shape: o.shape.clone(),
+                data: TensorData::F32(o.data.clone()),
+            })
+            .collect()
+    }
+
+    /// The logits, read at the answer tokens.
+    fn loss_reads(&self, _outputs: &[String]) -> Result<LossReads> {
+        Ok(LossReads {
+            output: LOGITS.into(),
+            mask: ATTENTION_MASK.into(),
+        })
+    }
+}

@@ -1,0 +1,503 @@
+//! Generation with a decoder ([`crate::serve::family::Decoder`]): a KV cache per request, a
+//! task per request, and batches whose rows use different tasks.
+//!
+//! A [`Generator`] holds one engine loaded with one task per row
+//! ([`LoadOptions::per_row_tasks`]): a single plan, holding the weights once, runs batches of
+//! every size, and each row's coefficients are the only thing that differs between rows. A
+//! [`Sequence`] is one request: its task's coefficients, pinned when it starts (a task
+//! replaced or unloaded meanwhile does not change a request in flight), and its own KV cache.
+//!
+//! [`Generator::feed`] runs any set of sequences, each with its own new tokens, as one batch:
+//! rows are left-padded (cache and new tokens), the padding masked out of attention, each
+//! token given its own row's position, so that a row's logits are those of the request run
+//! alone (to float rounding: the sums run over masked zeros as well). Switching tasks between
+//! requests, or mixing them in a batch, rebuilds nothing.
+
+pub mod sampler;
+pub mod text;
+
+pub use sampler::{Pick, Sampler, SamplingOptions, argmax, logprob};
+pub use text::{DecoderFiles, PromptTokenizer, TextGenerator, TextPiece, TextStream};
+
+use crate::bundle::Bundle;
+use crate::error::{Error, Result};
+use crate::graph::llama::INPUT_IDS;
+use crate::serve::engine::{Backend, Engine, LoadOptions};
+use crate::serve::family::{Decoder, ModelFamily};
+use crate::serve::input::{InputTensor, TensorData};
+use crate::serve::store::{Task, TaskData, TaskId};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A decoder on one engine (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct Generator {
+    engine: Engine,
+    decoder: Decoder,
+    vocab: usize,
+}
+
+/// One request: its pinned task and its KV cache.
+#[derive(Clone)]
+pub struct Sequence {
+    task: Arc<Task>,
+    /// Per layer key then value, each `[kv_heads, len, head_dim]` row-major.
+    cache: Vec<Vec<f32>>,
+    len: usize,
+    logits: Vec<f32>,
+}
+
+impl std::fmt::Debug for Sequence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequence")
+            .field("task", &self.task.name)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Sequence {
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was fed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The logits after the last token fed (empty before the first feed).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// The request's task name.
+    pub fn task_name(&self) -> &str {
+        &self.task.name
+    }
+}
+
+/// A token produced by [`Generator::generate`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Token {
+    /// Token id.
+    pub id: u32,
+    /// The model's log-probability of it.
+    pub logprob: f32,
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// A stop token was drawn (not emitted).
+    Stop,
+    /// `max_tokens` tokens were emitted.
+    Length,
+    /// The model's context is full.
+    Context,
+    /// The token callback asked to stop.
+    Caller,
+}
+
+impl Finish {
+    /// The reason as a word (`stop`, `length`, `context`, `caller`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::Context => "context",
+            Finish::Caller => "caller",
+        }
+    }
+}
+
+/// What [`Generator::generate`] does after the prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens emitted.
+    pub max_tokens: usize,
+    /// How tokens are picked.
+    pub sampling: SamplingOptions,
+    /// Tokens that end generation (the tokenizer's end of sequence / turn).
+    pub stop_tokens: Vec<u32>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 128,
+            sampling: SamplingOptions::default(),
+            stop_tokens: Vec::new(),
+        }
+    }
+}
+
+/// One request of [`Generator::generate_batch`].
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Its task.
+    pub task: TaskId,
+    /// Its prompt's token ids.
+    pub prompt: Vec<u32>,
+    /// Its options.
+    pub options: GenerateOptions,
+}
+
+/// What [`Generator::generate_batch`] produced for one request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    /// The tokens emitted.
+    pub tokens: Vec<Token>,
+    /// Why it stopped.
+    pub finish: Finish,
+}
+
+impl Generator {
+    /// Loads `base` (a decoder graph) for the bound `bundle` on `backend`, with one task per
+    /// row.
+    pub fn load(base: &Path, bundle: &Bundle, backend: Backend) -> Result<Generator> {
+        let options = LoadOptions {
+            per_row_tasks: true,
+        };
+        Generator::new(Engine::load_with(base, bundle, backend, &options)?)
+    }
+
+    /// Loads `base` alone, with no subspace ([`Bundle::without_subspace`]): every task is the
+    /// base model. Returns the generator and its one task.
+    pub fn load_base(base: &Path, backend: Backend) -> Result<(Generator, TaskId)> {
+        let sha = crate::util::sha256_file(base)?;
+        let name = base
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bundle = Bundle::without_subspace(&name, sha);
+        let g = Generator::load(base, &bundle, backend)?;
+        let id = g.engine().insert_task(&crate::bundle::CoeffFile::base(
+            &bundle.manifest.subspace_id,
+        ))?;
+        Ok((g, id))
+    }
+
+    /// A generator over `engine`, whose model must be a decoder
+    /// ([`Decoder::from_specs`]); an engine loaded without one task per row serves mixed
+    /// batches with one plan per batch size.
+    pub fn new(engine: Engine) -> Result<Generator> {
+        let specs = engine.specs()?;
+        let decoder = Decoder::from_specs(specs, engine.output_names())?;
+        let vocab = specs
+            .iter()
+            .find(|s| s.name == INPUT_IDS)
+            .and_then(|s| s.index_limit.as_ref())
+            .map(|l| l.rows)
+            .ok_or_else(|| {
+                Error::Usage(
+                    "expected a decoder whose `input_ids` index its token embedding".into(),
+                )
+            })?;
+        Ok(Generator {
+            engine,
+            decoder,
+            vocab,
+        })
+    }
+
+    /// The engine (to load, replace or unload tasks).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The decoder's cache shape.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// The vocabulary size (the logits' width).
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// A new request on task `id`, its coefficients pinned now, with an empty cache.
+    pub fn sequence(&self, id: TaskId) -> Result<Sequence> {
+        Ok(Sequence {
+            task: self.engine.task(id)?,
+            cache: vec![Vec::new(); 2 * self.decoder.layers],
+            len: 0,
+            logits: Vec::new(),
+        })
+    }
+
+    /// Feeds `tokens[i]` (at least one) to `rows[i]`, all rows in one engine call, and
+    /// keeps each row's next-token logits and grown cache. A row whose cache would exceed
+    /// the model's context, or a token outside the vocabulary, is an error naming it, and
+    /// no row changes.
+    pub fn feed(&self, rows: &mut [&mut Sequence], tokens: &[&[u32]]) -> Result<()> {
+        self.feed_keeping(rows, tokens, false).map(|_| ())
+    }
+
+    /// The logits at every position of `ids` ([len x vocab], row-major) on task `id`, from
+    /// an empty cache: what a next-token loss or a per-token NLL reads.
+    pub fn score(&self, id: TaskId, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(Error::Usage("score: no tokens".into()));
+        }
+        let mut seq = self.sequence(id)?;
+        let mut all = self.feed_keeping(&mut [&mut seq], &[ids], true)?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// [`Generator::feed`]; with `keep_all`, also returns each row's logits at every one of
+    /// its new tokens.
+    fn feed_keeping(
+        &self,
+        rows: &mut [&mut Sequence],
+        tokens: &[&[u32]],
+        keep_all: bool,
+    ) -> Result<Vec<Vec<f32>>> {
+        let b = rows.len();
+        if b == 0 || tokens.len() != b {
+            return Err(Error::Usage(format!(
+                "feed: expected one token list per sequence, found {} sequences and {} lists",
+                b,
+                tokens.len()
+            )));
+        }
+        for (i, (row, t)) in rows.iter().zip(tokens).enumerate() {
+            if t.is_empty() {
+                return Err(Error::Usage(format!("feed: row {i} has no new tokens")));
+            }
+            if let Some(&bad) = t.iter().find(|&&id| id as usize >= self.vocab) {
+                return Err(Error::Usage(format!(
+                    "feed: row {i}: token id {bad} is outside the vocabulary of {} tokens",
+                    self.vocab
+                )));
+            }
+            if let Some(max) = self.decoder.max_position
+                && row.len + t.len() > max
+            {
+                return Err(Error::Usage(format!(
+                    "feed: row {i}: {} cached + {} new tokens exceed the model's context of {max}",
+                    row.len,
+                    t.len()
+                )));
+            }
+        }
+        let d = &self.decoder;
+        let (kvh, hd) = (d.kv_heads, d.head_dim);
+        let lmax = rows.iter().map(|r| r.len).max().unwrap_or(0);
+        let smax = tokens.iter().map(|t| t.len()).max().unwrap_or(0);
+        let total = lmax + smax;
+
+        let mut ids = vec![0i64; b * smax];
+        let mut pos = vec![0i64; b * smax];
+        let mut mask = vec![0i64; b * total];
+        for (r, (row, t)) in rows.iter().zip(tokens).enumerate() {
+            let new_pad = smax - t.len();
+            for (i, &id) in t.iter().enumerate() {
+                ids[r * smax + new_pad + i] = i64::from(id);
+                pos[r * smax + new_pad + i] = (row.len + i) as i64;
+            }
+            mask[r * total + lmax - row.len..r * total + lmax].fill(1);
+            mask[r * total + lmax + new_pad..(r + 1) * total].fill(1);
+        }
+        let mut inputs = vec![
+            InputTensor {
+                name: INPUT_IDS.into(),
+                shape: vec![b, smax],
+                data: TensorData::I64(ids),
+            },
+            InputTensor {
+                name: crate::graph::llama::ATTENTION_MASK.into(),
+                shape: vec![b, total],
+                data: TensorData::I64(mask.clone()),
+            },
+            InputTensor {
+                name: crate::graph::llama::POSITION_IDS.into(),
+                shape: vec![b, smax],
+                data: TensorData::I64(pos),
+            },
+        ];
+        for (j, name) in (0..d.layers)
+            .flat_map(|l| {
+                [
+                    crate::graph::llama::past_key(l),
+                    crate::graph::llama::past_value(l),
+                ]
+            })
+            .enumerate()
+        {
+            // Each row's cache right-aligned in [b, kv_heads, lmax, head_dim].
+            let mut past = vec![0f32; b * kvh * lmax * hd];
+            for (r, row) in rows.iter().enumerate() {
+                let pad = lmax - row.len;
+                let src = &row.cache[j];
+                for h in 0..kvh {
+                    let from = &src[h * row.len * hd..(h + 1) * row.len * hd];
+                    let at = ((r * kvh + h) * lmax + pad) * hd;
+                    past[at..at + row.len * hd].copy_from_slice(from);
+                }
+            }
+            inputs.push(InputTensor {
+                name,
+                shape: vec![b, kvh, lmax, hd],
+                data: TensorData::F32(past),
+            });
+        }
+        let tasks: Vec<&TaskData> = rows.iter().map(|r| &*r.task).collect();
+        let outputs = self.engine.run_rows(&inputs, &tasks)?;
+        let presents = d.carry(&outputs);
+        let logits = &outputs[0];
+        if logits.shape != [b, smax, self.vocab] || presents.len() != 2 * d.layers {
+            return Err(Error::Engine(format!(
+                "expected logits [{b}, {smax}, {}] and {} cache outputs, found {:?} and {}",
+                self.vocab,
+                2 * d.layers,
+                logits.shape,
+                presents.len()
+            )));
+        }
+        let mut kept_logits = Vec::new();
+        for (r, (row, t)) in rows.iter_mut().zip(tokens).enumerate() {
+            let last = (r * smax + smax - 1) * self.vocab;
+            row.logits = logits.data[last..last + self.vocab].to_vec();
+            let new_pad = smax - t.len();
+            if keep_all {
+                let first = (r * smax + new_pad) * self.vocab;
+                kept_logits.push(logits.data[first..last + self.vocab].to_vec());
+            }
+            let len = row.len + t.len();
+            let kept: Vec<usize> = (lmax - row.len..lmax)
+                .chain(lmax + new_pad..total)
+                .collect();
+            for (j, p) in presents.iter().enumerate() {
+                let TensorData::F32(data) = &p.data else {
+                    return Err(Error::Engine("expected f32 cache outputs".into()));
+                };
+                let mut c = Vec::with_capacity(kvh * len * hd);
+                for h in 0..kvh {
+                    for &k in &kept {
+                        let at = ((r * kvh + h) * total + k) * hd;
+                        c.extend_from_slice(&data[at..at + hd]);
+                    }
+                }
+                row.cache[j] = c;
+            }
+            row.len = len;
+        }
+        Ok(kept_logits)
+    }
+
+    /// Generates after `prompt` on task `id`, calling `on_token` with every token emitted
+    /// (as soon as it is picked); `on_token` returning false stops generation.
+    pub fn generate(
+        &self,
+        id: TaskId,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(Token) -> bool,
+    ) -> Result<Finish> {
+        let mut seq = self.sequence(id)?;
+        let mut sampler = Sampler::new(options.sampling.clone())?;
+        if prompt.is_empty() {
+            return Err(Error::Usage("generate: the prompt has no tokens".into()));
+        }
+        self.feed(&mut [&mut seq], &[prompt])?;
+        let mut emitted = 0;
+        loop {
+            if emitted == options.max_tokens {
+                return Ok(Finish::Length);
+            }
+            let pick = sampler.pick(seq.logits());
+            if options.stop_tokens.contains(&pick.id) {
+                return Ok(Finish::Stop);
+            }
+            emitted += 1;
+            if !on_token(Token {
+                id: pick.id,
+                logprob: pick.logprob,
+            }) {
+                return Ok(Finish::Caller);
+            }
+            if emitted == options.max_tokens {
+                return Ok(Finish::Length);
+            }
+            if self.decoder.max_position.is_some_and(|m| seq.len() >= m) {
+                return Ok(Finish::Context);
+            }
+            self.feed(&mut [&mut seq], &[&[pick.id]])?;
+        }
+    }
+
+    /// Serves `requests` together: each prompt is fed on its own, then every request still
+    /// running advances one token per step, all of them in one batch whatever their tasks.
+    /// Each request's output is what [`Generator::generate`] gives it alone (greedy: the
+    /// same tokens; sampled: the same draws from its own seed).
+    pub fn generate_batch(&self, requests: &[Request]) -> Result<Vec<Generated>> {
+        let mut seqs = Vec::with_capacity(requests.len());
+        let mut samplers = Vec::with_capacity(requests.len());
+        for r in requests {
+            if r.prompt.is_empty() {
+                return Err(Error::Usage("generate: a prompt has no tokens".into()));
+            }
+            let mut s = self.sequence(r.task)?;
+            self.feed(&mut [&mut s], &[&r.prompt])?;
+            seqs.push(s);
+            samplers.push(Sampler::new(r.options.sampling.clone())?);
+        }
+        let mut out: Vec<Generated> = requests
+            .iter()
+            .map(|_| Generated {
+                tokens: Vec::new(),
+                finish: Finish::Length,
+            })
+            .collect();
+        let mut running: Vec<bool> = vec![true; requests.len()];
+        loop {
+            let mut next: Vec<(usize, u32)> = Vec::new();
+            for (i, r) in requests.iter().enumerate() {
+                if !running[i] {
+                    continue;
+                }
+                let o = &r.options;
+                if out[i].tokens.len() == o.max_tokens {
+                    running[i] = false;
+                    continue;
+                }
+                let pick = samplers[i].pick(seqs[i].logits());
+                if o.stop_tokens.contains(&pick.id) {
+                    out[i].finish = Finish::Stop;
+                    running[i] = false;
+                    continue;
+                }
+                out[i].tokens.push(Token {
+                    id: pick.id,
+                    logprob: pick.logprob,
+                });
+                if out[i].tokens.len() == o.max_tokens {
+                    running[i] = false;
+                } else if self
+                    .decoder
+                    .max_position
+                    .is_some_and(|m| seqs[i].len() >= m)
+                {
+                    out[i].finish = Finish::Context;
+                    running[i] = false;
+                } else {
+                    next.push((i, pick.id));
+                }
+            }
+            if next.is_empty() {
+                return Ok(out);
+            }
+            let toks: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
+            let tok_refs: Vec<&[u32]> = toks.iter().map(|t| &t[..]).collect();
+            let mut rows: Vec<&mut Sequence> = seqs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| next.iter().any(|&(j, _)| j == *i))
+                .map(|(_, s)| s)
+                .collect();
+            self.feed(&mut rows, &tok_refs)?;
+        }
+    }
+}

