@@ -101,27 +101,66 @@ struct Entry {
     dtype_name: String,
     dtype: Option<Dtype>,
     shape: Vec<usize>,
-    /// Absolute byte range in the file.
+    /// Which buffer holds it: 0 for a file; the tensor's own index for
+    /// [`TensorFile::from_parts`].
+    part: usize,
+    /// Absolute byte range in that buffer.
     start: usize,
     end: usize,
 }
 
-/// The bytes of a [`TensorFile`]: a read-only map of a file, or a buffer handed over in
-/// memory ([`TensorFile::from_bytes`]).
-#[derive(Debug)]
+/// The bytes of a [`TensorFile`]: a read-only map of a file, a buffer handed over in
+/// memory ([`TensorFile::from_bytes`]), or one borrowed buffer per tensor
+/// ([`TensorFile::from_parts`]).
 enum Backing {
     Map(Mmap),
     Owned(Vec<u8>),
+    Parts(Vec<TensorBytes>),
 }
 
-impl std::ops::Deref for Backing {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backing::Map(m) => write!(f, "Map({} bytes)", m.len()),
+            Backing::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+            Backing::Parts(p) => write!(f, "Parts({} tensors)", p.len()),
+        }
+    }
+}
+
+impl Backing {
+    /// The whole buffer of a file (empty for parts).
+    fn whole(&self) -> &[u8] {
         match self {
             Backing::Map(m) => m,
             Backing::Owned(v) => v,
+            Backing::Parts(_) => &[],
         }
     }
+
+    /// The buffer that holds part `part`.
+    fn part(&self, part: usize) -> &[u8] {
+        match self {
+            Backing::Parts(p) => p.get(part).map_or(&[], |b| b.as_ref().as_ref()),
+            _ => self.whole(),
+        }
+    }
+}
+
+/// The bytes of one tensor handed over in memory, kept alive (and unmoved) by their owner:
+/// a numpy array or a torch tensor behind the buffer protocol, or a `Vec<u8>`.
+pub type TensorBytes = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// One tensor of [`TensorFile::from_parts`]: its bytes stay where their owner keeps them.
+pub struct MemTensor {
+    /// Tensor name (key).
+    pub name: String,
+    /// safetensors dtype name ("F32", "BF16", ...).
+    pub dtype: String,
+    /// Shape, row-major.
+    pub shape: Vec<usize>,
+    /// Little-endian bytes, C order.
+    pub bytes: TensorBytes,
 }
 
 /// A memory-mapped safetensors file (or an in-memory one) with a validated header.
@@ -160,9 +199,128 @@ impl TensorFile {
         Self::parse(name, Backing::Owned(bytes))
     }
 
+    /// Tensors already in memory, each in its own buffer (a PEFT model's `state_dict`): no
+    /// byte is copied. `name` stands for the file in error messages; `metadata` is the
+    /// `__metadata__` a safetensors file of these tensors would carry. Every shape is checked
+    /// against its buffer's length, as a file's header against the file.
+    pub fn from_parts(
+        name: &Path,
+        tensors: Vec<MemTensor>,
+        metadata: Option<HashMap<String, String>>,
+    ) -> Result<TensorFile> {
+        if tensors.len() > MAX_TENSORS {
+            return Err(Error::bad_file(
+                name,
+                format!(
+                    "expected at most {MAX_TENSORS} tensors, found {}",
+                    tensors.len()
+                ),
+            ));
+        }
+        let mut entries = BTreeMap::new();
+        let mut parts = Vec::with_capacity(tensors.len());
+        for (i, t) in tensors.into_iter().enumerate() {
+            let bad = |m: String| Error::bad_tensor(name, &t.name, m);
+            if t.name == "__metadata__" || entries.contains_key(&t.name) {
+                return Err(bad(
+                    "expected each tensor name once (and not __metadata__)".into()
+                ));
+            }
+            let elem = any_dtype_size(&t.dtype).ok_or_else(|| {
+                bad(format!(
+                    "expected a safetensors dtype (F64, F32, F16, BF16, I8, ...), found {:?}",
+                    t.dtype
+                ))
+            })?;
+            if t.shape.len() > 64 {
+                return Err(bad("expected at most 64 dimensions".into()));
+            }
+            let len = t.bytes.as_ref().as_ref().len();
+            let nbytes = t
+                .shape
+                .iter()
+                .try_fold(elem, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "expected a shape whose size fits in memory, found {:?}",
+                        t.shape
+                    ))
+                })?;
+            if nbytes != len {
+                return Err(bad(format!(
+                    "expected {nbytes} bytes for shape {:?} of {}, found {len}",
+                    t.shape, t.dtype
+                )));
+            }
+            entries.insert(
+                t.name,
+                Entry {
+                    dtype: Dtype::from_name(&t.dtype),
+                    dtype_name: t.dtype,
+                    shape: t.shape,
+                    part: i,
+                    start: 0,
+                    end: len,
+                },
+            );
+            parts.push(t.bytes);
+        }
+        Ok(TensorFile {
+            path: name.to_path_buf(),
+            mmap: Backing::Parts(parts),
+            entries,
+            metadata,
+        })
+    }
+
+    /// SHA-256 (hex) of the safetensors file that holds these tensors and this metadata as
+    /// the `safetensors` library writes it (Python's `save_file`, PEFT's `save_pretrained`):
+    /// tensors by descending dtype then name, the header padded with spaces to 8 bytes. For a
+    /// file read from disk, that file's hash when it was written this way. The bytes are
+    /// streamed into the hash, never assembled.
+    pub fn canonical_sha256(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let internal = |e: String| Error::Internal(format!("{}: {e}", self.path.display()));
+        let mut order: Vec<(&String, &Entry, safetensors::Dtype)> = Vec::new();
+        for (name, e) in &self.entries {
+            let dtype: safetensors::Dtype =
+                serde_json::from_value(serde_json::Value::String(e.dtype_name.clone()))
+                    .map_err(|err| internal(format!("dtype {}: {err}", e.dtype_name)))?;
+            order.push((name, e, dtype));
+        }
+        order.sort_by(|(ln, _, l), (rn, _, r)| r.cmp(l).then(ln.cmp(rn)));
+        let mut offset = 0;
+        let mut infos = Vec::with_capacity(order.len());
+        for (name, e, dtype) in &order {
+            let n = e.end - e.start;
+            infos.push((
+                (*name).clone(),
+                safetensors::tensor::TensorInfo {
+                    dtype: *dtype,
+                    shape: e.shape.clone(),
+                    data_offsets: (offset, offset + n),
+                },
+            ));
+            offset += n;
+        }
+        let header = safetensors::tensor::Metadata::new(self.metadata.clone(), infos)
+            .map_err(|err| internal(err.to_string()))?;
+        let mut header = serde_json::to_string(&header)
+            .map_err(|err| internal(err.to_string()))?
+            .into_bytes();
+        header.resize(header.len().next_multiple_of(8), b' ');
+        let mut h = Sha256::new();
+        h.update((header.len() as u64).to_le_bytes());
+        h.update(&header);
+        for (_, e, _) in &order {
+            h.update(self.mmap.part(e.part).get(e.start..e.end).unwrap_or(&[]));
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Validates the header of `mmap` against its length (see [`TensorFile::open`]).
     fn parse(path: &Path, mmap: Backing) -> Result<TensorFile> {
-        let bytes: &[u8] = &mmap;
+        let bytes: &[u8] = mmap.whole();
         // The map may differ from the size seen above if the file changed in between: check
         // again on what is actually mapped.
         let len = bytes.len() as u64;
@@ -285,7 +443,7 @@ impl TensorFile {
                 ),
             )
         })?;
-        let bytes = self.mmap.get(e.start..e.end).ok_or_else(|| {
+        let bytes = self.mmap.part(e.part).get(e.start..e.end).ok_or_else(|| {
             Error::bad_tensor(&self.path, name, "expected its bytes inside the file")
         })?;
         Ok((dtype, bytes))
@@ -592,6 +750,7 @@ fn parse_entry(
         dtype_name: dtype_name.to_string(),
         dtype: Dtype::from_name(dtype_name),
         shape,
+        part: 0,
         start: header_end + begin,
         end: header_end + end,
     })
@@ -1057,5 +1216,59 @@ mod tests {
         raw(&p, &format!(r#"{{"x":{e}}}"#), &[0; 4]);
         assert_eq!(TensorFile::open(&p).unwrap().names(), ["x"]);
         std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+    }
+
+    /// Tensors handed over in memory hash like the file `safetensors` (and PEFT's
+    /// `save_pretrained`) writes for them: the committed PEFT fixture, written by PEFT.
+    #[test]
+    fn parts_hash_like_the_file_peft_wrote() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/fixtures/adapters/task0/adapter_model.safetensors");
+        let file = TensorFile::open(&path).unwrap();
+        let on_disk = crate::util::sha256_file(&path).unwrap();
+        assert_eq!(file.canonical_sha256().unwrap(), on_disk);
+        let parts = |f: &TensorFile| -> Vec<MemTensor> {
+            f.names()
+                .iter()
+                .map(|n| {
+                    let (dtype, shape) = f.stored_info(n).unwrap();
+                    let bytes: TensorBytes = std::sync::Arc::new(f.raw(n).unwrap().1.to_vec());
+                    MemTensor {
+                        name: n.to_string(),
+                        dtype: dtype.to_string(),
+                        shape: shape.to_vec(),
+                        bytes,
+                    }
+                })
+                .collect()
+        };
+        let name = Path::new("mem");
+        let mem = TensorFile::from_parts(name, parts(&file), file.metadata().cloned()).unwrap();
+        assert_eq!(mem.canonical_sha256().unwrap(), on_disk);
+        for n in file.names() {
+            assert_eq!(mem.read_f64(n).unwrap(), file.read_f64(n).unwrap());
+        }
+        // Other metadata, another file.
+        let other = TensorFile::from_parts(name, parts(&file), None).unwrap();
+        assert_ne!(other.canonical_sha256().unwrap(), on_disk);
+        // A shape that does not match its bytes names the tensor.
+        let mut bad = parts(&file);
+        bad[0].shape.push(2);
+        let e = TensorFile::from_parts(name, bad, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(file.names()[0]) && e.contains("bytes for shape"),
+            "{e}"
+        );
+        let mut twice = parts(&file);
+        twice[1].name = twice[0].name.clone();
+        let e = TensorFile::from_parts(name, twice, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("once"), "{e}");
+        let mut odd = parts(&file);
+        odd[0].dtype = "F7".into();
+        assert!(TensorFile::from_parts(name, odd, None).is_err());
     }
 }

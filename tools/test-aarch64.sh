@@ -25,7 +25,7 @@ toolchain() {
 # set (the two invocations unify to the same one, so nothing builds twice).
 stage_tests=(adapter subspace bundle runtime runtime_alloc finetune decoder)
 cross_build() {
-  cargo build -q --target "$target" --workspace --lib --bins
+  cargo build -q --target "$target" --workspace --exclude eigenlorax-py --lib --bins
   local args=()
   for t in "${stage_tests[@]}"; do args+=(--test "$t"); done
   cargo test -q --target "$target" --no-run --lib "${args[@]}"

@@ -29,7 +29,7 @@ else
   cc=aarch64-linux-gnu-gcc
   run=(qemu-aarch64 -L /usr/aarch64-linux-gnu -E "LD_LIBRARY_PATH=$PWD/target/$target/debug")
   # tools/test-aarch64.sh cross-built the same selection.
-  cargo build -q --target "$target" --workspace --lib --bins
+  cargo build -q --target "$target" --workspace --exclude eigenlorax-py --lib --bins
   lib=target/$target/debug
 fi
 elx=("${run[@]}" "$lib/elx")

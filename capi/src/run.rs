@@ -4,10 +4,9 @@ use crate::error::*;
 use crate::ffi::*;
 use crate::result::*;
 use crate::runtime::*;
-use eigenlorax::bundle::Head;
 use eigenlorax::serve::input::{InputTensor, TensorData, apply_head, assemble};
+use eigenlorax::serve::job;
 use eigenlorax::serve::store::TaskId;
-use eigenlorax::task::pool;
 use std::ffi::{c_char, c_void};
 use std::path::Path;
 
@@ -53,9 +52,11 @@ pub(crate) fn run_batch(
     rows: Rows<'_>,
     batch: &eigenlorax::serve::input::Batch,
 ) -> Result<ElxResult, Fail> {
-    let ids: Vec<TaskId> = match rows {
-        Rows::One(t) => vec![task_id(t); batch.rows],
+    let ids: Vec<TaskId>;
+    let rows = match rows {
+        Rows::One(t) => job::Rows::One(task_id(t)),
         Rows::Each(ts) => {
+            // An argument error of the caller's (ELX_STATUS_INVALID_ARGUMENT), checked here.
             if ts.len() != batch.rows {
                 return Err(invalid(format!(
                     "a mixed batch pairs row i with task i: {} rows but {} tasks",
@@ -63,48 +64,30 @@ pub(crate) fn run_batch(
                     ts.len()
                 )));
             }
-            ts.iter().map(|&t| task_id(t)).collect()
+            ids = ts.iter().map(|&t| task_id(t)).collect();
+            job::Rows::Each(&ids)
         }
     };
-    // Heads first: a task unloaded from now on fails the run itself.
-    let mut infos: Vec<(TaskId, String, Option<Head>)> = Vec::new();
-    for &id in &ids {
-        if !infos.iter().any(|(i, _, _)| *i == id) {
-            let (name, head) = rt.engine.task_info(id)?;
-            infos.push((id, name, head));
-        }
-    }
-    let outputs = match rows {
-        Rows::One(_) => rt.engine.run(batch, ids[0])?,
-        Rows::Each(_) => rt.engine.run_mixed(batch, &ids)?,
-    };
-    let pooled = outputs
-        .get(rt.output_index)
-        .ok_or_else(|| Fail::new(ElxStatus::Internal, "the run returned too few outputs"))
-        .and_then(|o| {
-            pool(&o.data, &o.shape, batch.mask.as_deref(), rt.pooling).map_err(Fail::from)
-        });
-    let mut heads = Vec::with_capacity(ids.len());
-    for (row, id) in ids.iter().enumerate() {
-        let (_, name, head) = infos
-            .iter()
-            .find(|(i, _, _)| i == id)
-            .ok_or_else(|| Fail::new(ElxStatus::Internal, "a row's task went missing"))?;
-        let prediction = head.as_ref().map(|h| match &pooled {
-            Ok(p) => p
-                .get(row)
-                .ok_or_else(|| Fail::new(ElxStatus::Internal, "pooling lost a row"))
-                .and_then(|v| apply_head(h, v).map_err(Fail::from))
-                .map(|pr| (pr, h.labels.clone())),
-            Err(e) => Err(e.clone()),
-        });
-        heads.push(RowHead {
-            task: name.clone(),
-            prediction,
-        });
-    }
+    let r = rt.runner.run(batch, rows)?;
+    let pooled = r.pooled.map_err(Fail::from);
+    let heads = r
+        .rows
+        .into_iter()
+        .enumerate()
+        .map(|(row, (task, head))| RowHead {
+            task,
+            prediction: head.map(|h| match &pooled {
+                Ok(p) => p
+                    .get(row)
+                    .ok_or_else(|| Fail::new(ElxStatus::Internal, "pooling lost a row"))
+                    .and_then(|v| apply_head(&h, v).map_err(Fail::from))
+                    .map(|pr| (pr, h.labels.clone())),
+                Err(e) => Err(e.clone()),
+            }),
+        })
+        .collect();
     Ok(ElxResult {
-        outputs,
+        outputs: r.outputs,
         pooled,
         rows: heads,
     })
@@ -143,11 +126,7 @@ pub(crate) fn text_batch(
     rt: &ElxRuntime,
     texts: &[String],
 ) -> Result<eigenlorax::serve::input::Batch, Fail> {
-    let enc = rt
-        .text
-        .as_ref()
-        .ok_or_else(|| Fail::new(ElxStatus::Usage, rt.no_text.clone()))?;
-    Ok(enc.encode(texts, rt.engine.specs()?)?)
+    Ok(rt.runner.encode(texts)?)
 }
 
 /// Runs `rows` texts through the tokenizer and the model with task `task`. On success
@@ -252,7 +231,7 @@ pub(crate) unsafe fn ids_batch(
     Ok(assemble(
         Path::new("<token ids>"),
         given,
-        rt.engine.specs()?,
+        rt.runner.engine().specs()?,
     )?)
 }
 
@@ -388,7 +367,7 @@ pub(crate) unsafe fn tensor_batch(
     Ok(assemble(
         Path::new("<input tensors>"),
         given,
-        rt.engine.specs()?,
+        rt.runner.engine().specs()?,
     )?)
 }
 

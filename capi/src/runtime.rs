@@ -3,10 +3,8 @@
 use crate::error::*;
 use crate::ffi::*;
 use crate::result::*;
-use eigenlorax::bundle::Bundle;
-use eigenlorax::serve::ExecutionProvider;
-use eigenlorax::serve::input::{TextEncoder, find_tokenizer, tokenizer_beside};
-use eigenlorax::serve::{Backend, Engine};
+use eigenlorax::serve::job::{OutputChoice, RunSpec, Runner};
+use eigenlorax::serve::{Backend, ExecutionProvider};
 use eigenlorax::task::Pooling;
 use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -71,13 +69,8 @@ pub struct ElxOpenOptions {
 /// A base model patched for one bound bundle on one engine, its loaded tasks and its
 /// tokenizer. Thread-safe (see the header's introduction). Free with [`elx_runtime_free`].
 pub struct ElxRuntime {
-    pub(crate) engine: Engine,
-    pub(crate) subspace_id: String,
-    pub(crate) text: Option<TextEncoder>,
-    /// Why text inputs are refused when there is no tokenizer.
-    pub(crate) no_text: String,
-    pub(crate) pooling: Pooling,
-    pub(crate) output_index: usize,
+    /// The run job: engine, tasks, tokenizer, pooling.
+    pub(crate) runner: Runner,
 }
 
 // The thread rules of the header rest on these: a runtime is shared, a result may move
@@ -178,42 +171,33 @@ pub unsafe extern "C" fn elx_runtime_open(
         if let Some(given) = unsafe { options.as_ref() } {
             o = *given;
         }
-        let backend = backend_of(&o)?;
-        let pooling = pooling_of(o.pooling)?;
         let tokenizer = if o.tokenizer_path.is_null() {
-            find_tokenizer(&model, None)
+            None
         } else {
             // SAFETY: per the contract.
             Some(PathBuf::from(unsafe {
                 text(o.tokenizer_path, "options.tokenizer_path")?
             }))
         };
-        let max_length = (o.max_length > 0).then_some(o.max_length);
-        let text_encoder = match &tokenizer {
-            Some(p) => Some(TextEncoder::from_file(p, max_length)?),
-            None => None,
+        let spec = RunSpec {
+            model,
+            bundle,
+            backend: backend_of(&o)?,
+            text_inputs: true,
+            tokenizer,
+            max_length: (o.max_length > 0).then_some(o.max_length),
+            pooling: pooling_of(o.pooling)?,
+            output: OutputChoice::Index(o.output_index),
         };
-        let bundle = Bundle::read(&bundle)?;
-        let engine = Engine::load(&model, &bundle, backend)?;
-        let outputs = engine.output_names().len();
+        let runner = Runner::open(&spec)?;
+        let outputs = runner.engine().output_names().len();
         if o.output_index >= outputs {
             return Err(invalid(format!(
                 "output_index {} but the model has {outputs} outputs",
                 o.output_index
             )));
         }
-        let no_text = format!(
-            "{}: expected a HF tokenizer.json for text inputs (give options.tokenizer_path), found no file",
-            tokenizer_beside(&model).display()
-        );
-        let rt = Box::new(ElxRuntime {
-            engine,
-            subspace_id: bundle.manifest.subspace_id.clone(),
-            text: text_encoder,
-            no_text,
-            pooling,
-            output_index: o.output_index,
-        });
+        let rt = Box::new(ElxRuntime { runner });
         // SAFETY: checked non-null above; writable per the contract.
         unsafe { out.write(Box::into_raw(rt)) };
         Ok(())
@@ -247,7 +231,7 @@ pub unsafe extern "C" fn elx_runtime_backend(
     guard(|| {
         // SAFETY: per the contract.
         let rt = unsafe { runtime(rt)? };
-        let (b, p) = match rt.engine.backend() {
+        let (b, p) = match rt.runner.engine().backend() {
             Backend::Tract => (ElxBackend::Tract, ElxProvider::Cpu),
             Backend::Ort(ExecutionProvider::Cpu) => (ElxBackend::Ort, ElxProvider::Cpu),
             Backend::Ort(ExecutionProvider::Cuda) => (ElxBackend::Ort, ElxProvider::Cuda),

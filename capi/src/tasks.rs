@@ -23,7 +23,7 @@ pub unsafe extern "C" fn elx_task_load(
         if task.is_null() {
             return Err(null("task"));
         }
-        let id = id_out(rt.engine.load_task(Path::new(path))?)?;
+        let id = id_out(rt.runner.engine().load_task(Path::new(path))?)?;
         // SAFETY: per the contract.
         unsafe { put(task, id, "task") }
     })
@@ -55,7 +55,11 @@ pub unsafe extern "C" fn elx_task_load_bytes(
         if task.is_null() {
             return Err(null("task"));
         }
-        let id = id_out(rt.engine.load_task_bytes(Path::new(name), data.to_vec())?)?;
+        let id = id_out(
+            rt.runner
+                .engine()
+                .load_task_bytes(Path::new(name), data.to_vec())?,
+        )?;
         // SAFETY: per the contract.
         unsafe { put(task, id, "task") }
     })
@@ -71,7 +75,7 @@ pub unsafe extern "C" fn elx_task_unload(rt: *const ElxRuntime, task: u32) -> El
     guard(|| {
         // SAFETY: per the contract.
         let rt = unsafe { runtime(rt)? };
-        rt.engine.unload_task(task_id(task))?;
+        rt.runner.engine().unload_task(task_id(task))?;
         Ok(())
     })
 }
@@ -92,7 +96,8 @@ pub unsafe extern "C" fn elx_task_list(
         // SAFETY: per the contract.
         let rt = unsafe { runtime(rt)? };
         let list: Vec<u32> = rt
-            .engine
+            .runner
+            .engine()
             .task_ids()
             .into_iter()
             .map(id_out)
@@ -118,7 +123,7 @@ pub unsafe extern "C" fn elx_task_name(
     guard(|| {
         // SAFETY: per the contract.
         let rt = unsafe { runtime(rt)? };
-        let (name, _) = rt.engine.task_info(task_id(task))?;
+        let (name, _) = rt.runner.engine().task_info(task_id(task))?;
         // SAFETY: per the contract.
         unsafe { copy_str(&name, buf, cap, needed, "buf") }
     })
@@ -137,7 +142,7 @@ pub unsafe extern "C" fn elx_task_classes(
     guard(|| {
         // SAFETY: per the contract.
         let rt = unsafe { runtime(rt)? };
-        let (_, head) = rt.engine.task_info(task_id(task))?;
+        let (_, head) = rt.runner.engine().task_info(task_id(task))?;
         // SAFETY: per the contract.
         unsafe { put(classes, head.map_or(0, |h| h.labels.len()), "classes") }
     })
@@ -159,7 +164,7 @@ pub unsafe extern "C" fn elx_task_label(
     guard(|| {
         // SAFETY: per the contract.
         let rt = unsafe { runtime(rt)? };
-        let (name, head) = rt.engine.task_info(task_id(task))?;
+        let (name, head) = rt.runner.engine().task_info(task_id(task))?;
         let head = head.ok_or_else(|| no_head(&name))?;
         let label = head.labels.get(class).ok_or_else(|| {
             invalid(format!(

@@ -412,6 +412,33 @@ pub fn open(dir: &Path) -> Result<Adapter> {
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
     let (cfg, config) = PeftConfig::parse(&config_path, &text)?;
     let weights = TensorFile::open(&weights_path)?;
+    assemble(dir, cfg, config, weights, &|_| {
+        crate::util::sha256_file(&weights_path)
+    })
+}
+
+/// A PEFT adapter held in memory: `config_json` is its `adapter_config.json` text (PEFT's
+/// `LoraConfig.to_dict()` as JSON), `weights` its `state_dict` ([`TensorFile::from_parts`],
+/// no copy). `name` stands for its folder in errors and in a bundle's sources. Its SHA-256
+/// is that of the `adapter_model.safetensors` PEFT's `save_pretrained` would write
+/// ([`TensorFile::canonical_sha256`]), so a bundle extracted from memory has the id of the
+/// one extracted from the saved folder under the same name.
+pub fn from_memory(name: &Path, config_json: &str, weights: TensorFile) -> Result<Adapter> {
+    let config_path = name.join(CONFIG_FILE);
+    let (cfg, config) = PeftConfig::parse(&config_path, config_json)?;
+    assemble(name, cfg, config, weights, &TensorFile::canonical_sha256)
+}
+
+/// The adapter in `weights` under config `cfg`: its LoRA pairs checked against the config and
+/// each other, its extras listed; `sha256` is asked for last, once everything is valid.
+fn assemble(
+    dir: &Path,
+    cfg: PeftConfig,
+    config: serde_json::Value,
+    weights: TensorFile,
+    sha256: &dyn Fn(&TensorFile) -> Result<String>,
+) -> Result<Adapter> {
+    let weights_path = weights.path().to_path_buf();
 
     let extra = |key: &str| {
         let (dtype, shape) = weights.stored_info(key).unwrap_or(("?", &[]));
@@ -553,7 +580,7 @@ pub fn open(dir: &Path) -> Result<Adapter> {
         );
     }
     extras.sort_by(|x, y| x.key.cmp(&y.key));
-    let sha256 = crate::util::sha256_file(&weights_path)?;
+    let sha256 = sha256(&weights)?;
     Ok(Adapter {
         path: dir.to_path_buf(),
         format: AdapterFormat::Peft,

@@ -8,18 +8,10 @@
 //! `{"text": ..., "label": ...}` lines when a tokenizer is given or lies next to the model.
 
 use super::{BackendArg, EpArg, GradArg, progress_bar};
-use eigenlorax::bundle::Bundle;
-use eigenlorax::finetune::cache::CachedFeatures;
-use eigenlorax::finetune::data::{Example, RawSet, ReadOptions, class_indices, label_set};
-use eigenlorax::finetune::seq::SequenceModel;
-use eigenlorax::finetune::{Event, FinetuneConfig, GradMode, Objective, Split, recipe};
-use eigenlorax::serve::input::{DEFAULT_MAX_LENGTH, TextEncoder, find_tokenizer};
-use eigenlorax::serve::{Engine, HiddenState};
+use eigenlorax::finetune::job::{DataSource, FinetuneJob, FinetuneSpec, Recipe, TextOptions};
+use eigenlorax::finetune::{Event, recipe};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
-
-/// Most examples read from one file (bounds memory).
-const MAX_EXAMPLES: usize = 1_000_000;
 
 /// Arguments of `elx finetune`.
 #[derive(clap::Args, Debug)]
@@ -125,64 +117,40 @@ pub struct FinetuneArgs {
     pub ep: EpArg,
 }
 
-/// Token source for the data files.
-enum Tokens {
-    /// Pre-tokenized `input_ids`.
-    Ids,
-    /// `text` through a tokenizer (pre-tokenized lines are accepted too).
-    Text(Box<TextEncoder>),
-}
-
-/// The data of a run, read and checked before any engine is loaded.
-struct Data {
-    /// Training examples, then the validation examples (ids index this list); moved into the
-    /// engine's model.
-    examples: Vec<Example>,
-    train: Split,
-    val: Option<Split>,
-    classes: Vec<String>,
-    pad_id: i64,
-    max_len: usize,
-    /// SHA-256 (hex) of the training examples' tokens and labels, in file order.
-    train_digest: String,
-    /// The same of the validation examples, "none" without --val.
-    val_digest: String,
-    /// File line of each example (training, then validation).
-    lines: Vec<usize>,
-    /// Where the padding id came from, for errors.
-    pad_source: String,
-}
-
-/// The first 16 bytes (32 hex digits) of a digest: enough to tell data apart, short enough
-/// to read in an error.
-fn short(digest: &str) -> String {
-    digest.chars().take(32).collect()
-}
-
-/// SHA-256 (hex) of the class names, in class-index order.
-fn classes_digest(classes: &[String]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for c in classes {
-        h.update((c.len() as u64).to_le_bytes());
-        h.update(c.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-256 (hex) of examples' token ids and labels: what a checkpoint's resume must see again.
-fn data_digest(examples: &[Example], labels: &[usize]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update((examples.len() as u64).to_le_bytes());
-    for (e, y) in examples.iter().zip(labels) {
-        h.update((e.input_ids.len() as u64).to_le_bytes());
-        for id in &e.input_ids {
-            h.update(id.to_le_bytes());
+impl FinetuneArgs {
+    /// The finetune job these arguments describe.
+    fn spec(&self) -> FinetuneSpec {
+        FinetuneSpec {
+            data: DataSource::Files {
+                train: self.train.clone(),
+                val: self.val.clone(),
+            },
+            text: TextOptions {
+                tokenizer: self.tokenizer.clone(),
+                max_length: self.max_length,
+                truncate: self.truncate,
+                pad_id: self.pad_id,
+            },
+            recipe: Recipe {
+                rank: self.rank,
+                steps: self.steps,
+                grad: self.grad.mode(),
+                threads: self.threads,
+                directions: self.directions,
+                seed: self.seed,
+                batch_size: self.batch_size,
+                lr: self.lr,
+                head_lr: self.head_lr,
+                head_warmup: self.head_warmup,
+                warmup_head_lr: self.warmup_head_lr,
+                eval_every: self.eval_every,
+                zero_shot: self.zero_shot,
+                checkpoint_every: self.checkpoint_every,
+                checkpoint: self.checkpoint.clone(),
+                resume: self.resume.clone(),
+            },
         }
-        h.update((*y as u64).to_le_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs `elx finetune`.
@@ -208,212 +176,20 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     inputs.extend(args.resume.as_deref());
     super::refuse_clobber(&args.output, &inputs, "-o")?;
     let backend = args.backend.with_ep(args.ep)?;
-    let bundle = Bundle::read(&args.bundle)?;
-    let mut data = read_data(args)?;
-    // A provider that cannot start falls back to the CPU; the engine says so on stderr.
-    let engine = Engine::load(&args.model, &bundle, backend)?;
-    let examples = std::mem::take(&mut data.examples);
-    // Ids outside the model's vocabulary are named by file and line, the padding id by
-    // where it came from.
-    let n_train = data.train.ids.len();
-    let name = |i: usize| {
-        let (file, k) = match &args.val {
-            Some(v) if i >= n_train => (v.as_path(), i - n_train),
-            _ => (args.train.as_path(), i),
-        };
-        let line = data.lines.get(i).copied().unwrap_or(0);
-        format!("{}: example {} (line {line})", file.display(), k + 1)
-    };
-    SequenceModel::check_token_ids(&engine, &examples, data.pad_id, &data.pad_source, &name)?;
-    // Engines that plan per input shape pad to power-of-two lengths: a handful of plans.
-    let model = SequenceModel::for_training(
-        &engine,
-        examples,
-        data.pad_id,
-        data.max_len,
-        args.grad.mode(),
-    )?
-    .with_gradient_threads(args.threads);
-    if let Some(why) = model.exact_unavailable() {
-        errln!("warning: {why}; training with SPSA (forward passes only)")?;
-    }
-    train(args, &bundle, data, model, engine.min_rank())
-}
-
-/// Reads the training (and validation) data: tokens, labels and the class list.
-fn read_data(args: &FinetuneArgs) -> Result<Data> {
-    let tokenizer = find_tokenizer(&args.model, args.tokenizer.as_deref());
-    let tokens = match &tokenizer {
-        Some(p) => Tokens::Text(Box::new(TextEncoder::from_file(p, args.max_length)?)),
-        None => Tokens::Ids,
-    };
-    let max_len = match &tokens {
-        // The model folder's limit caps a tokenizer given from elsewhere too.
-        Tokens::Text(t) if args.max_length.is_none() => {
-            config_max_positions(&args.model).map_or(t.max_length(), |p| p.min(t.max_length()))
-        }
-        Tokens::Text(t) => t.max_length(),
-        Tokens::Ids => args
-            .max_length
-            .or_else(|| config_max_positions(&args.model))
-            .unwrap_or(DEFAULT_MAX_LENGTH),
-    };
-    let (pad_id, pad_source) = match (args.pad_id, &tokens, &tokenizer) {
-        (Some(p), _, _) => (p, "the padding id (--pad-id)".to_string()),
-        (None, Tokens::Text(t), Some(path)) => (
-            i64::from(t.pad_id()),
-            format!(
-                "the padding id of {} (override with --pad-id)",
-                path.display()
-            ),
-        ),
-        _ => (0, "the default padding id 0 (give --pad-id)".to_string()),
-    };
-    let opts = ReadOptions {
-        max_len,
-        truncate: args.truncate,
-        max_examples: MAX_EXAMPLES,
-    };
-    let train = read_set(&args.train, &tokens, &opts)?;
-    let classes = label_set(&train);
-    if classes.len() < 2 {
-        return Err(Error::bad_file(
-            &args.train,
-            format!(
-                "expected at least 2 distinct labels to train a classifier, found {:?}",
-                classes
-            ),
-        ));
-    }
-    let train_labels = class_indices(&args.train, &train, &classes)?;
-    let n_train = train.examples.len();
-    let train_digest = data_digest(&train.examples, &train_labels);
-    let mut lines = train.lines;
-    let mut examples = train.examples;
-    let mut val_digest = "none".to_string();
-    let val = match &args.val {
-        Some(p) => {
-            let v = read_set(p, &tokens, &opts)?;
-            let labels = class_indices(p, &v, &classes)?;
-            val_digest = data_digest(&v.examples, &labels);
-            lines.extend(&v.lines);
-            let ids = (examples.len()..examples.len() + v.examples.len()).collect();
-            examples.extend(v.examples);
-            Some(Split { ids, labels })
-        }
-        None => None,
-    };
-    Ok(Data {
-        examples,
-        train: Split {
-            ids: (0..n_train).collect(),
-            labels: train_labels,
-        },
-        val,
-        classes,
-        pad_id,
-        max_len,
-        train_digest,
-        val_digest,
-        lines,
-        pad_source,
-    })
-}
-
-/// Trains on `model` (any engine), writes the task file and prints the summary.
-fn train(
-    args: &FinetuneArgs,
-    bundle: &Bundle,
-    data: Data,
-    model: SequenceModel<HiddenState>,
-    r_max: usize,
-) -> Result<()> {
-    let rank = args.rank.unwrap_or(r_max);
-    let defaults = FinetuneConfig::default();
-    let schedule = recipe::Defaults::for_gradient(args.grad.mode());
-    let steps = args.steps.unwrap_or(schedule.steps);
-    let mut cfg = FinetuneConfig {
-        rank,
-        zero_shot: args.zero_shot,
-        seed: args.seed,
-        lr: args.lr.unwrap_or(defaults.lr),
-        head_lr: args.head_lr.unwrap_or(schedule.head_lr),
-        directions: args.directions,
-        grad: args.grad.mode(),
-        batch_size: args.batch_size,
-        max_steps: steps,
-        eval_every: args.eval_every.unwrap_or(schedule.eval_every),
-        checkpoint_every: args.checkpoint_every.unwrap_or(0),
-        checkpoint_path: args.checkpoint.clone(),
-        ..defaults
-    };
-    let Data {
-        train: train_split,
-        val: val_split,
-        classes,
-        pad_id,
-        max_len,
-        train_digest,
-        val_digest,
-        ..
-    } = data;
-    let n_train = train_split.ids.len();
-    let objective = || Objective::Classify {
-        classes: classes.len(),
-    };
-    // Features are cached while the coefficients stay put: the head warm-up costs one engine
-    // pass per example. A resumed run restores its head from the checkpoint instead.
-    let mut model = CachedFeatures::new(model);
-    let mut warm_head = None;
-    let warm_up = args.head_warmup > 0 && !args.zero_shot;
-    if warm_up {
-        cfg.eval_at_start = true;
-        if args.resume.is_none() {
-            let head_only = recipe::fit_head_only(
-                model,
-                &cfg,
-                args.head_warmup,
-                args.warmup_head_lr,
-                objective(),
-                train_split.clone(),
-                val_split.clone(),
-            )?;
-            warm_head = head_only.head().map(|h| h.params().to_vec());
-            model = head_only.into_model();
-        }
-    }
-    let mut ft = recipe::joint(
-        model,
-        cfg,
-        objective(),
-        train_split.clone(),
-        val_split.clone(),
-        warm_head.as_deref(),
-    )?;
-    // A checkpoint is tied to the data it trained on and to the flags the finetuner does not
-    // see (the warm-up shapes the head it starts from; padding and length shape the inputs).
-    ft.set_run_identity(&[
-        ("--train", short(&train_digest)),
-        ("--val", short(&val_digest)),
-        ("--head-warmup", args.head_warmup.to_string()),
-        ("--warmup-head-lr", format!("{:e}", args.warmup_head_lr)),
-        ("--pad-id", pad_id.to_string()),
-        ("--max-length", max_len.to_string()),
-        ("labels", short(&classes_digest(&classes))),
-    ]);
-    if let Some(p) = &args.resume {
-        ft.resume(p)?;
-    }
+    let mut job = FinetuneJob::open(&args.spec(), &args.model, &args.bundle, backend, &mut |w| {
+        super::warn(w)
+    })?;
+    let steps = job.max_steps();
 
     let bar = progress_bar(steps);
-    bar.set_position(ft.steps());
+    bar.set_position(job.steps());
     let mut last_val = String::from("val -");
     let mut last_loss = f64::NAN;
     let pause_at = args
         .pause_after
-        .map_or(u64::MAX, |n| ft.steps().saturating_add(n));
+        .map_or(u64::MAX, |n| job.steps().saturating_add(n));
     let mut sink = super::LogSink::default();
-    let report = ft.fit_until(pause_at, &mut |e: &Event| match e {
+    let report = job.fit_until(pause_at, &mut |e: &Event| match e {
         Event::Step(s) => {
             last_loss = s.loss;
             bar.set_position(s.step);
@@ -453,29 +229,13 @@ fn train(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "task".into()),
     };
-    // The finetuner checked every trained tensor (finite, within the loosest bound); the
-    // bundle knows each module's inputs, so the file must also pass the check `elx run`
-    // applies at load, or it is not written.
-    let file = ft.to_coeff_file(&bundle.manifest.subspace_id, &task, &classes)?;
-    file.check_for(&args.output, &bundle.manifest)
-        .map_err(|e| {
-            Error::Numeric(format!(
-                "the trained task would be refused at load ({e}); nothing was written: lower the learning rate"
-            ))
-        })?;
-    file.write(&args.output)?;
-    // The summary's training figures: on a bounded, evenly spaced sample of a large training
-    // set (a full pass over 192k rows took longer than the run it summarises).
-    let sample = even_sample(&train_split, MAX_SUMMARY_EXAMPLES);
-    let train_eval = ft.evaluate(&sample)?;
-    let gradient = match ft.gradient() {
-        GradMode::Exact if args.zero_shot => "head only",
-        GradMode::Exact => "exact gradients",
-        GradMode::Spsa => "SPSA",
-    };
+    job.write_task(&args.output, &task)?;
+    let summary = job.summary()?;
+    let classes = job.classes();
     outln!(
-        "{} steps, {gradient} ({} engine runs){}; best {} {:.4} at step {}",
+        "{} steps, {} ({} engine runs){}; best {} {:.4} at step {}",
         report.steps,
+        job.gradient_name(),
         report.forward_passes,
         if report.stopped_early {
             ", stopped early"
@@ -490,12 +250,13 @@ fn train(
         report.best_metric,
         report.best_step,
     )?;
+    let n_train = summary.train_examples;
     outln!(
         "train: loss {:.6}, accuracy {:.1}% ({} examples, {} classes: {})",
-        train_eval.loss,
-        100.0 * train_eval.accuracy.unwrap_or(f64::NAN),
-        if sample.ids.len() < n_train {
-            format!("{} evenly spaced of {n_train}", sample.ids.len())
+        summary.train.loss,
+        100.0 * summary.train.accuracy.unwrap_or(f64::NAN),
+        if summary.train.examples < n_train {
+            format!("{} evenly spaced of {n_train}", summary.train.examples)
         } else {
             n_train.to_string()
         },
@@ -506,8 +267,7 @@ fn train(
             .collect::<Vec<_>>()
             .join(", ")
     )?;
-    if let Some(split) = &val_split {
-        let v = ft.evaluate(split)?;
+    if let Some(v) = &summary.val {
         outln!(
             "validation: loss {:.6}, accuracy {:.1}% ({} examples)",
             v.loss,
@@ -516,52 +276,11 @@ fn train(
         )?;
     }
     outln!(
-        "wrote {} (task {}, rank {rank}{})",
+        "wrote {} (task {}, rank {}{})",
         super::printable(&args.output.display().to_string()),
         super::printable(&task),
+        job.rank(),
         if args.zero_shot { ", zero-shot" } else { "" }
     )?;
     Ok(())
-}
-
-/// Most training examples the final summary evaluates ([`even_sample`]).
-const MAX_SUMMARY_EXAMPLES: usize = 4096;
-
-/// At most `max` examples of `split`, evenly spaced over it (all of them when it is smaller).
-fn even_sample(split: &Split, max: usize) -> Split {
-    let n = split.ids.len();
-    if n <= max {
-        return split.clone();
-    }
-    let pick: Vec<usize> = (0..max).map(|i| i * n / max).collect();
-    Split {
-        ids: pick.iter().map(|&i| split.ids[i]).collect(),
-        labels: pick.iter().map(|&i| split.labels[i]).collect(),
-    }
-}
-
-/// Reads one data file; texts go through the tokenizer. Truncation is reported on stderr.
-fn read_set(path: &Path, tokens: &Tokens, opts: &ReadOptions) -> Result<RawSet> {
-    let set = match tokens {
-        Tokens::Ids => eigenlorax::finetune::data::read_jsonl(path, opts)?,
-        Tokens::Text(enc) => {
-            let tokenize = |t: &str| enc.ids_truncated(t);
-            eigenlorax::finetune::data::read_jsonl_with(path, opts, Some(&tokenize))?
-        }
-    };
-    if set.truncated > 0 {
-        super::warn(format!(
-            "{}: {} of {} examples were longer than {} tokens and were truncated",
-            path.display(),
-            set.truncated,
-            set.examples.len(),
-            opts.max_len
-        ))?;
-    }
-    Ok(set)
-}
-
-/// `max_position_embeddings` of a HF config.json beside the model, if any.
-fn config_max_positions(model: &Path) -> Option<usize> {
-    eigenlorax::serve::input::text::max_position_embeddings(model.parent()?)
 }

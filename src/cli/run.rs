@@ -2,14 +2,12 @@
 //! pool the output and apply each task's head.
 
 use super::{BackendArg, EpArg, PoolingArg, printable};
-use eigenlorax::bundle::{Bundle, CoeffFile, Head};
+use eigenlorax::bundle::Head;
 use eigenlorax::error::{Error, Result};
-use eigenlorax::serve::input::{
-    Batch, OutputTensor, TextEncoder, apply_head, load_tensors, tokenizer_beside,
-};
+use eigenlorax::serve::Backend;
+use eigenlorax::serve::input::{apply_head, load_tensors};
+use eigenlorax::serve::job::{OutputChoice, Rows, RunSpec, Runner};
 use eigenlorax::serve::store::TaskId;
-use eigenlorax::serve::{Backend, Engine};
-use eigenlorax::task::pool;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -66,6 +64,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
     run_to(args, &mut out)
 }
 
+/// The run job `args` describe.
+fn spec(args: &RunArgs) -> Result<RunSpec> {
+    Ok(RunSpec {
+        model: args.model.clone(),
+        bundle: args.bundle.clone(),
+        backend: args.backend.with_ep(args.ep)?,
+        text_inputs: args.input.is_none(),
+        tokenizer: args.tokenizer.clone(),
+        max_length: args.max_length,
+        pooling: args.pooling.into(),
+        output: args
+            .output
+            .clone()
+            .map_or(OutputChoice::First, OutputChoice::Name),
+    })
+}
+
 /// [`run`] writing to `out` (for tests).
 pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
     if args.texts.is_empty() && args.input.is_none() {
@@ -73,10 +88,10 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
             "elx run: give --text (repeatable) or --input FILE".into(),
         ));
     }
-    let backend = args.backend.with_ep(args.ep)?;
-    let bundle = Bundle::read(&args.bundle)?;
-    let engine = Engine::load(&args.model, &bundle, backend)?;
-    if let (Backend::Ort(want), Backend::Ort(got)) = (backend, engine.backend())
+    let spec = spec(args)?;
+    let runner = Runner::open(&spec)?;
+    let engine = runner.engine();
+    if let (Backend::Ort(want), Backend::Ort(got)) = (spec.backend, engine.backend())
         && got != want
     {
         errln!(
@@ -93,28 +108,15 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
         tasks.push((id, p.display().to_string()));
     }
     if tasks.is_empty() {
-        let base = CoeffFile::base(&bundle.manifest.subspace_id);
         tasks.push((
-            engine.insert_task(&base)?,
+            runner.insert_base_task()?,
             "(base model, zero coefficients)".into(),
         ));
     }
 
     let batch = match &args.input {
         Some(p) => load_tensors(p, engine.specs()?)?,
-        None => {
-            let tok = args
-                .tokenizer
-                .clone()
-                .unwrap_or_else(|| tokenizer_beside(&args.model));
-            if !tok.is_file() {
-                return Err(Error::bad_file(
-                    &tok,
-                    "expected a HF tokenizer.json for --text (give its path with --tokenizer), found no file",
-                ));
-            }
-            TextEncoder::from_file(&tok, args.max_length)?.encode(&args.texts, engine.specs()?)?
-        }
+        None => runner.encode(&args.texts)?,
     };
     let row_names: Vec<String> = if args.input.is_some() {
         (0..batch.rows).map(|r| format!("row {r}")).collect()
@@ -131,14 +133,14 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
             )));
         }
         let ids: Vec<TaskId> = tasks.iter().map(|t| t.0).collect();
-        let outputs = engine.run_mixed(&batch, &ids)?;
-        let pooled = pooled_rows(args, &batch, &outputs)?;
-        for (row, ((id, label), v)) in tasks.iter().zip(&pooled).enumerate() {
-            let (name, head) = engine.task_info(*id)?;
+        let result = runner.run(&batch, Rows::Each(&ids))?;
+        let pooled = result.pooled?;
+        for (row, ((_, label), v)) in tasks.iter().zip(&pooled).enumerate() {
+            let (name, head) = &result.rows[row];
             report(
                 out,
                 args.json,
-                &name,
+                name,
                 label,
                 &row_names[row],
                 head.as_ref(),
@@ -148,8 +150,8 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
         return Ok(());
     }
     for (id, label) in &tasks {
-        let outputs = engine.run(&batch, *id)?;
-        let pooled = pooled_rows(args, &batch, &outputs)?;
+        let result = runner.run(&batch, Rows::One(*id))?;
+        let pooled = result.pooled?;
         let (name, head) = engine.task_info(*id)?;
         if !args.json {
             writeln!(out, "task {} [{}]", printable(&name), printable(label))
@@ -168,27 +170,6 @@ pub fn run_to(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Picks the output to pool and pools it with the batch's attention mask.
-fn pooled_rows(args: &RunArgs, batch: &Batch, outputs: &[OutputTensor]) -> Result<Vec<Vec<f32>>> {
-    let o = match &args.output {
-        Some(name) => outputs.iter().find(|o| &o.name == name).ok_or_else(|| {
-            let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
-            Error::Usage(format!(
-                "the model has no output `{name}` (it has {names:?})"
-            ))
-        })?,
-        None => outputs
-            .first()
-            .ok_or_else(|| Error::Usage("the model has no output".into()))?,
-    };
-    pool(
-        &o.data,
-        &o.shape,
-        batch.mask.as_deref(),
-        args.pooling.into(),
-    )
 }
 
 /// Prints one row: label and probabilities when the task has a head, else the pooled vector.

@@ -30,6 +30,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod data;
 pub mod head;
+pub mod job;
 pub mod pinned;
 pub mod recipe;
 pub mod schedule;

@@ -14,6 +14,8 @@
 //! * [`hidden`]: the hidden-state view the finetuner trains through.
 //! * [`train`]: exact gradients: training graphs run on the serving engine.
 //! * [`input`]: text (tokenizer.json), .npy and safetensors inputs, pooling.
+//! * [`job`]: the run job every face builds from one [`job::RunSpec`]: engine, tokenizer,
+//!   tasks, pooled rows and predictions.
 
 pub mod backend;
 pub mod engine;
@@ -21,6 +23,7 @@ pub mod family;
 pub mod generate;
 pub mod hidden;
 pub mod input;
+pub mod job;
 pub mod store;
 pub mod train;
 
