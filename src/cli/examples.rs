@@ -240,10 +240,12 @@ mod tests {
                 let m = Cli::command()
                     .try_get_matches_from(&argv)
                     .unwrap_or_else(|e| panic!("{line}: {e}"));
-                // Checking line by line: only `elx import-hf`'s follow-up is another command.
+                // Checking line by line: only the importers' follow-up (`elx bind`) is another
+                // command.
                 let got = m.subcommand_name().unwrap_or_default();
+                let importer = *cmd == "import-hf" || *cmd == "import-gguf";
                 assert!(
-                    got == *cmd || (*cmd == "import-hf" && got == "bind"),
+                    got == *cmd || (importer && got == "bind"),
                     "`elx {cmd}` example runs `elx {got}`: {line}"
                 );
                 checked += 1;

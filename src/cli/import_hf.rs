@@ -17,8 +17,8 @@ use std::path::PathBuf;
 /// Arguments of `elx import-hf`.
 #[derive(clap::Args, Debug)]
 pub struct ImportHfArgs {
-    /// The HF model folder (config.json with model_type "bert", model.safetensors; its
-    /// tokenizer.json, tokenizer_config.json and special_tokens_map.json are copied too).
+    /// The HF model folder (config.json with model_type "bert" or "llama", model.safetensors;
+    /// its tokenizer.json, tokenizer_config.json and special_tokens_map.json are copied too).
     pub dir: PathBuf,
     /// Output ONNX model (written atomically; the tokenizer and config files go beside it).
     #[arg(short, long)]
@@ -28,6 +28,9 @@ pub struct ImportHfArgs {
 /// Runs `elx import-hf`.
 pub fn run(args: &ImportHfArgs) -> Result<()> {
     super::refuse_clobber(&args.output, &[args.dir.as_path()], "-o")?;
+    if eigenlorax::graph::llama::files::is_llama_folder(&args.dir) {
+        return run_llama(args);
+    }
     let m = import_hf_file(&args.dir, &args.output)?;
     let c = &m.config;
     let graph = m.model.graph.as_ref();
@@ -78,6 +81,41 @@ pub fn run(args: &ImportHfArgs) -> Result<()> {
         warn(format!(
             "{} was left from something else ({} has no such file): it does not describe this model; remove or replace it",
             p.display(),
+            args.dir.display()
+        ))?;
+    }
+    outln!(
+        "wrote {} ({})",
+        args.output.display(),
+        file_size(&args.output)
+    )?;
+    Ok(())
+}
+
+/// `elx import-hf` on a Llama folder: the decoder graph, with the KV cache.
+fn run_llama(args: &ImportHfArgs) -> Result<()> {
+    let (m, comp) = eigenlorax::graph::llama::files::import_hf_file(&args.dir, &args.output)?;
+    let c = &m.config;
+    outln!(
+        "Llama decoder: {} layers, hidden {}, {} heads ({} key/value heads, width {}), MLP {}, vocab {}, context {}, rope base {}, RMSNorm eps {:e}, {} embeddings",
+        c.layers,
+        c.hidden,
+        c.heads,
+        c.kv_heads,
+        c.head_dim,
+        c.intermediate,
+        c.vocab,
+        c.max_position,
+        c.rope_theta,
+        c.rms_eps,
+        if c.tied_embeddings { "tied" } else { "untied" }
+    )?;
+    for p in &comp.copied {
+        outln!("beside it: {}", p.display())?;
+    }
+    if !comp.has_tokenizer() {
+        warn(format!(
+            "{} has no tokenizer.json: `elx generate` needs one beside the model",
             args.dir.display()
         ))?;
     }

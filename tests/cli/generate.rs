@@ -222,3 +222,27 @@ fn generate_renders_the_chat_template_and_refuses_bad_arguments_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn import_hf_builds_the_decoder_graph_of_a_llama_folder() {
+    let dir = std::env::temp_dir().join(format!("elx-cli-hf-llama-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama");
+    let out = dir.join("model.onnx");
+    let o = ok(&elx(&[
+        "import-hf",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(o.contains("Llama decoder: 2 layers, hidden 64"), "{o}");
+    assert!(
+        dir.join("config.json").is_file(),
+        "config.json copied beside it"
+    );
+    // The same graph as the library builds from the folder, byte for byte.
+    let lib = eigenlorax::graph::llama::import_hf(&src).expect("import");
+    let bytes = std::fs::read(&out).expect("read");
+    assert_eq!(bytes, eigenlorax::graph::onnx::encode_model(&lib.model));
+}

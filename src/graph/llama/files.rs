@@ -159,3 +159,25 @@ pub fn import_gguf_dir(gguf: &Path, out: &Path) -> Result<ImportedFolder> {
         files,
     })
 }
+
+/// Whether the HF folder `dir` holds a Llama decoder (`config.json` with `model_type`
+/// `llama`): what `elx import-hf` asks before choosing the decoder import.
+pub fn is_llama_folder(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v.get("model_type").and_then(|m| m.as_str()) == Some("llama"))
+}
+
+/// Builds the decoder graph of the HF Llama folder `dir` ([`super::import_hf`]) and writes it
+/// to `out`, after copying the folder's tokenizer and configuration files beside it
+/// ([`crate::graph::import_hf::copy_companions`]), each atomically, the model last.
+pub fn import_hf_file(
+    dir: &Path,
+    out: &Path,
+) -> Result<(ImportedDecoder, crate::graph::import_hf::Companions)> {
+    let m = super::import_hf(dir)?;
+    let companions = crate::graph::import_hf::copy_companions(dir, out)?;
+    crate::util::write_atomic(out, &crate::graph::onnx::encode_model(&m.model))?;
+    Ok((m, companions))
+}
