@@ -338,13 +338,23 @@ impl Runtime {
         for t in tasks {
             t.check(&self.coeff_inputs)?;
         }
-        let rows = tasks.iter().map(|&t| Ok(t));
+        self.run_each_row(inputs, tasks.iter().map(|&t| Ok(t)))
+    }
+
+    /// Runs row i of `inputs` with the i-th task of `rows` (inputs and row count checked):
+    /// on the per-row plan, or the mixed plan of this batch size. `rows` is an iterator so
+    /// that a warm run allocates nothing here.
+    fn run_each_row<T: std::ops::Deref<Target = TaskData>>(
+        &self,
+        inputs: &[TValue],
+        rows: impl ExactSizeIterator<Item = Result<T>>,
+    ) -> Result<TVec<TValue>> {
         match &self.single {
             Singles::Symbolic(plan) if self.per_row => {
                 self.run_pooled(plan, &self.single_pool, inputs, rows)
             }
             _ => {
-                let mixed = self.mixed_plan(tasks.len())?;
+                let mixed = self.mixed_plan(rows.len())?;
                 self.run_pooled(&mixed.plan, &mixed.pool, inputs, rows)
             }
         }
@@ -448,12 +458,9 @@ impl Runtime {
     /// Runs a mixed batch: row i of every input uses `tasks[i]`. The inputs' first axis must
     /// have `tasks.len()` rows.
     pub fn run_mixed(&self, inputs: &[TValue], tasks: &[TaskId]) -> Result<TVec<TValue>> {
-        let loaded: Vec<Arc<Task>> = tasks
-            .iter()
-            .map(|&id| self.store.get(id))
-            .collect::<Result<_>>()?;
-        let rows: Vec<&TaskData> = loaded.iter().map(|t| &**t).collect();
-        self.run_rows(inputs, &rows)
+        self.check_inputs(inputs)?;
+        self.check_rows(inputs, tasks.len())?;
+        self.run_each_row(inputs, tasks.iter().map(|&id| self.store.get(id)))
     }
 
     /// A fresh set of stacked coefficient tensors for mixed batches of `b` rows.
