@@ -2,8 +2,12 @@
 //! tract with N threads.
 //!
 //! ```text
-//! cargo run --release --example bench_decoder -- MODEL_DIR [THREADS] [PROMPT_TOKENS] [NEW_TOKENS]
+//! cargo run --release --example bench_decoder -- MODEL_DIR [THREADS] [PROMPT_TOKENS] [NEW_TOKENS] [WEIGHTS] [HELD_OUT]
 //! ```
+//!
+//! WEIGHTS is how the engine stores the base weights (`f32`, default, or `q4_0`); HELD_OUT a
+//! text file whose perplexity is measured (default `/usr/share/common-licenses/GPL-3`: the
+//! first 1,024 tokens, as two windows of 512 each scored from an empty cache).
 //!
 //! Prints one JSON object: load time; prefill tok/s of a PROMPT_TOKENS prompt (the model's own
 //! tokens, a fixed English text repeated); decode tok/s over NEW_TOKENS greedy tokens; time to
@@ -16,6 +20,7 @@
 use eigenlorax::bundle::{Bundle, CoeffFile, Provenance, StorageDtype};
 use eigenlorax::graph::llama::files::MODEL_FILE;
 use eigenlorax::serve::Backend;
+use eigenlorax::serve::backend::WeightFormat;
 use eigenlorax::serve::generate::{GenerateOptions, Generator, PromptTokenizer, Request, argmax};
 use eigenlorax::subspace::{Coefficients, ExtractOptions, ModuleSubspace, SideInfo, Subspace};
 use eigenlorax::util::GaussianRng;
@@ -57,6 +62,12 @@ fn main() {
         .get(3)
         .map_or(128, |s| s.parse().expect("prompt tokens"));
     let n_new: usize = args.get(4).map_or(128, |s| s.parse().expect("new tokens"));
+    let weights: WeightFormat = args.get(5).map_or(WeightFormat::F32, |s| {
+        s.parse().expect("weights: f32 or q4_0")
+    });
+    let held_out = args
+        .get(6)
+        .map_or("/usr/share/common-licenses/GPL-3", |s| s.as_str());
     eigenlorax::serve::backend::set_cpu_threads(threads);
     let model = dir.join(MODEL_FILE);
     let tok = PromptTokenizer::open(&dir.join("tokenizer.json")).expect("tokenizer");
@@ -70,7 +81,7 @@ fn main() {
 
     // The base model alone.
     let t0 = Instant::now();
-    let (g, base) = Generator::load_base(&model, Backend::Tract).expect("load");
+    let (g, base) = Generator::load_base_with(&model, Backend::Tract, weights).expect("load");
     let load_s = t0.elapsed().as_secs_f64();
     let rss_loaded = vm("VmRSS:");
     let mut seq = g.sequence(base).expect("seq");
@@ -90,6 +101,14 @@ fn main() {
     let weights_bytes = std::fs::metadata(&model).map(|m| m.len()).unwrap_or(0);
     let peak_base_kib = vm("VmHWM:");
     drop(seq);
+    // Perplexity on the held-out text.
+    let text = std::fs::read_to_string(held_out).expect("held-out text");
+    let ids = tok.encode(&text, false).expect("encode held-out");
+    let mut nll = Vec::new();
+    for w in ids.chunks_exact(512).take(2) {
+        nll.extend(g.token_nll(base, w).expect("score"));
+    }
+    let perplexity = (nll.iter().sum::<f64>() / nll.len() as f64).exp();
     drop(g);
 
     // A random subspace over every projection, 8 tasks.
@@ -146,7 +165,8 @@ fn main() {
     let bound = work.join("bound.elxb");
     b.with_binding(Some(&binding), &bound).expect("bound");
     let bundle = Bundle::read(&bound).expect("read bound");
-    let g = Generator::load(&model, &bundle, Backend::Tract).expect("load with bundle");
+    let g =
+        Generator::load_with(&model, &bundle, Backend::Tract, weights).expect("load with bundle");
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let mut gr = GaussianRng::new(100 + i);
@@ -224,6 +244,10 @@ fn main() {
         .count();
     let out = serde_json::json!({
         "threads": threads,
+        "weights": weights.name(),
+        "held_out": held_out,
+        "held_out_tokens": nll.len(),
+        "perplexity": perplexity,
         "load_s": load_s,
         "prompt_tokens": n_prompt,
         "new_tokens": n_new,

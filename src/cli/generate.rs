@@ -5,6 +5,7 @@
 
 use super::{BackendArg, EpArg};
 use eigenlorax::error::Result;
+use eigenlorax::serve::backend::WeightFormat;
 use eigenlorax::serve::generate::{GenerateOptions, SamplingOptions, TextGenerator};
 use eigenlorax::serve::input::chat::ChatMessage;
 use std::path::PathBuf;
@@ -57,6 +58,10 @@ pub struct GenerateArgs {
     /// Threads for the CPU engine's matrix products (default: every core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// How the engine stores the base weights: `f32` (exact) or `q4_0` (4.5 bits a weight,
+    /// multiplied natively by tract; the subspace and the token embedding stay f32).
+    #[arg(long, value_name = "FORMAT", default_value = "f32")]
+    pub weights: WeightFormat,
     /// Inference engine.
     #[arg(long, value_enum, default_value = "tract")]
     pub backend: BackendArg,
@@ -79,7 +84,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     eigenlorax::serve::backend::set_cpu_threads(threads);
-    let tg = TextGenerator::open(&args.model, args.bundle.as_deref(), backend)?;
+    let tg = TextGenerator::open_with(&args.model, args.bundle.as_deref(), backend, args.weights)?;
     let task = match &args.task {
         Some(p) => tg.generator().engine().load_task(p)?,
         None => tg.base_task(),

@@ -301,6 +301,10 @@ pub fn patch_owned_with(
     })
 }
 
+/// The prefix of every node name the patch adds (engines tell the base's own products from
+/// the patch's by it: tract quantizes only the former).
+pub const NODE_PREFIX: &str = "eigenlorax/";
+
 /// `tasks` for a patch whose coefficient inputs take one task per row, their leading axis the
 /// base inputs' own symbolic batch axis: one graph (and one engine plan) serves single-task
 /// and mixed-task batches of any size. A decoder serves this way, since its batches change
@@ -435,7 +439,7 @@ struct PatchNames {
 
 impl PatchNames {
     fn new(m: &str, output: &str) -> Self {
-        let p = format!("eigenlorax/{m}/");
+        let p = format!("{NODE_PREFIX}{m}/");
         PatchNames {
             va_t: format!("{m}.V_A_T"),
             vb_t: format!("{m}.V_B_T"),

@@ -157,6 +157,65 @@ fn generate_streams_the_librarys_greedy_tokens_as_text_and_json_and_stops_where_
 }
 
 #[test]
+fn generate_with_q4_0_weights_gives_the_librarys_q4_0_tokens() {
+    let dir = imported("q40");
+    let d = dir.to_str().unwrap();
+    let prompt = "hello world";
+    let args = |w: &str| {
+        elx(&[
+            "generate",
+            "--model",
+            d,
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "8",
+            "--json",
+            "--threads",
+            "1",
+            "--weights",
+            w,
+        ])
+    };
+    let ids_of = |out: &str| -> Vec<u32> {
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+            .filter_map(|l| l["id"].as_u64())
+            .map(|i| i as u32)
+            .collect()
+    };
+    let got = ids_of(&ok(&args("q4_0")));
+    let tok = PromptTokenizer::open(&dir.join("tokenizer.json")).expect("tokenizer");
+    let (g, base) = Generator::load_base_with(
+        &dir.join("model.onnx"),
+        Backend::Tract,
+        eigenlorax::serve::backend::WeightFormat::Q4_0,
+    )
+    .expect("load");
+    let mut want = Vec::new();
+    g.generate(
+        base,
+        &tok.encode(prompt, true).expect("encode"),
+        &GenerateOptions {
+            max_tokens: 8,
+            stop_tokens: vec![2],
+            ..Default::default()
+        },
+        &mut |t| {
+            want.push(t.id);
+            true
+        },
+    )
+    .expect("generate");
+    assert_eq!(got, want);
+
+    let bad = args("q8");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("q8") && err.contains("q4_0"), "{err}");
+}
+
+#[test]
 fn generate_renders_the_chat_template_and_refuses_bad_arguments_by_name() {
     let dir = imported("chat");
     let d = dir.to_str().unwrap();

@@ -9,6 +9,7 @@ mod gguf_support;
 mod graph;
 #[cfg(feature = "ort")]
 mod ort;
+mod quantized;
 mod reference;
 mod smollm2;
 mod support;

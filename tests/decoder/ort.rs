@@ -16,6 +16,17 @@ fn onnx_runtime_gives_tracts_logits_and_tokens_on_a_mixed_task_batch() {
     std::fs::create_dir_all(&dir).expect("dir");
     let f = fixture(&dir, true);
     let t = Generator::load(&f.model, &f.bundle, Backend::Tract).expect("tract");
+    // Q4_0 weights are tract's; ONNX Runtime refuses them by name, before any work.
+    let Err(e) = Generator::load_with(
+        &f.model,
+        &f.bundle,
+        Backend::Ort(ExecutionProvider::Cpu),
+        eigenlorax::serve::backend::WeightFormat::Q4_0,
+    ) else {
+        panic!("q4_0 on ort is refused")
+    };
+    let e = e.to_string();
+    assert!(e.contains("--weights f32") && e.contains("q4_0"), "{e}");
     let o =
         Generator::load(&f.model, &f.bundle, Backend::Ort(ExecutionProvider::Cpu)).expect("ort");
     let cs: Vec<_> = (0..3)

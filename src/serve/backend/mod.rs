@@ -17,7 +17,9 @@ pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
 
-pub use api::{EngineBackend, FixedSession, HiddenView, LoadOptions, Loader, Trainer};
+pub use api::{
+    EngineBackend, FixedSession, HiddenView, LoadOptions, Loader, Trainer, WeightFormat,
+};
 pub use guard::engine_call;
 pub use kind::{Backend, ExecutionProvider, not_built};
 

@@ -22,6 +22,7 @@ pub use text::{DecoderFiles, PromptTokenizer, TextGenerator, TextPiece, TextStre
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
 use crate::graph::llama::INPUT_IDS;
+use crate::serve::backend::WeightFormat;
 use crate::serve::engine::{Backend, Engine, LoadOptions};
 use crate::serve::family::{Decoder, ModelFamily};
 use crate::serve::input::{InputTensor, TensorData};
@@ -157,8 +158,19 @@ impl Generator {
     /// Loads `base` (a decoder graph) for the bound `bundle` on `backend`, with one task per
     /// row.
     pub fn load(base: &Path, bundle: &Bundle, backend: Backend) -> Result<Generator> {
+        Generator::load_with(base, bundle, backend, WeightFormat::F32)
+    }
+
+    /// [`Generator::load`] with the base weights stored in `weights`.
+    pub fn load_with(
+        base: &Path,
+        bundle: &Bundle,
+        backend: Backend,
+        weights: WeightFormat,
+    ) -> Result<Generator> {
         let options = LoadOptions {
             per_row_tasks: true,
+            weights,
         };
         Generator::new(Engine::load_with(base, bundle, backend, &options)?)
     }
@@ -166,13 +178,22 @@ impl Generator {
     /// Loads `base` alone, with no subspace ([`Bundle::without_subspace`]): every task is the
     /// base model. Returns the generator and its one task.
     pub fn load_base(base: &Path, backend: Backend) -> Result<(Generator, TaskId)> {
+        Generator::load_base_with(base, backend, WeightFormat::F32)
+    }
+
+    /// [`Generator::load_base`] with the base weights stored in `weights`.
+    pub fn load_base_with(
+        base: &Path,
+        backend: Backend,
+        weights: WeightFormat,
+    ) -> Result<(Generator, TaskId)> {
         let sha = crate::util::sha256_file(base)?;
         let name = base
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let bundle = Bundle::without_subspace(&name, sha);
-        let g = Generator::load(base, &bundle, backend)?;
+        let g = Generator::load_with(base, &bundle, backend, weights)?;
         let id = g.engine().insert_task(&crate::bundle::CoeffFile::base(
             &bundle.manifest.subspace_id,
         ))?;
@@ -246,6 +267,22 @@ impl Generator {
         Ok(all.pop().unwrap_or_default())
     }
 
+    /// The negative log-likelihood (nats) of each of `ids[1..]` given the tokens before it,
+    /// on task `id`: a next-token loss, or a perplexity (`exp` of the mean).
+    pub fn token_nll(&self, id: TaskId, ids: &[u32]) -> Result<Vec<f64>> {
+        if ids.len() < 2 {
+            return Err(Error::Usage(
+                "token_nll: expected at least two tokens (a context and a target)".into(),
+            ));
+        }
+        let logits = self.score(id, &ids[..ids.len() - 1])?;
+        Ok(logits
+            .chunks_exact(self.vocab)
+            .zip(&ids[1..])
+            .map(|(row, &t)| -f64::from(logprob(row, t as usize)))
+            .collect())
+    }
+
     /// [`Generator::feed`]; with `keep_all`, also returns each row's logits at every one of
     /// its new tokens.
     fn feed_keeping(
@@ -309,7 +346,7 @@ impl Generator {
             InputTensor {
                 name: crate::graph::llama::ATTENTION_MASK.into(),
                 shape: vec![b, total],
-                data: TensorData::I64(mask.clone()),
+                data: TensorData::I64(mask),
             },
             InputTensor {
                 name: crate::graph::llama::POSITION_IDS.into(),

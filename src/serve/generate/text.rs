@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::llama::files::{CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
+use crate::serve::backend::WeightFormat;
 use std::path::{Path, PathBuf};
 
 /// Largest tokenizer.json read whole (real ones are a few MB).
@@ -305,6 +306,16 @@ impl TextGenerator {
         bundle: Option<&Path>,
         backend: crate::serve::Backend,
     ) -> Result<TextGenerator> {
+        Self::open_with(model, bundle, backend, WeightFormat::F32)
+    }
+
+    /// [`TextGenerator::open`] with the base weights stored in `weights`.
+    pub fn open_with(
+        model: &Path,
+        bundle: Option<&Path>,
+        backend: crate::serve::Backend,
+        weights: WeightFormat,
+    ) -> Result<TextGenerator> {
         let files = DecoderFiles::open(model)?;
         let tok_path = files.tokenizer.clone().ok_or_else(|| {
             Error::bad_file(
@@ -316,12 +327,12 @@ impl TextGenerator {
         let (generator, base_task) = match bundle {
             Some(b) => {
                 let bundle = crate::bundle::Bundle::read(b)?;
-                let g = super::Generator::load(&files.model, &bundle, backend)?;
+                let g = super::Generator::load_with(&files.model, &bundle, backend, weights)?;
                 let base = crate::bundle::CoeffFile::base(&bundle.manifest.subspace_id);
                 let id = g.engine().insert_task(&base)?;
                 (g, id)
             }
-            None => super::Generator::load_base(&files.model, backend)?,
+            None => super::Generator::load_base_with(&files.model, backend, weights)?,
         };
         let mut stop_tokens = files.eos_ids.clone();
         if let Some(id) = files

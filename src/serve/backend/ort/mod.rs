@@ -42,6 +42,12 @@ impl Loader for OrtLoader {
         bundle: &Bundle,
         options: &LoadOptions,
     ) -> Result<Arc<dyn EngineBackend>> {
+        if options.weights != super::WeightFormat::F32 {
+            return Err(crate::error::Error::Usage(format!(
+                "expected --weights f32 on ONNX Runtime: {} weights are multiplied natively by tract only",
+                options.weights.name()
+            )));
+        }
         Ok(Arc::new(OrtRuntime::load_with(
             base,
             bundle,

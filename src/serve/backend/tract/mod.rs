@@ -3,7 +3,8 @@
 //! * [`runtime`]: [`Runtime`], the patched graph's plans and the task store;
 //! * [`hidden`]: [`TractBackend`], the finetuner's hidden-state view;
 //! * [`train`]: training graphs as fixed-shape plans over shared weights;
-//! * [`tensor`]: conversions to and from tract values.
+//! * [`tensor`]: conversions to and from tract values;
+//! * [`weights`]: how the base weights are laid out for tract's matrix products.
 //!
 //! This file ties them to the traits of [`crate::serve::backend::api`].
 
@@ -11,6 +12,7 @@ pub mod hidden;
 pub mod runtime;
 pub mod tensor;
 pub mod train;
+pub mod weights;
 
 pub use hidden::TractBackend;
 pub use runtime::{Runtime, RuntimeOptions, TValue, Tensor};
@@ -54,6 +56,7 @@ impl Loader for TractLoader {
     ) -> Result<Arc<dyn EngineBackend>> {
         let options = RuntimeOptions {
             per_row_tasks: options.per_row_tasks,
+            weights: options.weights,
             ..Default::default()
         };
         Ok(Arc::new(Runtime::load_with(base, bundle, &options)?))

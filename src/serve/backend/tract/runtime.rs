@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::graph::check::{IndexLimit, index_limits};
 use crate::graph::onnx::encode_model;
 use crate::graph::patch::{CoeffInput, PER_ROW, PatchedModel, load_base, patch_owned};
-use crate::serve::backend::engine_call;
+use crate::serve::backend::tract::weights;
+use crate::serve::backend::{WeightFormat, engine_call};
 use crate::serve::input::{InputSpec, input_specs, output_names};
 use crate::serve::store::{Task, TaskData, TaskId, TaskStore};
 use std::collections::HashMap;
@@ -44,6 +45,8 @@ pub struct RuntimeOptions {
     /// run, single-task or mixed, of any batch size; an error at load if tract cannot
     /// optimize the graph with symbolic shapes.
     pub per_row_tasks: bool,
+    /// How the plans store the base model's matrix-product weights.
+    pub weights: WeightFormat,
 }
 
 /// Where each plan input comes from.
@@ -93,6 +96,8 @@ pub struct Runtime {
     store: TaskStore,
     /// Whether the single plan takes one task per row (see [`RuntimeOptions::per_row_tasks`]).
     per_row: bool,
+    /// How every plan stores the base weights.
+    weights: WeightFormat,
 }
 
 fn tract_err(e: impl std::fmt::Display) -> String {
@@ -103,13 +108,26 @@ fn tract_err(e: impl std::fmt::Display) -> String {
 /// `like`) fixes the base inputs' shapes, otherwise they stay as the graph declares them.
 /// The patched model is consumed: it is dropped once encoded, and the encoding once tract
 /// has built its model from it, so the load peak stays close to tract's own on the base.
-fn build_plan(p: PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<Plan> {
+fn build_plan(
+    p: PatchedModel,
+    path: &Path,
+    like: Option<&[TValue]>,
+    weights: WeightFormat,
+) -> Result<Plan> {
     engine_call("building the tract plan", || {
-        build_plan_unguarded(p, path, like)
+        build_plan_unguarded(p, path, like, weights)
     })
 }
 
-fn build_plan_unguarded(p: PatchedModel, path: &Path, like: Option<&[TValue]>) -> Result<Plan> {
+fn build_plan_unguarded(
+    mut p: PatchedModel,
+    path: &Path,
+    like: Option<&[TValue]>,
+    weights: WeightFormat,
+) -> Result<Plan> {
+    if let Some(graph) = p.proto.graph.as_mut() {
+        weights::unshare_gathered_initializers(graph);
+    }
     let bytes = encode_model(&p.proto);
     let PatchedModel {
         proto,
@@ -163,7 +181,7 @@ fn build_plan_unguarded(p: PatchedModel, path: &Path, like: Option<&[TValue]>) -
             }
         }
     }
-    let typed = model.into_optimized().map_err(|e| bad("optimize", e))?;
+    let typed = weights::optimize(model, weights).map_err(|e| bad("optimize", e))?;
     let runnable = typed.into_runnable().map_err(|e| bad("plan", e))?;
     Ok(Plan { runnable, order })
 }
@@ -198,7 +216,7 @@ impl Runtime {
         let input_specs = input_specs(&patched.proto, &base_inputs).map_err(|e| e.to_string());
         let index_limits = index_limits(&patched.proto, &base_inputs);
         let output_names = output_names(&patched.proto);
-        let single = match build_plan(patched, base, None) {
+        let single = match build_plan(patched, base, None, options.weights) {
             Ok(p) => Singles::Symbolic(p),
             // A per-shape plan per batch and cache length would rebuild at every step.
             Err(e) if per_row => return Err(e),
@@ -221,6 +239,7 @@ impl Runtime {
             single_pool: Mutex::new(Vec::new()),
             store,
             per_row,
+            weights: options.weights,
         };
         for &b in &options.mixed_batches {
             rt.mixed_plan(b)?;
@@ -444,7 +463,13 @@ impl Runtime {
             return Ok(Arc::clone(p));
         }
         let plan = Arc::new(
-            build_plan(self.patched(1)?, &self.base_path, Some(inputs)).map_err(|e| {
+            build_plan(
+                self.patched(1)?,
+                &self.base_path,
+                Some(inputs),
+                self.weights,
+            )
+            .map_err(|e| {
                 Error::Engine(format!("{e} (the shape-generic plan failed too: {why})"))
             })?,
         );
@@ -531,7 +556,7 @@ impl Runtime {
             return Ok(Arc::clone(p));
         }
         let plan = Arc::new(Mixed {
-            plan: build_plan(self.patched(b)?, &self.base_path, None)?,
+            plan: build_plan(self.patched(b)?, &self.base_path, None, self.weights)?,
             pool: Mutex::new(Vec::with_capacity(2)),
         });
         plans.insert(b, Arc::clone(&plan));

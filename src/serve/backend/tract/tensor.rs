@@ -39,11 +39,16 @@ pub fn from_tract(names: &[String], values: &[TValue]) -> Result<Vec<OutputTenso
                     "the model output `{name}` is not an f32 tensor: {e}"
                 ))
             })?;
-            // Iterating the view gives row-major order whatever the memory layout.
+            // A standard-layout view is copied whole; iterating any other view gives
+            // row-major order whatever its memory layout.
+            let data = match view.as_slice() {
+                Some(s) => s.to_vec(),
+                None => view.iter().copied().collect(),
+            };
             Ok(OutputTensor {
                 name: name.clone(),
                 shape: v.shape().to_vec(),
-                data: view.iter().copied().collect(),
+                data,
             })
         })
         .collect()
