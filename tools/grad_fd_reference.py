@@ -27,7 +27,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file, save_file
 
-SKIP = {"targets", "example_weights"}
+# Loss inputs, not parameters: no gradient is asked of them.
+SKIP = {"targets", "example_weights", "token_weights"}
 # Numerical Recipes erfcc: erfc(z) = t * exp(-z^2 + P(t)), t = 1 / (1 + z/2), z >= 0.
 ERFCC = [-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
          0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277]

@@ -13,7 +13,7 @@ use super::hidden::check_tokens;
 use super::input::{InputTensor, OutputTensor, TensorData};
 use crate::error::{Error, Result};
 use crate::graph::ModelProto;
-use crate::graph::grad::{Analysis, Shapes, TrainingGraph, TrainingShape};
+use crate::graph::grad::{Analysis, Objective, Shapes, TrainingGraph, TrainingShape};
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::collections::HashMap;
 
@@ -71,15 +71,16 @@ impl ExactGradient {
     }
 
     /// [`ExactGradient::new`] for a model of `family`: its feeds give the token inputs, its
-    /// [`ModelFamily::loss_reads`] the output and mask the loss reads. The training graphs
-    /// of [`crate::graph::grad`] pool and classify, so only the encoder trains today.
+    /// [`ModelFamily::loss_reads`] the output, mask and objective of the loss (an encoder:
+    /// [`ExactGradient::loss_grad`]; a decoder: [`ExactGradient::next_token_loss_grad`]).
     pub fn for_family(engine: &Engine, family: &dyn ModelFamily) -> Result<ExactGradient> {
         let patched = engine.patched_model()?;
         let names = patched.base_inputs.clone();
         let feeds = family.feeds(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
         let reads = family.loss_reads(engine.output_names())?;
         let layout = patched.coeff_inputs.iter().map(|c| c.layout()).collect();
-        let mut analysis = Analysis::new(patched, &reads.output, &reads.mask)?;
+        let mut analysis =
+            Analysis::for_objective(patched, &reads.output, &reads.mask, reads.objective)?;
         let trainer = engine
             .backend_object()
             .trainer(analysis.externalize_weights(WEIGHT_INPUT_MIN)?)?;
@@ -156,15 +157,7 @@ impl ExactGradient {
     fn token_inputs(&self, ids: &[i64], mask: &[i64], b: usize, s: usize) -> Vec<InputTensor> {
         self.feeds
             .iter()
-            .map(|(name, f)| InputTensor {
-                name: name.clone(),
-                shape: vec![b, s],
-                data: TensorData::I64(match f {
-                    TokenFeed::Ids => ids.to_vec(),
-                    TokenFeed::Mask => mask.to_vec(),
-                    TokenFeed::Zeros => vec![0; b * s],
-                }),
-            })
+            .map(|(name, f)| f.input(name, ids, mask, b, s))
             .collect()
     }
 
@@ -216,10 +209,22 @@ impl ExactGradient {
             let graph = self.analysis.build(shape, &shapes)?;
             let d = graph.dim;
             let c = shape.classes;
-            like.push(f32_input(crate::graph::grad::HEAD_WEIGHT, &[c, d]));
-            like.push(f32_input(crate::graph::grad::HEAD_BIAS, &[c]));
-            like.push(f32_input(crate::graph::grad::TARGETS, &[b, c]));
-            like.push(f32_input(crate::graph::grad::EXAMPLE_WEIGHTS, &[b]));
+            match graph.objective {
+                Objective::PooledHead => {
+                    like.push(f32_input(crate::graph::grad::HEAD_WEIGHT, &[c, d]));
+                    like.push(f32_input(crate::graph::grad::HEAD_BIAS, &[c]));
+                    like.push(f32_input(crate::graph::grad::TARGETS, &[b, c]));
+                    like.push(f32_input(crate::graph::grad::EXAMPLE_WEIGHTS, &[b]));
+                }
+                Objective::NextToken => {
+                    like.push(InputTensor {
+                        name: crate::graph::grad::TOKEN_TARGETS.into(),
+                        shape: vec![b, s],
+                        data: TensorData::I64(vec![0; b * s]),
+                    });
+                    like.push(f32_input(crate::graph::grad::TOKEN_WEIGHTS, &[b, s]));
+                }
+            }
             let session = self.trainer.session(&graph.proto, &like)?;
             self.prepared
                 .insert(shape.clone(), Prepared { session, graph });
@@ -248,6 +253,7 @@ impl ExactGradient {
         weights: &[f32],
         out: &mut Gradients,
     ) -> Result<()> {
+        self.expect(Objective::PooledHead)?;
         check_tokens(ids, mask, batch, seq)?;
         check_params(&self.layout, params)?;
         let classes = head_bias.len();
@@ -258,20 +264,30 @@ impl ExactGradient {
                 weights.len()
             )));
         }
-        let m = self.micro;
-        let plan = MicroBatches::new(mask, batch, seq, m, m * RUN_TOKENS_PER_ROW);
-        // Every shape prepared first: the jobs below borrow the cache.
-        let mut d = 0;
-        for run in &plan.runs {
-            d = self.prepare(&run.shape(classes))?.graph.dim;
-        }
+        let plan = self.plan(mask, batch, seq, classes)?;
+        let d = plan.dim;
         if head_weight.len() != classes * d {
             return Err(Error::Usage(format!(
                 "expected head weights [{classes} x {d}], found {} values",
                 head_weight.len()
             )));
         }
-        let coeffs = self.coeff_inputs(params);
+        use crate::graph::grad::{EXAMPLE_WEIGHTS, HEAD_BIAS, HEAD_WEIGHT, TARGETS};
+        let results = self.run_plan(&plan, ids, mask, seq, params, &|rows, m, _s| {
+            let mut t = vec![0.0; m * classes];
+            let mut w = vec![0.0; m];
+            for (k, &row) in rows.iter().enumerate() {
+                t[k * classes..(k + 1) * classes]
+                    .copy_from_slice(&targets[row * classes..(row + 1) * classes]);
+                w[k] = weights[row];
+            }
+            vec![
+                f32_tensor(HEAD_WEIGHT, vec![classes, d], head_weight.to_vec()),
+                f32_tensor(HEAD_BIAS, vec![classes], head_bias.to_vec()),
+                f32_tensor(TARGETS, vec![m, classes], t),
+                f32_tensor(EXAMPLE_WEIGHTS, vec![m], w),
+            ]
+        })?;
         out.loss = 0.0;
         out.dim = d;
         out.pooled.clear();
@@ -280,62 +296,7 @@ impl ExactGradient {
         out.head_weight.resize(classes * d, 0.0);
         out.head_bias.clear();
         out.head_bias.resize(classes, 0.0);
-        let mut graph_grads: Vec<Vec<f32>> =
-            coeffs.iter().map(|c| vec![0.0; c.data.len()]).collect();
-        use crate::graph::grad::{EXAMPLE_WEIGHTS, HEAD_BIAS, HEAD_WEIGHT, TARGETS};
-        let f = |name: &str, shape: Vec<usize>, v: Vec<f32>| InputTensor {
-            name: name.to_string(),
-            shape,
-            data: TensorData::F32(v),
-        };
-        let mut jobs: Vec<crate::util::Job<'_, Vec<OutputTensor>>> = Vec::new();
-        for run in &plan.runs {
-            let (rows, m, s) = (&run.rows, run.batch, run.seq);
-            let prepared = self
-                .prepared
-                .get(&run.shape(classes))
-                .ok_or_else(|| Error::Internal("training graph cache".into()))?;
-            // The micro-batch's rows, cut to its own length (the columns dropped are padding
-            // in every row); rows past the batch: padding tokens, no mask, no target, weight 0.
-            let (mut cid, mut cmask) = (vec![0; m * s], vec![0; m * s]);
-            let mut t = vec![0.0; m * classes];
-            let mut w = vec![0.0; m];
-            for (k, &row) in rows.iter().enumerate() {
-                cid[k * s..(k + 1) * s].copy_from_slice(&ids[row * seq..row * seq + s]);
-                cmask[k * s..(k + 1) * s].copy_from_slice(&mask[row * seq..row * seq + s]);
-                t[k * classes..(k + 1) * classes]
-                    .copy_from_slice(&targets[row * classes..(row + 1) * classes]);
-                w[k] = weights[row];
-            }
-            let mut inputs = self.token_inputs(&cid, &cmask, m, s);
-            inputs.extend(coeffs.iter().cloned());
-            inputs.push(f(HEAD_WEIGHT, vec![classes, d], head_weight.to_vec()));
-            inputs.push(f(HEAD_BIAS, vec![classes], head_bias.to_vec()));
-            inputs.push(f(TARGETS, vec![m, classes], t));
-            inputs.push(f(EXAMPLE_WEIGHTS, vec![m], w));
-            jobs.push(Box::new(move || {
-                let outputs = prepared.session.run(&inputs)?;
-                let expected = prepared.graph.output_names().len();
-                if outputs.len() != expected {
-                    return Err(Error::Engine(format!(
-                        "the training graph returned {} outputs, expected {expected}",
-                        outputs.len()
-                    )));
-                }
-                if let Some(o) = outputs
-                    .iter()
-                    .find(|o| o.data.iter().any(|v| !v.is_finite()))
-                {
-                    return Err(Error::Numeric(format!(
-                        "the training graph's output `{}` is not finite",
-                        o.name
-                    )));
-                }
-                Ok(outputs)
-            }));
-        }
-        // Summed in micro-batch order whatever the threads: the result does not depend on them.
-        let results = crate::util::run_parallel(jobs, self.threads)?;
+        let mut graph_grads = self.zero_graph_grads();
         for (rows, outputs) in plan.runs.iter().map(|r| &r.rows).zip(results) {
             let mut it = outputs.into_iter().map(|o| o.data);
             let mut next = || it.next().unwrap_or_default();
@@ -358,27 +319,218 @@ impl ExactGradient {
                 acc.iter_mut().zip(next()).for_each(|(a, x)| *a += x);
             }
         }
-        out.params.clear();
-        out.params.resize(params.len(), 0.0);
+        self.params_from_graph(&graph_grads, params.len(), &mut out.params);
+        Ok(())
+    }
+
+    /// The next-token loss −Σ_{b,s} w_{b,s} · log p(t_{b,s} | tokens before s+1) of a decoder
+    /// on the padded `ids` / `mask` [batch x seq] (rows right-padded, each from position 0),
+    /// under the coefficients `params`, with `targets` [batch x seq] the token each position
+    /// should predict (usually `ids` shifted left) and `weights` [batch x seq] (non-zero on
+    /// an answer's tokens, e.g. 1 / their count); and its exact gradient with respect to the
+    /// coefficients, into `out` (`pooled` and the head's gradients stay empty). Runs
+    /// [`ExactGradient::micro_batch`] rows at a time; the sums are exact.
+    #[allow(clippy::too_many_arguments)]
+    pub fn next_token_loss_grad(
+        &mut self,
+        ids: &[i64],
+        mask: &[i64],
+        batch: usize,
+        seq: usize,
+        params: &[f32],
+        targets: &[i64],
+        weights: &[f32],
+        out: &mut Gradients,
+    ) -> Result<()> {
+        self.expect(Objective::NextToken)?;
+        check_tokens(ids, mask, batch, seq)?;
+        check_params(&self.layout, params)?;
+        if targets.len() != batch * seq || weights.len() != batch * seq {
+            return Err(Error::Usage(format!(
+                "expected {batch}x{seq} targets and weights, found {} and {}",
+                targets.len(),
+                weights.len()
+            )));
+        }
+        if let Some(i) = (0..batch * seq).find(|&i| weights[i] != 0.0 && mask[i] == 0) {
+            return Err(Error::Usage(format!(
+                "row {}, position {}: a weighted target on a padding position",
+                i / seq,
+                i % seq
+            )));
+        }
+        let plan = self.plan(mask, batch, seq, 0)?;
+        let vocab = plan.dim;
+        if let Some(&t) = targets.iter().find(|&&t| t < 0 || t as usize >= vocab) {
+            return Err(Error::Usage(format!(
+                "target token id {t} is outside the vocabulary of {vocab} tokens"
+            )));
+        }
+        use crate::graph::grad::{TOKEN_TARGETS, TOKEN_WEIGHTS};
+        let results = self.run_plan(&plan, ids, mask, seq, params, &|rows, m, s| {
+            let (mut t, mut w) = (vec![0i64; m * s], vec![0f32; m * s]);
+            for (k, &row) in rows.iter().enumerate() {
+                t[k * s..(k + 1) * s].copy_from_slice(&targets[row * seq..row * seq + s]);
+                w[k * s..(k + 1) * s].copy_from_slice(&weights[row * seq..row * seq + s]);
+            }
+            vec![
+                InputTensor {
+                    name: TOKEN_TARGETS.into(),
+                    shape: vec![m, s],
+                    data: TensorData::I64(t),
+                },
+                f32_tensor(TOKEN_WEIGHTS, vec![m, s], w),
+            ]
+        })?;
+        out.loss = 0.0;
+        out.dim = 0;
+        out.pooled.clear();
+        out.head_weight.clear();
+        out.head_bias.clear();
+        let mut graph_grads = self.zero_graph_grads();
+        for outputs in results {
+            let mut it = outputs.into_iter().map(|o| o.data);
+            out.loss += f64::from(
+                it.next()
+                    .and_then(|l| l.first().copied())
+                    .unwrap_or(f32::NAN),
+            );
+            for acc in graph_grads.iter_mut() {
+                let g = it.next().unwrap_or_default();
+                acc.iter_mut().zip(g).for_each(|(a, x)| *a += x);
+            }
+        }
+        self.params_from_graph(&graph_grads, params.len(), &mut out.params);
+        Ok(())
+    }
+
+    fn expect(&self, objective: Objective) -> Result<()> {
+        let have = self.analysis.objective();
+        if have != objective {
+            return Err(Error::Usage(format!(
+                "this model trains with the {have:?} loss, not {objective:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The runs of a batch, every training graph they need prepared; `dim` is the graphs'
+    /// [`TrainingGraph::dim`].
+    fn plan(&mut self, mask: &[i64], batch: usize, seq: usize, classes: usize) -> Result<Plan> {
+        let m = self.micro;
+        let runs = MicroBatches::new(mask, batch, seq, m, m * RUN_TOKENS_PER_ROW).runs;
+        // Every shape prepared first: the jobs of run_plan borrow the cache.
+        let mut dim = 0;
+        for run in &runs {
+            dim = self.prepare(&run.shape(classes))?.graph.dim;
+        }
+        Ok(Plan { runs, classes, dim })
+    }
+
+    /// Runs every micro-batch of `plan` (up to [`ExactGradient::threads`] at once): the
+    /// token and coefficient inputs, then the loss inputs `extra(rows, batch, seq)` gives
+    /// for its rows. Returns each run's outputs, in run order, checked finite.
+    #[allow(clippy::too_many_arguments)]
+    fn run_plan(
+        &self,
+        plan: &Plan,
+        ids: &[i64],
+        mask: &[i64],
+        seq: usize,
+        params: &[f32],
+        extra: &LossInputs<'_>,
+    ) -> Result<Vec<Vec<OutputTensor>>> {
+        let coeffs = self.coeff_inputs(params);
+        let mut jobs: Vec<crate::util::Job<'_, Vec<OutputTensor>>> = Vec::new();
+        for run in &plan.runs {
+            let (rows, m, s) = (&run.rows, run.batch, run.seq);
+            let prepared = self
+                .prepared
+                .get(&run.shape(plan.classes))
+                .ok_or_else(|| Error::Internal("training graph cache".into()))?;
+            // The micro-batch's rows, cut to its own length (the columns dropped are padding
+            // in every row); rows past the batch: padding tokens, no mask, weight 0.
+            let (mut cid, mut cmask) = (vec![0; m * s], vec![0; m * s]);
+            for (k, &row) in rows.iter().enumerate() {
+                cid[k * s..(k + 1) * s].copy_from_slice(&ids[row * seq..row * seq + s]);
+                cmask[k * s..(k + 1) * s].copy_from_slice(&mask[row * seq..row * seq + s]);
+            }
+            let mut inputs = self.token_inputs(&cid, &cmask, m, s);
+            inputs.extend(coeffs.iter().cloned());
+            inputs.extend(extra(rows, m, s));
+            jobs.push(Box::new(move || {
+                let outputs = prepared.session.run(&inputs)?;
+                let expected = prepared.graph.output_names().len();
+                if outputs.len() != expected {
+                    return Err(Error::Engine(format!(
+                        "the training graph returned {} outputs, expected {expected}",
+                        outputs.len()
+                    )));
+                }
+                if let Some(o) = outputs
+                    .iter()
+                    .find(|o| o.data.iter().any(|v| !v.is_finite()))
+                {
+                    return Err(Error::Numeric(format!(
+                        "the training graph's output `{}` is not finite",
+                        o.name
+                    )));
+                }
+                Ok(outputs)
+            }));
+        }
+        // Summed in micro-batch order whatever the threads: the result does not depend on them.
+        crate::util::run_parallel(jobs, self.threads)
+    }
+
+    /// Zeroed accumulators for the graph's coefficient gradients (α_Aᵀ, α_Bᵀ per module).
+    fn zero_graph_grads(&self) -> Vec<Vec<f32>> {
+        self.layout
+            .iter()
+            .flat_map(|l| [vec![0.0; l.k_a * l.r], vec![0.0; l.r * l.k_b]])
+            .collect()
+    }
+
+    /// The graph's gradients (α_Aᵀ [K_A, r], α_Bᵀ [r, K_B] per module) in the flat parameter
+    /// layout (α_A [r, K_A], α_B [K_B, r] per module).
+    fn params_from_graph(&self, graph_grads: &[Vec<f32>], n: usize, out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(n, 0.0);
         let mut at = 0;
         for (l, pair) in self.layout.iter().zip(graph_grads.chunks(2)) {
             let (ga_t, gb_t) = (&pair[0], &pair[1]);
             let (k_a, k_b, r) = (l.k_a, l.k_b, l.r);
-            // α_Aᵀ [K_A, r] -> α_A [r, K_A]; α_Bᵀ [r, K_B] -> α_B [K_B, r].
             for j in 0..r {
                 for k in 0..k_a {
-                    out.params[at + j * k_a + k] = ga_t[k * r + j];
+                    out[at + j * k_a + k] = ga_t[k * r + j];
                 }
             }
             let bb = at + r * k_a;
             for j in 0..r {
                 for k in 0..k_b {
-                    out.params[bb + k * r + j] = gb_t[j * k_b + k];
+                    out[bb + k * r + j] = gb_t[j * k_b + k];
                 }
             }
             at += l.len();
         }
-        Ok(())
+    }
+}
+
+/// The loss inputs of one run, given its rows, its batch size and its sequence length.
+type LossInputs<'a> = dyn Fn(&[usize], usize, usize) -> Vec<InputTensor> + Sync + 'a;
+
+/// A batch cut into training-graph runs ([`MicroBatches`]), for one loss.
+struct Plan {
+    runs: Vec<Run>,
+    classes: usize,
+    dim: usize,
+}
+
+fn f32_tensor(name: &str, shape: Vec<usize>, data: Vec<f32>) -> InputTensor {
+    InputTensor {
+        name: name.to_string(),
+        shape,
+        data: TensorData::F32(data),
     }
 }
 

@@ -3,6 +3,8 @@
 
 #[path = "../support/bundle.rs"]
 mod bundle_support;
+#[path = "../support/fd.rs"]
+mod fd_support;
 mod generate;
 #[path = "../support/gguf.rs"]
 mod gguf_support;
@@ -13,3 +15,4 @@ mod quantized;
 mod reference;
 mod smollm2;
 mod support;
+mod train;

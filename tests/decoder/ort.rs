@@ -82,3 +82,26 @@ fn onnx_runtime_gives_tracts_logits_and_tokens_on_a_mixed_task_batch() {
         assert_eq!(tx, ty);
     }
 }
+
+#[test]
+fn onnx_runtime_gives_tracts_next_token_loss_and_gradients() {
+    let dir = std::env::temp_dir().join(format!("elx-dec-ort-grad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let f = fixture(&dir, true);
+    let t = super::train::gradients_on(&f, Backend::Tract);
+    let o = super::train::gradients_on(&f, Backend::Ort(ExecutionProvider::Cpu));
+    assert!(
+        ((t.loss - o.loss) / t.loss).abs() < 1e-5,
+        "{} vs {}",
+        t.loss,
+        o.loss
+    );
+    let to: Vec<f64> = t.params.iter().map(|&x| f64::from(x)).collect();
+    let oo: Vec<f64> = o.params.iter().map(|&x| f64::from(x)).collect();
+    let e = super::fd_support::rel(&oo, &to);
+    assert!(
+        e < 1e-4,
+        "ONNX Runtime's gradients differ from tract's by {e:.2e}"
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod adapter_fixtures;
 pub mod bundle;
+pub mod fd;
 pub mod grad;
 pub mod lora_pool;
 pub mod minilm;

@@ -18,6 +18,24 @@ pub const LOSS: &str = "loss";
 /// Graph output: the pooled features [batch x d].
 pub const POOLED: &str = "pooled";
 
+/// What a training graph's loss computes from the model output it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Objective {
+    /// The output (a last hidden state [batch, seq, d]) pooled over the mask, a linear head
+    /// ([`HEAD_WEIGHT`], [`HEAD_BIAS`]), weighted cross-entropy against [`TARGETS`].
+    PooledHead,
+    /// The output (logits [batch, seq, vocab]) at each position scored against
+    /// [`TOKEN_TARGETS`] (the next token): Σ w · (−log p), the weights [`TOKEN_WEIGHTS`]
+    /// (non-zero on an answer's tokens). No head.
+    NextToken,
+}
+
+/// Graph input: the token each position should predict [batch x seq] (int64; any valid id
+/// where the weight is 0).
+pub const TOKEN_TARGETS: &str = "token_targets";
+/// Graph input: the weight of each position's cross-entropy [batch x seq].
+pub const TOKEN_WEIGHTS: &str = "token_weights";
+
 /// The output holding d loss / d `input`.
 pub fn grad_name(input: &str) -> String {
     format!("grad:{input}")
@@ -80,4 +98,35 @@ pub fn emit(e: &mut Emitter, hidden: &str, mask: &str, s: &LossShape) -> String 
     let dsummed = e.op("Div", &[&dpooled, &count], vec![]);
     let d3 = e.reshape(&dsummed, &[b, 1, d]);
     e.mul(&d3, &mask3)
+}
+
+/// Emits the next-token loss ([`Objective::NextToken`]) on `logits` [batch, seq, vocab] into
+/// [`LOSS`] and returns the name of d loss / d logits:
+/// loss = −Σ_{b,s} w_{b,s} · log softmax(logits_{b,s})[t_{b,s}], and
+/// d loss / d logits_{b,s} = w_{b,s} · (softmax(logits_{b,s}) − onehot(t_{b,s})).
+pub fn emit_next_token(
+    e: &mut Emitter,
+    logits: &str,
+    batch: usize,
+    seq: usize,
+    vocab: usize,
+) -> String {
+    let logp = e.op("LogSoftmax", &[logits], vec![attr_int("axis", 2)]);
+    // The one-hot targets, built in the graph: ids 0..vocab compared with each target.
+    let ids: Vec<i64> = (0..vocab as i64).collect();
+    let range = e.ints(&[vocab], &ids);
+    let t3 = e.reshape(TOKEN_TARGETS, &[batch, seq, 1]);
+    let hit = e.op("Equal", &[&range, &t3], vec![]);
+    let onehot = e.op("Cast", &[&hit], vec![attr_int("to", i64::from(FLOAT))]);
+    let picked = e.mul(&onehot, &logp);
+    let logp_target = e.reduce_sum(&picked, &[2], false);
+    let weighted = e.mul(&logp_target, TOKEN_WEIGHTS);
+    let total = e.reduce_sum(&weighted, &[0, 1], false);
+    let total1 = e.reshape(&total, &[1]);
+    e.op_into("Neg", &[&total1], LOSS, vec![]);
+
+    let p = e.op("Exp", &[&logp], vec![]);
+    let diff = e.op("Sub", &[&p, &onehot], vec![]);
+    let w3 = e.reshape(TOKEN_WEIGHTS, &[batch, seq, 1]);
+    e.mul(&diff, &w3)
 }

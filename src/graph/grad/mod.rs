@@ -35,7 +35,10 @@ use super::patch::{CoeffInput, PatchedModel};
 use super::pb::{ModelProto, NodeProto, TypeProto, ValueInfoProto, type_proto};
 use crate::error::{Error, Result};
 use emit::{Emitter, PREFIX};
-pub use loss::{EXAMPLE_WEIGHTS, HEAD_BIAS, HEAD_WEIGHT, LOSS, POOLED, TARGETS, grad_name};
+pub use loss::{
+    EXAMPLE_WEIGHTS, HEAD_BIAS, HEAD_WEIGHT, LOSS, Objective, POOLED, TARGETS, TOKEN_TARGETS,
+    TOKEN_WEIGHTS, grad_name,
+};
 use rules::{Consts, Ctx, DiffInputs, diff_inputs};
 use std::collections::{HashMap, HashSet};
 
@@ -65,8 +68,11 @@ pub struct TrainingGraph {
     pub base_inputs: Vec<String>,
     /// The coefficient inputs, one per module (shapes [1, K_A, r] and [1, r, K_B]).
     pub coeff_inputs: Vec<CoeffInput>,
-    /// The width d of the pooled features.
+    /// The width d of the pooled features ([`Objective::PooledHead`]), or the vocabulary
+    /// ([`Objective::NextToken`]).
     pub dim: usize,
+    /// What the loss computes.
+    pub objective: Objective,
     /// The shape it was built for.
     pub shape: TrainingShape,
     /// Weights fed as inputs (after [`TrainingGraph::input_names`]'s), with their dims.
@@ -75,27 +81,37 @@ pub struct TrainingGraph {
 
 impl TrainingGraph {
     /// The graph inputs a caller feeds per run, in order: base inputs, then α_Aᵀ, α_Bᵀ per
-    /// module, then [`HEAD_WEIGHT`], [`HEAD_BIAS`], [`TARGETS`], [`EXAMPLE_WEIGHTS`] (the
-    /// externalized weights, [`TrainingGraph::weight_inputs`], follow).
+    /// module, then [`HEAD_WEIGHT`], [`HEAD_BIAS`], [`TARGETS`], [`EXAMPLE_WEIGHTS`]
+    /// ([`Objective::PooledHead`]) or [`TOKEN_TARGETS`], [`TOKEN_WEIGHTS`]
+    /// ([`Objective::NextToken`]); the externalized weights,
+    /// [`TrainingGraph::weight_inputs`], follow.
     pub fn input_names(&self) -> Vec<String> {
         let mut v = self.base_inputs.clone();
         for c in &self.coeff_inputs {
             v.push(c.alpha_a.clone());
             v.push(c.alpha_b.clone());
         }
-        v.extend([HEAD_WEIGHT, HEAD_BIAS, TARGETS, EXAMPLE_WEIGHTS].map(String::from));
+        match self.objective {
+            Objective::PooledHead => {
+                v.extend([HEAD_WEIGHT, HEAD_BIAS, TARGETS, EXAMPLE_WEIGHTS].map(String::from))
+            }
+            Objective::NextToken => v.extend([TOKEN_TARGETS, TOKEN_WEIGHTS].map(String::from)),
+        }
         v
     }
 
-    /// Every graph output in order: [`LOSS`] [1], [`POOLED`] [batch, d], the head's gradients
-    /// [classes, d] and [classes], then d loss / d α_Aᵀ and d loss / d α_Bᵀ per module.
+    /// Every graph output in order: [`LOSS`] [1], then with [`Objective::PooledHead`]
+    /// [`POOLED`] [batch, d] and the head's gradients [classes, d] and [classes]; then
+    /// d loss / d α_Aᵀ and d loss / d α_Bᵀ per module.
     pub fn output_names(&self) -> Vec<String> {
-        let mut v = vec![
-            LOSS.to_string(),
-            POOLED.to_string(),
-            grad_name(HEAD_WEIGHT),
-            grad_name(HEAD_BIAS),
-        ];
+        let mut v = vec![LOSS.to_string()];
+        if self.objective == Objective::PooledHead {
+            v.extend([
+                POOLED.to_string(),
+                grad_name(HEAD_WEIGHT),
+                grad_name(HEAD_BIAS),
+            ]);
+        }
         for c in &self.coeff_inputs {
             v.push(grad_name(&c.alpha_a));
             v.push(grad_name(&c.alpha_b));
@@ -109,6 +125,7 @@ pub struct Analysis {
     patched: PatchedModel,
     hidden: String,
     mask: String,
+    objective: Objective,
     opset: i64,
     /// Nodes (indices into the graph's node list) in topological order.
     order: Vec<usize>,
@@ -141,6 +158,17 @@ impl Analysis {
     /// Analyses `patched` (a single-task patch) for training on the graph output `hidden`
     /// (the last hidden state [batch, seq, d]) pooled over the base input `mask`.
     pub fn new(patched: PatchedModel, hidden: &str, mask: &str) -> Result<Analysis> {
+        Self::for_objective(patched, hidden, mask, Objective::PooledHead)
+    }
+
+    /// [`Analysis::new`] for the loss `objective` on the graph output `output` (with
+    /// [`Objective::NextToken`], the logits; `mask` is the attention mask).
+    pub fn for_objective(
+        patched: PatchedModel,
+        hidden: &str,
+        mask: &str,
+        objective: Objective,
+    ) -> Result<Analysis> {
         if patched.tasks != 1 {
             return Err(Error::Internal(
                 "training graphs are built from a single-task patch".into(),
@@ -180,6 +208,8 @@ impl Analysis {
             EXAMPLE_WEIGHTS,
             LOSS,
             POOLED,
+            TOKEN_TARGETS,
+            TOKEN_WEIGHTS,
         ];
         for n in &graph.node {
             for v in n.input.iter().chain(&n.output) {
@@ -257,6 +287,9 @@ impl Analysis {
             }
             let n = &graph.node[i];
             want(&n.output[0]);
+            if n.op_type == "Split" {
+                n.output.iter().for_each(|o| want(o));
+            }
             match n.op_type.as_str() {
                 "Pow" => want(&n.input[0]),
                 _ => feeds_gradient(n).for_each(&mut want),
@@ -265,6 +298,7 @@ impl Analysis {
         Ok(Analysis {
             hidden: hidden.to_string(),
             mask: mask.to_string(),
+            objective,
             opset,
             order,
             active,
@@ -310,6 +344,11 @@ impl Analysis {
             graph.input.push(value_info(name, FLOAT, &d));
         }
         Ok(out)
+    }
+
+    /// What the loss computes.
+    pub fn objective(&self) -> Objective {
+        self.objective
     }
 
     /// How many nodes are differentiated, and how many the model has.
@@ -374,7 +413,7 @@ impl Analysis {
         })?;
         let &[b, q, d] = hs.as_slice() else {
             return Err(Error::Usage(format!(
-                "expected the hidden state `{}` to be [batch, seq, d], found shape {hs:?}",
+                "expected the output `{}` the loss reads to be [batch, seq, d], found shape {hs:?}",
                 self.hidden
             )));
         };
@@ -386,16 +425,19 @@ impl Analysis {
         }
 
         let mut e = Emitter::new();
-        let g_hidden = loss::emit(
-            &mut e,
-            &self.hidden,
-            &self.mask,
-            &loss::LossShape {
-                batch: b,
-                seq: q,
-                dim: d,
-            },
-        );
+        let g_hidden = match self.objective {
+            Objective::PooledHead => loss::emit(
+                &mut e,
+                &self.hidden,
+                &self.mask,
+                &loss::LossShape {
+                    batch: b,
+                    seq: q,
+                    dim: d,
+                },
+            ),
+            Objective::NextToken => loss::emit_next_token(&mut e, &self.hidden, b, q, d),
+        };
         // Reverse pass.
         let mut grads: HashMap<String, Vec<String>> = HashMap::new();
         grads.insert(self.hidden.clone(), vec![g_hidden]);
@@ -434,7 +476,7 @@ impl Analysis {
         let fixed = |n: usize| Dim::Fixed(n);
         let mut inputs = Vec::new();
         for name in &patched.base_inputs {
-            inputs.push(value_info(name, INT64, &[fixed(b), fixed(q)]));
+            inputs.push(base_input_declaration(source, name, b, q)?);
         }
         for c in &patched.coeff_inputs {
             inputs.push(value_info(
@@ -449,10 +491,18 @@ impl Analysis {
             ));
         }
         let cl = shape.classes;
-        inputs.push(value_info(HEAD_WEIGHT, FLOAT, &[fixed(cl), fixed(d)]));
-        inputs.push(value_info(HEAD_BIAS, FLOAT, &[fixed(cl)]));
-        inputs.push(value_info(TARGETS, FLOAT, &[fixed(b), fixed(cl)]));
-        inputs.push(value_info(EXAMPLE_WEIGHTS, FLOAT, &[fixed(b)]));
+        match self.objective {
+            Objective::PooledHead => {
+                inputs.push(value_info(HEAD_WEIGHT, FLOAT, &[fixed(cl), fixed(d)]));
+                inputs.push(value_info(HEAD_BIAS, FLOAT, &[fixed(cl)]));
+                inputs.push(value_info(TARGETS, FLOAT, &[fixed(b), fixed(cl)]));
+                inputs.push(value_info(EXAMPLE_WEIGHTS, FLOAT, &[fixed(b)]));
+            }
+            Objective::NextToken => {
+                inputs.push(value_info(TOKEN_TARGETS, INT64, &[fixed(b), fixed(q)]));
+                inputs.push(value_info(TOKEN_WEIGHTS, FLOAT, &[fixed(b), fixed(q)]));
+            }
+        }
         for (name, dims) in &self.external {
             let d: Vec<Dim> = dims.iter().map(|&n| Dim::Fixed(n)).collect();
             inputs.push(value_info(name, FLOAT, &d));
@@ -467,12 +517,14 @@ impl Analysis {
             .collect();
         inputs.extend(kept);
         graph.input = inputs;
-        let mut outputs = vec![
-            value_info(LOSS, FLOAT, &[fixed(1)]),
-            value_info(POOLED, FLOAT, &[fixed(b), fixed(d)]),
-            value_info(&grad_name(HEAD_WEIGHT), FLOAT, &[fixed(cl), fixed(d)]),
-            value_info(&grad_name(HEAD_BIAS), FLOAT, &[fixed(cl)]),
-        ];
+        let mut outputs = vec![value_info(LOSS, FLOAT, &[fixed(1)])];
+        if self.objective == Objective::PooledHead {
+            outputs.extend([
+                value_info(POOLED, FLOAT, &[fixed(b), fixed(d)]),
+                value_info(&grad_name(HEAD_WEIGHT), FLOAT, &[fixed(cl), fixed(d)]),
+                value_info(&grad_name(HEAD_BIAS), FLOAT, &[fixed(cl)]),
+            ]);
+        }
         for c in &patched.coeff_inputs {
             outputs.push(value_info(
                 &grad_name(&c.alpha_a),
@@ -495,9 +547,58 @@ impl Analysis {
             base_inputs: patched.base_inputs.clone(),
             coeff_inputs: patched.coeff_inputs.clone(),
             dim: d,
+            objective: self.objective,
             shape: shape.clone(),
             weight_inputs: self.external.clone(),
         })
+    }
+}
+
+/// The training graph's declaration of the base input `name`: token inputs (int64) are
+/// [batch, seq]; a float input is a decoder's past key or value, empty in training (a run
+/// reads whole sequences): its declared [batch, heads, past, width] with batch `b`, past 0.
+fn base_input_declaration(
+    graph: &super::pb::GraphProto,
+    name: &str,
+    b: usize,
+    q: usize,
+) -> Result<ValueInfoProto> {
+    let declared = graph.input.iter().find(|v| v.name == name);
+    let tensor = declared
+        .and_then(|v| v.r#type.as_ref())
+        .and_then(|t| match &t.value {
+            Some(type_proto::Value::TensorType(t)) => Some(t),
+            _ => None,
+        });
+    let elem = tensor.map_or(INT64, |t| t.elem_type);
+    if elem != FLOAT {
+        return Ok(value_info(name, INT64, &[Dim::Fixed(b), Dim::Fixed(q)]));
+    }
+    let dims: Vec<Option<usize>> = tensor
+        .and_then(|t| t.shape.as_ref())
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(super::pb::tensor_shape_proto::dimension::Value::DimValue(v))
+                        if v >= 0 =>
+                    {
+                        Some(v as usize)
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match dims.as_slice() {
+        [_, Some(h), _, Some(w)] => Ok(value_info(
+            name,
+            FLOAT,
+            &[Dim::Fixed(b), Dim::Fixed(*h), Dim::Fixed(0), Dim::Fixed(*w)],
+        )),
+        _ => Err(Error::Unsupported(format!(
+            "training graphs take int64 token inputs and empty caches [batch, heads, 0, width]; the input `{name}` is declared f32 with dims {dims:?}"
+        ))),
     }
 }
 

@@ -32,6 +32,7 @@ pub fn diff_inputs(op: &str) -> Option<DiffInputs> {
         "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Concat" => All,
         "Gemm" | "LayerNormalization" => Only(&[0, 1, 2]),
         "Where" => Only(&[1, 2]),
+        "Split" => Only(&[0]),
         "Reshape" | "Expand" | "Slice" | "Squeeze" | "Unsqueeze" | "Transpose" | "Flatten"
         | "Identity" | "Dropout" | "Cast" | "Erf" | "Tanh" | "Sigmoid" | "Relu" | "Exp" | "Log"
         | "Neg" | "Sqrt" | "Reciprocal" | "Softmax" | "LogSoftmax" | "ReduceSum" | "ReduceMean" => {
@@ -147,6 +148,9 @@ pub fn vjp(
             .get(i)
             .is_some_and(|v| !v.is_empty() && ctx.active(v))
     };
+    if node.op_type == "Split" {
+        return split(e, node, gy, ctx);
+    }
     if gy.iter().skip(1).any(Option::is_some) && node.op_type != "Dropout" {
         return Err(unsupported(
             node,
@@ -408,6 +412,33 @@ fn matmul(
         gx[1] = Some(e.unbroadcast(&full, &shape, &sb));
     }
     Ok(())
+}
+
+/// `Split` along `axis`: the input's gradient is its outputs' gradients put back together,
+/// zeros for an output that receives none.
+fn split(
+    e: &mut Emitter,
+    node: &NodeProto,
+    gy: &[Option<String>],
+    ctx: &Ctx<'_>,
+) -> Result<Vec<Option<String>>> {
+    let mut gx: Vec<Option<String>> = vec![None; node.input.len()];
+    let x = node.input[0].as_str();
+    if gy.iter().all(Option::is_none) || !ctx.active(x) {
+        return Ok(gx);
+    }
+    let sx = ctx.shape(node, x)?;
+    let a = axis(node, get_attr_int(node, "axis", 0), sx.len())?;
+    let mut parts = Vec::with_capacity(node.output.len());
+    for (o, g) in node.output.iter().zip(gy) {
+        parts.push(match g {
+            Some(g) => g.clone(),
+            None => e.zeros(&ctx.shape(node, o)?),
+        });
+    }
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    gx[0] = Some(e.op("Concat", &refs, vec![attr_int("axis", a as i64)]));
+    Ok(gx)
 }
 
 /// `Y = α·op(A)·op(B) + β·C` (2-D).

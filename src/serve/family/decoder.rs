@@ -99,12 +99,27 @@ impl ModelFamily for Decoder {
         "decoder"
     }
 
-    /// Training a decoder's coefficients (a next-token loss) comes with issue 27; until then
-    /// the finetuner refuses a decoder by name.
-    fn feeds(&self, _inputs: &[&str]) -> Result<Vec<TokenFeed>> {
-        Err(Error::Usage(
-            "finetuning a decoder (a next-token loss over its logits) is not supported yet".into(),
-        ))
+    /// Token ids, mask and positions of whole sequences, read from an empty cache.
+    fn feeds(&self, inputs: &[&str]) -> Result<Vec<TokenFeed>> {
+        let empty = TokenFeed::EmptyCache {
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        };
+        let pasts: Vec<String> = (0..self.layers)
+            .flat_map(|l| [past_key(l), past_value(l)])
+            .collect();
+        inputs
+            .iter()
+            .map(|&n| match n {
+                INPUT_IDS => Ok(TokenFeed::Ids),
+                ATTENTION_MASK => Ok(TokenFeed::Mask),
+                POSITION_IDS => Ok(TokenFeed::Positions),
+                _ if pasts.iter().any(|p| p == n) => Ok(empty),
+                _ => Err(Error::Usage(format!(
+                    "a decoder takes `{INPUT_IDS}`, `{ATTENTION_MASK}`, `{POSITION_IDS}` and its cache; found the input `{n}`"
+                ))),
+            })
+            .collect()
     }
 
     /// The presents become the next call's pasts, under the input names.
@@ -124,6 +139,7 @@ impl ModelFamily for Decoder {
     /// The logits, read at the answer tokens.
     fn loss_reads(&self, _outputs: &[String]) -> Result<LossReads> {
         Ok(LossReads {
+            objective: super::Objective::NextToken,
             output: LOGITS.into(),
             mask: ATTENTION_MASK.into(),
         })

@@ -49,6 +49,7 @@ impl ModelFamily for Encoder {
             .cloned()
             .ok_or_else(|| Error::Usage("the model has no output".into()))?;
         Ok(LossReads {
+            objective: super::Objective::PooledHead,
             output,
             mask: "attention_mask".into(),
         })

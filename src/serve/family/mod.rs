@@ -31,7 +31,8 @@ pub use decoder::Decoder;
 pub use encoder::Encoder;
 
 use crate::error::Result;
-use crate::serve::input::{InputTensor, OutputTensor};
+pub use crate::graph::grad::Objective;
+use crate::serve::input::{InputTensor, OutputTensor, TensorData};
 
 /// Where one of a model's inputs gets its values, for the engines that feed token inputs
 /// themselves (the finetuner's hidden-state views, the training graphs).
@@ -43,6 +44,45 @@ pub enum TokenFeed {
     Mask,
     /// `token_type_ids`: all zeros (single-segment inputs).
     Zeros,
+    /// `position_ids`: 0, 1, 2, … along each row (rows start at position 0).
+    Positions,
+    /// A past key or value of length 0, `[batch, kv_heads, 0, head_dim]`: a training run
+    /// reads whole sequences from an empty cache.
+    EmptyCache {
+        /// Key/value heads.
+        kv_heads: usize,
+        /// Width of one head.
+        head_dim: usize,
+    },
+}
+
+impl TokenFeed {
+    /// The input `name` this feed gives for the padded `ids` / `mask` [batch x seq].
+    pub fn input(
+        &self,
+        name: &str,
+        ids: &[i64],
+        mask: &[i64],
+        batch: usize,
+        seq: usize,
+    ) -> InputTensor {
+        let tokens = |data: Vec<i64>| InputTensor {
+            name: name.to_string(),
+            shape: vec![batch, seq],
+            data: TensorData::I64(data),
+        };
+        match *self {
+            TokenFeed::Ids => tokens(ids.to_vec()),
+            TokenFeed::Mask => tokens(mask.to_vec()),
+            TokenFeed::Zeros => tokens(vec![0; batch * seq]),
+            TokenFeed::Positions => tokens((0..batch).flat_map(|_| 0..seq as i64).collect()),
+            TokenFeed::EmptyCache { kv_heads, head_dim } => InputTensor {
+                name: name.to_string(),
+                shape: vec![batch, kv_heads, 0, head_dim],
+                data: TensorData::F32(Vec::new()),
+            },
+        }
+    }
 }
 
 /// What the training loss reads from a model of a family.
@@ -53,6 +93,8 @@ pub struct LossReads {
     /// The input whose values mark the positions the loss reads (an encoder: the attention
     /// mask the hidden state is pooled over).
     pub mask: String,
+    /// What the loss computes from `output`.
+    pub objective: Objective,
 }
 
 /// One kind of model served with a subspace bundle. See the module documentation.

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::serve::backend::HiddenView;
 use crate::serve::family::{Encoder, ModelFamily, TokenFeed};
 use crate::serve::hidden::{HiddenStateBackend, check_tokens, hidden_width};
-use crate::serve::input::{InputTensor, TensorData};
+use crate::serve::input::InputTensor;
 use crate::serve::store::TaskData;
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
@@ -79,15 +79,7 @@ impl HiddenStateBackend for OrtBackend {
         let inputs: Vec<InputTensor> = self
             .feeds
             .iter()
-            .map(|(name, f)| InputTensor {
-                name: name.clone(),
-                shape: vec![batch, seq],
-                data: TensorData::I64(match f {
-                    TokenFeed::Ids => input_ids.to_vec(),
-                    TokenFeed::Mask => attention_mask.to_vec(),
-                    TokenFeed::Zeros => vec![0; batch * seq],
-                }),
-            })
+            .map(|(name, f)| f.input(name, input_ids, attention_mask, batch, seq))
             .collect();
         let mut outputs = self.rt.run_task(&inputs, &self.task)?;
         let n = outputs.len();

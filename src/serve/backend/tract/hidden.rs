@@ -98,6 +98,11 @@ impl HiddenStateBackend for TractBackend {
                 TokenFeed::Ids => Tensor::from_shape(&shape, input_ids),
                 TokenFeed::Mask => Tensor::from_shape(&shape, attention_mask),
                 TokenFeed::Zeros => Tensor::from_shape(&shape, &vec![0i64; batch * seq]),
+                other => {
+                    let x = other.input("", input_ids, attention_mask, batch, seq);
+                    self.inputs.extend(super::to_tract(&[&x])?);
+                    continue;
+                }
             }
             .map_err(|e| Error::Engine(format!("token inputs {shape:?}: {e}")))?;
             self.inputs.push(t.into());
