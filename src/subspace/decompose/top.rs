@@ -1,366 +1,21 @@
-//! Exact decomposition of one stacked side of one module.
-//!
-//! Both sides are handled as a stack of column blocks X = [X_1 … X_N] of size d x n:
-//! on the A side the blocks are A'_tᵀ (in x r_t), so the columns of X are the rows of every A'
-//! and d = in; on the B side the blocks are B'_t (out x r_t) and d = out. The wanted basis is
-//! the top left singular vectors of X (= the top right singular vectors of the stacked A rows).
-//!
-//! Two ways to finish, both exact:
-//! * [`SideAccumulator::finish`], the full decomposition (every singular vector; forced
-//!   routes, tests, plots): n = Σr ≤ d: thin SVD of X itself; n > d: the d x d Gram
-//!   G = X·Xᵀ = Σ_t X_t·X_tᵀ and its symmetric eigendecomposition, σ = √max(λ, 0).
-//! * [`SideAccumulator::finish_top`], what extraction uses: the Gram in the **smaller**
-//!   dimension (XᵀX [n x n] when n ≤ d, X·Xᵀ [d x d] otherwise), its trace (the total
-//!   energy), and only the top K eigenpairs, from a block Krylov solver whose residual and an
-//!   inertia test certify principal angles to the exact ones ([`super::topk`]); the fixed and
-//!   energy rules are decided from the trace plus those top values. All eigenvalues (values
-//!   only) are computed when the caller asks for the full spectrum, for Gavish–Donoho (it
-//!   reads the median), or when the top values cannot decide or certify K.
-//!
-//! [`SideAccumulator`] takes the blocks one adapter at a time and switches from holding the
-//! columns to holding the Gram (lower triangle, folded in batches) as soon as n exceeds d, so
-//! memory stays below about d·(d + 128) values however many adapters stream through, plus the
-//! n x n Gram while n ≤ d.
+//! [`SideAccumulator::finish_top`], what extraction uses: the Gram in the smaller dimension,
+//! its trace, and only the top K eigenpairs from the certified block Krylov solver
+//! ([`crate::subspace::topk`]), with the K rule decided from the trace plus those values, and
+//! the full spectrum only where the top values cannot decide or certify K.
 
-use super::topk::{self, Solver, TopK, TopPairs};
-use super::{KRule, select};
+use super::accumulate::{SideAccumulator, State};
+use super::gram::{
+    fill_upper_from_lower, gram_fold, gram_spectrum, gram_trace, subtract_mean_gram,
+};
+use super::{Decomposition, Route};
 use crate::error::{Error, Result};
 use crate::linalg::{self, fix_sign_columns};
+use crate::subspace::topk::{self, Solver, TopK, TopPairs};
+use crate::subspace::{KRule, select};
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
-/// Which exact route a decomposition took (or is forced to take, in tests and benchmarks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// Holds the stack while n ≤ d, streams the d x d Gram once n > d. [`SideAccumulator::finish`]
-    /// then takes the SVD of the stack or the Gram's eigendecomposition;
-    /// [`SideAccumulator::finish_top`] the Gram in the smaller dimension and the top-K solver.
-    Auto,
-    /// Always the thin SVD of the stack (holds the whole stack).
-    Svd,
-    /// Always the streamed d x d Gram and its eigendecomposition.
-    Gram,
-}
-
-/// Result of decomposing one side.
-#[derive(Clone, Debug)]
-pub struct Decomposition {
-    /// All singular values of the (centered, if asked) stack, descending; min(d, n) of them.
-    pub spectrum: Vec<f64>,
-    /// Matching left singular vectors as columns [d x min(d, n)] ([d x K] from
-    /// [`SideAccumulator::finish_top`]), sign convention applied
-    /// (largest-magnitude entry positive, see [`crate::linalg`]).
-    pub basis: Mat<f64>,
-    /// Numerical rank: singular values above [`Decomposition::rank_tolerance`].
-    pub rank: usize,
-    /// The tolerance used for `rank`: max(d, n)·ε·σ₁ on the SVD route, √(max(d, n)·ε)·σ₁ on the
-    /// Gram route (an eigenvalue error of d·ε·λ₁ becomes that much in σ after the square root).
-    pub rank_tolerance: f64,
-    /// Vector length d.
-    pub dim: usize,
-    /// Stacked vectors n = Σr.
-    pub n_vectors: usize,
-    /// The mean vector that was subtracted (centering), else `None`.
-    pub mean: Option<Vec<f64>>,
-    /// The route actually taken ([`Route::Svd`] or [`Route::Gram`], the Gram in the smaller
-    /// dimension on [`SideAccumulator::finish_top`]).
-    pub route: Route,
-    /// How the basis vectors were obtained (full decomposition, certified top-K solver, or
-    /// the full decomposition as a fallback and why).
-    pub solver: Solver,
-    /// Σσ² of the (centered, if asked) stack: the trace of its Gram, exact whether or not the
-    /// whole spectrum was computed.
-    pub total_energy: f64,
-    /// Whether `spectrum` holds every singular value (min(d, n) of them). When `false` it
-    /// holds the top K only, the ones kept ([`SideAccumulator::finish_top`] without the full
-    /// spectrum).
-    pub spectrum_complete: bool,
-}
-
-/// The exact state of one side after some vectors: what [`SideAccumulator`] holds, so that
-/// more vectors can be added later without the first ones (`elx extract --update`).
-#[derive(Clone, Debug)]
-pub struct SideStats {
-    /// Vector length d.
-    pub dim: usize,
-    /// Vectors stacked, n = Σr.
-    pub n: usize,
-    /// Their sum (for centering).
-    pub sum: Vec<f64>,
-    /// The vectors themselves or their Gram.
-    pub held: Held,
-}
-
-impl SideStats {
-    /// Values a statistics file stores for this side (sum included): d + d·n while n ≤ d,
-    /// else d + d·(d + 1)/2 (the Gram's lower triangle).
-    pub fn stored_values(&self) -> usize {
-        self.dim
-            + match &self.held {
-                Held::Columns(c) => c.len(),
-                Held::Gram(_) => self.dim * (self.dim + 1) / 2,
-            }
-    }
-}
-
-/// What a side holds: the stacked vectors while there are at most d of them, else their Gram.
-#[derive(Clone, Debug)]
-pub enum Held {
-    /// Column-major d x n: the stacked vectors.
-    Columns(Vec<f64>),
-    /// The d x d Gram Σ x·xᵀ; only the lower triangle is meaningful.
-    Gram(Mat<f64>),
-}
-
-enum State {
-    /// Every stacked vector so far, column-major d x n.
-    Columns(Vec<f64>),
-    /// Lower triangle of the Gram Σ x·xᵀ, and columns not folded into it yet (column-major):
-    /// folding [`GRAM_BATCH`] columns per product instead of one adapter's r keeps the
-    /// products large enough to run at full speed.
-    Gram { g: Mat<f64>, pending: Vec<f64> },
-}
-
-/// Columns folded into the streamed Gram per product.
-const GRAM_BATCH: usize = 128;
-
-/// Streams the column blocks of one side and decomposes them.
-pub struct SideAccumulator {
-    dim: usize,
-    n: usize,
-    sum: Vec<f64>,
-    route: Route,
-    state: State,
-}
-
 impl SideAccumulator {
-    /// A new accumulator for vectors of length `dim`.
-    pub fn new(dim: usize, route: Route) -> Self {
-        let state = match route {
-            Route::Gram => State::Gram {
-                g: Mat::zeros(dim, dim),
-                pending: Vec::new(),
-            },
-            _ => State::Columns(Vec::new()),
-        };
-        Self {
-            dim,
-            n: 0,
-            sum: vec![0.0; dim],
-            route,
-            state,
-        }
-    }
-
-    /// Vectors stacked so far.
-    pub fn n_vectors(&self) -> usize {
-        self.n
-    }
-
-    /// Adds one adapter's block [d x r] (its columns are stacked vectors).
-    pub fn add(&mut self, block: MatRef<'_, f64>) -> Result<()> {
-        let d = self.dim;
-        if block.nrows() != d {
-            return Err(Error::Numeric(format!(
-                "block of {} rows added to a side of dimension {}",
-                block.nrows(),
-                d
-            )));
-        }
-        for j in 0..block.ncols() {
-            match block.col(j).try_as_col_major() {
-                Some(c) => {
-                    for (s, v) in self.sum.iter_mut().zip(c.as_slice()) {
-                        *s += v;
-                    }
-                }
-                None => {
-                    for i in 0..d {
-                        self.sum[i] += block[(i, j)];
-                    }
-                }
-            }
-        }
-        self.n += block.ncols();
-        if self.route == Route::Auto
-            && self.n > d
-            && let State::Columns(cols) = &mut self.state
-        {
-            // Past the crossover: fold what we hold into the Gram and stream from now on.
-            let mut g = Mat::zeros(d, d);
-            gram_fold(&mut g, cols, d);
-            self.state = State::Gram {
-                g,
-                pending: Vec::new(),
-            };
-        }
-        let buf = match &mut self.state {
-            State::Columns(cols) => cols,
-            State::Gram { pending, .. } => pending,
-        };
-        buf.reserve(d * block.ncols());
-        for j in 0..block.ncols() {
-            match block.col(j).try_as_col_major() {
-                Some(c) => buf.extend_from_slice(c.as_slice()),
-                None => buf.extend((0..d).map(|i| block[(i, j)])),
-            }
-        }
-        if let State::Gram { g, pending } = &mut self.state
-            && pending.len() >= GRAM_BATCH * d
-        {
-            gram_fold(g, pending, d);
-            pending.clear();
-        }
-        Ok(())
-    }
-
-    /// The exact state so far, as sufficient statistics ([`SideStats`]): the columns while
-    /// n ≤ d, else the Gram's lower triangle (pending columns folded in first). Only the
-    /// [`Route::Auto`] state can be restored by [`SideAccumulator::from_stats`].
-    pub fn into_stats(self) -> SideStats {
-        let held = match self.state {
-            State::Columns(cols) => Held::Columns(cols),
-            State::Gram { mut g, pending } => {
-                gram_fold(&mut g, &pending, self.dim);
-                Held::Gram(g)
-            }
-        };
-        SideStats {
-            dim: self.dim,
-            n: self.n,
-            sum: self.sum,
-            held,
-        }
-    }
-
-    /// An accumulator on [`Route::Auto`] that continues from `stats`, in the state an
-    /// accumulator fed the same vectors holds: adding more vectors then gives the
-    /// decomposition of the whole stack. Statistics that no such accumulator can hold (sizes
-    /// that disagree, columns past the crossover n > d, a Gram before it, non-finite values)
-    /// are an [`Error::Usage`] saying which.
-    pub fn from_stats(stats: SideStats) -> Result<Self> {
-        let SideStats { dim, n, sum, held } = stats;
-        if sum.len() != dim {
-            return Err(Error::Usage(format!(
-                "expected a sum of {dim} values, found {}",
-                sum.len()
-            )));
-        }
-        let state = match held {
-            Held::Columns(cols) if n <= dim && Some(cols.len()) == dim.checked_mul(n) => {
-                State::Columns(cols)
-            }
-            Held::Columns(cols) => {
-                return Err(Error::Usage(format!(
-                    "expected {n} stacked vectors of {dim} values held as columns (n <= d), found {} values",
-                    cols.len()
-                )));
-            }
-            Held::Gram(g) if n > dim && g.nrows() == dim && g.ncols() == dim => State::Gram {
-                g,
-                pending: Vec::new(),
-            },
-            Held::Gram(g) => {
-                return Err(Error::Usage(format!(
-                    "expected a {dim} x {dim} Gram of n = {n} > d vectors, found {} x {}",
-                    g.nrows(),
-                    g.ncols()
-                )));
-            }
-        };
-        let finite = sum.iter().all(|x| x.is_finite())
-            && match &state {
-                State::Columns(c) => c.iter().all(|x| x.is_finite()),
-                State::Gram { g, .. } => (0..dim).all(|j| (j..dim).all(|i| g[(i, j)].is_finite())),
-            };
-        if !finite {
-            return Err(Error::Usage(
-                "expected finite statistics, found NaN or Inf".into(),
-            ));
-        }
-        Ok(Self {
-            dim,
-            n,
-            sum,
-            route: Route::Auto,
-            state,
-        })
-    }
-
-    /// The mean of the stacked vectors when centering is asked (and there are any).
-    fn mean(&self, center: bool) -> Option<Vec<f64>> {
-        let n = self.n;
-        (center && n > 0).then(|| self.sum.iter().map(|s| s / n as f64).collect())
-    }
-
-    /// Finishes with the **full** decomposition: optional centering (subtract the mean of all
-    /// stacked vectors), then the exact decomposition on the route chosen, every singular
-    /// vector returned. [`SideAccumulator::finish_top`] is the fast path for a few vectors.
-    pub fn finish(self, center: bool) -> Result<Decomposition> {
-        let (d, n) = (self.dim, self.n);
-        let mean = self.mean(center);
-        let eps = f64::EPSILON;
-        let big = d.max(n) as f64;
-        match self.state {
-            State::Columns(cols) => {
-                let mut x = MatRef::from_column_major_slice(&cols, d, n).to_owned();
-                drop(cols);
-                if let Some(mu) = &mean {
-                    for j in 0..n {
-                        for i in 0..d {
-                            x[(i, j)] -= mu[i];
-                        }
-                    }
-                }
-                let sv = linalg::thin_svd(x.as_ref())?;
-                let tol = big * eps * sv.s.first().copied().unwrap_or(0.0);
-                let rank = sv.s.iter().filter(|&&s| s > tol).count();
-                let total_energy = linalg::frob2(x.as_ref());
-                Ok(Decomposition {
-                    total_energy,
-                    spectrum_complete: true,
-                    spectrum: sv.s,
-                    basis: sv.u,
-                    rank,
-                    rank_tolerance: tol,
-                    dim: d,
-                    n_vectors: n,
-                    mean,
-                    route: Route::Svd,
-                    solver: Solver::Full,
-                })
-            }
-            State::Gram { mut g, pending } => {
-                gram_fold(&mut g, &pending, d);
-                drop(pending);
-                if let Some(mu) = &mean {
-                    subtract_mean_gram(&mut g, mu, n);
-                }
-                let total_energy = gram_trace(g.as_ref());
-                let (vals, mut vecs) = linalg::sym_eigen_desc(g.as_ref())?;
-                let p = d.min(n);
-                let spectrum: Vec<f64> = vals.iter().take(p).map(|l| l.max(0.0).sqrt()).collect();
-                vecs.truncate(d, p);
-                fix_sign_columns(&mut vecs);
-                let tol = (big * eps).sqrt() * spectrum.first().copied().unwrap_or(0.0);
-                let rank = spectrum.iter().filter(|&&s| s > tol).count();
-                Ok(Decomposition {
-                    total_energy,
-                    spectrum_complete: true,
-                    spectrum,
-                    basis: vecs,
-                    rank,
-                    rank_tolerance: tol,
-                    dim: d,
-                    n_vectors: n,
-                    mean,
-                    route: Route::Gram,
-                    solver: Solver::Full,
-                })
-            }
-        }
-    }
-
     /// Finishes with the top K singular vectors only, K chosen by `rule`; the spectrum is
     /// computed in full only when `full_spectrum` is asked or the rule needs it.
     ///
@@ -368,7 +23,7 @@ impl SideAccumulator {
     /// [n x n] when n ≤ d, the streamed X·Xᵀ [d x d] otherwise. Its trace is the total energy
     /// Σσ². Then:
     /// * [`KRule::Fixed`] and [`KRule::Energy`], without `full_spectrum`: the top eigenpairs
-    ///   from the certified block Krylov solver ([`super::topk::top_eigenpairs`]), which proves
+    ///   from the certified block Krylov solver ([`crate::subspace::topk::top_eigenpairs`]), which proves
     ///   an upper bound on the next eigenvalue by an inertia test and bounds the error of each
     ///   Ritz value. The energy rule grows K in blocks (16, then at least doubling and at least
     ///   to the energy still missing over the bound on the next eigenvalue, each warm-started
@@ -377,13 +32,13 @@ impl SideAccumulator {
     ///   the values' proven error (else the full spectrum decides, and the vectors follow).
     ///   The spectrum returned is the top K values (`spectrum_complete` false).
     /// * A K proven large enough that its Krylov basis would be a sizeable share of the
-    ///   matrix ([`super::topk::krylov_too_large`]): one full decomposition, the SVD of X when
+    ///   matrix ([`crate::subspace::topk::krylov_too_large`]): one full decomposition, the SVD of X when
     ///   n ≤ d, the Gram's eigendecomposition otherwise, gives the values, K and the vectors.
     /// * [`KRule::GavishDonoho`] (its threshold is the median singular value, which the trace
     ///   and the top values do not give), `full_spectrum`, a stack whose rank is below K, or a
     ///   K the solver above cannot certify: every eigenvalue (values only), K from the full
     ///   spectrum, the K vectors from the certified solver with the eigenvalues known
-    ///   ([`super::topk::top_eigenvectors`]) or from the full decomposition when that
+    ///   ([`crate::subspace::topk::top_eigenvectors`]) or from the full decomposition when that
     ///   solver declines (recorded in [`Decomposition::solver`] with the reason).
     ///
     /// With n ≤ d the vectors found are right singular vectors W; the left ones are the
@@ -553,24 +208,6 @@ impl SideAccumulator {
             spectrum_complete,
         })
     }
-}
-
-/// Singular values from the Gram's eigenvalues `vals` (descending): the first `p`, with the
-/// rank tolerance √(big·ε)·σ₁. Below it a Gram eigenvalue is rounding (its error is about
-/// ε·λ₁, so the square root of a null direction's reads ~√ε·σ₁): those directions are
-/// reported as exactly 0, as the SVD would find them to rounding, not as that noise.
-/// Returns (spectrum, rank, tolerance).
-fn gram_spectrum(vals: &[f64], p: usize, big: f64) -> (Vec<f64>, usize, f64) {
-    let sigma1 = vals.first().map_or(0.0, |l| l.max(0.0).sqrt());
-    let tol = (big * f64::EPSILON).sqrt() * sigma1;
-    let spectrum: Vec<f64> = vals
-        .iter()
-        .take(p)
-        .map(|l| l.max(0.0).sqrt())
-        .map(|s| if s > tol { s } else { 0.0 })
-        .collect();
-    let rank = spectrum.iter().filter(|&&s| s > tol).count();
-    (spectrum, rank, tol)
 }
 
 /// [`ByValues::Large`] is handled before the match that would otherwise need it.
@@ -763,31 +400,6 @@ fn top_by_values(
     }
 }
 
-/// Copies the lower triangle of a square matrix onto its upper one, in 64 x 64 tiles (a plain
-/// row-by-row copy reads the lower triangle across columns, one cache line per element).
-fn fill_upper_from_lower(g: &mut Mat<f64>) {
-    const TILE: usize = 64;
-    let m = g.nrows();
-    for jb in (0..m).step_by(TILE) {
-        for ib in (0..=jb).step_by(TILE) {
-            // Tile rows ib.., columns jb..: upper entries (i < j) from (j, i).
-            for j in jb..(jb + TILE).min(m) {
-                for i in ib..(ib + TILE).min(j) {
-                    g[(i, j)] = g[(j, i)];
-                }
-            }
-        }
-    }
-}
-
-/// Trace of a square matrix, at least 0 (a PSD Gram's; rounding cannot make it negative).
-fn gram_trace(g: MatRef<'_, f64>) -> f64 {
-    (0..g.nrows().min(g.ncols()))
-        .map(|i| g[(i, i)])
-        .sum::<f64>()
-        .max(0.0)
-}
-
 /// How a full decomposition taken in place of the top-K solver is recorded.
 fn fallback(why: TopK) -> Solver {
     match why {
@@ -808,47 +420,4 @@ fn left_from_right(x: MatRef<'_, f64>, w: MatRef<'_, f64>) -> Result<Mat<f64>> {
     let c = linalg::mul(q.transpose(), x);
     let sv = linalg::thin_svd(c.as_ref())?;
     Ok(linalg::mul(q.as_ref(), sv.u.as_ref()))
-}
-
-/// X_c·X_cᵀ = X·Xᵀ − n·μ·μᵀ (lower triangle is enough; all of it is updated).
-fn subtract_mean_gram(g: &mut Mat<f64>, mu: &[f64], n: usize) {
-    let d = g.nrows();
-    for j in 0..d {
-        for i in 0..d {
-            g[(i, j)] -= n as f64 * mu[i] * mu[j];
-        }
-    }
-}
-
-/// Lower triangle of g += X·Xᵀ for the column-major `cols` (d rows).
-fn gram_fold(g: &mut Mat<f64>, cols: &[f64], d: usize) {
-    if d == 0 || cols.is_empty() {
-        return;
-    }
-    let x = MatRef::from_column_major_slice(cols, d, cols.len() / d);
-    triangular::matmul(
-        g.as_mut(),
-        BlockStructure::TriangularLower,
-        Accum::Add,
-        x,
-        BlockStructure::Rectangular,
-        x.transpose(),
-        BlockStructure::Rectangular,
-        1.0,
-        Par::Seq,
-    );
-}
-
-/// Decomposes the stack of `blocks` (each [d x r_t]) in one call.
-pub fn decompose_blocks<'a>(
-    dim: usize,
-    blocks: impl IntoIterator<Item = MatRef<'a, f64>>,
-    center: bool,
-    route: Route,
-) -> Result<Decomposition> {
-    let mut acc = SideAccumulator::new(dim, route);
-    for b in blocks {
-        acc.add(b)?;
-    }
-    acc.finish(center)
 }
