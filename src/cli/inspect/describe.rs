@@ -3,7 +3,7 @@
 
 use crate::cli::{Table, file_size, pct, sci, warn};
 use eigenlorax::adapter::Adapter;
-use eigenlorax::bundle::diagnostics::projection_error_bound;
+use eigenlorax::bundle::fidelity::projection_error_bound;
 use eigenlorax::bundle::{Bundle, CoeffFile};
 use eigenlorax::subspace::KRule;
 use eigenlorax::{Error, Result};

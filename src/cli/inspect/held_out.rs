@@ -5,7 +5,7 @@ use super::pct2;
 use crate::cli::{Table, file_size, pct, plot_capture, plot_curve};
 use eigenlorax::Result;
 use eigenlorax::bundle::Bundle;
-use eigenlorax::eval::diagnostics;
+use eigenlorax::eval::capture_vs_chance;
 use std::path::{Path, PathBuf};
 
 /// `--held-out`: the adapters as a pool, each against the others' subspace, then capture vs N.
@@ -15,10 +15,10 @@ pub(super) fn held_out_report(
     seed: u64,
     plot: Option<&Path>,
     allow_mixed_bases: bool,
-) -> Result<diagnostics::Verdict> {
-    let pool = diagnostics::Pool::load_with(paths, allow_mixed_bases)?;
+) -> Result<capture_vs_chance::Verdict> {
+    let pool = capture_vs_chance::Pool::load_with(paths, allow_mixed_bases)?;
     let options = &b.manifest.options;
-    let rows = diagnostics::held_out(&pool, options, seed)?;
+    let rows = capture_vs_chance::held_out(&pool, options, seed)?;
     outln!()?;
     outln!(
         "held out, each adapter against the subspace of the other {} (extracted like this bundle):",
@@ -50,7 +50,7 @@ pub(super) fn held_out_report(
             pct(h.mean_plus_basis),
         ]);
     }
-    let m = diagnostics::HeldOutMean::of(&rows);
+    let m = capture_vs_chance::HeldOutMean::of(&rows);
     t.row(vec![
         "mean".into(),
         format!("{:.0}", m.k_total),
@@ -68,9 +68,9 @@ pub(super) fn held_out_report(
         "(input / output side: the share inside V_A alone (rows of A) or V_B alone (columns of B); \
          mean only / basis only / mean+basis: the others' centered subspace split into its mean direction and its principal directions)"
     )?;
-    let curve = diagnostics::capture_vs_n(
+    let curve = capture_vs_chance::capture_vs_n(
         &pool,
-        &diagnostics::doubling_sizes(pool.len() - 1),
+        &capture_vs_chance::doubling_sizes(pool.len() - 1),
         options,
         seed,
     )?;
@@ -89,8 +89,8 @@ pub(super) fn held_out_report(
         ]);
     }
     out!("{}", t.render())?;
-    let pair = diagnostics::pairwise_capture(&pool)?;
-    let st = diagnostics::structure(&rows, &pair, &pool.names);
+    let pair = capture_vs_chance::pairwise_capture(&pool)?;
+    let st = capture_vs_chance::structure(&rows, &pair, &pool.names);
     let d = &st.all;
     outln!()?;
     outln!(
@@ -102,20 +102,20 @@ pub(super) fn held_out_report(
         pct(d.max),
         d.above_gain,
         d.n,
-        pct(diagnostics::GAIN_CAPTURE),
+        pct(capture_vs_chance::GAIN_CAPTURE),
         pct2(d.random_median)
     )?;
     if st.clusters.is_empty() {
         outln!(
             "clusters: none (no two adapters put {} or more of their ΔW in each other's span, {}x chance)",
-            pct(diagnostics::CLUSTER_EDGE_CAPTURE),
-            diagnostics::CLUSTER_EDGE_OVER_CHANCE
+            pct(capture_vs_chance::CLUSTER_EDGE_CAPTURE),
+            capture_vs_chance::CLUSTER_EDGE_OVER_CHANCE
         )?;
     } else {
         outln!(
             "clusters (adapters that each put {} or more of their ΔW in the other's span, {}x chance, linked):",
-            pct(diagnostics::CLUSTER_EDGE_CAPTURE),
-            diagnostics::CLUSTER_EDGE_OVER_CHANCE
+            pct(capture_vs_chance::CLUSTER_EDGE_CAPTURE),
+            capture_vs_chance::CLUSTER_EDGE_OVER_CHANCE
         )?;
         let mut t =
             Table::new(&["cluster", "adapters", "median", "min", "max", "verdict"]).left(&[5]);
@@ -162,7 +162,7 @@ pub(super) fn held_out_report(
             .iter()
             .enumerate()
             .map(|(i, h)| plot_capture::Bar {
-                name: diagnostics::short_name(Path::new(&h.name)),
+                name: capture_vs_chance::short_name(Path::new(&h.name)),
                 captured: h.recycled.captured,
                 random: h.recycled.random,
                 cluster: st.clusters.iter().position(|c| c.members.contains(&i)),
@@ -176,7 +176,7 @@ pub(super) fn held_out_report(
         )?;
         outln!("wrote plot {} ({})", out.display(), file_size(&out))?;
     }
-    Ok(diagnostics::Verdict {
+    Ok(capture_vs_chance::Verdict {
         gain: st.verdict.gain,
         line: st.line,
     })

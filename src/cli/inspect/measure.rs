@@ -8,8 +8,8 @@ use crate::cli::{Table, pct, sci, warn};
 use eigenlorax::Result;
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::Bundle;
-use eigenlorax::bundle::diagnostics::random_subspace;
-use eigenlorax::eval::diagnostics::{self, CaptureSummary};
+use eigenlorax::bundle::random_control::random_subspace;
+use eigenlorax::eval::capture_vs_chance::{self, CaptureSummary};
 use eigenlorax::eval::project_adapter;
 use std::path::PathBuf;
 
@@ -57,7 +57,7 @@ pub(super) fn measure_adapters(
             }
             t.row(row);
         }
-        let summary = diagnostics::capture_summary(loaded, &b.subspace, seed);
+        let summary = capture_vs_chance::capture_summary(loaded, &b.subspace, seed);
         if summary.energy == 0.0 && summary.modules > 0 {
             warn(format!(
                 "{}: every measured ΔW is zero (an untrained adapter, B = 0?): nothing to capture",
@@ -121,9 +121,9 @@ pub(super) fn print_null(b: &Bundle) -> Result<()> {
     let (mut dirs, mut total) = (0usize, 0usize);
     let (mut partial, mut complete) = (false, true);
     for (name, m) in &b.subspace.modules {
-        let ((ra, ca), (rb, cb)) = diagnostics::stack_shapes(m);
+        let ((ra, ca), (rb, cb)) = capture_vs_chance::stack_shapes(m);
         let null = |s: &eigenlorax::subspace::SideInfo, rows, cols| {
-            diagnostics::spectrum_vs_null_of(
+            capture_vs_chance::spectrum_vs_null_of(
                 &s.spectrum,
                 s.total_energy,
                 s.full_spectrum,
@@ -143,7 +143,7 @@ pub(super) fn print_null(b: &Bundle) -> Result<()> {
             }
         };
         total += len(&m.a, ra, ca) + len(&m.b, rb, cb);
-        let at_least = |n: &diagnostics::NullComparison, x: String| {
+        let at_least = |n: &capture_vs_chance::NullComparison, x: String| {
             if n.lower_bound { format!("≥{x}") } else { x }
         };
         t.row(vec![

@@ -12,8 +12,8 @@ use super::plot::{self, PlotData};
 use super::{file_size, plot_curve, warn};
 use describe::{inspect_adapter, inspect_coeffs, print_bundle};
 use eigenlorax::bundle::Bundle;
-use eigenlorax::bundle::diagnostics::explained_energy_of;
-use eigenlorax::eval::diagnostics::{self, CaptureSummary};
+use eigenlorax::bundle::fidelity::explained_energy_of;
+use eigenlorax::eval::capture_vs_chance::{self, CaptureSummary};
 use eigenlorax::tensorfile::TensorFile;
 use eigenlorax::{Error, Result};
 use held_out::held_out_report;
@@ -144,7 +144,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         if !new.is_empty() {
             let n = new.len() as f64;
-            verdict = Some(diagnostics::verdict(
+            verdict = Some(capture_vs_chance::verdict(
                 new.iter().map(|s| s.captured).sum::<f64>() / n,
                 new.iter().map(|s| s.random).sum::<f64>() / n,
             ));

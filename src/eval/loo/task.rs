@@ -7,7 +7,7 @@ use super::rows::{Training, ZeroShot, eval_metrics, file_len, timed};
 use super::serving::{sequence_model, write_bound};
 use super::{Base, FewShot, LooConfig, Method, MethodResult, TaskResult, TaskSpec};
 use crate::adapter::Adapter;
-use crate::bundle::diagnostics::random_subspace;
+use crate::bundle::random_control::random_subspace;
 use crate::bundle::{Bundle, CoeffFile, Head, Provenance, SourceAdapter};
 use crate::error::{Error, Result};
 use crate::eval::{capture, layout_params};

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::adapter::LoraModule;
-use crate::bundle::diagnostics::random_orthonormal;
+use crate::bundle::random_control::random_orthonormal;
 use crate::linalg;
 use crate::subspace::{ExtractOptions, KRule};
 use crate::util::GaussianRng;

@@ -5,7 +5,7 @@
 
 use super::chance_capture;
 use crate::adapter::LoraModule;
-use crate::bundle::diagnostics::{module_seed, random_subspace_like};
+use crate::bundle::random_control::{module_seed, random_subspace_like};
 use crate::error::Result;
 use crate::linalg;
 use crate::subspace::{self, Coefficients, ModuleSubspace, Subspace};
