@@ -4,8 +4,8 @@
 //! figures are checked against an independent computation.
 
 use eigenlorax::adapter::LoraModule;
-use eigenlorax::bundle::diagnostics::random_orthonormal;
-use eigenlorax::eval::diagnostics::{
+use eigenlorax::bundle::random_control::random_orthonormal;
+use eigenlorax::eval::capture_vs_chance::{
     self, Distribution, Gain, HeldOut, Pool, pairwise_capture, structure,
 };
 use eigenlorax::subspace::{ExtractOptions, KRule};
@@ -73,7 +73,7 @@ fn pool(unrelated: usize, siblings: usize, seed: u64) -> Pool {
 }
 
 /// Each adapter against the subspace of all the others: the `recycled` part of
-/// [`diagnostics::held_out`] (the same extraction and capture), without its centered
+/// [`capture_vs_chance::held_out`] (the same extraction and capture), without its centered
 /// mean / basis split, which triples the cost and does not enter the verdict.
 fn held_out(p: &Pool) -> Vec<HeldOut> {
     (0..p.len())
@@ -82,7 +82,7 @@ fn held_out(p: &Pool) -> Vec<HeldOut> {
             let space = p.extract(&others, &opts()).unwrap();
             HeldOut {
                 name: p.names[h].clone(),
-                recycled: diagnostics::capture_summary(&p.modules[h], &space, 0),
+                recycled: capture_vs_chance::capture_summary(&p.modules[h], &space, 0),
                 mean_only: 0.0,
                 basis_only: 0.0,
                 mean_plus_basis: 0.0,
@@ -110,7 +110,7 @@ fn thirty_unrelated_and_a_cluster_of_eight_siblings() {
         paths: p.paths[..4].to_vec(),
         modules: p.modules[..4].to_vec(),
     };
-    let lib = diagnostics::held_out(&small, &opts(), 0).unwrap();
+    let lib = capture_vs_chance::held_out(&small, &opts(), 0).unwrap();
     assert_eq!(lib[0].recycled, held_out(&small)[0].recycled);
     let pair = pairwise_capture(&p).unwrap();
     // Pairwise captures: siblings share most of their span, unrelated pairs stay
@@ -143,9 +143,15 @@ fn thirty_unrelated_and_a_cluster_of_eight_siblings() {
     // sibling above the gain threshold.
     for (i, h) in rows.iter().enumerate() {
         if i < 30 {
-            assert!(h.recycled.captured < diagnostics::NO_GAIN_CAPTURE, "{h:?}");
+            assert!(
+                h.recycled.captured < capture_vs_chance::NO_GAIN_CAPTURE,
+                "{h:?}"
+            );
         } else {
-            assert!(h.recycled.captured >= diagnostics::GAIN_CAPTURE, "{h:?}");
+            assert!(
+                h.recycled.captured >= capture_vs_chance::GAIN_CAPTURE,
+                "{h:?}"
+            );
         }
     }
     let line = &st.line;
@@ -195,9 +201,9 @@ fn thirty_unrelated_and_a_cluster_of_eight_siblings() {
         alone.line
     );
     // The mean of all 38 would have read "partial": that is what the structure fixes.
-    let mean = diagnostics::HeldOutMean::of(&rows);
+    let mean = capture_vs_chance::HeldOutMean::of(&rows);
     assert!(
-        mean.recycled.captured > diagnostics::NO_GAIN_CAPTURE,
+        mean.recycled.captured > capture_vs_chance::NO_GAIN_CAPTURE,
         "{mean:?}"
     );
     assert_eq!(st.all.above_gain, 8);
@@ -209,7 +215,7 @@ fn rows_of(caps: &[f64], random: f64) -> Vec<HeldOut> {
         .enumerate()
         .map(|(i, &c)| HeldOut {
             name: format!("t{i}"),
-            recycled: diagnostics::CaptureSummary {
+            recycled: capture_vs_chance::CaptureSummary {
                 captured: c,
                 random,
                 ..Default::default()
@@ -238,7 +244,7 @@ fn the_distribution_matches_numpy_quantiles() {
 
 #[test]
 fn zero_against_zero_is_not_far_above_random() {
-    let v = diagnostics::verdict(0.0, 0.0);
+    let v = capture_vs_chance::verdict(0.0, 0.0);
     assert_eq!(v.gain, Gain::None);
     assert!(!v.line.contains("far above"), "{}", v.line);
     assert!(
@@ -247,7 +253,7 @@ fn zero_against_zero_is_not_far_above_random() {
         v.line
     );
     // A capture over an exactly zero random control is still "far above" it.
-    let v = diagnostics::verdict(0.4, 0.0);
+    let v = capture_vs_chance::verdict(0.4, 0.0);
     assert!(v.line.contains("far above a random subspace"), "{}", v.line);
     assert_eq!(v.gain, Gain::Expected);
 }

@@ -565,7 +565,7 @@ fn reference_is_reproducible() {
 /// and the chance expectation.
 #[test]
 fn held_out_diagnostics_match_numpy_reference() {
-    use eigenlorax::eval::diagnostics::{Pool, held_out};
+    use eigenlorax::eval::capture_vs_chance::{Pool, held_out};
     let py = python();
     let dirs = task_dirs();
     let out = Command::new(&py)

@@ -33,7 +33,7 @@ from elx_reference import PeftAdapter, canonical_name, read_safetensors  # noqa:
 
 FIELDS = ("task_type", "fan_in_fan_out", "modules_to_save", "target_modules")
 # LoRA keys PEFT never applies: the frozen original of a modules_to_save head and the second
-# copy PEFT 0.10-0.12 saved under `modules_to_save` (dropped at load; see src/adapter/peft.rs,
+# copy PEFT 0.10-0.12 saved under `modules_to_save` (dropped at load; see src/adapter/peft/keys.rs,
 # `classify`). They are carried byte for byte and compared as tensors, not as updates.
 UNAPPLIED = (".modules_to_save", ".original_module")
 

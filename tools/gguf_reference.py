@@ -10,7 +10,7 @@ storage order). Prints one JSON object: the version, alignment, data offset, eve
 key (scalars and strings as values, arrays as {"type", "len", "head": first 8 elements};
 type null for an empty array, whose element type gguf-py does not keep) and
 every tensor's info (name, ggml type name, dims innermost first, offset in the data
-section). tests/gguf.rs compares all of it with the Rust reader.
+section). tests/gguf/reference.rs compares all of it with the Rust reader.
 """
 import json
 import os

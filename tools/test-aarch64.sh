@@ -32,8 +32,9 @@ cross_build() {
 }
 
 # Left out under qemu (each runs on x86_64 in tools/test.sh):
-# * tests that spawn the `elx` binary (runtime cli_bind, finetune cli): under cargo's runner
-#   only the test binary goes through qemu; the CLI is checked under qemu below instead;
+# * tests that spawn the `elx` binary (runtime cli_bind and tinybert::text_batches_, finetune
+#   cli): under cargo's runner only the test binary goes through qemu; the CLI is checked
+#   under qemu below instead;
 # * the MiniLM-sized import and tokenizer checks (runtime import_hf, tokenizer_parity;
 #   finetune exact::minilm_) and training through tract on tiny-BERT (finetune tract,
 #   exact::finetune_): many minutes emulated; the graph builder and the tokenizer are
@@ -58,7 +59,8 @@ emulated_tests() {
   cargo test -q --target "$target" --lib -- --skip eval::
   cargo test -q --target "$target" --test adapter --test bundle --test runtime_alloc
   cargo test -q --target "$target" --test subspace -- --skip topk::
-  cargo test -q --target "$target" --test runtime -- --skip cli_bind:: --skip import_hf:: --skip tokenizer_parity::
+  cargo test -q --target "$target" --test runtime -- --skip cli_bind:: --skip tinybert::text_batches_ \
+    --skip import_hf:: --skip tokenizer_parity::
   cargo test -q --target "$target" --test finetune -- --skip cli:: --skip tract:: --skip exact::finetune_ \
     --skip exact::minilm_ --skip exact::tiny_bert_
   # The tiny Llama imported from its GGUF and HF folder, generating through a bound bundle

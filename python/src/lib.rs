@@ -581,7 +581,7 @@ fn diagnostics(
     seed: u64,
     allow_mixed_bases: bool,
 ) -> PyResult<String> {
-    use eigenlorax::eval::diagnostics as d;
+    use eigenlorax::eval::capture_vs_chance as d;
     py.detach(|| {
         let pool = d::Pool::load_with(&held_out, allow_mixed_bases)?;
         let rows = d::held_out(&pool, &bundle.bundle.manifest.options, seed)?;

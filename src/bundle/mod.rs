@@ -12,14 +12,18 @@
 //!
 //! [`merge`] joins bundles extracted over disjoint module sets into the one-shot bundle.
 //!
+//! [`fidelity`] bounds what storage and truncation lose; [`random_control`] draws the random
+//! subspaces of a bundle's shapes that every capture is compared with.
+//!
 //! A coefficient file holds `<module>.alpha_A` [r x K_A] and `<module>.alpha_B` [K_B x r],
 //! optionally `head.weight` `[C x d]` and `head.bias` `[C]`, and names the subspace it belongs to.
 
 pub mod coeffs;
-pub mod diagnostics;
+pub mod fidelity;
 pub mod format;
 pub mod merge;
 pub mod quant;
+pub mod random_control;
 pub mod stats;
 
 pub use coeffs::{CoeffFile, Head, Provenance, RemapMeasure};

@@ -1,7 +1,7 @@
 //! `elx demo`: the README's main command. Two task families on all-MiniLM-L6-v2, both
 //! committed: the WordNet family (24 related tasks, models/wordnet) and the six unrelated
 //! MiniLM tasks (models/minilm). For each family it first predicts from the adapter files
-//! alone whether recycling will pay ([`eigenlorax::eval::diagnostics`]), then checks the
+//! alone whether recycling will pay ([`eigenlorax::eval::capture_vs_chance`]), then checks the
 //! prediction by leave-one-out: per held-out task, recycle the other adapters and serve the
 //! held-out task every way a user could (see [`eigenlorax::eval::loo`]), on the same engine.
 //!
@@ -9,7 +9,7 @@
 //! `.cache/pydata` when missing, then imported to ONNX natively (`elx import-hf`).
 
 use super::{Table, file_size, pct, plot_curve};
-use eigenlorax::eval::diagnostics::{self, Pool};
+use eigenlorax::eval::capture_vs_chance::{self, Pool};
 use eigenlorax::eval::loo::{self, LooConfig, Method, TaskResult, TaskSpec};
 use eigenlorax::finetune::FinetuneConfig;
 use eigenlorax::subspace::{ExtractOptions, KRule};
@@ -324,9 +324,9 @@ fn held_out_tasks(a: &Args, workload: &Path, all: &[TaskSpec]) -> Result<Vec<usi
 /// The files-only diagnostics of one family, printed.
 #[derive(serde::Serialize)]
 struct Diagnosis {
-    held_out: Vec<diagnostics::HeldOut>,
-    capture_vs_n: Vec<diagnostics::CurvePoint>,
-    verdict: diagnostics::Verdict,
+    held_out: Vec<capture_vs_chance::HeldOut>,
+    capture_vs_n: Vec<capture_vs_chance::CurvePoint>,
+    verdict: capture_vs_chance::Verdict,
     plot: PathBuf,
 }
 
@@ -335,13 +335,13 @@ fn diagnose(all: &[TaskSpec], cfg: &LooConfig, out: &Path, seed: u64) -> Result<
     let t0 = Instant::now();
     let paths: Vec<PathBuf> = all.iter().map(|t| t.adapter.clone()).collect();
     let pool = Pool::load(&paths)?;
-    let held_out = diagnostics::held_out(&pool, &cfg.extract, seed)?;
-    let sizes = diagnostics::doubling_sizes(pool.len() - 1);
-    let curve = diagnostics::capture_vs_n(&pool, &sizes, &cfg.extract, seed)?;
-    let m = diagnostics::HeldOutMean::of(&held_out);
-    let pair = diagnostics::pairwise_capture(&pool)?;
-    let st = diagnostics::structure(&held_out, &pair, &pool.names);
-    let verdict = diagnostics::Verdict {
+    let held_out = capture_vs_chance::held_out(&pool, &cfg.extract, seed)?;
+    let sizes = capture_vs_chance::doubling_sizes(pool.len() - 1);
+    let curve = capture_vs_chance::capture_vs_n(&pool, &sizes, &cfg.extract, seed)?;
+    let m = capture_vs_chance::HeldOutMean::of(&held_out);
+    let pair = capture_vs_chance::pairwise_capture(&pool)?;
+    let st = capture_vs_chance::structure(&held_out, &pair, &pool.names);
+    let verdict = capture_vs_chance::Verdict {
         gain: st.verdict.gain,
         line: st.line.clone(),
     };

@@ -4,7 +4,7 @@
 //! members of a cluster in another colour.
 
 use super::plot::check_extension;
-use eigenlorax::eval::diagnostics::GAIN_CAPTURE;
+use eigenlorax::eval::capture_vs_chance::GAIN_CAPTURE;
 use eigenlorax::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! the random control and chance, on a log-2 N axis.
 
 use super::plot::check_extension;
-use eigenlorax::eval::diagnostics::CurvePoint;
+use eigenlorax::eval::capture_vs_chance::CurvePoint;
 use eigenlorax::{Error, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};

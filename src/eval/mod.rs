@@ -10,13 +10,13 @@
 //! * [`layout_params`]: fixed coefficients laid out as a [`ForwardModel`] parameter vector.
 //! * [`projection`]: a whole adapter projected into a subspace with its error report
 //!   (`elx project`, `elx inspect` and [`capture`]).
-//! * [`diagnostics`]: will recycling pay? Held-out capture vs chance, the spectrum vs a
+//! * [`capture_vs_chance`]: will recycling pay? Held-out capture vs chance, the spectrum vs a
 //!   Gaussian null, mean / basis split, capture vs N, and a one-line verdict.
 //! * [`loo`]: the leave-one-out experiment behind `elx demo`, on the engine it is given.
 //!
 //! [`ForwardModel`]: crate::finetune::ForwardModel
 
-pub mod diagnostics;
+pub mod capture_vs_chance;
 pub mod loo;
 pub mod projection;
 

@@ -1,8 +1,8 @@
 //! A whole adapter projected into a subspace, with its error report: the one function behind
 //! `elx project`, `elx inspect` and [`super::capture`]. Whole-adapter figures have one
-//! definition, weighted by each module's ‖ΔW‖²_F ([`super::diagnostics::combine`]).
+//! definition, weighted by each module's ‖ΔW‖²_F ([`super::capture_vs_chance::combine`]).
 
-use super::diagnostics::{ModuleMeasure, combine, measure_module_with};
+use super::capture_vs_chance::{ModuleMeasure, combine, measure_module_with};
 use crate::adapter::{Adapter, LoraModule};
 use crate::error::{Error, Result};
 use crate::subspace::Subspace;

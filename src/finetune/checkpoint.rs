@@ -12,7 +12,8 @@
 //! schedule multiplier, an Inf in the best head, or a best loss at step 0 used to resume
 //! silently).
 
-use super::{Finetuner, ForwardModel, epoch_order};
+use super::fit::epoch_order;
+use super::{Finetuner, ForwardModel};
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;

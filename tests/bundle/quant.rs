@@ -9,7 +9,7 @@
 use crate::support::bundle as bundle_support;
 
 use bundle_support::*;
-use eigenlorax::bundle::diagnostics::{projection_error_bound, storage_error_bounds};
+use eigenlorax::bundle::fidelity::{projection_error_bound, storage_error_bounds};
 use eigenlorax::bundle::{Bundle, StorageDtype};
 use eigenlorax::subspace::{ExtractOptions, ModuleSubspace, Subspace};
 use eigenlorax::util::GaussianRng;

@@ -1,6 +1,7 @@
-//! `elx import-hf`: the ONNX graph built natively from a HF BERT checkpoint, run on tract
-//! against torch's outputs, bound to bundles by name, and refusing bad input with errors that
-//! name the file and the tensor.
+//! `elx import-hf`: the ONNX graph built natively from a HF BERT checkpoint, run on every
+//! engine against torch's outputs and bound to bundles by name (with both engines built, also
+//! ONNX Runtime against tract on padded batches of several shapes), and refusing bad input
+//! with errors that name the file and the tensor.
 #![cfg(feature = "tract")]
 
 use crate::support::minilm as minilm_support;
@@ -10,13 +11,23 @@ use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, CoeffFile, Provenance, StorageDtype, WeightLayout};
 use eigenlorax::graph::onnx::{encode_model, f32_data};
 use eigenlorax::graph::{ModelProto, bind_file, import_hf, import_hf_file};
-use eigenlorax::serve::backend::tract::Runtime;
+use eigenlorax::serve::backend::tract::{from_tract, to_tract};
+use eigenlorax::serve::input::{Batch, InputTensor, OutputTensor, TensorData};
+use eigenlorax::serve::{Backend, Engine};
 use eigenlorax::subspace::{ExtractOptions, KRule, extract, project};
 use minilm_support::repo;
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
+
+on_each_backend!(
+    tiny_bert_import_matches_torch_and_binds_by_name,
+    minilm_import_matches_torch_reference_and_binds_all_modules,
+);
+
+/// The inputs of every imported graph, in its order.
+const INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
 
 fn tiny() -> PathBuf {
     repo().join("models/fixtures/tiny-bert")
@@ -27,6 +38,14 @@ fn tmpdir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("tmp dir");
     d
+}
+
+/// A short name of the engine, for temporary folders (the engines' tests run side by side).
+fn tag(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Tract => "tract",
+        Backend::Ort(_) => "ort",
+    }
 }
 
 /// The named tensors of a safetensors file as (shape, raw i64 or f32 values).
@@ -93,34 +112,53 @@ fn mean_pool(h: &[f32], mask: &[i64], rows: usize, seq: usize, d: usize) -> Vec<
     out
 }
 
-fn values(t: &TValue) -> Vec<f32> {
-    t.to_plain_array_view::<f32>()
-        .expect("f32")
-        .iter()
-        .copied()
-        .collect()
+/// The imported graph's three inputs, of `shape`.
+fn batch(ids: &[i64], mask: &[i64], types: &[i64], shape: [usize; 2]) -> Batch {
+    Batch {
+        tensors: INPUTS
+            .iter()
+            .zip([ids, mask, types])
+            .map(|(n, v)| InputTensor {
+                name: n.to_string(),
+                shape: shape.to_vec(),
+                data: TensorData::I64(v.to_vec()),
+            })
+            .collect(),
+        rows: shape[0],
+        mask: Some(mask.to_vec()),
+    }
 }
 
-/// Runs the unpatched model on tract with both axes left symbolic.
-fn run_tract(
-    model: &ModelProto,
-    ids: &[i64],
-    mask: &[i64],
-    types: &[i64],
-    shape: [usize; 2],
-) -> (Vec<f32>, Vec<f32>) {
-    let bytes = encode_model(model);
-    let plan = tract_onnx::onnx()
-        .model_for_read(&mut bytes.as_slice())
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .expect("tract optimizes the imported graph with symbolic batch and sequence");
-    let t = |v: &[i64]| -> TValue { Tensor::from_shape(&shape, v).expect("input").into() };
-    let o = plan
-        .run(tvec![t(ids), t(mask), t(types)])
-        .expect("tract run");
-    assert_eq!(o.len(), 2);
-    (values(&o[0]), values(&o[1]))
+/// Runs the unpatched model on `backend`: on tract with both axes left symbolic, on ONNX
+/// Runtime as a session of the model.
+fn unpatched(backend: Backend, model: &ModelProto, batch: &Batch) -> Vec<OutputTensor> {
+    match backend {
+        Backend::Tract => {
+            let bytes = encode_model(model);
+            let plan = tract_onnx::onnx()
+                .model_for_read(&mut bytes.as_slice())
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable())
+                .expect("tract optimizes the imported graph with symbolic batch and sequence");
+            let inputs = to_tract(&batch.tensors.iter().collect::<Vec<_>>()).expect("inputs");
+            let o = plan.run(inputs.into()).expect("tract run");
+            let names: Vec<String> = model
+                .graph
+                .as_ref()
+                .map(|g| g.output.iter().map(|o| o.name.clone()).collect())
+                .unwrap_or_default();
+            from_tract(&names, &o).expect("outputs")
+        }
+        #[cfg(feature = "ort")]
+        Backend::Ort(ep) => {
+            let names = INPUTS.map(String::from);
+            let ort = eigenlorax::serve::backend::ort::OrtModel::new(model, &names, ep)
+                .expect("ONNX Runtime session");
+            ort.run(&batch.tensors).expect("ort run")
+        }
+        #[cfg(not(feature = "ort"))]
+        Backend::Ort(_) => unreachable!("ONNX Runtime is not built in"),
+    }
 }
 
 /// Extracts a bundle from `adapters` (K per side = `k`) and binds it to `base` by name.
@@ -153,9 +191,18 @@ fn bound_bundle(
     (Bundle::read(&bound).expect("read bound"), binding)
 }
 
-#[test]
-fn tiny_bert_import_matches_torch_and_binds_by_name() {
-    let dir = tmpdir("tiny");
+/// The names of the engine's inputs.
+fn input_names(engine: &Engine) -> Vec<String> {
+    engine
+        .specs()
+        .expect("specs")
+        .iter()
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+fn tiny_bert_import_matches_torch_and_binds_by_name(backend: Backend) {
+    let dir = tmpdir(&format!("tiny-{}", tag(backend)));
     let base = dir.join("base.onnx");
     let m = import_hf_file(&tiny(), &base).expect("import the fixture");
     assert_eq!(
@@ -169,7 +216,7 @@ fn tiny_bert_import_matches_torch_and_binds_by_name() {
     let g = m.model.graph.as_ref().expect("graph");
     let ins: Vec<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
     let outs: Vec<&str> = g.output.iter().map(|i| i.name.as_str()).collect();
-    assert_eq!(ins, ["input_ids", "attention_mask", "token_type_ids"]);
+    assert_eq!(ins, INPUTS);
     assert_eq!(outs, ["last_hidden_state", "sentence_embedding"]);
 
     let r = Ref::open(&tiny().join("expected_outputs.safetensors"));
@@ -177,12 +224,16 @@ fn tiny_bert_import_matches_torch_and_binds_by_name() {
     let [rows, seq] = <[usize; 2]>::try_from(r.shape("input_ids")).expect("2-D");
     assert!(mask.contains(&0), "the reference must include padding");
     let want = r.f32s("base.last_hidden_state");
-    let (h, pooled) = run_tract(&m.model, &ids, &mask, &vec![0; ids.len()], [rows, seq]);
+    let inputs = batch(&ids, &mask, &vec![0; ids.len()], [rows, seq]);
+    let o = unpatched(backend, &m.model, &inputs);
+    assert_eq!(o.len(), 2);
+    let (h, pooled) = (&o[0].data, &o[1].data);
     let want_pool = mean_pool(&want, &mask, rows, seq, 32);
-    let dh = max_abs_diff(&h, &want);
-    let dp = max_abs_diff(&pooled, &want_pool);
+    let dh = max_abs_diff(h, &want);
+    let dp = max_abs_diff(pooled, &want_pool);
     println!(
-        "tiny-bert imported on tract vs torch: last_hidden_state {dh:e}, sentence_embedding {dp:e}"
+        "tiny-bert imported on {} vs torch: last_hidden_state {dh:e}, sentence_embedding {dp:e}",
+        backend.name()
     );
     assert!(dh <= 1e-4, "last_hidden_state differs from torch by {dh}");
     assert!(
@@ -214,23 +265,26 @@ fn tiny_bert_import_matches_torch_and_binds_by_name() {
         modules,
         head: None,
     };
-    let rt = Runtime::load(&base, &bundle).expect("runtime");
-    assert_eq!(
-        rt.input_names(),
-        ["input_ids", "attention_mask", "token_type_ids"]
-    );
-    let t0 = rt.insert_task(&c).expect("task0");
-    let zero = rt
+    let engine = Engine::load(&base, &bundle, backend).expect("engine");
+    assert_eq!(input_names(&engine), INPUTS);
+    let t0 = engine.insert_task(&c).expect("task0");
+    let zero = engine
         .insert_task(&CoeffFile {
             modules: BTreeMap::new(),
             task: "base".into(),
             ..c.clone()
         })
         .expect("zero task");
-    let t = |v: &[i64]| -> TValue { Tensor::from_shape(&[rows, seq], v).expect("in").into() };
-    let inputs = [t(&ids), t(&mask), t(&vec![0; ids.len()])];
-    let got0 = values(&rt.run(&inputs, t0).expect("run task0")[0]);
-    let gotz = values(&rt.run(&inputs, zero).expect("run base")[0]);
+    let got0 = engine
+        .run(&inputs, t0)
+        .expect("run task0")
+        .swap_remove(0)
+        .data;
+    let gotz = engine
+        .run(&inputs, zero)
+        .expect("run base")
+        .swap_remove(0)
+        .data;
     let want0 = r.f32s("task0.last_hidden_state");
     let d0 = max_abs_diff(&got0, &want0);
     let dz = max_abs_diff(&gotz, &want);
@@ -247,14 +301,13 @@ fn tiny_bert_import_matches_torch_and_binds_by_name() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn minilm_import_matches_torch_reference_and_binds_all_modules() {
+fn minilm_import_matches_torch_reference_and_binds_all_modules(backend: Backend) {
     let Some(mdir) =
         minilm_support::minilm_dir("minilm_import_matches_torch_reference_and_binds_all_modules")
     else {
         return;
     };
-    let dir = tmpdir("minilm");
+    let dir = tmpdir(&format!("minilm-{}", tag(backend)));
     let base = dir.join("minilm.onnx");
     let m = import_hf_file(&mdir, &base).expect("import MiniLM");
     let c = &m.config;
@@ -271,11 +324,15 @@ fn minilm_import_matches_torch_reference_and_binds_all_modules() {
         r.i64s("token_type_ids"),
     );
     assert!(mask.contains(&0), "the reference must include padding");
-    let (h, pooled) = run_tract(&m.model, &ids, &mask, &types, [rows, seq]);
-    let dh = max_abs_diff(&h, &r.f32s("last_hidden_state"));
-    let dp = max_abs_diff(&pooled, &r.f32s("sentence_embedding"));
+    let inputs = batch(&ids, &mask, &types, [rows, seq]);
+    let o = unpatched(backend, &m.model, &inputs);
+    assert_eq!(o.len(), 2);
+    let (h, pooled) = (&o[0].data, &o[1].data);
+    let dh = max_abs_diff(h, &r.f32s("last_hidden_state"));
+    let dp = max_abs_diff(pooled, &r.f32s("sentence_embedding"));
     println!(
-        "MiniLM imported on tract vs torch ({rows} sentences x {seq} tokens): last_hidden_state {dh:e}, sentence_embedding {dp:e}"
+        "MiniLM imported on {} vs torch ({rows} sentences x {seq} tokens): last_hidden_state {dh:e}, sentence_embedding {dp:e}",
+        backend.name()
     );
     assert!(dh <= 1e-4, "last_hidden_state differs from torch by {dh}");
     assert!(dp <= 1e-4, "sentence_embedding differs from torch by {dp}");
@@ -298,8 +355,8 @@ fn minilm_import_matches_torch_reference_and_binds_all_modules() {
     let (bundle, binding) = bound_bundle(&adapters, 8, &base, &dir);
     assert_eq!(binding.modules.len(), 12);
     // A patched run with zero coefficients equals the unpatched graph.
-    let rt = Runtime::load(&base, &bundle).expect("runtime");
-    let zero = rt
+    let engine = Engine::load(&base, &bundle, backend).expect("engine");
+    let zero = engine
         .insert_task(&CoeffFile {
             subspace_id: bundle.manifest.subspace_id.clone(),
             task: "base".into(),
@@ -308,14 +365,75 @@ fn minilm_import_matches_torch_reference_and_binds_all_modules() {
             head: None,
         })
         .expect("zero task");
-    let t = |v: &[i64]| -> TValue { Tensor::from_shape(&[rows, seq], v).expect("in").into() };
-    let o = rt
-        .run(&[t(&ids), t(&mask), t(&types)], zero)
-        .expect("patched run");
-    let dz = max_abs_diff(&values(&o[0]), &h);
+    let o = engine.run(&inputs, zero).expect("patched run");
+    let dz = max_abs_diff(&o[0].data, h);
     println!("patched MiniLM, zero coefficients vs unpatched: {dz:e}");
     assert!(dz <= 1e-5);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Inputs of `rows` x `seq`: ids spread over the vocabulary, each row padded after its own
+/// length, token type 1 on the second half of the real tokens when `types` is set.
+#[cfg(feature = "ort")]
+fn spread_inputs(rows: usize, seq: usize, vocab: i64, types: bool) -> Batch {
+    let mut ids = vec![0i64; rows * seq];
+    let mut mask = vec![0i64; rows * seq];
+    let mut tt = vec![0i64; rows * seq];
+    for r in 0..rows {
+        let len = seq - (r * 3) % seq.max(1);
+        for s in 0..len.max(1) {
+            let k = r * seq + s;
+            ids[k] = 1 + (k as i64 * 7919) % (vocab - 1);
+            mask[k] = 1;
+            tt[k] = i64::from(types && s >= len / 2);
+        }
+    }
+    batch(&ids, &mask, &tt, [rows, seq])
+}
+
+/// The largest difference between ONNX Runtime and tract on the unpatched `model`, over
+/// padded batches of each of `shapes`.
+#[cfg(feature = "ort")]
+fn ort_vs_tract(model: &ModelProto, vocab: i64, types: bool, shapes: &[[usize; 2]]) -> f32 {
+    let ort = Backend::Ort(eigenlorax::serve::ExecutionProvider::Cpu);
+    let mut worst = 0f32;
+    for &[rows, seq] in shapes {
+        let inputs = spread_inputs(rows, seq, vocab, types);
+        let o = unpatched(ort, model, &inputs);
+        let t = unpatched(Backend::Tract, model, &inputs);
+        let names: Vec<&str> = o.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["last_hidden_state", "sentence_embedding"]);
+        assert_eq!(o[0].shape, [rows, seq, o[0].shape[2]]);
+        assert_eq!(o[1].shape, [rows, o[0].shape[2]]);
+        for (out, tv) in o.iter().zip(&t) {
+            let d = max_abs_diff(&out.data, &tv.data);
+            println!("{rows}x{seq} {}: max |ort - tract| = {d:e}", out.name);
+            worst = worst.max(d);
+        }
+    }
+    worst
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn ort_runs_imported_tiny_bert_like_tract() {
+    crate::support::ort::require_ort();
+    let m = import_hf(&tiny()).expect("import");
+    // The fixture has one token type.
+    let d = ort_vs_tract(&m.model, 200, false, &[[1, 5], [3, 16], [4, 32]]);
+    assert!(d <= 1e-5, "ONNX Runtime and tract differ by {d}");
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn ort_runs_imported_minilm_like_tract() {
+    crate::support::ort::require_ort();
+    let Some(dir) = minilm_support::minilm_dir("ort_runs_imported_minilm_like_tract") else {
+        return;
+    };
+    let m = import_hf(&dir).expect("import MiniLM");
+    let d = ort_vs_tract(&m.model, 30522, true, &[[1, 9], [4, 40]]);
+    assert!(d <= 1e-4, "ONNX Runtime and tract differ by {d}");
 }
 
 // ---- bad input ----

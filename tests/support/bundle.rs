@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use eigenlorax::adapter::AdapterFormat;
-use eigenlorax::bundle::diagnostics::random_orthonormal;
+use eigenlorax::bundle::random_control::random_orthonormal;
 use eigenlorax::bundle::{SourceAdapter, StorageDtype};
 use eigenlorax::subspace::{ExtractOptions, KRule, ModuleSubspace, SideInfo, Subspace};
 use eigenlorax::util::GaussianRng;

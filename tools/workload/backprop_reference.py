@@ -21,7 +21,7 @@ with V_A [K_A x in], V_B [out x K_B] frozen (dequantized to f32) and alpha_A [r 
 alpha_B [K_B x r] trainable; features = mean of last_hidden_state over the attention mask;
 logits = head.weight . features + head.bias. No LoRA scale: the bundle's bases absorb it.
 
-Matched with the Rust Finetuner (src/finetune/mod.rs, FinetuneConfig::default() and the
+Matched with the Rust Finetuner (src/finetune/config.rs, FinetuneConfig::default() and the
 `elx finetune` CLI defaults):
 * data: the first --max-train non-blank lines of --train, in file order (with --val-split V,
   the first N-V of them train and the last V validate; the Rust run gets the same two files:
