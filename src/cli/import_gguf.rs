@@ -31,20 +31,7 @@ pub fn run(args: &ImportGgufArgs) -> Result<()> {
     )?;
     let m = import_gguf_dir(&args.file, &args.output)?;
     let c = &m.decoder.config;
-    outln!(
-        "Llama decoder: {} layers, hidden {}, {} heads ({} key/value heads, width {}), MLP {}, vocab {}, context {}, rope base {}, RMSNorm eps {:e}, {} embeddings",
-        c.layers,
-        c.hidden,
-        c.heads,
-        c.kv_heads,
-        c.head_dim,
-        c.intermediate,
-        c.vocab,
-        c.max_position,
-        c.rope_theta,
-        c.rms_eps,
-        if c.tied_embeddings { "tied" } else { "untied" }
-    )?;
+    outln!("Llama decoder: {c}")?;
     let special = |t: &Option<(u32, String)>| {
         t.as_ref().map_or_else(
             || "none".to_string(),

@@ -96,20 +96,7 @@ pub fn run(args: &ImportHfArgs) -> Result<()> {
 fn run_llama(args: &ImportHfArgs) -> Result<()> {
     let (m, comp) = eigenlorax::graph::llama::files::import_hf_file(&args.dir, &args.output)?;
     let c = &m.config;
-    outln!(
-        "Llama decoder: {} layers, hidden {}, {} heads ({} key/value heads, width {}), MLP {}, vocab {}, context {}, rope base {}, RMSNorm eps {:e}, {} embeddings",
-        c.layers,
-        c.hidden,
-        c.heads,
-        c.kv_heads,
-        c.head_dim,
-        c.intermediate,
-        c.vocab,
-        c.max_position,
-        c.rope_theta,
-        c.rms_eps,
-        if c.tied_embeddings { "tied" } else { "untied" }
-    )?;
+    outln!("Llama decoder: {c}")?;
     for p in &comp.copied {
         outln!("beside it: {}", p.display())?;
     }

@@ -182,6 +182,33 @@ fn same_inode(_: &fs::Metadata, _: &fs::Metadata) -> bool {
     false
 }
 
+/// Reads the JSON object in the file at `path` (at most `max_bytes`, checked before reading):
+/// an error naming the file when it is larger, unreadable, not JSON or not an object.
+pub fn read_json_object(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.len() > max_bytes {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "expected a {} of at most {max_bytes} bytes, found {}",
+                path.file_name()
+                    .map_or_else(|| "file".into(), |n| n.to_string_lossy()),
+                meta.len()
+            ),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_file(path, format!("expected a JSON object: {e}")))?;
+    match v {
+        serde_json::Value::Object(o) => Ok(o),
+        _ => Err(Error::bad_file(path, "expected a JSON object")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! Small shared helpers, one concept a file:
 //!
-//! * `fs`: atomic file writes, output-over-input checks;
+//! * `fs`: atomic file writes, output-over-input checks, bounded JSON reads;
 //! * `parallel`: a small job pool and the caught-panic marker of engine calls;
 //! * `hash`: SHA-256 of bytes and files;
 //! * `rng`: a seeded Gaussian source that the numpy reference in `tools/` reproduces bit for

@@ -14,22 +14,8 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Reads `config.json` of a Llama model. Rotary scaling, attention or MLP biases, and an
 /// activation other than SiLU are refused, naming the field.
 pub fn read_config(path: &Path) -> Result<LlamaConfig> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(Error::bad_file(
-            path,
-            format!(
-                "expected a config.json of at most {MAX_CONFIG_BYTES} bytes, found {}",
-                meta.len()
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::bad_file(path, format!("expected a JSON object: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::bad_file(path, "expected a JSON object"))?;
+    let obj = crate::util::read_json_object(path, MAX_CONFIG_BYTES)?;
+    let obj = &obj;
     let field = |name: &str, what: String| Error::bad_file(path, format!("field `{name}`: {what}"));
     let size = |name: &str, default: Option<usize>| -> Result<usize> {
         match obj.get(name) {

@@ -101,6 +101,32 @@ pub struct LlamaConfig {
     pub tied_embeddings: bool,
 }
 
+/// One line: layers, widths, heads, vocabulary, context, rotary base, RMSNorm eps, whether
+/// the embeddings are tied (what the importers print).
+impl std::fmt::Display for LlamaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} layers, hidden {}, {} heads ({} key/value heads, width {}), MLP {}, vocab {}, context {}, rope base {}, RMSNorm eps {:e}, {} embeddings",
+            self.layers,
+            self.hidden,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.intermediate,
+            self.vocab,
+            self.max_position,
+            self.rope_theta,
+            self.rms_eps,
+            if self.tied_embeddings {
+                "tied"
+            } else {
+                "untied"
+            }
+        )
+    }
+}
+
 impl LlamaConfig {
     /// Checks the sizes fit together and within the bounds; `path` names the source.
     pub fn check(&self, path: &Path) -> Result<()> {
