@@ -15,24 +15,28 @@ cd "$(dirname "$0")/.."
 target=""
 if [ "${1:-}" = "--target" ]; then target=$2; fi
 
-features=()
 if [ -z "$target" ]; then
   cc=gcc
   run=()
-  # tools/test.sh built the workspace with the `ort` feature: the same selection (the whole
-  # workspace, so the library's features unify as they did there) builds nothing twice.
-  features=(--features ort)
-  cargo test -q --workspace "${features[@]}" --test header
-  cargo build -q --workspace "${features[@]}" --lib --bins
-  lib=target/debug
+  # tools/test.sh built libelx and `elx` in its one `cargo test --workspace --all-targets
+  # --features ort` (and ran capi/tests/header.rs there): asking that same build where they
+  # are compiles nothing. A `cargo build` would resolve the features without the
+  # dev-dependencies and compile the whole tree a second time (2 GB of disk, ~2 min).
+  lib="$(cargo test -q --workspace --all-targets --features ort --no-run --message-format=json |
+    python3 -c 'import json, os, sys
+dirs = [os.path.dirname(f) for line in sys.stdin for f in json.loads(line).get("filenames") or []
+        if os.path.basename(f) == "libelx.so"]
+print(dirs[0] if dirs else "")')"
+  [ -n "$lib" ] || { echo "test-capi: the suite's build made no libelx.so" >&2; exit 1; }
+  elx_bin=$PWD/target/debug/elx
 else
   cc=aarch64-linux-gnu-gcc
   run=(qemu-aarch64 -L /usr/aarch64-linux-gnu -E "LD_LIBRARY_PATH=$PWD/target/$target/debug")
   # tools/test-aarch64.sh cross-built the same selection.
   cargo build -q --target "$target" --workspace --exclude eigenlorax-py --lib --bins
-  lib=target/$target/debug
+  lib=$PWD/target/$target/debug
 fi
-elx=("${run[@]}" "$lib/elx")
+elx=("${run[@]}" "${elx_bin:-$lib/elx}")
 host_elx=target/debug/elx
 [ -x "$host_elx" ] || cargo build -q --bin elx
 
@@ -56,7 +60,7 @@ cflags=(-std=c99 -D_POSIX_C_SOURCE=200809L -O1 -Wall -Wextra -Werror -Iinclude)
 "$cc" "${cflags[@]}" examples/c/classify.c "$lib/libelx.a" -lpthread -ldl -lm \
   -Wl,-z,noexecstack -o "$work/classify_static"
 "$cc" "${cflags[@]}" capi/tests/c/api_test.c -L"$lib" -lelx -lpthread -lm -o "$work/api_test"
-export LD_LIBRARY_PATH="$PWD/$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 texts=(--text "hello world" --text "the movie" --text "unbelievable movies!" --text "hello, the world")
 "${elx[@]}" run --model "$model" --bundle "$work/d.elxb" --tokenizer "$tok" \
