@@ -100,6 +100,25 @@ fn kill_at_every_moment(
     hit
 }
 
+/// `elx extract` of `tasks` to `b`, `elx bind` of it to `bound`, `elx project` of task 4 to `c`.
+fn write_bundle_bound_and_task(tasks: &[usize], model: &Path, b: &Path, bound: &Path, c: &Path) {
+    ok(elx().arg("extract").args(adapters(tasks)).arg("-o").arg(b));
+    ok(elx()
+        .arg("bind")
+        .arg(b)
+        .arg("--base")
+        .arg(model)
+        .arg("-o")
+        .arg(bound));
+    ok(elx()
+        .args(["project"])
+        .arg(fixture("adapters/task4"))
+        .arg("--bundle")
+        .arg(b)
+        .arg("-o")
+        .arg(c));
+}
+
 #[test]
 fn kill_9_during_writes_leaves_the_old_file_or_a_complete_new_one() {
     let dir = temp_dir("cli-kill9");
@@ -112,25 +131,7 @@ fn kill_9_during_writes_leaves_the_old_file_or_a_complete_new_one() {
         dir.join("ft.elxc"),
     );
     // Old outputs, each a valid file of its kind (other content than the new one).
-    ok(elx()
-        .arg("extract")
-        .args(adapters(&[0, 1, 2]))
-        .arg("-o")
-        .arg(&b));
-    ok(elx()
-        .arg("bind")
-        .arg(&b)
-        .arg("--base")
-        .arg(&model)
-        .arg("-o")
-        .arg(&bound));
-    ok(elx()
-        .args(["project"])
-        .arg(fixture("adapters/task4"))
-        .arg("--bundle")
-        .arg(&b)
-        .arg("-o")
-        .arg(&c));
+    write_bundle_bound_and_task(&[0, 1, 2], &model, &b, &bound, &c);
     let bundle_ok = |p: &Path| Bundle::read(p).is_ok();
     let coeffs_ok = |p: &Path| CoeffFile::read(p).is_ok();
     let mut hits = Vec::new();
@@ -150,25 +151,7 @@ fn kill_9_during_writes_leaves_the_old_file_or_a_complete_new_one() {
         8,
     ));
     // The bundle the remaining commands use: the five adapters.
-    ok(elx()
-        .arg("extract")
-        .args(adapters(&[0, 1, 2, 3, 4]))
-        .arg("-o")
-        .arg(&b));
-    ok(elx()
-        .args(["project"])
-        .arg(fixture("adapters/task4"))
-        .arg("--bundle")
-        .arg(&b)
-        .arg("-o")
-        .arg(&c));
-    ok(elx()
-        .arg("bind")
-        .arg(&b)
-        .arg("--base")
-        .arg(&model)
-        .arg("-o")
-        .arg(&bound));
+    write_bundle_bound_and_task(&[0, 1, 2, 3, 4], &model, &b, &bound, &c);
     hits.push(kill_at_every_moment(
         || {
             let mut cmd = elx();
@@ -245,25 +228,7 @@ fn kill_9_during_writes_leaves_the_old_file_or_a_complete_new_one() {
         assert!(*h >= 2, "{what}: only {h} kills hit a running process");
     }
     // No temporary file survives the next successful write.
-    ok(elx()
-        .arg("extract")
-        .args(adapters(&[0, 1, 2]))
-        .arg("-o")
-        .arg(&b));
-    ok(elx()
-        .args(["project"])
-        .arg(fixture("adapters/task4"))
-        .arg("--bundle")
-        .arg(&b)
-        .arg("-o")
-        .arg(&c));
-    ok(elx()
-        .arg("bind")
-        .arg(&b)
-        .arg("--base")
-        .arg(&model)
-        .arg("-o")
-        .arg(&bound));
+    write_bundle_bound_and_task(&[0, 1, 2], &model, &b, &bound, &c);
     ok(&mut finetune("2"));
     let temps: Vec<String> = std::fs::read_dir(&dir)
         .expect("list")
@@ -283,25 +248,7 @@ fn a_full_disk_is_a_named_error_and_the_old_file_stays() {
         dir.join("bound.elxb"),
         dir.join("c.elxc"),
     );
-    ok(elx()
-        .arg("extract")
-        .args(adapters(&[0, 1, 2]))
-        .arg("-o")
-        .arg(&b));
-    ok(elx()
-        .arg("bind")
-        .arg(&b)
-        .arg("--base")
-        .arg(&model)
-        .arg("-o")
-        .arg(&bound));
-    ok(elx()
-        .args(["project"])
-        .arg(fixture("adapters/task4"))
-        .arg("--bundle")
-        .arg(&b)
-        .arg("-o")
-        .arg(&c));
+    write_bundle_bound_and_task(&[0, 1, 2], &model, &b, &bound, &c);
     // Files may not grow past 512 bytes (`ulimit -f 1`: 512-byte blocks); SIGXFSZ ignored, so a
     // write past it fails with EFBIG as on a full disk instead of killing the process.
     let limited = |args: &[&std::ffi::OsStr]| {

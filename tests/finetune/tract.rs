@@ -9,7 +9,7 @@ use crate::support::tinybert as tinybert_support;
 use eigenlorax::bundle::{CoeffFile, Head, Provenance};
 use eigenlorax::eval::layout_params;
 use eigenlorax::finetune::seq::SequenceModel;
-use eigenlorax::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective, Split};
+use eigenlorax::finetune::{FinetuneConfig, Finetuner, ForwardModel, Objective};
 use eigenlorax::serve::backend::tract::TractBackend;
 use eigenlorax::serve::backend::tract::{Runtime, TValue, Tensor};
 use eigenlorax::serve::input::apply_head;
@@ -17,7 +17,7 @@ use eigenlorax::subspace::project;
 use eigenlorax::task::{Pooling, pool};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tinybert_support::{SEQ, bound_bundle, data, fixture, tmpdir};
+use tinybert_support::{SEQ, bound_bundle, data, fixture, task5_training, tmpdir};
 
 #[test]
 fn backend_features_match_the_served_task() {
@@ -112,24 +112,7 @@ fn finetuning_task5_beats_head_only() {
     let dir = tmpdir("ft-tract-train");
     let (bundle, _) = bound_bundle(&dir);
     let rt = Arc::new(Runtime::load(&fixture("tiny-bert/model.onnx"), &bundle).expect("rt"));
-    let (ex, labels) = data(5, "train");
-    let train = Split {
-        ids: (0..ex.len()).collect(),
-        labels,
-    };
-    let cfg = FinetuneConfig {
-        rank: 4,
-        seed: 11,
-        directions: 4,
-        batch_size: 16,
-        max_steps: 60,
-        eval_every: 1000,
-        early_stop_patience: 0,
-        lr: 1e-2,
-        head_lr: 2e-2,
-        weight_decay: 0.0,
-        ..Default::default()
-    };
+    let (ex, train, cfg) = task5_training(11, 60);
     let run = |cfg: FinetuneConfig| -> (f64, f64, u64) {
         let backend = TractBackend::new(Arc::clone(&rt)).expect("backend");
         let model = SequenceModel::new(backend, ex.clone(), 0, Some(SEQ)).expect("model");

@@ -126,6 +126,24 @@ fn elx(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `elx run --model M --bundle B [--task T] --input I EXTRA...` on `f`'s files.
+fn elx_run(f: &Files, task: Option<&Path>, extra: &[&str]) -> (bool, String, String) {
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let mut args = vec![
+        "run".to_string(),
+        "--model".into(),
+        s(&f.model),
+        "--bundle".into(),
+        s(&f.bundle),
+    ];
+    if let Some(t) = task {
+        args.extend(["--task".to_string(), s(t)]);
+    }
+    args.extend(["--input".to_string(), s(&f.input)]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    elx(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn check_probs(f: &Files, stdout: &str) -> f64 {
     let head = f.coeffs.head.as_ref().unwrap();
     let pooled = reference_pooled(f);
@@ -161,35 +179,14 @@ fn check_probs(f: &Files, stdout: &str) -> f64 {
 fn elx_run_on_tract_matches_the_merged_reference() {
     let f = files("cli-tract");
     let s = |p: &PathBuf| p.to_string_lossy().into_owned();
-    let (ok, out, err) = elx(&[
-        "run",
-        "--model",
-        &s(&f.model),
-        "--bundle",
-        &s(&f.bundle),
-        "--task",
-        &s(&f.task),
-        "--input",
-        &s(&f.input),
-        "--json",
-    ]);
+    let (ok, out, err) = elx_run(&f, Some(&f.task), &["--json"]);
     assert!(ok, "elx run failed: {err}");
     let worst = check_probs(&f, &out);
     println!("elx run (tract) probabilities vs f64 merged reference: max |diff| = {worst:e}");
     assert!(worst <= 1e-4);
 
     // Without a head the pooled vector is printed; it matches the reference too.
-    let (ok, out, err) = elx(&[
-        "run",
-        "--model",
-        &s(&f.model),
-        "--bundle",
-        &s(&f.bundle),
-        "--task",
-        &s(&f.plain),
-        "--input",
-        &s(&f.input),
-    ]);
+    let (ok, out, err) = elx_run(&f, Some(&f.plain), &[]);
     assert!(ok, "{err}");
     assert!(
         out.contains("pooled[4]") && out.contains("no head"),
@@ -212,17 +209,7 @@ fn elx_run_on_tract_matches_the_merged_reference() {
     other.subspace_id = "0".repeat(64);
     let wrong = f.dir.join("wrong.elxc");
     other.write(&wrong).unwrap();
-    let (ok, _, err) = elx(&[
-        "run",
-        "--model",
-        &s(&f.model),
-        "--bundle",
-        &s(&f.bundle),
-        "--task",
-        &s(&wrong),
-        "--input",
-        &s(&f.input),
-    ]);
+    let (ok, _, err) = elx_run(&f, Some(&wrong), &[]);
     assert!(!ok && err.contains("subspace"), "{err}");
 }
 
@@ -231,29 +218,16 @@ fn elx_run_on_tract_matches_the_merged_reference() {
 fn elx_run_on_onnx_runtime_matches_and_falls_back_from_cuda() {
     require_ort();
     let f = files("cli-ort");
-    let s = |p: &PathBuf| p.to_string_lossy().into_owned();
-    let base = [
-        "run",
-        "--model",
-        &s(&f.model),
-        "--bundle",
-        &s(&f.bundle),
-        "--task",
-        &s(&f.task),
-        "--input",
-        &s(&f.input),
-        "--json",
-        "--backend",
-        "ort",
-    ];
-    let (ok, out, err) = elx(&base);
+    let (ok, out, err) = elx_run(&f, Some(&f.task), &["--json", "--backend", "ort"]);
     assert!(ok, "elx run --backend ort failed: {err}");
     let worst = check_probs(&f, &out);
     println!("elx run (ORT CPU) probabilities vs f64 merged reference: max |diff| = {worst:e}");
     assert!(worst <= 1e-4);
-    let mut cuda = base.to_vec();
-    cuda.extend(["--ep", "cuda"]);
-    let (ok, out2, err) = elx(&cuda);
+    let (ok, out2, err) = elx_run(
+        &f,
+        Some(&f.task),
+        &["--json", "--backend", "ort", "--ep", "cuda"],
+    );
     assert!(ok, "{err}");
     if !err.is_empty() {
         assert!(err.contains("warning") && err.contains("CUDA"), "{err}");
@@ -265,17 +239,6 @@ fn elx_run_on_onnx_runtime_matches_and_falls_back_from_cuda() {
 #[test]
 fn elx_run_without_the_ort_feature_says_how_to_get_it() {
     let f = files("cli-no-ort");
-    let s = |p: &PathBuf| p.to_string_lossy().into_owned();
-    let (ok, _, err) = elx(&[
-        "run",
-        "--model",
-        &s(&f.model),
-        "--bundle",
-        &s(&f.bundle),
-        "--input",
-        &s(&f.input),
-        "--backend",
-        "ort",
-    ]);
+    let (ok, _, err) = elx_run(&f, None, &["--backend", "ort"]);
     assert!(!ok && err.contains("--features ort"), "{err}");
 }

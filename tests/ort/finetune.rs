@@ -20,7 +20,7 @@ use ort_support::require_ort;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use tinybert_support::{bound_bundle, data, model, rows, tmpdir, write_jsonl};
+use tinybert_support::{bound_bundle, data, model, rows, task5_training, tmpdir, write_jsonl};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -84,24 +84,7 @@ fn training_through_ort_follows_tract() {
     require_ort();
     let dir = tmpdir("ort-ft-train");
     let (bundle, _) = bound_bundle(&dir);
-    let (ex, labels) = data(5, "train");
-    let train = Split {
-        ids: (0..ex.len()).collect(),
-        labels,
-    };
-    let cfg = FinetuneConfig {
-        rank: 4,
-        seed: 3,
-        directions: 4,
-        batch_size: 16,
-        max_steps: 20,
-        eval_every: 1000,
-        early_stop_patience: 0,
-        lr: 1e-2,
-        head_lr: 2e-2,
-        weight_decay: 0.0,
-        ..Default::default()
-    };
+    let (ex, train, cfg) = task5_training(3, 20);
     fn train_on<M: ForwardModel>(m: M, cfg: &FinetuneConfig, train: &Split) -> (f64, Vec<f64>) {
         let mut ft = Finetuner::new(
             m,

@@ -48,23 +48,30 @@ fn elx_bind_stores_the_binding_and_keeps_the_subspace_id() {
 
     // A user map naming a node that does not exist: a clear error, non-zero exit.
     let map = dir.join("map.json");
+    // `elx bind UNBOUND --base BASE --map MAP`: (success, stderr).
+    let bind_with_map = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_elx"))
+            .arg("bind")
+            .arg(&unbound)
+            .arg("--base")
+            .arg(&base)
+            .arg("--map")
+            .arg(&map)
+            .output()
+            .expect("run elx");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
     std::fs::write(
         &map,
         r#"{"encoder.layer.0.attention.self.query": "/no/such/node"}"#,
     )
     .expect("map");
-    let o = Command::new(env!("CARGO_BIN_EXE_elx"))
-        .arg("bind")
-        .arg(&unbound)
-        .arg("--base")
-        .arg(&base)
-        .arg("--map")
-        .arg(&map)
-        .output()
-        .expect("run elx");
-    let stderr = String::from_utf8_lossy(&o.stderr);
+    let (ok, stderr) = bind_with_map();
     println!("{stderr}");
-    assert!(!o.status.success());
+    assert!(!ok);
     assert!(
         stderr.contains("/no/such/node") && stderr.contains("encoder.layer.0.attention.self.query"),
         "{stderr}"
@@ -79,18 +86,9 @@ fn elx_bind_stores_the_binding_and_keeps_the_subspace_id() {
     );
     // A map that is not JSON.
     std::fs::write(&map, "query = /x").expect("map");
-    let o = Command::new(env!("CARGO_BIN_EXE_elx"))
-        .arg("bind")
-        .arg(&unbound)
-        .arg("--base")
-        .arg(&base)
-        .arg("--map")
-        .arg(&map)
-        .output()
-        .expect("run elx");
-    let stderr = String::from_utf8_lossy(&o.stderr);
+    let (ok, stderr) = bind_with_map();
     assert!(
-        !o.status.success() && stderr.contains("map.json") && stderr.contains("JSON object"),
+        !ok && stderr.contains("map.json") && stderr.contains("JSON object"),
         "{stderr}"
     );
 }

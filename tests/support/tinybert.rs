@@ -5,6 +5,7 @@
 use eigenlorax::adapter::Adapter;
 use eigenlorax::bundle::{Bundle, StorageDtype};
 use eigenlorax::finetune::data::Example;
+use eigenlorax::finetune::{FinetuneConfig, Split};
 use eigenlorax::graph::bind_file;
 use eigenlorax::subspace::{ExtractOptions, KRule, extract};
 use std::path::{Path, PathBuf};
@@ -96,4 +97,28 @@ pub fn write_jsonl(path: &Path, rows: &[Vec<i64>], labels: &[i64]) {
         s.push_str(&format!("{{\"input_ids\": {ids:?}, \"label\": {l}}}\n"));
     }
     std::fs::write(path, s).expect("write jsonl");
+}
+
+/// Task 5's training split, and the short recipe the training tests share (rank 4, 4
+/// directions, batches of 16, no evaluation or early stop).
+pub fn task5_training(seed: u64, max_steps: u64) -> (Vec<Example>, Split, FinetuneConfig) {
+    let (ex, labels) = data(5, "train");
+    let train = Split {
+        ids: (0..ex.len()).collect(),
+        labels,
+    };
+    let cfg = FinetuneConfig {
+        rank: 4,
+        seed,
+        directions: 4,
+        batch_size: 16,
+        max_steps,
+        eval_every: 1000,
+        early_stop_patience: 0,
+        lr: 1e-2,
+        head_lr: 2e-2,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    (ex, train, cfg)
 }
