@@ -6,12 +6,26 @@
 //! tasks.
 //! Data is JSONL: pre-tokenized `{"input_ids": [...], "label": ...}` lines, or
 //! `{"text": ..., "label": ...}` lines when a tokenizer is given or lies next to the model.
+//! With `--objective lm` (a decoder), `{"prompt": ..., "answer": ...}` lines: the coefficients
+//! alone are trained on the answer's next-token cross-entropy (`finetune::lm`).
 
 use super::{BackendArg, EpArg, GradArg, progress_bar};
 use eigenlorax::finetune::job::{DataSource, FinetuneJob, FinetuneSpec, Recipe, TextOptions};
+use eigenlorax::finetune::lm::{LmConfig, LmEvent, LmJob, LmSpec};
 use eigenlorax::finetune::{Event, recipe};
 use eigenlorax::{Error, Result};
 use std::path::{Path, PathBuf};
+
+/// `--objective`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectiveArg {
+    /// An encoder's task: a linear head on the pooled features, trained with the
+    /// coefficients (lines with `text` or `input_ids`, and `label`).
+    Classify,
+    /// A decoder's task: the next-token cross-entropy of the answer, no head (lines with
+    /// `prompt` and `answer`; --val required).
+    Lm,
+}
 
 /// Arguments of `elx finetune`.
 #[derive(clap::Args, Debug)]
@@ -31,6 +45,14 @@ pub struct FinetuneArgs {
     /// Output coefficient file.
     #[arg(short, long, value_name = "task.elxc")]
     pub output: PathBuf,
+    /// What the task learns: `classify` (an encoder with a head) or `lm` (a decoder's
+    /// answers to prompts).
+    #[arg(long, value_enum, default_value = "classify")]
+    pub objective: ObjectiveArg,
+    /// With --objective lm: wrap each prompt as a user turn in the model's chat template
+    /// (without it, prompts are taken as written, e.g. already templated).
+    #[arg(long)]
+    pub chat: bool,
     /// HF tokenizer.json: lines may then carry `text` instead of `input_ids` (default:
     /// tokenizer.json next to the model, where `elx import-hf` puts it, when there is one).
     #[arg(long, value_name = "tokenizer.json")]
@@ -67,9 +89,9 @@ pub struct FinetuneArgs {
     /// Seed of the initialisation, the directions and the data order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Examples per step.
-    #[arg(long, default_value_t = recipe::Defaults::EXACT.batch_size)]
-    pub batch_size: usize,
+    /// Examples per step (default: 16; 8 with --objective lm).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Peak learning rate of the coefficients.
     #[arg(long)]
     pub lr: Option<f64>,
@@ -138,7 +160,9 @@ impl FinetuneArgs {
                 threads: self.threads,
                 directions: self.directions,
                 seed: self.seed,
-                batch_size: self.batch_size,
+                batch_size: self
+                    .batch_size
+                    .unwrap_or(recipe::Defaults::EXACT.batch_size),
                 lr: self.lr,
                 head_lr: self.head_lr,
                 head_warmup: self.head_warmup,
@@ -155,6 +179,12 @@ impl FinetuneArgs {
 
 /// Runs `elx finetune`.
 pub fn run(args: &FinetuneArgs) -> Result<()> {
+    if args.objective == ObjectiveArg::Lm {
+        return run_lm(args);
+    }
+    if args.chat {
+        return Err(Error::Usage("--chat goes with --objective lm".into()));
+    }
     if args.checkpoint.is_some() && args.checkpoint_every.is_none() && args.pause_after.is_none() {
         // It would never be written: the checkpoints are written every N steps or at a pause.
         return Err(Error::Usage(
@@ -221,14 +251,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         return Ok(());
     }
 
-    let task = match &args.task {
-        Some(t) => t.clone(),
-        None => args
-            .output
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "task".into()),
-    };
+    let task = task_name(args);
     job.write_task(&args.output, &task)?;
     let summary = job.summary()?;
     let classes = job.classes();
@@ -283,4 +306,116 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         if args.zero_shot { ", zero-shot" } else { "" }
     )?;
     Ok(())
+}
+
+/// `elx finetune --objective lm`: a decoder task's coefficients from prompt/answer pairs.
+fn run_lm(args: &FinetuneArgs) -> Result<()> {
+    let classify_only = [
+        ("--tokenizer", args.tokenizer.is_some()),
+        ("--max-length", args.max_length.is_some()),
+        ("--truncate", args.truncate),
+        ("--pad-id", args.pad_id.is_some()),
+        ("--r", args.rank.is_some()),
+        ("--grad spsa", args.grad != super::GradArg::Exact),
+        ("--head-lr", args.head_lr.is_some()),
+        ("--head-warmup", args.head_warmup > 0),
+        ("--zero-shot", args.zero_shot),
+        ("--checkpoint", args.checkpoint.is_some()),
+        ("--resume", args.resume.is_some()),
+    ];
+    if let Some((flag, _)) = classify_only.iter().find(|(_, given)| *given) {
+        return Err(Error::Usage(format!(
+            "{flag} goes with --objective classify; --objective lm trains every coefficient of the bundle's rank with exact gradients, with the decoder folder's tokenizer"
+        )));
+    }
+    let val = args.val.clone().ok_or_else(|| {
+        Error::Usage(
+            "--objective lm needs --val: the validation NLL picks the kept coefficients and stops the run".into(),
+        )
+    })?;
+    let mut inputs = vec![
+        args.model.as_path(),
+        args.bundle.as_path(),
+        args.train.as_path(),
+    ];
+    inputs.push(val.as_path());
+    super::refuse_clobber(&args.output, &inputs, "-o")?;
+    let defaults = LmConfig::default();
+    let spec = LmSpec {
+        train: args.train.clone(),
+        val,
+        chat: args.chat,
+        config: LmConfig {
+            seed: args.seed,
+            lr: args.lr.unwrap_or(defaults.lr),
+            batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+            max_steps: args.steps.unwrap_or(defaults.max_steps),
+            eval_every: args.eval_every,
+            threads: args.threads,
+            ..defaults
+        },
+    };
+    let backend = args.backend.with_ep(args.ep)?;
+    let mut job = LmJob::open(&spec, &args.model, &args.bundle, backend)?;
+    let (n_train, n_val) = job.examples();
+    let bar = progress_bar(spec.config.max_steps);
+    let mut sink = super::LogSink::default();
+    let mut last_val = String::from("val -");
+    let report = job.trainer().fit(&mut |e: &LmEvent| match e {
+        LmEvent::Step { step, loss } => {
+            bar.set_position(*step);
+            bar.set_message(format!("loss {loss:.4}  {last_val}"));
+        }
+        LmEvent::Eval {
+            step,
+            train_loss,
+            val_nll,
+            best,
+        } => {
+            last_val = format!("val NLL {val_nll:.4}");
+            let line = format!(
+                "step {step}: train loss {train_loss:.4}, validation NLL {val_nll:.4}{}",
+                if *best { " (best)" } else { "" }
+            );
+            if bar.is_hidden() {
+                sink.line(format_args!("{line}"));
+            } else {
+                bar.println(line);
+            }
+        }
+    })?;
+    sink.finish()?;
+    bar.finish_and_clear();
+    let task = task_name(args);
+    job.write_task(&args.output, &task)?;
+    outln!(
+        "{} steps, exact gradients{}; validation NLL per answer token {:.4} at step {} (base model {:.4}); {n_train} training, {n_val} validation pairs",
+        report.steps,
+        if report.early_stopped {
+            ", stopped early"
+        } else {
+            ""
+        },
+        report.best_val_nll,
+        report.best_step,
+        report.start_val_nll,
+    )?;
+    outln!(
+        "wrote {} (task {}, no head)",
+        super::printable(&args.output.display().to_string()),
+        super::printable(&task),
+    )?;
+    Ok(())
+}
+
+/// `--task`, else the output's file stem.
+fn task_name(args: &FinetuneArgs) -> String {
+    match &args.task {
+        Some(t) => t.clone(),
+        None => args
+            .output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "task".into()),
+    }
 }

@@ -76,39 +76,9 @@ pub fn read_jsonl_with(
     opts: &ReadOptions,
     tokenize: Option<Tokenize<'_>>,
 ) -> Result<RawSet> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut r = BufReader::new(f);
     let mut set = RawSet::default();
-    let mut buf = Vec::new();
-    let mut line_no = 0;
-    loop {
-        buf.clear();
-        line_no += 1;
-        let n = (&mut r)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
+    for_each_line(path, opts.max_examples, &mut |line_no, text| {
         let at = |m: String| Error::bad_file(path, format!("line {line_no}: {m}"));
-        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
-            return Err(at(format!(
-                "expected a line of at most {MAX_LINE_BYTES} bytes"
-            )));
-        }
-        let text = std::str::from_utf8(&buf)
-            .map_err(|_| at("expected UTF-8 text".into()))?
-            .trim();
-        if text.is_empty() {
-            continue;
-        }
-        if set.examples.len() >= opts.max_examples {
-            return Err(at(format!(
-                "expected at most {} examples",
-                opts.max_examples
-            )));
-        }
         let l: Line = serde_json::from_str(text).map_err(|e| {
             at(format!(
                 "expected a JSON object with input_ids and label ({e})"
@@ -190,7 +160,8 @@ pub fn read_jsonl_with(
         });
         set.labels.push(label);
         set.lines.push(line_no);
-    }
+        Ok(())
+    })?;
     if set.examples.is_empty() {
         return Err(Error::bad_file(
             path,
@@ -198,6 +169,48 @@ pub fn read_jsonl_with(
         ));
     }
     Ok(set)
+}
+
+/// Calls `on_line(line number, trimmed text)` for each non-blank line of the JSONL file
+/// `path`: lines of at most [`MAX_LINE_BYTES`], UTF-8, at most `max_lines` of them (errors
+/// name the file and the line).
+pub fn for_each_line(
+    path: &Path,
+    max_lines: usize,
+    on_line: &mut dyn FnMut(usize, &str) -> Result<()>,
+) -> Result<()> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = BufReader::new(f);
+    let mut buf = Vec::new();
+    let (mut line_no, mut lines) = (0, 0);
+    loop {
+        buf.clear();
+        line_no += 1;
+        let n = (&mut r)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let at = |m: String| Error::bad_file(path, format!("line {line_no}: {m}"));
+        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+            return Err(at(format!(
+                "expected a line of at most {MAX_LINE_BYTES} bytes"
+            )));
+        }
+        let text = std::str::from_utf8(&buf)
+            .map_err(|_| at("expected UTF-8 text".into()))?
+            .trim();
+        if text.is_empty() {
+            continue;
+        }
+        if lines >= max_lines {
+            return Err(at(format!("expected at most {max_lines} examples")));
+        }
+        lines += 1;
+        on_line(line_no, text)?;
+    }
 }
 
 /// The class names of a task: the sorted distinct training labels.

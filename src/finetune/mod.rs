@@ -44,6 +44,7 @@ mod finetuner;
 mod fit;
 pub mod head;
 pub mod job;
+pub mod lm;
 mod model;
 mod objective;
 mod params;

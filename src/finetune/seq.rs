@@ -6,7 +6,7 @@
 use super::data::Example;
 use super::{CoeffLayout, ForwardModel, GradQuery};
 use crate::error::{Error, Result};
-pub use crate::serve::hidden::HiddenStateBackend;
+pub use crate::serve::hidden::{HiddenStateBackend, TokenBatch};
 use crate::serve::train::{ExactGradient, Gradients};
 use crate::serve::{Engine, HiddenState};
 use crate::task::mean_pool;
@@ -116,14 +116,8 @@ impl<B: HiddenStateBackend> SequenceModel<B> {
         out: &mut Vec<f32>,
     ) -> Result<usize> {
         let seq = self.pad(batch)?;
-        let d = self.backend.hidden(
-            &self.ids,
-            &self.mask,
-            batch.len(),
-            seq,
-            params,
-            &mut self.hidden,
-        )?;
+        let tokens = TokenBatch::new(&self.ids, &self.mask, batch.len(), seq)?;
+        let d = self.backend.hidden(tokens, params, &mut self.hidden)?;
         mean_pool(&self.hidden, &self.mask, batch.len(), seq, d, out)?;
         Ok(d)
     }
@@ -312,19 +306,10 @@ mod tests {
         fn layout(&self) -> &[CoeffLayout] {
             &self.0
         }
-        fn hidden(
-            &mut self,
-            ids: &[i64],
-            mask: &[i64],
-            b: usize,
-            s: usize,
-            p: &[f32],
-            out: &mut Vec<f32>,
-        ) -> Result<usize> {
-            assert_eq!((ids.len(), mask.len()), (b * s, b * s));
+        fn hidden(&mut self, t: TokenBatch<'_>, p: &[f32], out: &mut Vec<f32>) -> Result<usize> {
             let g = 1.0 + p.iter().sum::<f32>();
             out.clear();
-            for &t in ids {
+            for &t in t.ids() {
                 out.extend([t as f32 * g, if t == -1 { 1000.0 } else { 1.0 }]);
             }
             Ok(2)
@@ -389,16 +374,13 @@ mod tests {
             }
             fn hidden(
                 &mut self,
-                ids: &[i64],
-                _: &[i64],
-                _: usize,
-                s: usize,
+                t: TokenBatch<'_>,
                 _: &[f32],
                 out: &mut Vec<f32>,
             ) -> Result<usize> {
-                self.1.push(s);
+                self.1.push(t.seq());
                 out.clear();
-                out.extend(ids.iter().map(|&t| t as f32));
+                out.extend(t.ids().iter().map(|&t| t as f32));
                 Ok(1)
             }
         }

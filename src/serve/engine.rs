@@ -13,7 +13,7 @@
 
 use super::backend::{self, EngineBackend, HiddenView};
 use super::family::{Encoder, ModelFamily};
-use super::hidden::HiddenStateBackend;
+use super::hidden::{HiddenStateBackend, TokenBatch};
 use super::input::{Batch, InputSpec, InputTensor, OutputTensor};
 use super::store::{Task, TaskData, TaskId};
 use crate::bundle::{Bundle, CoeffFile, Head};
@@ -352,15 +352,11 @@ impl HiddenStateBackend for HiddenState {
 
     fn hidden(
         &mut self,
-        input_ids: &[i64],
-        attention_mask: &[i64],
-        batch: usize,
-        seq: usize,
+        tokens: TokenBatch<'_>,
         params: &[f32],
         out: &mut Vec<f32>,
     ) -> Result<usize> {
-        self.inner
-            .hidden(input_ids, attention_mask, batch, seq, params, out)
+        self.inner.hidden(tokens, params, out)
     }
 }
 

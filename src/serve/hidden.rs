@@ -11,21 +11,60 @@ pub trait HiddenStateBackend {
     /// Module layout (see [`crate::finetune::ForwardModel::layout`]).
     fn layout(&self) -> &[CoeffLayout];
 
-    /// Last hidden state [batch x seq x d] (row-major) of the padded token ids and attention
-    /// mask [batch x seq], with the coefficient values `params` (layout of
-    /// [`crate::finetune::ForwardModel::features`]); written into `out` (cleared first). Returns d.
+    /// Last hidden state [batch x seq x d] (row-major) of the padded `tokens`, with the
+    /// coefficient values `params` (layout of [`crate::finetune::ForwardModel::features`]);
+    /// written into `out` (cleared first). Returns d.
     fn hidden(
         &mut self,
-        input_ids: &[i64],
-        attention_mask: &[i64],
-        batch: usize,
-        seq: usize,
+        tokens: TokenBatch<'_>,
         params: &[f32],
         out: &mut Vec<f32>,
     ) -> Result<usize>;
 }
 
-/// Checks the token inputs of [`HiddenStateBackend::hidden`]: `batch` x `seq` of each.
+/// Padded token rows: `batch` x `seq` ids and attention mask, row-major, checked to agree.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenBatch<'a> {
+    ids: &'a [i64],
+    mask: &'a [i64],
+    batch: usize,
+    seq: usize,
+}
+
+impl<'a> TokenBatch<'a> {
+    /// `ids` and `mask` as `batch` rows of `seq`; an error when either has another length.
+    pub fn new(ids: &'a [i64], mask: &'a [i64], batch: usize, seq: usize) -> Result<Self> {
+        check_tokens(ids, mask, batch, seq)?;
+        Ok(TokenBatch {
+            ids,
+            mask,
+            batch,
+            seq,
+        })
+    }
+
+    /// Token ids [batch x seq].
+    pub fn ids(&self) -> &'a [i64] {
+        self.ids
+    }
+
+    /// Attention mask [batch x seq] (1 = token, 0 = padding).
+    pub fn mask(&self) -> &'a [i64] {
+        self.mask
+    }
+
+    /// Rows.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Tokens per row.
+    pub fn seq(&self) -> usize {
+        self.seq
+    }
+}
+
+/// Checks token inputs: `batch` x `seq` of each.
 pub(crate) fn check_tokens(ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<()> {
     if ids.len() != batch * seq || mask.len() != batch * seq {
         return Err(Error::Usage(format!(

@@ -9,7 +9,7 @@
 use super::backend::{FixedSession, Trainer};
 use super::engine::Engine;
 use super::family::{Encoder, ModelFamily, TokenFeed};
-use super::hidden::check_tokens;
+use super::hidden::{TokenBatch, check_tokens};
 use super::input::{InputTensor, OutputTensor, TensorData};
 use crate::error::{Error, Result};
 use crate::graph::ModelProto;
@@ -324,26 +324,23 @@ impl ExactGradient {
     }
 
     /// The next-token loss −Σ_{b,s} w_{b,s} · log p(t_{b,s} | tokens before s+1) of a decoder
-    /// on the padded `ids` / `mask` [batch x seq] (rows right-padded, each from position 0),
+    /// on the padded `tokens` [batch x seq] (rows right-padded, each from position 0),
     /// under the coefficients `params`, with `targets` [batch x seq] the token each position
     /// should predict (usually `ids` shifted left) and `weights` [batch x seq] (non-zero on
     /// an answer's tokens, e.g. 1 / their count); and its exact gradient with respect to the
     /// coefficients, into `out` (`pooled` and the head's gradients stay empty). Runs
     /// [`ExactGradient::micro_batch`] rows at a time; the sums are exact.
-    #[allow(clippy::too_many_arguments)]
     pub fn next_token_loss_grad(
         &mut self,
-        ids: &[i64],
-        mask: &[i64],
-        batch: usize,
-        seq: usize,
+        tokens: TokenBatch<'_>,
         params: &[f32],
         targets: &[i64],
         weights: &[f32],
         out: &mut Gradients,
     ) -> Result<()> {
         self.expect(Objective::NextToken)?;
-        check_tokens(ids, mask, batch, seq)?;
+        let (ids, mask) = (tokens.ids(), tokens.mask());
+        let (batch, seq) = (tokens.batch(), tokens.seq());
         check_params(&self.layout, params)?;
         if targets.len() != batch * seq || weights.len() != batch * seq {
             return Err(Error::Usage(format!(

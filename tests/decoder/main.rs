@@ -9,6 +9,7 @@ mod generate;
 #[path = "../support/gguf.rs"]
 mod gguf_support;
 mod graph;
+mod lm_finetune;
 #[cfg(feature = "ort")]
 mod ort;
 mod quantized;

@@ -302,11 +302,9 @@ fn next_token_gradients_match_pytorch_autograd() {
     let (batch, seq) = (shape[0], shape[1]);
     let weights: Vec<f32> = f64s(&st, "weights").1.iter().map(|&x| x as f32).collect();
     let mut out = Gradients::default();
+    let mask = ints("mask").1;
     g.next_token_loss_grad(
-        &ids,
-        &ints("mask").1,
-        batch,
-        seq,
+        eigenlorax::serve::hidden::TokenBatch::new(&ids, &mask, batch, seq).expect("tokens"),
         &params,
         &ints("targets").1,
         &weights,

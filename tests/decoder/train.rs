@@ -8,6 +8,7 @@ use super::support::*;
 use eigenlorax::graph::grad::{Objective, TrainingShape};
 use eigenlorax::serve::family::Decoder;
 use eigenlorax::serve::generate::Generator;
+use eigenlorax::serve::hidden::TokenBatch;
 use eigenlorax::serve::train::{ExactGradient, Gradients};
 use eigenlorax::serve::{Backend, Engine};
 use eigenlorax::task::layout_params;
@@ -81,7 +82,11 @@ fn next_token_gradients_match_f64_finite_differences_and_the_inference_nll() {
     let b = batch();
     let mut out = Gradients::default();
     g.next_token_loss_grad(
-        &b.ids, &b.mask, 3, SEQ, &params, &b.targets, &b.weights, &mut out,
+        TokenBatch::new(&b.ids, &b.mask, 3, SEQ).unwrap(),
+        &params,
+        &b.targets,
+        &b.weights,
+        &mut out,
     )
     .expect("loss and gradients");
     assert!(out.loss.is_finite() && out.loss > 0.0);
@@ -112,7 +117,11 @@ fn next_token_gradients_match_f64_finite_differences_and_the_inference_nll() {
         .with_threads(3);
     let mut o1 = Gradients::default();
     one.next_token_loss_grad(
-        &b.ids, &b.mask, 3, SEQ, &params, &b.targets, &b.weights, &mut o1,
+        TokenBatch::new(&b.ids, &b.mask, 3, SEQ).unwrap(),
+        &params,
+        &b.targets,
+        &b.weights,
+        &mut o1,
     )
     .expect("micro-batched");
     let e = rel(
@@ -216,7 +225,11 @@ pub fn gradients_on(f: &Fixture, backend: Backend) -> Gradients {
     let b = batch();
     let mut out = Gradients::default();
     g.next_token_loss_grad(
-        &b.ids, &b.mask, 3, SEQ, &params, &b.targets, &b.weights, &mut out,
+        TokenBatch::new(&b.ids, &b.mask, 3, SEQ).unwrap(),
+        &params,
+        &b.targets,
+        &b.weights,
+        &mut out,
     )
     .expect("loss and gradients");
     out

@@ -8,7 +8,7 @@ use crate::support::tinybert::{bound_bundle, model, tmpdir};
 use eigenlorax::bundle::{Bundle, CoeffFile, Provenance};
 use eigenlorax::graph::pb::ModelProto;
 use eigenlorax::graph::{bind_file, onnx, read_model};
-use eigenlorax::serve::hidden::HiddenStateBackend;
+use eigenlorax::serve::hidden::{HiddenStateBackend, TokenBatch};
 use eigenlorax::serve::input::{Batch, InputTensor, TensorData};
 use eigenlorax::serve::{Backend, Engine};
 use std::collections::BTreeMap;
@@ -86,7 +86,11 @@ fn token_ids_outside_the_vocabulary_are_named_errors_on_every_entry_point() {
             (
                 "hidden",
                 hidden
-                    .hidden(&ids, &[1; 4], 1, 4, &params, &mut Vec::new())
+                    .hidden(
+                        TokenBatch::new(&ids, &[1; 4], 1, 4).unwrap(),
+                        &params,
+                        &mut Vec::new(),
+                    )
                     .map(|_| ()),
             ),
         ] {

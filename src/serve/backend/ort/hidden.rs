@@ -10,7 +10,7 @@ use super::runtime::OrtRuntime;
 use crate::error::{Error, Result};
 use crate::serve::backend::HiddenView;
 use crate::serve::family::{Encoder, ModelFamily, TokenFeed};
-use crate::serve::hidden::{HiddenStateBackend, check_tokens, hidden_width};
+use crate::serve::hidden::{HiddenStateBackend, TokenBatch, hidden_width};
 use crate::serve::input::InputTensor;
 use crate::serve::store::TaskData;
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
@@ -61,14 +61,12 @@ impl HiddenStateBackend for OrtBackend {
 
     fn hidden(
         &mut self,
-        input_ids: &[i64],
-        attention_mask: &[i64],
-        batch: usize,
-        seq: usize,
+        tokens: TokenBatch<'_>,
         params: &[f32],
         out: &mut Vec<f32>,
     ) -> Result<usize> {
-        check_tokens(input_ids, attention_mask, batch, seq)?;
+        let (input_ids, attention_mask) = (tokens.ids(), tokens.mask());
+        let (batch, seq) = (tokens.batch(), tokens.seq());
         check_params(&self.layout, params)?;
         let slots = self.task.inputs_mut(self.rt.coeff_inputs());
         for (m, (l, (ta, tb))) in self.layout.iter().zip(slots).enumerate() {

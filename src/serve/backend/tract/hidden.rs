@@ -11,7 +11,7 @@ use super::runtime::{Runtime, TValue, Tensor};
 use crate::error::{Error, Result};
 use crate::serve::backend::HiddenView;
 use crate::serve::family::{Encoder, ModelFamily, TokenFeed};
-use crate::serve::hidden::{HiddenStateBackend, check_tokens, hidden_width};
+use crate::serve::hidden::{HiddenStateBackend, TokenBatch, hidden_width};
 use crate::serve::store::TaskData;
 use crate::task::{CoeffLayout, check_params, module_params, write_alpha_a_t, write_alpha_b_t};
 use std::sync::Arc;
@@ -82,15 +82,13 @@ impl HiddenStateBackend for TractBackend {
 
     fn hidden(
         &mut self,
-        input_ids: &[i64],
-        attention_mask: &[i64],
-        batch: usize,
-        seq: usize,
+        tokens: TokenBatch<'_>,
         params: &[f32],
         out: &mut Vec<f32>,
     ) -> Result<usize> {
-        check_tokens(input_ids, attention_mask, batch, seq)?;
         self.write_coeffs(params)?;
+        let (input_ids, attention_mask) = (tokens.ids(), tokens.mask());
+        let (batch, seq) = (tokens.batch(), tokens.seq());
         self.inputs.clear();
         let shape = [batch, seq];
         for f in &self.feeds {
