@@ -291,7 +291,7 @@ impl LmTrainer {
             });
             window += loss;
             window_n += 1;
-            if self.step % every == 0 || self.step == self.cfg.max_steps {
+            if self.step.is_multiple_of(every) || self.step == self.cfg.max_steps {
                 let val_nll = self.validation_nll()?;
                 let improved = val_nll < best - 1e-4;
                 if improved {
