@@ -1,6 +1,6 @@
 //! Helpers shared by the test binaries, one module per concern. The stage binaries
-//! (`tests/cli.rs`, `tests/ort.rs`) declare `mod support;`; a single-file test pulls in the
-//! module it needs with `#[path = "support/<name>.rs"]`.
+//! (`tests/<stage>/main.rs`: cli, runtime, finetune, decoder, ...) declare `mod support;`; a
+//! single-file test pulls in the module it needs with `#[path = "support/<name>.rs"]`.
 
 #![allow(dead_code)]
 
