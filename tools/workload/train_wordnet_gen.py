@@ -235,7 +235,7 @@ def train_one(a, tok, model_fn, task, info, pad_id):
     train = encode(tok, read(task, "train"))
     val = encode(tok, read(task, "validation"))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.999), weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     curve = [(0, mean_nll(model, val, pad_id))]
     best, best_step, bad, step = curve[0][1], 0, 0, 0
@@ -272,7 +272,7 @@ def train_one(a, tok, model_fn, task, info, pad_id):
     model.save_pretrained(out_dir)
     lora_test = evaluate(model, tok, task, info["kind"], test_rows, pad_id)
     m = {"task": task, "kind": info["kind"], "seed": seed,
-         "recipe": {"r": R, "alpha": ALPHA, "targets": TARGETS, "lr": LR, "batch": BATCH,
+         "recipe": {"r": R, "alpha": ALPHA, "targets": TARGETS, "lr": a.lr, "batch": BATCH,
                     "eval_every": EVAL_EVERY, "patience": PATIENCE, "max_steps": MAX_STEPS, "threads": torch.get_num_threads()},
          "steps": step, "best_step": best_step, "stopped": stopped, "best_val_nll": best,
          "val_curve": curve, "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
@@ -335,6 +335,8 @@ def main():
     t = sub.add_parser("train")
     t.add_argument("--adapters", required=True, help="folder for <task>/ adapters and metrics.json")
     t.add_argument("--no-base", dest="with_base", action="store_false", help="skip the base model's test row")
+    t.add_argument("--lr", type=float, default=LR,
+                   help=f"AdamW learning rate (default {LR}: the recipe; other values to choose it on validation)")
     tb = sub.add_parser("table")
     tb.add_argument("--adapters")
     tb.add_argument("--base")
