@@ -50,6 +50,7 @@ pub mod plot_curve;
 pub mod project;
 pub mod reconstruct;
 pub mod run;
+pub mod score;
 
 use clap::{Parser, Subcommand};
 use eigenlorax::serve::Backend;
@@ -193,6 +194,8 @@ pub enum Command {
     /// Train a new task's coefficients and head on the device (exact gradients, or SPSA).
     #[command(after_long_help = examples::FINETUNE)]
     Finetune(finetune::FinetuneArgs),
+    /// Score a decoder task on prompt/answer pairs: Rouge-L, exact match, reference NLL.
+    Score(score::ScoreArgs),
 }
 
 /// Runs the parsed command.
@@ -210,6 +213,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ImportHf(a) => import_hf::run(&a),
         Command::ImportGguf(a) => import_gguf::run(&a),
         Command::Generate(a) => generate::run(&a),
+        Command::Score(a) => score::run(&a),
     }
 }
 

@@ -13,10 +13,13 @@
 //! * [`capture_vs_chance`]: will recycling pay? Held-out capture vs chance, the spectrum vs a
 //!   Gaussian null, mean / basis split, capture vs N, and a one-line verdict.
 //! * [`loo`]: the leave-one-out experiment behind `elx demo`, on the engine it is given.
+//! * [`generation`]: a decoder task's greedy answers scored by Rouge-L, exact match and the
+//!   references' NLL (`elx score`).
 //!
 //! [`ForwardModel`]: crate::finetune::ForwardModel
 
 pub mod capture_vs_chance;
+pub mod generation;
 pub mod loo;
 pub mod projection;
 

@@ -451,17 +451,7 @@ impl LmJob {
         })?;
         let tokenizer = PromptTokenizer::open(&tok_path)?;
         // The answer ends with the token that ends the assistant's turn, as generation stops.
-        let end = files
-            .eos_token
-            .as_deref()
-            .and_then(|t| tokenizer.token_id(t))
-            .or(files.eos_ids.first().copied())
-            .ok_or_else(|| {
-                Error::bad_file(
-                    &files.model,
-                    "expected an end-of-sequence token (tokenizer_config.json `eos_token` or config.json `eos_token_id`) to end each answer with, found none",
-                )
-            })?;
+        let end = files.end_of_turn(&tokenizer)?;
         let template = if spec.chat {
             let source = files.chat_template.as_deref().ok_or_else(|| {
                 Error::bad_file(
@@ -520,10 +510,9 @@ fn model_dir(model: &Path) -> &Path {
     model.parent().unwrap_or(Path::new("."))
 }
 
-/// Reads prompt/answer pairs from the JSONL file `path` (string fields `prompt` and
-/// `answer`; other fields are ignored): the prompt encoded as generation encodes it (through
-/// `template` as a user turn when given), the answer without special tokens and followed by
-/// `end`. Errors name the file and the line.
+/// Reads prompt/answer pairs from the JSONL file `path` ([`read_prompt_answer_texts`]): the
+/// prompt encoded as generation encodes it (through `template` as a user turn when given), the
+/// answer without special tokens and followed by `end`. Errors name the file and the line.
 pub fn read_prompt_answers(
     path: &Path,
     tokenizer: &PromptTokenizer,
@@ -532,30 +521,17 @@ pub fn read_prompt_answers(
     max_len: usize,
 ) -> Result<Vec<PromptAnswer>> {
     let mut out = Vec::new();
-    for_each_line(path, MAX_LM_EXAMPLES, &mut |line, text| {
+    for (line, prompt, answer) in read_prompt_answer_texts(path)? {
         let at = |m: String| Error::bad_file(path, format!("line {line}: {m}"));
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            at(format!(
-                "expected a JSON object with `prompt` and `answer` ({e})"
-            ))
-        })?;
-        let field = |name: &str| match v.get(name) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
-            Some(other) => Err(at(format!(
-                "expected `{name}` to be a non-empty string, found {other}"
-            ))),
-            None => Err(at(format!("expected a string field `{name}`"))),
-        };
-        let (prompt, answer) = (field("prompt")?, field("answer")?);
         let prompt = match template {
-            Some(t) => t.render(&[ChatMessage::new("user", prompt)], true)?,
-            None => prompt.to_string(),
+            Some(t) => t.render(&[ChatMessage::new("user", prompt.as_str())], true)?,
+            None => prompt,
         };
         let prompt = tokenizer
             .encode(&prompt, true)
             .map_err(|e| at(e.to_string()))?;
         let mut answer = tokenizer
-            .encode(answer, false)
+            .encode(&answer, false)
             .map_err(|e| at(e.to_string()))?;
         answer.push(end);
         if prompt.is_empty() {
@@ -568,6 +544,29 @@ pub fn read_prompt_answers(
             )));
         }
         out.push(PromptAnswer { prompt, answer });
+    }
+    Ok(out)
+}
+
+/// The (line, prompt, answer) texts of the JSONL file `path`: string fields `prompt` and
+/// `answer` (other fields are ignored), at least one line. Errors name the file and the line.
+pub fn read_prompt_answer_texts(path: &Path) -> Result<Vec<(usize, String, String)>> {
+    let mut out = Vec::new();
+    for_each_line(path, MAX_LM_EXAMPLES, &mut |line, text| {
+        let at = |m: String| Error::bad_file(path, format!("line {line}: {m}"));
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            at(format!(
+                "expected a JSON object with `prompt` and `answer` ({e})"
+            ))
+        })?;
+        let field = |name: &str| match v.get(name) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(other) => Err(at(format!(
+                "expected `{name}` to be a non-empty string, found {other}"
+            ))),
+            None => Err(at(format!("expected a string field `{name}`"))),
+        };
+        out.push((line, field("prompt")?, field("answer")?));
         Ok(())
     })?;
     if out.is_empty() {

@@ -13,7 +13,7 @@ use eigenlorax::serve::generate::text::PromptTokenizer;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn elx(args: &[&str]) -> (bool, String, String) {
+pub fn elx(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_elx"))
         .args(args)
         .output()
@@ -26,7 +26,7 @@ fn elx(args: &[&str]) -> (bool, String, String) {
 }
 
 /// The tiny Llama's folder (import-gguf's files, a random subspace bound) and its bundle.
-fn decoder_folder(tag: &str) -> (PathBuf, PathBuf) {
+pub fn decoder_folder(tag: &str) -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("elx-lm-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let gguf =
@@ -38,7 +38,7 @@ fn decoder_folder(tag: &str) -> (PathBuf, PathBuf) {
 }
 
 /// A task the base model does not know: the colour named in the prompt decides the answer.
-fn write_pairs(path: &Path, n: usize, offset: usize) {
+pub fn write_pairs(path: &Path, n: usize, offset: usize) {
     let lines: Vec<String> = (offset..offset + n)
         .map(|i| {
             let (colour, answer) = if i % 2 == 0 {

@@ -14,6 +14,7 @@ mod lm_finetune;
 mod ort;
 mod quantized;
 mod reference;
+mod score;
 mod smollm2;
 mod support;
 mod train;

@@ -64,6 +64,22 @@ fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
 }
 
 impl DecoderFiles {
+    /// The token that ends an assistant's turn: the tokenizer's end-of-sequence text if it is
+    /// one token of `tokenizer`, else config.json's first `eos_token_id`. Training appends it
+    /// to each answer; generation stops at it.
+    pub fn end_of_turn(&self, tokenizer: &PromptTokenizer) -> Result<u32> {
+        self.eos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_id(t))
+            .or(self.eos_ids.first().copied())
+            .ok_or_else(|| {
+                Error::bad_file(
+                    &self.model,
+                    "expected an end-of-sequence token (tokenizer_config.json `eos_token` or config.json `eos_token_id`), found none",
+                )
+            })
+    }
+
     /// The files of the decoder at `path`: a folder holding `model.onnx`, or the model file
     /// itself. Missing companions are `None`; malformed ones are errors naming the file.
     pub fn open(path: &Path) -> Result<DecoderFiles> {
@@ -187,6 +203,13 @@ impl PromptTokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, false)
+            .map_err(|e| Error::bad_file(&self.path, format!("could not decode {ids:?}: {e}")))
+    }
+
+    /// The text of `ids` with special tokens left out: what a reader sees of an answer.
+    pub fn decode_text(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
             .map_err(|e| Error::bad_file(&self.path, format!("could not decode {ids:?}: {e}")))
     }
 
