@@ -119,8 +119,16 @@ examples! {
     FINETUNE = "finetune" {
         "Train a new task's coefficients and head on pre-tokenized JSONL, with exact gradients"
             => "elx finetune --model models/fixtures/tiny-bert/model.onnx --bundle domain.bound.elxb \\\n      --train train.jsonl --val val.jsonl --steps 100 --seed 1 -o task5-ft.elxc",
-        "After `elx demo`: on text lines (the tokenizer.json beside the model is used), forward passes only"
-            => "elx finetune --model .cache/minilm/base.onnx --bundle out/demo/sentiment/recycled.elxb \\\n      --train models/minilm/data/sentiment/train.jsonl --grad spsa --steps 200 -o sentiment-ft.elxc",
+        "A decoder task from prompt/answer pairs (no head): next-token loss on the answers"
+            => "elx finetune --objective lm --model smollm2/model.onnx --bundle smollm2-tasks.bound.elxb \\\n      --train models/wordnet_gen/data/adj_antonym/train.jsonl \\\n      --val models/wordnet_gen/data/adj_antonym/validation.jsonl -o adj_antonym.elxc",
+    }
+
+    /// `elx score`.
+    SCORE = "score" {
+        "The base model on a task's test pairs: Rouge-L, exact match, NLL of the answers"
+            => "elx score --model smollm2 --data models/wordnet_gen/data/adj_antonym/test.jsonl",
+        "A task's coefficients, one JSON line per pair"
+            => "elx score --model smollm2 --bundle smollm2-tasks.bound.elxb --task adj_antonym.elxc \\\n      --data models/wordnet_gen/data/adj_antonym/test.jsonl --json",
     }
 }
 

@@ -191,10 +191,12 @@ pub enum Command {
     /// Generate text from a decoder with a task's coefficients, streaming tokens.
     #[command(after_long_help = examples::GENERATE)]
     Generate(generate::GenerateArgs),
-    /// Train a new task's coefficients and head on the device (exact gradients, or SPSA).
+    /// Train a new task on the device: an encoder's coefficients and head (exact gradients, or
+    /// SPSA), or a decoder's coefficients from prompt/answer pairs (--objective lm).
     #[command(after_long_help = examples::FINETUNE)]
     Finetune(finetune::FinetuneArgs),
     /// Score a decoder task on prompt/answer pairs: Rouge-L, exact match, reference NLL.
+    #[command(after_long_help = examples::SCORE)]
     Score(score::ScoreArgs),
 }
 
