@@ -111,6 +111,23 @@ pub fn score_file(
     on_pair: &mut dyn FnMut(&ScoredPair) -> Result<()>,
 ) -> Result<GenerationScores> {
     let rows = read_prompt_answer_texts(data)?;
+    score_pairs(generator, task, &rows, data, options, on_pair)
+}
+
+/// [`score_file`] on pairs already read: (line, prompt, reference) texts from the file
+/// `source`, which errors name.
+pub fn score_pairs(
+    generator: &TextGenerator,
+    task: TaskId,
+    rows: &[(usize, String, String)],
+    source: &Path,
+    options: &ScoreOptions,
+    on_pair: &mut dyn FnMut(&ScoredPair) -> Result<()>,
+) -> Result<GenerationScores> {
+    if rows.is_empty() {
+        return Err(Error::bad_file(source, "expected at least one prompt/answer pair"));
+    }
+    let data = source;
     let tok = generator.tokenizer();
     let end = generator.files().end_of_turn(tok)?;
     let greedy = GenerateOptions {
@@ -118,7 +135,7 @@ pub fn score_file(
         ..GenerateOptions::default()
     };
     let mut pairs = Vec::with_capacity(rows.len());
-    for (line, prompt, reference) in rows {
+    for (line, prompt, reference) in rows.iter().cloned() {
         let at = |e: Error| Error::bad_file(data, format!("line {line}: {e}"));
         let prompt = if options.chat {
             generator.chat_prompt(&[ChatMessage::new("user", prompt.as_str())])?
