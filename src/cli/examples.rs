@@ -130,6 +130,12 @@ examples! {
         "A task's coefficients, one JSON line per pair"
             => "elx score --model smollm2 --bundle smollm2-tasks.bound.elxb --task adj_antonym.elxc \\\n      --data models/wordnet_gen/data/adj_antonym/test.jsonl --json",
     }
+    LEAVE_ONE_OUT = "leave-one-out" {
+        "The generation family's held-out tasks, zero-shot rows only (adapters from tools/workload/train_wordnet_gen.py)"
+            => "elx leave-one-out --model smollm2 --adapters wordnet_gen-adapters --no-few-shot",
+        "Two tasks, with rows trained on the device from 16 and 64 pairs"
+            => "elx leave-one-out --model smollm2 --adapters wordnet_gen-adapters \\\n      --tasks adj_antonym,verb_to_noun --few-shot 16,64 -o out/loo-lm",
+    }
 }
 
 #[cfg(test)]

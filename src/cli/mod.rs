@@ -44,6 +44,7 @@ pub mod generate;
 pub mod import_gguf;
 pub mod import_hf;
 pub mod inspect;
+pub mod leave_one_out;
 pub mod plot;
 pub mod plot_capture;
 pub mod plot_curve;
@@ -198,6 +199,10 @@ pub enum Command {
     /// Score a decoder task on prompt/answer pairs: Rouge-L, exact match, reference NLL.
     #[command(after_long_help = examples::SCORE)]
     Score(score::ScoreArgs),
+    /// Leave-one-out on a family of decoder generation tasks: zero-shot, in-context and
+    /// device-trained rows against each task's own LoRA (Rouge-L, exact match, NLL).
+    #[command(after_long_help = examples::LEAVE_ONE_OUT)]
+    LeaveOneOut(leave_one_out::Args),
 }
 
 /// Runs the parsed command.
@@ -216,6 +221,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ImportGguf(a) => import_gguf::run(&a),
         Command::Generate(a) => generate::run(&a),
         Command::Score(a) => score::run(&a),
+        Command::LeaveOneOut(a) => leave_one_out::run(&a),
     }
 }
 

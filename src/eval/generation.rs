@@ -125,7 +125,10 @@ pub fn score_pairs(
     on_pair: &mut dyn FnMut(&ScoredPair) -> Result<()>,
 ) -> Result<GenerationScores> {
     if rows.is_empty() {
-        return Err(Error::bad_file(source, "expected at least one prompt/answer pair"));
+        return Err(Error::bad_file(
+            source,
+            "expected at least one prompt/answer pair",
+        ));
     }
     let data = source;
     let tok = generator.tokenizer();

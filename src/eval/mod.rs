@@ -13,6 +13,8 @@
 //! * [`capture_vs_chance`]: will recycling pay? Held-out capture vs chance, the spectrum vs a
 //!   Gaussian null, mean / basis split, capture vs N, and a one-line verdict.
 //! * [`loo`]: the leave-one-out experiment behind `elx demo`, on the engine it is given.
+//! * [`loo_lm`]: the leave-one-out experiment on a family of decoder generation tasks
+//!   (`elx leave-one-out`).
 //! * [`generation`]: a decoder task's greedy answers scored by Rouge-L, exact match and the
 //!   references' NLL (`elx score`).
 //!
@@ -21,6 +23,7 @@
 pub mod capture_vs_chance;
 pub mod generation;
 pub mod loo;
+pub mod loo_lm;
 pub mod projection;
 
 use crate::adapter::Adapter;

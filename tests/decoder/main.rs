@@ -10,6 +10,9 @@ mod generate;
 mod gguf_support;
 mod graph;
 mod lm_finetune;
+mod loo_lm;
+#[path = "../support/lora_pool.rs"]
+mod lora_pool;
 #[cfg(feature = "ort")]
 mod ort;
 mod quantized;

@@ -56,6 +56,8 @@ mod task;
 
 pub use in_sample::{InSampleRow, InSampleTask, in_sample};
 pub use results::{FewShot, Method, MethodResult, TaskResult, gap_recovered};
+pub(crate) use serving::write_bound;
+pub(crate) use task::mean_direction_subspace;
 pub use task::run_task;
 
 use crate::error::Result;

@@ -18,7 +18,7 @@ use std::path::Path;
 pub(super) type Model = CachedFeatures<SequenceModel<HiddenState>>;
 
 /// Writes `space` as an f32 bundle bound to the base model and reads it back.
-pub(super) fn write_bound(
+pub(crate) fn write_bound(
     path: &Path,
     space: &Subspace,
     sources: &[SourceAdapter],

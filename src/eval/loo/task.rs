@@ -403,7 +403,7 @@ pub fn run_task(
 /// The span of the other adapters' mean direction alone, one vector per side (centering
 /// with no principal direction kept); `None` when no module has a non-zero mean on both
 /// sides. Modules whose mean vanishes on a side are left out.
-fn mean_direction_subspace(
+pub(crate) fn mean_direction_subspace(
     others: &[Adapter],
     extract: &ExtractOptions,
 ) -> Result<Option<Subspace>> {

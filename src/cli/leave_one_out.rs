@@ -1,0 +1,360 @@
+//! `elx leave-one-out --model DIR --adapters DIR [--workload DIR]`: the generation family's
+//! leave-one-out (issue 27, the paper's Lots-of-LoRAs experiment) on the device
+//! ([`eigenlorax::eval::loo_lm`]): per held-out task, the other tasks' adapters make the
+//! subspace, and the task is scored served every way a user could serve it.
+
+use super::{BackendArg, EpArg, Table, pct};
+use eigenlorax::error::{Error, Result};
+use eigenlorax::eval::loo::Base;
+use eigenlorax::eval::loo_lm::{self, LmLooConfig, LmMethod, LmTaskResult, LmTaskSpec};
+use eigenlorax::finetune::lm::LmConfig;
+use eigenlorax::subspace::{ExtractOptions, KRule};
+use eigenlorax::util::write_atomic;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `elx leave-one-out`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The decoder: the folder `elx import-gguf` wrote.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The adapters: one PEFT folder per task, `<DIR>/<task>/`. Tasks are those with both an
+    /// adapter and data.
+    #[arg(long, value_name = "DIR")]
+    pub adapters: PathBuf,
+    /// The family: `data/<task>/{train,validation,test}.jsonl` (`prompt`, `answer`) and an
+    /// optional held_out.txt naming the default held-out tasks.
+    #[arg(long, default_value = "models/wordnet_gen", value_name = "DIR")]
+    pub workload: PathBuf,
+    /// Held-out tasks to run (default: held_out.txt's, else all).
+    #[arg(long, value_delimiter = ',', value_name = "TASK,...")]
+    pub tasks: Vec<String>,
+    /// Hold out every task in turn.
+    #[arg(long, conflicts_with = "tasks")]
+    pub all_tasks: bool,
+    /// Prompts are the user's text, to wrap in the chat template (else already rendered, as
+    /// in models/wordnet_gen).
+    #[arg(long)]
+    pub chat: bool,
+    /// Most new tokens of an answer.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_tokens: usize,
+    /// Most new tokens for the tasks whose name ends with SUFFIX (repeatable).
+    #[arg(long, value_name = "SUFFIX=N", default_values = ["_define=32"])]
+    pub max_tokens_for: Vec<String>,
+    /// Training pairs shown in the in-context row's prompt (0: no in-context row).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub in_context: usize,
+    /// Test pairs per task (the first of test.jsonl).
+    #[arg(long, default_value_t = 50)]
+    pub test: usize,
+    /// Training-set sizes of the device-trained rows (prefixes of train.jsonl).
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 150], value_name = "N,...")]
+    pub few_shot: Vec<usize>,
+    /// No device-trained rows: the zero-shot rows alone.
+    #[arg(long)]
+    pub no_few_shot: bool,
+    /// Share of the other adapters' energy the recycled subspace keeps per side.
+    #[arg(long, default_value_t = 0.9)]
+    pub energy: f64,
+    /// Learning rate of the device-trained coefficients (Adam, no decay).
+    #[arg(long, default_value_t = LmConfig::default().lr)]
+    pub lr: f64,
+    /// Pairs per training step (capped at the few-shot size).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Most training steps of a trained row.
+    #[arg(long, default_value_t = 400)]
+    pub max_steps: u64,
+    /// Validation evaluations (one an epoch) without improvement before stopping.
+    #[arg(long, default_value_t = 3)]
+    pub patience: usize,
+    /// Seed of the training and of the random basis.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A row's Rouge-L gap below this leaves the task out of the Rouge-L share (too small a
+    /// denominator); its NLL share stays.
+    #[arg(long, default_value_t = 0.10, value_name = "GAP")]
+    pub min_gap: f64,
+    /// Rows evaluated side by side, one engine (about 1.5 GB for SmolLM2) each.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Inference and training engine.
+    #[arg(long, value_enum, default_value = "tract")]
+    pub backend: BackendArg,
+    /// ONNX Runtime execution provider (`--backend ort`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub ep: EpArg,
+    /// Where bundles, coefficient files, predictions and results.json go.
+    #[arg(short, long, default_value = "out/leave-one-out")]
+    pub output: PathBuf,
+}
+
+/// Runs `elx leave-one-out`.
+pub fn run(a: &Args) -> Result<()> {
+    let tasks = family(a)?;
+    let held = held_out(a, &tasks)?;
+    let cfg = LmLooConfig {
+        model: a.model.clone(),
+        chat: a.chat,
+        extract: ExtractOptions {
+            k_rule_a: KRule::Energy(a.energy),
+            k_rule_b: KRule::Energy(a.energy),
+            ..ExtractOptions::default()
+        },
+        in_context: a.in_context,
+        test_examples: a.test,
+        few_shot: if a.no_few_shot {
+            Vec::new()
+        } else {
+            a.few_shot.clone()
+        },
+        lm: LmConfig {
+            seed: a.seed,
+            lr: a.lr,
+            batch_size: a.batch_size,
+            max_steps: a.max_steps,
+            patience: a.patience,
+            ..LmConfig::default()
+        },
+        random_seed: a.seed,
+        backend: a.backend.with_ep(a.ep)?,
+        threads: a.threads,
+        out_dir: a.output.clone(),
+    };
+    let base = Base::open(&a.model.join("model.onnx"))?;
+    errln!(
+        "{} tasks with an adapter and data; holding out {}",
+        tasks.len(),
+        held.iter()
+            .map(|&i| tasks[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    let log = |line: &str| {
+        let _ = errln!("{line}");
+    };
+    let mut results: Vec<LmTaskResult> = Vec::new();
+    let results_path = a.output.join("results.json");
+    for &i in &held {
+        let r = loo_lm::run_task(&cfg, &base, &tasks, i, &log)?;
+        outln!("{}", task_table(&r).render())?;
+        results.push(r);
+        // After every task, so an interrupted run keeps what it measured.
+        let json = serde_json::to_vec_pretty(&serde_json::json!({
+            "tasks": results, "min_gap": a.min_gap, "energy": a.energy,
+            "seed": a.seed, "lr": a.lr, "in_context": a.in_context,
+        }))
+        .map_err(|e| Error::Usage(format!("results: {e}")))?;
+        write_atomic(&results_path, &json)?;
+    }
+    outln!("{}", summary(&results, a.min_gap))?;
+    outln!("wrote {}", results_path.display())?;
+    Ok(())
+}
+
+/// The family's tasks: every `data/<task>/` of the workload with an adapter folder.
+fn family(a: &Args) -> Result<Vec<LmTaskSpec>> {
+    let data = a.workload.join("data");
+    let entries = std::fs::read_dir(&data).map_err(|e| Error::io(&data, e))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|t| a.adapters.join(t).join("adapter_config.json").is_file())
+        .collect();
+    names.sort();
+    if names.len() < 2 {
+        return Err(Error::Usage(format!(
+            "expected at least 2 tasks with both {}/<task>/ and an adapter in {}/<task>/, found {}",
+            data.display(),
+            a.adapters.display(),
+            names.len()
+        )));
+    }
+    let overrides = a
+        .max_tokens_for
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .and_then(|(k, v)| Some((k.to_string(), v.parse::<usize>().ok()?)))
+                .ok_or_else(|| {
+                    Error::Usage(format!("--max-tokens-for: expected SUFFIX=N, found `{s}`"))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let max_tokens = overrides
+                .iter()
+                .find(|(suffix, _)| name.ends_with(suffix.as_str()))
+                .map_or(a.max_tokens, |&(_, n)| n);
+            let dir = data.join(&name);
+            LmTaskSpec {
+                adapter: a.adapters.join(&name),
+                train: dir.join("train.jsonl"),
+                validation: dir.join("validation.jsonl"),
+                test: dir.join("test.jsonl"),
+                max_tokens,
+                name,
+            }
+        })
+        .collect())
+}
+
+/// The held-out tasks: --tasks, --all-tasks, held_out.txt, or every task.
+fn held_out(a: &Args, tasks: &[LmTaskSpec]) -> Result<Vec<usize>> {
+    let index = |t: &str, what: &Path| {
+        tasks.iter().position(|s| s.name == t).ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: task `{t}` has no adapter in {} or no data",
+                what.display(),
+                a.adapters.display()
+            ))
+        })
+    };
+    if !a.tasks.is_empty() {
+        return a
+            .tasks
+            .iter()
+            .map(|t| index(t, Path::new("--tasks")))
+            .collect();
+    }
+    let list = a.workload.join("held_out.txt");
+    if a.all_tasks || !list.is_file() {
+        return Ok((0..tasks.len()).collect());
+    }
+    let text = std::fs::read_to_string(&list).map_err(|e| Error::io(&list, e))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|t| index(t, &list))
+        .collect()
+}
+
+fn share_cell(x: Option<f64>) -> String {
+    x.map_or_else(|| "n/a".into(), pct)
+}
+
+/// One held-out task's rows with the share of the base → own-LoRA gap each recovers.
+fn task_table(r: &LmTaskResult) -> Table {
+    let mut t = Table::new(&[
+        "method",
+        "N",
+        "Rouge-L",
+        "EM",
+        "NLL",
+        "RL gap",
+        "NLL gap",
+        "params",
+        "bytes",
+        "steps (best)",
+    ])
+    .left(&[0]);
+    let (base, own) = (r.row(LmMethod::Base), r.row(LmMethod::OwnLora));
+    for row in &r.rows {
+        let (rl, nll) = match (base, own) {
+            (Some(b), Some(o)) => row.share(b, o),
+            _ => (None, None),
+        };
+        t.row(vec![
+            format!("{}: {}", r.task, row.method.label()),
+            match row.method {
+                LmMethod::InContext | LmMethod::Finetuned | LmMethod::RandomBasis => {
+                    row.train_examples.to_string()
+                }
+                _ => "-".into(),
+            },
+            format!("{:.3}", row.rouge_l),
+            format!("{:.2}", row.exact_match),
+            format!("{:.3}", row.nll),
+            share_cell(rl),
+            share_cell(nll),
+            row.parameters.to_string(),
+            row.file_bytes.to_string(),
+            match row.curve.last() {
+                Some(last) => format!("{} ({})", last.step, row.best_step),
+                None => String::new(),
+            },
+        ]);
+    }
+    t
+}
+
+/// Per method (and size), the median and mean share of the gap over the tasks, by Rouge-L
+/// (tasks whose own LoRA gains at least `min_gap`) and by NLL (every task).
+fn summary(results: &[LmTaskResult], min_gap: f64) -> String {
+    let mut keys: Vec<(LmMethod, usize)> = results
+        .iter()
+        .flat_map(|r| r.rows.iter().map(|x| (x.method, x.train_examples)))
+        .filter(|(m, _)| !matches!(m, LmMethod::Base | LmMethod::OwnLora))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut t = Table::new(&[
+        "method",
+        "N",
+        "RL gap: median",
+        "mean",
+        "tasks",
+        "NLL gap: median",
+        "mean",
+        "tasks",
+    ])
+    .left(&[0]);
+    for (method, n) in keys {
+        let (mut rl, mut nll) = (Vec::new(), Vec::new());
+        for r in results {
+            let (Some(b), Some(o), Some(x)) = (
+                r.row(LmMethod::Base),
+                r.row(LmMethod::OwnLora),
+                r.rows
+                    .iter()
+                    .find(|x| x.method == method && x.train_examples == n),
+            ) else {
+                continue;
+            };
+            let (s_rl, s_nll) = x.share(b, o);
+            if o.rouge_l - b.rouge_l >= min_gap {
+                rl.extend(s_rl);
+            }
+            nll.extend(s_nll);
+        }
+        t.row(vec![
+            method.label().to_string(),
+            n.to_string(),
+            med(&rl),
+            mean(&rl),
+            rl.len().to_string(),
+            med(&nll),
+            mean(&nll),
+            nll.len().to_string(),
+        ]);
+    }
+    format!(
+        "Share of the base -> own-LoRA gap recovered, over held-out tasks (Rouge-L: tasks whose LoRA gains >= {min_gap}):\n{}",
+        t.render()
+    )
+}
+
+fn med(x: &[f64]) -> String {
+    if x.is_empty() {
+        return "n/a".into();
+    }
+    let mut v = x.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    pct(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        0.5 * (v[m - 1] + v[m])
+    })
+}
+
+fn mean(x: &[f64]) -> String {
+    if x.is_empty() {
+        return "n/a".into();
+    }
+    pct(x.iter().sum::<f64>() / x.len() as f64)
+}

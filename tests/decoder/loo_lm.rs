@@ -1,0 +1,283 @@
+//! `elx leave-one-out` on the tiny Llama with four synthetic adapters of shared structure:
+//! every row equals what the independent CLI path gives for the same thing (`elx score` of
+//! the base model, `elx project` + `elx score` of the recycled projection), the trained rows'
+//! curves start at the base model's validation NLL, the in-context prompt is the template's
+//! rendering of the earlier turns, and bad input is refused by name.
+
+use super::lm_finetune::{decoder_folder, elx};
+use crate::lora_pool;
+use eigenlorax::graph::llama;
+use std::path::{Path, PathBuf};
+
+/// The chat template's frame of one user turn (SmolLM2's, which the tiny Llama carries).
+const SYSTEM: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+
+fn rendered(user: &str) -> String {
+    format!("{SYSTEM}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+/// A family of four tasks (t0..t3) under `root`: adapters/<task>/ from one pool of shared
+/// structure, data/<task>/{train,validation,test}.jsonl with rendered prompts.
+fn family(root: &Path) -> (PathBuf, PathBuf) {
+    let gguf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama/tiny_llama.gguf");
+    let cfg = llama::import_gguf(&gguf).expect("gguf").config;
+    let modules = super::support::adapted_modules(&cfg);
+    let modules: Vec<(&str, usize, usize)> = modules
+        .iter()
+        .map(|(n, i, o)| (n.as_str(), *i, *o))
+        .collect();
+    let (adapters, workload) = (root.join("adapters"), root.join("workload"));
+    let pool = lora_pool::write(&root.join("pool"), &modules, 11, 0, 4, 2);
+    for (t, path) in pool.iter().enumerate() {
+        let task = format!("t{t}");
+        std::fs::create_dir_all(&adapters).unwrap();
+        std::fs::rename(path, adapters.join(&task)).unwrap();
+        let data = workload.join("data").join(&task);
+        std::fs::create_dir_all(&data).unwrap();
+        let answers = ["stop", "go", "wait", "red"];
+        for (split, n, from) in [("train", 6, 0), ("validation", 3, 50), ("test", 3, 90)] {
+            let lines: Vec<String> = (from..from + n)
+                .map(|i| {
+                    serde_json::json!({
+                        "prompt": rendered(&format!("light {i} t{t}")),
+                        "answer": answers[(i + t) % answers.len()],
+                    })
+                    .to_string()
+                })
+                .collect();
+            std::fs::write(data.join(format!("{split}.jsonl")), lines.join("\n") + "\n").unwrap();
+        }
+    }
+    (adapters, workload)
+}
+
+fn json_of(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json")
+}
+
+/// The `--json` summary line of `elx score`: (rouge_l, nll).
+fn score(args: &[&str]) -> (f64, f64) {
+    let mut a = vec!["score", "--json"];
+    a.extend_from_slice(args);
+    let (ok, out, err) = elx(&a);
+    assert!(ok, "{err}");
+    let last: serde_json::Value =
+        serde_json::from_str(out.lines().last().expect("summary")).expect("json");
+    (
+        last["rouge_l"].as_f64().unwrap(),
+        last["nll"].as_f64().unwrap(),
+    )
+}
+
+fn row<'a>(rows: &'a [serde_json::Value], method: &str) -> &'a serde_json::Value {
+    rows.iter()
+        .find(|r| r["method"] == method)
+        .unwrap_or_else(|| panic!("no {method} row in {rows:?}"))
+}
+
+#[test]
+fn leave_one_out_rows_equal_their_independent_paths() {
+    let (model, _) = decoder_folder("loo");
+    let dir = model.parent().unwrap().to_path_buf();
+    let (adapters, workload) = family(&dir);
+    let out = dir.join("out");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let (ok, stdout, err) = elx(&[
+        "leave-one-out",
+        "--model",
+        &s(&dir),
+        "--adapters",
+        &s(&adapters),
+        "--workload",
+        &s(&workload),
+        "--tasks",
+        "t0",
+        "--few-shot",
+        "4",
+        "--in-context",
+        "2",
+        "--test",
+        "3",
+        "--max-tokens",
+        "4",
+        "--max-steps",
+        "4",
+        "--lr",
+        "2e-2",
+        "-o",
+        &s(&out),
+    ]);
+    println!("{stdout}{err}");
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("Share of the base -> own-LoRA gap"),
+        "{stdout}"
+    );
+    let results = json_of(&out.join("results.json"));
+    let task = &results["tasks"][0];
+    assert_eq!(task["task"], "t0");
+    assert_eq!(task["sources"], 3);
+    let rows = task["rows"].as_array().expect("rows");
+    for m in [
+        "base",
+        "in_context",
+        "own_lora",
+        "projected",
+        "mean_only",
+        "random_projected",
+        "finetuned",
+        "random_basis",
+    ] {
+        let r = row(rows, m);
+        let p = out.join("t0").join(format!(
+            "{}.predictions.jsonl",
+            match m {
+                "finetuned" => "finetuned-n4".to_string(),
+                "random_basis" => "random-basis-n4".to_string(),
+                other => other.replace('_', "-"),
+            }
+        ));
+        let lines = std::fs::read_to_string(&p).expect("predictions");
+        assert_eq!(lines.lines().count(), 3, "{}", p.display());
+        assert!(r["nll"].as_f64().unwrap().is_finite(), "{m}: {r}");
+    }
+    // The pool shares its structure: the others' subspace holds more of t0 than chance.
+    let (captured, random) = (
+        task["captured"].as_f64().unwrap(),
+        task["random_captured"].as_f64().unwrap(),
+    );
+    assert!(
+        captured > random && captured <= 1.0 && random >= 0.0,
+        "{captured} {random}"
+    );
+
+    // The base row (zero coefficients of the own-LoRA bundle) is the model without a bundle.
+    let test = workload.join("data/t0/test.jsonl");
+    let flags = ["--max-tokens", "4"];
+    let (rl, nll) = score(&[&["--model", &s(&dir), "--data", &s(&test)][..], &flags].concat());
+    let base = row(rows, "base");
+    assert_eq!(base["rouge_l"].as_f64().unwrap(), rl);
+    assert!(
+        (base["nll"].as_f64().unwrap() - nll).abs() < 1e-5,
+        "{base} vs {nll}"
+    );
+
+    // The recycled row is `elx project` of the adapter into the bundle the run wrote, scored.
+    let recycled = out.join("t0/recycled.elxb");
+    let projected = dir.join("t0.elxc");
+    let (ok, _, err) = elx(&[
+        "project",
+        &s(&adapters.join("t0")),
+        "--bundle",
+        &s(&recycled),
+        "-o",
+        &s(&projected),
+    ]);
+    assert!(ok, "{err}");
+    let (rl, nll) = score(
+        &[
+            &[
+                "--model",
+                &s(&dir),
+                "--bundle",
+                &s(&recycled),
+                "--task",
+                &s(&projected),
+                "--data",
+                &s(&test),
+            ][..],
+            &flags,
+        ]
+        .concat(),
+    );
+    let r = row(rows, "projected");
+    assert_eq!(r["rouge_l"].as_f64().unwrap(), rl);
+    assert!(
+        (r["nll"].as_f64().unwrap() - nll).abs() < 1e-5,
+        "{r} vs {nll}"
+    );
+    assert!(r["parameters"].as_u64().unwrap() > 0);
+    assert!(
+        r["parameters"].as_u64() < row(rows, "own_lora")["parameters"].as_u64(),
+        "fewer numbers than the LoRA"
+    );
+
+    // Trained rows start from the base model (α_B = 0): step 0 of the curve is the base
+    // model's validation NLL, and the kept coefficients are at least as good.
+    let val = workload.join("data/t0/validation.jsonl");
+    let (_, base_val) = score(&[&["--model", &s(&dir), "--data", &s(&val)][..], &flags].concat());
+    for m in ["finetuned", "random_basis"] {
+        let r = row(rows, m);
+        let curve = r["curve"].as_array().expect("curve");
+        assert_eq!(curve[0]["step"], 0);
+        let start = curve[0]["val_nll"].as_f64().unwrap();
+        assert!(
+            (start - base_val).abs() < 1e-4,
+            "{m}: {start} vs {base_val}"
+        );
+        let best = curve
+            .iter()
+            .map(|p| p["val_nll"].as_f64().unwrap())
+            .fold(f64::INFINITY, f64::min);
+        assert!(best <= start, "{m}");
+        assert_eq!(r["train_examples"], 4);
+    }
+
+    // The in-context prompt: the first two training pairs as earlier turns, then the question.
+    let prompt = std::fs::read_to_string(out.join("t0/in-context.prompt.txt")).expect("prompt");
+    let want = format!(
+        "{SYSTEM}<|im_start|>user\nlight 0 t0<|im_end|>\n<|im_start|>assistant\nstop<|im_end|>\n\
+         <|im_start|>user\nlight 1 t0<|im_end|>\n<|im_start|>assistant\ngo<|im_end|>\n\
+         <|im_start|>user\nlight 90 t0<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(prompt, want);
+}
+
+#[test]
+fn leave_one_out_refuses_bad_input_by_name() {
+    let (model, _) = decoder_folder("loo-bad");
+    let dir = model.parent().unwrap().to_path_buf();
+    let (adapters, workload) = family(&dir);
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "leave-one-out".to_string(),
+            "--model".into(),
+            s(&dir),
+            "--adapters".into(),
+            s(&adapters),
+            "--workload".into(),
+            s(&workload),
+            "--max-tokens".into(),
+            "2".into(),
+            "-o".into(),
+            s(&dir.join("out")),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let r: Vec<&str> = a.iter().map(String::as_str).collect();
+        elx(&r)
+    };
+    let (ok, _, err) = run(&["--tasks", "t9"]);
+    assert!(
+        !ok && err.contains("t9") && err.contains("no adapter"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["--tasks", "t1", "--few-shot", "7"]);
+    assert!(
+        !ok && err.contains("train.jsonl") && err.contains("at least 7"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["--tasks", "t1", "--max-tokens-for", "_x"]);
+    assert!(!ok && err.contains("SUFFIX=N"), "{err}");
+    // A prompt the template did not render cannot be turned into earlier turns.
+    let test = workload.join("data/t1/test.jsonl");
+    std::fs::write(&test, "{\"prompt\": \"plain\", \"answer\": \"go\"}\n").unwrap();
+    let (ok, _, err) = run(&["--tasks", "t1", "--no-few-shot", "--in-context", "1"]);
+    assert!(
+        !ok && err.contains("test.jsonl")
+            && err.contains("line 1")
+            && err.contains("chat template"),
+        "{err}"
+    );
+}
