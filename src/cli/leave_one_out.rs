@@ -3,6 +3,7 @@
 //! ([`eigenlorax::eval::loo_lm`]): per held-out task, the other tasks' adapters make the
 //! subspace, and the task is scored served every way a user could serve it.
 
+use super::plot_lm_curves::{self, Basis, Curve};
 use super::{BackendArg, EpArg, Table, pct};
 use eigenlorax::error::{Error, Result};
 use eigenlorax::eval::loo::Base;
@@ -85,7 +86,12 @@ pub struct Args {
     /// ONNX Runtime execution provider (`--backend ort`).
     #[arg(long, value_enum, default_value = "cpu")]
     pub ep: EpArg,
-    /// Where bundles, coefficient files, predictions and results.json go.
+    /// Host LoRA runs to draw beside the trained rows: folders of `<task>/metrics.json` from
+    /// `tools/workload/train_wordnet_gen.py train [--train-n N]` (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub host_curves: Vec<PathBuf>,
+    /// Where bundles, coefficient files, predictions, results.json and the convergence plots
+    /// (curves-<task>.svg, curves-mean.svg) go.
     #[arg(short, long, default_value = "out/leave-one-out")]
     pub output: PathBuf,
 }
@@ -149,6 +155,9 @@ pub fn run(a: &Args) -> Result<()> {
         write_atomic(&results_path, &json)?;
     }
     outln!("{}", summary(&results, a.min_gap))?;
+    for p in plot_curves(a, &results)? {
+        outln!("wrote {}", p.display())?;
+    }
     outln!("wrote {}", results_path.display())?;
     Ok(())
 }
@@ -357,4 +366,89 @@ fn mean(x: &[f64]) -> String {
         return "n/a".into();
     }
     pct(x.iter().sum::<f64>() / x.len() as f64)
+}
+
+/// The validation curves of one task: its trained rows, and the host LoRA runs of
+/// `--host-curves` (a missing task is skipped; a bad metrics file is an error).
+fn task_curves(a: &Args, r: &LmTaskResult) -> Result<Vec<Curve>> {
+    let mut curves: Vec<Curve> = r
+        .rows
+        .iter()
+        .filter(|x| !x.curve.is_empty())
+        .map(|x| Curve {
+            basis: if x.method == LmMethod::Finetuned {
+                Basis::Recycled
+            } else {
+                Basis::Random
+            },
+            examples: x.train_examples,
+            points: x.curve.iter().map(|p| (p.step, p.val_nll)).collect(),
+        })
+        .collect();
+    for dir in &a.host_curves {
+        let path = dir.join(&r.task).join("metrics.json");
+        if !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let m: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::bad_file(&path, format!("expected JSON ({e})")))?;
+        let points = m["val_curve"]
+            .as_array()
+            .and_then(|c| {
+                c.iter()
+                    .map(|p| Some((p.get(0)?.as_u64()?, p.get(1)?.as_f64()?)))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                Error::bad_file(&path, "expected `val_curve`: a list of [step, NLL] pairs")
+            })?;
+        let examples = m["recipe"]["train_n"].as_u64().unwrap_or(150) as usize;
+        curves.push(Curve {
+            basis: Basis::Lora,
+            examples,
+            points,
+        });
+    }
+    Ok(curves)
+}
+
+/// Writes curves-<task>.svg per task with trained rows, and curves-mean.svg over them.
+fn plot_curves(a: &Args, results: &[LmTaskResult]) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let mut all: Vec<Curve> = Vec::new();
+    for r in results {
+        let curves = task_curves(a, r)?;
+        if !curves.iter().any(|c| c.basis != Basis::Lora) {
+            continue;
+        }
+        let path = a.output.join(format!("curves-{}.svg", r.task));
+        plot_lm_curves::write(
+            &path,
+            &format!("{}: validation NLL while training", r.task),
+            &curves,
+        )?;
+        written.push(path);
+        all.extend(curves);
+    }
+    let mut keys: Vec<(usize, u8)> = all.iter().map(|c| (c.examples, c.basis as u8)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mean: Vec<Curve> = keys
+        .iter()
+        .filter_map(|&(n, b)| {
+            let group: Vec<&Curve> = all
+                .iter()
+                .filter(|c| c.examples == n && c.basis as u8 == b)
+                .collect();
+            plot_lm_curves::mean_curve(&group)
+        })
+        .collect();
+    if written.len() > 1 {
+        let path = a.output.join("curves-mean.svg");
+        let title = format!("mean over {} held-out tasks", written.len());
+        plot_lm_curves::write(&path, &title, &mean)?;
+        written.push(path);
+    }
+    Ok(written)
 }

@@ -48,6 +48,7 @@ pub mod leave_one_out;
 pub mod plot;
 pub mod plot_capture;
 pub mod plot_curve;
+pub mod plot_lm_curves;
 pub mod project;
 pub mod reconstruct;
 pub mod run;

@@ -45,6 +45,57 @@ pub fn check_extension(path: &Path) -> Result<()> {
     }
 }
 
+/// The font of the figures drawn through [`write_figure`] (DejaVu Sans, embedded).
+pub const FIGURE_FONT: &str = "elx-sans";
+
+/// A figure that draws on any plotters backend, written by [`write_figure`].
+pub trait Figure {
+    /// Width and height in pixels.
+    fn size(&self) -> (u32, u32);
+    /// Draws the whole figure on `root`.
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> std::result::Result<(), String>;
+}
+
+/// Writes `figure` to `path` (.svg or .png) atomically, in [`FIGURE_FONT`].
+pub fn write_figure(path: &Path, figure: &impl Figure) -> Result<()> {
+    check_extension(path)?;
+    static FONT_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*FONT_OK.get_or_init(|| {
+        plotters::style::register_font(FIGURE_FONT, FontStyle::Normal, dejavu::sans::regular())
+            .is_ok()
+    }) {
+        return Err(Error::Usage("cannot load the embedded plot font".into()));
+    }
+    let fail = |e: String| Error::Usage(format!("{}: cannot draw the plot: {e}", path.display()));
+    let size = figure.size();
+    if ext(path).as_deref() == Some("svg") {
+        let mut out = String::new();
+        {
+            let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+            figure.draw(&root).map_err(fail)?;
+        }
+        return eigenlorax::util::write_atomic(path, out.as_bytes());
+    }
+    // The bitmap backend writes the file itself: draw into a temporary file beside the
+    // target, then rename, so a failure never leaves a half image under the real name.
+    let tmp = temp_beside(path);
+    let drawn = (|| {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        figure.draw(&root)?;
+        root.present().map_err(|e| e.to_string())
+    })();
+    match drawn {
+        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(fail(e))
+        }
+    }
+}
+
 fn ext(path: &Path) -> Option<String> {
     path.extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())

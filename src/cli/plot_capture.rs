@@ -3,13 +3,12 @@
 //! its random control as a grey bar beside it, the gain threshold as a dashed line, and the
 //! members of a cluster in another colour.
 
-use super::plot::check_extension;
+use super::plot::{FIGURE_FONT as FONT, Figure, write_figure};
+use eigenlorax::Result;
 use eigenlorax::eval::capture_vs_chance::GAIN_CAPTURE;
-use eigenlorax::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;
 
-const FONT: &str = "elx-sans";
 const CAPTURE: RGBColor = RGBColor(31, 119, 180);
 const CLUSTER: RGBColor = RGBColor(230, 120, 20);
 const RANDOM: RGBColor = RGBColor(120, 120, 120);
@@ -33,44 +32,32 @@ pub struct Bar {
 
 /// Writes the plot (.png or .svg) atomically.
 pub fn write(path: &Path, title: &str, bars: &[Bar]) -> Result<()> {
-    check_extension(path)?;
-    static FONT_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !*FONT_OK.get_or_init(|| {
-        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()
-    }) {
-        return Err(Error::Usage("cannot load the embedded plot font".into()));
-    }
     let mut sorted = bars.to_vec();
     sorted.sort_by(|a, b| b.captured.total_cmp(&a.captured));
-    let size = (860, 130 + ROW * sorted.len().max(4) as u32);
-    let fail = |e: String| Error::Usage(format!("{}: cannot draw the plot: {e}", path.display()));
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
-    {
-        let mut out = String::new();
-        {
-            let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
-            draw(&root, title, &sorted).map_err(fail)?;
-        }
-        return eigenlorax::util::write_atomic(path, out.as_bytes());
+    write_figure(
+        path,
+        &CaptureBars {
+            title,
+            bars: sorted,
+        },
+    )
+}
+
+struct CaptureBars<'a> {
+    title: &'a str,
+    bars: Vec<Bar>,
+}
+
+impl Figure for CaptureBars<'_> {
+    fn size(&self) -> (u32, u32) {
+        (860, 130 + ROW * self.bars.len().max(4) as u32)
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}.png", std::process::id()));
-    let drawn = (|| {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-        draw(&root, title, &sorted)?;
-        root.present().map_err(|e| e.to_string())
-    })();
-    match drawn {
-        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(fail(e))
-        }
+
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> std::result::Result<(), String> {
+        draw(root, self.title, &self.bars)
     }
 }
 

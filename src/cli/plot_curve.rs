@@ -2,13 +2,12 @@
 //! capture (with its min–max band) against the number of adapters in the subspace, beside
 //! the random control and chance, on a log-2 N axis.
 
-use super::plot::check_extension;
+use super::plot::{FIGURE_FONT as FONT, Figure, write_figure};
+use eigenlorax::Result;
 use eigenlorax::eval::capture_vs_chance::CurvePoint;
-use eigenlorax::{Error, Result};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
-const FONT: &str = "elx-sans";
 const SIZE: (u32, u32) = (760, 480);
 const CAPTURE: RGBColor = RGBColor(31, 119, 180);
 const RANDOM: RGBColor = RGBColor(120, 120, 120);
@@ -28,43 +27,24 @@ pub fn path_beside(path: &Path, suffix: &str) -> PathBuf {
 
 /// Writes the plot (.png or .svg) atomically.
 pub fn write(path: &Path, title: &str, curve: &[CurvePoint]) -> Result<()> {
-    check_extension(path)?;
-    static FONT_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !*FONT_OK.get_or_init(|| {
-        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()
-    }) {
-        return Err(Error::Usage("cannot load the embedded plot font".into()));
+    write_figure(path, &CaptureCurve { title, curve })
+}
+
+struct CaptureCurve<'a> {
+    title: &'a str,
+    curve: &'a [CurvePoint],
+}
+
+impl Figure for CaptureCurve<'_> {
+    fn size(&self) -> (u32, u32) {
+        SIZE
     }
-    let fail = |e: String| Error::Usage(format!("{}: cannot draw the plot: {e}", path.display()));
-    let svg = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
-    if svg {
-        let mut out = String::new();
-        {
-            let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
-            draw(&root, title, curve).map_err(fail)?;
-        }
-        return eigenlorax::util::write_atomic(path, out.as_bytes());
-    }
-    // The bitmap backend writes the file itself: draw into a temporary file beside the
-    // target, then rename, so a failure never leaves a half image under the real name.
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}.png", std::process::id()));
-    let drawn = (|| {
-        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
-        draw(&root, title, curve)?;
-        root.present().map_err(|e| e.to_string())
-    })();
-    match drawn {
-        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(fail(e))
-        }
+
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> std::result::Result<(), String> {
+        draw(root, self.title, self.curve)
     }
 }
 

@@ -83,6 +83,14 @@ fn leave_one_out_rows_equal_their_independent_paths() {
     let (adapters, workload) = family(&dir);
     let out = dir.join("out");
     let s = |p: &Path| p.to_string_lossy().into_owned();
+    // A host LoRA run's metrics, as tools/workload/train_wordnet_gen.py writes them.
+    let host = dir.join("host");
+    std::fs::create_dir_all(host.join("t0")).unwrap();
+    std::fs::write(
+        host.join("t0/metrics.json"),
+        r#"{"val_curve": [[0, 7.5], [1, 7.2], [2, 7.1]], "recipe": {"train_n": 4}}"#,
+    )
+    .unwrap();
     let (ok, stdout, err) = elx(&[
         "leave-one-out",
         "--model",
@@ -105,10 +113,20 @@ fn leave_one_out_rows_equal_their_independent_paths() {
         "4",
         "--lr",
         "2e-2",
+        "--host-curves",
+        &s(&host),
         "-o",
         &s(&out),
     ]);
     println!("{stdout}{err}");
+    let svg = std::fs::read_to_string(out.join("curves-t0.svg")).expect("convergence plot");
+    for label in [
+        "recycled, 4 pairs",
+        "random basis, 4 pairs",
+        "LoRA (host), 4 pairs",
+    ] {
+        assert!(svg.contains(label), "{label}");
+    }
     assert!(ok, "{err}");
     assert!(
         stdout.contains("Share of the base -> own-LoRA gap"),

@@ -233,6 +233,12 @@ def train_one(a, tok, model_fn, task, info, pad_id):
                      task_type="CAUSAL_LM")
     model = get_peft_model(base, cfg)
     train = encode(tok, read(task, "train"))
+    if a.train_n:
+        # Few-shot rows: the first N pairs (a random sample, as the data were built), batch
+        # min(8, N), an evaluation every epoch; the rest of the recipe unchanged.
+        train = train[:a.train_n]
+    batch = min(BATCH, len(train))
+    eval_every = -(-len(train) // batch)
     val = encode(tok, read(task, "validation"))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.999), weight_decay=0.0)
@@ -245,17 +251,17 @@ def train_one(a, tok, model_fn, task, info, pad_id):
     stopped = "max_steps"
     while step < MAX_STEPS:
         model.train()
-        if pos + BATCH > len(perm):
+        if pos + batch > len(perm):
             perm, pos = torch.randperm(len(train), generator=gen).tolist(), 0
-        idx = perm[pos:pos + BATCH]
-        pos += BATCH
+        idx = perm[pos:pos + batch]
+        pos += batch
         s, c = answer_nll(model, *collate([train[i] for i in idx], pad_id))
         loss = s / c
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        if step % EVAL_EVERY == 0:
+        if step % eval_every == 0:
             v = mean_nll(model, val, pad_id)
             curve.append((step, v))
             print(f"  {task} step {step} train {loss.item():.4f} val {v:.4f} ({time.time() - t0:.0f} s)", flush=True)
@@ -272,8 +278,8 @@ def train_one(a, tok, model_fn, task, info, pad_id):
     model.save_pretrained(out_dir)
     lora_test = evaluate(model, tok, task, info["kind"], test_rows, pad_id)
     m = {"task": task, "kind": info["kind"], "seed": seed,
-         "recipe": {"r": R, "alpha": ALPHA, "targets": TARGETS, "lr": a.lr, "batch": BATCH,
-                    "eval_every": EVAL_EVERY, "patience": PATIENCE, "max_steps": MAX_STEPS, "threads": torch.get_num_threads()},
+         "recipe": {"r": R, "alpha": ALPHA, "targets": TARGETS, "lr": a.lr, "batch": batch,
+                    "eval_every": eval_every, "train_n": len(train), "patience": PATIENCE, "max_steps": MAX_STEPS, "threads": torch.get_num_threads()},
          "steps": step, "best_step": best_step, "stopped": stopped, "best_val_nll": best,
          "val_curve": curve, "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
          "lora": lora_test, "base": base_test,
@@ -337,6 +343,9 @@ def main():
     t.add_argument("--no-base", dest="with_base", action="store_false", help="skip the base model's test row")
     t.add_argument("--lr", type=float, default=LR,
                    help=f"AdamW learning rate (default {LR}: the recipe; other values to choose it on validation)")
+    t.add_argument("--train-n", type=int, default=0,
+                   help="train on the first N training pairs only (the few-shot LoRA rows: 16, 64); "
+                        "batch min(8, N), an evaluation every epoch")
     tb = sub.add_parser("table")
     tb.add_argument("--adapters")
     tb.add_argument("--base")

@@ -38,6 +38,7 @@ use crate::finetune::lm::{
 use crate::serve::Backend;
 use crate::serve::generate::text::{DecoderFiles, TextGenerator};
 use crate::serve::input::chat::ChatTemplate;
+use crate::serve::input::text::max_position_embeddings;
 use crate::serve::store::TaskId;
 use crate::subspace::{self, ExtractOptions, KRule};
 use crate::util::{Job, run_parallel, write_atomic};
@@ -620,7 +621,9 @@ impl Training<'_> {
         } else {
             None
         };
-        let read = |p: &Path| read_prompt_answers(p, tok, template.as_ref(), end, usize::MAX);
+        let dir = self.files.model.parent().unwrap_or(Path::new("."));
+        let max_len = max_position_embeddings(dir).unwrap_or(usize::MAX);
+        let read = |p: &Path| read_prompt_answers(p, tok, template.as_ref(), end, max_len);
         let train = read(&self.spec.train)?;
         let val = read(&self.spec.validation)?;
         let mut rows = Vec::new();
