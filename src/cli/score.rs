@@ -32,6 +32,10 @@ pub struct ScoreArgs {
     /// taken as written, e.g. already templated).
     #[arg(long)]
     pub chat: bool,
+    /// Prompts whose answers are decoded together, in one batch (each answer is what it
+    /// would be alone).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub batch: usize,
     /// One JSON line per pair (prediction, scores), then one for the set.
     #[arg(long)]
     pub json: bool,
@@ -54,6 +58,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     let options = ScoreOptions {
         max_tokens: args.max_tokens,
         chat: args.chat,
+        batch: args.batch,
     };
     let scores = score_file(&tg, task, &args.data, &options, &mut |p: &ScoredPair| {
         if args.json {

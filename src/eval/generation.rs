@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::finetune::lm::read_prompt_answer_texts;
 use crate::serve::generate::text::TextGenerator;
-use crate::serve::generate::{Finish, GenerateOptions};
+use crate::serve::generate::{Finish, GenerateOptions, Request};
 use crate::serve::input::chat::ChatMessage;
 use crate::serve::store::TaskId;
 use std::path::Path;
@@ -98,6 +98,8 @@ pub struct ScoreOptions {
     pub max_tokens: usize,
     /// Wrap each prompt as a user turn in the model's chat template.
     pub chat: bool,
+    /// Prompts whose answers are decoded together (1: one after the other).
+    pub batch: usize,
 }
 
 /// Scores `task` on the prompt/answer JSONL file `data` (the format of `elx finetune
@@ -130,45 +132,58 @@ pub fn score_pairs(
             "expected at least one prompt/answer pair",
         ));
     }
-    let data = source;
     let tok = generator.tokenizer();
     let end = generator.files().end_of_turn(tok)?;
     let greedy = GenerateOptions {
         max_tokens: options.max_tokens,
+        stop_tokens: generator.stop_tokens().to_vec(),
         ..GenerateOptions::default()
     };
     let mut pairs = Vec::with_capacity(rows.len());
-    for (line, prompt, reference) in rows.iter().cloned() {
-        let at = |e: Error| Error::bad_file(data, format!("line {line}: {e}"));
-        let prompt = if options.chat {
-            generator.chat_prompt(&[ChatMessage::new("user", prompt.as_str())])?
-        } else {
-            prompt
-        };
-        let mut ids = Vec::new();
-        let finish = generator.generate(task, &prompt, &greedy, &[], &mut |p| {
-            ids.extend(p.token.map(|t| t.id));
-            Ok(true)
-        })?;
-        let prediction = tok.decode_text(&ids).map_err(at)?.trim().to_string();
-        // The reference's NLL, tokenized as training tokenizes it.
-        let mut full = tok.encode(&prompt, true).map_err(at)?;
-        let mut answer = tok.encode(&reference, false).map_err(at)?;
-        answer.push(end);
-        full.extend(&answer);
-        let nll = generator.generator().token_nll(task, &full)?;
-        let pair = ScoredPair {
-            line,
-            rouge_l: rouge_l(&prediction, &reference),
-            exact_match: exact_match(&prediction, &reference),
-            nll_sum: nll[nll.len() - answer.len()..].iter().sum(),
-            reference_tokens: answer.len(),
-            prediction,
-            reference,
-            finish,
-        };
-        on_pair(&pair)?;
-        pairs.push(pair);
+    // Greedy answers a batch at a time: every row of a batch decodes in one engine call (a
+    // row's tokens are those it gets alone, `Generator::generate_batch`).
+    for chunk in rows.chunks(options.batch.max(1)) {
+        let mut requests = Vec::with_capacity(chunk.len());
+        for (line, prompt, _) in chunk {
+            let at = |e: Error| Error::bad_file(source, format!("line {line}: {e}"));
+            let prompt = if options.chat {
+                generator.chat_prompt(&[ChatMessage::new("user", prompt.as_str())])?
+            } else {
+                prompt.clone()
+            };
+            let ids = tok.encode(&prompt, true).map_err(at)?;
+            if ids.is_empty() {
+                return Err(at(Error::Usage("the prompt has no tokens".into())));
+            }
+            requests.push(Request {
+                task,
+                prompt: ids,
+                options: greedy.clone(),
+            });
+        }
+        let generated = generator.generator().generate_batch(&requests)?;
+        for (((line, _, reference), request), out) in chunk.iter().zip(&requests).zip(generated) {
+            let at = |e: Error| Error::bad_file(source, format!("line {line}: {e}"));
+            let ids: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
+            let prediction = tok.decode_text(&ids).map_err(at)?.trim().to_string();
+            // The reference's NLL, tokenized as training tokenizes it.
+            let mut answer = tok.encode(reference, false).map_err(at)?;
+            answer.push(end);
+            let full: Vec<u32> = request.prompt.iter().chain(&answer).copied().collect();
+            let nll = generator.generator().token_nll(task, &full)?;
+            let pair = ScoredPair {
+                line: *line,
+                rouge_l: rouge_l(&prediction, reference),
+                exact_match: exact_match(&prediction, reference),
+                nll_sum: nll[nll.len() - answer.len()..].iter().sum(),
+                reference_tokens: answer.len(),
+                prediction,
+                reference: reference.clone(),
+                finish: out.finish,
+            };
+            on_pair(&pair)?;
+            pairs.push(pair);
+        }
     }
     let n = pairs.len() as f64;
     let tokens: usize = pairs.iter().map(|p| p.reference_tokens).sum();

@@ -251,6 +251,7 @@ impl TestSet<'_> {
         let options = ScoreOptions {
             max_tokens: self.spec.max_tokens,
             chat: self.cfg.chat,
+            batch: 8,
         };
         let t0 = Instant::now();
         let mut lines = String::new();
