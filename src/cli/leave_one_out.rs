@@ -242,6 +242,14 @@ fn held_out(a: &Args, tasks: &[LmTaskSpec]) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// The training pairs a row used on the device ("-" for the fixed rows).
+fn size_cell(method: LmMethod, n: usize) -> String {
+    match method {
+        LmMethod::InContext | LmMethod::Finetuned | LmMethod::RandomBasis => n.to_string(),
+        _ => "-".into(),
+    }
+}
+
 fn share_cell(x: Option<f64>) -> String {
     x.map_or_else(|| "n/a".into(), pct)
 }
@@ -269,12 +277,7 @@ fn task_table(r: &LmTaskResult) -> Table {
         };
         t.row(vec![
             format!("{}: {}", r.task, row.method.label()),
-            match row.method {
-                LmMethod::InContext | LmMethod::Finetuned | LmMethod::RandomBasis => {
-                    row.train_examples.to_string()
-                }
-                _ => "-".into(),
-            },
+            size_cell(row.method, row.train_examples),
             format!("{:.3}", row.rouge_l),
             format!("{:.2}", row.exact_match),
             format!("{:.3}", row.nll),
@@ -332,7 +335,7 @@ fn summary(results: &[LmTaskResult], min_gap: f64) -> String {
         }
         t.row(vec![
             method.label().to_string(),
-            n.to_string(),
+            size_cell(method, n),
             med(&rl),
             mean(&rl),
             rl.len().to_string(),

@@ -42,7 +42,7 @@ use crate::serve::input::text::max_position_embeddings;
 use crate::serve::store::TaskId;
 use crate::subspace::{self, ExtractOptions, KRule};
 use crate::util::{Job, run_parallel, write_atomic};
-use prompts::{UserTurnFrame, in_context_prompt};
+use prompts::in_context_pairs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -248,9 +248,21 @@ impl TestSet<'_> {
         pairs: &[(usize, String, String)],
         stem: &str,
     ) -> Result<(GenerationScores, f64)> {
+        self.score_as(generator, task, pairs, stem, self.cfg.chat)
+    }
+
+    /// [`TestSet::score`], the prompts wrapped in the chat template or not (`chat`).
+    fn score_as(
+        &self,
+        generator: &TextGenerator,
+        task: TaskId,
+        pairs: &[(usize, String, String)],
+        stem: &str,
+        chat: bool,
+    ) -> Result<(GenerationScores, f64)> {
         let options = ScoreOptions {
             max_tokens: self.spec.max_tokens,
-            chat: self.cfg.chat,
+            chat,
             batch: 8,
         };
         let t0 = Instant::now();
@@ -280,6 +292,28 @@ impl TestSet<'_> {
             lines.as_bytes(),
         )?;
         Ok((scores, seconds))
+    }
+
+    /// The in-context row: the base model on `pairs`, the test pairs with `n` training pairs
+    /// as earlier turns (rendered already, so scored as written). The first prompt is kept in
+    /// `in-context.prompt.txt`, to read what the model saw.
+    fn in_context_row(
+        &self,
+        generator: &TextGenerator,
+        pairs: &[(usize, String, String)],
+        n: usize,
+    ) -> Result<LmRow> {
+        if let Some((_, first, _)) = pairs.first() {
+            write_atomic(&self.dir.join("in-context.prompt.txt"), first.as_bytes())?;
+        }
+        let (s, seconds) = self.score_as(
+            generator,
+            generator.base_task(),
+            pairs,
+            LmMethod::InContext.file_stem(),
+            false,
+        )?;
+        Ok(row(LmMethod::InContext, n, 0, 0, &s, seconds))
     }
 
     /// A fixed row: `task` scored on the test prompts.
@@ -381,6 +415,25 @@ pub fn run_task(
             ),
         ));
     }
+
+    let template = chat_template(&files)?;
+    let in_context = match (&template, cfg.in_context) {
+        (_, 0) => None,
+        (Some(t), n) => Some(in_context_pairs(
+            t,
+            cfg.chat,
+            &train_texts[..n],
+            &spec.train,
+            &test_pairs,
+            &spec.test,
+        )?),
+        (None, _) => {
+            return Err(Error::bad_file(
+                &files.model,
+                "the in-context row needs the model's chat template, and none is beside the model (--in-context 0 leaves the row out)",
+            ));
+        }
+    };
 
     // Subspaces: the other tasks' (recycled), a random one of the same K, the span of the
     // others' mean direction, the task's own.
@@ -499,8 +552,8 @@ pub fn run_task(
             own_row,
             test.fixed_row(&g, g.base_task(), LmMethod::Base, 0, 0)?,
         ];
-        if cfg.in_context > 0 {
-            rows.push(in_context_row(&g, cfg, spec, &train_texts, test)?);
+        if let Some(pairs) = &in_context {
+            rows.push(test.in_context_row(&g, pairs, cfg.in_context)?);
         }
         log(&format!(
             "{}: base, in-context and own-LoRA rows scored",
@@ -540,56 +593,6 @@ pub fn run_task(
     })
 }
 
-/// The in-context row: the first `cfg.in_context` training pairs as earlier turns of the
-/// chat before each test question, on the base model.
-fn in_context_row(
-    g: &TextGenerator,
-    cfg: &LmLooConfig,
-    spec: &LmTaskSpec,
-    train_texts: &[(usize, String, String)],
-    test: &TestSet<'_>,
-) -> Result<LmRow> {
-    let frame = if cfg.chat {
-        None
-    } else {
-        Some(UserTurnFrame::of(g)?)
-    };
-    let user = |prompt: &str, source: &Path, line: usize| -> Result<String> {
-        Ok(match &frame {
-            Some(f) => f.user_text(prompt, source, line)?.to_string(),
-            None => prompt.to_string(),
-        })
-    };
-    let examples = train_texts[..cfg.in_context]
-        .iter()
-        .map(|(line, p, a)| Ok((user(p, &spec.train, *line)?, a.clone())))
-        .collect::<Result<Vec<_>>>()?;
-    let pairs = test
-        .pairs
-        .iter()
-        .map(|(line, p, a)| {
-            let q = user(p, &spec.test, *line)?;
-            Ok((*line, in_context_prompt(g, &examples, &q)?, a.clone()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // The first prompt in full, to read what the model saw.
-    if let Some((_, first, _)) = pairs.first() {
-        write_atomic(&test.dir.join("in-context.prompt.txt"), first.as_bytes())?;
-    }
-    // The prompts are rendered here, so they are scored as written.
-    let raw = TestSet {
-        cfg: &LmLooConfig {
-            chat: false,
-            ..cfg.clone()
-        },
-        spec,
-        pairs: Vec::new(),
-        dir: test.dir,
-    };
-    let (s, seconds) = raw.score(g, g.base_task(), &pairs, LmMethod::InContext.file_stem())?;
-    Ok(row(LmMethod::InContext, cfg.in_context, 0, 0, &s, seconds))
-}
-
 /// What the trained rows of one basis share.
 struct Training<'a> {
     cfg: &'a LmLooConfig,
@@ -610,17 +613,15 @@ impl Training<'_> {
         }
         let tok = g.tokenizer();
         let end = self.files.end_of_turn(tok)?;
-        let template = if self.cfg.chat {
-            let source = self.files.chat_template.as_deref().ok_or_else(|| {
-                Error::bad_file(&self.files.model, "expected a chat template, found none")
-            })?;
-            Some(ChatTemplate::new(
-                source,
-                self.files.bos_token.as_deref().unwrap_or(""),
-                self.files.eos_token.as_deref().unwrap_or(""),
-            )?)
-        } else {
-            None
+        let template = match chat_template(self.files)? {
+            Some(t) if self.cfg.chat => Some(t),
+            None if self.cfg.chat => {
+                return Err(Error::bad_file(
+                    &self.files.model,
+                    "--chat: expected a chat template beside the model, found none",
+                ));
+            }
+            _ => None,
         };
         let dir = self.files.model.parent().unwrap_or(Path::new("."));
         let max_len = max_position_embeddings(dir).unwrap_or(usize::MAX);
@@ -690,4 +691,19 @@ impl Training<'_> {
         }
         Ok(rows)
     }
+}
+
+/// The model's chat template, when it has one.
+fn chat_template(files: &DecoderFiles) -> Result<Option<ChatTemplate>> {
+    files
+        .chat_template
+        .as_deref()
+        .map(|source| {
+            ChatTemplate::new(
+                source,
+                files.bos_token.as_deref().unwrap_or(""),
+                files.eos_token.as_deref().unwrap_or(""),
+            )
+        })
+        .transpose()
 }

@@ -7,43 +7,37 @@
 //! error, not a guess.
 
 use crate::error::{Error, Result};
-use crate::serve::generate::text::TextGenerator;
-use crate::serve::input::chat::ChatMessage;
+use crate::serve::input::chat::{ChatMessage, ChatTemplate};
 use std::path::Path;
 
 /// A marker no prompt holds: the user's text in the rendering that shows the template's frame.
 const MARKER: &str = "\u{1}elx-user-turn\u{1}";
 
-/// How one user turn is framed by the model's chat template: the text before and after it.
-pub(super) struct UserTurnFrame {
-    before: String,
-    after: String,
-}
-
-impl UserTurnFrame {
-    /// The frame of `generator`'s chat template (an error when the model has none).
-    pub(super) fn of(generator: &TextGenerator) -> Result<UserTurnFrame> {
-        let rendered = generator.chat_prompt(&[ChatMessage::new("user", MARKER)])?;
-        let (before, after) = rendered.split_once(MARKER).ok_or_else(|| {
-            Error::Usage("the chat template does not show the user's text as written".into())
-        })?;
-        Ok(UserTurnFrame {
-            before: before.to_string(),
-            after: after.to_string(),
-        })
-    }
-
-    /// The user's text of `prompt`, a rendered single user turn; `source` and `line` name it
-    /// in the error when the template did not make it.
-    pub(super) fn user_text<'a>(
-        &self,
-        prompt: &'a str,
-        source: &Path,
-        line: usize,
-    ) -> Result<&'a str> {
+/// The in-context prompts of `test` (line, prompt, answer): the `examples` (line, prompt,
+/// answer, from `train`) as earlier turns of the chat, then each test question's user turn
+/// with the assistant's turn opened. With `chat`, prompts are the user's text; otherwise
+/// they were rendered by `template`, and one it did not render is an error naming its file
+/// and line.
+pub(super) fn in_context_pairs(
+    template: &ChatTemplate,
+    chat: bool,
+    examples: &[(usize, String, String)],
+    train: &Path,
+    test: &[(usize, String, String)],
+    test_path: &Path,
+) -> Result<Vec<(usize, String, String)>> {
+    let rendered = template.render(&[ChatMessage::new("user", MARKER)], true)?;
+    let (before, after) = rendered.split_once(MARKER).ok_or_else(|| {
+        Error::Usage("the chat template does not show the user's text as written".into())
+    })?;
+    let user = |prompt: &str, source: &Path, line: usize| -> Result<String> {
+        if chat {
+            return Ok(prompt.to_string());
+        }
         prompt
-            .strip_prefix(self.before.as_str())
-            .and_then(|p| p.strip_suffix(self.after.as_str()))
+            .strip_prefix(before)
+            .and_then(|p| p.strip_suffix(after))
+            .map(str::to_string)
             .ok_or_else(|| {
                 Error::bad_file(
                     source,
@@ -52,21 +46,17 @@ impl UserTurnFrame {
                     ),
                 )
             })
+    };
+    let mut turns = Vec::with_capacity(2 * examples.len() + 1);
+    for (line, prompt, answer) in examples {
+        turns.push(ChatMessage::new("user", user(prompt, train, *line)?));
+        turns.push(ChatMessage::new("assistant", answer.as_str()));
     }
-}
-
-/// The in-context prompt of `question`: `examples` (user text, answer) as earlier turns of
-/// the same chat, then `question`'s user turn with the assistant's turn opened.
-pub(super) fn in_context_prompt(
-    generator: &TextGenerator,
-    examples: &[(String, String)],
-    question: &str,
-) -> Result<String> {
-    let mut messages = Vec::with_capacity(2 * examples.len() + 1);
-    for (user, answer) in examples {
-        messages.push(ChatMessage::new("user", user.as_str()));
-        messages.push(ChatMessage::new("assistant", answer.as_str()));
-    }
-    messages.push(ChatMessage::new("user", question));
-    generator.chat_prompt(&messages)
+    test.iter()
+        .map(|(line, prompt, answer)| {
+            let mut messages = turns.clone();
+            messages.push(ChatMessage::new("user", user(prompt, test_path, *line)?));
+            Ok((*line, template.render(&messages, true)?, answer.clone()))
+        })
+        .collect()
 }
