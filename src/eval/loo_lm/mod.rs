@@ -575,6 +575,11 @@ pub fn run_task(
             Ok(vec![row])
         }));
     }
+    if sizes.is_empty() {
+        // Without trained rows the own-LoRA engine's three rows are the longest job: start
+        // it first, so the others fill the other threads meanwhile.
+        jobs.rotate_right(usize::from(mean_bundle.is_some()) + 1);
+    }
     let mut rows: Vec<LmRow> = run_parallel(jobs, cfg.threads.max(1))?
         .into_iter()
         .flatten()
