@@ -276,7 +276,7 @@ def train_one(a, tok, model_fn, task, info, pad_id):
     train_wall, train_cpu = time.time() - t0, time.process_time() - c0
     model.load_state_dict(best_state, strict=False)
     model.save_pretrained(out_dir)
-    lora_test = evaluate(model, tok, task, info["kind"], test_rows, pad_id)
+    lora_test = evaluate(model, tok, task, info["kind"], test_rows, pad_id) if a.with_test else None
     m = {"task": task, "kind": info["kind"], "seed": seed,
          "recipe": {"r": R, "alpha": ALPHA, "targets": TARGETS, "lr": a.lr, "batch": batch,
                     "eval_every": eval_every, "train_n": len(train), "patience": PATIENCE, "max_steps": MAX_STEPS, "threads": torch.get_num_threads()},
@@ -287,7 +287,7 @@ def train_one(a, tok, model_fn, task, info, pad_id):
     with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
         json.dump(m, fh, indent=1, sort_keys=True)
     print(json.dumps({k: m[k] for k in ("task", "steps", "best_step", "best_val_nll", "train_wall_s", "train_cpu_s")}
-                     | {"lora": {k: m["lora"][k] for k in ("rouge_l", "exact_match", "nll")},
+                     | {"lora": lora_test and {k: lora_test[k] for k in ("rouge_l", "exact_match", "nll")},
                         "base": base_test and {k: base_test[k] for k in ("rouge_l", "exact_match", "nll")}}), flush=True)
     return m
 
@@ -326,8 +326,9 @@ def cmd_table(a):
         cells = [t, info["kind"]]
         cells += [f"{b['rouge_l']:.3f}", f"{b['exact_match']:.2f}", f"{b['nll']:.3f}"] if b else ["", "", ""]
         if m:
-            cells += [f"{m['lora']['rouge_l']:.3f}", f"{m['lora']['exact_match']:.2f}", f"{m['lora']['nll']:.3f}",
-                      f"{m['steps']} ({m['best_step']})", f"{m['train_cpu_s']:.0f} / {m['train_wall_s']:.0f}"]
+            lo = m["lora"]
+            cells += [f"{lo['rouge_l']:.3f}", f"{lo['exact_match']:.2f}", f"{lo['nll']:.3f}"] if lo else ["", "", ""]
+            cells += [f"{m['steps']} ({m['best_step']})", f"{m['train_cpu_s']:.0f} / {m['train_wall_s']:.0f}"]
         else:
             cells += ["", "", "", "", ""]
         print("| " + " | ".join(cells) + " |")
@@ -343,6 +344,8 @@ def main():
     t.add_argument("--no-base", dest="with_base", action="store_false", help="skip the base model's test row")
     t.add_argument("--lr", type=float, default=LR,
                    help=f"AdamW learning rate (default {LR}: the recipe; other values to choose it on validation)")
+    t.add_argument("--no-test", dest="with_test", action="store_false",
+                   help="skip the LoRA's test row (the leave-one-out's own-LoRA row scores it on the device)")
     t.add_argument("--train-n", type=int, default=0,
                    help="train on the first N training pairs only (the few-shot LoRA rows: 16, 64); "
                         "batch min(8, N), an evaluation every epoch")
