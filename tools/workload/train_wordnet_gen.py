@@ -317,8 +317,8 @@ def cmd_table(a):
     if a.base and os.path.exists(a.base):
         with open(a.base) as fh:
             base = json.load(fh)
-    print("| task | kind | base RL | base EM | base NLL | LoRA RL | LoRA EM | LoRA NLL | steps (best) | CPU s / wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| task | kind | base RL | base EM | base NLL | LoRA RL | LoRA EM | LoRA NLL | val NLL: base → best | steps (best) | CPU s / wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for t, info in summary()["tasks"].items():
         p = os.path.join(a.adapters, t, "metrics.json") if a.adapters else ""
         m = json.load(open(p)) if p and os.path.exists(p) else None
@@ -328,9 +328,10 @@ def cmd_table(a):
         if m:
             lo = m["lora"]
             cells += [f"{lo['rouge_l']:.3f}", f"{lo['exact_match']:.2f}", f"{lo['nll']:.3f}"] if lo else ["", "", ""]
-            cells += [f"{m['steps']} ({m['best_step']})", f"{m['train_cpu_s']:.0f} / {m['train_wall_s']:.0f}"]
+            cells += [f"{m['val_curve'][0][1]:.2f} → {m['best_val_nll']:.2f}", f"{m['steps']} ({m['best_step']})",
+                      f"{m['train_cpu_s']:.0f} / {m['train_wall_s']:.0f}"]
         else:
-            cells += ["", "", "", "", ""]
+            cells += ["", "", "", "", "", ""]
         print("| " + " | ".join(cells) + " |")
 
 
