@@ -5,10 +5,15 @@
 # tiny BERT runs and the training steps), file formats and the C API; then compares the
 # x86_64 and aarch64 `elx run` outputs. Installs what it needs. Every test left out here runs
 # on x86_64 in tools/test.sh.
+#
+# CI (.ci/run) runs it beside tools/test.sh with its own CARGO_TARGET_DIR and
+# ELX_AARCH64_AWAIT_HOST_ELX=1: it then waits for the x86_64 `elx` that tools/test.sh
+# builds (after installing the Python references) instead of building one itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tools/ci/steps.sh
 target=aarch64-unknown-linux-gnu
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 
 toolchain() {
   local need=()
@@ -73,9 +78,8 @@ emulated_tests() {
 compare_outputs() {
   local work
   work="$(mktemp -d)"
-  [ -x target/debug/elx ] || cargo build -q --bin elx
   local x86=target/debug/elx
-  local arm=(qemu-aarch64 -L /usr/aarch64-linux-gnu "target/$target/debug/elx")
+  local arm=(qemu-aarch64 -L /usr/aarch64-linux-gnu "$target_dir/$target/debug/elx")
   "$x86" extract models/fixtures/adapters/task{0,1,2,3,4} -o "$work/d.elxb" >/dev/null
   "$x86" bind "$work/d.elxb" --base models/fixtures/tiny-bert/model.onnx >/dev/null
   "$x86" project models/fixtures/adapters/task5 --bundle "$work/d.elxb" -o "$work/t5.elxc" >/dev/null
@@ -87,10 +91,33 @@ compare_outputs() {
   rm -rf "$work"
 }
 
+# The x86_64 `elx` (compare_outputs, tools/test-capi.sh): CI's x86_64 lane builds it with
+# the suite; run alone, this script builds it.
+host_elx() {
+  if [ -z "${ELX_AARCH64_AWAIT_HOST_ELX:-}" ]; then
+    [ -x target/debug/elx ] || cargo build -q --bin elx
+    return
+  fi
+  local waited=0
+  until [ -x target/debug/elx ]; do
+    if [ "$waited" -ge 3600 ]; then
+      echo "aarch64 lane: no target/debug/elx from the x86_64 lane after 1 h" >&2
+      return 1
+    fi
+    sleep 5
+    waited=$((waited + 5))
+  done
+}
+
 step "aarch64: toolchain (apt, rustup target)" toolchain
 step "aarch64: cross-build (tests, elx, libelx)" cross_build
+step "aarch64: the x86_64 elx (built by the suite)" host_elx
 step "aarch64: tests under qemu" emulated_tests
 step "aarch64: x86_64 vs aarch64 outputs" compare_outputs
 # examples/c and the C API test built with aarch64-linux-gnu-gcc against libelx (shared and
 # static) and run under qemu, compared with the aarch64 `elx` under qemu (tools/test-capi.sh).
 step "aarch64: C API from C under qemu" tools/test-capi.sh --target "$target"
+# The Python wheel cross-built for aarch64, pip-installed into a venv of Debian's aarch64
+# CPython and tested under qemu: the README's example and python/tests against the aarch64
+# `elx` (tools/test-python.sh).
+step "aarch64: Python wheel under qemu" tools/test-python.sh --target "$target"

@@ -31,10 +31,10 @@ print(dirs[0] if dirs else "")')"
   elx_bin=$PWD/target/debug/elx
 else
   cc=aarch64-linux-gnu-gcc
-  run=(qemu-aarch64 -L /usr/aarch64-linux-gnu -E "LD_LIBRARY_PATH=$PWD/target/$target/debug")
-  # tools/test-aarch64.sh cross-built the same selection.
+  # tools/test-aarch64.sh cross-built the same selection (in its CARGO_TARGET_DIR, if set).
+  lib="${CARGO_TARGET_DIR:-$PWD/target}/$target/debug"
+  run=(qemu-aarch64 -L /usr/aarch64-linux-gnu -E "LD_LIBRARY_PATH=$lib")
   cargo build -q --target "$target" --workspace --exclude eigenlorax-py --lib --bins
-  lib=$PWD/target/$target/debug
 fi
 elx=("${run[@]}" "${elx_bin:-$lib/elx}")
 host_elx=target/debug/elx

@@ -5,7 +5,9 @@
 # Each finished step appends "NAME<TAB>SECONDS" to $ELX_CI_STEPS. The first script that
 # sources this file in a process tree owns the table: it creates the file and prints the table
 # with a total when it exits, with the step that was running marked FAILED if one failed.
-# Scripts it calls (tools/test.sh from .ci/run) inherit ELX_CI_STEPS and add their rows.
+# Scripts it calls (tools/test.sh from .ci/run) inherit ELX_CI_STEPS and add their rows; two
+# scripts may run side by side (.ci/run's aarch64 lane): each marks its running step in its
+# own file, and the report names every step still running.
 
 if [ -z "${ELX_CI_STEPS:-}" ]; then
   ELX_CI_STEPS=$(mktemp /tmp/elx-ci-steps.XXXXXX)
@@ -18,13 +20,15 @@ if [ -z "${ELX_CI_STEPS:-}" ]; then
       while IFS=$'\t' read -r name secs; do
         printf 'ci: %-44s %8s\n' "$name" "$secs"
       done <"$ELX_CI_STEPS"
-      if [ -f "$ELX_CI_STEPS.running" ]; then
-        IFS=$'\t' read -r name secs <"$ELX_CI_STEPS.running"
-        printf 'ci: %-44s %8s  FAILED (exit %s)\n' "$name" "$(($(date +%s) - secs))" "$rc"
-      fi
+      local running
+      for running in "$ELX_CI_STEPS".running.*; do
+        [ -f "$running" ] || continue
+        IFS=$'\t' read -r name secs <"$running"
+        printf 'ci: %-44s %8s  FAILED or stopped (exit %s)\n' "$name" "$(($(date +%s) - secs))" "$rc"
+      done
       printf 'ci: %-44s %8s\n' total "$(($(date +%s) - _elx_steps_t0))"
     } >&2
-    rm -f "$ELX_CI_STEPS" "$ELX_CI_STEPS.running"
+    rm -f "$ELX_CI_STEPS" "$ELX_CI_STEPS".running.*
     return "$rc"
   }
   trap _elx_steps_report EXIT
@@ -34,9 +38,9 @@ step() {
   local name=$1 t0
   shift
   t0=$(date +%s)
-  printf '%s\t%s\n' "$name" "$t0" >"$ELX_CI_STEPS.running"
+  printf '%s\t%s\n' "$name" "$t0" >"$ELX_CI_STEPS.running.$$"
   echo "== step: $name" >&2
   "$@"
-  rm -f "$ELX_CI_STEPS.running"
+  rm -f "$ELX_CI_STEPS.running.$$"
   printf '%s\t%s\n' "$name" "$(($(date +%s) - t0))" >>"$ELX_CI_STEPS"
 }
