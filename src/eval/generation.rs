@@ -162,21 +162,30 @@ pub fn score_pairs(
             });
         }
         let generated = generator.generator().generate_batch(&requests)?;
-        for (((line, _, reference), request), out) in chunk.iter().zip(&requests).zip(generated) {
+        // The references' NLL, tokenized as training tokenizes them, the batch in one call.
+        let mut answers = Vec::with_capacity(chunk.len());
+        for ((line, _, reference), request) in chunk.iter().zip(&requests) {
             let at = |e: Error| Error::bad_file(source, format!("line {line}: {e}"));
-            let ids: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
-            let prediction = tok.decode_text(&ids).map_err(at)?.trim().to_string();
-            // The reference's NLL, tokenized as training tokenizes it.
             let mut answer = tok.encode(reference, false).map_err(at)?;
             answer.push(end);
             let full: Vec<u32> = request.prompt.iter().chain(&answer).copied().collect();
-            let nll = generator.generator().token_nll(task, &full)?;
+            answers.push((answer.len(), full));
+        }
+        let rows: Vec<_> = answers.iter().map(|(_, full)| (task, &full[..])).collect();
+        let nlls = generator.generator().token_nll_batch(&rows)?;
+        for (((line, _, reference), out), ((answer_len, _), nll)) in
+            chunk.iter().zip(generated).zip(answers.iter().zip(nlls))
+        {
+            let at = |e: Error| Error::bad_file(source, format!("line {line}: {e}"));
+            let ids: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
+            let prediction = tok.decode_text(&ids).map_err(at)?.trim().to_string();
+            let answer_len = *answer_len;
             let pair = ScoredPair {
                 line: *line,
                 rouge_l: rouge_l(&prediction, reference),
                 exact_match: exact_match(&prediction, reference),
-                nll_sum: nll[nll.len() - answer.len()..].iter().sum(),
-                reference_tokens: answer.len(),
+                nll_sum: nll[nll.len() - answer_len..].iter().sum(),
+                reference_tokens: answer_len,
                 prediction,
                 reference: reference.clone(),
                 finish: out.finish,

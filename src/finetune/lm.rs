@@ -19,6 +19,7 @@ use super::schedule::Adam;
 use crate::bundle::{Bundle, CoeffFile, Manifest, Provenance};
 use crate::error::{Error, Result};
 use crate::serve::family::Decoder;
+use crate::serve::generate::Generator;
 use crate::serve::generate::text::{DecoderFiles, PromptTokenizer};
 use crate::serve::hidden::TokenBatch;
 use crate::serve::input::chat::{ChatMessage, ChatTemplate};
@@ -80,6 +81,22 @@ impl Default for LmConfig {
             threads: 1,
         }
     }
+}
+
+/// Examples per engine call of a [`Validation::Serving`] evaluation: the serving path keeps
+/// the logits of every position (rows x tokens x vocabulary floats), so batches stay small.
+const SERVING_EVAL_BATCH: usize = 8;
+
+/// Where a run measures its validation NLL.
+#[derive(Clone, Copy)]
+pub enum Validation<'g> {
+    /// On the training graphs: a forward and a backward pass per evaluation batch, and
+    /// nothing needed besides the trainer.
+    TrainingGraphs,
+    /// On the forward-only serving path of a generator whose engine is bound to the run's
+    /// bundle: the same NLL to float rounding, for the cost of a forward pass (about a third),
+    /// while the generator's engine holds the base weights a second time.
+    Serving(&'g Generator),
 }
 
 /// What a run reports as it goes.
@@ -235,6 +252,80 @@ impl LmTrainer {
         &self.params
     }
 
+    /// Validation NLL per answer token under the current coefficients, measured as
+    /// `validation` says.
+    pub fn validation_nll_with(&mut self, validation: Validation) -> Result<f64> {
+        match validation {
+            Validation::TrainingGraphs => self.validation_nll(),
+            Validation::Serving(g) => self.serving_validation_nll(g),
+        }
+    }
+
+    /// [`LmTrainer::validation_nll_with`] on the serving path of `g`: the current
+    /// coefficients inserted as a task for the evaluation, then unloaded.
+    fn serving_validation_nll(&self, g: &Generator) -> Result<f64> {
+        let file = self.coeff_file(g.engine().subspace_id(), "validation")?;
+        let id = g.engine().insert_task(&file)?;
+        let nll = self.serving_nll_of(g, id);
+        g.engine().unload_task(id)?;
+        nll
+    }
+
+    fn serving_nll_of(&self, g: &Generator, id: crate::serve::store::TaskId) -> Result<f64> {
+        let total: usize = self.val.iter().map(|e| e.answer.len()).sum();
+        let seqs: Vec<(Vec<u32>, usize)> = self
+            .val
+            .iter()
+            .map(|e| ([&e.prompt[..], &e.answer[..]].concat(), e.answer.len()))
+            .collect();
+        let chunk_sum = |chunk: &[(Vec<u32>, usize)]| -> Result<f64> {
+            let rows: Vec<_> = chunk.iter().map(|(ids, _)| (id, &ids[..])).collect();
+            let nll = g.token_nll_batch(&rows)?;
+            Ok(nll
+                .iter()
+                .zip(chunk)
+                .map(|(v, (_, answer))| v[v.len() - answer..].iter().sum::<f64>())
+                .sum())
+        };
+        let chunks: Vec<&[(Vec<u32>, usize)]> = seqs.chunks(SERVING_EVAL_BATCH).collect();
+        let threads = self.cfg.threads.clamp(1, chunks.len());
+        // Chunk sums are added in chunk order, so the value does not depend on the threads.
+        let sums: Vec<Result<f64>> = if threads == 1 {
+            chunks.iter().map(|c| chunk_sum(c)).collect()
+        } else {
+            let mut sums: Vec<Option<Result<f64>>> = (0..chunks.len()).map(|_| None).collect();
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let (chunks, chunk_sum) = (&chunks, &chunk_sum);
+                        scope.spawn(move || {
+                            (t..chunks.len())
+                                .step_by(threads)
+                                .map(|i| (i, chunk_sum(chunks[i])))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    match h.join() {
+                        Ok(done) => done.into_iter().for_each(|(i, s)| sums[i] = Some(s)),
+                        Err(_) => {
+                            sums.push(Some(Err(Error::Internal(
+                                "a validation thread panicked".into(),
+                            ))));
+                        }
+                    }
+                }
+            });
+            sums.into_iter().flatten().collect()
+        };
+        let mut sum = 0.0;
+        for s in sums {
+            sum += s?;
+        }
+        Ok(sum / total as f64)
+    }
+
     /// Validation NLL per answer token under the current coefficients (one exact-gradient
     /// pass per evaluation batch: the graphs are the training graphs).
     pub fn validation_nll(&mut self) -> Result<f64> {
@@ -253,11 +344,20 @@ impl LmTrainer {
     }
 
     /// Trains until the step limit or early stopping; `on_event` sees every evaluation. The
-    /// kept coefficients are the best evaluated ones.
+    /// kept coefficients are the best evaluated ones. Validation runs on the training graphs.
     pub fn fit(&mut self, on_event: &mut dyn FnMut(&LmEvent)) -> Result<LmReport> {
+        self.fit_with(Validation::TrainingGraphs, on_event)
+    }
+
+    /// [`LmTrainer::fit`], with the validation NLL measured as `validation` says.
+    pub fn fit_with(
+        &mut self,
+        validation: Validation,
+        on_event: &mut dyn FnMut(&LmEvent),
+    ) -> Result<LmReport> {
         let epoch = self.train.len().div_ceil(self.cfg.batch_size) as u64;
         let every = self.cfg.eval_every.unwrap_or(epoch).max(1);
-        let start = self.validation_nll()?;
+        let start = self.validation_nll_with(validation)?;
         let (mut best, mut best_step, mut bad) = (start, 0, 0);
         self.best.clone_from(&self.params);
         let (mut window, mut window_n) = (0.0, 0u64);
@@ -292,7 +392,7 @@ impl LmTrainer {
             window += loss;
             window_n += 1;
             if self.step.is_multiple_of(every) || self.step == self.cfg.max_steps {
-                let val_nll = self.validation_nll()?;
+                let val_nll = self.validation_nll_with(validation)?;
                 let improved = val_nll < best - 1e-4;
                 if improved {
                     (best, best_step, bad) = (val_nll, self.step, 0);

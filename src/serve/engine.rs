@@ -138,6 +138,11 @@ impl Engine {
         self.inner.plans_per_shape()
     }
 
+    /// The subspace id of the bundle the engine serves: a task's coefficients must name it.
+    pub fn subspace_id(&self) -> &str {
+        self.inner.store().subspace_id()
+    }
+
     /// Loads a coefficient file (checked against the bundle's subspace) as a new task.
     pub fn load_task(&self, path: &Path) -> Result<TaskId> {
         self.inner.store().load(path)

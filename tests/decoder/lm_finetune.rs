@@ -184,3 +184,92 @@ fn lm_finetuning_refuses_bad_data_and_classification_flags_by_name() {
     );
     assert!(!task.exists(), "nothing written on an error");
 }
+
+/// Validation on the serving engine (a forward pass) gives the training graphs' validation
+/// NLL, before and after training, whatever the threads; a run validated either way takes
+/// the same steps and keeps the same coefficients. A batch of rows of different lengths
+/// scores each row as it scores alone.
+#[test]
+fn serving_validation_equals_the_training_graphs() {
+    use eigenlorax::finetune::lm::{LmConfig, LmTrainer, Validation};
+    let (model, bundle) = decoder_folder("serving-val");
+    let dir = model.parent().unwrap().to_path_buf();
+    let (train, val) = (dir.join("train.jsonl"), dir.join("val.jsonl"));
+    write_pairs(&train, 16, 0);
+    write_pairs(&val, 19, 100);
+    let tok = PromptTokenizer::open(&dir.join("tokenizer.json")).expect("tokenizer");
+    let read = |p: &Path| read_prompt_answers(p, &tok, None, 2, 8192).expect("pairs");
+    let (train, val) = (read(&train), read(&val));
+    let b = eigenlorax::bundle::Bundle::read(&bundle).expect("bundle");
+    let g = Generator::load(&model, &b, Backend::Tract).expect("generator");
+
+    // Rows of different lengths in one call, each as alone.
+    let base = g
+        .engine()
+        .insert_task(&eigenlorax::bundle::CoeffFile::base(
+            &b.manifest.subspace_id,
+        ))
+        .expect("base task");
+    let seqs: Vec<Vec<u32>> = val[..5]
+        .iter()
+        .map(|p| [&p.prompt[..], &p.answer[..], &p.answer[..(val.len() % 3)]].concat())
+        .collect();
+    let rows: Vec<_> = seqs.iter().map(|s| (base, &s[..])).collect();
+    let batch = g.token_nll_batch(&rows).expect("batch");
+    for (s, got) in seqs.iter().zip(&batch) {
+        let alone = g.token_nll(base, s).expect("alone");
+        assert_eq!(got.len(), alone.len());
+        let diff = got
+            .iter()
+            .zip(&alone)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-5, "batched row differs from alone by {diff}");
+    }
+
+    let cfg = |threads| LmConfig {
+        lr: 2e-2,
+        seed: 5,
+        max_steps: 6,
+        eval_every: Some(2),
+        threads,
+        ..LmConfig::default()
+    };
+    let new = |threads| {
+        LmTrainer::new(g.engine(), train.clone(), val.clone(), cfg(threads)).expect("trainer")
+    };
+    let mut graphs = new(1);
+    let start = graphs.validation_nll().expect("graphs");
+    let served = new(1)
+        .validation_nll_with(Validation::Serving(&g))
+        .expect("serving");
+    let served2 = new(2)
+        .validation_nll_with(Validation::Serving(&g))
+        .expect("serving, 2 threads");
+    println!("start: training graphs {start:.7}, serving {served:.7} (2 threads {served2:.7})");
+    assert!((start - served).abs() < 1e-4 * start, "{start} vs {served}");
+    assert_eq!(
+        served.to_bits(),
+        served2.to_bits(),
+        "threads change the value"
+    );
+
+    let (mut a, mut b2) = (Vec::new(), Vec::new());
+    let ra = graphs
+        .fit(&mut |e| a.push(e.clone()))
+        .expect("fit on graphs");
+    let mut serving = new(1);
+    let rb = serving
+        .fit_with(Validation::Serving(&g), &mut |e| b2.push(e.clone()))
+        .expect("fit on serving");
+    println!("{ra:?}\n{rb:?}");
+    assert!(
+        ra.best_val_nll < 0.9 * ra.start_val_nll,
+        "training did not lower the NLL: {ra:?}"
+    );
+    assert_eq!((ra.steps, ra.best_step), (rb.steps, rb.best_step));
+    assert!((ra.best_val_nll - rb.best_val_nll).abs() < 1e-4 * ra.best_val_nll);
+    assert_eq!(graphs.params(), serving.params());
+    // The task inserted for an evaluation is unloaded after it.
+    assert_eq!(g.engine().task_ids(), vec![base]);
+}

@@ -33,7 +33,7 @@ use crate::bundle::random_control::random_subspace;
 use crate::bundle::{Bundle, CoeffFile, Provenance, SourceAdapter};
 use crate::error::{Error, Result};
 use crate::finetune::lm::{
-    LmConfig, LmEvent, LmTrainer, read_prompt_answer_texts, read_prompt_answers,
+    LmConfig, LmEvent, LmTrainer, Validation, read_prompt_answer_texts, read_prompt_answers,
 };
 use crate::serve::Backend;
 use crate::serve::generate::text::{DecoderFiles, TextGenerator};
@@ -647,7 +647,9 @@ impl Training<'_> {
                 cfg,
             )?;
             let mut curve = Vec::new();
-            let report = trainer.fit(&mut |e| {
+            // Validation on the serving engine the rows are scored on: a forward pass, not
+            // the training graphs' forward and backward.
+            let report = trainer.fit_with(Validation::Serving(g.generator()), &mut |e| {
                 if let LmEvent::Eval {
                     step,
                     train_loss,
@@ -655,6 +657,12 @@ impl Training<'_> {
                     ..
                 } = *e
                 {
+                    (self.log)(&format!(
+                        "{}: {} at {n} pairs: step {step}, validation NLL {val_nll:.4} ({:.0} s)",
+                        self.spec.name,
+                        method.label(),
+                        t0.elapsed().as_secs_f64()
+                    ));
                     curve.push(CurvePoint {
                         step,
                         val_nll,

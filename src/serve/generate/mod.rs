@@ -275,11 +275,36 @@ impl Generator {
                 "token_nll: expected at least two tokens (a context and a target)".into(),
             ));
         }
-        let logits = self.score(id, &ids[..ids.len() - 1])?;
+        let mut rows = self.token_nll_batch(&[(id, ids)])?;
+        Ok(rows.pop().unwrap_or_default())
+    }
+
+    /// [`Generator::token_nll`] of several sequences, each on its own task, in one engine
+    /// call (left-padded under the mask, as [`Generator::feed`] batches): what a validation
+    /// loss over many examples reads. Each row's values are what it gets alone, to float
+    /// rounding.
+    pub fn token_nll_batch(&self, rows: &[(TaskId, &[u32])]) -> Result<Vec<Vec<f64>>> {
+        if let Some(i) = rows.iter().position(|(_, ids)| ids.len() < 2) {
+            return Err(Error::Usage(format!(
+                "token_nll_batch: row {i}: expected at least two tokens (a context and a target)"
+            )));
+        }
+        let mut seqs = rows
+            .iter()
+            .map(|&(id, _)| self.sequence(id))
+            .collect::<Result<Vec<_>>>()?;
+        let inputs: Vec<&[u32]> = rows.iter().map(|(_, ids)| &ids[..ids.len() - 1]).collect();
+        let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+        let logits = self.feed_keeping(&mut refs, &inputs, true)?;
         Ok(logits
-            .chunks_exact(self.vocab)
-            .zip(&ids[1..])
-            .map(|(row, &t)| -f64::from(logprob(row, t as usize)))
+            .iter()
+            .zip(rows)
+            .map(|(l, (_, ids))| {
+                l.chunks_exact(self.vocab)
+                    .zip(&ids[1..])
+                    .map(|(row, &t)| -f64::from(logprob(row, t as usize)))
+                    .collect()
+            })
             .collect())
     }
 
