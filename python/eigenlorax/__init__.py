@@ -46,6 +46,8 @@ __all__ = [
     "ElxIOError",
     "EngineError",
     "FinetuneResult",
+    "Generation",
+    "Generator",
     "NumericError",
     "Prediction",
     "Runtime",
@@ -563,3 +565,136 @@ class Runtime:
             val_accuracy=fig.get("val_accuracy"),
             warnings=notes,
         )
+
+
+@dataclass
+class Generation:
+    """One generation: its text, each token's id and log-probability, and why it stopped
+    (``"stop"``: a stop token or string, ``"length"``: ``max_tokens``, ``"context"``: the
+    model's context, ``"caller"``: a callback's exception)."""
+
+    text: str
+    tokens: List[int]
+    logprobs: List[float]
+    finish: str
+
+
+def _generation(native: Tuple[str, List[Tuple[int, float]], str]) -> Generation:
+    text, tokens, finish = native
+    return Generation(text=text, tokens=[t for t, _ in tokens], logprobs=[p for _, p in tokens], finish=finish)
+
+
+class Generator:
+    """A decoder LLM on one engine (``elx generate``): the base model alone, or patched for
+    one bound bundle, whose tasks load, swap and mix in a batch with no rebuild.
+
+    ``model``: the folder ``elx import-gguf`` (or ``elx import-hf``) wrote: model.onnx with its
+    tokenizer and chat template. ``bundle``: a bundle bound to that model (``elx bind``), or
+    None for the base model alone. ``backend``/``provider`` as for :class:`Runtime`. This is
+    the decoder's counterpart of :class:`Runtime`: a request keeps its own KV cache, so the
+    model is served token by token rather than as pooled features. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        model: PathLike,
+        bundle: Optional[PathLike] = None,
+        backend: str = "tract",
+        *,
+        provider: str = "cpu",
+    ) -> None:
+        self._g = _native.Generator(
+            os.fspath(model), None if bundle is None else os.fspath(bundle), backend, provider
+        )
+
+    @property
+    def backend(self) -> str:
+        """The engine running ("tract", "ort:cpu", ...), after any fallback to the CPU."""
+        return self._g.backend
+
+    @property
+    def subspace_id(self) -> str:
+        """The bundle's id: task files must carry it."""
+        return self._g.subspace_id
+
+    @property
+    def base_task(self) -> int:
+        """The task of the base model (zero coefficients)."""
+        return self._g.base_task
+
+    def load_task(self, path: PathLike) -> int:
+        """Loads a task file (.elxc) of this bundle; returns its id."""
+        return self._g.load_task(os.fspath(path))
+
+    def unload_task(self, task: int) -> None:
+        """Removes a task; requests that hold it finish with it."""
+        self._g.unload_task(task)
+
+    def chat_prompt(self, user: str, system: Optional[str] = None) -> str:
+        """``user`` (after ``system``, if given) as a conversation rendered by the model's chat
+        template, the assistant's turn opened: what ``elx generate --chat`` feeds."""
+        messages = [] if system is None else [("system", system)]
+        return self._g.chat_prompt(messages + [("user", user)])
+
+    def generate(
+        self,
+        prompt: str,
+        task: Optional[int] = None,
+        *,
+        chat: bool = False,
+        system: Optional[str] = None,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        on_text: Optional[Callable[[str], Any]] = None,
+    ) -> Generation:
+        """Generates after ``prompt`` on ``task`` (None: the base model), as
+        ``elx generate``: greedy unless ``temperature`` > 0 (then ``top_k``/``top_p``
+        sampling, seeded by ``seed``); ``chat`` wraps the prompt in the model's template.
+        Stops at the model's stop tokens, ``max_tokens`` or the first of ``stop``.
+        ``on_text(piece)`` streams the text as it becomes final; an exception it raises
+        stops generation and propagates."""
+        text = self.chat_prompt(prompt, system) if chat else prompt
+        return _generation(
+            self._g.generate(
+                self.base_task if task is None else int(task),
+                text,
+                max_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                [str(s) for s in (stop or [])],
+                on_text,
+            )
+        )
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        tasks: Union[None, int, Sequence[Optional[int]]] = None,
+        *,
+        chat: bool = False,
+        system: Optional[str] = None,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> List[Generation]:
+        """Generates after every prompt, row i on ``tasks[i]`` (one id for all rows, or None
+        for the base model), all rows decoded together as one batch whatever their tasks:
+        each row gets the tokens it gets alone."""
+        if isinstance(prompts, str):
+            raise UsageError("expected a list of prompts, found one string")
+        if tasks is None or isinstance(tasks, int):
+            tasks = [tasks] * len(prompts)
+        ids = [self.base_task if t is None else int(t) for t in tasks]
+        texts = [self.chat_prompt(p, system) if chat else p for p in prompts]
+        return [
+            _generation(g)
+            for g in self._g.generate_batch(ids, texts, max_tokens, temperature, top_k, top_p, seed)
+        ]

@@ -170,3 +170,57 @@ class Runtime:
         threads: int = 1,
         progress: Optional[Progress] = None,
     ) -> FinetuneResult: ...
+
+@dataclass
+class Generation:
+    text: str
+    tokens: List[int]
+    logprobs: List[float]
+    finish: str
+
+class Generator:
+    def __init__(
+        self,
+        model: PathLike,
+        bundle: Optional[PathLike] = None,
+        backend: str = "tract",
+        *,
+        provider: str = "cpu",
+    ) -> None: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def subspace_id(self) -> str: ...
+    @property
+    def base_task(self) -> int: ...
+    def load_task(self, path: PathLike) -> int: ...
+    def unload_task(self, task: int) -> None: ...
+    def chat_prompt(self, user: str, system: Optional[str] = None) -> str: ...
+    def generate(
+        self,
+        prompt: str,
+        task: Optional[int] = None,
+        *,
+        chat: bool = False,
+        system: Optional[str] = None,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        on_text: Optional[Callable[[str], Any]] = None,
+    ) -> Generation: ...
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        tasks: Union[None, int, Sequence[Optional[int]]] = None,
+        *,
+        chat: bool = False,
+        system: Optional[str] = None,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> List[Generation]: ...

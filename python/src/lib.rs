@@ -12,6 +12,8 @@ use eigenlorax::error::Error;
 use eigenlorax::eval::project_adapter;
 use eigenlorax::finetune::Event;
 use eigenlorax::finetune::job::{DataSource, FinetuneJob, FinetuneSpec, Recipe, TextOptions};
+use eigenlorax::serve::generate::{GenerateOptions, Request, SamplingOptions, TextGenerator};
+use eigenlorax::serve::input::chat::ChatMessage;
 use eigenlorax::serve::input::{InputTensor, TensorData, assemble};
 use eigenlorax::serve::job::{OutputChoice, Rows, RunSpec, Runner};
 use eigenlorax::serve::store::TaskId;
@@ -537,7 +539,7 @@ fn extract(
         let adapters = sources
             .into_iter()
             .map(Source::open)
-            .collect::<eigenlorax::Result<Vec<_>>>()?;
+            .collect::<eigenlorax::error::Result<Vec<_>>>()?;
         if !allow_mixed_bases {
             base::refuse_mixed(&adapters, "allow_mixed_bases=True")?;
         }
@@ -926,6 +928,201 @@ impl Runtime {
     }
 }
 
+/// A decoder LLM (a folder `elx import-gguf` or `elx import-hf` wrote) patched for one
+/// bound bundle, or alone, on one engine: `elx generate`'s [`TextGenerator`].
+#[pyclass(module = "eigenlorax._native", frozen)]
+struct Generator {
+    tg: TextGenerator,
+}
+
+/// One generation: the text, each token (id, logprob), and why it stopped.
+type Generated = (String, Vec<(u32, f32)>, String);
+
+fn sampling(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> PyResult<SamplingOptions> {
+    let s = SamplingOptions {
+        temperature,
+        top_k,
+        top_p,
+        seed,
+    };
+    s.check().map_err(raise)?;
+    Ok(s)
+}
+
+#[pymethods]
+impl Generator {
+    #[new]
+    #[pyo3(signature = (model, bundle = None, backend = "tract", provider = "cpu"))]
+    fn new(
+        py: Python<'_>,
+        model: PathBuf,
+        bundle: Option<PathBuf>,
+        backend: &str,
+        provider: &str,
+    ) -> PyResult<Generator> {
+        let backend = backend_of(backend, provider)?;
+        let tg = py
+            .detach(|| TextGenerator::open(&model, bundle.as_deref(), backend))
+            .map_err(raise)?;
+        Ok(Generator { tg })
+    }
+
+    /// Loads a task file (.elxc) of the bundle; returns its id.
+    fn load_task(&self, py: Python<'_>, path: PathBuf) -> PyResult<u64> {
+        let id = py
+            .detach(|| self.tg.generator().engine().load_task(&path))
+            .map_err(raise)?;
+        Ok(id.0 as u64)
+    }
+
+    /// Removes a task.
+    fn unload_task(&self, task: u64) -> PyResult<()> {
+        self.tg
+            .generator()
+            .engine()
+            .unload_task(task_id(task))
+            .map_err(raise)
+    }
+
+    /// The task of the base model (zero coefficients).
+    #[getter]
+    fn base_task(&self) -> u64 {
+        self.tg.base_task().0 as u64
+    }
+
+    /// The bundle's subspace id (the base model alone: a placeholder bundle's).
+    #[getter]
+    fn subspace_id(&self) -> String {
+        self.tg.generator().engine().subspace_id().to_string()
+    }
+
+    /// The engine running: "tract" or "ort:cpu" / "ort:cuda" / "ort:tensorrt".
+    #[getter]
+    fn backend(&self) -> String {
+        match self.tg.generator().engine().backend() {
+            Backend::Tract => "tract".into(),
+            Backend::Ort(ep) => format!("ort:{}", ep.name()),
+        }
+    }
+
+    /// The prompt for `messages` ((role, content) pairs) rendered by the model's chat
+    /// template, the assistant's turn opened.
+    fn chat_prompt(&self, messages: Vec<(String, String)>) -> PyResult<String> {
+        let messages: Vec<ChatMessage> = messages
+            .iter()
+            .map(|(role, content)| ChatMessage::new(role.as_str(), content.as_str()))
+            .collect();
+        self.tg.chat_prompt(&messages).map_err(raise)
+    }
+
+    /// Generates after `prompt` on `task` (the model's stop tokens, `max_tokens` or the
+    /// first of `stops` end it); `on_text` gets each piece of text as it becomes final
+    /// (with the GIL), and its first exception stops generation and is raised.
+    #[pyo3(signature = (task, prompt, max_tokens = 128, temperature = 0.0, top_k = 0,
+        top_p = 1.0, seed = 0, stops = Vec::new(), on_text = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        task: u64,
+        prompt: String,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        seed: u64,
+        stops: Vec<String>,
+        on_text: Option<Py<PyAny>>,
+    ) -> PyResult<Generated> {
+        let options = GenerateOptions {
+            max_tokens,
+            sampling: sampling(temperature, top_k, top_p, seed)?,
+            stop_tokens: Vec::new(),
+        };
+        let mut failed: Option<PyErr> = None;
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+        let finish = py.detach(|| {
+            self.tg
+                .generate(task_id(task), &prompt, &options, &stops, &mut |piece| {
+                    text.push_str(piece.text);
+                    if let Some(t) = piece.token {
+                        tokens.push((t.id, t.logprob));
+                    }
+                    if let (Some(cb), false) = (&on_text, piece.text.is_empty())
+                        && let Err(e) = Python::attach(|py| cb.call1(py, (piece.text,)).map(drop))
+                    {
+                        failed = Some(e);
+                        return Ok(false);
+                    }
+                    Ok(true)
+                })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let finish = finish.map_err(raise)?;
+        Ok((text, tokens, finish.name().to_string()))
+    }
+
+    /// Generates after each of `prompts`, row i on `tasks[i]`, all rows decoded as one batch
+    /// (each row's tokens are those it gets alone); stops at the model's stop tokens or
+    /// `max_tokens`.
+    #[pyo3(signature = (tasks, prompts, max_tokens = 128, temperature = 0.0, top_k = 0,
+        top_p = 1.0, seed = 0))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate_batch(
+        &self,
+        py: Python<'_>,
+        tasks: Vec<u64>,
+        prompts: Vec<String>,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        seed: u64,
+    ) -> PyResult<Vec<Generated>> {
+        if tasks.len() != prompts.len() {
+            return Err(UsageError::new_err(format!(
+                "expected one task per prompt, found {} tasks and {} prompts",
+                tasks.len(),
+                prompts.len()
+            )));
+        }
+        let options = GenerateOptions {
+            max_tokens,
+            sampling: sampling(temperature, top_k, top_p, seed)?,
+            stop_tokens: self.tg.stop_tokens().to_vec(),
+        };
+        py.detach(|| {
+            let tok = self.tg.tokenizer();
+            let requests = tasks
+                .iter()
+                .zip(&prompts)
+                .map(|(&task, prompt)| {
+                    Ok(Request {
+                        task: task_id(task),
+                        prompt: tok.encode(prompt, true)?,
+                        options: options.clone(),
+                    })
+                })
+                .collect::<eigenlorax::error::Result<Vec<_>>>()?;
+            let out = self.tg.generator().generate_batch(&requests)?;
+            out.into_iter()
+                .map(|g| {
+                    let ids: Vec<u32> = g.tokens.iter().map(|t| t.id).collect();
+                    Ok((
+                        tok.decode_text(&ids)?,
+                        g.tokens.iter().map(|t| (t.id, t.logprob)).collect(),
+                        g.finish.name().to_string(),
+                    ))
+                })
+                .collect::<eigenlorax::error::Result<Vec<Generated>>>()
+        })
+        .map_err(raise)
+    }
+}
+
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -935,6 +1132,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Bundle>()?;
     m.add_class::<Coefficients>()?;
     m.add_class::<Runtime>()?;
+    m.add_class::<Generator>()?;
     m.add("ElxError", py.get_type::<ElxError>())?;
     m.add("BadInputError", py.get_type::<BadInputError>())?;
     m.add("ElxIOError", py.get_type::<ElxIOError>())?;
