@@ -26,11 +26,14 @@ toolchain() {
   rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 }
 
-# The test binaries of the subset, the `elx` CLI and libelx (shared and static): one feature
-# set (the two invocations unify to the same one, so nothing builds twice).
+# The test binaries of the subset, the `elx` CLI, libelx (shared and static) and the Python
+# extension: one feature set (every invocation here, in tools/test-capi.sh and in the wheel's
+# build resolves to the same one, so the library builds once; leaving the Python crate out
+# of this build would change its dependencies' features and build the library again for the
+# wheel, about 3 min).
 stage_tests=(adapter subspace bundle runtime runtime_alloc finetune decoder)
 cross_build() {
-  cargo build -q --target "$target" --workspace --exclude eigenlorax-py --lib --bins
+  cargo build -q --target "$target" --workspace --lib --bins
   local args=()
   for t in "${stage_tests[@]}"; do args+=(--test "$t"); done
   cargo test -q --target "$target" --no-run --lib "${args[@]}"

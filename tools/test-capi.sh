@@ -34,7 +34,7 @@ else
   # tools/test-aarch64.sh cross-built the same selection (in its CARGO_TARGET_DIR, if set).
   lib="${CARGO_TARGET_DIR:-$PWD/target}/$target/debug"
   run=(qemu-aarch64 -L /usr/aarch64-linux-gnu -E "LD_LIBRARY_PATH=$lib")
-  cargo build -q --target "$target" --workspace --exclude eigenlorax-py --lib --bins
+  cargo build -q --target "$target" --workspace --lib --bins
 fi
 elx=("${run[@]}" "${elx_bin:-$lib/elx}")
 host_elx=target/debug/elx

@@ -9,8 +9,9 @@
 # With `--target aarch64-unknown-linux-gnu` (tools/test-aarch64.sh): the wheel cross-built on
 # that script's build, pip-installed with its aarch64 dependencies into a venv of Debian's
 # aarch64 CPython (tools/aarch64-python.sh), everything run under qemu-user against the
-# aarch64 `elx` under qemu. The two slowest tests (finetune, held-out diagnostics: about
-# 100 s emulated) are left out there; their numerics run under qemu in the Rust suite.
+# aarch64 `elx` under qemu. The slowest tests (finetune, held-out diagnostics, and the
+# streaming and sampling checks of generation: about 3 min emulated) are left out there;
+# their numerics run under qemu in the Rust suite, and the mixed-task batch runs here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=""
@@ -54,6 +55,8 @@ lib="${CARGO_TARGET_DIR:-$PWD/target}/$target/debug"
 ELX_WHEEL_DIR="$work/dist" ELX_WHEEL_PROFILE=dev ELX_WHEEL_FEATURES="${ELX_WHEEL_FEATURES:-eigenlorax/cli}" \
   tools/build-python-wheel.sh --target "$target" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 root="$(tools/aarch64-python.sh)"
+# The x86_64 packages of .cache/py (numpy, safetensors) must not shadow the aarch64 ones.
+unset PYTHONPATH
 wheels="$PWD/.cache/aarch64-python/wheels"
 qemu=(qemu-aarch64 -L "$root")
 "${qemu[@]}" "$root/usr/bin/python3.11" -m venv --without-pip "$work/venv"
@@ -74,4 +77,4 @@ chmod +x "$work/elx"
 elx=("$work/elx")
 readme_example "${python[@]}"
 ELX_REPO="$PWD" ELX_CLI="$work/elx" "${python[@]}" -m pytest -q -p no:cacheprovider python/tests \
-  -k "not test_finetune_equals_cli and not test_diagnostics_equal_cli_held_out"
+  -k "not test_finetune_equals_cli and not test_diagnostics_equal_cli_held_out and not test_generate_streams and not test_chat_and_sampling"
