@@ -2,10 +2,12 @@
 //! tract with N threads.
 //!
 //! ```text
-//! cargo run --release --example bench_decoder -- MODEL_DIR [THREADS] [PROMPT_TOKENS] [NEW_TOKENS] [WEIGHTS] [HELD_OUT]
+//! cargo run --release --example bench_decoder -- MODEL_DIR [THREADS] [PROMPT_TOKENS] [NEW_TOKENS] [WEIGHTS] [HELD_OUT] [ENGINE]
 //! ```
 //!
-//! WEIGHTS is how the engine stores the base weights (`f32`, default, or `q4_0`); HELD_OUT a
+//! WEIGHTS is how the engine stores the base weights (`f32`, default, `q4_0`, or `q4_1` on
+//! ONNX Runtime); ENGINE `tract` (default) or `ort` (ONNX Runtime's CPU provider, build with
+//! `--features ort` and set `ORT_DYLIB_PATH`); HELD_OUT a
 //! text file whose perplexity is measured (default `/usr/share/common-licenses/GPL-3`: the
 //! first 1,024 tokens, as two windows of 512 each scored from an empty cache).
 //!
@@ -63,11 +65,16 @@ fn main() {
         .map_or(128, |s| s.parse().expect("prompt tokens"));
     let n_new: usize = args.get(4).map_or(128, |s| s.parse().expect("new tokens"));
     let weights: WeightFormat = args.get(5).map_or(WeightFormat::F32, |s| {
-        s.parse().expect("weights: f32 or q4_0")
+        s.parse().expect("weights: f32, q4_0 or q4_1")
     });
     let held_out = args
         .get(6)
         .map_or("/usr/share/common-licenses/GPL-3", |s| s.as_str());
+    let engine = match args.get(7).map_or("tract", |s| s.as_str()) {
+        "tract" => Backend::Tract,
+        "ort" => Backend::Ort(eigenlorax::serve::ExecutionProvider::Cpu),
+        other => panic!("ENGINE: expected tract or ort, found {other}"),
+    };
     eigenlorax::serve::backend::set_cpu_threads(threads);
     let model = dir.join(MODEL_FILE);
     let tok = PromptTokenizer::open(&dir.join("tokenizer.json")).expect("tokenizer");
@@ -81,7 +88,7 @@ fn main() {
 
     // The base model alone.
     let t0 = Instant::now();
-    let (g, base) = Generator::load_base_with(&model, Backend::Tract, weights).expect("load");
+    let (g, base) = Generator::load_base_with(&model, engine, weights).expect("load");
     let load_s = t0.elapsed().as_secs_f64();
     let rss_loaded = vm("VmRSS:");
     let mut seq = g.sequence(base).expect("seq");
@@ -165,8 +172,7 @@ fn main() {
     let bound = work.join("bound.elxb");
     b.with_binding(Some(&binding), &bound).expect("bound");
     let bundle = Bundle::read(&bound).expect("read bound");
-    let g =
-        Generator::load_with(&model, &bundle, Backend::Tract, weights).expect("load with bundle");
+    let g = Generator::load_with(&model, &bundle, engine, weights).expect("load with bundle");
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let mut gr = GaussianRng::new(100 + i);
@@ -243,6 +249,7 @@ fn main() {
         .filter(|(a, b)| a.tokens.iter().map(|t| t.id).collect::<Vec<_>>() == **b)
         .count();
     let out = serde_json::json!({
+        "engine": engine.name(),
         "threads": threads,
         "weights": weights.name(),
         "held_out": held_out,

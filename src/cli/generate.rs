@@ -58,8 +58,10 @@ pub struct GenerateArgs {
     /// Threads for the CPU engine's matrix products (default: every core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// How the engine stores the base weights: `f32` (exact) or `q4_0` (4.5 bits a weight,
-    /// multiplied natively by tract; the subspace and the token embedding stay f32).
+    /// How the engine stores the base weights: `f32` (exact), `q4_0` (4-bit blocks, tract or
+    /// ONNX Runtime) or `q4_1` (4-bit blocks with an offset, `--backend ort`: a model imported
+    /// from a Q4_1 GGUF file then multiplies the file's own blocks). The subspace and the token
+    /// embedding stay f32; on ONNX Runtime the LM head keeps 8 bits.
     #[arg(long, value_name = "FORMAT", default_value = "f32")]
     pub weights: WeightFormat,
     /// Inference engine.

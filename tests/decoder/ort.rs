@@ -16,17 +16,6 @@ fn onnx_runtime_gives_tracts_logits_and_tokens_on_a_mixed_task_batch() {
     std::fs::create_dir_all(&dir).expect("dir");
     let f = fixture(&dir, true);
     let t = Generator::load(&f.model, &f.bundle, Backend::Tract).expect("tract");
-    // Q4_0 weights are tract's; ONNX Runtime refuses them by name, before any work.
-    let Err(e) = Generator::load_with(
-        &f.model,
-        &f.bundle,
-        Backend::Ort(ExecutionProvider::Cpu),
-        eigenlorax::serve::backend::WeightFormat::Q4_0,
-    ) else {
-        panic!("q4_0 on ort is refused")
-    };
-    let e = e.to_string();
-    assert!(e.contains("--weights f32") && e.contains("q4_0"), "{e}");
     let o =
         Generator::load(&f.model, &f.bundle, Backend::Ort(ExecutionProvider::Cpu)).expect("ort");
     let cs: Vec<_> = (0..3)
@@ -103,5 +92,224 @@ fn onnx_runtime_gives_tracts_next_token_loss_and_gradients() {
     assert!(
         e < 1e-4,
         "ONNX Runtime's gradients differ from tract's by {e:.2e}"
+    );
+}
+
+/// A Llama whose reduced axes span several blocks of 32 (hidden 96: three blocks, an odd
+/// count, which packs zero points in half a byte; the MLP's 64: two).
+fn blocky_config() -> eigenlorax::graph::llama::LlamaConfig {
+    eigenlorax::graph::llama::LlamaConfig {
+        hidden: 96,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 24,
+        intermediate: 64,
+        ..tiny_config(true)
+    }
+}
+
+/// How the test model's weights are stored before the engine sees them.
+#[derive(Clone, Copy, PartialEq)]
+enum Blocks {
+    /// llama.cpp's Q4_1 (f16 scale and minimum).
+    Q4_1,
+    /// Q4_0 with an f32 scale.
+    Q4_0,
+    /// llama.cpp's Q8_0 (f16 scale).
+    Q8_0,
+}
+
+/// `w` ([rows, cols] row-major, blocks of 32 along each row) through a round trip in `b`.
+fn round_trip(w: &[f32], b: Blocks) -> Vec<f32> {
+    w.chunks(32)
+        .flat_map(|blk| {
+            let out: Vec<f32> = match b {
+                Blocks::Q4_1 => {
+                    let lo = blk.iter().copied().fold(f32::INFINITY, f32::min);
+                    let hi = blk.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let d = (hi - lo) / 15.0;
+                    let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+                    let (d16, m16) = (
+                        half::f16::from_f32(d).to_f32(),
+                        half::f16::from_f32(lo).to_f32(),
+                    );
+                    blk.iter()
+                        .map(|&x| (((x - lo) * inv + 0.5) as i32).clamp(0, 15) as f32 * d16 + m16)
+                        .collect()
+                }
+                Blocks::Q4_0 => {
+                    let m = blk
+                        .iter()
+                        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                    let d = m / -8.0;
+                    let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+                    blk.iter()
+                        .map(|&x| ((x * inv + 8.5) as i32).clamp(0, 15) as f32 * d - 8.0 * d)
+                        .collect()
+                }
+                Blocks::Q8_0 => {
+                    let amax = blk.iter().fold(0f32, |m, &v| m.max(v.abs()));
+                    let d16 = half::f16::from_f32(amax / 127.0).to_f32();
+                    let inv = if d16 == 0.0 { 0.0 } else { 1.0 / d16 };
+                    blk.iter()
+                        .map(|&x| ((x * inv).round()).clamp(-127.0, 127.0) * d16)
+                        .collect()
+                }
+            };
+            out
+        })
+        .collect()
+}
+
+/// Random weights whose projections hold `body` blocks and whose tied embedding (the LM
+/// head) holds `head` blocks, as a model imported from a GGUF file of that format does.
+fn blocky_weights(body: Blocks, head: Blocks) -> RandomWeights {
+    let cfg = blocky_config();
+    let mut w = RandomWeights::new(&cfg, 23);
+    for (name, (shape, v)) in w.tensors.iter_mut() {
+        if name.ends_with("_proj.weight") {
+            assert_eq!(shape[1] % 32, 0, "{name}");
+            *v = round_trip(v, body);
+        } else if name == "model.embed_tokens.weight" {
+            *v = round_trip(v, head);
+        }
+    }
+    w
+}
+
+fn logits_of(model: &eigenlorax::graph::ModelProto, ids: &[i64]) -> Vec<f32> {
+    use eigenlorax::serve::backend::ort::{OrtModel, plain_inputs};
+    use eigenlorax::serve::input::{InputTensor, TensorData};
+    let cfg = blocky_config();
+    let names = plain_inputs(model);
+    let s = ids.len();
+    let inputs: Vec<InputTensor> = names
+        .iter()
+        .map(|n| {
+            let (shape, data) = match n.as_str() {
+                "input_ids" => (vec![1, s], TensorData::I64(ids.to_vec())),
+                "attention_mask" => (vec![1, s], TensorData::I64(vec![1; s])),
+                "position_ids" => (vec![1, s], TensorData::I64((0..s as i64).collect())),
+                _ => (
+                    vec![1, cfg.kv_heads, 0, cfg.head_dim],
+                    TensorData::F32(Vec::new()),
+                ),
+            };
+            InputTensor {
+                name: n.clone(),
+                shape,
+                data,
+            }
+        })
+        .collect();
+    let m = OrtModel::new(model, &names, ExecutionProvider::Cpu).expect("session");
+    m.run(&inputs).expect("run").swap_remove(0).data
+}
+
+#[test]
+fn four_bit_blocks_on_onnx_runtime_are_the_models_own_weights() {
+    use eigenlorax::serve::backend::WeightFormat;
+    use eigenlorax::serve::backend::ort::quant::{Head, quantize_matmuls, quantize_matmuls_with};
+    let cfg = blocky_config();
+    let ids = [3i64, 1, 4, 1, 5, 9, 2, 6, 53, 58];
+    for (format, body) in [
+        (WeightFormat::Q4_1, Blocks::Q4_1),
+        (WeightFormat::Q4_0, Blocks::Q4_0),
+    ] {
+        // Every product in the body's blocks, the head included, with f32 activations: the
+        // packed blocks give the f32 model's logits.
+        let model =
+            eigenlorax::graph::llama::build(&cfg, &mut blocky_weights(body, body), "blocky")
+                .expect("build");
+        let want = logits_of(&model, &ids);
+        let mut q = model.clone();
+        let n = quantize_matmuls_with(&mut q, format, Head::LikeBody).expect("quantize");
+        assert_eq!(n, 7 * cfg.layers + 1, "{format:?}: products quantized");
+        let g = q.graph.as_ref().expect("graph");
+        assert!(
+            g.initializer
+                .iter()
+                .all(|t| !t.name.ends_with("_proj.weight")),
+            "the f32 weights are dropped"
+        );
+        assert!(
+            g.node.iter().any(|n| n.op_type == "Gather"),
+            "the embedding lookup stays"
+        );
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let exact = max_abs_diff(&logits_of(&q, &ids), &want);
+        assert!(
+            exact < 1e-5 * scale,
+            "{format:?}: {exact} (logits up to {scale})"
+        );
+
+        // As served: the head (an embedding in Q8_0 blocks, as GGUF files ship it) multiplied
+        // in 8 bits with 8-bit activations, the only approximation left.
+        let model = eigenlorax::graph::llama::build(
+            &cfg,
+            &mut blocky_weights(body, Blocks::Q8_0),
+            "blocky",
+        )
+        .expect("build");
+        let want = logits_of(&model, &ids);
+        let mut s = model.clone();
+        quantize_matmuls(&mut s, format).expect("quantize");
+        let heads = s.graph.as_ref().expect("graph").node.iter().filter(|n| {
+            n.op_type == "MatMulNBits" && n.attribute.iter().any(|a| a.name == "bits" && a.i == 8)
+        });
+        assert_eq!(heads.count(), 1, "one 8-bit product: the head");
+        let served = max_abs_diff(&logits_of(&s, &ids), &want);
+        assert!(
+            served < 1e-2 * scale,
+            "{format:?}: served {served} (logits up to {scale})"
+        );
+    }
+}
+
+#[test]
+fn q4_1_weights_serve_a_task_on_onnx_runtime_and_tract_refuses_them() {
+    use eigenlorax::serve::backend::WeightFormat;
+    let dir = std::env::temp_dir().join(format!("elx-dec-ort-q41-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let f = fixture_with(
+        &dir,
+        blocky_config(),
+        blocky_weights(Blocks::Q4_1, Blocks::Q8_0),
+    );
+    let Err(e) = Generator::load_with(&f.model, &f.bundle, Backend::Tract, WeightFormat::Q4_1)
+    else {
+        panic!("q4_1 on tract is refused")
+    };
+    let e = e.to_string();
+    assert!(e.contains("q4_1") && e.contains("--backend ort"), "{e}");
+    let ort = Backend::Ort(ExecutionProvider::Cpu);
+    let exact = Generator::load(&f.model, &f.bundle, ort).expect("f32");
+    let q = Generator::load_with(&f.model, &f.bundle, ort, WeightFormat::Q4_1).expect("q4_1");
+    let c = coeffs(&f.bundle, 9, "t", 0.6);
+    let (a, b) = (
+        exact.engine().insert_task(&c).expect("task"),
+        q.engine().insert_task(&c).expect("task"),
+    );
+    let prompt = [5u32, 6, 7, 8, 40, 41];
+    let want = exact.score(a, &prompt).expect("score");
+    let got = q.score(b, &prompt).expect("score");
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let d = max_abs_diff(&got, &want);
+    assert!(
+        d < 2e-2 * scale,
+        "q4_1 with a task: {d} (logits up to {scale})"
+    );
+    // The task changes the logits far more than the 4-bit products do.
+    let base = exact
+        .engine()
+        .insert_task(&eigenlorax::bundle::CoeffFile::base(
+            &f.bundle.manifest.subspace_id,
+        ))
+        .expect("base");
+    let task_effect = max_abs_diff(&exact.score(base, &prompt).expect("score"), &want);
+    assert!(
+        task_effect > 5.0 * d,
+        "task {task_effect} vs quantization {d}"
     );
 }

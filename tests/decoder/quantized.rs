@@ -139,9 +139,10 @@ fn a_tied_lm_head_is_quantized_and_the_embedding_lookup_stays_f32() {
 }
 
 #[test]
-fn q4_0_is_refused_by_name_where_it_cannot_run() {
+fn weight_formats_parse_by_name_and_an_unknown_one_is_refused() {
     assert_eq!("q4_0".parse::<WeightFormat>().unwrap(), WeightFormat::Q4_0);
+    assert_eq!("Q4_1".parse::<WeightFormat>().unwrap(), WeightFormat::Q4_1);
     assert_eq!("F32".parse::<WeightFormat>().unwrap(), WeightFormat::F32);
     let e = "q8".parse::<WeightFormat>().unwrap_err().to_string();
-    assert!(e.contains("`f32` or `q4_0`") && e.contains("q8"), "{e}");
+    assert!(e.contains("`f32`, `q4_0` or `q4_1`") && e.contains("q8"), "{e}");
 }

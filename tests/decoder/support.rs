@@ -236,6 +236,11 @@ pub struct Fixture {
 pub fn fixture(dir: &std::path::Path, tied: bool) -> Fixture {
     let cfg = tiny_config(tied);
     let weights = RandomWeights::new(&cfg, 11);
+    fixture_with(dir, cfg, weights)
+}
+
+/// The model of `cfg` with `weights`, written to `dir`, with a random subspace bound to it.
+pub fn fixture_with(dir: &std::path::Path, cfg: LlamaConfig, weights: RandomWeights) -> Fixture {
     let model = eigenlorax::graph::llama::build(&cfg, &mut weights.clone(), "tiny").expect("build");
     let (model, bundle) = bind_random_subspace(dir, &cfg, &model);
     Fixture {

@@ -54,18 +54,23 @@ pub enum WeightFormat {
     /// As the model file holds them (f32): exact.
     #[default]
     F32,
-    /// Q4_0 blocks, multiplied natively (tract only): 32 weights share one f16 scale, 4.5
-    /// bits a weight, an eighth of the memory traffic of a decode step in f32. The patch's
-    /// subspace products and the token embedding stay f32.
+    /// Q4_0 blocks, multiplied natively: 32 weights share one scale (f16 on tract, 4.5 bits
+    /// a weight; f32 on ONNX Runtime, 5 bits), an eighth of the memory traffic of a decode
+    /// step in f32. The patch's subspace products and the token embedding stay f32.
     Q4_0,
+    /// Q4_1 blocks (ONNX Runtime only, `MatMulNBits`): 32 weights share a scale and an
+    /// offset (f32 each, 6 bits a weight). A model imported from a Q4_1 GGUF file is then
+    /// multiplied with the file's own blocks. See `serve::backend::ort::quant`.
+    Q4_1,
 }
 
 impl WeightFormat {
-    /// The name the CLI and the C API take (`f32`, `q4_0`).
+    /// The name the CLI and the C API take (`f32`, `q4_0`, `q4_1`).
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "f32",
             WeightFormat::Q4_0 => "q4_0",
+            WeightFormat::Q4_1 => "q4_1",
         }
     }
 }
@@ -77,8 +82,9 @@ impl std::str::FromStr for WeightFormat {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(WeightFormat::F32),
             "q4_0" | "q40" => Ok(WeightFormat::Q4_0),
+            "q4_1" | "q41" => Ok(WeightFormat::Q4_1),
             _ => Err(crate::error::Error::Usage(format!(
-                "expected a weight format `f32` or `q4_0`, found `{s}`"
+                "expected a weight format `f32`, `q4_0` or `q4_1`, found `{s}`"
             ))),
         }
     }

@@ -37,11 +37,13 @@ pub fn open(kind: Backend) -> crate::Result<Box<dyn Loader>> {
 }
 
 /// How many threads the CPU engines split a matrix product over, from now on, in this whole
-/// process: tract's matrix products (one executor for every plan). ONNX Runtime sessions
-/// keep their own intra-op pools.
+/// process: tract's matrix products (one executor for every plan), and the intra-op pool of
+/// every ONNX Runtime session built afterwards (each session keeps its own pool).
 pub fn set_cpu_threads(n: usize) {
     #[cfg(feature = "tract")]
     tract::set_threads(n);
-    #[cfg(not(feature = "tract"))]
+    #[cfg(feature = "ort")]
+    ort::runtime::set_threads(n);
+    #[cfg(not(any(feature = "tract", feature = "ort")))]
     let _ = n;
 }

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::graph::llama::INPUT_IDS;
 use crate::serve::backend::WeightFormat;
 use crate::serve::engine::{Backend, Engine, LoadOptions};
-use crate::serve::family::{Decoder, ModelFamily};
+use crate::serve::family::Decoder;
 use crate::serve::input::{InputTensor, TensorData};
 use crate::serve::store::{Task, TaskData, TaskId};
 use std::path::Path;
@@ -379,6 +379,10 @@ impl Generator {
                 data: TensorData::I64(pos),
             },
         ];
+        // One sequence alone: its cache is the past as it is, and the present is the new
+        // cache, so both move instead of being copied (a decode step's largest cost after
+        // the products: the cache is layers × 2 × kv_heads × len × head_dim floats).
+        let alone = b == 1;
         for (j, name) in (0..d.layers)
             .flat_map(|l| {
                 [
@@ -388,17 +392,22 @@ impl Generator {
             })
             .enumerate()
         {
-            // Each row's cache right-aligned in [b, kv_heads, lmax, head_dim].
-            let mut past = vec![0f32; b * kvh * lmax * hd];
-            for (r, row) in rows.iter().enumerate() {
-                let pad = lmax - row.len;
-                let src = &row.cache[j];
-                for h in 0..kvh {
-                    let from = &src[h * row.len * hd..(h + 1) * row.len * hd];
-                    let at = ((r * kvh + h) * lmax + pad) * hd;
-                    past[at..at + row.len * hd].copy_from_slice(from);
+            let past = if alone {
+                std::mem::take(&mut rows[0].cache[j])
+            } else {
+                // Each row's cache right-aligned in [b, kv_heads, lmax, head_dim].
+                let mut past = vec![0f32; b * kvh * lmax * hd];
+                for (r, row) in rows.iter().enumerate() {
+                    let pad = lmax - row.len;
+                    let src = &row.cache[j];
+                    for h in 0..kvh {
+                        let from = &src[h * row.len * hd..(h + 1) * row.len * hd];
+                        let at = ((r * kvh + h) * lmax + pad) * hd;
+                        past[at..at + row.len * hd].copy_from_slice(from);
+                    }
                 }
-            }
+                past
+            };
             inputs.push(InputTensor {
                 name,
                 shape: vec![b, kvh, lmax, hd],
@@ -406,18 +415,38 @@ impl Generator {
             });
         }
         let tasks: Vec<&TaskData> = rows.iter().map(|r| &*r.task).collect();
-        let outputs = self.engine.run_rows(&inputs, &tasks)?;
-        let presents = d.carry(&outputs);
+        // The logits are checked; the cache outputs reach them at the next step.
+        let run = self.engine.run_rows_checking(&inputs, &tasks, 1);
+        drop(tasks);
+        let checked = run.and_then(|outputs| {
+            let logits = &outputs[0];
+            if logits.shape != [b, smax, self.vocab] || outputs.len() != 1 + 2 * d.layers {
+                return Err(Error::Engine(format!(
+                    "expected logits [{b}, {smax}, {}] and {} cache outputs, found {:?} and {}",
+                    self.vocab,
+                    2 * d.layers,
+                    logits.shape,
+                    outputs.len().saturating_sub(1)
+                )));
+            }
+            Ok(outputs)
+        });
+        let mut outputs = match checked {
+            Ok(o) => o,
+            Err(e) => {
+                // The sequence stays as it was: give its cache back.
+                if alone {
+                    for (j, t) in inputs.into_iter().skip(3).enumerate() {
+                        if let TensorData::F32(v) = t.data {
+                            rows[0].cache[j] = v;
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let presents = outputs.split_off(1);
         let logits = &outputs[0];
-        if logits.shape != [b, smax, self.vocab] || presents.len() != 2 * d.layers {
-            return Err(Error::Engine(format!(
-                "expected logits [{b}, {smax}, {}] and {} cache outputs, found {:?} and {}",
-                self.vocab,
-                2 * d.layers,
-                logits.shape,
-                presents.len()
-            )));
-        }
         let mut kept_logits = Vec::new();
         for (r, (row, t)) in rows.iter_mut().zip(tokens).enumerate() {
             let last = (r * smax + smax - 1) * self.vocab;
@@ -428,23 +457,29 @@ impl Generator {
                 kept_logits.push(logits.data[first..last + self.vocab].to_vec());
             }
             let len = row.len + t.len();
-            let kept: Vec<usize> = (lmax - row.len..lmax)
+            row.len = len;
+            if alone {
+                break;
+            }
+            let kept: Vec<usize> = (lmax - (len - t.len())..lmax)
                 .chain(lmax + new_pad..total)
                 .collect();
             for (j, p) in presents.iter().enumerate() {
-                let TensorData::F32(data) = &p.data else {
-                    return Err(Error::Engine("expected f32 cache outputs".into()));
-                };
                 let mut c = Vec::with_capacity(kvh * len * hd);
                 for h in 0..kvh {
                     for &k in &kept {
                         let at = ((r * kvh + h) * total + k) * hd;
-                        c.extend_from_slice(&data[at..at + hd]);
+                        c.extend_from_slice(&p.data[at..at + hd]);
                     }
                 }
                 row.cache[j] = c;
             }
-            row.len = len;
+        }
+        if alone {
+            // [1, kv_heads, total, head_dim] with no padding is the cache's own layout.
+            for (c, p) in rows[0].cache.iter_mut().zip(presents) {
+                *c = p.data;
+            }
         }
         Ok(kept_logits)
     }

@@ -4,6 +4,7 @@
 //! * [`runtime`]: [`OrtRuntime`] (patched graph + task store) and [`OrtModel`] (one session),
 //!   the process-wide environment and the provider fallback;
 //! * [`hidden`]: [`OrtBackend`], the finetuner's hidden-state view;
+//! * [`quant`]: 4-bit base weights (`MatMulNBits`);
 //! * [`train`]: training graphs as sessions over shared weights.
 //!
 //! ONNX Runtime takes the backend-neutral tensors of [`crate::serve::input`] as borrowed
@@ -11,6 +12,7 @@
 //! [`crate::serve::backend::api`].
 
 pub mod hidden;
+pub mod quant;
 pub mod runtime;
 pub mod train;
 
@@ -42,17 +44,12 @@ impl Loader for OrtLoader {
         bundle: &Bundle,
         options: &LoadOptions,
     ) -> Result<Arc<dyn EngineBackend>> {
-        if options.weights != super::WeightFormat::F32 {
-            return Err(crate::error::Error::Usage(format!(
-                "expected --weights f32 on ONNX Runtime: {} weights are multiplied natively by tract only",
-                options.weights.name()
-            )));
-        }
-        Ok(Arc::new(OrtRuntime::load_with(
+        Ok(Arc::new(OrtRuntime::load_with_weights(
             base,
             bundle,
             self.0,
             options.per_row_tasks,
+            options.weights,
         )?))
     }
 }

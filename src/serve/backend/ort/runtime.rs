@@ -10,12 +10,13 @@
 //! inputs of fixed shape, as TensorRT wants). A task swap only hands the session other
 //! coefficient tensors, borrowed from the [`TaskStore`]: nothing is rebuilt or copied.
 
+use super::quant::quantize_matmuls;
 use crate::bundle::{Bundle, CoeffFile};
 use crate::error::{Error, Result};
 use crate::graph::onnx::{encode_model, read_model};
 use crate::graph::patch::{self, CoeffInput, PatchedModel};
 use crate::graph::pb::ModelProto;
-use crate::serve::backend::{ExecutionProvider, engine_call};
+use crate::serve::backend::{ExecutionProvider, WeightFormat, engine_call};
 use crate::serve::input::{
     InputSpec, InputTensor, OutputTensor, TensorData, check_inputs, input_specs, output_names,
 };
@@ -26,6 +27,7 @@ use ::ort::value::TensorRef;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Environment variable naming the ONNX Runtime shared library.
@@ -253,7 +255,7 @@ fn build_session(
     ep: ExecutionProvider,
     warnings: &mut Vec<String>,
 ) -> Result<(Session, ExecutionProvider)> {
-    let mut builder = Session::builder(env).map_err(ort_err("session options"))?;
+    let mut builder = session_builder(env)?;
     let active = register(&mut builder, ep, warnings);
     let built = engine_call("building the ONNX Runtime session", || {
         Ok(builder.commit_from_memory(bytes))
@@ -268,13 +270,33 @@ fn build_session(
                     active.name()
                 ),
             );
-            let mut builder = Session::builder(env).map_err(ort_err("session options"))?;
+            let mut builder = session_builder(env)?;
             let s = builder
                 .commit_from_memory(bytes)
                 .map_err(ort_err("building the session on the CPU"))?;
             Ok((s, ExecutionProvider::Cpu))
         }
         Err(e) => Err(ort_err("building the session")(e)),
+    }
+}
+
+/// Intra-op threads of the sessions built from now on (0: ONNX Runtime's default, one per
+/// physical core); set by [`crate::serve::backend::set_cpu_threads`].
+static INTRA_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the intra-op threads of the sessions built from now on (0: ONNX Runtime's default).
+pub fn set_threads(n: usize) {
+    INTRA_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// A session builder with the thread count of [`set_threads`].
+fn session_builder(env: &Environment) -> Result<::ort::session::builder::SessionBuilder> {
+    let builder = Session::builder(env).map_err(ort_err("session options"))?;
+    match INTRA_THREADS.load(Ordering::Relaxed) {
+        0 => Ok(builder),
+        n => builder
+            .with_intra_threads(n)
+            .map_err(|e| ort_err("intra-op threads")(e.into())),
     }
 }
 
@@ -376,6 +398,8 @@ pub struct OrtRuntime {
     store: TaskStore,
     /// Whether the single session takes one task per row ([`patch::PER_ROW`]).
     per_row: bool,
+    /// How the sessions store the base weights ([`super::quant`]).
+    weights: WeightFormat,
 }
 
 impl std::fmt::Debug for OrtRuntime {
@@ -404,8 +428,20 @@ impl OrtRuntime {
         ep: ExecutionProvider,
         per_row: bool,
     ) -> Result<OrtRuntime> {
+        Self::load_with_weights(base, bundle, ep, per_row, WeightFormat::F32)
+    }
+
+    /// [`OrtRuntime::load_with`], with the base weights of every session in `weights`
+    /// ([`super::quant`]: 4-bit blocks multiplied by `MatMulNBits`).
+    pub fn load_with_weights(
+        base: &Path,
+        bundle: &Bundle,
+        ep: ExecutionProvider,
+        per_row: bool,
+        weights: WeightFormat,
+    ) -> Result<OrtRuntime> {
         let model = patch::load_base(base, bundle)?;
-        Self::from_model_with(model, bundle, ep, per_row)
+        Self::from_model_with(model, bundle, ep, per_row, weights)
     }
 
     /// Same as [`OrtRuntime::load`] for a base model already in memory (hash not checked).
@@ -414,7 +450,7 @@ impl OrtRuntime {
         bundle: &Bundle,
         ep: ExecutionProvider,
     ) -> Result<OrtRuntime> {
-        Self::from_model_with(base, bundle, ep, false)
+        Self::from_model_with(base, bundle, ep, false, WeightFormat::F32)
     }
 
     fn from_model_with(
@@ -422,10 +458,14 @@ impl OrtRuntime {
         bundle: &Bundle,
         ep: ExecutionProvider,
         per_row: bool,
+        weights: WeightFormat,
     ) -> Result<OrtRuntime> {
         let tasks = if per_row { patch::PER_ROW } else { 1 };
-        let patched = patch::patch(&base, bundle, tasks)?;
+        let mut patched = patch::patch(&base, bundle, tasks)?;
+        quantize_matmuls(&mut patched.proto, weights)?;
         let single = OrtModel::new(&patched.proto, &patched.base_inputs, ep)?;
+        // The session holds its own weights: free the patched copy's before going on.
+        patched.proto = ModelProto::default();
         let store = TaskStore::new(&bundle.manifest, &patched.coeff_inputs);
         Ok(OrtRuntime {
             base,
@@ -436,10 +476,12 @@ impl OrtRuntime {
             mixed: Mutex::new(HashMap::new()),
             store,
             per_row,
+            weights,
         })
     }
 
-    /// The base model patched for one task (as the single-task session runs it).
+    /// The base model patched for one task (as the single-task session runs it, with f32
+    /// weights whatever the sessions' [`WeightFormat`]).
     pub fn patched_model(&self) -> Result<crate::graph::PatchedModel> {
         patch::patch(&self.base, &self.bundle, 1)
     }
@@ -590,7 +632,8 @@ impl OrtRuntime {
         if let Some(m) = cache.get(&b) {
             return Ok(Arc::clone(m));
         }
-        let patched: PatchedModel = patch::patch(&self.base, &self.bundle, b)?;
+        let mut patched: PatchedModel = patch::patch(&self.base, &self.bundle, b)?;
+        quantize_matmuls(&mut patched.proto, self.weights)?;
         let model = Arc::new(OrtModel::new(
             &patched.proto,
             &patched.base_inputs,

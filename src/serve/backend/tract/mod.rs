@@ -19,7 +19,7 @@ pub use runtime::{Runtime, RuntimeOptions, TValue, Tensor};
 pub use tensor::{from_tract, to_tract};
 pub use train::{TractSession, TractTrainer};
 
-use super::{Backend, EngineBackend, HiddenView, LoadOptions, Loader, Trainer};
+use super::{Backend, EngineBackend, HiddenView, LoadOptions, Loader, Trainer, WeightFormat};
 use crate::bundle::Bundle;
 use crate::error::Result;
 use crate::graph::grad::Weight;
@@ -54,6 +54,11 @@ impl Loader for TractLoader {
         bundle: &Bundle,
         options: &LoadOptions,
     ) -> Result<Arc<dyn EngineBackend>> {
+        if options.weights == WeightFormat::Q4_1 {
+            return Err(crate::error::Error::Usage(
+                "expected --weights f32 or q4_0 on tract: q4_1 weights are multiplied natively by ONNX Runtime only (--backend ort)".into(),
+            ));
+        }
         let options = RuntimeOptions {
             per_row_tasks: options.per_row_tasks,
             weights: options.weights,

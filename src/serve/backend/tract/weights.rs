@@ -72,6 +72,11 @@ pub fn optimize(model: InferenceModel, format: WeightFormat) -> TractResult<Type
             quantize_q4_0(&mut typed)?;
             typed.into_optimized()?
         }
+        WeightFormat::Q4_1 => {
+            return Err(TractError::msg(
+                "q4_1 weights are multiplied natively by ONNX Runtime only (tract has no Q4_1 kernel)",
+            ));
+        }
     };
     fold_constant_packs(&mut typed)?;
     Ok(typed)

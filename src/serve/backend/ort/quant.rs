@@ -1,0 +1,529 @@
+//! 4-bit base weights on ONNX Runtime: each constant weight of a base-model matrix product
+//! becomes ONNX Runtime's `MatMulNBits` (domain `com.microsoft`), which multiplies blocks of
+//! 32 packed 4-bit values natively.
+//!
+//! * [`WeightFormat::Q4_0`]: symmetric blocks, `w = d·(q − 8)`, one f32 scale a block (5 bits
+//!   a weight).
+//! * [`WeightFormat::Q4_1`]: blocks with an offset, `w = d·q + m` (llama.cpp's Q4_1).
+//!   `MatMulNBits` takes only integer zero points on its fast path, so the offsets are a
+//!   second, small product: `y = MatMulNBits(x; q, d) + s(x)·M`, where `s(x)` sums `x` over
+//!   each block (K/32 values a row, shared by the products that read the same `x`) and M
+//!   holds the offsets (K/32 × N). f32 scales and
+//!   offsets: 6 bits a weight. A model imported from a Q4_1 GGUF file holds the
+//!   dequantized blocks, and quantizing them again gives back the file's own blocks (every
+//!   block of llama.cpp's quantizer reaches 0 and 15), so the engine multiplies the weights
+//!   the GGUF file shipped.
+//!
+//! * The LM head (the product that writes a graph output, tied to the token embedding or
+//!   not) keeps 8 bits: Q8_0 blocks, `w = d·q` with q in −127..=127 (one f32 scale, 9 bits
+//!   a weight), the format GGUF files of Q4 models ship their token embedding in, which a
+//!   4-bit head would quantize again (SmolLM2's held-out perplexity: +2.9% with a 4-bit head).
+//!
+//! The 4-bit products keep f32 activations (`accuracy_level` 0), so they are those of the f32
+//! model that holds the dequantized blocks. ONNX Runtime multiplies 8-bit blocks only with
+//! 8-bit activations (level 4: each block of 32 inputs quantized with its own scale, as
+//! llama.cpp does for its Q4 and Q8 dot products), so the head's are. 8-bit activations
+//! everywhere decode about a fifth faster but cost SmolLM2 3.5% perplexity (BENCHMARKS.md),
+//! over the 2% the decoder issue allows.
+//!
+//! Left in f32, as on tract: the patch's own products (names starting with
+//! [`NODE_PREFIX`]: the subspace bases set the task's accuracy and are small), products
+//! whose reduced axis is not a multiple of 32, and the token embedding the `Gather` reads.
+//! A tied LM head (`MatMul(x, Transpose(embedding))`) is quantized from the embedding,
+//! which stays f32 for the `Gather`.
+
+use crate::error::{Error, Result};
+use crate::graph::onnx::{FLOAT, attr_int, f32_data, node, tensor_f32};
+use crate::graph::patch::NODE_PREFIX;
+use crate::graph::pb::{ModelProto, OperatorSetIdProto, TensorProto};
+use crate::serve::backend::WeightFormat;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// Values a block shares one scale over (the reduced axis).
+pub const BLOCK: usize = 32;
+
+/// How the LM head is stored when the body is 4-bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// Q8_0 blocks with 8-bit activations (what [`quantize_matmuls`] serves).
+    Q8_0,
+    /// The body's format and f32 activations, like every other product (exact on a model
+    /// whose head holds blocks of that format).
+    LikeBody,
+}
+
+/// How one product's weight is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl Scheme {
+    fn bits(self) -> usize {
+        match self {
+            Scheme::Q8_0 => 8,
+            _ => 4,
+        }
+    }
+
+    /// `MatMulNBits`' `accuracy_level`: f32 activations (0) where ONNX Runtime allows it.
+    fn accuracy(self) -> i64 {
+        match self {
+            Scheme::Q8_0 => 4,
+            _ => 0,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scheme::Q4_0 => "q4_0",
+            Scheme::Q4_1 => "q4_1",
+            Scheme::Q8_0 => "q8_0",
+        }
+    }
+}
+
+/// Prefix of the initializers this module shares between products.
+const NODE_PREFIX_QUANT: &str = "eigenlorax.quant/";
+
+/// ONNX element type code of u8 (`TensorProto.DataType.UINT8`).
+const UINT8: i32 = 2;
+
+/// Domain of ONNX Runtime's contrib operators.
+const MS_DOMAIN: &str = "com.microsoft";
+
+/// [`quantize_matmuls_with`] with the LM head in Q8_0, as the engine serves it.
+pub fn quantize_matmuls(model: &mut ModelProto, format: WeightFormat) -> Result<usize> {
+    quantize_matmuls_with(model, format, Head::Q8_0)
+}
+
+/// Replaces every constant weight of a base-model `MatMul` by `MatMulNBits` blocks in
+/// `format`, the LM head's as `head` says (see the module documentation). Returns how many
+/// weights were quantized; `F32` changes nothing.
+pub fn quantize_matmuls_with(
+    model: &mut ModelProto,
+    format: WeightFormat,
+    head: Head,
+) -> Result<usize> {
+    let body = match format {
+        WeightFormat::F32 => return Ok(0),
+        WeightFormat::Q4_0 => Scheme::Q4_0,
+        WeightFormat::Q4_1 => Scheme::Q4_1,
+    };
+    let where_ = Path::new("the base model");
+    let Some(graph) = model.graph.as_mut() else {
+        return Err(Error::Internal("quantizing a model without a graph".into()));
+    };
+    let inits: HashMap<String, usize> = graph
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect();
+    // Transposes of an initializer with perm [1, 0] (a tied LM head reads the embedding so).
+    let transposed: HashMap<String, String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Transpose" && n.input.len() == 1 && n.output.len() == 1)
+        .filter(|n| inits.contains_key(&n.input[0]))
+        .filter(|n| {
+            let perm = crate::graph::onnx::get_attr(n, "perm").map(|a| a.ints.clone());
+            perm.is_none_or(|p| p == [1, 0])
+        })
+        .map(|n| (n.output[0].clone(), n.input[0].clone()))
+        .collect();
+
+    let graph_outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut block_sums: HashMap<String, String> = HashMap::new();
+    let mut indicators: HashSet<usize> = HashSet::new();
+    let mut new_inits: Vec<TensorProto> = Vec::new();
+    let mut quantized = 0;
+    for n in std::mem::take(&mut graph.node) {
+        let weight = (n.op_type == "MatMul"
+            && n.domain.is_empty()
+            && !n.name.starts_with(NODE_PREFIX)
+            && n.input.len() == 2
+            && n.output.len() == 1)
+            .then(|| {
+                if let Some(&i) = inits.get(&n.input[1]) {
+                    Some((i, false))
+                } else {
+                    transposed.get(&n.input[1]).map(|src| (inits[src], true))
+                }
+            })
+            .flatten();
+        let Some((index, transpose)) = weight else {
+            nodes.push(n);
+            continue;
+        };
+        let t = &graph.initializer[index];
+        if t.data_type != FLOAT || t.dims.len() != 2 {
+            nodes.push(n);
+            continue;
+        }
+        let (rows, cols) = (t.dims[0] as usize, t.dims[1] as usize);
+        // The product is x [.., K] · W [K, N]; a transposed initializer is stored [N, K].
+        let (k, n_out) = if transpose {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        if k % BLOCK != 0 || k == 0 || n_out == 0 {
+            nodes.push(n);
+            continue;
+        }
+        let values = f32_data(t, where_)?;
+        // Row j of `by_output` is output j's K weights, the layout MatMulNBits packs.
+        let by_output = if transpose {
+            values
+        } else {
+            transpose_matrix(&values, k, n_out)
+        };
+        let is_head = n.output.iter().any(|o| graph_outputs.contains(o));
+        let scheme = if is_head && head == Head::Q8_0 {
+            Scheme::Q8_0
+        } else {
+            body
+        };
+        let blocks = quantize(&by_output, n_out, k, scheme);
+        let base = format!("{}.{}", n.name, scheme.name());
+        let (b_name, s_name) = (format!("{base}.blocks"), format!("{base}.scales"));
+        let nb = k / BLOCK;
+        let blob = BLOCK * scheme.bits() / 8;
+        new_inits.push(tensor_u8(&b_name, &[n_out, nb, blob], blocks.packed));
+        new_inits.push(tensor_f32(&s_name, &[n_out * nb], &blocks.scales));
+        let mut inputs = vec![n.input[0].clone(), b_name, s_name];
+        let product = if scheme == Scheme::Q4_1 {
+            // Zero points of 0 (4 bits each, packed two a byte per output row).
+            let z_name = format!("{base}.zero_points");
+            new_inits.push(tensor_u8(
+                &z_name,
+                &[n_out * nb.div_ceil(2)],
+                vec![0; n_out * nb.div_ceil(2)],
+            ));
+            inputs.push(z_name);
+            format!("{base}.scaled")
+        } else {
+            n.output[0].clone()
+        };
+        let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let mut q = node(
+            "MatMulNBits",
+            &base,
+            &input_refs,
+            &[&product],
+            vec![
+                attr_int("K", k as i64),
+                attr_int("N", n_out as i64),
+                attr_int("bits", scheme.bits() as i64),
+                attr_int("block_size", BLOCK as i64),
+                attr_int("accuracy_level", scheme.accuracy()),
+            ],
+        );
+        q.domain = MS_DOMAIN.into();
+        nodes.push(q);
+        if let Some(mins) = blocks.mins {
+            // y += s(x)·M: the block sums s(x) = x·S [.., K/32] (S the K × K/32 indicator)
+            // are computed once per input and shared by the products that read it (q, k and
+            // v; gate and up), since each extra node costs a decode step more than its flops.
+            let sums = match block_sums.get(&n.input[0]) {
+                Some(s) => s.clone(),
+                None => {
+                    let indicator = format!("{NODE_PREFIX_QUANT}block_indicator_{k}");
+                    if indicators.insert(k) {
+                        new_inits.push(tensor_f32(&indicator, &[k, nb], &block_indicator(k)));
+                    }
+                    let sums = format!("{base}.block_sums");
+                    nodes.push(node(
+                        "MatMul",
+                        &sums,
+                        &[&n.input[0], &indicator],
+                        &[&sums],
+                        vec![],
+                    ));
+                    block_sums.insert(n.input[0].clone(), sums.clone());
+                    sums
+                }
+            };
+            let (offsets, offset) = (format!("{base}.offsets"), format!("{base}.offset"));
+            // M is K/32 × N: the offsets [N, K/32] transposed.
+            new_inits.push(tensor_f32(
+                &offsets,
+                &[nb, n_out],
+                &transpose_matrix(&mins, n_out, nb),
+            ));
+            nodes.push(node(
+                "MatMul",
+                &offset,
+                &[&sums, &offsets],
+                &[&offset],
+                vec![],
+            ));
+            nodes.push(node(
+                "Add",
+                &n.output[0],
+                &[&product, &offset],
+                &[&n.output[0]],
+                vec![],
+            ));
+        }
+        quantized += 1;
+    }
+    graph.node = nodes;
+    graph.initializer.extend(new_inits);
+    // Drop what no node reads any more: the f32 weights and the LM head's Transpose.
+    loop {
+        let read: HashSet<&str> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .chain(graph.output.iter().map(|o| o.name.as_str()))
+            .collect();
+        let dead: HashSet<usize> = graph
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                n.op_type == "Transpose" && n.output.iter().all(|o| !read.contains(o.as_str()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let unread: HashSet<String> = graph
+            .initializer
+            .iter()
+            .filter(|t| !read.contains(t.name.as_str()))
+            .map(|t| t.name.clone())
+            .collect();
+        if dead.is_empty() && unread.is_empty() {
+            break;
+        }
+        let mut i = 0;
+        graph.node.retain(|_| {
+            i += 1;
+            !dead.contains(&(i - 1))
+        });
+        let inputs: HashSet<&str> = graph.input.iter().map(|v| v.name.as_str()).collect();
+        // An initializer that is also a graph input stays (the caller may feed it).
+        let drop: HashSet<String> = unread
+            .into_iter()
+            .filter(|n| !inputs.contains(n.as_str()))
+            .collect();
+        graph.initializer.retain(|t| !drop.contains(&t.name));
+        if dead.is_empty() {
+            break;
+        }
+    }
+    if quantized > 0 && !model.opset_import.iter().any(|o| o.domain == MS_DOMAIN) {
+        model.opset_import.push(OperatorSetIdProto {
+            domain: MS_DOMAIN.into(),
+            version: 1,
+        });
+    }
+    Ok(quantized)
+}
+
+/// Quantized blocks of an N × K matrix (row j: output j's weights along K).
+struct Blocks {
+    /// N × K/32 blocks of packed codes: 4-bit codes two a byte (value 2i in the low nibble,
+    /// 2i + 1 in the high one), 8-bit codes offset by 128 (`MatMulNBits`' default zero point).
+    packed: Vec<u8>,
+    /// One scale a block, N × K/32.
+    scales: Vec<f32>,
+    /// One offset a block (Q4_1 only), N × K/32.
+    mins: Option<Vec<f32>>,
+}
+
+/// Quantizes each block of 32 as llama.cpp's reference quantizers do (Q4_0: the scale maps
+/// the value of largest magnitude to −8; Q4_1: the block's minimum and range; Q8_0: the
+/// largest magnitude to 127).
+fn quantize(by_output: &[f32], n: usize, k: usize, scheme: Scheme) -> Blocks {
+    let nb = k / BLOCK;
+    let blob = BLOCK * scheme.bits() / 8;
+    let mut packed = vec![0u8; n * nb * blob];
+    let mut scales = vec![0f32; n * nb];
+    let mut mins = (scheme == Scheme::Q4_1).then(|| vec![0f32; n * nb]);
+    let mut q = [0u8; BLOCK];
+    for (b, block) in by_output.chunks_exact(BLOCK).enumerate() {
+        match scheme {
+            Scheme::Q4_1 => {
+                let lo = block.iter().copied().fold(f32::INFINITY, f32::min);
+                let hi = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let d = (hi - lo) / 15.0;
+                let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+                for (qi, &x) in q.iter_mut().zip(block) {
+                    *qi = (((x - lo) * inv + 0.5) as i32).clamp(0, 15) as u8;
+                }
+                scales[b] = d;
+                if let Some(m) = mins.as_mut() {
+                    m[b] = lo;
+                }
+            }
+            Scheme::Q4_0 => {
+                let signed_max = block
+                    .iter()
+                    .copied()
+                    .fold(0f32, |m, x| if x.abs() > m.abs() { x } else { m });
+                let d = signed_max / -8.0;
+                let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+                for (qi, &x) in q.iter_mut().zip(block) {
+                    *qi = ((x * inv + 8.5) as i32).clamp(0, 15) as u8;
+                }
+                scales[b] = d;
+            }
+            Scheme::Q8_0 => {
+                let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let d = amax / 127.0;
+                let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+                for (qi, &x) in q.iter_mut().zip(block) {
+                    *qi = ((x * inv).round() as i32)
+                        .clamp(-127, 127)
+                        .wrapping_add(128) as u8;
+                }
+                scales[b] = d;
+            }
+        }
+        let out = &mut packed[b * blob..(b + 1) * blob];
+        if scheme.bits() == 8 {
+            out.copy_from_slice(&q);
+        } else {
+            for (o, pair) in out.iter_mut().zip(q.chunks_exact(2)) {
+                *o = pair[0] | (pair[1] << 4);
+            }
+        }
+    }
+    Blocks {
+        packed,
+        scales,
+        mins,
+    }
+}
+
+/// The K × K/32 matrix that sums each block of 32 values.
+fn block_indicator(k: usize) -> Vec<f32> {
+    let nb = k / BLOCK;
+    let mut s = vec![0f32; k * nb];
+    for i in 0..k {
+        s[i * nb + i / BLOCK] = 1.0;
+    }
+    s
+}
+
+/// The transpose of a row-major `rows × cols` matrix.
+fn transpose_matrix(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+fn tensor_u8(name: &str, dims: &[usize], data: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: UINT8,
+        raw_data: data.into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dequantize(b: &Blocks, n: usize, k: usize, scheme: Scheme) -> Vec<f32> {
+        let mut w = vec![0f32; n * k];
+        for (i, wi) in w.iter_mut().enumerate() {
+            let blk = i / BLOCK;
+            let q = if scheme == Scheme::Q8_0 {
+                f32::from(b.packed[i]) - 128.0
+            } else {
+                let byte = b.packed[blk * BLOCK / 2 + (i % BLOCK) / 2];
+                f32::from(if i % 2 == 0 { byte & 15 } else { byte >> 4 })
+            };
+            *wi = match (&b.mins, scheme) {
+                (Some(m), _) => b.scales[blk] * q + m[blk],
+                (None, Scheme::Q4_0) => b.scales[blk] * (q - 8.0),
+                (None, _) => b.scales[blk] * q,
+            };
+        }
+        w
+    }
+
+    #[test]
+    fn q4_1_gives_back_the_blocks_of_a_q4_1_file() {
+        // Blocks as llama.cpp's Q4_1 stores them: f16 scale and minimum, q in 0..=15 with
+        // both ends reached; dequantized in f32 as the importer does.
+        let mut rng = crate::util::GaussianRng::new(7);
+        let (n, k) = (5, 96);
+        let mut w = vec![0f32; n * k];
+        for block in w.chunks_exact_mut(BLOCK) {
+            let d = half::f16::from_f32(0.001 + 0.02 * rng.next_normal().abs() as f32).to_f32();
+            let m = half::f16::from_f32(-0.1 * rng.next_normal().abs() as f32).to_f32();
+            for (i, x) in block.iter_mut().enumerate() {
+                let q = match i {
+                    3 => 0,
+                    17 => 15,
+                    _ => (rng.next_normal().abs() * 5.0).min(15.0) as u32,
+                };
+                *x = q as f32 * d + m;
+            }
+        }
+        let b = quantize(&w, n, k, Scheme::Q4_1);
+        let back = dequantize(&b, n, k, Scheme::Q4_1);
+        let worst = w
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (a - b).abs() / a.abs().max(1e-3))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "relative error {worst}");
+    }
+
+    #[test]
+    fn q4_0_error_is_within_a_step() {
+        let mut rng = crate::util::GaussianRng::new(3);
+        let (n, k) = (4, 64);
+        let w: Vec<f32> = (0..n * k).map(|_| rng.next_normal() as f32).collect();
+        let b = quantize(&w, n, k, Scheme::Q4_0);
+        let back = dequantize(&b, n, k, Scheme::Q4_0);
+        for (blk, (a, r)) in w.chunks(BLOCK).zip(back.chunks(BLOCK)).enumerate() {
+            let step = b.scales[blk].abs();
+            for (x, y) in a.iter().zip(r) {
+                // Half a step, except at +8 steps, which clamps to +7.
+                assert!((x - y).abs() <= step + 1e-6, "{x} vs {y}, step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_gives_back_the_blocks_of_a_q8_0_file() {
+        let mut rng = crate::util::GaussianRng::new(5);
+        let (n, k) = (3, 64);
+        let mut w = vec![0f32; n * k];
+        for block in w.chunks_exact_mut(BLOCK) {
+            let d = half::f16::from_f32(0.01 * (1.0 + rng.next_normal().abs()) as f32).to_f32();
+            for (i, x) in block.iter_mut().enumerate() {
+                let q = if i == 9 {
+                    -127
+                } else {
+                    ((rng.next_normal() * 50.0) as i32).clamp(-127, 127)
+                };
+                *x = q as f32 * d;
+            }
+        }
+        let b = quantize(&w, n, k, Scheme::Q8_0);
+        let back = dequantize(&b, n, k, Scheme::Q8_0);
+        let worst = w
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (a - b).abs() / a.abs().max(1e-3))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "relative error {worst}");
+    }
+}
