@@ -248,6 +248,22 @@ fn main() {
         .zip(&alone)
         .filter(|(a, b)| a.tokens.iter().map(|t| t.id).collect::<Vec<_>>() == **b)
         .count();
+    // Where a row of the batch leaves the request run alone: the step, and the alone run's
+    // margin between its top two logits there (a near-tie that rounding can flip, or not).
+    let mut divergent = Vec::new();
+    for (row, (a, b)) in together.iter().zip(&alone).enumerate() {
+        let ids: Vec<u32> = a.tokens.iter().map(|t| t.id).collect();
+        let Some(step) = ids.iter().zip(b).position(|(x, y)| x != y) else {
+            continue;
+        };
+        let mut context = reqs[row].prompt.clone();
+        context.extend_from_slice(&b[..step]);
+        let mut seq = g.sequence(reqs[row].task).expect("seq");
+        g.feed(&mut [&mut seq], &[&context]).expect("rescore");
+        let mut top: Vec<f32> = seq.logits().to_vec();
+        top.sort_by(|x, y| y.total_cmp(x));
+        divergent.push(serde_json::json!({"row": row, "step": step, "top2_margin": top[0] - top[1]}));
+    }
     let out = serde_json::json!({
         "engine": engine.name(),
         "threads": threads,
@@ -273,6 +289,7 @@ fn main() {
         "sequential8_tok_s": (8 * new) as f64 / sequential_s,
         "batch_over_sequential": sequential_s / batch_s,
         "batch_rows_equal_alone": same,
+        "batch_rows_divergent": divergent,
         "peak_rss_kib": vm("VmHWM:"),
     });
     println!("{out}");

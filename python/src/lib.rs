@@ -536,6 +536,8 @@ fn extract(
     let progress = Progress::new(progress);
     let out = temp_path("elxb");
     let result = py.detach(|| {
+        // As `elx extract` does for its process, for this call only (see the guard).
+        let _keep = eigenlorax::util::KeepFreedMemory::start();
         let adapters = sources
             .into_iter()
             .map(Source::open)

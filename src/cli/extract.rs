@@ -146,30 +146,6 @@ pub fn options(a: &Args) -> Result<ExtractOptions> {
     })
 }
 
-/// glibc's malloc hands blocks above its mmap threshold (dynamic, from 128 KiB) straight back
-/// to the kernel and trims freed heap tops with `madvise`, so the extraction's many
-/// short-lived matrices of a few MiB were faulted in and zeroed again each time: about a fifth
-/// of the CPU of a 50-adapter extraction went to page faults (`perf`, BENCHMARKS.md). Keeping
-/// blocks up to 32 MiB (glibc's largest threshold) on the heap and not trimming makes them
-/// reusable, at the price of holding freed memory until the process ends. Process setup, not
-/// math; only `elx extract` asks for it (the device runtime keeps glibc's defaults).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory() {
-    unsafe extern "C" {
-        fn mallopt(param: i32, value: i32) -> i32;
-    }
-    const M_TRIM_THRESHOLD: i32 = -1;
-    const M_MMAP_THRESHOLD: i32 = -3;
-    // SAFETY: mallopt only changes allocator parameters; it is called before this command
-    // starts any thread, and a refused value (return 0) leaves glibc's defaults in place.
-    unsafe {
-        mallopt(M_MMAP_THRESHOLD, 32 << 20);
-        mallopt(M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory() {}
 
 /// What `--update` starts from: the old bundle's manifest and its statistics.
 struct Update {
@@ -226,7 +202,9 @@ fn open_update(a: &Args, old_path: &Path) -> Result<Update> {
 
 /// Runs `elx extract`.
 pub fn run(a: Args) -> Result<()> {
-    keep_freed_memory();
+    // Process setup, not math: see `util::KeepFreedMemory` (the device runtime keeps glibc's
+    // defaults; only `elx extract` asks for it).
+    eigenlorax::util::KeepFreedMemory::start().for_the_process();
     let mut inputs: Vec<&Path> = a.adapters.iter().map(|p| p.as_path()).collect();
     let old_stats_path = a.update.as_deref().map(stats::path_beside);
     inputs.extend(a.update.as_deref());
