@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-import numpy as np
 
 from . import _native
 from ._native import (
@@ -62,25 +61,36 @@ __all__ = [
 Progress = Callable[[int, int, str], Any]
 PathLike = Union[str, "os.PathLike[str]"]
 
-# numpy dtype -> safetensors dtype name (little-endian only, as safetensors stores them).
-_DTYPE_NAMES = {
-    np.dtype("<f8"): "F64",
-    np.dtype("<f4"): "F32",
-    np.dtype("<f2"): "F16",
-    np.dtype("i1"): "I8",
-    np.dtype("u1"): "U8",
-    np.dtype("<i2"): "I16",
-    np.dtype("<i4"): "I32",
-    np.dtype("<i8"): "I64",
-    np.dtype("bool"): "BOOL",
-}
+
+def _np() -> Any:
+    """numpy, imported when first needed: extraction from folders never needs it, and the
+    import is a twentieth of a 50-adapter extraction (issue 30's budget is 1.05x the CLI)."""
+    import numpy
+
+    return numpy
 
 
-def _tensor_view(key: str, value: Any) -> Tuple[str, str, List[int], np.ndarray]:
+def _dtype_name(np: Any, dtype: Any) -> Optional[str]:
+    """The safetensors dtype name of a little-endian numpy dtype (None if unsupported)."""
+    return {
+        np.dtype("<f8"): "F64",
+        np.dtype("<f4"): "F32",
+        np.dtype("<f2"): "F16",
+        np.dtype("i1"): "I8",
+        np.dtype("u1"): "U8",
+        np.dtype("<i2"): "I16",
+        np.dtype("<i4"): "I32",
+        np.dtype("<i8"): "I64",
+        np.dtype("bool"): "BOOL",
+    }.get(dtype)
+
+
+def _tensor_view(key: str, value: Any) -> Tuple[str, str, List[int], Any]:
     """(key, safetensors dtype, shape, C-contiguous array) of one tensor, without a copy where
     the layout allows: numpy arrays as they are, torch CPU tensors through DLPack (bfloat16
     as its int16 bits). A non-contiguous tensor is made contiguous (a copy of that tensor);
     a GPU tensor is brought to the CPU (a copy)."""
+    np = _np()
     name = None
     if hasattr(value, "__dlpack__") and hasattr(value, "detach"):
         # A torch tensor, used through its own methods: torch is never imported here.
@@ -103,7 +113,7 @@ def _tensor_view(key: str, value: Any) -> Tuple[str, str, List[int], np.ndarray]
     if name is None:
         if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder != "little"):
             raise UsageError(f"tensor {key}: expected little-endian values, found {arr.dtype}")
-        name = _DTYPE_NAMES.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == "=" else arr.dtype)
+        name = _dtype_name(np, arr.dtype.newbyteorder("<") if arr.dtype.byteorder == "=" else arr.dtype)
         if name is None:
             raise UsageError(
                 f"tensor {key}: expected float64, float32, float16, bfloat16 or int8 values, found {arr.dtype}"
@@ -478,6 +488,7 @@ class Runtime:
             raise UsageError("expected a list of texts, found one string")
         if isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs):
             return self._rt.run(tasks, texts=list(inputs))
+        np = _np()
         ids = np.asarray(inputs)
         if ids.ndim != 2 or ids.dtype.kind not in "iu":
             raise UsageError(f"expected texts or token ids [rows, seq] of integers, found {ids.dtype} {ids.shape}")
@@ -486,11 +497,12 @@ class Runtime:
             tasks, ids=ids.astype(np.int64).reshape(-1).tolist(), mask=m, shape=(ids.shape[0], ids.shape[1])
         )
 
-    def run(self, inputs: Any, task: Union[None, int, Sequence[int]] = None, *, mask: Any = None) -> np.ndarray:
+    def run(self, inputs: Any, task: Union[None, int, Sequence[int]] = None, *, mask: Any = None) -> Any:
         """Pooled features [rows, dim] (float32) of texts (a list of str) or token ids (an
         integer array [rows, seq], ``mask`` of the same shape). ``task``: a task id, a list
         (a mixed batch: row i with the i-th task), or None for the base model."""
         pooled, rows, dim, _ = self._run(inputs, task, mask)
+        np = _np()
         return np.frombuffer(pooled, dtype=np.float32).reshape(rows, dim)
 
     def predict(self, inputs: Any, task: Union[int, Sequence[int]], *, mask: Any = None) -> List[Prediction]:

@@ -7,6 +7,7 @@ ELX_CLI names the `elx` binary of the same build, ELX_REPO the repository root.
 import json
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -63,6 +64,18 @@ def test_extract_equals_cli_byte_for_byte(tmp_path):
         b.save(tmp_path / "py.elxb")
         assert (tmp_path / "py.elxb").read_bytes() == (tmp_path / "cli.elxb").read_bytes()
         assert b.id in elx_cli("inspect", tmp_path / "cli.elxb")
+
+
+def test_import_and_folder_extraction_leave_numpy_unimported(tmp_path):
+    # numpy's import is a twentieth of a 50-adapter extraction (issue 30's 1.05x budget):
+    # the package imports it only where arrays are involved.
+    code = (
+        "import sys, eigenlorax as elx\n"
+        "assert 'numpy' not in sys.modules, 'import'\n"
+        f"elx.extract({ADAPTERS!r}, k=4).save({str(tmp_path / 'b.elxb')!r})\n"
+        "assert 'numpy' not in sys.modules, 'extract'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_state_dicts_give_the_folders_bundle():
