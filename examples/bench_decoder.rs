@@ -262,7 +262,8 @@ fn main() {
         g.feed(&mut [&mut seq], &[&context]).expect("rescore");
         let mut top: Vec<f32> = seq.logits().to_vec();
         top.sort_by(|x, y| y.total_cmp(x));
-        divergent.push(serde_json::json!({"row": row, "step": step, "top2_margin": top[0] - top[1]}));
+        divergent
+            .push(serde_json::json!({"row": row, "step": step, "top2_margin": top[0] - top[1]}));
     }
     let out = serde_json::json!({
         "engine": engine.name(),

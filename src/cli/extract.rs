@@ -146,7 +146,6 @@ pub fn options(a: &Args) -> Result<ExtractOptions> {
     })
 }
 
-
 /// What `--update` starts from: the old bundle's manifest and its statistics.
 struct Update {
     old: Manifest,

@@ -144,5 +144,8 @@ fn weight_formats_parse_by_name_and_an_unknown_one_is_refused() {
     assert_eq!("Q4_1".parse::<WeightFormat>().unwrap(), WeightFormat::Q4_1);
     assert_eq!("F32".parse::<WeightFormat>().unwrap(), WeightFormat::F32);
     let e = "q8".parse::<WeightFormat>().unwrap_err().to_string();
-    assert!(e.contains("`f32`, `q4_0` or `q4_1`") && e.contains("q8"), "{e}");
+    assert!(
+        e.contains("`f32`, `q4_0` or `q4_1`") && e.contains("q8"),
+        "{e}"
+    );
 }
