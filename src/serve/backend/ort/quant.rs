@@ -8,12 +8,10 @@
 //!   `MatMulNBits` takes only integer zero points on its fast path, so the offsets are a
 //!   second, small product: `y = MatMulNBits(x; q, d) + s(x)·M`, where `s(x)` sums `x` over
 //!   each block (K/32 values a row, shared by the products that read the same `x`) and M
-//!   holds the offsets (K/32 × N). f32 scales and
-//!   offsets: 6 bits a weight. A model imported from a Q4_1 GGUF file holds the
-//!   dequantized blocks, and quantizing them again gives back the file's own blocks (every
-//!   block of llama.cpp's quantizer reaches 0 and 15), so the engine multiplies the weights
-//!   the GGUF file shipped.
-//!
+//!   holds the offsets (K/32 × N). f32 scales and offsets: 6 bits a weight. A model imported
+//!   from a Q4_1 GGUF file holds the dequantized blocks, and quantizing them again gives back
+//!   the file's own blocks (every block of llama.cpp's quantizer reaches 0 and 15), so the
+//!   engine multiplies the weights the GGUF file shipped.
 //! * The LM head (the product that writes a graph output, tied to the token embedding or
 //!   not) keeps 8 bits: Q8_0 blocks, `w = d·q` with q in −127..=127 (one f32 scale, 9 bits
 //!   a weight), the format GGUF files of Q4 models ship their token embedding in, which a
