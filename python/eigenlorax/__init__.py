@@ -602,8 +602,11 @@ class Generator:
 
     ``model``: the folder ``elx import-gguf`` (or ``elx import-hf``) wrote: model.onnx with its
     tokenizer and chat template. ``bundle``: a bundle bound to that model (``elx bind``), or
-    None for the base model alone. ``backend``/``provider`` as for :class:`Runtime`. This is
-    the decoder's counterpart of :class:`Runtime`: a request keeps its own KV cache, so the
+    None for the base model alone. ``backend``/``provider`` as for :class:`Runtime`.
+    ``weights``: how the engine stores the base weights, as ``elx generate --weights``:
+    "f32" (exact), "q4_0" (4-bit blocks) or "q4_1" (4-bit blocks with an offset, ONNX Runtime
+    only: a model imported from a Q4_1 GGUF file then multiplies the file's own blocks). This
+    is the decoder's counterpart of :class:`Runtime`: a request keeps its own KV cache, so the
     model is served token by token rather than as pooled features. Thread-safe.
     """
 
@@ -614,9 +617,10 @@ class Generator:
         backend: str = "tract",
         *,
         provider: str = "cpu",
+        weights: str = "f32",
     ) -> None:
         self._g = _native.Generator(
-            os.fspath(model), None if bundle is None else os.fspath(bundle), backend, provider
+            os.fspath(model), None if bundle is None else os.fspath(bundle), backend, provider, weights
         )
 
     @property

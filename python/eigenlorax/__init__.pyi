@@ -186,6 +186,7 @@ class Generator:
         backend: str = "tract",
         *,
         provider: str = "cpu",
+        weights: str = "f32",
     ) -> None: ...
     @property
     def backend(self) -> str: ...

@@ -954,17 +954,19 @@ fn sampling(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> PyResult<S
 #[pymethods]
 impl Generator {
     #[new]
-    #[pyo3(signature = (model, bundle = None, backend = "tract", provider = "cpu"))]
+    #[pyo3(signature = (model, bundle = None, backend = "tract", provider = "cpu", weights = "f32"))]
     fn new(
         py: Python<'_>,
         model: PathBuf,
         bundle: Option<PathBuf>,
         backend: &str,
         provider: &str,
+        weights: &str,
     ) -> PyResult<Generator> {
         let backend = backend_of(backend, provider)?;
+        let weights: eigenlorax::serve::backend::WeightFormat = weights.parse().map_err(raise)?;
         let tg = py
-            .detach(|| TextGenerator::open(&model, bundle.as_deref(), backend))
+            .detach(|| TextGenerator::open_with(&model, bundle.as_deref(), backend, weights))
             .map_err(raise)?;
         Ok(Generator { tg })
     }

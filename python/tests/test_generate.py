@@ -121,6 +121,20 @@ def test_chat_and_sampling_equal_the_cli(llama):
     assert "hi" in g.chat_prompt("hi") and g.chat_prompt("hi") != "hi"
 
 
+def test_quantized_weights_generate_what_the_cli_generates(llama):
+    # hidden 64 and MLP 128: every product of the tiny Llama is quantized.
+    g = elx.Generator(llama / "m", weights="q4_0")
+    out = g.generate("hello world", max_tokens=8)
+    text, ids, _, finish = cli_generation(
+        "--model", llama / "m", "--prompt", "hello world", "--max-tokens", 8, "--weights", "q4_0"
+    )
+    assert (out.text, out.tokens, out.finish) == (text, ids, finish)
+    with pytest.raises(elx.UsageError, match="q8"):
+        elx.Generator(llama / "m", weights="q8")
+    with pytest.raises(elx.UsageError, match="ONNX Runtime only"):
+        elx.Generator(llama / "m", weights="q4_1")
+
+
 def test_generator_bad_input_raises_with_the_library_message(llama, tmp_path):
     g = elx.Generator(llama / "m", bundle=llama / "d.elxb")
     with pytest.raises(elx.ElxError, match="task"):

@@ -109,12 +109,10 @@ examples! {
 
     /// `elx generate`.
     GENERATE = "generate" {
-        "Greedy answer from the base model (zero coefficients)"
-            => "elx generate --model smollm2 --bundle smollm2-tasks.bound.elxb --prompt \"The capital of France is\" --max-tokens 16",
+        "Greedy answer from the base model, the GGUF file's own 4-bit blocks on ONNX Runtime"
+            => "elx generate --model smollm2 --prompt \"Name three rivers\" --chat --backend ort --weights q4_1",
         "A task's coefficients, sampled, one JSON line per token"
             => "elx generate --model smollm2 --bundle smollm2-tasks.bound.elxb --task t1.elxc \\\n      --prompt \"Define: river\" --temperature 0.7 --top-p 0.9 --seed 1 --json",
-        "The GGUF file's own 4-bit blocks on ONNX Runtime (twice tract's f32 decode speed here)"
-            => "elx generate --model smollm2 --prompt \"Name three rivers\" --chat --backend ort --weights q4_1",
     }
 
     /// `elx finetune`.
