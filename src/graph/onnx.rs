@@ -14,6 +14,8 @@ use std::path::Path;
 pub const FLOAT: i32 = 1;
 /// ONNX element type code of i64 (`TensorProto.DataType.INT64`).
 pub const INT64: i32 = 7;
+/// ONNX element type code of u8 (`TensorProto.DataType.UINT8`).
+pub const UINT8: i32 = 2;
 
 /// Reads an ONNX model file; returns the decoded model and the SHA-256 of the file's bytes.
 ///
@@ -56,10 +58,32 @@ pub fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     for v in data {
         raw.extend_from_slice(&v.to_le_bytes());
     }
+    tensor_raw(name, dims, FLOAT, raw)
+}
+
+/// The transpose of a row-major `rows × cols` matrix (HF linear weights are [out, in]; the
+/// graphs' products read [in, out]).
+pub fn transpose(rows: usize, cols: usize, w: &[f32]) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+/// A u8 tensor (initializer), its bytes as `raw_data`.
+pub fn tensor_u8(name: &str, dims: &[usize], data: Vec<u8>) -> TensorProto {
+    tensor_raw(name, dims, UINT8, data)
+}
+
+/// A tensor of ONNX element type `data_type` whose little-endian bytes are `raw`.
+fn tensor_raw(name: &str, dims: &[usize], data_type: i32, raw: Vec<u8>) -> TensorProto {
     TensorProto {
         name: name.to_string(),
         dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: FLOAT,
+        data_type,
         raw_data: raw.into(),
         ..Default::default()
     }
@@ -71,13 +95,7 @@ pub fn tensor_i64(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
     for v in data {
         raw.extend_from_slice(&v.to_le_bytes());
     }
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: INT64,
-        raw_data: raw.into(),
-        ..Default::default()
-    }
+    tensor_raw(name, dims, INT64, raw)
 }
 
 /// One axis of a declared tensor shape.
@@ -307,6 +325,12 @@ pub fn f32_data(t: &TensorProto, path: &Path) -> Result<Vec<f32>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn transpose_is_exact() {
+        let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2 x 3
+        assert_eq!(super::transpose(2, 3, &w), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+
     use super::*;
     use crate::graph::pb::GraphProto;
 

@@ -3,8 +3,9 @@
 //! under its HF module name.
 
 use super::BertConfig;
-use super::weights::{Weights, transpose};
+use super::weights::Weights;
 use crate::error::Result;
+use crate::graph::onnx::transpose;
 use crate::graph::onnx::{self, Dim, attr_float, attr_int, attr_ints, node};
 use crate::graph::pb::{GraphProto, ModelProto, OperatorSetIdProto};
 

@@ -122,25 +122,3 @@ impl Weights {
         Ok(v)
     }
 }
-
-/// Transposes a row-major `[rows x cols]` matrix.
-pub(super) fn transpose(rows: usize, cols: usize, w: &[f32]) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = w[r * cols + c];
-        }
-    }
-    t
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transpose_is_exact() {
-        let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2 x 3
-        assert_eq!(transpose(2, 3, &w), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
-    }
-}

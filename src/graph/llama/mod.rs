@@ -33,7 +33,7 @@ pub mod files;
 pub mod gguf;
 pub mod hf;
 
-use super::onnx::{self, Dim, GraphBuilder, attr_int, attr_ints, node, value_info};
+use super::onnx::{self, Dim, GraphBuilder, attr_int, attr_ints, node, transpose, value_info};
 use super::pb::{GraphProto, ModelProto, OperatorSetIdProto};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -276,17 +276,6 @@ pub fn import_hf(dir: &Path) -> Result<ImportedDecoder> {
     let mut w = hf::HfWeights::open(&st)?;
     let model = build(&config, &mut w, "llama")?;
     Ok(ImportedDecoder { model, config })
-}
-
-/// Transposes a row-major `[rows x cols]` matrix.
-fn transpose(rows: usize, cols: usize, w: &[f32]) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = w[r * cols + c];
-        }
-    }
-    t
 }
 
 /// The rotary tables as transformers computes them (`LlamaRotaryEmbedding`, default rope

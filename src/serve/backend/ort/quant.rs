@@ -31,7 +31,7 @@
 //! which stays f32 for the `Gather`.
 
 use crate::error::{Error, Result};
-use crate::graph::onnx::{FLOAT, attr_int, f32_data, node, tensor_f32};
+use crate::graph::onnx::{FLOAT, attr_int, f32_data, node, tensor_f32, tensor_u8, transpose};
 use crate::graph::patch::NODE_PREFIX;
 use crate::graph::pb::{ModelProto, OperatorSetIdProto, TensorProto};
 use crate::serve::backend::WeightFormat;
@@ -86,9 +86,6 @@ impl Scheme {
 
 /// Prefix of the initializers this module shares between products.
 const NODE_PREFIX_QUANT: &str = "eigenlorax.quant/";
-
-/// ONNX element type code of u8 (`TensorProto.DataType.UINT8`).
-const UINT8: i32 = 2;
 
 /// Domain of ONNX Runtime's contrib operators.
 const MS_DOMAIN: &str = "com.microsoft";
@@ -154,7 +151,7 @@ pub fn quantize_matmuls_with(
                 }
             })
             .flatten();
-        let Some((index, transpose)) = weight else {
+        let Some((index, stored_by_output)) = weight else {
             nodes.push(n);
             continue;
         };
@@ -165,7 +162,7 @@ pub fn quantize_matmuls_with(
         }
         let (rows, cols) = (t.dims[0] as usize, t.dims[1] as usize);
         // The product is x [.., K] · W [K, N]; a transposed initializer is stored [N, K].
-        let (k, n_out) = if transpose {
+        let (k, n_out) = if stored_by_output {
             (cols, rows)
         } else {
             (rows, cols)
@@ -176,10 +173,10 @@ pub fn quantize_matmuls_with(
         }
         let values = f32_data(t, where_)?;
         // Row j of `by_output` is output j's K weights, the layout MatMulNBits packs.
-        let by_output = if transpose {
+        let by_output = if stored_by_output {
             values
         } else {
-            transpose_matrix(&values, k, n_out)
+            transpose(k, n_out, &values)
         };
         let is_head = n.output.iter().any(|o| graph_outputs.contains(o));
         let scheme = if is_head && head == Head::Q8_0 {
@@ -252,7 +249,7 @@ pub fn quantize_matmuls_with(
             new_inits.push(tensor_f32(
                 &offsets,
                 &[nb, n_out],
-                &transpose_matrix(&mins, n_out, nb),
+                &transpose(n_out, nb, &mins),
             ));
             nodes.push(node(
                 "MatMul",
@@ -410,27 +407,6 @@ fn block_indicator(k: usize) -> Vec<f32> {
     s
 }
 
-/// The transpose of a row-major `rows × cols` matrix.
-fn transpose_matrix(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = m[r * cols + c];
-        }
-    }
-    t
-}
-
-fn tensor_u8(name: &str, dims: &[usize], data: Vec<u8>) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: UINT8,
-        raw_data: data.into(),
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +430,14 @@ mod tests {
         w
     }
 
+    /// The largest error relative to the value (to 1e-3 for values near zero).
+    fn worst_relative_error(want: &[f32], got: &[f32]) -> f32 {
+        want.iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs() / a.abs().max(1e-3))
+            .fold(0f32, f32::max)
+    }
+
     #[test]
     fn q4_1_gives_back_the_blocks_of_a_q4_1_file() {
         // Blocks as llama.cpp's Q4_1 stores them: f16 scale and minimum, q in 0..=15 with
@@ -475,11 +459,7 @@ mod tests {
         }
         let b = quantize(&w, n, k, Scheme::Q4_1);
         let back = dequantize(&b, n, k, Scheme::Q4_1);
-        let worst = w
-            .iter()
-            .zip(&back)
-            .map(|(a, b)| (a - b).abs() / a.abs().max(1e-3))
-            .fold(0f32, f32::max);
+        let worst = worst_relative_error(&w, &back);
         assert!(worst < 1e-5, "relative error {worst}");
     }
 
@@ -517,11 +497,7 @@ mod tests {
         }
         let b = quantize(&w, n, k, Scheme::Q8_0);
         let back = dequantize(&b, n, k, Scheme::Q8_0);
-        let worst = w
-            .iter()
-            .zip(&back)
-            .map(|(a, b)| (a - b).abs() / a.abs().max(1e-3))
-            .fold(0f32, f32::max);
+        let worst = worst_relative_error(&w, &back);
         assert!(worst < 1e-5, "relative error {worst}");
     }
 }
