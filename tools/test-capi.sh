@@ -12,17 +12,18 @@
 #   task file must be `elx run`'s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source tools/ci/steps.sh
 target=""
 if [ "${1:-}" = "--target" ]; then target=$2; fi
 
 if [ -z "$target" ]; then
   cc=gcc
   run=()
-  # tools/test.sh built libelx and `elx` in its one `cargo test --workspace --all-targets
-  # --features ort` (and ran capi/tests/header.rs there): asking that same build where they
-  # are compiles nothing. A `cargo build` would resolve the features without the
-  # dev-dependencies and compile the whole tree a second time (2 GB of disk, ~2 min).
-  lib="$(cargo test -q --workspace --all-targets --features ort --no-run --message-format=json |
+  # tools/test.sh built libelx and `elx` in its one `cargo test "${suite_targets[@]}"`
+  # (and ran capi/tests/header.rs there): asking that same build where they are compiles
+  # nothing. A `cargo build` would resolve the features without the dev-dependencies and
+  # compile the whole tree a second time (2 GB of disk, ~2 min).
+  lib="$(cargo test -q "${suite_targets[@]}" --no-run --message-format=json |
     python3 -c 'import json, os, sys
 dirs = [os.path.dirname(f) for line in sys.stdin for f in json.loads(line).get("filenames") or []
         if os.path.basename(f) == "libelx.so"]

@@ -27,6 +27,10 @@ if [ -z "${ELX_CI_STEPS:-}" ]; then
         printf 'ci: %-44s %8s  FAILED or stopped (exit %s)\n' "$name" "$(($(date +%s) - secs))" "$rc"
       done
       printf 'ci: %-44s %8s\n' total "$(($(date +%s) - _elx_steps_t0))"
+      # A full disk fails a step with "No space left on device": say how close it was.
+      printf 'ci: disk free at the end: %s (target/: %s)\n' \
+        "$(df -h --output=avail . 2>/dev/null | tail -n 1 | tr -d ' ')" \
+        "$(du -sh target 2>/dev/null | cut -f1)"
     } >&2
     rm -f "$ELX_CI_STEPS" "$ELX_CI_STEPS".running.*
     return "$rc"
@@ -44,3 +48,8 @@ step() {
   rm -f "$ELX_CI_STEPS.running.$$"
   printf '%s\t%s\n' "$name" "$(($(date +%s) - t0))" >>"$ELX_CI_STEPS"
 }
+
+# The suite's one build (tools/test.sh builds and runs it; tools/test-capi.sh asks the same
+# build where libelx is, compiling nothing). The examples are only checked (tools/test.sh's
+# feature checks): linked as binaries they took 631 MB of disk and seven debug links.
+suite_targets=(--workspace --lib --bins --tests --features ort)
