@@ -118,9 +118,15 @@ pub fn check_base_hash(path: &Path, sha256: &str, bundle: &Bundle) -> Result<()>
 
 /// Reads the base model file and checks it is the one the bundle was bound to.
 pub fn load_base(path: &Path, bundle: &Bundle) -> Result<ModelProto> {
-    let (model, sha) = onnx::read_model(path)?;
+    Ok(load_base_mapped(path, bundle)?.0)
+}
+
+/// [`load_base`], with the handle on the file's mapped pages ([`onnx::map_model`]), so that
+/// a caller that has converted the weights lets go of them.
+pub fn load_base_mapped(path: &Path, bundle: &Bundle) -> Result<(ModelProto, onnx::MappedPages)> {
+    let (model, sha, pages) = onnx::map_model(path)?;
     check_base_hash(path, &sha, bundle)?;
-    Ok(model)
+    Ok((model, pages))
 }
 
 /// [`load_base`] then [`patch`]: the way a device loads a model.

@@ -10,6 +10,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// Lowercase hex SHA-256 of a byte slice taken `chunk` bytes at a time, calling `after` on
+/// each chunk once it is hashed (to let go of a mapped file's pages as the hash goes).
+pub fn sha256_hex_chunks(bytes: &[u8], chunk: usize, mut after: impl FnMut(&[u8])) -> String {
+    let mut h = Sha256::new();
+    for c in bytes.chunks(chunk.max(1)) {
+        h.update(c);
+        after(c);
+    }
+    hex(&h.finalize())
+}
+
 /// Lowercase hex SHA-256 of a file, streamed (the file is never held whole in memory).
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;

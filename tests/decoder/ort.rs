@@ -313,3 +313,145 @@ fn q4_1_weights_serve_a_task_on_onnx_runtime_and_tract_refuses_them() {
         "task {task_effect} vs quantization {d}"
     );
 }
+
+#[test]
+fn the_token_embedding_in_q8_0_blocks_looks_up_the_same_rows() {
+    // A token embedding that holds Q8_0 blocks (f16 scales, as a GGUF file ships it) and a
+    // bare lookup: served with 4-bit weights, the rows come from i8 codes and block scales,
+    // and equal the f32 rows.
+    use eigenlorax::graph::onnx::{Dim, INT64, node, tensor_f32, value_info};
+    use eigenlorax::graph::pb::{GraphProto, ModelProto, OperatorSetIdProto};
+    use eigenlorax::serve::backend::WeightFormat;
+    use eigenlorax::serve::backend::ort::OrtModel;
+    use eigenlorax::serve::backend::ort::quant::quantize_matmuls;
+    use eigenlorax::serve::input::{InputTensor, TensorData};
+    let (v, h) = (50, 96);
+    let mut rng = eigenlorax::util::GaussianRng::new(11);
+    let raw: Vec<f32> = (0..v * h)
+        .map(|_| rng.next_normal() as f32 * 0.05)
+        .collect();
+    let emb = round_trip(&raw, Blocks::Q8_0);
+    let ids: Vec<i64> = vec![0, 7, 49, 7, 23];
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            name: "lookup".into(),
+            node: vec![node("Gather", "embed", &["emb", "ids"], &["rows"], vec![])],
+            initializer: vec![tensor_f32("emb", &[v, h], &emb)],
+            input: vec![value_info(
+                "ids",
+                INT64,
+                &[Dim::Fixed(1), Dim::Fixed(ids.len())],
+            )],
+            output: vec![value_info(
+                "rows",
+                eigenlorax::graph::onnx::FLOAT,
+                &[Dim::Fixed(1), Dim::Fixed(ids.len()), Dim::Fixed(h)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut q = model.clone();
+    assert_eq!(
+        quantize_matmuls(&mut q, WeightFormat::Q4_1).expect("quantize"),
+        1
+    );
+    let g = q.graph.as_ref().expect("graph");
+    assert!(
+        g.initializer.iter().all(|t| t.name != "emb"),
+        "the f32 table is dropped"
+    );
+    // Codes and scales: 9 bits a value against 32 (the 0/1 block expander is shared).
+    let q_bytes: usize = g
+        .initializer
+        .iter()
+        .filter(|t| !t.name.contains("block_expander"))
+        .map(|t| t.raw_data.len())
+        .sum();
+    assert_eq!(q_bytes, v * h + v * (h / 32) * 4, "codes and scales");
+    let input = [InputTensor {
+        name: "ids".into(),
+        shape: vec![1, ids.len()],
+        data: TensorData::I64(ids.clone()),
+    }];
+    let names = ["ids".to_string()];
+    let run = |m: &ModelProto| {
+        let s = OrtModel::new(m, &names, ExecutionProvider::Cpu).expect("session");
+        s.run(&input).expect("run").swap_remove(0).data
+    };
+    let (want, got) = (run(&model), run(&q));
+    let expect: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| emb[i as usize * h..(i as usize + 1) * h].to_vec())
+        .collect();
+    assert_eq!(want, expect, "the f32 lookup");
+    assert_eq!(got, want, "the Q8_0 lookup gives the f32 rows bit for bit");
+}
+
+#[test]
+fn a_model_spooled_to_a_file_gives_the_logits_of_the_model_in_memory() {
+    // Large models reach ONNX Runtime as a file whose weights it maps (serve::backend::ort::
+    // spool); the blocky model is small, so it is spooled on request here.
+    use eigenlorax::serve::backend::ort::{OrtModel, plain_inputs};
+    use eigenlorax::serve::input::{InputTensor, TensorData};
+    let cfg = blocky_config();
+    let model = eigenlorax::graph::llama::build(
+        &cfg,
+        &mut blocky_weights(Blocks::Q4_1, Blocks::Q8_0),
+        "blocky",
+    )
+    .expect("build");
+    let ids = [3i64, 1, 4, 1, 5, 9, 2, 6];
+    let names = plain_inputs(&model);
+    let inputs: Vec<InputTensor> = names
+        .iter()
+        .map(|n| {
+            let (shape, data) = match n.as_str() {
+                "input_ids" => (vec![1, ids.len()], TensorData::I64(ids.to_vec())),
+                "attention_mask" => (vec![1, ids.len()], TensorData::I64(vec![1; ids.len()])),
+                "position_ids" => (
+                    vec![1, ids.len()],
+                    TensorData::I64((0..ids.len() as i64).collect()),
+                ),
+                _ => (
+                    vec![1, cfg.kv_heads, 0, cfg.head_dim],
+                    TensorData::F32(Vec::new()),
+                ),
+            };
+            InputTensor {
+                name: n.clone(),
+                shape,
+                data,
+            }
+        })
+        .collect();
+    let parent = std::env::temp_dir().join(format!("elx-spool-test-{}", std::process::id()));
+    std::fs::create_dir_all(&parent).expect("temp dir");
+    let spooled =
+        OrtModel::new_spooled(&model, &names, ExecutionProvider::Cpu, &parent).expect("spooled");
+    assert_eq!(
+        std::fs::read_dir(&parent).expect("read dir").count(),
+        0,
+        "the spool folder is removed once the session is built"
+    );
+    let in_memory = OrtModel::new(&model, &names, ExecutionProvider::Cpu).expect("in memory");
+    let a = spooled.run(&inputs).expect("run spooled");
+    let b = in_memory.run(&inputs).expect("run in memory");
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.shape, y.shape, "{}", x.name);
+        assert_eq!(x.data, y.data, "{}: the same bits", x.name);
+    }
+    let _ = std::fs::remove_dir_all(&parent);
+
+    // A folder that cannot be made is an error naming it, not a panic.
+    let missing = parent.join("no/such/dir");
+    let err = OrtModel::new_spooled(&model, &names, ExecutionProvider::Cpu, &missing)
+        .expect_err("no folder");
+    assert!(err.to_string().contains("no/such/dir"), "{err}");
+}

@@ -5,6 +5,7 @@
 //!   the process-wide environment and the provider fallback;
 //! * [`hidden`]: [`OrtBackend`], the finetuner's hidden-state view;
 //! * [`quant`]: 4-bit base weights (`MatMulNBits`);
+//! * [`spool`]: large models handed over as a file whose weights ONNX Runtime maps;
 //! * [`train`]: training graphs as sessions over shared weights.
 //!
 //! ONNX Runtime takes the backend-neutral tensors of [`crate::serve::input`] as borrowed
@@ -14,6 +15,7 @@
 pub mod hidden;
 pub mod quant;
 pub mod runtime;
+pub mod spool;
 pub mod train;
 
 pub use hidden::OrtBackend;

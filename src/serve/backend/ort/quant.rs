@@ -16,6 +16,10 @@
 //!   not) keeps 8 bits: Q8_0 blocks, `w = d·q` with q in −127..=127 (one f32 scale, 9 bits
 //!   a weight), the format GGUF files of Q4 models ship their token embedding in, which a
 //!   4-bit head would quantize again (SmolLM2's held-out perplexity: +2.9% with a 4-bit head).
+//! * The token embedding a `Gather` reads is stored in Q8_0 too (i8 codes and a scale a
+//!   block, looked up row by row and multiplied out in f32, exactly): a quarter of its f32
+//!   bytes (113 MB for SmolLM2's 49,152 × 576), and exactly the GGUF file's blocks for a
+//!   model imported from one. ONNX Runtime 1.22 has no 8-bit `GatherBlockQuantized`.
 //!
 //! The 4-bit products keep f32 activations (`accuracy_level` 0), so they are those of the f32
 //! model that holds the dequantized blocks. ONNX Runtime multiplies 8-bit blocks only with
@@ -26,12 +30,14 @@
 //!
 //! Left in f32, as on tract: the patch's own products (names starting with
 //! [`NODE_PREFIX`]: the subspace bases set the task's accuracy and are small), products
-//! whose reduced axis is not a multiple of 32, and the token embedding the `Gather` reads.
-//! A tied LM head (`MatMul(x, Transpose(embedding))`) is quantized from the embedding,
-//! which stays f32 for the `Gather`.
+//! whose reduced axis is not a multiple of 32, and (with [`Head::LikeBody`]) the token
+//! embedding. A tied LM head (`MatMul(x, Transpose(embedding))`) is quantized from the
+//! embedding, as the lookup is.
 
 use crate::error::{Error, Result};
-use crate::graph::onnx::{FLOAT, attr_int, f32_data, node, tensor_f32, tensor_u8, transpose};
+use crate::graph::onnx::{
+    FLOAT, MappedPages, attr_int, f32_data, node, tensor_f32, tensor_i8, tensor_u8, transpose,
+};
 use crate::graph::patch::NODE_PREFIX;
 use crate::graph::pb::{ModelProto, OperatorSetIdProto, TensorProto};
 use crate::serve::backend::WeightFormat;
@@ -44,10 +50,11 @@ pub const BLOCK: usize = 32;
 /// How the LM head is stored when the body is 4-bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
-    /// Q8_0 blocks with 8-bit activations (what [`quantize_matmuls`] serves).
+    /// Q8_0 blocks with 8-bit activations, and the token embedding in Q8_0 (what
+    /// [`quantize_matmuls`] serves).
     Q8_0,
     /// The body's format and f32 activations, like every other product (exact on a model
-    /// whose head holds blocks of that format).
+    /// whose head holds blocks of that format), and the token embedding in f32.
     LikeBody,
 }
 
@@ -95,6 +102,21 @@ pub fn quantize_matmuls(model: &mut ModelProto, format: WeightFormat) -> Result<
     quantize_matmuls_with(model, format, Head::Q8_0)
 }
 
+/// [`quantize_matmuls`] for a model whose weights are slices of a mapped file: each f32
+/// weight's pages are let go of as soon as it is quantized, so the f32 weights are never
+/// resident together.
+pub fn quantize_matmuls_releasing(
+    model: &mut ModelProto,
+    format: WeightFormat,
+    pages: Option<&MappedPages>,
+) -> Result<usize> {
+    quantize_model(model, format, Head::Q8_0, &|data| {
+        if let Some(p) = pages {
+            p.release(data)
+        }
+    })
+}
+
 /// Replaces every constant weight of a base-model `MatMul` by `MatMulNBits` blocks in
 /// `format`, the LM head's as `head` says (see the module documentation). Returns how many
 /// weights were quantized; `F32` changes nothing.
@@ -102,6 +124,16 @@ pub fn quantize_matmuls_with(
     model: &mut ModelProto,
     format: WeightFormat,
     head: Head,
+) -> Result<usize> {
+    quantize_model(model, format, head, &|_| {})
+}
+
+/// The quantizer; `release` is called on each f32 weight's bytes once they are read.
+fn quantize_model(
+    model: &mut ModelProto,
+    format: WeightFormat,
+    head: Head,
+    release: &dyn Fn(&[u8]),
 ) -> Result<usize> {
     let body = match format {
         WeightFormat::F32 => return Ok(0),
@@ -135,9 +167,27 @@ pub fn quantize_matmuls_with(
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut block_sums: HashMap<String, String> = HashMap::new();
     let mut indicators: HashSet<usize> = HashSet::new();
+    let mut expanders: HashSet<usize> = HashSet::new();
     let mut new_inits: Vec<TensorProto> = Vec::new();
     let mut quantized = 0;
     for n in std::mem::take(&mut graph.node) {
+        if head == Head::Q8_0
+            && let Some(emb) = embedding_lookup(&n, graph, &inits)
+        {
+            let t = &graph.initializer[emb];
+            let (v, h) = (t.dims[0] as usize, t.dims[1] as usize);
+            let blocks = quantize_rows(t, v, h, Scheme::Q8_0, release)?;
+            nodes.extend(quantized_lookup(
+                &n,
+                v,
+                h,
+                blocks,
+                &mut new_inits,
+                &mut expanders,
+            ));
+            quantized += 1;
+            continue;
+        }
         let weight = (n.op_type == "MatMul"
             && n.domain.is_empty()
             && !n.name.starts_with(NODE_PREFIX)
@@ -171,20 +221,20 @@ pub fn quantize_matmuls_with(
             nodes.push(n);
             continue;
         }
-        let values = f32_data(t, where_)?;
-        // Row j of `by_output` is output j's K weights, the layout MatMulNBits packs.
-        let by_output = if stored_by_output {
-            values
-        } else {
-            transpose(k, n_out, &values)
-        };
         let is_head = n.output.iter().any(|o| graph_outputs.contains(o));
         let scheme = if is_head && head == Head::Q8_0 {
             Scheme::Q8_0
         } else {
             body
         };
-        let blocks = quantize(&by_output, n_out, k, scheme);
+        // Row j of `by_output` is output j's K weights, the layout MatMulNBits packs.
+        let blocks = if stored_by_output {
+            quantize_rows(t, n_out, k, scheme, release)?
+        } else {
+            let values = f32_data(t, where_)?;
+            release(&t.raw_data);
+            quantize(&transpose(k, n_out, &values), n_out, k, scheme)
+        };
         let base = format!("{}.{}", n.name, scheme.name());
         let (b_name, s_name) = (format!("{base}.blocks"), format!("{base}.scales"));
         let nb = k / BLOCK;
@@ -319,6 +369,141 @@ pub fn quantize_matmuls_with(
         });
     }
     Ok(quantized)
+}
+
+/// The initializer a `Gather` looks rows up in, when it is a token embedding this module
+/// stores in Q8_0: an f32 matrix gathered along its first axis, rows a multiple of 32 long.
+fn embedding_lookup(
+    n: &crate::graph::pb::NodeProto,
+    graph: &crate::graph::pb::GraphProto,
+    inits: &HashMap<String, usize>,
+) -> Option<usize> {
+    if n.op_type != "Gather"
+        || !n.domain.is_empty()
+        || n.name.starts_with(NODE_PREFIX)
+        || n.input.len() != 2
+        || n.output.len() != 1
+    {
+        return None;
+    }
+    let axis = crate::graph::onnx::get_attr(n, "axis").map_or(0, |a| a.i);
+    let &i = inits.get(&n.input[0])?;
+    let t = &graph.initializer[i];
+    let fits = axis == 0
+        && t.data_type == FLOAT
+        && t.dims.len() == 2
+        && t.dims[0] > 0
+        && t.dims[1] > 0
+        && (t.dims[1] as usize).is_multiple_of(BLOCK);
+    fits.then_some(i)
+}
+
+/// The nodes that replace `Gather(embedding, ids)` by a lookup in Q8_0 blocks: the rows'
+/// codes (i8) and their blocks' scales are gathered, the scales spread to every value of
+/// their block (a product with the 0/1 matrix E [H/32, H], exact: each output is one scale
+/// times 1 plus zeros) and multiplied by the codes. Exact on an embedding that holds Q8_0
+/// blocks (a GGUF file's), whose quantization gives back those blocks.
+fn quantized_lookup(
+    n: &crate::graph::pb::NodeProto,
+    v: usize,
+    h: usize,
+    blocks: Blocks,
+    new_inits: &mut Vec<TensorProto>,
+    expanders: &mut HashSet<usize>,
+) -> Vec<crate::graph::pb::NodeProto> {
+    let nb = h / BLOCK;
+    let name = if n.name.is_empty() {
+        &n.output[0]
+    } else {
+        &n.name
+    };
+    let base = format!("{name}.q8_0");
+    let codes: Vec<i8> = blocks.packed.iter().map(|&c| (c ^ 0x80) as i8).collect();
+    let (c_name, s_name) = (format!("{base}.codes"), format!("{base}.scales"));
+    new_inits.push(tensor_i8(&c_name, &[v, h], &codes));
+    new_inits.push(tensor_f32(&s_name, &[v, nb], &blocks.scales));
+    let expander = format!("{NODE_PREFIX_QUANT}block_expander_{h}");
+    if expanders.insert(h) {
+        new_inits.push(tensor_f32(
+            &expander,
+            &[nb, h],
+            &transpose(h, nb, &block_indicator(h)),
+        ));
+    }
+    let ids = n.input[1].as_str();
+    let [rows, row_scales, rows_f32, spread] =
+        ["codes", "block_scales", "codes_f32", "scales"].map(|s| format!("{base}.{s}_gathered"));
+    vec![
+        node("Gather", &rows, &[&c_name, ids], &[&rows], vec![]),
+        node(
+            "Gather",
+            &row_scales,
+            &[&s_name, ids],
+            &[&row_scales],
+            vec![],
+        ),
+        node(
+            "Cast",
+            &rows_f32,
+            &[&rows],
+            &[&rows_f32],
+            vec![attr_int("to", FLOAT as i64)],
+        ),
+        node(
+            "MatMul",
+            &spread,
+            &[&row_scales, &expander],
+            &[&spread],
+            vec![],
+        ),
+        node(
+            "Mul",
+            &n.output[0],
+            &[&rows_f32, &spread],
+            &[&n.output[0]],
+            vec![],
+        ),
+    ]
+}
+
+/// Quantizes an f32 initializer stored by output ([N, K]: row j is output j's K weights) a
+/// slice of rows at a time, letting go of each slice's bytes once read, so that the f32 rows
+/// are never held together (the tied head and the lookup of SmolLM2's 49,152-token
+/// vocabulary: 113 MB).
+fn quantize_rows(
+    t: &TensorProto,
+    n: usize,
+    k: usize,
+    scheme: Scheme,
+    release: &dyn Fn(&[u8]),
+) -> Result<Blocks> {
+    let row_bytes = k * 4;
+    if t.raw_data.len() != n * row_bytes {
+        // `float_data`, or a length f32_data names in its error.
+        let values = f32_data(t, Path::new("the base model"))?;
+        return Ok(quantize(&values, n, k, scheme));
+    }
+    let rows_per_slice = ((4 << 20) / row_bytes).max(1);
+    let nb = k / BLOCK;
+    let mut all = Blocks {
+        packed: Vec::with_capacity(n * nb * BLOCK * scheme.bits() / 8),
+        scales: Vec::with_capacity(n * nb),
+        mins: (scheme == Scheme::Q4_1).then(|| Vec::with_capacity(n * nb)),
+    };
+    for bytes in t.raw_data.chunks(rows_per_slice * row_bytes) {
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        release(bytes);
+        let part = quantize(&values, bytes.len() / row_bytes, k, scheme);
+        all.packed.extend_from_slice(&part.packed);
+        all.scales.extend_from_slice(&part.scales);
+        if let (Some(m), Some(p)) = (all.mins.as_mut(), part.mins) {
+            m.extend_from_slice(&p);
+        }
+    }
+    Ok(all)
 }
 
 /// Quantized blocks of an N × K matrix (row j: output j's weights along K).

@@ -10,10 +10,11 @@
 //! inputs of fixed shape, as TensorRT wants). A task swap only hands the session other
 //! coefficient tensors, borrowed from the [`TaskStore`]: nothing is rebuilt or copied.
 
-use super::quant::quantize_matmuls;
+use super::quant::quantize_matmuls_releasing;
+use super::spool;
 use crate::bundle::{Bundle, CoeffFile};
 use crate::error::{Error, Result};
-use crate::graph::onnx::{encode_model, read_model};
+use crate::graph::onnx::{MappedPages, encode_model, read_model};
 use crate::graph::patch::{self, CoeffInput, PatchedModel};
 use crate::graph::pb::ModelProto;
 use crate::serve::backend::{ExecutionProvider, WeightFormat, engine_call};
@@ -123,10 +124,60 @@ impl OrtModel {
     pub fn new(model: &ModelProto, inputs: &[String], ep: ExecutionProvider) -> Result<OrtModel> {
         let specs = input_specs(model, inputs)?;
         let outputs = output_names(model);
-        let bytes = encode_model(model);
-        let env = environment()?;
         let mut warnings = Vec::new();
-        let (session, provider) = build_session(&env, &bytes, ep, &mut warnings)?;
+        let source = Source::of(model, &|_| {}, &mut warnings);
+        Self::from_source(&source, specs, outputs, ep, warnings)
+    }
+
+    /// [`OrtModel::new`], spooling the model to a new folder under `parent` whatever its
+    /// size ([`spool`]; an error if that fails). The folder is gone when this returns.
+    pub fn new_spooled(
+        model: &ModelProto,
+        inputs: &[String],
+        ep: ExecutionProvider,
+        parent: &Path,
+    ) -> Result<OrtModel> {
+        let specs = input_specs(model, inputs)?;
+        let outputs = output_names(model);
+        let source = Source::File(spool::spool(model, parent, &|_| {})?);
+        Self::from_source(&source, specs, outputs, ep, Vec::new())
+    }
+
+    /// [`OrtModel::new`] for a model it may consume: the model is spooled (or encoded),
+    /// dropped, and its file's pages (`pages`) let go of before ONNX Runtime starts, so that
+    /// the weights the session keeps are never held twice, nor beside the f32 file
+    /// (BENCHMARKS.md, "Peak memory of a 4-bit decoder").
+    pub fn from_owned(
+        model: ModelProto,
+        inputs: &[String],
+        ep: ExecutionProvider,
+        pages: Option<&MappedPages>,
+    ) -> Result<OrtModel> {
+        let specs = input_specs(&model, inputs)?;
+        let outputs = output_names(&model);
+        let release = |data: &[u8]| {
+            if let Some(p) = pages {
+                p.release(data)
+            }
+        };
+        let mut warnings = Vec::new();
+        let source = Source::of(&model, &release, &mut warnings);
+        drop(model);
+        if let Some(p) = pages {
+            p.release_all();
+        }
+        Self::from_source(&source, specs, outputs, ep, warnings)
+    }
+
+    fn from_source(
+        source: &Source,
+        specs: Vec<InputSpec>,
+        outputs: Vec<String>,
+        ep: ExecutionProvider,
+        mut warnings: Vec<String>,
+    ) -> Result<OrtModel> {
+        let env = environment()?;
+        let (session, provider) = build_session(&env, source, ep, &mut warnings)?;
         Ok(OrtModel {
             session: Mutex::new(session),
             inputs: specs,
@@ -247,18 +298,46 @@ pub fn plain_inputs(model: &ModelProto) -> Vec<String> {
         .collect()
 }
 
+/// What a session is built from: an encoded model, or a model spooled to a file whose
+/// weights ONNX Runtime maps ([`spool`]).
+enum Source {
+    Bytes(Vec<u8>),
+    File(spool::Spooled),
+}
+
+impl Source {
+    /// A spooled file for a model of [`spool::SPOOL_MIN_BYTES`] or more (`release` called on
+    /// each weight once written), else (or if spooling fails, with a warning) its encoding.
+    fn of(model: &ModelProto, release: &dyn Fn(&[u8]), warnings: &mut Vec<String>) -> Source {
+        if spool::initializer_bytes(model) >= spool::SPOOL_MIN_BYTES {
+            match spool::spool(model, &std::env::temp_dir(), release) {
+                Ok(s) => return Source::File(s),
+                Err(e) => warn(
+                    warnings,
+                    format!("{e}; ONNX Runtime copies the weights from memory instead"),
+                ),
+            }
+        }
+        Source::Bytes(encode_model(model))
+    }
+}
+
 /// Creates a session with `ep`, falling back to the CPU (with a warning) when the provider
 /// cannot be registered or the session cannot be built on it.
 fn build_session(
     env: &Environment,
-    bytes: &[u8],
+    source: &Source,
     ep: ExecutionProvider,
     warnings: &mut Vec<String>,
 ) -> Result<(Session, ExecutionProvider)> {
+    let commit = |builder: &mut ::ort::session::builder::SessionBuilder| match source {
+        Source::Bytes(bytes) => builder.commit_from_memory(bytes),
+        Source::File(s) => builder.commit_from_file(s.model_path()),
+    };
     let mut builder = session_builder(env)?;
     let active = register(&mut builder, ep, warnings);
     let built = engine_call("building the ONNX Runtime session", || {
-        Ok(builder.commit_from_memory(bytes))
+        Ok(commit(&mut builder))
     })?;
     match built {
         Ok(s) => Ok((s, active)),
@@ -271,9 +350,7 @@ fn build_session(
                 ),
             );
             let mut builder = session_builder(env)?;
-            let s = builder
-                .commit_from_memory(bytes)
-                .map_err(ort_err("building the session on the CPU"))?;
+            let s = commit(&mut builder).map_err(ort_err("building the session on the CPU"))?;
             Ok((s, ExecutionProvider::Cpu))
         }
         Err(e) => Err(ort_err("building the session")(e)),
@@ -389,7 +466,13 @@ fn try_register<E: ::ort::ep::ExecutionProvider>(
 /// ([`OrtRuntime::run_mixed`]) use a session built on first use for each batch size, since
 /// the coefficient inputs have a fixed task axis. Runs take `&self`.
 pub struct OrtRuntime {
+    /// The base model, whose weights are slices of its file's map (`pages`) when it was
+    /// read from a file: resident only while a session is being built from them (a
+    /// mixed-batch session, a training graph). As with every map, the file must not be
+    /// truncated while the runtime lives; `elx import-gguf` and `import-hf` replace files by
+    /// renaming, which leaves the mapped one intact.
     base: ModelProto,
+    pages: Option<MappedPages>,
     bundle: Bundle,
     requested: ExecutionProvider,
     single: OrtModel,
@@ -440,8 +523,8 @@ impl OrtRuntime {
         per_row: bool,
         weights: WeightFormat,
     ) -> Result<OrtRuntime> {
-        let model = patch::load_base(base, bundle)?;
-        Self::from_model_with(model, bundle, ep, per_row, weights)
+        let (model, pages) = patch::load_base_mapped(base, bundle)?;
+        Self::from_model_with(model, Some(pages), bundle, ep, per_row, weights)
     }
 
     /// Same as [`OrtRuntime::load`] for a base model already in memory (hash not checked).
@@ -450,25 +533,27 @@ impl OrtRuntime {
         bundle: &Bundle,
         ep: ExecutionProvider,
     ) -> Result<OrtRuntime> {
-        Self::from_model_with(base, bundle, ep, false, WeightFormat::F32)
+        Self::from_model_with(base, None, bundle, ep, false, WeightFormat::F32)
     }
 
     fn from_model_with(
         base: ModelProto,
+        pages: Option<MappedPages>,
         bundle: &Bundle,
         ep: ExecutionProvider,
         per_row: bool,
         weights: WeightFormat,
     ) -> Result<OrtRuntime> {
         let tasks = if per_row { patch::PER_ROW } else { 1 };
+        // `base` keeps only slices of the file: the patched clone shares its weights.
         let mut patched = patch::patch(&base, bundle, tasks)?;
-        quantize_matmuls(&mut patched.proto, weights)?;
-        let single = OrtModel::new(&patched.proto, &patched.base_inputs, ep)?;
-        // The session holds its own weights: free the patched copy's before going on.
-        patched.proto = ModelProto::default();
+        quantize_matmuls_releasing(&mut patched.proto, weights, pages.as_ref())?;
+        let proto = std::mem::take(&mut patched.proto);
+        let single = OrtModel::from_owned(proto, &patched.base_inputs, ep, pages.as_ref())?;
         let store = TaskStore::new(&bundle.manifest, &patched.coeff_inputs);
         Ok(OrtRuntime {
             base,
+            pages,
             bundle: bundle.clone(),
             requested: ep,
             single,
@@ -633,11 +718,13 @@ impl OrtRuntime {
             return Ok(Arc::clone(m));
         }
         let mut patched: PatchedModel = patch::patch(&self.base, &self.bundle, b)?;
-        quantize_matmuls(&mut patched.proto, self.weights)?;
-        let model = Arc::new(OrtModel::new(
-            &patched.proto,
+        quantize_matmuls_releasing(&mut patched.proto, self.weights, self.pages.as_ref())?;
+        let proto = std::mem::take(&mut patched.proto);
+        let model = Arc::new(OrtModel::from_owned(
+            proto,
             &patched.base_inputs,
             self.single.provider(),
+            self.pages.as_ref(),
         )?);
         cache.insert(b, Arc::clone(&model));
         Ok(model)
