@@ -177,13 +177,13 @@ fn blocky_weights(body: Blocks, head: Blocks) -> RandomWeights {
     w
 }
 
-fn logits_of(model: &eigenlorax::graph::ModelProto, ids: &[i64]) -> Vec<f32> {
-    use eigenlorax::serve::backend::ort::{OrtModel, plain_inputs};
+/// The inputs of a first pass over `ids` (one row, empty caches) for the graph inputs
+/// `names` of a blocky model.
+fn first_pass_inputs(names: &[String], ids: &[i64]) -> Vec<eigenlorax::serve::input::InputTensor> {
     use eigenlorax::serve::input::{InputTensor, TensorData};
     let cfg = blocky_config();
-    let names = plain_inputs(model);
     let s = ids.len();
-    let inputs: Vec<InputTensor> = names
+    names
         .iter()
         .map(|n| {
             let (shape, data) = match n.as_str() {
@@ -201,7 +201,13 @@ fn logits_of(model: &eigenlorax::graph::ModelProto, ids: &[i64]) -> Vec<f32> {
                 data,
             }
         })
-        .collect();
+        .collect()
+}
+
+fn logits_of(model: &eigenlorax::graph::ModelProto, ids: &[i64]) -> Vec<f32> {
+    use eigenlorax::serve::backend::ort::{OrtModel, plain_inputs};
+    let names = plain_inputs(model);
+    let inputs = first_pass_inputs(&names, ids);
     let m = OrtModel::new(model, &names, ExecutionProvider::Cpu).expect("session");
     m.run(&inputs).expect("run").swap_remove(0).data
 }
@@ -398,38 +404,15 @@ fn a_model_spooled_to_a_file_gives_the_logits_of_the_model_in_memory() {
     // Large models reach ONNX Runtime as a file whose weights it maps (serve::backend::ort::
     // spool); the blocky model is small, so it is spooled on request here.
     use eigenlorax::serve::backend::ort::{OrtModel, plain_inputs};
-    use eigenlorax::serve::input::{InputTensor, TensorData};
-    let cfg = blocky_config();
     let model = eigenlorax::graph::llama::build(
-        &cfg,
+        &blocky_config(),
         &mut blocky_weights(Blocks::Q4_1, Blocks::Q8_0),
         "blocky",
     )
     .expect("build");
     let ids = [3i64, 1, 4, 1, 5, 9, 2, 6];
     let names = plain_inputs(&model);
-    let inputs: Vec<InputTensor> = names
-        .iter()
-        .map(|n| {
-            let (shape, data) = match n.as_str() {
-                "input_ids" => (vec![1, ids.len()], TensorData::I64(ids.to_vec())),
-                "attention_mask" => (vec![1, ids.len()], TensorData::I64(vec![1; ids.len()])),
-                "position_ids" => (
-                    vec![1, ids.len()],
-                    TensorData::I64((0..ids.len() as i64).collect()),
-                ),
-                _ => (
-                    vec![1, cfg.kv_heads, 0, cfg.head_dim],
-                    TensorData::F32(Vec::new()),
-                ),
-            };
-            InputTensor {
-                name: n.clone(),
-                shape,
-                data,
-            }
-        })
-        .collect();
+    let inputs = first_pass_inputs(&names, &ids);
     let parent = std::env::temp_dir().join(format!("elx-spool-test-{}", std::process::id()));
     std::fs::create_dir_all(&parent).expect("temp dir");
     let spooled =
