@@ -59,7 +59,6 @@ feature_checks() {
   cargo check --quiet --no-default-features --features cli --lib --bins
   cargo check --quiet --no-default-features --features ort --lib
   cargo check --quiet --no-default-features --features ort,cli --lib --bins
-  cargo check --quiet --features ort --examples
 }
 
 step "python packages (.cache)" install_python
@@ -69,7 +68,7 @@ ORT_DYLIB_PATH="$(tools/install_onnxruntime.sh 2>/dev/null | tail -n 1)"
 export ORT_DYLIB_PATH
 
 step "cargo fmt --check" format_check
-step "cargo check: 4 feature sets, examples" feature_checks
+step "cargo check: 4 feature sets" feature_checks
 # Library, CLI, C API (its header check) and every test, fuzz corpus replay included
 # (tests/fuzz_replay.rs), in one build.
 step "build: workspace tests (ort)" cargo test "${suite_targets[@]}" --no-run
