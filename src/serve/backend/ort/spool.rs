@@ -7,7 +7,9 @@
 //! the temporary directory (`TMPDIR`): the graph as `model.onnx`, every initializer over
 //! 1 KiB in `weights.bin`, each at a 4 KiB-aligned offset, which ONNX Runtime maps. The
 //! folder is removed as soon as the session is built; the map keeps the unlinked file's
-//! pages, which the kernel may evict and re-read like any clean file page.
+//! pages, which the kernel may evict and re-read like any clean file page. (On a `TMPDIR`
+//! in memory, a tmpfs, the file's pages are memory, as the copy they replace was; point
+//! `TMPDIR` at a disk to gain.)
 
 use crate::error::{Error, Result};
 use crate::graph::onnx::encode_model;
