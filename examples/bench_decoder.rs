@@ -64,6 +64,11 @@ fn main() {
     let n_prompt: usize = args
         .get(3)
         .map_or(128, |s| s.parse().expect("prompt tokens"));
+    if n_prompt < 40 {
+        // The batch's 8 requests take windows prompt[i..i + 32], i < 8.
+        eprintln!("PROMPT_TOKENS must be at least 40, found {n_prompt}");
+        std::process::exit(2);
+    }
     let n_new: usize = args.get(4).map_or(128, |s| s.parse().expect("new tokens"));
     let weights: WeightFormat = args.get(5).map_or(WeightFormat::F32, |s| {
         s.parse().expect("weights: f32, q4_0 or q4_1")
