@@ -21,15 +21,40 @@ fn refs() -> PathBuf {
 }
 
 /// The imported folder, built once per test binary (None outside CI without the package).
+///
+/// It is 531 MB and shared by the tests of this binary, so no test can remove it: it lives
+/// under cargo's target directory (not the machine's temporary directory, where every run
+/// left one), and the folders of earlier runs, whose processes are gone, are removed first.
 fn imported() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
         let gguf = smollm2_gguf("smollm2")?;
-        let dir = std::env::temp_dir().join(format!("elx-smollm2-{}", std::process::id()));
+        let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        remove_folders_of_ended_runs(parent, "elx-smollm2-");
+        let dir = parent.join(format!("elx-smollm2-{}", std::process::id()));
         eigenlorax::graph::llama::files::import_gguf_dir(&gguf, &dir).expect("import");
         Some(dir)
     })
     .as_deref()
+}
+
+/// Removes `parent/PREFIX<pid>` folders whose process has ended (Linux: no `/proc/<pid>`).
+fn remove_folders_of_ended_runs(parent: &Path, prefix: &str) {
+    let (Ok(entries), true) = (std::fs::read_dir(parent), Path::new("/proc/self").exists()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 struct Summary {
@@ -200,6 +225,7 @@ fn a_peft_lora_through_a_bundle_and_its_coefficients_gives_pefts_logits() {
         assert!(d <= 1e-3, "prompt {p}: {d}");
         assert!(moved > 0.1, "{moved}");
     }
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// The values of an f32 or f64 tensor of a safetensors file, as f64.
