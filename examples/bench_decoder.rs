@@ -2,14 +2,16 @@
 //! tract with N threads.
 //!
 //! ```text
-//! cargo run --release --example bench_decoder -- MODEL_DIR [THREADS] [PROMPT_TOKENS] [NEW_TOKENS] [WEIGHTS] [HELD_OUT] [ENGINE]
+//! cargo run --release --example bench_decoder -- MODEL_DIR [THREADS] [PROMPT_TOKENS] [NEW_TOKENS] [WEIGHTS] [HELD_OUT] [ENGINE] [TOKENS_PER_CALL]
 //! ```
 //!
 //! WEIGHTS is how the engine stores the base weights (`f32`, default, `q4_0`, or `q4_1` on
 //! ONNX Runtime); ENGINE `tract` (default) or `ort` (ONNX Runtime's CPU provider, build with
 //! `--features ort` and set `ORT_DYLIB_PATH`); HELD_OUT a
 //! text file whose perplexity is measured (default `/usr/share/common-licenses/GPL-3`: the
-//! first 1,024 tokens, as two windows of 512 each scored from an empty cache).
+//! first 1,024 tokens, as two windows of 512 each scored from an empty cache); TOKENS_PER_CALL
+//! the positions one engine call computes (`Generator::set_tokens_per_call`; default the
+//! library's, `all` for a whole prompt or window in one call).
 //!
 //! Prints one JSON object: load time; prefill tok/s of a PROMPT_TOKENS prompt (the model's own
 //! tokens, a fixed English text repeated); decode tok/s over NEW_TOKENS greedy tokens; time to
@@ -24,7 +26,9 @@ use eigenlorax::bundle::{Bundle, CoeffFile, Provenance, StorageDtype};
 use eigenlorax::graph::llama::files::MODEL_FILE;
 use eigenlorax::serve::Backend;
 use eigenlorax::serve::backend::WeightFormat;
-use eigenlorax::serve::generate::{GenerateOptions, Generator, PromptTokenizer, Request, argmax};
+use eigenlorax::serve::generate::{
+    DEFAULT_TOKENS_PER_CALL, GenerateOptions, Generator, PromptTokenizer, Request, argmax,
+};
 use eigenlorax::subspace::{Coefficients, ExtractOptions, ModuleSubspace, SideInfo, Subspace};
 use eigenlorax::util::GaussianRng;
 use std::collections::BTreeMap;
@@ -81,6 +85,11 @@ fn main() {
         "ort" => Backend::Ort(eigenlorax::serve::ExecutionProvider::Cpu),
         other => panic!("ENGINE: expected tract or ort, found {other}"),
     };
+    let tokens_per_call = match args.get(8).map(String::as_str) {
+        None => DEFAULT_TOKENS_PER_CALL,
+        Some("all") => usize::MAX,
+        Some(n) => n.parse().expect("TOKENS_PER_CALL: a number or `all`"),
+    };
     eigenlorax::serve::backend::set_cpu_threads(threads);
     let model = dir.join(MODEL_FILE);
     let tok = PromptTokenizer::open(&dir.join("tokenizer.json")).expect("tokenizer");
@@ -94,7 +103,8 @@ fn main() {
 
     // The base model alone.
     let t0 = Instant::now();
-    let (g, base) = Generator::load_base_with(&model, engine, weights).expect("load");
+    let (mut g, base) = Generator::load_base_with(&model, engine, weights).expect("load");
+    g.set_tokens_per_call(tokens_per_call);
     let load_s = t0.elapsed().as_secs_f64();
     let rss_loaded = vm("VmRSS:");
     let mut seq = g.sequence(base).expect("seq");
@@ -180,7 +190,8 @@ fn main() {
     let bound = work.join("bound.elxb");
     b.with_binding(Some(&binding), &bound).expect("bound");
     let bundle = Bundle::read(&bound).expect("read bound");
-    let g = Generator::load_with(&model, &bundle, engine, weights).expect("load with bundle");
+    let mut g = Generator::load_with(&model, &bundle, engine, weights).expect("load with bundle");
+    g.set_tokens_per_call(tokens_per_call);
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let mut gr = GaussianRng::new(100 + i);
@@ -276,6 +287,7 @@ fn main() {
     let out = serde_json::json!({
         "engine": engine.name(),
         "threads": threads,
+        "tokens_per_call": tokens_per_call,
         "weights": weights.name(),
         "held_out": held_out,
         "held_out_tokens": nll.len(),

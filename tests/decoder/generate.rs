@@ -126,3 +126,89 @@ fn a_request_keeps_its_task_when_the_task_is_replaced_and_bad_feeds_are_refused(
     let e = g.feed(&mut [&mut s1], &[&[]]).expect_err("empty");
     assert!(e.to_string().contains("no new tokens"), "{e}");
 }
+
+#[test]
+fn prompts_fed_in_calls_of_a_few_positions_give_what_one_call_gives() {
+    let dir = temp("calls");
+    let f = fixture(&dir, false);
+    let whole = Generator::load(&f.model, &f.bundle, Backend::Tract).expect("generator");
+    let tasks: Vec<_> = (0..3)
+        .map(|i| coeffs(&f.bundle, 60 + i, &format!("t{i}"), 0.6))
+        .map(|c| whole.engine().insert_task(&c).expect("task"))
+        .collect();
+    let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[9, 8], &[30, 31, 32, 33, 34, 35, 36, 37]];
+    // 7 positions a call: a batch of 3 takes 2 tokens a row a call (4 calls), alone 7.
+    let mut split = whole.clone();
+    split.set_tokens_per_call(7);
+    assert_eq!(split.tokens_per_call(), 7);
+    assert!(
+        whole.tokens_per_call() >= 24,
+        "the default feeds these prompts in one call"
+    );
+
+    // A batch: every row's next-token logits, and the cache they grow, as after one call.
+    let mut a: Vec<_> = tasks
+        .iter()
+        .map(|&t| whole.sequence(t).expect("seq"))
+        .collect();
+    let mut b: Vec<_> = tasks
+        .iter()
+        .map(|&t| split.sequence(t).expect("seq"))
+        .collect();
+    whole
+        .feed(&mut a.iter_mut().collect::<Vec<_>>(), &prompts)
+        .expect("one call");
+    split
+        .feed(&mut b.iter_mut().collect::<Vec<_>>(), &prompts)
+        .expect("in calls");
+    for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+        assert_eq!(x.len(), y.len());
+        let d = max_abs_diff(x.logits(), y.logits());
+        assert!(d < 1e-5, "next-token logits differ by {d}");
+        // The caches agree: one more token gives the same logits.
+        whole.feed(&mut [x], &[&[7]]).expect("step");
+        split.feed(&mut [y], &[&[7]]).expect("step");
+        let d = max_abs_diff(x.logits(), y.logits());
+        assert!(d < 1e-5, "logits after the caches differ by {d}");
+    }
+
+    // Scoring: every position's logits, and the per-token NLLs of a batch.
+    let long: Vec<u32> = (0..23).map(|i| (i * 7 + 3) % 40).collect();
+    let (sa, sb) = (
+        whole.score(tasks[0], &long).expect("score"),
+        split.score(tasks[0], &long).expect("score in calls"),
+    );
+    assert_eq!(sa.len(), long.len() * whole.vocab());
+    assert_eq!(sb.len(), sa.len());
+    assert!(max_abs_diff(&sa, &sb) < 1e-5);
+    let rows: Vec<(_, &[u32])> = vec![
+        (tasks[1], &long),
+        (tasks[2], &long[..4]),
+        (tasks[0], &long[5..]),
+    ];
+    let (na, nb) = (
+        whole.token_nll_batch(&rows).expect("nll"),
+        split.token_nll_batch(&rows).expect("nll in calls"),
+    );
+    for ((x, y), (_, ids)) in na.iter().zip(&nb).zip(&rows) {
+        assert_eq!(x.len(), ids.len() - 1);
+        assert_eq!(y.len(), x.len());
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+    }
+    // One position a call, and the generations agree token for token.
+    split.set_tokens_per_call(0);
+    assert_eq!(split.tokens_per_call(), 1);
+    let mut out = [Vec::new(), Vec::new()];
+    for (g, o) in [&whole, &split].into_iter().zip(out.iter_mut()) {
+        g.generate(tasks[2], prompts[2], &greedy(10), &mut |t| {
+            o.push(t.id);
+            true
+        })
+        .expect("generate");
+    }
+    assert_eq!(out[0], out[1]);
+    assert_eq!(out[0].len(), 10);
+    let _ = std::fs::remove_dir_all(&dir);
+}

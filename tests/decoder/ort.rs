@@ -264,6 +264,17 @@ fn four_bit_blocks_on_onnx_runtime_are_the_models_own_weights() {
             n.op_type == "MatMulNBits" && n.attribute.iter().any(|a| a.name == "bits" && a.i == 8)
         });
         assert_eq!(heads.count(), 1, "one 8-bit product: the head");
+        // Only the token embedding is looked up in 8 bits: the rotary tables (gathered by
+        // position) keep their f32 values.
+        let g = s.graph.as_ref().expect("graph");
+        for table in ["/rotary/cos_table", "/rotary/signed_sin_table"] {
+            assert!(
+                g.initializer
+                    .iter()
+                    .any(|t| t.name == table && t.data_type == eigenlorax::graph::onnx::FLOAT),
+                "{table} stays f32"
+            );
+        }
         let served = max_abs_diff(&logits_of(&s, &ids), &want);
         assert!(
             served < 1e-2 * scale,
@@ -346,10 +357,16 @@ fn the_token_embedding_in_q8_0_blocks_looks_up_the_same_rows() {
         }],
         graph: Some(GraphProto {
             name: "lookup".into(),
-            node: vec![node("Gather", "embed", &["emb", "ids"], &["rows"], vec![])],
+            node: vec![node(
+                "Gather",
+                "embed",
+                &["emb", "input_ids"],
+                &["rows"],
+                vec![],
+            )],
             initializer: vec![tensor_f32("emb", &[v, h], &emb)],
             input: vec![value_info(
-                "ids",
+                "input_ids",
                 INT64,
                 &[Dim::Fixed(1), Dim::Fixed(ids.len())],
             )],
@@ -381,11 +398,11 @@ fn the_token_embedding_in_q8_0_blocks_looks_up_the_same_rows() {
         .sum();
     assert_eq!(q_bytes, v * h + v * (h / 32) * 4, "codes and scales");
     let input = [InputTensor {
-        name: "ids".into(),
+        name: "input_ids".into(),
         shape: vec![1, ids.len()],
         data: TensorData::I64(ids.clone()),
     }];
-    let names = ["ids".to_string()];
+    let names = ["input_ids".to_string()];
     let run = |m: &ModelProto| {
         let s = OrtModel::new(m, &names, ExecutionProvider::Cpu).expect("session");
         s.run(&input).expect("run").swap_remove(0).data

@@ -30,12 +30,20 @@ use crate::serve::store::{Task, TaskData, TaskId};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Token positions (rows × new tokens) one engine call computes by default: see
+/// [`Generator::set_tokens_per_call`].
+pub const DEFAULT_TOKENS_PER_CALL: usize = 64;
+
+/// Receives (row, that row's logits in one engine call, `[tokens × vocab]`).
+type LogitsSink<'a> = &'a mut dyn FnMut(usize, &[f32]);
+
 /// A decoder on one engine (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct Generator {
     engine: Engine,
     decoder: Decoder,
     vocab: usize,
+    tokens_per_call: usize,
 }
 
 /// One request: its pinned task and its KV cache.
@@ -220,7 +228,23 @@ impl Generator {
             engine,
             decoder,
             vocab,
+            tokens_per_call: DEFAULT_TOKENS_PER_CALL,
         })
+    }
+
+    /// Bounds the token positions (rows × new tokens) of one engine call: a longer prompt,
+    /// or a batch of them, is fed in consecutive calls, each growing the caches. The results
+    /// are those of one call (to float rounding); what changes is memory. The graph computes
+    /// logits at every position it is fed (vocabulary × 4 bytes each: 197 KB for SmolLM2),
+    /// so a 512-token prompt fed at once holds 100 MB of logits, and the engine keeps that
+    /// much of its arena after. At least 1 (then a batch runs one position a call).
+    pub fn set_tokens_per_call(&mut self, tokens: usize) {
+        self.tokens_per_call = tokens.max(1);
+    }
+
+    /// See [`Generator::set_tokens_per_call`].
+    pub fn tokens_per_call(&self) -> usize {
+        self.tokens_per_call
     }
 
     /// The engine (to load, replace or unload tasks).
@@ -253,7 +277,7 @@ impl Generator {
     /// the model's context, or a token outside the vocabulary, is an error naming it, and
     /// no row changes.
     pub fn feed(&self, rows: &mut [&mut Sequence], tokens: &[&[u32]]) -> Result<()> {
-        self.feed_keeping(rows, tokens, false).map(|_| ())
+        self.feed_in_calls(rows, tokens, None)
     }
 
     /// The logits at every position of `ids` ([len x vocab], row-major) on task `id`, from
@@ -263,8 +287,13 @@ impl Generator {
             return Err(Error::Usage("score: no tokens".into()));
         }
         let mut seq = self.sequence(id)?;
-        let mut all = self.feed_keeping(&mut [&mut seq], &[ids], true)?;
-        Ok(all.pop().unwrap_or_default())
+        let mut all = Vec::with_capacity(ids.len() * self.vocab);
+        self.feed_in_calls(
+            &mut [&mut seq],
+            &[ids],
+            Some(&mut |_, logits: &[f32]| all.extend_from_slice(logits)),
+        )?;
+        Ok(all)
     }
 
     /// The negative log-likelihood (nats) of each of `ids[1..]` given the tokens before it,
@@ -295,27 +324,78 @@ impl Generator {
             .collect::<Result<Vec<_>>>()?;
         let inputs: Vec<&[u32]> = rows.iter().map(|(_, ids)| &ids[..ids.len() - 1]).collect();
         let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
-        let logits = self.feed_keeping(&mut refs, &inputs, true)?;
-        Ok(logits
+        // Each call's logits become NLLs at once: 8 bytes a position kept, not the vocabulary.
+        let mut nll: Vec<Vec<f64>> = rows
             .iter()
-            .zip(rows)
-            .map(|(l, (_, ids))| {
-                l.chunks_exact(self.vocab)
-                    .zip(&ids[1..])
-                    .map(|(row, &t)| -f64::from(logprob(row, t as usize)))
-                    .collect()
-            })
-            .collect())
+            .map(|(_, ids)| Vec::with_capacity(ids.len()))
+            .collect();
+        let vocab = self.vocab;
+        self.feed_in_calls(
+            &mut refs,
+            &inputs,
+            Some(&mut |r, logits: &[f32]| {
+                let done = nll[r].len();
+                let targets = &rows[r].1[1 + done..];
+                nll[r].extend(
+                    logits
+                        .chunks_exact(vocab)
+                        .zip(targets)
+                        .map(|(row, &t)| -f64::from(logprob(row, t as usize))),
+                );
+            }),
+        )?;
+        Ok(nll)
     }
 
-    /// [`Generator::feed`]; with `keep_all`, also returns each row's logits at every one of
-    /// its new tokens.
-    fn feed_keeping(
+    /// Feeds `tokens` to `rows` in calls of at most [`Generator::tokens_per_call`] positions
+    /// (rows × new tokens): call `i` gives every row with more than `i·n` new tokens its next
+    /// `n` (n = tokens_per_call / rows, at least 1), so each row's cache grows in order and its
+    /// last call leaves its next-token logits. `each` receives (row, logits of that row's
+    /// tokens in the call, [tokens × vocab]) in the order of its tokens. The checks of
+    /// [`Generator::feed`] run on the whole request first; an engine error in a later call
+    /// leaves the rows fed so far (a request is dropped on error anyway).
+    fn feed_in_calls(
         &self,
         rows: &mut [&mut Sequence],
         tokens: &[&[u32]],
-        keep_all: bool,
-    ) -> Result<Vec<Vec<f32>>> {
+        mut each: Option<LogitsSink<'_>>,
+    ) -> Result<()> {
+        self.check_feed(rows, tokens)?;
+        let per_row = (self.tokens_per_call / rows.len()).max(1);
+        let longest = tokens.iter().map(|t| t.len()).max().unwrap_or(0);
+        if longest <= per_row {
+            return self.feed_call(rows, tokens, each);
+        }
+        let mut start = 0;
+        while start < longest {
+            let active: Vec<usize> = (0..rows.len())
+                .filter(|&r| tokens[r].len() > start)
+                .collect();
+            let slices: Vec<&[u32]> = active
+                .iter()
+                .map(|&r| &tokens[r][start..tokens[r].len().min(start + per_row)])
+                .collect();
+            let mut subset: Vec<&mut Sequence> = rows
+                .iter_mut()
+                .enumerate()
+                .filter(|(r, _)| tokens[*r].len() > start)
+                .map(|(_, s)| &mut **s)
+                .collect();
+            match each.as_deref_mut() {
+                Some(sink) => self.feed_call(
+                    &mut subset,
+                    &slices,
+                    Some(&mut |i, l: &[f32]| sink(active[i], l)),
+                )?,
+                None => self.feed_call(&mut subset, &slices, None)?,
+            }
+            start += per_row;
+        }
+        Ok(())
+    }
+
+    /// The checks of [`Generator::feed`], before any engine call.
+    fn check_feed(&self, rows: &[&mut Sequence], tokens: &[&[u32]]) -> Result<()> {
         let b = rows.len();
         if b == 0 || tokens.len() != b {
             return Err(Error::Usage(format!(
@@ -344,6 +424,18 @@ impl Generator {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// One engine call feeding `tokens[i]` to `rows[i]` (checked by [`Generator::check_feed`]);
+    /// `each` as in [`Generator::feed_in_calls`].
+    fn feed_call(
+        &self,
+        rows: &mut [&mut Sequence],
+        tokens: &[&[u32]],
+        each: Option<LogitsSink<'_>>,
+    ) -> Result<()> {
+        let b = rows.len();
         let d = &self.decoder;
         let (kvh, hd) = (d.kv_heads, d.head_dim);
         let lmax = rows.iter().map(|r| r.len).max().unwrap_or(0);
@@ -447,14 +539,16 @@ impl Generator {
         };
         let presents = outputs.split_off(1);
         let logits = &outputs[0];
-        let mut kept_logits = Vec::new();
+        let mut each = each;
         for (r, (row, t)) in rows.iter_mut().zip(tokens).enumerate() {
             let last = (r * smax + smax - 1) * self.vocab;
-            row.logits = logits.data[last..last + self.vocab].to_vec();
+            row.logits.clear();
+            row.logits
+                .extend_from_slice(&logits.data[last..last + self.vocab]);
             let new_pad = smax - t.len();
-            if keep_all {
+            if let Some(sink) = each.as_deref_mut() {
                 let first = (r * smax + new_pad) * self.vocab;
-                kept_logits.push(logits.data[first..last + self.vocab].to_vec());
+                sink(r, &logits.data[first..last + self.vocab]);
             }
             let len = row.len + t.len();
             row.len = len;
@@ -481,7 +575,7 @@ impl Generator {
                 *c = p.data;
             }
         }
-        Ok(kept_logits)
+        Ok(())
     }
 
     /// Generates after `prompt` on task `id`, calling `on_token` with every token emitted

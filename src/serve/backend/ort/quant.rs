@@ -35,6 +35,7 @@
 //! embedding, as the lookup is.
 
 use crate::error::{Error, Result};
+use crate::graph::llama::INPUT_IDS;
 use crate::graph::onnx::{
     FLOAT, MappedPages, attr_int, f32_data, node, tensor_f32, tensor_i8, tensor_u8, transpose,
 };
@@ -372,7 +373,10 @@ fn quantize_model(
 }
 
 /// The initializer a `Gather` looks rows up in, when it is a token embedding this module
-/// stores in Q8_0: an f32 matrix gathered along its first axis, rows a multiple of 32 long.
+/// stores in Q8_0: an f32 matrix gathered along its first axis by the graph input
+/// `input_ids`, rows a multiple of 32 long. Other tables (a decoder's rotary cos and sin,
+/// gathered by `position_ids`; position embeddings) stay f32: they are small, and 8 bits
+/// would change every attention score.
 fn embedding_lookup(
     n: &crate::graph::pb::NodeProto,
     graph: &crate::graph::pb::GraphProto,
@@ -382,6 +386,7 @@ fn embedding_lookup(
         || !n.domain.is_empty()
         || n.name.starts_with(NODE_PREFIX)
         || n.input.len() != 2
+        || n.input[1] != INPUT_IDS
         || n.output.len() != 1
     {
         return None;
