@@ -369,11 +369,23 @@ pub fn set_threads(n: usize) {
 /// A session builder with the thread count of [`set_threads`].
 fn session_builder(env: &Environment) -> Result<::ort::session::builder::SessionBuilder> {
     let builder = Session::builder(env).map_err(ort_err("session options"))?;
-    // A decoder's shapes change at every step (the cache grows), and ONNX Runtime keeps a
-    // planned block per input shape it has seen: 16 MiB more at SmolLM2's generation peak.
-    let builder = builder
+    // No memory patterns and no arena: a decoder's shapes change at every step (the cache
+    // grows), ONNX Runtime keeps a planned block per input shape it has seen, and its arena
+    // grows by doubling and never shrinks. Plain allocations track what a call needs:
+    // SmolLM2's generation peak 249 -> 231 MiB, its whole benchmark 743 -> 676 MiB
+    // (BENCHMARKS.md, "Peak memory of a 4-bit decoder"). What this costs is one large call:
+    // a 512-token prompt fed at once peaks at 794 MiB instead of 464, which is why
+    // `Generator` feeds at most 64 positions a call.
+    let mut builder = builder
         .with_memory_pattern(false)
         .map_err(|e| ort_err("memory pattern")(e.into()))?;
+    {
+        use ::ort::ep::ExecutionProvider as _;
+        ::ort::ep::CPU::default()
+            .with_arena_allocator(false)
+            .register(&mut builder)
+            .map_err(ort_err("CPU memory arena"))?;
+    }
     match INTRA_THREADS.load(Ordering::Relaxed) {
         0 => Ok(builder),
         n => builder
