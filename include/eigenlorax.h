@@ -111,6 +111,18 @@ typedef enum ElxDtype {
   ELX_DTYPE_I64 = 1,
 } ElxDtype;
 
+// How a generator stores the base model's weights (the `weights` of
+// [`elx_generator_open_weights`]), as `elx generate --weights`.
+typedef enum ElxWeights {
+  // As the model file holds them (float32).
+  ELX_WEIGHTS_F32 = 0,
+  // Symmetric 4-bit blocks of 32 (tract or ONNX Runtime).
+  ELX_WEIGHTS_Q4_0 = 1,
+  // 4-bit blocks of 32 with an offset (ONNX Runtime only): a model imported from a Q4_1
+  // GGUF file multiplies the file's own blocks.
+  ELX_WEIGHTS_Q4_1 = 2,
+} ElxWeights;
+
 // A finetuning run for a new task on a runtime's engine. Use it only on the thread that
 // created it. Free with [`elx_finetune_free`].
 typedef struct ElxFinetune ElxFinetune;
@@ -591,7 +603,8 @@ enum ElxStatus elx_generate_options_default(struct ElxGenerateOptions *options);
 // Opens a decoder: `model_path` is the folder `elx import-gguf` wrote (or its model.onnx,
 // with tokenizer.json beside it); `bundle_path` a bundle bound to it, or NULL for the base
 // model alone. Of `options` (NULL: the defaults) only the backend and provider apply. On
-// success `*out` owns a new generator; free it with [`elx_generator_free`].
+// success `*out` owns a new generator; free it with [`elx_generator_free`]. The base
+// weights stay float32: [`elx_generator_open_weights`] stores them in 4 bits.
 //
 // # Safety
 // `model_path` is a NUL-terminated string; `bundle_path` null or one; `options` null or
@@ -600,6 +613,18 @@ enum ElxStatus elx_generator_open(const char *model_path,
                                   const char *bundle_path,
                                   const struct ElxOpenOptions *options,
                                   struct ElxGenerator **out);
+
+// [`elx_generator_open`] with the base weights stored as `weights` (an [`ElxWeights`]
+// value). Q4_1 needs the ONNX Runtime backend; asking for it on tract is an error that
+// says so.
+//
+// # Safety
+// As [`elx_generator_open`].
+enum ElxStatus elx_generator_open_weights(const char *model_path,
+                                          const char *bundle_path,
+                                          const struct ElxOpenOptions *options,
+                                          uint32_t weights,
+                                          struct ElxGenerator **out);
 
 // Frees a generator (NULL: nothing). No other call on it may be running or follow.
 //

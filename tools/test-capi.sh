@@ -102,10 +102,8 @@ fi
 # `elx generate --json` streams, piece by piece, and the same finish reason.
 "$host_elx" import-gguf tests/fixtures/tiny_llama/tiny_llama.gguf -o "$work/llama" >/dev/null
 "$cc" "${cflags[@]}" examples/c/generate.c -L"$lib" -lelx -o "$work/generate_c"
-"${run[@]}" "$work/generate_c" "$work/llama" "hello world" 12 >"$work/gen_c.txt"
-"${elx[@]}" generate --model "$work/llama" --prompt "hello world" --max-tokens 12 --json \
-  >"$work/gen_cli.jsonl"
-python3 - "$work/gen_c.txt" "$work/gen_cli.jsonl" <<'PY'
+same_generation() { # C_OUTPUT CLI_JSONL
+  python3 - "$1" "$2" <<'PY'
 import json, sys
 c = open(sys.argv[1], encoding="utf-8").read()
 lines = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
@@ -114,7 +112,27 @@ finish = {"stop": 0, "length": 1, "context": 2, "caller": 3}[lines[-1]["finish"]
 want = f"{text}\nfinish: {finish}\n"
 assert c == want, f"C example {c!r} != elx generate {want!r}"
 PY
+}
+"${run[@]}" "$work/generate_c" "$work/llama" "hello world" 12 >"$work/gen_c.txt"
+"${elx[@]}" generate --model "$work/llama" --prompt "hello world" --max-tokens 12 --json \
+  >"$work/gen_cli.jsonl"
+same_generation "$work/gen_c.txt" "$work/gen_cli.jsonl"
 echo "C generate example: elx generate's text and finish reason"
+# 4-bit base weights on ONNX Runtime (elx_generator_open_weights): the tiny Llama's products
+# reduce over 64 and 128 values, so every one is stored as Q4_1 blocks.
+if [ -z "$target" ] && [ -n "${ORT_DYLIB_PATH:-}" ]; then
+  ELX_BACKEND=ort ELX_WEIGHTS=q4_1 "$work/generate_c" "$work/llama" "hello world" 12 \
+    >"$work/gen_c_q41.txt"
+  "$host_elx" generate --model "$work/llama" --prompt "hello world" --max-tokens 12 --json \
+    --backend ort --weights q4_1 >"$work/gen_cli_q41.jsonl"
+  same_generation "$work/gen_c_q41.txt" "$work/gen_cli_q41.jsonl"
+  if ELX_WEIGHTS=q4_1 "$work/generate_c" "$work/llama" "hello" 2 >/dev/null 2>"$work/q41_tract.err"; then
+    echo "q4_1 weights on tract were not refused" >&2
+    exit 1
+  fi
+  grep -q -- "--backend ort" "$work/q41_tract.err"
+  echo "C generate example, q4_1 weights on ONNX Runtime: elx generate --weights q4_1's text"
+fi
 
 "${run[@]}" "$work/api_test" "$model" "$work/d.elxb" "$tok" "$work/t1.elxc" "$work/t5.elxc" \
   "$work/headless.elxc" >"$work/api.out"

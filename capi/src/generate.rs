@@ -4,6 +4,7 @@
 use crate::error::*;
 use crate::ffi::*;
 use crate::runtime::*;
+use eigenlorax::serve::backend::WeightFormat;
 use eigenlorax::serve::generate::{GenerateOptions, SamplingOptions, TextGenerator};
 use std::ffi::{CString, c_char, c_void};
 use std::path::{Path, PathBuf};
@@ -84,10 +85,25 @@ pub unsafe extern "C" fn elx_generate_options_default(
     })
 }
 
+/// How a generator stores the base model's weights (the `weights` of
+/// [`elx_generator_open_weights`]), as `elx generate --weights`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElxWeights {
+    /// As the model file holds them (float32).
+    F32 = 0,
+    /// Symmetric 4-bit blocks of 32 (tract or ONNX Runtime).
+    Q4_0 = 1,
+    /// 4-bit blocks of 32 with an offset (ONNX Runtime only): a model imported from a Q4_1
+    /// GGUF file multiplies the file's own blocks.
+    Q4_1 = 2,
+}
+
 /// Opens a decoder: `model_path` is the folder `elx import-gguf` wrote (or its model.onnx,
 /// with tokenizer.json beside it); `bundle_path` a bundle bound to it, or NULL for the base
 /// model alone. Of `options` (NULL: the defaults) only the backend and provider apply. On
-/// success `*out` owns a new generator; free it with [`elx_generator_free`].
+/// success `*out` owns a new generator; free it with [`elx_generator_free`]. The base
+/// weights stay float32: [`elx_generator_open_weights`] stores them in 4 bits.
 ///
 /// # Safety
 /// `model_path` is a NUL-terminated string; `bundle_path` null or one; `options` null or
@@ -99,10 +115,38 @@ pub unsafe extern "C" fn elx_generator_open(
     options: *const ElxOpenOptions,
     out: *mut *mut ElxGenerator,
 ) -> ElxStatus {
+    // SAFETY: the same contract.
+    unsafe { elx_generator_open_weights(model_path, bundle_path, options, 0, out) }
+}
+
+/// [`elx_generator_open`] with the base weights stored as `weights` (an [`ElxWeights`]
+/// value). Q4_1 needs the ONNX Runtime backend; asking for it on tract is an error that
+/// says so.
+///
+/// # Safety
+/// As [`elx_generator_open`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn elx_generator_open_weights(
+    model_path: *const c_char,
+    bundle_path: *const c_char,
+    options: *const ElxOpenOptions,
+    weights: u32,
+    out: *mut *mut ElxGenerator,
+) -> ElxStatus {
     guard(|| {
         if out.is_null() {
             return Err(null("out"));
         }
+        let weights = match weights {
+            0 => WeightFormat::F32,
+            1 => WeightFormat::Q4_0,
+            2 => WeightFormat::Q4_1,
+            w => {
+                return Err(invalid(format!(
+                    "unknown weights {w} (expected 0 f32, 1 q4_0 or 2 q4_1)"
+                )));
+            }
+        };
         // SAFETY: per the contract.
         let model = PathBuf::from(unsafe { text(model_path, "model_path")? });
         let bundle = if bundle_path.is_null() {
@@ -116,7 +160,7 @@ pub unsafe extern "C" fn elx_generator_open(
             Some(o) => backend_of(o)?,
             None => eigenlorax::serve::Backend::Tract,
         };
-        let inner = TextGenerator::open(&model, bundle.as_deref(), backend)?;
+        let inner = TextGenerator::open_with(&model, bundle.as_deref(), backend, weights)?;
         // SAFETY: checked non-null; writable per the contract.
         unsafe { out.write(Box::into_raw(Box::new(ElxGenerator { inner }))) };
         Ok(())

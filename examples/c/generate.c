@@ -3,6 +3,9 @@
  *   generate MODEL_DIR PROMPT [BUNDLE.elxb TASK.elxc] [MAX_TOKENS]
  *
  * MODEL_DIR is what `elx import-gguf` wrote. Without a bundle the base model runs alone.
+ * ELX_BACKEND=ort in the environment runs on ONNX Runtime's CPU provider (a libelx built
+ * with the `ort` feature, libonnxruntime at ORT_DYLIB_PATH); ELX_WEIGHTS=q4_0 or q4_1 stores
+ * the base weights in 4 bits (`elx generate --weights`).
  * Prints the text as it streams, then a line `finish: N` (an ElxFinish value). Greedy, so it
  * prints exactly what `elx generate` prints for the same arguments. */
 #include <stdio.h>
@@ -35,8 +38,18 @@ int main(int argc, char **argv) {
   const char *task_path = argc >= 5 ? argv[4] : NULL;
   const char *max = argc == 4 ? argv[3] : argc >= 6 ? argv[5] : NULL;
 
+  ElxOpenOptions open;
+  elx_open_options_default(&open);
+  const char *backend = getenv("ELX_BACKEND");
+  if (backend && strcmp(backend, "ort") == 0) open.backend = ELX_BACKEND_ORT;
+  const char *w = getenv("ELX_WEIGHTS");
+  uint32_t weights = ELX_WEIGHTS_F32;
+  if (w && strcmp(w, "q4_0") == 0) weights = ELX_WEIGHTS_Q4_0;
+  if (w && strcmp(w, "q4_1") == 0) weights = ELX_WEIGHTS_Q4_1;
+
   ElxGenerator *g = NULL;
-  if (elx_generator_open(argv[1], bundle, NULL, &g) != ELX_STATUS_OK) return fail("open");
+  if (elx_generator_open_weights(argv[1], bundle, &open, weights, &g) != ELX_STATUS_OK)
+    return fail("open");
   uint32_t task = 0;
   ElxStatus s = task_path ? elx_generator_load_task(g, task_path, &task)
                           : elx_generator_base_task(g, &task);
