@@ -190,8 +190,8 @@ impl SideAccumulator {
                 (sv.u.subcols(0, k).to_owned(), fallback(full))
             }
             (full, None) => {
-                let (_, all) = linalg::sym_eigen_desc(gram.as_ref())?;
-                (all.subcols(0, k).to_owned(), fallback(full))
+                let (_, top) = linalg::sym_eigen_top(gram, |_| Ok(k))?;
+                (top, fallback(full))
             }
         };
         // A reason the top-values path gave up is kept when the vectors then came from the
