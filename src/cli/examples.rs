@@ -35,7 +35,7 @@ macro_rules! examples {
 examples! {
     /// `elx demo`.
     DEMO = "demo" {
-        "Both task families (WordNet: related, MiniLM: unrelated): diagnostics, leave-one-out, few-shot and in-sample tables; everything goes to out/demo/"
+        "The three task families (MiniLM: WordNet related, six unrelated; SmolLM2: WordNet generation): diagnostics, leave-one-out, few-shot and in-sample tables; everything goes to out/demo/"
             => "elx demo",
         "The full runs: every task of the WordNet family held out"
             => "elx demo --workload models/wordnet --all-tasks",

@@ -58,6 +58,10 @@ pub struct Args {
     /// Share of the other adapters' energy the recycled subspace keeps per side.
     #[arg(long, default_value_t = 0.9)]
     pub energy: f64,
+    /// Also score the zero-shot recycled and random-basis rows at these fixed K per side
+    /// (each K its own extraction): how few coefficients still carry the task.
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    pub k_sweep: Vec<usize>,
     /// Learning rate of the device-trained coefficients (Adam, no decay).
     #[arg(long, default_value_t = LmConfig::default().lr)]
     pub lr: f64,
@@ -115,6 +119,7 @@ pub fn run(a: &Args) -> Result<()> {
         } else {
             a.few_shot.clone()
         },
+        k_sweep: a.k_sweep.clone(),
         lm: LmConfig {
             seed: a.seed,
             lr: a.lr,
@@ -149,7 +154,7 @@ pub fn run(a: &Args) -> Result<()> {
         // After every task, so an interrupted run keeps what it measured.
         let json = serde_json::to_vec_pretty(&serde_json::json!({
             "tasks": results, "min_gap": a.min_gap, "energy": a.energy,
-            "seed": a.seed, "lr": a.lr, "in_context": a.in_context,
+            "seed": a.seed, "lr": a.lr, "in_context": a.in_context, "k_sweep": a.k_sweep,
         }))
         .map_err(|e| Error::Usage(format!("results: {e}")))?;
         write_atomic(&results_path, &json)?;
@@ -250,12 +255,20 @@ fn size_cell(method: LmMethod, n: usize) -> String {
     }
 }
 
+/// A row's name: its method, and its K for the rows of the K sweep.
+fn row_label(method: LmMethod, fixed_k: Option<usize>) -> String {
+    match fixed_k {
+        Some(k) => format!("{}, K = {k}", method.label()),
+        None => method.label().to_string(),
+    }
+}
+
 fn share_cell(x: Option<f64>) -> String {
     x.map_or_else(|| "n/a".into(), pct)
 }
 
 /// One held-out task's rows with the share of the base → own-LoRA gap each recovers.
-fn task_table(r: &LmTaskResult) -> Table {
+pub(super) fn task_table(r: &LmTaskResult) -> Table {
     let mut t = Table::new(&[
         "method",
         "N",
@@ -276,7 +289,7 @@ fn task_table(r: &LmTaskResult) -> Table {
             _ => (None, None),
         };
         t.row(vec![
-            format!("{}: {}", r.task, row.method.label()),
+            format!("{}: {}", r.task, row_label(row.method, row.fixed_k)),
             size_cell(row.method, row.train_examples),
             format!("{:.3}", row.rouge_l),
             format!("{:.2}", row.exact_match),
@@ -297,10 +310,14 @@ fn task_table(r: &LmTaskResult) -> Table {
 /// Per method (and size), the median and mean share of the gap over the tasks, by Rouge-L
 /// (tasks whose own LoRA gains at least `min_gap`) and by NLL (every task).
 fn summary(results: &[LmTaskResult], min_gap: f64) -> String {
-    let mut keys: Vec<(LmMethod, usize)> = results
+    let mut keys: Vec<(LmMethod, Option<usize>, usize)> = results
         .iter()
-        .flat_map(|r| r.rows.iter().map(|x| (x.method, x.train_examples)))
-        .filter(|(m, _)| !matches!(m, LmMethod::Base | LmMethod::OwnLora))
+        .flat_map(|r| {
+            r.rows
+                .iter()
+                .map(|x| (x.method, x.fixed_k, x.train_examples))
+        })
+        .filter(|(m, _, _)| !matches!(m, LmMethod::Base | LmMethod::OwnLora))
         .collect();
     keys.sort();
     keys.dedup();
@@ -315,7 +332,7 @@ fn summary(results: &[LmTaskResult], min_gap: f64) -> String {
         "tasks",
     ])
     .left(&[0]);
-    for (method, n) in keys {
+    for (method, fixed_k, n) in keys {
         let (mut rl, mut nll) = (Vec::new(), Vec::new());
         for r in results {
             let (Some(b), Some(o), Some(x)) = (
@@ -323,7 +340,7 @@ fn summary(results: &[LmTaskResult], min_gap: f64) -> String {
                 r.row(LmMethod::OwnLora),
                 r.rows
                     .iter()
-                    .find(|x| x.method == method && x.train_examples == n),
+                    .find(|x| x.method == method && x.fixed_k == fixed_k && x.train_examples == n),
             ) else {
                 continue;
             };
@@ -334,7 +351,7 @@ fn summary(results: &[LmTaskResult], min_gap: f64) -> String {
             nll.extend(s_nll);
         }
         t.row(vec![
-            method.label().to_string(),
+            row_label(method, fixed_k),
             size_cell(method, n),
             med(&rl),
             mean(&rl),

@@ -37,6 +37,7 @@ macro_rules! errln {
 pub mod bind;
 pub mod bundle;
 pub mod demo;
+pub mod demo_generation;
 pub mod examples;
 pub mod extract;
 pub mod finetune;

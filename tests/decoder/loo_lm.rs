@@ -6,6 +6,8 @@
 
 use super::lm_finetune::{decoder_folder, elx};
 use crate::lora_pool;
+use eigenlorax::eval::loo::Base;
+use eigenlorax::eval::loo_lm::{self, LmLooConfig, LmMethod, LmTaskSpec, Recycled};
 use eigenlorax::graph::llama;
 use std::path::{Path, PathBuf};
 
@@ -70,10 +72,18 @@ fn score(args: &[&str]) -> (f64, f64) {
     )
 }
 
+/// The row of `method` at the energy rule's K.
 fn row<'a>(rows: &'a [serde_json::Value], method: &str) -> &'a serde_json::Value {
     rows.iter()
-        .find(|r| r["method"] == method)
+        .find(|r| r["method"] == method && r["fixed_k"].is_null())
         .unwrap_or_else(|| panic!("no {method} row in {rows:?}"))
+}
+
+/// The row of `method` at K per side of the K sweep.
+fn swept<'a>(rows: &'a [serde_json::Value], method: &str, k: u64) -> &'a serde_json::Value {
+    rows.iter()
+        .find(|r| r["method"] == method && r["fixed_k"] == k)
+        .unwrap_or_else(|| panic!("no {method} row at K = {k} in {rows:?}"))
 }
 
 #[test]
@@ -115,6 +125,8 @@ fn leave_one_out_rows_equal_their_independent_paths() {
         "2e-2",
         "--host-curves",
         &s(&host),
+        "--k-sweep",
+        "1,2",
         "-o",
         &s(&out),
     ]);
@@ -219,6 +231,138 @@ fn leave_one_out_rows_equal_their_independent_paths() {
     assert!(
         r["parameters"].as_u64() < row(rows, "own_lora")["parameters"].as_u64(),
         "fewer numbers than the LoRA"
+    );
+
+    // The K sweep: each K is its own extraction, and its row is again `elx project` into the
+    // bundle it wrote, scored. The top-K subspaces are nested, so the capture grows with K.
+    let sweep = task["k_sweep"].as_array().expect("k_sweep");
+    assert_eq!(sweep.len(), 2);
+    let cap = |i: usize, f: &str| sweep[i][f].as_f64().unwrap();
+    assert_eq!(
+        (sweep[0]["k"].as_u64(), sweep[1]["k"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert!(
+        cap(0, "captured") <= cap(1, "captured") + 1e-12 && cap(1, "captured") <= captured + 1e-12,
+        "{sweep:?}"
+    );
+    let modules = task["k_sweep"][0]["k_total"].as_u64().unwrap();
+    assert_eq!(
+        task["k_sweep"][1]["k_total"].as_u64(),
+        Some(2 * modules),
+        "2 per side"
+    );
+    let k1 = out.join("t0/recycled-k1.elxb");
+    let projected_k1 = dir.join("t0-k1.elxc");
+    let (ok, _, err) = elx(&[
+        "project",
+        &s(&adapters.join("t0")),
+        "--bundle",
+        &s(&k1),
+        "-o",
+        &s(&projected_k1),
+    ]);
+    assert!(ok, "{err}");
+    let (rl, nll) = score(
+        &[
+            &[
+                "--model",
+                &s(&dir),
+                "--bundle",
+                &s(&k1),
+                "--task",
+                &s(&projected_k1),
+                "--data",
+                &s(&test),
+            ][..],
+            &flags,
+        ]
+        .concat(),
+    );
+    let r1 = swept(rows, "projected", 1);
+    assert_eq!(r1["rouge_l"].as_f64().unwrap(), rl);
+    assert!(
+        (r1["nll"].as_f64().unwrap() - nll).abs() < 1e-5,
+        "{r1} vs {nll}"
+    );
+    for m in ["projected", "random_projected"] {
+        let (p1, p2) = (
+            swept(rows, m, 1)["parameters"].as_u64().unwrap(),
+            swept(rows, m, 2)["parameters"].as_u64().unwrap(),
+        );
+        assert_eq!(p2, 2 * p1, "{m}: coefficients scale with K");
+        let stem = m.replace('_', "-");
+        for k in [1, 2] {
+            let p = out.join(format!("t0/{stem}-k{k}.predictions.jsonl"));
+            let lines = std::fs::read_to_string(&p).expect("predictions");
+            assert_eq!(lines.lines().count(), 3, "{}", p.display());
+        }
+    }
+    assert!(
+        stdout.contains("zero-shot: recycled subspace, K = 2"),
+        "{stdout}"
+    );
+
+    // The held-out task against a subspace read from a bundle (what `elx demo` commits,
+    // the other adapters absent): the same rows as extracting it here, no mean row.
+    let others = eigenlorax::bundle::Bundle::read(&recycled).expect("bundle");
+    let spec = LmTaskSpec {
+        name: "t0".into(),
+        adapter: adapters.join("t0"),
+        train: workload.join("data/t0/train.jsonl"),
+        validation: workload.join("data/t0/validation.jsonl"),
+        test: test.clone(),
+        max_tokens: 4,
+    };
+    let cfg = LmLooConfig {
+        model: dir.clone(),
+        chat: false,
+        extract: Default::default(),
+        in_context: 2,
+        test_examples: 3,
+        few_shot: Vec::new(),
+        k_sweep: Vec::new(),
+        lm: Default::default(),
+        random_seed: 0,
+        backend: eigenlorax::serve::Backend::Tract,
+        threads: 2,
+        out_dir: dir.join("from-bundle"),
+    };
+    let base_model = Base::open(&dir.join("model.onnx")).expect("base");
+    let quiet = |_: &str| {};
+    let r = loo_lm::run_held_out(&cfg, &base_model, &spec, Recycled::Bundle(&others), &quiet)
+        .expect("held out of a bundle");
+    assert_eq!(r.sources, 3, "the bundle's sources");
+    assert!(r.row(LmMethod::MeanOnly).is_none());
+    for (m, name) in [
+        (LmMethod::Base, "base"),
+        (LmMethod::InContext, "in_context"),
+        (LmMethod::OwnLora, "own_lora"),
+        (LmMethod::Projected, "projected"),
+        (LmMethod::RandomProjected, "random_projected"),
+    ] {
+        let (got, want) = (r.row(m).expect("row"), row(rows, name));
+        assert_eq!(got.rouge_l, want["rouge_l"].as_f64().unwrap(), "{name}");
+        // The bundle's bases are the f32 copy of the extracted f64 ones.
+        assert!(
+            (got.nll - want["nll"].as_f64().unwrap()).abs() < 1e-5,
+            "{name}"
+        );
+    }
+    assert!((r.captured - captured).abs() < 1e-5);
+    let mut sweeping = cfg.clone();
+    sweeping.k_sweep = vec![1];
+    let err = loo_lm::run_held_out(
+        &sweeping,
+        &base_model,
+        &spec,
+        Recycled::Bundle(&others),
+        &quiet,
+    )
+    .expect_err("a K sweep needs the adapters");
+    assert!(
+        err.to_string().contains("K sweep") && err.to_string().contains("recycled.elxb"),
+        "{err}"
     );
 
     // Trained rows start from the base model (α_B = 0): step 0 of the curve is the base

@@ -38,11 +38,14 @@ ORDER = list(LABELS)
 
 def name_of(k):
     label = LABELS[k[0]]
-    return label + (f", {k[1]} pairs" if k[0] in ("in_context", "finetuned", "random_basis") else "")
+    label += f", {k[1]} pairs" if k[0] in ("in_context", "finetuned", "random_basis") else ""
+    return label + (f", K = {k[2]}" if k[2] else "")
 
 
 def key(r):
-    return (r["method"], r["train_examples"] if r["method"] in ("in_context", "finetuned", "random_basis") else 0)
+    """(method, training pairs, fixed K per side of the K sweep or 0 for the energy rule)."""
+    n = r["train_examples"] if r["method"] in ("in_context", "finetuned", "random_basis") else 0
+    return (r["method"], n, r.get("fixed_k") or 0)
 
 
 def main():
@@ -58,9 +61,9 @@ def main():
     shares = {}
     for t in tasks:
         rows = {key(r): r for r in t["rows"]}
-        base, own = rows[("base", 0)], rows[("own_lora", 0)]
+        base, own = rows[("base", 0, 0)], rows[("own_lora", 0, 0)]
         counted = own["rouge_l"] - base["rouge_l"] >= min_gap
-        for k in sorted(rows, key=lambda k: (ORDER.index(k[0]), k[1])):
+        for k in sorted(rows, key=lambda k: (ORDER.index(k[0]), k[2], k[1])):
             r = rows[k]
             rl, nll = share(base, own, r)
             name = name_of(k)
@@ -77,7 +80,7 @@ def main():
     print()
     print("| row | RL gap: median | mean | tasks | NLL gap: median | mean | tasks |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for k in sorted(shares, key=lambda k: (ORDER.index(k[0]), k[1])):
+    for k in sorted(shares, key=lambda k: (ORDER.index(k[0]), k[2], k[1])):
         if k[0] in ("base", "own_lora"):
             continue
         s = shares[k]
@@ -99,18 +102,32 @@ def main():
         return w, n
     for other in ("random_projected", "mean_only"):
         for metric, higher in (("rouge_l", True), ("nll", False)):
-            w, n = wins(("projected", 0), (other, 0), metric, higher)
+            w, n = wins(("projected", 0, 0), (other, 0, 0), metric, higher)
             print(f"- zero-shot recycled beats {LABELS[other].split(': ')[1]} on {metric}: {w} of {n} tasks")
     sizes = sorted({k[1] for k in shares if k[0] == "finetuned"})
     for n_ex in sizes:
-        w, n = wins(("finetuned", n_ex), ("random_basis", n_ex), "nll", False)
+        w, n = wins(("finetuned", n_ex, 0), ("random_basis", n_ex, 0), "nll", False)
         print(f"- trained at {n_ex} pairs: recycled beats the random basis on test NLL on {w} of {n} tasks")
+    ks = sorted({k[2] for k in shares if k[2]})
+    for kk in ks:
+        for metric, higher in (("rouge_l", True), ("nll", False)):
+            w, n = wins(("projected", 0, kk), ("random_projected", 0, kk), metric, higher)
+            print(f"- K = {kk}: zero-shot recycled beats the random basis on {metric}: {w} of {n} tasks")
     caps = [(t["task"], t["captured"], t["random_captured"], t["mean_only_captured"], t["k_a"] + t["k_b"]) for t in tasks]
     print()
     print("| task | ΔW captured: recycled | random basis | mean direction | Σ K_A + K_B |")
     print("|---|---:|---:|---:|---:|")
     for name, c, r, m, k in caps:
         print(f"| {name} | {100 * c:.1f}% | {100 * r:.2f}% | {100 * m:.1f}% | {k:,} |")
+    if ks:
+        print()
+        print("| task | " + " | ".join(f"K = {kk}: Σ K, recycled / random captured" for kk in ks) + " |")
+        print("|---|" + "---:|" * len(ks))
+        for t in tasks:
+            by_k = {c["k"]: c for c in t.get("k_sweep", [])}
+            cells = [f"{by_k[kk]['k_total']:,}: {100 * by_k[kk]['captured']:.1f}% / {100 * by_k[kk]['random_captured']:.2f}%"
+                     if kk in by_k else "-" for kk in ks]
+            print(f"| {t['task']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@
 //! | zero-shot: mean only | the adapter projected into the span of the others' mean direction | idem |
 //! | zero-shot: random basis | the adapter projected into a random orthonormal basis of the same K | idem |
 //!
-//! and, for each few-shot size N: coefficients trained on the device from the first N
+//! With a K sweep ([`LmLooConfig::k_sweep`]) the recycled and random-basis zero-shot rows are
+//! also scored at fixed K per side, each K its own extraction of the other adapters: how few
+//! coefficients still carry the task (the paper's "12–95x fewer parameters").
+//!
+//! For each few-shot size N: coefficients trained on the device from the first N
 //! training pairs (next-token loss, exact gradients, [`crate::finetune::lm`]) in the recycled
 //! subspace and, as the control, in the random basis, with their validation curves.
 //!
@@ -79,6 +83,9 @@ pub struct LmLooConfig {
     pub test_examples: usize,
     /// Sizes of the device-trained rows (prefixes of the training file); empty: none.
     pub few_shot: Vec<usize>,
+    /// Fixed K per side at which the zero-shot recycled and random-basis rows are scored
+    /// again (beside the rows at `extract`'s rule); empty: none.
+    pub k_sweep: Vec<usize>,
     /// The device training's recipe (its batch is capped at the few-shot size).
     pub lm: LmConfig,
     /// Seed of the random basis.
@@ -179,6 +186,9 @@ pub struct LmRow {
     pub curve: Vec<CurvePoint>,
     /// Trained rows: the step whose coefficients were kept.
     pub best_step: u64,
+    /// Rows of the K sweep: the fixed K per side of their basis (`None`: the extraction
+    /// rule's K).
+    pub fixed_k: Option<usize>,
 }
 
 impl LmRow {
@@ -210,6 +220,8 @@ pub struct LmTaskResult {
     pub random_captured: f64,
     /// The same in the span of the mean direction.
     pub mean_only_captured: f64,
+    /// The subspaces of the K sweep, by K.
+    pub k_sweep: Vec<SweepCapture>,
     /// Every row, in [`LmMethod`] order (trained rows by size).
     pub rows: Vec<LmRow>,
     /// Wall seconds of the whole task.
@@ -217,9 +229,18 @@ pub struct LmTaskResult {
 }
 
 impl LmTaskResult {
-    /// The row of `method` (the first, for trained rows).
+    /// The row of `method` (the first, for trained rows), at the extraction rule's K.
     pub fn row(&self, method: LmMethod) -> Option<&LmRow> {
-        self.rows.iter().find(|r| r.method == method)
+        self.rows
+            .iter()
+            .find(|r| r.method == method && r.fixed_k.is_none())
+    }
+
+    /// The zero-shot row of `method` at K per side of the K sweep.
+    pub fn swept(&self, method: LmMethod, k: usize) -> Option<&LmRow> {
+        self.rows
+            .iter()
+            .find(|r| r.method == method && r.fixed_k == Some(k))
     }
 
     /// The trained row of `method` at `n` training pairs.
@@ -228,6 +249,19 @@ impl LmTaskResult {
             .iter()
             .find(|r| r.method == method && r.train_examples == n)
     }
+}
+
+/// One fixed-K subspace of the K sweep: its size and what it holds of the held-out ΔW.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct SweepCapture {
+    /// K per side asked for (a module of lower rank keeps its rank).
+    pub k: usize,
+    /// Σ (K_A + K_B) over the modules.
+    pub k_total: usize,
+    /// Share of the held-out adapter's ΔW energy inside the recycled subspace.
+    pub captured: f64,
+    /// The same in a random basis of the same K.
+    pub random_captured: f64,
 }
 
 /// The test pairs and how every row scores them.
@@ -328,6 +362,26 @@ impl TestSet<'_> {
         let (s, seconds) = self.score(generator, task, &self.pairs, method.file_stem())?;
         Ok(row(method, 0, parameters, file_bytes, &s, seconds))
     }
+
+    /// A zero-shot row of the K sweep: `c` written as `<stem>-k<K>.elxc` of `bundle`, served
+    /// on a fresh engine and scored on the test prompts.
+    fn sweep_row(
+        &self,
+        open: &dyn Fn(&Bundle) -> Result<TextGenerator>,
+        bundle: &Bundle,
+        c: &Capture,
+        method: LmMethod,
+        k: usize,
+    ) -> Result<LmRow> {
+        let g = open(bundle)?;
+        let stem = format!("{}-k{k}", method.file_stem());
+        let path = self.dir.join(format!("{stem}.elxc"));
+        let id = load_coefficients(&g, bundle, c, &self.spec.name, &path)?;
+        let (s, seconds) = self.score(&g, id, &self.pairs, &stem)?;
+        let mut r = row(method, 0, c.coeff_params, file_len(&path), &s, seconds);
+        r.fixed_k = Some(k);
+        Ok(r)
+    }
 }
 
 fn row(
@@ -350,6 +404,7 @@ fn row(
         score_seconds,
         curve: Vec::new(),
         best_step: 0,
+        fixed_k: None,
     }
 }
 
@@ -378,6 +433,16 @@ fn load_coefficients(
     generator.generator().engine().load_task(path)
 }
 
+/// Where a held-out task's recycled subspace comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Recycled<'a> {
+    /// Extracted here from these tasks' adapters (the other tasks of the family).
+    Adapters(&'a [LmTaskSpec]),
+    /// Read from a bundle extracted from them elsewhere, when the adapters are not at hand
+    /// (`elx demo`'s committed one): no mean-direction row and no K sweep.
+    Bundle(&'a Bundle),
+}
+
 /// Runs the leave-one-out evaluation of `tasks[held]` (see the module documentation);
 /// `log` receives one line per phase.
 pub fn run_task(
@@ -387,10 +452,28 @@ pub fn run_task(
     held: usize,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<LmTaskResult> {
-    let started = Instant::now();
     let spec = tasks
         .get(held)
         .ok_or_else(|| Error::Usage(format!("no task {held} among {}", tasks.len())))?;
+    let others: Vec<LmTaskSpec> = tasks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != held)
+        .map(|(_, t)| t.clone())
+        .collect();
+    run_held_out(cfg, base, spec, Recycled::Adapters(&others), log)
+}
+
+/// Evaluates the task `spec` held out of the subspace `recycled` (see the module
+/// documentation); `log` receives one line per phase.
+pub fn run_held_out(
+    cfg: &LmLooConfig,
+    base: &Base,
+    spec: &LmTaskSpec,
+    recycled: Recycled<'_>,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<LmTaskResult> {
+    let started = Instant::now();
     let mut sizes = cfg.few_shot.clone();
     sizes.sort_unstable();
     sizes.dedup();
@@ -438,18 +521,35 @@ pub fn run_task(
     // Subspaces: the other tasks' (recycled), a random one of the same K, the span of the
     // others' mean direction, the task's own.
     let adapter = Adapter::open(&spec.adapter)?;
-    let others: Vec<Adapter> = tasks
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != held)
-        .map(|(_, t)| Adapter::open(&t.adapter))
-        .collect::<Result<_>>()?;
     let quiet = |_: usize, _: usize, _: &str| {};
-    let space = subspace::extract(&others, &cfg.extract, &quiet)?;
+    let (others, space, sources) = match recycled {
+        Recycled::Adapters(specs) => {
+            let others: Vec<Adapter> = specs
+                .iter()
+                .map(|t| Adapter::open(&t.adapter))
+                .collect::<Result<_>>()?;
+            let space = subspace::extract(&others, &cfg.extract, &quiet)?;
+            let sources: Vec<SourceAdapter> = others.iter().map(SourceAdapter::from).collect();
+            (others, space, sources)
+        }
+        Recycled::Bundle(b) => {
+            if !cfg.k_sweep.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{}: the K sweep extracts from the other tasks' adapters, and only their bundle is given",
+                    b.path.display()
+                )));
+            }
+            (Vec::new(), b.subspace.clone(), b.manifest.sources.clone())
+        }
+    };
     let random = random_subspace(&space, cfg.random_seed);
     let cap = capture(&adapter, &space, &random)?;
     let random_cap = capture(&adapter, &random, &random)?;
-    let mean_space = mean_direction_subspace(&others, &cfg.extract)?;
+    let mean_space = if others.is_empty() {
+        None
+    } else {
+        mean_direction_subspace(&others, &cfg.extract)?
+    };
     let mean_cap = match &mean_space {
         Some(m) => Some(capture(&adapter, m, m)?),
         None => None,
@@ -465,7 +565,6 @@ pub fn run_task(
     };
     let own = subspace::extract(std::slice::from_ref(&adapter), &own_options, &quiet)?;
     let own_coeffs = capture(&adapter, &own, &own)?;
-    let sources: Vec<SourceAdapter> = others.iter().map(SourceAdapter::from).collect();
     let recycled = write_bound(&dir.join("recycled.elxb"), &space, &sources, base)?;
     let random_bundle = write_bound(&dir.join("random.elxb"), &random, &[], base)?;
     let mean_bundle = match &mean_space {
@@ -478,15 +577,47 @@ pub fn run_task(
         &[SourceAdapter::from(&adapter)],
         base,
     )?;
+    // The K sweep: each K its own extraction, random basis and bound bundles.
+    let mut sweep = Vec::new();
+    for &k in &cfg.k_sweep {
+        let options = ExtractOptions {
+            k_rule_a: KRule::Fixed(k),
+            k_rule_b: KRule::Fixed(k),
+            ..cfg.extract.clone()
+        };
+        let space = subspace::extract(&others, &options, &quiet)?;
+        let random = random_subspace(&space, cfg.random_seed);
+        let cap = capture(&adapter, &space, &random)?;
+        let random_cap = capture(&adapter, &random, &random)?;
+        let recycled = write_bound(
+            &dir.join(format!("recycled-k{k}.elxb")),
+            &space,
+            &sources,
+            base,
+        )?;
+        let random_bundle =
+            write_bound(&dir.join(format!("random-k{k}.elxb")), &random, &[], base)?;
+        log(&format!(
+            "{}: K = {k} per side (K_A+K_B = {}): holds {:.1}% of the held-out ΔW (random: {:.2}%)",
+            spec.name,
+            cap.k_total,
+            100.0 * cap.captured,
+            100.0 * cap.random_captured
+        ));
+        sweep.push((k, recycled, cap, random_bundle, random_cap));
+    }
     log(&format!(
-        "{}: subspace of the other {} adapters, K_A+K_B = {} over {} modules; holds {:.1}% of the held-out ΔW (random: {:.2}%, mean direction: {:.1}%)",
+        "{}: subspace of the other {} adapters, K_A+K_B = {} over {} modules; holds {:.1}% of the held-out ΔW (random: {:.2}%{})",
         spec.name,
-        others.len(),
+        sources.len(),
         cap.k_total,
         space.modules.len(),
         100.0 * cap.captured,
         100.0 * cap.random_captured,
-        100.0 * mean_cap.as_ref().map_or(0.0, |m| m.captured)
+        mean_cap.as_ref().map_or_else(String::new, |m| format!(
+            ", mean direction: {:.1}%",
+            100.0 * m.captured
+        ))
     ));
 
     let test = TestSet {
@@ -580,19 +711,45 @@ pub fn run_task(
         // it first, so the others fill the other threads meanwhile.
         jobs.rotate_right(usize::from(mean_bundle.is_some()) + 1);
     }
+    // The K sweep's jobs last: the rotation above is about the others.
+    for (k, recycled, cap, random_bundle, random_cap) in &sweep {
+        jobs.push(Box::new(move || {
+            let rows = vec![
+                test.sweep_row(&open, recycled, cap, LmMethod::Projected, *k)?,
+                test.sweep_row(
+                    &open,
+                    random_bundle,
+                    random_cap,
+                    LmMethod::RandomProjected,
+                    *k,
+                )?,
+            ];
+            log(&format!("{}: zero-shot rows at K = {k} scored", spec.name));
+            Ok(rows)
+        }));
+    }
     let mut rows: Vec<LmRow> = run_parallel(jobs, cfg.threads.max(1))?
         .into_iter()
         .flatten()
         .collect();
-    rows.sort_by_key(|r| (r.method, r.train_examples));
+    rows.sort_by_key(|r| (r.method, r.fixed_k, r.train_examples));
     Ok(LmTaskResult {
         task: spec.name.clone(),
-        sources: others.len(),
+        sources: sources.len(),
         k_a: space.modules.values().map(|m| m.a.k_total()).sum(),
         k_b: space.modules.values().map(|m| m.b.k_total()).sum(),
         captured: cap.captured,
         random_captured: cap.random_captured,
         mean_only_captured: mean_cap.as_ref().map_or(0.0, |m| m.captured),
+        k_sweep: sweep
+            .iter()
+            .map(|(k, _, cap, _, _)| SweepCapture {
+                k: *k,
+                k_total: cap.k_total,
+                captured: cap.captured,
+                random_captured: cap.random_captured,
+            })
+            .collect(),
         rows,
         seconds: started.elapsed().as_secs_f64(),
     })
