@@ -65,8 +65,8 @@ pub fn task_names(family: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The held-out tasks `names` of `<family>/demo/`: (spec, the other tasks' bundle).
-fn demo_tasks(family: &Path, names: &[String]) -> Result<Vec<(LmTaskSpec, PathBuf)>> {
+/// The held-out tasks `names` of `<family>/demo/`: (spec, the other tasks' bundle, read).
+fn demo_tasks(family: &Path, names: &[String]) -> Result<Vec<(LmTaskSpec, PathBuf, Bundle)>> {
     let demo = family.join("demo");
     names
         .iter()
@@ -81,6 +81,7 @@ fn demo_tasks(family: &Path, names: &[String]) -> Result<Vec<(LmTaskSpec, PathBu
                     ),
                 ));
             }
+            let read = Bundle::read(&bundle)?;
             let data = family.join("data").join(&name);
             for split in ["train", "validation", "test"] {
                 let f = data.join(format!("{split}.jsonl"));
@@ -100,7 +101,7 @@ fn demo_tasks(family: &Path, names: &[String]) -> Result<Vec<(LmTaskSpec, PathBu
                 max_tokens: if name.ends_with("_define") { 32 } else { 16 },
                 name,
             };
-            Ok((spec, bundle))
+            Ok((spec, bundle, read))
         })
         .collect()
 }
@@ -129,8 +130,7 @@ pub fn run(d: &GenerationDemo<'_>) -> Result<Vec<LmTaskResult>> {
         out_dir: d.out.to_path_buf(),
     };
     let mut results = Vec::new();
-    for (i, (spec, bundle_path)) in tasks.iter().enumerate() {
-        let bundle = Bundle::read(bundle_path)?;
+    for (i, (spec, bundle_path, bundle)) in tasks.iter().enumerate() {
         outln!(
             "held out: {} ({} test pairs); its subspace: {} (the other {} tasks' adapters, K_A + K_B = {} over {} modules, {})",
             spec.name,
@@ -149,7 +149,7 @@ pub fn run(d: &GenerationDemo<'_>) -> Result<Vec<LmTaskResult>> {
         let log = |m: &str| {
             let _ = errln!("  [{}/{}] {m}", i + 1, tasks.len());
         };
-        let r = loo_lm::run_held_out(&cfg, &base, spec, Recycled::Bundle(&bundle), &log)?;
+        let r = loo_lm::run_held_out(&cfg, &base, spec, Recycled::Bundle(bundle), &log)?;
         outln!("{}", task_table(&r).render())?;
         results.push(r);
     }

@@ -357,3 +357,47 @@ fn smaller_points_of_round_2() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `elx demo` on a generation family (issue 27) refuses a broken checkout by name, before it
+/// installs or imports the decoder: no held-out task, a task without its subspace, a subspace
+/// that is not a bundle, a task without data, and a --tasks name no family has.
+#[test]
+fn demo_refuses_a_broken_generation_family_by_name() {
+    let dir = temp_dir("cli-demo-gen");
+    let family = dir.join("gen");
+    let demo = family.join("demo");
+    std::fs::create_dir_all(&demo).unwrap();
+    let out = dir.join("out");
+    let run = |want: &[&str], extra: &[&Path]| {
+        let mut args = vec![p("demo"), p("--workload"), &family, p("-o"), &out];
+        args.extend_from_slice(extra);
+        named_error(&args, want);
+    };
+    run(&["demo", "expected <task>/ folders"], &[]);
+    let task = demo.join("t0");
+    std::fs::create_dir_all(&task).unwrap();
+    std::fs::write(task.join("adapter_config.json"), "{}").unwrap();
+    run(
+        &["t0.others.elxb", "subspace of the tasks other than t0"],
+        &[],
+    );
+    let bundle = demo.join("t0.others.elxb");
+    std::fs::write(&bundle, b"not a bundle").unwrap();
+    run(&["t0.others.elxb"], &[]);
+    let tasks: Vec<PathBuf> = (0..5)
+        .map(|i| fixture(&format!("adapters/task{i}")))
+        .collect();
+    let mut args: Vec<&Path> = vec![p("extract")];
+    args.extend(tasks.iter().map(|t| t.as_path()));
+    args.extend([p("--k"), p("2"), p("-o"), bundle.as_path()]);
+    assert!(elx(&args).status.success());
+    run(
+        &[
+            "gen/data/t0/train.jsonl",
+            "train pairs of the demo's task t0",
+        ],
+        &[],
+    );
+    run(&["no task `t9`"], &[p("--tasks"), p("t9")]);
+    assert!(!out.join("results.json").exists());
+}
