@@ -136,6 +136,13 @@ examples! {
         "Two tasks, with rows trained on the device from 16 and 64 pairs"
             => "elx leave-one-out --model smollm2 --adapters wordnet_gen-adapters \\\n      --tasks adj_antonym,verb_to_noun --few-shot 16,64 -o out/loo-lm",
     }
+    /// `elx leave-one-out-report`.
+    LEAVE_ONE_OUT_REPORT = "leave-one-out-report" {
+        "Merge runs made one task at a time, with the host LoRAs on the same 64 pairs"
+            => "elx leave-one-out-report out/loo-*/results.json --host-curves host-64 -o out/loo-all",
+        "The same, with PNG plots"
+            => "elx leave-one-out-report out/loo-*/results.json --plot-format png -o docs/loo",
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use super::plot_lm_curves::{self, Basis, Curve};
 use super::{BackendArg, EpArg, Table, pct};
 use eigenlorax::error::{Error, Result};
 use eigenlorax::eval::loo::Base;
-use eigenlorax::eval::loo_lm::{self, LmLooConfig, LmMethod, LmTaskResult, LmTaskSpec};
+use eigenlorax::eval::loo_lm::{
+    self, FewShotCell, HostLoraCurve, LmLooConfig, LmMethod, LmTaskResult, LmTaskSpec, LowestPoint,
+};
 use eigenlorax::finetune::lm::LmConfig;
 use eigenlorax::subspace::{ExtractOptions, KRule};
 use eigenlorax::util::write_atomic;
@@ -145,25 +147,101 @@ pub fn run(a: &Args) -> Result<()> {
     let log = |line: &str| {
         let _ = errln!("{line}");
     };
-    let mut results: Vec<LmTaskResult> = Vec::new();
+    let mut file = ResultsFile {
+        tasks: Vec::new(),
+        min_gap: a.min_gap,
+        energy: a.energy,
+        seed: a.seed,
+        lr: a.lr,
+        in_context: a.in_context,
+        k_sweep: a.k_sweep.clone(),
+    };
     let results_path = a.output.join("results.json");
     for &i in &held {
         let r = loo_lm::run_task(&cfg, &base, &tasks, i, &log)?;
         outln!("{}", task_table(&r).render())?;
-        results.push(r);
+        file.tasks.push(r);
         // After every task, so an interrupted run keeps what it measured.
-        let json = serde_json::to_vec_pretty(&serde_json::json!({
-            "tasks": results, "min_gap": a.min_gap, "energy": a.energy,
-            "seed": a.seed, "lr": a.lr, "in_context": a.in_context, "k_sweep": a.k_sweep,
-        }))
-        .map_err(|e| Error::Usage(format!("results: {e}")))?;
-        write_atomic(&results_path, &json)?;
+        file.write(&results_path)?;
     }
-    outln!("{}", summary(&results, a.min_gap))?;
-    for p in plot_curves(a, &results)? {
+    report(
+        &file.tasks,
+        a.min_gap,
+        &a.host_curves,
+        &a.output,
+        "svg",
+        false,
+    )?;
+    outln!("wrote {}", results_path.display())?;
+    Ok(())
+}
+
+/// `results.json` of `elx leave-one-out`: every task's rows and the settings they share.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct ResultsFile {
+    /// One entry per held-out task.
+    pub tasks: Vec<LmTaskResult>,
+    /// `--min-gap`.
+    pub min_gap: f64,
+    /// `--energy`.
+    pub energy: f64,
+    /// `--seed`.
+    pub seed: u64,
+    /// `--lr`.
+    pub lr: f64,
+    /// `--in-context`.
+    pub in_context: usize,
+    /// `--k-sweep`.
+    pub k_sweep: Vec<usize>,
+}
+
+impl ResultsFile {
+    /// Reads a `results.json`, naming the file when it is not one.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::bad_file(
+                path,
+                format!("expected the results.json of `elx leave-one-out` ({e})"),
+            )
+        })
+    }
+
+    /// Writes it atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::Usage(format!("results: {e}")))?;
+        write_atomic(path, &json)
+    }
+}
+
+/// What both `elx leave-one-out` and `elx leave-one-out-report` print after the task tables:
+/// the shares of the gap over the tasks, the few-shot comparison, and the convergence plots
+/// in `output`.
+pub(super) fn report(
+    results: &[LmTaskResult],
+    min_gap: f64,
+    host_curves: &[PathBuf],
+    output: &Path,
+    plot_ext: &str,
+    tables: bool,
+) -> Result<()> {
+    if tables {
+        for r in results {
+            outln!("{}\n", task_table(r).render())?;
+        }
+    }
+    outln!("{}", summary(results, min_gap))?;
+    let hosts = results
+        .iter()
+        .map(|r| host_lora_curves(host_curves, &r.task))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(t) = few_shot_report(results, &hosts) {
+        outln!("\n{t}")?;
+    }
+    for p in plot_curves(output, plot_ext, results, &hosts)? {
         outln!("wrote {}", p.display())?;
     }
-    outln!("wrote {}", results_path.display())?;
     Ok(())
 }
 
@@ -388,10 +466,19 @@ fn mean(x: &[f64]) -> String {
     pct(x.iter().sum::<f64>() / x.len() as f64)
 }
 
-/// The validation curves of one task: its trained rows, and the host LoRA runs of
-/// `--host-curves` (a missing task is skipped; a bad metrics file is an error).
-fn task_curves(a: &Args, r: &LmTaskResult) -> Result<Vec<Curve>> {
-    let mut curves: Vec<Curve> = r
+/// The host LoRA curves of `task` in the `--host-curves` folders (a folder without the task is
+/// skipped; a bad metrics file is an error).
+fn host_lora_curves(dirs: &[PathBuf], task: &str) -> Result<Vec<HostLoraCurve>> {
+    let mut curves = Vec::new();
+    for dir in dirs {
+        curves.extend(HostLoraCurve::read(dir, task)?);
+    }
+    Ok(curves)
+}
+
+/// The validation curves of one task: its trained rows and its host LoRA runs.
+fn task_curves(r: &LmTaskResult, hosts: &[HostLoraCurve]) -> Vec<Curve> {
+    let trained = r
         .rows
         .iter()
         .filter(|x| !x.curve.is_empty())
@@ -403,46 +490,100 @@ fn task_curves(a: &Args, r: &LmTaskResult) -> Result<Vec<Curve>> {
             },
             examples: x.train_examples,
             points: x.curve.iter().map(|p| (p.step, p.val_nll)).collect(),
-        })
-        .collect();
-    for dir in &a.host_curves {
-        let path = dir.join(&r.task).join("metrics.json");
-        if !path.is_file() {
-            continue;
-        }
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let m: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::bad_file(&path, format!("expected JSON ({e})")))?;
-        let points = m["val_curve"]
-            .as_array()
-            .and_then(|c| {
-                c.iter()
-                    .map(|p| Some((p.get(0)?.as_u64()?, p.get(1)?.as_f64()?)))
-                    .collect::<Option<Vec<_>>>()
-            })
-            .ok_or_else(|| {
-                Error::bad_file(&path, "expected `val_curve`: a list of [step, NLL] pairs")
-            })?;
-        let examples = m["recipe"]["train_n"].as_u64().unwrap_or(150) as usize;
-        curves.push(Curve {
-            basis: Basis::Lora,
-            examples,
-            points,
         });
-    }
-    Ok(curves)
+    let host = hosts.iter().map(|h| Curve {
+        basis: Basis::Lora,
+        examples: h.examples,
+        points: h.points.clone(),
+    });
+    trained.chain(host).collect()
 }
 
-/// Writes curves-<task>.svg per task with trained rows, and curves-mean.svg over them.
-fn plot_curves(a: &Args, results: &[LmTaskResult]) -> Result<Vec<PathBuf>> {
+/// Per task and size, the recycled subspace's trained row against the random basis and the
+/// host LoRA (issue 27's target 2), and per size how many tasks meet each clause; `None` when
+/// no task has both trained rows.
+fn few_shot_report(results: &[LmTaskResult], hosts: &[Vec<HostLoraCurve>]) -> Option<String> {
+    let cells: Vec<FewShotCell> = results
+        .iter()
+        .zip(hosts)
+        .flat_map(|(r, h)| loo_lm::few_shot_cells(r, h))
+        .collect();
+    if cells.is_empty() {
+        return None;
+    }
+    let point = |p: &LowestPoint| format!("{:.3} ({})", p.val_nll, p.step);
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let mut t = Table::new(&[
+        "task",
+        "N",
+        "val: recycled",
+        "random",
+        "host LoRA",
+        "test NLL: recycled",
+        "random",
+        "Rouge-L: recycled",
+        "random",
+        "beats random",
+        "reaches LoRA sooner",
+    ]);
+    let mut sizes: Vec<usize> = cells.iter().map(|c| c.examples).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut tally = Vec::new();
+    for &n in &sizes {
+        let at: Vec<&FewShotCell> = cells.iter().filter(|c| c.examples == n).collect();
+        for c in &at {
+            t.row(vec![
+                c.task.clone(),
+                n.to_string(),
+                point(&c.recycled),
+                point(&c.random),
+                c.lora.as_ref().map_or_else(|| "-".into(), point),
+                format!("{:.3}", c.recycled_test_nll),
+                format!("{:.3}", c.random_test_nll),
+                format!("{:.3}", c.recycled_rouge_l),
+                format!("{:.3}", c.random_rouge_l),
+                yes_no(c.beats_random_on_test_nll()),
+                c.reaches_lora_sooner().map_or_else(|| "-".into(), yes_no),
+            ]);
+        }
+        let beats = at.iter().filter(|c| c.beats_random_on_test_nll()).count();
+        let judged: Vec<bool> = at.iter().filter_map(|c| c.reaches_lora_sooner()).collect();
+        let sooner = judged.iter().filter(|&&b| b).count();
+        tally.push(format!(
+            "{n} pairs: recycled beats the random basis on test NLL on {beats} of {} tasks; \
+             reaches the host LoRA's lowest validation NLL in fewer steps on {}",
+            at.len(),
+            if judged.is_empty() {
+                "- (no host LoRA curves)".to_string()
+            } else {
+                format!("{sooner} of {}", judged.len())
+            }
+        ));
+    }
+    Some(format!(
+        "Few-shot: lowest validation NLL (step) and test figures of each trained row:\n{}\n{}",
+        t.render(),
+        tally.join("\n")
+    ))
+}
+
+/// Writes curves-<task>.<ext> per task with trained rows, and curves-mean.<ext> over them
+/// (ext: svg or png).
+fn plot_curves(
+    output: &Path,
+    ext: &str,
+    results: &[LmTaskResult],
+    hosts: &[Vec<HostLoraCurve>],
+) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let mut all: Vec<Curve> = Vec::new();
-    for r in results {
-        let curves = task_curves(a, r)?;
+    for (r, h) in results.iter().zip(hosts) {
+        let curves = task_curves(r, h);
         if !curves.iter().any(|c| c.basis != Basis::Lora) {
             continue;
         }
-        let path = a.output.join(format!("curves-{}.svg", r.task));
+        let path = output.join(format!("curves-{}.{ext}", r.task));
         plot_lm_curves::write(
             &path,
             &format!("{}: validation NLL while training", r.task),
@@ -465,7 +606,7 @@ fn plot_curves(a: &Args, results: &[LmTaskResult]) -> Result<Vec<PathBuf>> {
         })
         .collect();
     if written.len() > 1 {
-        let path = a.output.join("curves-mean.svg");
+        let path = output.join(format!("curves-mean.{ext}"));
         let title = format!("mean over {} held-out tasks", written.len());
         plot_lm_curves::write(&path, &title, &mean)?;
         written.push(path);

@@ -46,6 +46,7 @@ pub mod import_gguf;
 pub mod import_hf;
 pub mod inspect;
 pub mod leave_one_out;
+pub mod leave_one_out_report;
 pub mod plot;
 pub mod plot_capture;
 pub mod plot_curve;
@@ -205,6 +206,10 @@ pub enum Command {
     /// device-trained rows against each task's own LoRA (Rouge-L, exact match, NLL).
     #[command(after_long_help = examples::LEAVE_ONE_OUT)]
     LeaveOneOut(leave_one_out::Args),
+    /// Merge `elx leave-one-out` runs: the tables, the few-shot comparison against a random
+    /// basis and the host's LoRA, and the convergence plots.
+    #[command(after_long_help = examples::LEAVE_ONE_OUT_REPORT)]
+    LeaveOneOutReport(leave_one_out_report::Args),
 }
 
 /// Runs the parsed command.
@@ -224,6 +229,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(&a),
         Command::Score(a) => score::run(&a),
         Command::LeaveOneOut(a) => leave_one_out::run(&a),
+        Command::LeaveOneOutReport(a) => leave_one_out_report::run(&a),
     }
 }
 

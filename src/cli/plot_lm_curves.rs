@@ -9,26 +9,30 @@ use plotters::prelude::*;
 use std::path::Path;
 
 const SIZE: (u32, u32) = (820, 500);
-/// One colour per training-set size, in increasing order of size.
-const COLOURS: [RGBColor; 4] = [
-    RGBColor(31, 119, 180),
-    RGBColor(230, 120, 20),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-];
+/// Dash and gap lengths (pixels) per training-set size, in increasing order of size: solid,
+/// dashed, dotted, dash-dot-like.
+const DASHES: [(u32, u32); 4] = [(0, 0), (9, 6), (2, 5), (14, 4)];
 
-/// How a curve was trained (its line style).
+/// How a curve was trained (its colour).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Basis {
-    /// Coefficients in the recycled subspace (solid).
+    /// Coefficients in the recycled subspace (blue).
     Recycled,
-    /// Coefficients in a random basis (dashed).
+    /// Coefficients in a random basis (grey).
     Random,
-    /// The host's LoRA (dotted).
+    /// The host's LoRA (orange).
     Lora,
 }
 
 impl Basis {
+    fn colour(self) -> RGBColor {
+        match self {
+            Basis::Recycled => RGBColor(31, 119, 180),
+            Basis::Random => RGBColor(150, 150, 150),
+            Basis::Lora => RGBColor(230, 120, 20),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Basis::Recycled => "recycled",
@@ -100,49 +104,69 @@ impl Figure for Curves<'_> {
         root.fill(&WHITE).map_err(e)?;
         let points = || self.curves.iter().flat_map(|c| c.points.iter());
         let xmax = points().map(|p| p.0).max().unwrap_or(1).max(1) as f64;
-        let ymax = points().map(|p| p.1).fold(0.0f64, f64::max).max(0.1) * 1.05;
+        // A log axis from just below the lowest point: the base model's NLL at step 0 is 2-5x
+        // the trained values, and a linear axis from 0 would flatten the differences that
+        // matter (a few hundredths near the minimum).
+        let finite = || points().map(|p| p.1).filter(|v| v.is_finite() && *v > 0.0);
+        let ymin = finite().fold(f64::INFINITY, f64::min);
+        let ymax = finite().fold(0.0f64, f64::max);
+        let (ymin, ymax) = if ymin.is_finite() && ymax > ymin {
+            (ymin * 0.93, ymax * 1.05)
+        } else {
+            (0.1, 10.0)
+        };
         let mut sizes: Vec<usize> = self.curves.iter().map(|c| c.examples).collect();
         sizes.sort_unstable();
         sizes.dedup();
-        let colour = |n: usize| {
+        let dash = |n: usize| {
             let i = sizes.iter().position(|&s| s == n).unwrap_or(0);
-            COLOURS[i % COLOURS.len()]
+            DASHES[i % DASHES.len()]
         };
         let mut chart = ChartBuilder::on(root)
             .caption(self.title, (FONT, 17))
             .margin(14)
             .x_label_area_size(42)
             .y_label_area_size(58)
-            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+            .build_cartesian_2d(
+                0f64..xmax,
+                (ymin..ymax).log_scale().with_key_points(ticks(ymin, ymax)),
+            )
             .map_err(e)?;
         chart
             .configure_mesh()
             .x_desc("training steps")
-            .y_desc("validation NLL per answer token")
+            .y_desc("validation NLL per answer token (log scale)")
+            .y_label_formatter(&|v| format!("{v:.2}"))
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 14))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(e)?;
         for c in self.curves {
-            let col = colour(c.examples);
+            let col = c.basis.colour();
+            let style = col.stroke_width(if c.basis == Basis::Recycled { 3 } else { 2 });
             let line: Vec<(f64, f64)> = c.points.iter().map(|&(s, v)| (s as f64, v)).collect();
             let label = format!("{}, {} pairs", c.basis.name(), c.examples);
-            let style = match c.basis {
-                Basis::Recycled => col.stroke_width(3),
-                Basis::Random | Basis::Lora => col.stroke_width(2),
-            };
-            let series = match c.basis {
-                Basis::Recycled => chart.draw_series(LineSeries::new(line.clone(), style)),
-                Basis::Random => {
-                    chart.draw_series(DashedLineSeries::new(line.clone(), 9, 6, style))
-                }
-                Basis::Lora => chart.draw_series(DashedLineSeries::new(line.clone(), 2, 5, style)),
+            let (on, off) = dash(c.examples);
+            let series = if on == 0 {
+                chart.draw_series(LineSeries::new(line.clone(), style))
+            } else {
+                chart.draw_series(DashedLineSeries::new(line.clone(), on, off, style))
             }
             .map_err(e)?;
-            series
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            // The legend's sample shows the dash too: three segments of the line's lengths.
+            series.label(label).legend(move |(x, y)| {
+                let (on, off) = if on == 0 {
+                    (8, 0)
+                } else {
+                    (on as i32, off as i32)
+                };
+                let seg = |i: i32| {
+                    let from = (i * (on + off)).min(24);
+                    PathElement::new(vec![(from, 0), ((from + on).min(24), 0)], style)
+                };
+                EmptyElement::at((x, y)) + seg(0) + seg(1) + seg(2)
+            });
             chart
                 .draw_series(line.iter().map(|&p| Circle::new(p, 3, col.filled())))
                 .map_err(e)?;
@@ -159,8 +183,30 @@ impl Figure for Curves<'_> {
     }
 }
 
+/// About six round values in [lo, hi] for the y axis (a log axis over less than a decade
+/// gets no labels of its own).
+fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let raw = (hi - lo) / 6.0;
+    let unit = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * unit)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * unit);
+    let first = (lo / step).ceil() as i64;
+    let last = (hi / step).floor() as i64;
+    (first..=last).map(|i| i as f64 * step).collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ticks_are_round_and_inside() {
+        assert_eq!(super::ticks(2.9, 4.5), vec![3.0, 3.5, 4.0, 4.5]);
+        let t = super::ticks(0.95, 5.6);
+        assert_eq!(t, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+    }
+
     use super::*;
 
     #[test]

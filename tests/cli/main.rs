@@ -12,6 +12,7 @@ mod hardening;
 mod help;
 mod import_hf_tokenizer;
 mod inspect;
+mod loo_report;
 mod peft_roundtrip;
 mod roundtrip;
 mod shards;

@@ -27,7 +27,10 @@
 //! encoder leave-one-out does ([`crate::eval::loo`]): V_A = Vᵀ, V_B = U of ΔW = U·S·Vᵀ with
 //! α_A = α_B = √S, so the graph computes B·(A·x) up to an r x r rotation.
 
+mod few_shot;
 mod prompts;
+
+pub use few_shot::{FewShotCell, HostLoraCurve, LowestPoint, few_shot_cells};
 
 use super::generation::{GenerationScores, ScoreOptions, score_pairs};
 use super::loo::{Base, mean_direction_subspace, write_bound};
@@ -99,7 +102,9 @@ pub struct LmLooConfig {
 }
 
 /// A way of serving the held-out task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LmMethod {
     /// The base model on the test prompt.
@@ -151,18 +156,24 @@ impl LmMethod {
 }
 
 /// One validation evaluation of a trained row.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CurvePoint {
     /// Steps taken.
     pub step: u64,
     /// Validation NLL per answer token.
     pub val_nll: f64,
-    /// Mean training loss since the previous evaluation (NaN at step 0).
+    /// Mean training loss since the previous evaluation (NaN at step 0; JSON writes it null).
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
 }
 
+/// JSON has no NaN (serde_json writes it as null): read null back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// One row of a held-out task.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LmRow {
     /// How the task was served.
     pub method: LmMethod,
@@ -204,7 +215,7 @@ impl LmRow {
 }
 
 /// The figures of one held-out task.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LmTaskResult {
     /// Held-out task.
     pub task: String,
@@ -249,10 +260,69 @@ impl LmTaskResult {
             .iter()
             .find(|r| r.method == method && r.train_examples == n)
     }
+
+    /// Adds the rows of another run on the same task (say, its 64-pair rows to a 16-pair run)
+    /// that this one lacks. A row both runs have must agree: the fixed rows are deterministic,
+    /// so a difference means the runs differ in model, adapters or test set, and merging them
+    /// would mix two experiments.
+    pub fn merge(&mut self, other: LmTaskResult) -> std::result::Result<(), String> {
+        if other.task != self.task {
+            return Err(format!("tasks differ: {} and {}", self.task, other.task));
+        }
+        if (other.sources, other.k_a, other.k_b) != (self.sources, self.k_a, self.k_b) {
+            return Err(format!(
+                "{}: the recycled subspaces differ ({} adapters, K_A+K_B = {} against {} \
+                 adapters, K_A+K_B = {})",
+                self.task,
+                self.sources,
+                self.k_a + self.k_b,
+                other.sources,
+                other.k_a + other.k_b
+            ));
+        }
+        for row in other.rows {
+            let same = |r: &&LmRow| {
+                r.method == row.method
+                    && r.fixed_k == row.fixed_k
+                    && r.train_examples == row.train_examples
+            };
+            match self.rows.iter().find(same) {
+                Some(mine) => {
+                    if (mine.nll - row.nll).abs() > 1e-6 * mine.nll.abs().max(1.0)
+                        || mine.rouge_l != row.rouge_l
+                    {
+                        return Err(format!(
+                            "{}: row `{}` ({} pairs) differs between the runs (NLL {:.6} vs {:.6}, \
+                             Rouge-L {:.4} vs {:.4})",
+                            self.task,
+                            row.method.label(),
+                            row.train_examples,
+                            mine.nll,
+                            row.nll,
+                            mine.rouge_l,
+                            row.rouge_l
+                        ));
+                    }
+                }
+                None => self.rows.push(row),
+            }
+        }
+        // Table order: by method, trained rows by size.
+        self.rows
+            .sort_by_key(|r| (r.method, r.fixed_k, r.train_examples));
+        for k in other.k_sweep {
+            if !self.k_sweep.iter().any(|x| x.k == k.k) {
+                self.k_sweep.push(k);
+            }
+        }
+        self.k_sweep.sort_by_key(|x| x.k);
+        self.seconds += other.seconds;
+        Ok(())
+    }
 }
 
 /// One fixed-K subspace of the K sweep: its size and what it holds of the held-out ΔW.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SweepCapture {
     /// K per side asked for (a module of lower rank keeps its rank).
     pub k: usize,
