@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The `results.json` files of `elx leave-one-out` runs. Rows of the same task are merged;
-    /// the runs must share the settings (energy, seed, learning rate, in-context pairs), and a
+    /// the runs must share the settings (energy, seed, learning rate, and in-context pairs where both have that row), and a
     /// row two runs both have must agree.
     #[arg(required = true, value_name = "RESULTS.json")]
     pub results: Vec<PathBuf>,
@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub host_curves: Vec<PathBuf>,
     /// A row's Rouge-L gap below this leaves the task out of the Rouge-L share (default: the
-    /// runs' own).
+    /// first run's).
     #[arg(long, value_name = "GAP")]
     pub min_gap: Option<f64>,
     /// The plots' format.
@@ -44,8 +44,11 @@ pub fn run(a: &Args) -> Result<()> {
             continue;
         };
         // --min-gap only shapes the report, not the runs.
+        // A run without an in-context row (0) merges with any.
         let settings = |f: &ResultsFile| (f.energy, f.seed, f.lr, f.in_context);
-        if settings(m) != settings(&file) {
+        let in_context_differs =
+            m.in_context != file.in_context && m.in_context > 0 && file.in_context > 0;
+        if (m.energy, m.seed, m.lr) != (file.energy, file.seed, file.lr) || in_context_differs {
             return Err(Error::bad_file(
                 path,
                 format!(
@@ -57,6 +60,7 @@ pub fn run(a: &Args) -> Result<()> {
                 ),
             ));
         }
+        m.in_context = m.in_context.max(file.in_context);
         for task in file.tasks {
             match m.tasks.iter_mut().find(|t| t.task == task.task) {
                 Some(mine) => mine.merge(task).map_err(|e| Error::bad_file(path, e))?,
