@@ -144,6 +144,34 @@ fn leave_one_out_rows_equal_their_independent_paths() {
         stdout.contains("Share of the base -> own-LoRA gap"),
         "{stdout}"
     );
+    // The few-shot comparison, judged against the host curve (lowest 7.1 at step 2).
+    assert!(
+        stdout.contains("4 pairs: recycled beats the random basis on test NLL on ")
+            && stdout.contains("lowest validation NLL in fewer steps on ")
+            && !stdout.contains("no host LoRA curves"),
+        "{stdout}"
+    );
+    // `elx leave-one-out-report` of the run's results.json prints the same summary and
+    // few-shot comparison: the file holds everything the run reported.
+    let report_dir = dir.join("report");
+    let (ok, report, err) = elx(&[
+        "leave-one-out-report",
+        &s(&out.join("results.json")),
+        "--host-curves",
+        &s(&host),
+        "-o",
+        &s(&report_dir),
+    ]);
+    assert!(ok, "{err}");
+    let tail = |text: &str| {
+        let from = text.find("Share of the base").expect("summary");
+        let to = text[from..]
+            .find("\nwrote ")
+            .map_or(text.len(), |i| from + i);
+        text[from..to].to_string()
+    };
+    assert_eq!(tail(&report), tail(&stdout));
+    assert!(report_dir.join("curves-t0.svg").is_file());
     let results = json_of(&out.join("results.json"));
     let task = &results["tasks"][0];
     assert_eq!(task["task"], "t0");
