@@ -490,11 +490,13 @@ fn task_curves(r: &LmTaskResult, hosts: &[HostLoraCurve]) -> Vec<Curve> {
             },
             examples: x.train_examples,
             points: x.curve.iter().map(|p| (p.step, p.val_nll)).collect(),
+            mean_of: None,
         });
     let host = hosts.iter().map(|h| Curve {
         basis: Basis::Lora,
         examples: h.examples,
         points: h.points.clone(),
+        mean_of: None,
     });
     trained.chain(host).collect()
 }
@@ -607,8 +609,7 @@ fn plot_curves(
         .collect();
     if written.len() > 1 {
         let path = output.join(format!("curves-mean.{ext}"));
-        let title = format!("mean over {} held-out tasks", written.len());
-        plot_lm_curves::write(&path, &title, &mean)?;
+        plot_lm_curves::write(&path, "mean over the held-out tasks", &mean)?;
         written.push(path);
     }
     Ok(written)

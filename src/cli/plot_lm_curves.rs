@@ -51,6 +51,8 @@ pub struct Curve {
     pub examples: usize,
     /// (step, validation NLL per answer token), step 0 first.
     pub points: Vec<(u64, f64)>,
+    /// A mean curve: over how many tasks (shown in the legend).
+    pub mean_of: Option<usize>,
 }
 
 /// The mean curve of `curves` (the same basis and size, one per task): at each step some
@@ -78,6 +80,7 @@ pub fn mean_curve(curves: &[&Curve]) -> Option<Curve> {
         basis: first.basis,
         examples: first.examples,
         points,
+        mean_of: Some(curves.len()),
     })
 }
 
@@ -146,7 +149,10 @@ impl Figure for Curves<'_> {
             let col = c.basis.colour();
             let style = col.stroke_width(if c.basis == Basis::Recycled { 3 } else { 2 });
             let line: Vec<(f64, f64)> = c.points.iter().map(|&(s, v)| (s as f64, v)).collect();
-            let label = format!("{}, {} pairs", c.basis.name(), c.examples);
+            let label = match c.mean_of {
+                Some(n) => format!("{}, {} pairs, mean of {n}", c.basis.name(), c.examples),
+                None => format!("{}, {} pairs", c.basis.name(), c.examples),
+            };
             let (on, off) = dash(c.examples);
             let series = if on == 0 {
                 chart.draw_series(LineSeries::new(line.clone(), style))
@@ -215,6 +221,7 @@ mod tests {
             basis: Basis::Recycled,
             examples: 16,
             points: vec![(0, 4.0), (2, 3.0), (4, 2.0)],
+            mean_of: None,
         };
         let b = Curve {
             points: vec![(0, 6.0), (2, 5.0)],
@@ -222,6 +229,7 @@ mod tests {
         };
         let m = mean_curve(&[&a, &b]).unwrap();
         assert_eq!(m.points, vec![(0, 5.0), (2, 4.0), (4, 3.5)]);
+        assert_eq!(m.mean_of, Some(2));
         assert!(mean_curve(&[]).is_none());
     }
 }
