@@ -284,6 +284,52 @@ mod tests {
     }
 
     #[test]
+    fn runs_merge_by_row_and_refuse_to_mix_experiments() {
+        let base = || trained(LmMethod::Base, 0, 4.0, &[]);
+        let mut a = task(vec![
+            base(),
+            trained(LmMethod::Finetuned, 64, 1.0, &[(0, 4.0), (8, 1.2)]),
+        ]);
+        let b = task(vec![
+            base(),
+            trained(LmMethod::Finetuned, 16, 1.5, &[(0, 4.0), (2, 2.0)]),
+            trained(LmMethod::RandomBasis, 16, 1.6, &[(0, 4.0), (2, 2.1)]),
+        ]);
+        a.merge(b.clone()).unwrap();
+        let order: Vec<(LmMethod, usize)> = a
+            .rows
+            .iter()
+            .map(|r| (r.method, r.train_examples))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (LmMethod::Base, 0),
+                (LmMethod::Finetuned, 16),
+                (LmMethod::Finetuned, 64),
+                (LmMethod::RandomBasis, 16),
+            ]
+        );
+        assert_eq!(a.seconds, 2.0);
+        // Merging the same run again changes nothing.
+        let before = a.rows.len();
+        a.merge(b.clone()).unwrap();
+        assert_eq!(a.rows.len(), before);
+        // A fixed row with other figures: another model, adapters or test set.
+        let mut other = b.clone();
+        other.rows[0].nll = 4.1;
+        let e = a.merge(other).unwrap_err();
+        assert!(e.contains("base model") && e.contains("differs"), "{e}");
+        // Another subspace for the same task.
+        let mut other = b.clone();
+        other.sources = 3;
+        assert!(a.merge(other).unwrap_err().contains("subspaces differ"));
+        let mut other = b;
+        other.task = "u".into();
+        assert!(a.merge(other).unwrap_err().contains("tasks differ"));
+    }
+
+    #[test]
     fn host_metrics_are_read_or_refused_by_name() {
         let dir = std::env::temp_dir().join(format!("elx-host-curve-{}", std::process::id()));
         let write = |task: &str, text: &str| {
