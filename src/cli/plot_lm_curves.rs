@@ -189,10 +189,10 @@ impl Figure for Curves<'_> {
     }
 }
 
-/// About six round values in [lo, hi] for the y axis (a log axis over less than a decade
+/// About eight round values in [lo, hi] for the y axis (a log axis over less than a decade
 /// gets no labels of its own).
 fn ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let raw = (hi - lo) / 6.0;
+    let raw = (hi - lo) / 8.0;
     let unit = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 2.5, 5.0, 10.0]
         .iter()
@@ -208,7 +208,10 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
 mod tests {
     #[test]
     fn ticks_are_round_and_inside() {
-        assert_eq!(super::ticks(2.9, 4.5), vec![3.0, 3.5, 4.0, 4.5]);
+        assert_eq!(
+            super::ticks(2.85, 4.55),
+            vec![3.0, 3.25, 3.5, 3.75, 4.0, 4.25, 4.5]
+        );
         let t = super::ticks(0.95, 5.6);
         assert_eq!(t, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
     }
