@@ -147,6 +147,10 @@ pub fn run(a: &Args) -> Result<()> {
     let log = |line: &str| {
         let _ = errln!("{line}");
     };
+    // A bad host metrics file is refused now, not after the rows' hour of work.
+    for &i in &held {
+        host_lora_curves(&a.host_curves, &tasks[i].name)?;
+    }
     let mut file = ResultsFile {
         tasks: Vec::new(),
         min_gap: a.min_gap,

@@ -460,6 +460,16 @@ fn leave_one_out_refuses_bad_input_by_name() {
     );
     let (ok, _, err) = run(&["--tasks", "t1", "--max-tokens-for", "_x"]);
     assert!(!ok && err.contains("SUFFIX=N"), "{err}");
+    // A bad host metrics file, refused before any row is computed.
+    let host = dir.join("host");
+    std::fs::create_dir_all(host.join("t1")).unwrap();
+    std::fs::write(host.join("t1/metrics.json"), "{\"val_curve\": [[0, 7.5]]}").unwrap();
+    let (ok, out, err) = run(&["--tasks", "t1", "--host-curves", host.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("t1/metrics.json") && err.contains("recipe.train_n"),
+        "{err}"
+    );
+    assert!(!out.contains("t1: base model"), "{out}");
     // A prompt the template did not render cannot be turned into earlier turns.
     let test = workload.join("data/t1/test.jsonl");
     std::fs::write(&test, "{\"prompt\": \"plain\", \"answer\": \"go\"}\n").unwrap();
