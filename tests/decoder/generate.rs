@@ -212,3 +212,96 @@ fn prompts_fed_in_calls_of_a_few_positions_give_what_one_call_gives() {
     assert_eq!(out[0].len(), 10);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `model` as imported before `logits_positions` existed: the head reads every position.
+fn without_logits_positions(
+    mut model: eigenlorax::graph::ModelProto,
+    vocab: usize,
+) -> eigenlorax::graph::ModelProto {
+    use eigenlorax::graph::llama::{LOGITS, LOGITS_POSITIONS};
+    let g = model.graph.as_mut().expect("graph");
+    let at = g
+        .node
+        .iter()
+        .position(|n| n.input.iter().any(|i| i == LOGITS_POSITIONS))
+        .expect("the positions' Gather");
+    let gather = g.node.remove(at);
+    for n in &mut g.node {
+        for i in &mut n.input {
+            if *i == gather.output[0] {
+                *i = gather.input[0].clone();
+            }
+        }
+    }
+    g.input.retain(|i| i.name != LOGITS_POSITIONS);
+    let out = g
+        .output
+        .iter_mut()
+        .find(|o| o.name == LOGITS)
+        .expect("logits");
+    *out = eigenlorax::graph::onnx::value_info(
+        LOGITS,
+        eigenlorax::graph::onnx::FLOAT,
+        &[
+            eigenlorax::graph::onnx::Dim::Param("batch".into()),
+            eigenlorax::graph::onnx::Dim::Param("sequence".into()),
+            eigenlorax::graph::onnx::Dim::Fixed(vocab),
+        ],
+    );
+    model
+}
+
+#[test]
+fn a_model_without_logits_positions_generates_and_scores_the_same() {
+    let (new_dir, old_dir) = (temp("lp-new"), temp("lp-old"));
+    let cfg = tiny_config(true);
+    let vocab = cfg.vocab;
+    let weights = RandomWeights::new(&cfg, 11);
+    let new = fixture_with(&new_dir, cfg.clone(), weights.clone());
+    let built = eigenlorax::graph::llama::build(&cfg, &mut weights.clone(), "tiny").expect("build");
+    let old = fixture_with_model(
+        &old_dir,
+        cfg,
+        weights,
+        &without_logits_positions(built, vocab),
+    );
+    let gens: Vec<Generator> = [&new, &old]
+        .iter()
+        .map(|f| Generator::load(&f.model, &f.bundle, Backend::Tract).expect("generator"))
+        .collect();
+    assert!(gens[0].decoder().logits_positions && !gens[1].decoder().logits_positions);
+    let c = coeffs(&new.bundle, 70, "t", 0.6);
+    let ids: Vec<_> = gens
+        .iter()
+        .map(|g| g.engine().insert_task(&c).expect("task"))
+        .collect();
+    let prompt: &[u32] = &[30, 31, 32, 33, 34, 35, 36, 37, 2, 5];
+    // Per model: greedy tokens, token NLLs of two rows, every position's logits.
+    type Outputs = (Vec<u32>, Vec<Vec<f64>>, Vec<f32>);
+    let mut out: Vec<Outputs> = Vec::new();
+    for (g, &id) in gens.iter().zip(&ids) {
+        let mut g2 = Generator::new(g.engine().clone()).expect("generator");
+        // 3 positions a call: the prompt's last call reads one position of three.
+        g2.set_tokens_per_call(3);
+        let mut toks = Vec::new();
+        g2.generate(id, prompt, &greedy(12), &mut |t| {
+            toks.push(t.id);
+            true
+        })
+        .expect("generate");
+        let nll = g2
+            .token_nll_batch(&[(id, prompt), (id, &prompt[3..])])
+            .expect("nll");
+        let scores = g2.score(id, prompt).expect("score");
+        out.push((toks, nll, scores));
+    }
+    assert_eq!(out[0].0, out[1].0, "greedy tokens");
+    for (a, b) in out[0].1.iter().zip(&out[1].1) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "nll {x} vs {y}");
+        }
+    }
+    assert_eq!(out[0].2.len(), prompt.len() * vocab);
+    assert!(max_abs_diff(&out[0].2, &out[1].2) < 1e-5);
+}

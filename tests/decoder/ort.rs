@@ -190,6 +190,7 @@ fn first_pass_inputs(names: &[String], ids: &[i64]) -> Vec<eigenlorax::serve::in
                 "input_ids" => (vec![1, s], TensorData::I64(ids.to_vec())),
                 "attention_mask" => (vec![1, s], TensorData::I64(vec![1; s])),
                 "position_ids" => (vec![1, s], TensorData::I64((0..s as i64).collect())),
+                "logits_positions" => (vec![s], TensorData::I64((0..s as i64).collect())),
                 _ => (
                     vec![1, cfg.kv_heads, 0, cfg.head_dim],
                     TensorData::F32(Vec::new()),

@@ -165,6 +165,19 @@ pub fn run_step(
     past: &[Vec<f32>],
     p: usize,
 ) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let every: Vec<i64> = (0..ids.len() as i64).collect();
+    run_step_at(plan, cfg, ids, past, p, &every)
+}
+
+/// [`run_step`] with the logits computed at `positions` (among the new tokens) only.
+pub fn run_step_at(
+    plan: &std::sync::Arc<TypedRunnableModel>,
+    cfg: &LlamaConfig,
+    ids: &[i64],
+    past: &[Vec<f32>],
+    p: usize,
+    positions: &[i64],
+) -> (Vec<f32>, Vec<Vec<f32>>) {
     let s = ids.len();
     let mut inputs: TVec<TValue> = tvec![
         i64s(&[1, s], ids),
@@ -174,6 +187,7 @@ pub fn run_step(
     for kv in past {
         inputs.push(f32s(&[1, cfg.kv_heads, p, cfg.head_dim], kv));
     }
+    inputs.push(i64s(&[positions.len()], positions));
     let out = plan.run(inputs).expect("run");
     let logits = out[0]
         .to_plain_array_view::<f32>()
@@ -242,7 +256,17 @@ pub fn fixture(dir: &std::path::Path, tied: bool) -> Fixture {
 /// The model of `cfg` with `weights`, written to `dir`, with a random subspace bound to it.
 pub fn fixture_with(dir: &std::path::Path, cfg: LlamaConfig, weights: RandomWeights) -> Fixture {
     let model = eigenlorax::graph::llama::build(&cfg, &mut weights.clone(), "tiny").expect("build");
-    let (model, bundle) = bind_random_subspace(dir, &cfg, &model);
+    fixture_with_model(dir, cfg, weights, &model)
+}
+
+/// [`fixture_with`] for a `model` built (and perhaps changed) by the caller.
+pub fn fixture_with_model(
+    dir: &std::path::Path,
+    cfg: LlamaConfig,
+    weights: RandomWeights,
+    model: &eigenlorax::graph::ModelProto,
+) -> Fixture {
+    let (model, bundle) = bind_random_subspace(dir, &cfg, model);
     Fixture {
         cfg,
         weights,

@@ -188,6 +188,7 @@ fn next_token_gradients_match_f64_finite_differences_and_the_inference_nll() {
         ("attention_mask", vec![3, SEQ], b.mask.as_slice()),
         ("position_ids", vec![3, SEQ], positions.as_slice()),
         ("token_targets", vec![3, SEQ], b.targets.as_slice()),
+        ("logits_positions", vec![SEQ], &positions[..SEQ]),
     ];
     let inputs = dir.join("inputs.safetensors");
     write_tensors(&inputs, &f32s, &i64s);

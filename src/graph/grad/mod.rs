@@ -555,7 +555,7 @@ impl Analysis {
 }
 
 /// The training graph's declaration of the base input `name`: token inputs (int64) are
-/// [batch, seq]; a float input is a decoder's past key or value, empty in training (a run
+/// [batch, seq], or [seq] where declared with one dimension; a float input is a decoder's past key or value, empty in training (a run
 /// reads whole sequences): its declared [batch, heads, past, width] with batch `b`, past 0.
 fn base_input_declaration(
     graph: &super::pb::GraphProto,
@@ -571,7 +571,13 @@ fn base_input_declaration(
             _ => None,
         });
     let elem = tensor.map_or(INT64, |t| t.elem_type);
+    let rank = tensor.and_then(|t| t.shape.as_ref()).map(|s| s.dim.len());
     if elem != FLOAT {
+        // A one-dimensional token input is per position, shared by the rows (a decoder's
+        // `logits_positions`).
+        if rank == Some(1) {
+            return Ok(value_info(name, INT64, &[Dim::Fixed(q)]));
+        }
         return Ok(value_info(name, INT64, &[Dim::Fixed(b), Dim::Fixed(q)]));
     }
     let dims: Vec<Option<usize>> = tensor

@@ -32,7 +32,7 @@ pub fn diff_inputs(op: &str) -> Option<DiffInputs> {
         "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Concat" => All,
         "Gemm" | "LayerNormalization" => Only(&[0, 1, 2]),
         "Where" => Only(&[1, 2]),
-        "Split" => Only(&[0]),
+        "Split" | "Gather" => Only(&[0]),
         "Reshape" | "Expand" | "Slice" | "Squeeze" | "Unsqueeze" | "Transpose" | "Flatten"
         | "Identity" | "Dropout" | "Cast" | "Erf" | "Tanh" | "Sigmoid" | "Relu" | "Exp" | "Log"
         | "Neg" | "Sqrt" | "Reciprocal" | "Softmax" | "LogSoftmax" | "ReduceSum" | "ReduceMean" => {
@@ -372,6 +372,7 @@ pub fn vjp(
             }
         }
         "Slice" => gx[0] = Some(slice(e, node, g, ctx)?),
+        "Gather" => gx[0] = Some(gather(e, node, g, &sy, ctx)?),
         "LayerNormalization" => {
             if want(1) || want(2) {
                 return Err(unsupported(node, "a differentiated scale or bias"));
@@ -547,6 +548,53 @@ fn slice(e: &mut Emitter, node: &NodeProto, g: &str, ctx: &Ctx<'_>) -> Result<St
     Ok(e.op("Pad", &[g, &p], vec![]))
 }
 
+/// `Y = Gather(X, I, axis)`: every slice of X is the sum of the gradients of the outputs
+/// that read it (an index may repeat). With X viewed as [pre, S, post] and G as
+/// [pre, n, post] (n = the indices' count), dX = P·G, where P [S, n] is the one-hot matrix
+/// P[s, j] = (I[j] = s or I[j] = s − S, a negative index counting from the end). The
+/// indices may be a graph input (a decoder's `logits_positions`); their count is static,
+/// as every shape here.
+fn gather(
+    e: &mut Emitter,
+    node: &NodeProto,
+    g: &str,
+    sy: &[usize],
+    ctx: &Ctx<'_>,
+) -> Result<String> {
+    let sx = ctx.shape(node, &node.input[0])?;
+    let a = axis(node, get_attr_int(node, "axis", 0), sx.len())?;
+    let (pre, s, post) = (
+        sx[..a].iter().product::<usize>(),
+        sx[a],
+        sx[a + 1..].iter().product::<usize>(),
+    );
+    // The indices' count, from the output: only float values are probed.
+    let out: usize = sy.iter().product();
+    if pre * post == 0 || !out.is_multiple_of(pre * post) {
+        return Err(unsupported(
+            node,
+            "an output shape that is not the gathered one",
+        ));
+    }
+    let n = out / (pre * post);
+    let here: Vec<i64> = (0..s as i64).collect();
+    let from_end: Vec<i64> = (0..s as i64).map(|v| v - s as i64).collect();
+    let here = e.ints(&[s, 1], &here);
+    let from_end = e.ints(&[s, 1], &from_end);
+    let idx = e.reshape(&node.input[1], &[1, n]);
+    let hit = e.op("Equal", &[&here, &idx], vec![]);
+    let hit_end = e.op("Equal", &[&from_end, &idx], vec![]);
+    let hit = e.op("Or", &[&hit, &hit_end], vec![]);
+    let one_hot = e.op(
+        "Cast",
+        &[&hit],
+        vec![attr_int("to", i64::from(crate::graph::onnx::FLOAT))],
+    );
+    let g3 = e.reshape(g, &[pre, n, post]);
+    let dx = e.op("MatMul", &[&one_hot, &g3], vec![]);
+    Ok(e.reshape(&dx, &sx))
+}
+
 /// LayerNormalization over the axes from `axis` on:
 /// dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂)), ĝ = g⊙scale, x̂ = (x − μ)·r, r = 1/√(var + ε),
 /// with μ, var and r recomputed from x.
@@ -582,4 +630,98 @@ fn layer_norm(e: &mut Emitter, node: &NodeProto, g: &str, ctx: &Ctx<'_>) -> Resu
     let d1 = e.op("Sub", &[&gs, &m1], vec![]);
     let d2 = e.op("Sub", &[&d1, &t], vec![]);
     Ok(e.mul(&r, &d2))
+}
+
+#[cfg(all(test, feature = "tract"))]
+mod tests {
+    use super::*;
+    use crate::graph::onnx::{Dim, FLOAT, INT64, encode_model, node, value_info};
+    use crate::graph::pb::{GraphProto, ModelProto, OperatorSetIdProto};
+    use tract_onnx::prelude::*;
+
+    /// dX of `Y = Gather(X, I, axis 1)` for X [2, 4, 3], through the rule's nodes on tract,
+    /// against the sum over the outputs that read each slice.
+    #[test]
+    fn gather_gradient_sums_repeated_and_negative_indices() {
+        let (b, s, w) = (2usize, 4usize, 3usize);
+        let idx: Vec<i64> = vec![1, 3, 1, -1, 0];
+        let n = idx.len();
+        let gather = node(
+            "Gather",
+            "g",
+            &["x", "i"],
+            &["y"],
+            vec![attr_int("axis", 1)],
+        );
+        let shapes: HashMap<String, Vec<usize>> = [
+            ("x".to_string(), vec![b, s, w]),
+            ("y".to_string(), vec![b, n, w]),
+        ]
+        .into();
+        let consts = Consts {
+            tensors: HashMap::new(),
+        };
+        let active: HashSet<String> = ["x".to_string(), "y".to_string()].into();
+        let ctx = Ctx {
+            shapes: &shapes,
+            consts: &consts,
+            active: &active,
+        };
+        let mut e = Emitter::new();
+        let gx = vjp(&mut e, &gather, &[Some("gy".into())], &ctx, 17).expect("rule");
+        let gx = gx[0].clone().expect("dX");
+        assert!(gx.starts_with(super::super::emit::PREFIX));
+        let mut nodes = e.nodes;
+        nodes.push(node("Identity", "out", &[&gx], &["dx"], vec![]));
+        let fixed = |d: &[usize]| d.iter().map(|&v| Dim::Fixed(v)).collect::<Vec<_>>();
+        let model = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                name: "gather_vjp".into(),
+                node: nodes,
+                initializer: e.inits,
+                input: vec![
+                    value_info("gy", FLOAT, &fixed(&[b, n, w])),
+                    value_info("i", INT64, &fixed(&[n])),
+                ],
+                output: vec![value_info("dx", FLOAT, &fixed(&[b, s, w]))],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &encode_model(&model)[..])
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .expect("plan");
+        let gy: Vec<f32> = (0..b * n * w).map(|v| 1.0 + v as f32 * 0.5).collect();
+        let out = plan
+            .run(tvec![
+                Tensor::from_shape(&[b, n, w], &gy).expect("gy").into(),
+                Tensor::from_shape(&[n], &idx).expect("i").into(),
+            ])
+            .expect("run");
+        let dx: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .expect("f32")
+            .iter()
+            .copied()
+            .collect();
+        let mut want = vec![0f32; b * s * w];
+        for r in 0..b {
+            for (j, &i) in idx.iter().enumerate() {
+                let at = i.rem_euclid(s as i64) as usize;
+                for c in 0..w {
+                    want[(r * s + at) * w + c] += gy[(r * n + j) * w + c];
+                }
+            }
+        }
+        assert_eq!(dx, want);
+        // Position 2 is read by no output: its gradient is zero.
+        assert!(dx[2 * w..3 * w].iter().all(|&v| v == 0.0));
+    }
 }

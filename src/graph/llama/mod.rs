@@ -11,10 +11,15 @@
 //!   real tokens before it);
 //! * `past_key_values.<l>.key` / `.value` f32 `[batch, kv_heads, past_sequence, head_dim]`
 //!   per layer (`past_sequence` may be 0: the prompt pass);
+//! * `logits_positions` int64 `[logits_sequence]`: the positions among the new tokens
+//!   (shared by every row, since rows are left-padded) whose logits are computed;
 //!
-//! and returns `logits` f32 `[batch, sequence, vocab]`, then `present.<l>.key` / `.value`
-//! `[batch, kv_heads, past_sequence + sequence, head_dim]` per layer (the next call's past).
-//! The names are those of Optimum's and onnxruntime-genai's decoder exports.
+//! and returns `logits` f32 `[batch, logits_sequence, vocab]`, then `present.<l>.key` /
+//! `.value` `[batch, kv_heads, past_sequence + sequence, head_dim]` per layer (the next
+//! call's past). The names are those of Optimum's and onnxruntime-genai's decoder exports,
+//! but for `logits_positions`: generation needs the last position's logits only, and the
+//! head over every position of a 64-token prompt call is a fifth of its products and 12 MB
+//! of logits; a score reads every position.
 //!
 //! Each layer is `LlamaDecoderLayer` in float32: RMSNorm (`x / sqrt(mean(x²) + eps) · w`),
 //! rotary embeddings on Q and K (`x·cos + rotate_half(x)·sin`, the tables precomputed as
@@ -46,6 +51,8 @@ pub const ATTENTION_MASK: &str = "attention_mask";
 pub const POSITION_IDS: &str = "position_ids";
 /// The logits output.
 pub const LOGITS: &str = "logits";
+/// The positions among the new tokens whose logits are computed (the last input).
+pub const LOGITS_POSITIONS: &str = "logits_positions";
 
 /// The past-key input of layer `l`.
 pub fn past_key(l: usize) -> String {
@@ -596,6 +603,13 @@ pub fn build(cfg: &LlamaConfig, w: &mut dyn LlamaWeights, name: &str) -> Result<
         );
     }
 
+    // Only the positions asked for go through the final norm and the head.
+    let x = b.op(
+        "Gather",
+        "/lm_head/positions",
+        &[&x, LOGITS_POSITIONS],
+        vec![attr_int("axis", 1)],
+    );
     let hn = b.rms_norm(w, "model.norm", &x, h, &eps)?;
     if cfg.tied_embeddings {
         let et = b.op(
@@ -642,10 +656,12 @@ pub fn build(cfg: &LlamaConfig, w: &mut dyn LlamaWeights, name: &str) -> Result<
         input.push(value_info(&past_key(l), onnx::FLOAT, &kv_dims(dpast())));
         input.push(value_info(&past_value(l), onnx::FLOAT, &kv_dims(dpast())));
     }
+    let dlogits = || Dim::Param("logits_sequence".into());
+    input.push(value_info(LOGITS_POSITIONS, onnx::INT64, &[dlogits()]));
     let mut output = vec![value_info(
         LOGITS,
         onnx::FLOAT,
-        &[batch(), dseq(), Dim::Fixed(cfg.vocab)],
+        &[batch(), dlogits(), Dim::Fixed(cfg.vocab)],
     )];
     for (k, v) in &outputs_kv {
         output.push(value_info(k, onnx::FLOAT, &kv_dims(dtotal())));

@@ -1,14 +1,15 @@
 //! The decoder family: a causal LM built by [`crate::graph::llama`] (or exported the same
 //! way: Optimum's input and output names), taking `input_ids`, `attention_mask`,
-//! `position_ids` and one `past_key_values.<l>.key/.value` pair per layer, and returning
+//! `position_ids`, one `past_key_values.<l>.key/.value` pair per layer and, in the graphs
+//! this project builds, `logits_positions` (which positions get logits), and returning
 //! `logits` then one `present.<l>.key/.value` pair per layer. A request keeps its KV cache:
 //! the presents of one call are the pasts of the next.
 
 use super::{LossReads, ModelFamily, TokenFeed};
 use crate::error::{Error, Result};
 use crate::graph::llama::{
-    ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_key, past_value, present_key,
-    present_value,
+    ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_POSITIONS, POSITION_IDS, past_key, past_value,
+    present_key, present_value,
 };
 use crate::serve::input::{ElemType, InputSpec, InputTensor, OutputTensor, TensorData};
 
@@ -23,16 +24,33 @@ pub struct Decoder {
     pub head_dim: usize,
     /// Largest position the model takes (the rows of its rotary tables), when it declares one.
     pub max_position: Option<usize>,
+    /// Whether the model takes [`LOGITS_POSITIONS`] (its last input): the logits are then
+    /// computed at those positions only. Models imported before it existed, and Optimum's
+    /// exports, compute them at every position.
+    pub logits_positions: bool,
 }
 
 impl Decoder {
     /// The decoder whose inputs are `specs` and outputs `outputs` (in graph order): the
     /// token, mask and position inputs, then the past key/value pairs of layers 0, 1, …
-    /// declared `[batch, kv_heads, past, head_dim]`, and the outputs `logits` then the
-    /// presents in the same order. Anything else is an error naming what differs.
+    /// declared `[batch, kv_heads, past, head_dim]`, optionally `logits_positions` (int64,
+    /// one dimension), and the outputs `logits` then the presents in the same order.
+    /// Anything else is an error naming what differs.
     pub fn from_specs(specs: &[InputSpec], outputs: &[String]) -> Result<Decoder> {
-        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         let bad = |m: String| Error::Usage(format!("expected a decoder model: {m}"));
+        let (specs, logits_positions) = match specs.split_last() {
+            Some((last, rest)) if last.name == LOGITS_POSITIONS => {
+                if last.elem != ElemType::I64 || last.dims.len() != 1 {
+                    return Err(bad(format!(
+                        "`{LOGITS_POSITIONS}` declared int64 with one dimension, found {:?} {:?}",
+                        last.elem, last.dims
+                    )));
+                }
+                (rest, true)
+            }
+            _ => (specs, false),
+        };
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         if names.len() < 5 || names[..3] != [INPUT_IDS, ATTENTION_MASK, POSITION_IDS] {
             return Err(bad(format!(
                 "inputs `{INPUT_IDS}`, `{ATTENTION_MASK}`, `{POSITION_IDS}` then `past_key_values.<layer>.key/.value`, found {names:?}"
@@ -85,6 +103,7 @@ impl Decoder {
             kv_heads: kv_heads.unwrap_or(0),
             head_dim: head_dim.unwrap_or(0),
             max_position,
+            logits_positions,
         })
     }
 
@@ -114,9 +133,10 @@ impl ModelFamily for Decoder {
                 INPUT_IDS => Ok(TokenFeed::Ids),
                 ATTENTION_MASK => Ok(TokenFeed::Mask),
                 POSITION_IDS => Ok(TokenFeed::Positions),
+                LOGITS_POSITIONS => Ok(TokenFeed::EveryPosition),
                 _ if pasts.iter().any(|p| p == n) => Ok(empty),
                 _ => Err(Error::Usage(format!(
-                    "a decoder takes `{INPUT_IDS}`, `{ATTENTION_MASK}`, `{POSITION_IDS}` and its cache; found the input `{n}`"
+                    "a decoder takes `{INPUT_IDS}`, `{ATTENTION_MASK}`, `{POSITION_IDS}`, its cache and `{LOGITS_POSITIONS}`; found the input `{n}`"
                 ))),
             })
             .collect()
@@ -143,5 +163,65 @@ impl ModelFamily for Decoder {
             output: LOGITS.into(),
             mask: ATTENTION_MASK.into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, elem: ElemType, dims: &[Option<usize>]) -> InputSpec {
+        InputSpec {
+            name: name.into(),
+            elem,
+            dims: dims.to_vec(),
+            index_limit: None,
+        }
+    }
+
+    /// A one-layer decoder's inputs, with `last` appended when given.
+    fn specs(last: Option<InputSpec>) -> Vec<InputSpec> {
+        let kv = [None, Some(3), None, Some(8)];
+        let mut v = vec![
+            spec(INPUT_IDS, ElemType::I64, &[None, None]),
+            spec(ATTENTION_MASK, ElemType::I64, &[None, None]),
+            spec(POSITION_IDS, ElemType::I64, &[None, None]),
+            spec(&past_key(0), ElemType::F32, &kv),
+            spec(&past_value(0), ElemType::F32, &kv),
+        ];
+        v.extend(last);
+        v
+    }
+
+    fn outputs() -> Vec<String> {
+        vec![LOGITS.into(), present_key(0), present_value(0)]
+    }
+
+    #[test]
+    fn logits_positions_is_an_optional_last_input_declared_int64_1d() {
+        let old = Decoder::from_specs(&specs(None), &outputs()).expect("without");
+        assert!(!old.logits_positions);
+        assert_eq!((old.layers, old.kv_heads, old.head_dim), (1, 3, 8));
+        let lp = spec(LOGITS_POSITIONS, ElemType::I64, &[None]);
+        let new = Decoder::from_specs(&specs(Some(lp)), &outputs()).expect("with");
+        assert!(new.logits_positions);
+        assert_eq!((new.layers, new.kv_heads, new.head_dim), (1, 3, 8));
+        let feeds = new.feeds(&[INPUT_IDS, LOGITS_POSITIONS]).expect("feeds");
+        assert_eq!(feeds, [TokenFeed::Ids, TokenFeed::EveryPosition]);
+        let t = TokenFeed::EveryPosition.input(LOGITS_POSITIONS, &[], &[], 2, 4);
+        assert_eq!(t.shape, [4]);
+        assert_eq!(t.data, TensorData::I64(vec![0, 1, 2, 3]));
+        for bad in [
+            spec(LOGITS_POSITIONS, ElemType::F32, &[None]),
+            spec(LOGITS_POSITIONS, ElemType::I64, &[None, None]),
+        ] {
+            let e = Decoder::from_specs(&specs(Some(bad)), &outputs())
+                .expect_err("bad declaration")
+                .to_string();
+            assert!(
+                e.contains("`logits_positions` declared int64 with one dimension"),
+                "{e}"
+            );
+        }
     }
 }

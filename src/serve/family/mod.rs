@@ -46,6 +46,9 @@ pub enum TokenFeed {
     Zeros,
     /// `position_ids`: 0, 1, 2, … along each row (rows start at position 0).
     Positions,
+    /// `logits_positions`: 0, 1, …, seq − 1, one dimension: every position's logits (what a
+    /// loss over the tokens reads).
+    EveryPosition,
     /// A past key or value of length 0, `[batch, kv_heads, 0, head_dim]`: a training run
     /// reads whole sequences from an empty cache.
     EmptyCache {
@@ -76,6 +79,11 @@ impl TokenFeed {
             TokenFeed::Mask => tokens(mask.to_vec()),
             TokenFeed::Zeros => tokens(vec![0; batch * seq]),
             TokenFeed::Positions => tokens((0..batch).flat_map(|_| 0..seq as i64).collect()),
+            TokenFeed::EveryPosition => InputTensor {
+                name: name.to_string(),
+                shape: vec![seq],
+                data: TensorData::I64((0..seq as i64).collect()),
+            },
             TokenFeed::EmptyCache { kv_heads, head_dim } => InputTensor {
                 name: name.to_string(),
                 shape: vec![batch, kv_heads, 0, head_dim],

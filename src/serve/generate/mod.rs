@@ -234,10 +234,12 @@ impl Generator {
 
     /// Bounds the token positions (rows × new tokens) of one engine call: a longer prompt,
     /// or a batch of them, is fed in consecutive calls, each growing the caches. The results
-    /// are those of one call (to float rounding); what changes is memory. The graph computes
-    /// logits at every position it is fed (vocabulary × 4 bytes each: 197 KB for SmolLM2),
-    /// so a 512-token prompt fed at once holds 100 MB of logits, and the engine keeps that
-    /// much of its arena after. At least 1 (then a batch runs one position a call).
+    /// are those of one call (to float rounding); what changes is memory: a call's
+    /// activations, and where every position's logits are read ([`Generator::score`],
+    /// [`Generator::token_nll_batch`], or a model without `logits_positions`) its logits,
+    /// vocabulary × 4 bytes a position (197 KB for SmolLM2: 100 MB for a 512-token prompt
+    /// fed at once, and the engine keeps that much of its arena after). At least 1 (then a
+    /// batch runs one position a call).
     pub fn set_tokens_per_call(&mut self, tokens: usize) {
         self.tokens_per_call = tokens.max(1);
     }
@@ -506,15 +508,28 @@ impl Generator {
                 data: TensorData::F32(past),
             });
         }
+        // Logits at every new position where a sink reads them, else at the last only (rows
+        // are left-padded, so the last position is every row's newest token).
+        let n = if d.logits_positions {
+            let first = if each.is_some() { 0 } else { smax - 1 };
+            inputs.push(InputTensor {
+                name: crate::graph::llama::LOGITS_POSITIONS.into(),
+                shape: vec![smax - first],
+                data: TensorData::I64((first as i64..smax as i64).collect()),
+            });
+            smax - first
+        } else {
+            smax
+        };
         let tasks: Vec<&TaskData> = rows.iter().map(|r| &*r.task).collect();
         // The logits are checked; the cache outputs reach them at the next step.
         let run = self.engine.run_rows_checking(&inputs, &tasks, 1);
         drop(tasks);
         let checked = run.and_then(|outputs| {
             let logits = &outputs[0];
-            if logits.shape != [b, smax, self.vocab] || outputs.len() != 1 + 2 * d.layers {
+            if logits.shape != [b, n, self.vocab] || outputs.len() != 1 + 2 * d.layers {
                 return Err(Error::Engine(format!(
-                    "expected logits [{b}, {smax}, {}] and {} cache outputs, found {:?} and {}",
+                    "expected logits [{b}, {n}, {}] and {} cache outputs, found {:?} and {}",
                     self.vocab,
                     2 * d.layers,
                     logits.shape,
@@ -528,7 +543,7 @@ impl Generator {
             Err(e) => {
                 // The sequence stays as it was: give its cache back.
                 if alone {
-                    for (j, t) in inputs.into_iter().skip(3).enumerate() {
+                    for (j, t) in inputs.into_iter().skip(3).take(2 * d.layers).enumerate() {
                         if let TensorData::F32(v) = t.data {
                             rows[0].cache[j] = v;
                         }
@@ -541,13 +556,14 @@ impl Generator {
         let logits = &outputs[0];
         let mut each = each;
         for (r, (row, t)) in rows.iter_mut().zip(tokens).enumerate() {
-            let last = (r * smax + smax - 1) * self.vocab;
+            let last = (r * n + n - 1) * self.vocab;
             row.logits.clear();
             row.logits
                 .extend_from_slice(&logits.data[last..last + self.vocab]);
             let new_pad = smax - t.len();
             if let Some(sink) = each.as_deref_mut() {
-                let first = (r * smax + new_pad) * self.vocab;
+                // A sink has every position's logits (n = smax).
+                let first = (r * n + new_pad) * self.vocab;
                 sink(r, &logits.data[first..last + self.vocab]);
             }
             let len = row.len + t.len();

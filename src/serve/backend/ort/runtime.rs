@@ -258,13 +258,15 @@ impl OrtModel {
     }
 
     /// The graph outputs of a run, in [`OrtModel::output_names`] order, as f32 tensors.
+    /// Each of ONNX Runtime's buffers is let go of once copied, so the copies and the
+    /// originals (a decoder's whole KV cache) are not all held at once.
     fn collect_outputs(
         &self,
-        out: ::ort::session::SessionOutputs<'_>,
+        mut out: ::ort::session::SessionOutputs<'_>,
     ) -> Result<Vec<OutputTensor>> {
         let mut result = Vec::with_capacity(self.outputs.len());
         for name in &self.outputs {
-            let v = out.get(name).ok_or_else(|| {
+            let v = out.remove(name).ok_or_else(|| {
                 Error::Engine(format!("ONNX Runtime returned no output `{name}`"))
             })?;
             let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| {
@@ -662,7 +664,7 @@ impl OrtRuntime {
     }
 
     /// Runs row i of `inputs` with task `tasks[i]` in one pass (the leading axis of every
-    /// input must be `tasks.len()`).
+    /// input of two or more dimensions must be `tasks.len()`).
     pub fn run_mixed(&self, inputs: &[InputTensor], tasks: &[TaskId]) -> Result<Vec<OutputTensor>> {
         let loaded: Vec<_> = tasks
             .iter()
@@ -683,7 +685,11 @@ impl OrtRuntime {
         if b == 0 {
             return Err(Error::Usage("mixed run: expected at least one task".into()));
         }
-        if let Some(t) = inputs.iter().find(|t| t.shape.first() != Some(&b)) {
+        // An input of one dimension is shared by the rows (a decoder's `logits_positions`).
+        if let Some(t) = inputs
+            .iter()
+            .find(|t| t.shape.len() > 1 && t.shape.first() != Some(&b))
+        {
             return Err(Error::Usage(format!(
                 "mixed run: input `{}` has shape {:?}, expected {b} rows (one per task)",
                 t.name, t.shape

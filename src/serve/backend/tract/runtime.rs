@@ -379,13 +379,15 @@ impl Runtime {
         }
     }
 
-    /// Checks that every input has `b` rows (one per task), and at least one.
+    /// Checks that every input of two or more dimensions has `b` rows (one per task), and
+    /// at least one. An input of one dimension is shared by the rows (a decoder's
+    /// `logits_positions`).
     fn check_rows(&self, inputs: &[TValue], b: usize) -> Result<()> {
         if b == 0 {
             return Err(Error::Usage("mixed run: expected at least one task".into()));
         }
         for (x, name) in inputs.iter().zip(&self.base_inputs) {
-            if x.shape().first() != Some(&b) {
+            if x.rank() > 1 && x.shape().first() != Some(&b) {
                 return Err(Error::Usage(format!(
                     "mixed run: input `{name}` has shape {:?}, expected {b} rows (one per task)",
                     x.shape()
