@@ -138,6 +138,7 @@ impl Figure for Curves<'_> {
         chart
             .configure_mesh()
             .x_desc("training steps")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("validation NLL per answer token (log scale)")
             .y_label_formatter(&|v| format!("{v:.2}"))
             .label_style((FONT, 13))
