@@ -5,10 +5,13 @@
 
 use super::plot_lm_curves::{self, Basis, Curve};
 use super::{BackendArg, EpArg, Table, pct};
+use eigenlorax::adapter::Adapter;
+use eigenlorax::bundle::Bundle;
 use eigenlorax::error::{Error, Result};
 use eigenlorax::eval::loo::Base;
 use eigenlorax::eval::loo_lm::{
     self, FewShotCell, HostLoraCurve, LmLooConfig, LmMethod, LmTaskResult, LmTaskSpec, LowestPoint,
+    Recycled,
 };
 use eigenlorax::finetune::lm::LmConfig;
 use eigenlorax::subspace::{ExtractOptions, KRule};
@@ -35,6 +38,12 @@ pub struct Args {
     /// Hold out every task in turn.
     #[arg(long, conflicts_with = "tasks")]
     pub all_tasks: bool,
+    /// The recycled subspace from this bundle of the other tasks' adapters (`elx extract`'s),
+    /// for when those adapters are not at hand (`models/wordnet_gen/demo` commits one): one
+    /// held-out task (`--tasks T`), whose adapter is `--adapters`/T/ and must not be among the
+    /// bundle's sources. No mean-direction row and no K sweep (both extract from the adapters).
+    #[arg(long, value_name = "BUNDLE", conflicts_with_all = ["all_tasks", "k_sweep"])]
+    pub others_bundle: Option<PathBuf>,
     /// Prompts are the user's text, to wrap in the chat template (else already rendered, as
     /// in models/wordnet_gen).
     #[arg(long)]
@@ -151,6 +160,11 @@ pub fn run(a: &Args) -> Result<()> {
     for &i in &held {
         host_lora_curves(&a.host_curves, &tasks[i].name)?;
     }
+    let others = a
+        .others_bundle
+        .as_deref()
+        .map(|p| others_bundle(p, &tasks, &held))
+        .transpose()?;
     let mut file = ResultsFile {
         tasks: Vec::new(),
         min_gap: a.min_gap,
@@ -162,7 +176,10 @@ pub fn run(a: &Args) -> Result<()> {
     };
     let results_path = a.output.join("results.json");
     for &i in &held {
-        let r = loo_lm::run_task(&cfg, &base, &tasks, i, &log)?;
+        let r = match &others {
+            Some(b) => loo_lm::run_held_out(&cfg, &base, &tasks[i], Recycled::Bundle(b), &log)?,
+            None => loo_lm::run_task(&cfg, &base, &tasks, i, &log)?,
+        };
         outln!("{}", task_table(&r).render())?;
         file.tasks.push(r);
         // After every task, so an interrupted run keeps what it measured.
@@ -249,7 +266,34 @@ pub(super) fn report(
     Ok(())
 }
 
-/// The family's tasks: every `data/<task>/` of the workload with an adapter folder.
+/// The bundle of `--others-bundle`, checked against the one held-out task: a leave-one-out
+/// whose subspace holds the held-out adapter itself would measure nothing.
+fn others_bundle(path: &Path, tasks: &[LmTaskSpec], held: &[usize]) -> Result<Bundle> {
+    let &[i] = held else {
+        return Err(Error::Usage(format!(
+            "--others-bundle holds one task out: name it with --tasks (found {} held-out tasks)",
+            held.len()
+        )));
+    };
+    let spec = &tasks[i];
+    let bundle = Bundle::read(path)?;
+    let own = Adapter::open(&spec.adapter)?.sha256;
+    if let Some(s) = bundle.manifest.sources.iter().find(|s| s.sha256 == own) {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "expected a subspace of the other tasks' adapters, but it holds the held-out task {}'s ({}, SHA-256 {}…)",
+                spec.name,
+                s.path,
+                &s.sha256[..12.min(s.sha256.len())]
+            ),
+        ));
+    }
+    Ok(bundle)
+}
+
+/// The family's tasks: every `data/<task>/` of the workload with an adapter folder (one is
+/// enough with `--others-bundle`: the others are in the bundle).
 fn family(a: &Args) -> Result<Vec<LmTaskSpec>> {
     let data = a.workload.join("data");
     let entries = std::fs::read_dir(&data).map_err(|e| Error::io(&data, e))?;
@@ -260,9 +304,10 @@ fn family(a: &Args) -> Result<Vec<LmTaskSpec>> {
         .filter(|t| a.adapters.join(t).join("adapter_config.json").is_file())
         .collect();
     names.sort();
-    if names.len() < 2 {
+    let least = if a.others_bundle.is_some() { 1 } else { 2 };
+    if names.len() < least {
         return Err(Error::Usage(format!(
-            "expected at least 2 tasks with both {}/<task>/ and an adapter in {}/<task>/, found {}",
+            "expected at least {least} tasks with both {}/<task>/ and an adapter in {}/<task>/, found {}",
             data.display(),
             a.adapters.display(),
             names.len()

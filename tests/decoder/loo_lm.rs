@@ -378,6 +378,49 @@ fn leave_one_out_rows_equal_their_independent_paths() {
         );
     }
     assert!((r.captured - captured).abs() < 1e-5);
+    // The same through `elx leave-one-out --others-bundle`: the rows of the library's run.
+    let cli_out = dir.join("from-bundle-cli");
+    let (ok, _, err) = elx(&[
+        "leave-one-out",
+        "--model",
+        &s(&dir),
+        "--adapters",
+        &s(&adapters),
+        "--workload",
+        &s(&workload),
+        "--others-bundle",
+        &s(&recycled),
+        "--tasks",
+        "t0",
+        "--no-few-shot",
+        "--in-context",
+        "2",
+        "--test",
+        "3",
+        "--max-tokens",
+        "4",
+        "-o",
+        &s(&cli_out),
+    ]);
+    assert!(ok, "{err}");
+    let cli = json_of(&cli_out.join("results.json"));
+    let cli_rows = cli["tasks"][0]["rows"].as_array().expect("rows");
+    assert_eq!(cli["tasks"][0]["sources"], 3);
+    for m in [
+        LmMethod::Base,
+        LmMethod::OwnLora,
+        LmMethod::Projected,
+        LmMethod::RandomProjected,
+    ] {
+        let want = r.row(m).expect("row");
+        let name = serde_json::to_value(m).unwrap();
+        let got = row(cli_rows, name.as_str().unwrap());
+        assert_eq!(got["rouge_l"].as_f64().unwrap(), want.rouge_l, "{m:?}");
+        assert!(
+            (got["nll"].as_f64().unwrap() - want.nll).abs() < 1e-9,
+            "{m:?}"
+        );
+    }
     let mut sweeping = cfg.clone();
     sweeping.k_sweep = vec![1];
     let err = loo_lm::run_held_out(
@@ -460,6 +503,27 @@ fn leave_one_out_refuses_bad_input_by_name() {
     );
     let (ok, _, err) = run(&["--tasks", "t1", "--max-tokens-for", "_x"]);
     assert!(!ok && err.contains("SUFFIX=N"), "{err}");
+    // --others-bundle: one held-out task, and a bundle that does not hold its adapter.
+    let own = dir.join("own.elxb");
+    let (ok, _, err) = elx(&[
+        "extract",
+        &s(&adapters.join("t1")),
+        "--k",
+        "1",
+        "-o",
+        &s(&own),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["--tasks", "t0,t1", "--others-bundle", &s(&own)]);
+    assert!(
+        !ok && err.contains("--others-bundle") && err.contains("found 2"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["--tasks", "t1", "--others-bundle", &s(&own)]);
+    assert!(
+        !ok && err.contains("own.elxb") && err.contains("held-out task t1"),
+        "{err}"
+    );
     // A bad host metrics file, refused before any row is computed.
     let host = dir.join("host");
     std::fs::create_dir_all(host.join("t1")).unwrap();
